@@ -1,0 +1,11 @@
+"""Tasks: what to train. A task is a model factory, fixed data splits, a loss, a metric and defaults.
+
+Built-ins (no downloads): ``mnist1d-mlp``, ``mnist1d-cnn``, ``digits-mlp``, ``digits-cnn``,
+``teacher-student``, ``synth-classification``, ``char-lm``. A user task is any zero-argument callable
+returning a :class:`Task`, named as ``module:function``.
+"""
+
+from trajlib.tasks import _builtin  # noqa: F401  (registers the built-in tasks; defines, no work)
+from trajlib.tasks._base import LOSSES, OPTIMIZERS, Task, TaskData, get_task, list_tasks, register_task
+
+__all__ = ["Task", "TaskData", "get_task", "list_tasks", "register_task", "LOSSES", "OPTIMIZERS"]

@@ -1,0 +1,142 @@
+"""The Task abstraction: a model factory, fixed data splits, a loss, a metric and defaults."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from trajlib.errors import ConfigError, UnknownNameError
+
+__all__ = ["Task", "TaskData", "register_task", "get_task", "list_tasks", "LOSSES", "OPTIMIZERS"]
+
+LOSSES = ("cross_entropy", "mse")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """Fixed splits as tensors. Classification targets are int64 class ids; regression float32.
+
+    ``x_*``: [n, *input_shape] float32 (or int64 token ids); ``y_*``: [n] int64 or [n, d] float32.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    def to(self, device: str | torch.device) -> TaskData:
+        return TaskData(*(t.to(device) for t in self.tensors()))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A training problem.
+
+    ``make_model()`` builds a freshly initialised ``nn.Module`` from torch's global RNG (the caller
+    seeds it); it must have no buffers that change in training (no BatchNorm running stats) and no
+    randomness in ``forward`` so that populations and branches are exact. ``make_data()`` returns
+    the same splits every call. ``family`` groups related tasks for held-out evaluation.
+    """
+
+    name: str
+    family: str
+    make_model: Callable[[], nn.Module]
+    make_data: Callable[[], TaskData]
+    loss: str = "cross_entropy"
+    optimizer: str = "sgd"
+    default_lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    budget: int = 2000
+    batch_size: int = 128
+    val_every: int = 50
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError(f"task {self.name}.loss", f"one of {LOSSES}", self.loss)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"task {self.name}.optimizer", f"one of {OPTIMIZERS}", self.optimizer)
+        for k in ("budget", "batch_size", "val_every"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"task {self.name}.{k}", "a positive integer", v)
+        if not self.default_lr > 0:
+            raise ConfigError(f"task {self.name}.default_lr", "> 0", self.default_lr)
+
+    @property
+    def is_classification(self) -> bool:
+        return self.loss == "cross_entropy"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "loss": self.loss,
+            "optimizer": self.optimizer,
+            "default_lr": self.default_lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "budget": self.budget,
+            "batch_size": self.batch_size,
+            "val_every": self.val_every,
+        }
+
+
+_REGISTRY: dict[str, Callable[[], Task]] = {}
+
+
+def register_task(name: str) -> Callable[[Callable[[], Task]], Callable[[], Task]]:
+    """Decorator registering a zero-argument task factory under ``name``."""
+
+    def deco(fn: Callable[[], Task]) -> Callable[[], Task]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_tasks() -> list[str]:
+    """Names of the built-in tasks."""
+    return sorted(_REGISTRY)
+
+
+_CACHE: dict[str, Task] = {}
+
+
+def get_task(name: str) -> Task:
+    """A built-in task by name, or a user task given as ``module:function`` (returning a Task)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError("task", "a task name or 'module:function'", name)
+    if name in _CACHE:
+        return _CACHE[name]
+    if name in _REGISTRY:
+        task = _REGISTRY[name]()
+    elif ":" in name:
+        mod_name, _, fn_name = name.partition(":")
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise ConfigError("task", "an importable 'module:function'", name, str(e)) from None
+        fn = getattr(mod, fn_name, None)
+        if not callable(fn):
+            raise ConfigError("task", f"a callable {fn_name!r} in module {mod_name!r}", name)
+        task = fn()
+        if not isinstance(task, Task):
+            raise ConfigError("task", f"{name} to return a trajlib Task", type(task).__name__)
+    else:
+        raise UnknownNameError("task", name, list_tasks())
+    _CACHE[name] = task
+    return task

@@ -7,11 +7,16 @@ one task trained together; a single run is a population of one).
 
 from trajlib.collect._behaviour import BehaviourPolicy, Keep, RandomWalk, make_behaviour
 from trajlib.collect._engine import REC_COLUMNS, FlatSpec, Population
+from trajlib.collect._executor import CollectReport, RunSink, collect, work_units
 from trajlib.collect._recipe import Recipe, RunSpec, load_recipe, parse_recipe
 from trajlib.collect._runner import RunResult, run_population
 
 __all__ = [
     "BehaviourPolicy",
+    "CollectReport",
+    "RunSink",
+    "collect",
+    "work_units",
     "FlatSpec",
     "Keep",
     "Population",

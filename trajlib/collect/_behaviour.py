@@ -21,7 +21,9 @@ class BehaviourPolicy:
     def probabilities(self, n_actions: int, keep: int) -> np.ndarray:
         raise NotImplementedError
 
-    def choose(self, rng: np.random.Generator, k: int, n_actions: int, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    def choose(
+        self, rng: np.random.Generator, k: int, n_actions: int, keep: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Actions [k] (int) and their propensities [k] (float)."""
         p = self.probabilities(n_actions, keep)
         a = rng.choice(n_actions, size=k, p=p)

@@ -27,10 +27,25 @@ __all__ = ["FlatSpec", "Population", "REC_COLUMNS"]
 
 # Columns of the per-step record buffer [step, K, len(REC_COLUMNS)] (names as in trajlib.schema).
 REC_COLUMNS = (
-    "loss", "lr", "momentum", "weight_decay", "l2", "input_noise",
-    "grad_norm", "weight_norm", "update_norm", "grad_cos", "update_cos",
-    "upd_ratio_mean", "upd_ratio_max", "upd_ratio_min", "upd_ratio_median",
-    "step_time_s", "finite", "val_loss", "val_acc",
+    "loss",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "l2",
+    "input_noise",
+    "grad_norm",
+    "weight_norm",
+    "update_norm",
+    "grad_cos",
+    "update_cos",
+    "upd_ratio_mean",
+    "upd_ratio_max",
+    "upd_ratio_min",
+    "upd_ratio_median",
+    "step_time_s",
+    "finite",
+    "val_loss",
+    "val_acc",
 )
 _C = {name: i for i, name in enumerate(REC_COLUMNS)}
 _EPS = 1e-30
@@ -138,10 +153,17 @@ class Population:
         self.M = self.spec.membership(self.device)
         self.noise_seed = noise_seed
         n_cols = len(REC_COLUMNS)
-        self.rec = torch.full((self.capacity, self.K, n_cols), float("nan"), device=self.device) if record else None
+        self.rec = (
+            torch.full((self.capacity, self.K, n_cols), float("nan"), device=self.device)
+            if record
+            else None
+        )
         self.layer_rec = (
-            torch.full((self.capacity, self.K, self.spec.n_layers, 3), float("nan"), device=self.device)
-            if record and record_layers else None
+            torch.full(
+                (self.capacity, self.K, self.spec.n_layers, 3), float("nan"), device=self.device
+            )
+            if record and record_layers
+            else None
         )
         self._perm_epoch = -1
         self._perms: torch.Tensor | None = None
@@ -245,8 +267,15 @@ class Population:
             self._last_loss = loss
         self.t = t + 1
 
-    def _record(self, t: int, loss: torch.Tensor, g: torch.Tensor, theta: torch.Tensor,
-                new: torch.Tensor, lr: torch.Tensor) -> None:
+    def _record(
+        self,
+        t: int,
+        loss: torch.Tensor,
+        g: torch.Tensor,
+        theta: torch.Tensor,
+        new: torch.Tensor,
+        lr: torch.Tensor,
+    ) -> None:
         u = new - theta
         buf = self._sq
         if buf is None or buf.shape[1] != self.K:
@@ -259,7 +288,9 @@ class Population:
             torch.mul(g, self.g_prev, out=buf[3])
             torch.mul(u, self.u_prev, out=buf[4])
         rows = 3 if first else 5
-        per_layer = (buf[:rows].view(rows * self.K, -1) @ self.M).view(rows, self.K, -1)  # [r, K, L]
+        per_layer = (buf[:rows].view(rows * self.K, -1) @ self.M).view(
+            rows, self.K, -1
+        )  # [r, K, L]
         tot = per_layer.sum(-1)  # [r, K]
         gn, wn, un = tot[0].sqrt(), tot[1].sqrt(), tot[2].sqrt()
         if first:
@@ -274,9 +305,29 @@ class Population:
         hp = self.hp
         nan = self._nan
         self.rec[t] = torch.stack(
-            [loss, lr, hp["momentum"], hp["weight_decay"], hp["l2"], hp["input_noise"], gn, wn, un,
-             gcos, ucos, ratio.mean(-1), ratio.amax(-1), ratio.amin(-1), ratio.median(-1).values,
-             nan, finite, nan, nan], dim=1)
+            [
+                loss,
+                lr,
+                hp["momentum"],
+                hp["weight_decay"],
+                hp["l2"],
+                hp["input_noise"],
+                gn,
+                wn,
+                un,
+                gcos,
+                ucos,
+                ratio.mean(-1),
+                ratio.amax(-1),
+                ratio.amin(-1),
+                ratio.median(-1).values,
+                nan,
+                finite,
+                nan,
+                nan,
+            ],
+            dim=1,
+        )
         if self.layer_rec is not None:
             self.layer_rec[t] = per_layer[:3].sqrt().permute(1, 2, 0)  # [K, L, 3]
         self.g_prev, self.u_prev = g, u
@@ -284,7 +335,11 @@ class Population:
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and accuracy [K] of every member on ``val`` or ``test`` (accuracy NaN for regression)."""
-        x, y = (self.data.x_val, self.data.y_val) if split == "val" else (self.data.x_test, self.data.y_test)
+        x, y = (
+            (self.data.x_val, self.data.y_val)
+            if split == "val"
+            else (self.data.x_test, self.data.y_test)
+        )
         return self._veval(self.theta, x, y)
 
     def record_validation(self) -> tuple[torch.Tensor, torch.Tensor]:

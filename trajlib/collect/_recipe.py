@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from trajlib.errors import ConfigError, TrajlibError
-from trajlib.space import BASE_SCHEDULES, ActionSpace, HyperParam, HyperparameterSpace, lr_action_space
+from trajlib.space import (
+    BASE_SCHEDULES,
+    ActionSpace,
+    HyperParam,
+    HyperparameterSpace,
+    lr_action_space,
+)
 from trajlib.tasks import get_task
 
 __all__ = ["Recipe", "RunSpec", "load_recipe", "parse_recipe", "BEHAVIOURS"]
@@ -102,16 +108,26 @@ class Recipe:
             task = get_task(task_name)
             for i in range(self.collect.runs_per_task):
                 seed = self.collect.seed * 100_003 + i
-                h = int.from_bytes(hashlib.sha256(f"{self.collect.seed}/{task_name}/{i}".encode()).digest()[:8], "big")
+                h = int.from_bytes(
+                    hashlib.sha256(f"{self.collect.seed}/{task_name}/{i}".encode()).digest()[:8],
+                    "big",
+                )
                 u = (h % 1_000_000) / 1_000_000.0
                 r = math.log(self.space.lr_range)
                 lr0 = task.default_lr * math.exp(-r + 2 * r * u)
                 entry = {
-                    "recipe": self.name, "task": task_name, "index": i, "seed": seed, "lr0": lr0,
-                    "budget": self.collect.budget or task.budget, "every": self.collect.every,
+                    "recipe": self.name,
+                    "task": task_name,
+                    "index": i,
+                    "seed": seed,
+                    "lr0": lr0,
+                    "budget": self.collect.budget or task.budget,
+                    "every": self.collect.every,
                     "val_every": self.collect.val_every or task.val_every,
-                    "behaviour": asdict(self.behaviour), "space": asdict(self.space),
-                    "actions": list(self.actions), "branch": asdict(self.branch),
+                    "behaviour": asdict(self.behaviour),
+                    "space": asdict(self.space),
+                    "actions": list(self.actions),
+                    "branch": asdict(self.branch),
                 }
                 digest = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:10]
                 out.append(RunSpec(f"{task_name}-{i:04d}-{digest}", entry))
@@ -162,13 +178,21 @@ def _section(name: str, raw: Any) -> Any:
     fields = cls.__dataclass_fields__
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"{name}.{unknown[0]}", f"one of the keys {sorted(fields)}", unknown[0], "unknown key")
+        raise ConfigError(
+            f"{name}.{unknown[0]}", f"one of the keys {sorted(fields)}", unknown[0], "unknown key"
+        )
     kwargs = {k: _typed(name, k, v, fields[k].default, str(fields[k].type)) for k, v in raw.items()}
     try:
         return cls(**kwargs)
     except TypeError as e:
-        missing = [k for k, f in fields.items() if f.default is MISSING and f.default_factory is MISSING and k not in raw]
-        raise ConfigError(f"{name}.{missing[0] if missing else '?'}", "present", None, str(e)) from None
+        missing = [
+            k
+            for k, f in fields.items()
+            if f.default is MISSING and f.default_factory is MISSING and k not in raw
+        ]
+        raise ConfigError(
+            f"{name}.{missing[0] if missing else '?'}", "present", None, str(e)
+        ) from None
 
 
 def _positive(where: str, v: Any) -> None:
@@ -180,7 +204,9 @@ def parse_recipe(data: dict[str, Any], *, name: str = "recipe", source: str = ""
     """Validate a recipe given as a dict (the parsed TOML)."""
     unknown = sorted(set(data) - _TOP)
     if unknown:
-        raise ConfigError(unknown[0], f"one of the top-level keys {sorted(_TOP)}", unknown[0], "unknown key")
+        raise ConfigError(
+            unknown[0], f"one of the top-level keys {sorted(_TOP)}", unknown[0], "unknown key"
+        )
     if "collect" not in data:
         raise ConfigError("collect", "a [collect] table", None)
     collect: CollectSection = _section("collect", data["collect"])
@@ -190,7 +216,9 @@ def parse_recipe(data: dict[str, Any], *, name: str = "recipe", source: str = ""
         try:
             get_task(t)
         except TrajlibError as e:
-            raise ConfigError("collect.tasks", "known task names or 'module:function'", t, str(e)) from None
+            raise ConfigError(
+                "collect.tasks", "known task names or 'module:function'", t, str(e)
+            ) from None
     _positive("collect.runs_per_task", collect.runs_per_task)
     _positive("collect.every", collect.every)
     _positive("collect.population", collect.population)
@@ -207,22 +235,33 @@ def parse_recipe(data: dict[str, Any], *, name: str = "recipe", source: str = ""
     if not space.lr_range >= 1:
         raise ConfigError("space.lr_range", ">= 1", space.lr_range)
     if not 0 < space.lr_min <= 1 <= space.lr_max:
-        raise ConfigError("space.lr_min/lr_max", "0 < lr_min <= 1 <= lr_max (multipliers of the start LR)",
-                          (space.lr_min, space.lr_max))
+        raise ConfigError(
+            "space.lr_min/lr_max",
+            "0 < lr_min <= 1 <= lr_max (multipliers of the start LR)",
+            (space.lr_min, space.lr_max),
+        )
     if space.mode not in MODES:
         raise ConfigError("space.mode", f"one of {MODES}", space.mode)
     if space.base_schedule not in BASE_SCHEDULES:
         raise ConfigError("space.base_schedule", f"one of {BASE_SCHEDULES}", space.base_schedule)
     if space.mode == "free" and space.base_schedule != "constant":
-        raise ConfigError("space.base_schedule", "'constant' when mode = 'free'", space.base_schedule,
-                          "use mode = 'residual' to act on top of a base schedule")
+        raise ConfigError(
+            "space.base_schedule",
+            "'constant' when mode = 'free'",
+            space.base_schedule,
+            "use mode = 'residual' to act on top of a base schedule",
+        )
 
     raw_actions = data.get("actions", {"lr": [0.5, 0.7, 1.0, 1.4, 2.0]})
     if not isinstance(raw_actions, dict) or set(raw_actions) - {"lr"}:
-        raise ConfigError("actions", "a table with key 'lr' (a list of LR multipliers)", raw_actions)
+        raise ConfigError(
+            "actions", "a table with key 'lr' (a list of LR multipliers)", raw_actions
+        )
     mults = raw_actions.get("lr")
-    if not isinstance(mults, list) or not mults or not all(
-        isinstance(m, int | float) and not isinstance(m, bool) and m > 0 for m in mults
+    if (
+        not isinstance(mults, list)
+        or not mults
+        or not all(isinstance(m, int | float) and not isinstance(m, bool) and m > 0 for m in mults)
     ):
         raise ConfigError("actions.lr", "a non-empty list of positive numbers", mults)
     if 1 not in mults and 1.0 not in mults:
@@ -245,9 +284,15 @@ def parse_recipe(data: dict[str, Any], *, name: str = "recipe", source: str = ""
     if not isinstance(rname, str) or not rname:
         raise ConfigError("name", "a non-empty string", rname)
     return Recipe(
-        name=rname, collect=collect, space=space, actions=tuple(float(m) for m in mults),
-        behaviour=behaviour, branch=branch, executor=executor,
-        description=str(data.get("description", "")), source=source,
+        name=rname,
+        collect=collect,
+        space=space,
+        actions=tuple(float(m) for m in mults),
+        behaviour=behaviour,
+        branch=branch,
+        executor=executor,
+        description=str(data.get("description", "")),
+        source=source,
     )
 
 

@@ -49,8 +49,18 @@ def _lr_at(lr0: np.ndarray, mult: np.ndarray, schedule: str, t: int, budget: int
     return lr0 * mult * base_factor(schedule, t / budget)
 
 
-def _branch(pop: Population, members: np.ndarray, lr0: np.ndarray, mult: np.ndarray, space_lr: HyperParam,
-            actions, schedule: str, budget: int, horizon: int, cooldown: int) -> dict[str, np.ndarray]:
+def _branch(
+    pop: Population,
+    members: np.ndarray,
+    lr0: np.ndarray,
+    mult: np.ndarray,
+    space_lr: HyperParam,
+    actions,
+    schedule: str,
+    budget: int,
+    horizon: int,
+    cooldown: int,
+) -> dict[str, np.ndarray]:
     """Try every action for every member in ``members``; returns arrays [len(members), A]."""
     A = len(actions)
     s = pop.t
@@ -59,34 +69,47 @@ def _branch(pop: Population, members: np.ndarray, lr0: np.ndarray, mult: np.ndar
     child = sub.fork(A)
     k = len(members)
     factors = np.array([a.lr_factor() for a in actions])
-    m_child = np.array([[space_lr.clamp(mult[i] * f) for f in factors] for i in members]).reshape(-1)
+    m_child = np.array([[space_lr.clamp(mult[i] * f) for f in factors] for i in members]).reshape(
+        -1
+    )
     lr0_child = np.repeat(lr0[members], A)
     losses = []
     val_half = torch.full((k * A,), float("nan"))
     for j in range(H):
-        lr = torch.as_tensor(_lr_at(lr0_child, m_child, schedule, s + j, budget), dtype=torch.float32)
+        lr = torch.as_tensor(
+            _lr_at(lr0_child, m_child, schedule, s + j, budget), dtype=torch.float32
+        )
         child.step(lr.to(pop.device))
         losses.append(child.last_losses())
         if j + 1 == max(H // 2, 1):
             val_half = child.evaluate("val")[0]
     val, acc = child.evaluate("val")
-    tail = torch.stack(losses[-max(H // 4, 1):])  # [q, kA]
+    tail = torch.stack(losses[-max(H // 4, 1) :])  # [q, kA]
     train_loss = tail.mean(0)
     diverged = ~torch.isfinite(torch.stack(losses)).all(0)
     cooled = torch.full((k * A,), float("nan"))
     if cooldown > 0:
         lr_end = _lr_at(lr0_child, m_child, schedule, s + H - 1, budget)
         for j in range(cooldown):
-            child.step(torch.as_tensor(lr_end * (1 - j / cooldown), dtype=torch.float32).to(pop.device))
+            child.step(
+                torch.as_tensor(lr_end * (1 - j / cooldown), dtype=torch.float32).to(pop.device)
+            )
         cooled = child.evaluate("val")[0]
         diverged |= ~torch.isfinite(cooled)
     diverged |= ~torch.isfinite(val)
     out = {
-        S.HORIZON: np.full(k * A, H), S.COOLDOWN: np.full(k * A, cooldown),
-        S.BRANCH_TRAIN_LOSS: train_loss, S.BRANCH_VAL_LOSS_HALF: val_half, S.BRANCH_VAL_LOSS: val,
-        S.BRANCH_VAL_LOSS_COOLED: cooled, S.BRANCH_VAL_ACC: acc, S.BRANCH_DIVERGED: diverged,
+        S.HORIZON: np.full(k * A, H),
+        S.COOLDOWN: np.full(k * A, cooldown),
+        S.BRANCH_TRAIN_LOSS: train_loss,
+        S.BRANCH_VAL_LOSS_HALF: val_half,
+        S.BRANCH_VAL_LOSS: val,
+        S.BRANCH_VAL_LOSS_COOLED: cooled,
+        S.BRANCH_VAL_ACC: acc,
+        S.BRANCH_DIVERGED: diverged,
     }
-    return {key: (v.cpu().numpy() if torch.is_tensor(v) else v).reshape(k, A) for key, v in out.items()}
+    return {
+        key: (v.cpu().numpy() if torch.is_tensor(v) else v).reshape(k, A) for key, v in out.items()
+    }
 
 
 def _select(pop: Population, members: np.ndarray) -> Population:
@@ -106,7 +129,9 @@ def _select(pop: Population, members: np.ndarray) -> Population:
     return child
 
 
-def run_population(specs: Sequence[RunSpec], *, device: str = "cpu", divergence_factor: float = 1e3) -> list[RunResult]:
+def run_population(
+    specs: Sequence[RunSpec], *, device: str = "cpu", divergence_factor: float = 1e3
+) -> list[RunResult]:
     """Train the runs in ``specs`` (same task, budget and settings) together; one result per run."""
     e0 = specs[0].entry
     task = get_task(e0["task"])
@@ -133,7 +158,9 @@ def run_population(specs: Sequence[RunSpec], *, device: str = "cpu", divergence_
     alive = np.ones(K, dtype=bool)
     diverged_at = np.full(K, -1)
     lr_mult_hist = np.ones((budget, K), dtype=np.float32)
-    base_hist = np.array([base_factor(schedule, t / budget) for t in range(budget)], dtype=np.float32)
+    base_hist = np.array(
+        [base_factor(schedule, t / budget) for t in range(budget)], dtype=np.float32
+    )
     val_rows: list[int] = []
     decisions: list[list[dict[str, Any]]] = [[] for _ in range(K)]
     branches: list[list[dict[str, Any]]] = [[] for _ in range(K)]
@@ -143,26 +170,52 @@ def run_population(specs: Sequence[RunSpec], *, device: str = "cpu", divergence_
         if s > 0 and alive.any():
             live = np.flatnonzero(alive)
             if branch["enabled"]:
-                out = _branch(pop, live, lr0, mult, space_lr, actions.actions, schedule, budget,
-                              int(branch["horizon"]), int(branch["cooldown"]))
+                out = _branch(
+                    pop,
+                    live,
+                    lr0,
+                    mult,
+                    space_lr,
+                    actions.actions,
+                    schedule,
+                    budget,
+                    int(branch["horizon"]),
+                    int(branch["cooldown"]),
+                )
                 for row, i in enumerate(live):
                     for a in range(len(actions)):
-                        branches[i].append({S.RUN_ID: specs[i].run_id, S.STEP: s, S.ACTION: a,
-                                            **{key: v[row, a].item() for key, v in out.items()}})
+                        branches[i].append(
+                            {
+                                S.RUN_ID: specs[i].run_id,
+                                S.STEP: s,
+                                S.ACTION: a,
+                                **{key: v[row, a].item() for key, v in out.items()},
+                            }
+                        )
             lr_now = _lr_at(lr0, mult, schedule, s - 1, budget)
             for i in live:
                 a_arr, p_arr = behaviour.choose(rngs[i], 1, len(actions), keep)
                 a, p = int(a_arr[0]), float(p_arr[0])
-                decisions[i].append({
-                    S.RUN_ID: specs[i].run_id, S.STEP: s, S.ACTION: a, S.PROPENSITY: p,
-                    S.N_ACTIONS: len(actions), S.LR: float(lr_now[i]), S.LR_MULT: float(mult[i]),
-                    S.MOMENTUM: task.momentum, S.WEIGHT_DECAY: task.weight_decay,
-                })
+                decisions[i].append(
+                    {
+                        S.RUN_ID: specs[i].run_id,
+                        S.STEP: s,
+                        S.ACTION: a,
+                        S.PROPENSITY: p,
+                        S.N_ACTIONS: len(actions),
+                        S.LR: float(lr_now[i]),
+                        S.LR_MULT: float(mult[i]),
+                        S.MOMENTUM: task.momentum,
+                        S.WEIGHT_DECAY: task.weight_decay,
+                    }
+                )
                 mult[i] = space_lr.clamp(mult[i] * actions[a].lr_factor())
         end = min(s + every, budget)
         for t in range(s, end):
             lr_mult_hist[t] = mult
-            lr = torch.as_tensor(np.where(alive, _lr_at(lr0, mult, schedule, t, budget), 0.0), dtype=torch.float32)
+            lr = torch.as_tensor(
+                np.where(alive, _lr_at(lr0, mult, schedule, t, budget), 0.0), dtype=torch.float32
+            )
             pop.step(lr.to(device))
             if (t + 1) % val_every == 0 or t + 1 == budget:
                 pop.record_validation()
@@ -197,38 +250,62 @@ def run_population(specs: Sequence[RunSpec], *, device: str = "cpu", divergence_
             if name == S.FINITE:
                 cols[name] = v > 0.5
             elif name in (S.VAL_LOSS, S.VAL_ACC):
-                cols[name] = pl.Series(name, v, dtype=pl.Float32).scatter(np.flatnonzero(~val_mask[:n]), None)
+                cols[name] = pl.Series(name, v, dtype=pl.Float32).scatter(
+                    np.flatnonzero(~val_mask[:n]), None
+                )
             elif name == S.STEP_TIME_S:
                 cols[name] = step_times[:n] / K
             else:
                 cols[name] = v
         cols[S.LR_MULT] = lr_mult_hist[:n, i]
         cols[S.BASE_FACTOR] = base_hist[:n]
-        steps = pl.DataFrame(cols).cast({k: v for k, v in S.STEP_SCHEMA.items()}).select(list(S.STEP_SCHEMA))
+        steps = (
+            pl.DataFrame(cols)
+            .cast({k: v for k, v in S.STEP_SCHEMA.items()})
+            .select(list(S.STEP_SCHEMA))
+        )
         ok = diverged_at[i] < 0
         last_val = steps.filter(pl.col(S.VAL_LOSS).is_not_null()).tail(1)
         run = {
-            S.RUN_ID: spec.run_id, S.TASK: task.name, S.SEED: int(spec.entry["seed"]),
-            S.STATUS: S.STATUS_COMPLETE if ok else S.STATUS_DIVERGED, S.STEPS_DONE: n, S.BUDGET: budget,
+            S.RUN_ID: spec.run_id,
+            S.TASK: task.name,
+            S.SEED: int(spec.entry["seed"]),
+            S.STATUS: S.STATUS_COMPLETE if ok else S.STATUS_DIVERGED,
+            S.STEPS_DONE: n,
+            S.BUDGET: budget,
             S.DIVERGED_AT: None if ok else int(diverged_at[i]),
             S.FINAL_VAL_LOSS: float(last_val[S.VAL_LOSS][0]) if ok and len(last_val) else None,
             S.FINAL_VAL_ACC: _opt(last_val[S.VAL_ACC][0]) if ok and len(last_val) else None,
             S.FINAL_TEST_LOSS: float(test_loss[i]) if ok else None,
             S.FINAL_TEST_ACC: _opt(test_acc[i]) if ok else None,
-            S.RECIPE: spec.entry.get("recipe", ""), S.ENTRY: json.dumps(spec.entry, sort_keys=True),
-            S.BEHAVIOUR: spec.entry["behaviour"]["kind"], S.BASE_SCHEDULE: schedule,
-            S.OPTIMIZER: task.optimizer, S.EVERY: every, S.VAL_EVERY: val_every, S.WALL_TIME_S: wall / K,
-            S.ERROR: None, S.CREATED: now, S.LAYER_NAMES: json.dumps(list(pop.spec.names)),
+            S.RECIPE: spec.entry.get("recipe", ""),
+            S.ENTRY: json.dumps(spec.entry, sort_keys=True),
+            S.BEHAVIOUR: spec.entry["behaviour"]["kind"],
+            S.BASE_SCHEDULE: schedule,
+            S.OPTIMIZER: task.optimizer,
+            S.EVERY: every,
+            S.VAL_EVERY: val_every,
+            S.WALL_TIME_S: wall / K,
+            S.ERROR: None,
+            S.CREATED: now,
+            S.LAYER_NAMES: json.dumps(list(pop.spec.names)),
         }
-        results.append(RunResult(
-            run=run, steps=steps,
-            decisions=pl.DataFrame(decisions[i], schema=S.DECISION_SCHEMA, orient="row") if decisions[i]
-            else S.empty_frame(S.DECISION_SCHEMA),
-            branches=pl.DataFrame(branches[i]).cast(S.BRANCH_SCHEMA).select(list(S.BRANCH_SCHEMA)) if branches[i]
-            else S.empty_frame(S.BRANCH_SCHEMA),
-            layers=layers[:n, i] if layers is not None else None,
-            layer_names=list(pop.spec.names),
-        ))
+        results.append(
+            RunResult(
+                run=run,
+                steps=steps,
+                decisions=pl.DataFrame(decisions[i], schema=S.DECISION_SCHEMA, orient="row")
+                if decisions[i]
+                else S.empty_frame(S.DECISION_SCHEMA),
+                branches=pl.DataFrame(branches[i])
+                .cast(S.BRANCH_SCHEMA)
+                .select(list(S.BRANCH_SCHEMA))
+                if branches[i]
+                else S.empty_frame(S.BRANCH_SCHEMA),
+                layers=layers[:n, i] if layers is not None else None,
+                layer_names=list(pop.spec.names),
+            )
+        )
     return results
 
 
@@ -239,9 +316,14 @@ def _opt(x: Any) -> float | None:
 def failed_result(spec: RunSpec, exc: BaseException) -> dict[str, Any]:
     """The runs-table row of a run whose training raised."""
     return {
-        S.RUN_ID: spec.run_id, S.TASK: spec.entry.get("task"), S.SEED: int(spec.entry.get("seed", -1)),
-        S.STATUS: S.STATUS_FAILED, S.STEPS_DONE: 0, S.BUDGET: int(spec.entry.get("budget", 0)),
-        S.RECIPE: spec.entry.get("recipe", ""), S.ENTRY: json.dumps(spec.entry, sort_keys=True),
+        S.RUN_ID: spec.run_id,
+        S.TASK: spec.entry.get("task"),
+        S.SEED: int(spec.entry.get("seed", -1)),
+        S.STATUS: S.STATUS_FAILED,
+        S.STEPS_DONE: 0,
+        S.BUDGET: int(spec.entry.get("budget", 0)),
+        S.RECIPE: spec.entry.get("recipe", ""),
+        S.ENTRY: json.dumps(spec.entry, sort_keys=True),
         S.ERROR: "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000],
         S.CREATED: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

@@ -6,6 +6,14 @@ returning a :class:`Task`, named as ``module:function``.
 """
 
 from trajlib.tasks import _builtin  # noqa: F401  (registers the built-in tasks; defines, no work)
-from trajlib.tasks._base import LOSSES, OPTIMIZERS, Task, TaskData, get_task, list_tasks, register_task
+from trajlib.tasks._base import (
+    LOSSES,
+    OPTIMIZERS,
+    Task,
+    TaskData,
+    get_task,
+    list_tasks,
+    register_task,
+)
 
 __all__ = ["Task", "TaskData", "get_task", "list_tasks", "register_task", "LOSSES", "OPTIMIZERS"]

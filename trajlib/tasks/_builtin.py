@@ -20,7 +20,9 @@ from trajlib.tasks._base import Task, TaskData, register_task
 _DATA_SEED = 12345  # data splits are fixed per task; runs vary by the run seed only
 
 
-def _split(x: np.ndarray, y: np.ndarray, n_val: int, n_test: int, y_float: bool = False) -> TaskData:
+def _split(
+    x: np.ndarray, y: np.ndarray, n_val: int, n_test: int, y_float: bool = False
+) -> TaskData:
     rng = np.random.default_rng(_DATA_SEED)
     idx = rng.permutation(len(x))
     te, va, tr = idx[:n_test], idx[n_test : n_test + n_val], idx[n_test + n_val :]
@@ -31,7 +33,14 @@ def _split(x: np.ndarray, y: np.ndarray, n_val: int, n_test: int, y_float: bool 
             return torch.as_tensor(arr, dtype=torch.int64)
         return torch.as_tensor(arr, dtype=torch.float32)
 
-    return TaskData(t(x, tr, False), t(y, tr, True), t(x, va, False), t(y, va, True), t(x, te, False), t(y, te, True))
+    return TaskData(
+        t(x, tr, False),
+        t(y, tr, True),
+        t(x, va, False),
+        t(y, va, True),
+        t(x, te, False),
+        t(y, te, True),
+    )
 
 
 # ----------------------------------------------------------------------------------- data sets
@@ -55,7 +64,9 @@ def digits_data() -> TaskData:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return _split(d.data.astype(np.float32) / 16.0, d.target.astype(np.int64), n_val=300, n_test=300)
+    return _split(
+        d.data.astype(np.float32) / 16.0, d.target.astype(np.int64), n_val=300, n_test=300
+    )
 
 
 @functools.cache
@@ -78,8 +89,15 @@ def synth_classification_data() -> TaskData:
     from sklearn.datasets import make_classification
 
     x, y = make_classification(
-        n_samples=6000, n_features=30, n_informative=12, n_redundant=6, n_classes=6,
-        n_clusters_per_class=2, class_sep=1.0, flip_y=0.03, random_state=_DATA_SEED,
+        n_samples=6000,
+        n_features=30,
+        n_informative=12,
+        n_redundant=6,
+        n_classes=6,
+        n_clusters_per_class=2,
+        class_sep=1.0,
+        flip_y=0.03,
+        random_state=_DATA_SEED,
     )
     x = (x - x.mean(0)) / x.std(0)
     return _split(x.astype(np.float32), y.astype(np.int64), n_val=1000, n_test=1000)
@@ -161,7 +179,9 @@ class CNN2d(nn.Module):
 class TinyTransformerLM(nn.Module):
     """One-block causal transformer over characters (plain ops, so torch.func.vmap batches it)."""
 
-    def __init__(self, vocab: int = 96, d: int = 48, heads: int = 4, context: int = CHAR_CONTEXT) -> None:
+    def __init__(
+        self, vocab: int = 96, d: int = 48, heads: int = 4, context: int = CHAR_CONTEXT
+    ) -> None:
         super().__init__()
         self.heads = heads
         self.tok = nn.Embedding(vocab, d)
@@ -173,7 +193,9 @@ class TinyTransformerLM(nn.Module):
         self.ln1 = nn.LayerNorm(d)
         self.ln2 = nn.LayerNorm(d)
         self.out = nn.Linear(d, vocab)
-        self.register_buffer("mask", torch.tril(torch.ones(context, context, dtype=torch.bool)), persistent=False)
+        self.register_buffer(
+            "mask", torch.tril(torch.ones(context, context, dtype=torch.bool)), persistent=False
+        )
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.shape[-1]
@@ -191,48 +213,115 @@ class TinyTransformerLM(nn.Module):
 # ----------------------------------------------------------------------------------- tasks
 @register_task("mnist1d-mlp")
 def _mnist1d_mlp() -> Task:
-    return Task("mnist1d-mlp", "mnist1d", lambda: mlp(40, (100, 100), 10), mnist1d_data,
-                optimizer="sgd", default_lr=0.05, momentum=0.9, budget=2000, batch_size=128,
-                description="MLP 40-100-100-10 on mnist1d, SGD+momentum")
+    return Task(
+        "mnist1d-mlp",
+        "mnist1d",
+        lambda: mlp(40, (100, 100), 10),
+        mnist1d_data,
+        optimizer="sgd",
+        default_lr=0.05,
+        momentum=0.9,
+        budget=2000,
+        batch_size=128,
+        description="MLP 40-100-100-10 on mnist1d, SGD+momentum",
+    )
 
 
 @register_task("mnist1d-cnn")
 def _mnist1d_cnn() -> Task:
-    return Task("mnist1d-cnn", "mnist1d", lambda: CNN1d(16), mnist1d_data,
-                optimizer="adamw", default_lr=3e-3, momentum=0.9, weight_decay=1e-2, budget=2000,
-                batch_size=128, description="1-D CNN (2 conv layers) on mnist1d, AdamW")
+    return Task(
+        "mnist1d-cnn",
+        "mnist1d",
+        lambda: CNN1d(16),
+        mnist1d_data,
+        optimizer="adamw",
+        default_lr=3e-3,
+        momentum=0.9,
+        weight_decay=1e-2,
+        budget=2000,
+        batch_size=128,
+        description="1-D CNN (2 conv layers) on mnist1d, AdamW",
+    )
 
 
 @register_task("digits-mlp")
 def _digits_mlp() -> Task:
-    return Task("digits-mlp", "digits", lambda: mlp(64, (64,), 10), digits_data,
-                optimizer="sgd", default_lr=0.02, momentum=0.9, budget=1500, batch_size=64,
-                description="MLP 64-64-10 on scikit-learn digits, SGD+momentum")
+    return Task(
+        "digits-mlp",
+        "digits",
+        lambda: mlp(64, (64,), 10),
+        digits_data,
+        optimizer="sgd",
+        default_lr=0.02,
+        momentum=0.9,
+        budget=1500,
+        batch_size=64,
+        description="MLP 64-64-10 on scikit-learn digits, SGD+momentum",
+    )
 
 
 @register_task("digits-cnn")
 def _digits_cnn() -> Task:
-    return Task("digits-cnn", "digits", lambda: CNN2d(12), digits_data,
-                optimizer="adamw", default_lr=1e-2, momentum=0.9, weight_decay=1e-2, budget=1500,
-                batch_size=64, description="2-D CNN on 8x8 digits, AdamW")
+    return Task(
+        "digits-cnn",
+        "digits",
+        lambda: CNN2d(12),
+        digits_data,
+        optimizer="adamw",
+        default_lr=1e-2,
+        momentum=0.9,
+        weight_decay=1e-2,
+        budget=1500,
+        batch_size=64,
+        description="2-D CNN on 8x8 digits, AdamW",
+    )
 
 
 @register_task("teacher-student")
 def _teacher_student() -> Task:
-    return Task("teacher-student", "teacher-student", lambda: mlp(20, (64, 64), 1), teacher_student_data,
-                loss="mse", optimizer="sgd", default_lr=0.01, momentum=0.9, budget=2000, batch_size=128,
-                description="MLP student 20-64-64-1 regressing a random tanh teacher, SGD+momentum")
+    return Task(
+        "teacher-student",
+        "teacher-student",
+        lambda: mlp(20, (64, 64), 1),
+        teacher_student_data,
+        loss="mse",
+        optimizer="sgd",
+        default_lr=0.01,
+        momentum=0.9,
+        budget=2000,
+        batch_size=128,
+        description="MLP student 20-64-64-1 regressing a random tanh teacher, SGD+momentum",
+    )
 
 
 @register_task("synth-classification")
 def _synth_cls() -> Task:
-    return Task("synth-classification", "synthetic", lambda: mlp(30, (128, 64), 6), synth_classification_data,
-                optimizer="sgd", default_lr=0.3, momentum=0.9, budget=1500, batch_size=128,
-                description="MLP 30-128-64-6 on make_classification, SGD+momentum")
+    return Task(
+        "synth-classification",
+        "synthetic",
+        lambda: mlp(30, (128, 64), 6),
+        synth_classification_data,
+        optimizer="sgd",
+        default_lr=0.3,
+        momentum=0.9,
+        budget=1500,
+        batch_size=128,
+        description="MLP 30-128-64-6 on make_classification, SGD+momentum",
+    )
 
 
 @register_task("char-lm")
 def _char_lm() -> Task:
-    return Task("char-lm", "language", lambda: TinyTransformerLM(), char_data,
-                optimizer="adamw", default_lr=3e-3, momentum=0.9, weight_decay=0.01, budget=1500,
-                batch_size=32, description="1-block causal transformer, next char over stdlib source, AdamW")
+    return Task(
+        "char-lm",
+        "language",
+        lambda: TinyTransformerLM(),
+        char_data,
+        optimizer="adamw",
+        default_lr=3e-3,
+        momentum=0.9,
+        weight_decay=0.01,
+        budget=1500,
+        batch_size=32,
+        description="1-block causal transformer, next char over stdlib source, AdamW",
+    )

@@ -1,0 +1,273 @@
+"""Executors: run a recipe's runs in a local process pool (default) or on Ray, committing each run
+into a *sink* (a trajectory store) as soon as it is done.
+
+The collect stage does not import the store (it sits to its right); it writes through the small
+:class:`RunSink` protocol, which :class:`trajlib.store.Store` implements. Workers open their own sink
+from a picklable zero-argument ``sink_factory`` (e.g. ``functools.partial(open_store, path)``), and
+every worker writes its own fragments. Run ids are deterministic, so a collection that is stopped and
+started again skips what is committed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import polars as pl
+
+from trajlib.collect._recipe import Recipe, RunSpec
+from trajlib.errors import ConfigError, TrajlibError
+
+__all__ = ["RunSink", "CollectReport", "collect", "work_units"]
+
+
+class RunSink(Protocol):
+    """Where finished runs go (a store)."""
+
+    def is_committed(self, run_id: str) -> bool: ...
+    def claim(self, run_id: str) -> bool: ...
+    def release(self, run_id: str) -> None: ...
+    def write_run(
+        self,
+        run: dict[str, Any],
+        steps: pl.DataFrame,
+        decisions: pl.DataFrame | None = None,
+        branches: pl.DataFrame | None = None,
+        layers: np.ndarray | None = None,
+        layer_names: list[str] | None = None,
+    ) -> bool: ...
+
+
+@dataclass
+class CollectReport:
+    """What a collection did."""
+
+    total: int = 0
+    committed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    diverged: int = 0
+    steps: int = 0
+    branch_steps: int = 0
+    wall_time_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    def add(self, other: dict[str, Any]) -> None:
+        for k in ("committed", "skipped", "failed", "diverged", "steps", "branch_steps"):
+            setattr(self, k, getattr(self, k) + int(other.get(k, 0)))
+        self.errors.extend(other.get("errors", []))
+
+
+def work_units(recipe: Recipe) -> list[list[RunSpec]]:
+    """Group the recipe's runs into populations (same task, up to ``collect.population`` each)."""
+    by_task: dict[str, list[RunSpec]] = {}
+    for spec in recipe.run_specs():
+        by_task.setdefault(spec.entry["task"], []).append(spec)
+    k = recipe.collect.population
+    return [specs[i : i + k] for specs in by_task.values() for i in range(0, len(specs), k)]
+
+
+def run_unit(
+    specs: Sequence[RunSpec],
+    sink_factory: Callable[[], RunSink],
+    device: str = "cpu",
+    divergence_factor: float = 1e3,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Run one work unit in this process and commit its runs. Safe to call in any worker."""
+    import torch
+
+    from trajlib.collect._runner import failed_result, run_population
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    sink = sink_factory()
+    out: dict[str, Any] = {
+        "committed": 0,
+        "skipped": 0,
+        "failed": 0,
+        "diverged": 0,
+        "steps": 0,
+        "branch_steps": 0,
+        "errors": [],
+        "runs": len(specs),
+    }
+    todo = []
+    for spec in specs:
+        if sink.is_committed(spec.run_id) or not sink.claim(spec.run_id):
+            out["skipped"] += 1
+        else:
+            todo.append(spec)
+    try:
+        if todo:
+            try:
+                results = run_population(todo, device=device, divergence_factor=divergence_factor)
+            except (
+                Exception
+            ) as exc:  # a run that crashes is recorded as failed; the collection goes on
+                for spec in todo:
+                    row = failed_result(spec, exc)
+                    sink.write_run(row, pl.DataFrame())
+                    out["failed"] += 1
+                    out["errors"].append(f"{spec.run_id}: {row['error']}")
+            else:
+                for res in results:
+                    if sink.write_run(
+                        res.run, res.steps, res.decisions, res.branches, res.layers, res.layer_names
+                    ):
+                        out["committed"] += 1
+                        out["steps"] += res.run["steps_done"]
+                        out["branch_steps"] += (
+                            int(res.branches["horizon"].sum() + res.branches["cooldown"].sum())
+                            if len(res.branches)
+                            else 0
+                        )
+                        out["diverged"] += res.run["status"] == "diverged"
+                    else:
+                        out["skipped"] += 1
+    finally:
+        for spec in todo:
+            sink.release(spec.run_id)
+        torch.set_num_threads(old_threads)
+    return out
+
+
+def _worker_init() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        unit="run",
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        desc="collect",
+    )
+
+
+def _iter_local(
+    units: list[list[RunSpec]],
+    sink_factory: Callable[[], RunSink],
+    workers: int,
+    device: str,
+    divergence_factor: float,
+) -> Iterator[dict[str, Any]]:
+    if workers == 1 or len(units) == 1:
+        for u in units:
+            yield run_unit(u, sink_factory, device, divergence_factor)
+        return
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_worker_init
+    ) as pool:
+        futs = [pool.submit(run_unit, u, sink_factory, device, divergence_factor) for u in units]
+        for f in cf.as_completed(futs):
+            yield f.result()
+
+
+def _iter_ray(
+    units: list[list[RunSpec]],
+    sink_factory: Callable[[], RunSink],
+    workers: int,
+    device: str,
+    divergence_factor: float,
+    address: str | None,
+) -> Iterator[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError:
+        raise TrajlibError("the Ray executor needs Ray: pip install 'trajlib[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address:
+            kwargs["address"] = address
+        else:
+            kwargs["num_cpus"] = workers
+            kwargs["_temp_dir"] = tempfile.mkdtemp(prefix="trajlib-ray-")
+        ray.init(**kwargs)
+        started = True
+    try:
+        gpus = 1 if device.startswith("cuda") else 0
+        remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(run_unit)
+        pending = [remote.remote(u, sink_factory, device, divergence_factor) for u in units]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def collect(
+    recipe: Recipe,
+    sink_factory: Callable[[], RunSink],
+    *,
+    executor: str | None = None,
+    workers: int | None = None,
+    address: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> CollectReport:
+    """Run every run of ``recipe`` not yet committed in the sink; returns a :class:`CollectReport`.
+
+    Command-line options (``executor``, ``workers``, ``address``, ``device``) override the recipe.
+    """
+    kind = executor or recipe.executor.kind
+    n_workers = workers or recipe.executor.workers
+    dev = device or recipe.collect.device
+    if kind not in ("local", "ray"):
+        raise ConfigError("executor", "'local' or 'ray'", kind)
+    if n_workers < 1:
+        raise ConfigError("workers", "a positive integer", n_workers)
+    if dev.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "device", "a device this machine has", dev, "torch.cuda.is_available() is False"
+            )
+    units = work_units(recipe)
+    report = CollectReport(total=sum(len(u) for u in units))
+    t0 = time.perf_counter()
+    bar = _progress(report.total, progress)
+    it = (
+        _iter_ray(
+            units,
+            sink_factory,
+            n_workers,
+            dev,
+            recipe.collect.divergence_factor,
+            address or recipe.executor.address,
+        )
+        if kind == "ray"
+        else _iter_local(units, sink_factory, n_workers, dev, recipe.collect.divergence_factor)
+    )
+    try:
+        for res in it:
+            report.add(res)
+            report.wall_time_s = time.perf_counter() - t0
+            bar.update(res["runs"])
+            bar.set_postfix(
+                steps_per_s=f"{report.steps_per_s:,.0f}", failed=report.failed, refresh=False
+            )
+    finally:
+        bar.close()
+    report.wall_time_s = time.perf_counter() - t0
+    return report

@@ -14,10 +14,15 @@ from trajlib.errors import CheckpointError
 
 __all__ = ["Standardizer", "masked_targets", "save_tensors", "load_tensors"]
 
+_CLIP = 10.0
+
 
 class Standardizer:
-    """``x -> (x - mean) / std`` with non-finite values set to 0 (the mean) after scaling, plus a
+    """``x -> clip((x - mean) / std, -10, 10)`` with non-finite values set to 0 (the mean), plus a
     0/1 missing indicator for each feature that had non-finite values in the training rows.
+
+    The clip keeps a feature far outside the training range (a blow-up, a unit mistake) from
+    driving the network to extreme outputs.
 
     ``transform`` returns float32 ``[n, f + n_missing_cols]``.
     """
@@ -46,7 +51,7 @@ class Standardizer:
     def transform(self, X: np.ndarray) -> np.ndarray:
         """``[n, f]`` -> ``[n, n_out]`` float32."""
         finite = np.isfinite(X)
-        Z = np.where(finite, (X - self.mean) * self.inv_std, 0.0)
+        Z = np.where(finite, np.clip((X - self.mean) * self.inv_std, -_CLIP, _CLIP), 0.0)
         if self.missing_cols.size:
             Z = np.concatenate([Z, (~finite[:, self.missing_cols]).astype(np.float64)], axis=1)
         return Z.astype(np.float32)
@@ -54,7 +59,7 @@ class Standardizer:
     def transform_one(self, x: np.ndarray) -> np.ndarray:
         """``[f]`` -> ``[n_out]`` float32 (single-row fast path)."""
         finite = np.isfinite(x)
-        z = (x - self.mean) * self.inv_std
+        z = np.clip((x - self.mean) * self.inv_std, -_CLIP, _CLIP)
         if finite.all():
             if self.missing_cols.size:
                 z = np.concatenate([z, np.zeros(self.missing_cols.size)])

@@ -50,7 +50,9 @@ class HyperParam:
             raise ConfigError(f"{self.name}.low", "> 0 for a log-scale hyperparameter", self.low)
         if self.scale == "logit" and not (0 < self.low and self.high < 1):
             raise ConfigError(
-                f"{self.name}.bounds", "inside (0, 1) for a logit-scale hyperparameter", (self.low, self.high)
+                f"{self.name}.bounds",
+                "inside (0, 1) for a logit-scale hyperparameter",
+                (self.low, self.high),
             )
 
     def to_scale(self, value: float) -> float:
@@ -183,14 +185,23 @@ class ActionSpace:
 
     @classmethod
     def from_dict(cls, items: Iterable[Mapping[str, Any]]) -> ActionSpace:
-        return cls(tuple(Action({k: float(v) for k, v in d["moves"].items()}, d.get("label", "")) for d in items))
+        return cls(
+            tuple(
+                Action({k: float(v) for k, v in d["moves"].items()}, d.get("label", ""))
+                for d in items
+            )
+        )
 
 
 def lr_action_space(multipliers: Sequence[float] = (0.5, 0.7, 1.0, 1.4, 2.0)) -> ActionSpace:
     """Multiplicative LR actions, e.g. x{0.5, 0.7, 1, 1.4, 2}."""
-    bad = [m for m in multipliers if not (isinstance(m, int | float) and m > 0 and math.isfinite(m))]
+    bad = [
+        m for m in multipliers if not (isinstance(m, int | float) and m > 0 and math.isfinite(m))
+    ]
     if bad or not multipliers:
-        raise ConfigError("actions.lr", "a non-empty list of positive finite multipliers", list(multipliers))
+        raise ConfigError(
+            "actions.lr", "a non-empty list of positive finite multipliers", list(multipliers)
+        )
     return ActionSpace(
         tuple(Action({"lr": math.log(m)} if m != 1.0 else {}, f"lr x{m:g}") for m in multipliers)
     )

@@ -31,7 +31,8 @@ class GBTController(Controller):
 
     Parameters
     ----------
-    n_estimators: trees per action.
+    n_estimators: trees per action (100 x 15 leaves x 4 actions keeps a single decision near
+        40 us; decision tables are thousands to a million rows, where more trees add little).
     num_leaves: leaves per tree (15 keeps trees shallow and single decisions fast).
     learning_rate: shrinkage.
     min_child_samples: minimum rows per leaf.
@@ -45,9 +46,9 @@ class GBTController(Controller):
 
     def __init__(
         self,
-        n_estimators: int = 200,
+        n_estimators: int = 100,
         num_leaves: int = 15,
-        learning_rate: float = 0.05,
+        learning_rate: float = 0.1,
         min_child_samples: int = 20,
         subsample: float = 1.0,
         colsample_bytree: float = 1.0,

@@ -62,3 +62,12 @@ def test_sequences_group_and_order() -> None:
     seqs = sequences(5, groups, order)
     assert [s.tolist() for s in seqs] == [[2, 0], [3, 1], [4]]  # first-appearance order of groups
     assert [s.tolist() for s in sequences(5, groups, None)] == [[0, 2], [1, 3], [4]]
+
+
+def test_fit_restores_torch_threads(synth: Synth) -> None:
+    from ctl_synth import make_controller
+
+    before = torch.get_num_threads()
+    for kind in ("mlp", "gru"):
+        make_controller(kind, epochs=1, num_threads=1).fit(synth.X[:200], synth.T[:200])
+        assert torch.get_num_threads() == before

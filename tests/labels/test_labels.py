@@ -193,3 +193,53 @@ def test_user_strategy_with_one_subclass() -> None:
         "name": "annealed",
         "params": {"tie_tol": 1e-3, "diverged_penalty": 1.0},
     }
+
+
+# ------------------------------------------------------------------------------ properties
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_outcome = st.one_of(
+    st.none(),  # not branched / not measured
+    st.floats(0.01, 100.0),
+    st.just(float("nan")),
+    st.just(float("inf")),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    outcomes=st.lists(st.lists(_outcome, min_size=5, max_size=5), min_size=1, max_size=6),
+    diverged=st.lists(st.booleans(), min_size=30, max_size=30),
+    tol=st.sampled_from([0.0, 1e-3, 0.05]),
+)
+def test_label_invariants(
+    outcomes: list[list[float | None]], diverged: list[bool], tol: float
+) -> None:
+    rows = []
+    for k, vals in enumerate(outcomes):
+        for a, v in enumerate(vals):
+            if v is None and a != KEEP and diverged[(5 * k + a) % 30]:
+                continue  # action not branched at all
+            rows.append(
+                {
+                    "step": 50 * (k + 1),
+                    "action": a,
+                    "val": v,
+                    "diverged": diverged[(7 * k + a) % 30],
+                }
+            )
+    b = branches(rows)
+    lab = make_labels(b, get_label_strategy("greedy", tie_tol=tol), KEEP, n_actions=5)
+    adv = lab.select(f"adv_{i}" for i in range(5)).to_numpy()
+    assert lab.height <= len(outcomes)
+    if lab.height == 0:
+        return
+    assert np.all(adv[:, KEEP] == 0.0)  # keep is the reference
+    assert not np.isinf(adv).any()  # penalties stay finite
+    filled = np.where(np.isnan(adv), -np.inf, adv)
+    best = lab["best_action"].to_numpy()
+    chosen = filled[np.arange(len(best)), best]
+    assert np.all(chosen >= filled.max(1) - tol - 1e-12)  # best is within tol of the max
+    assert np.all((best == KEEP) | (chosen > tol))  # moving away from keep needs > tol gain
+    assert np.array_equal(lab["n_valid"].to_numpy(), (~np.isnan(adv)).sum(1))

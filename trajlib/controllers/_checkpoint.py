@@ -221,7 +221,10 @@ def save_controller(
         "base_schedule": base_schedule,
         "every": every,
         "label_strategy": _jsonable("label_strategy", label_strategy),
-        "training_data": _jsonable("training_data", dict(training_data)),
+        "training_data": _jsonable(
+            "training_data",
+            {"n_rows": None, "n_runs": None, "tasks": None, "store": None, **dict(training_data)},
+        ),
         "offline_metrics": _metrics(offline_metrics),
         "params": _jsonable("params", controller.get_params(deep=False)),
         "files": {name: _sha256(data) for name, data in sorted(files.items())},

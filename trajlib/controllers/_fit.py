@@ -23,7 +23,7 @@ _BEST = "best_action"
 
 
 def _adv_columns(labels: pl.DataFrame) -> list[str]:
-    cols = []
+    cols: list[str] = []
     while f"adv_{len(cols)}" in labels.columns:
         cols.append(f"adv_{len(cols)}")
     if not cols:
@@ -135,7 +135,7 @@ def fit_from_table(
     )
     if by_task and (tasks is None or len(np.unique(tasks)) < 2):
         raise ConfigError("split", "'task' only with a task column holding >= 2 tasks", split)
-    group = tasks if by_task else runs
+    group = tasks if (by_task and tasks is not None) else runs
     if len(np.unique(group)) < 2:
         raise ConfigError(
             "table", "at least 2 runs to hold one out", f"{len(np.unique(group))} group(s)"

@@ -111,14 +111,9 @@ class GRUController(Controller):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-            tensors = {
-                "gru.weight_ih": gru.weight_ih_l0.detach().numpy().copy(),
-                "gru.weight_hh": gru.weight_hh_l0.detach().numpy().copy(),
-                "gru.bias_ih": gru.bias_ih_l0.detach().numpy().copy(),
-                "gru.bias_hh": gru.bias_hh_l0.detach().numpy().copy(),
-                "head.weight": head.weight.detach().numpy().copy(),
-                "head.bias": head.bias.detach().numpy().copy(),
-            }
+            p = {f"gru.{k[:-3]}": v for k, v in gru.named_parameters()}  # weight_ih_l0 -> weight_ih
+            p.update({f"head.{k}": v for k, v in head.named_parameters()})
+            tensors = {k: p[k].detach().numpy().copy() for k in _TENSORS}
         self._set_weights(std, tensors, scale)
 
     def _set_weights(self, std: Standardizer, t: Mapping[str, np.ndarray], scale: float) -> None:

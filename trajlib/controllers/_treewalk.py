@@ -48,13 +48,14 @@ class Forests:
         # split nodes are evaluated per row; leaves point to themselves, so walking more levels
         # than a tree is deep changes nothing.
         splits: list[tuple[int, float, bool, int]] = []  # feature, threshold, default_left, mtype
-        children: list[list[int]] = []  # [left, right] as ("s", i) / ("l", j) encoded below
+        Ref = tuple[str, int]  # ("s", split index) or ("l", leaf index)
+        children: list[tuple[Ref, Ref]] = []
         leaf_value: list[float] = []
-        roots: list[tuple[str, int]] = []
+        roots: list[Ref] = []
         owner: list[int] = []
         max_depth = 0
 
-        def add(node: Mapping[str, Any], depth: int) -> tuple[str, int]:
+        def add(node: Mapping[str, Any], depth: int) -> Ref:
             nonlocal max_depth
             if "split_feature" not in node:
                 leaf_value.append(float(node.get("leaf_value", 0.0)))
@@ -74,10 +75,8 @@ class Forests:
                     _MISSING.get(str(node.get("missing_type", "None")), 0),
                 )
             )
-            children.append([])
-            lc = add(node["left_child"], depth + 1)
-            rc = add(node["right_child"], depth + 1)
-            children[i] = [lc, rc]  # type: ignore[list-item]
+            children.append((("l", -1), ("l", -1)))  # placeholder until the subtrees are added
+            children[i] = (add(node["left_child"], depth + 1), add(node["right_child"], depth + 1))
             return ("s", i)
 
         for k, dump in enumerate(dumps):
@@ -86,7 +85,7 @@ class Forests:
                 owner.append(k)
         n_split = len(splits)
 
-        def gid(ref: tuple[str, int]) -> int:
+        def gid(ref: Ref) -> int:
             return ref[1] if ref[0] == "s" else n_split + ref[1]
 
         self.n_outputs = len(dumps)
@@ -95,8 +94,8 @@ class Forests:
         self.thr = np.array([s[1] for s in splits], dtype=np.float64)
         self.default_left = np.array([s[2] for s in splits], dtype=bool)
         self.mtype3 = np.array([s[3] for s in splits], dtype=np.intp) * 3
-        self.left = np.array([gid(c[0]) for c in children], dtype=np.intp)  # type: ignore[arg-type]
-        self.right = np.array([gid(c[1]) for c in children], dtype=np.intp)  # type: ignore[arg-type]
+        self.left = np.array([gid(c[0]) for c in children], dtype=np.intp)
+        self.right = np.array([gid(c[1]) for c in children], dtype=np.intp)
         self.leaf_self = np.arange(n_split, n_split + len(leaf_value), dtype=np.intp)
         self.value = np.concatenate([np.zeros(n_split), np.asarray(leaf_value, dtype=np.float64)])
         self.roots = np.array([gid(r) for r in roots], dtype=np.intp)

@@ -1,0 +1,428 @@
+"""Controller checkpoints: a folder with ``manifest.json`` and payload files, never pickle.
+
+Layout::
+
+    <dir>/manifest.json        what the controller is, what it was trained on, sha256 of each file
+    <dir>/model_state.json     small learned metadata of the kind (hashed like every payload file)
+    <dir>/model.safetensors    torch kinds: weights + input standardisation
+    <dir>/model_<a>.txt        gbt: LightGBM text model of action a
+
+Loading reads each payload file once, checks its sha256 against the manifest, and only then parses
+it (safetensors / LightGBM text / JSON); the kind is resolved through the controller registry, so
+nothing in a checkpoint can name code to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+import trajlib
+from trajlib.controllers._base import Controller
+from trajlib.controllers._registry import get_controller_kind
+from trajlib.errors import (
+    CheckpointError,
+    ConfigError,
+    FeatureSetMismatchError,
+    UnknownNameError,
+)
+from trajlib.space import BASE_SCHEDULES, ActionSpace, HyperparameterSpace
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MODES",
+    "LoadedController",
+    "save_controller",
+    "load_controller",
+    "verify_checkpoint",
+    "read_manifest",
+]
+
+FORMAT = "trajlib-controller"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_STATE = "model_state.json"
+MODES = ("free", "residual")
+_REQUIRED = (
+    "format",
+    "format_version",
+    "kind",
+    "feature_set",
+    "action_space",
+    "hp_space",
+    "every",
+    "mode",
+    "base_schedule",
+    "params",
+    "files",
+)
+
+
+@dataclass
+class LoadedController:
+    """A verified checkpoint: the fitted controller and everything needed to deploy it."""
+
+    controller: Controller
+    manifest: dict[str, Any]
+    action_space: ActionSpace
+    hp_space: HyperparameterSpace
+    feature_names: list[str]
+    feature_set_hash: str
+    every: int
+    mode: str
+    base_schedule: str
+    feature_set_name: str = ""
+    feature_set_version: str = ""
+    path: Path = field(default_factory=Path)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _jsonable(name: str, value: Any) -> Any:
+    """``value`` as strict JSON data (no NaN/inf, str keys); ConfigError naming ``name`` if not."""
+    try:
+        text = json.dumps(value, allow_nan=False, sort_keys=True, default=_to_builtin)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(name, "JSON-serialisable data (finite numbers, str keys)", value) from e
+    return json.loads(text)
+
+
+def _to_builtin(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
+
+
+def _metrics(offline_metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for k, v in dict(offline_metrics).items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"offline_metrics.{k}", "a number", v) from e
+        out[str(k)] = f if math.isfinite(f) else None  # JSON has no NaN
+    return out
+
+
+def save_controller(
+    controller: Controller,
+    path: str | os.PathLike[str],
+    *,
+    feature_set_name: str,
+    feature_set_version: str | int,
+    feature_set_hash: str,
+    feature_names: list[str],
+    action_space: ActionSpace,
+    hp_space: HyperparameterSpace,
+    every: int,
+    mode: str = "free",
+    base_schedule: str = "constant",
+    label_strategy: str | Mapping[str, Any],
+    training_data: Mapping[str, Any],
+    offline_metrics: Mapping[str, Any],
+    overwrite: bool = False,
+) -> Path:
+    """Write a fitted ``controller`` to the folder ``path``; returns the folder's path.
+
+    The folder is written under a temporary name next to ``path`` and renamed into place, so a
+    reader never sees half a checkpoint. ``label_strategy`` is a name or
+    ``LabelStrategy.to_dict()``; ``training_data`` a JSON-able summary (``n_rows``, ``n_runs``,
+    ``tasks``, ``store``); ``offline_metrics`` a dict of numbers (non-finite stored as null).
+    Raises :class:`ConfigError` on inconsistent arguments, :class:`NotFittedError` when the
+    controller is not fitted.
+    """
+    if not isinstance(controller, Controller):
+        raise ConfigError("controller", "a fitted trajlib Controller", type(controller).__name__)
+    controller._check_fitted()
+    kind = type(controller).kind
+    try:
+        if get_controller_kind(kind) is not type(controller):
+            raise ConfigError("controller", f"the class registered as kind {kind!r}", controller)
+    except UnknownNameError as e:
+        raise ConfigError(
+            "controller",
+            "an instance of a registered controller kind",
+            kind,
+            hint="decorate the class with register_controller_kind",
+        ) from e
+    names = [str(n) for n in feature_names]
+    if len(names) != controller.n_features_in_:
+        raise ConfigError(
+            "feature_names", f"{controller.n_features_in_} names (the fitted width)", len(names)
+        )
+    if len(set(names)) != len(names):
+        raise ConfigError("feature_names", "unique names", names)
+    if not isinstance(action_space, ActionSpace) or len(action_space) != controller.n_actions_:
+        raise ConfigError(
+            "action_space",
+            f"an ActionSpace with {controller.n_actions_} actions (the fitted width)",
+            len(action_space) if isinstance(action_space, ActionSpace) else action_space,
+        )
+    if not isinstance(hp_space, HyperparameterSpace):
+        raise ConfigError("hp_space", "a HyperparameterSpace", type(hp_space).__name__)
+    unknown = [h for h in action_space.hyperparameters if h not in hp_space]
+    if unknown:
+        raise ConfigError(
+            "hp_space",
+            f"bounds for every hyperparameter the actions move {unknown}",
+            hp_space.names,
+        )
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError("every", "a positive integer", every)
+    if mode not in MODES:
+        raise ConfigError("mode", f"one of {MODES}", mode)
+    if base_schedule not in BASE_SCHEDULES:
+        raise ConfigError("base_schedule", f"one of {BASE_SCHEDULES}", base_schedule)
+    if not (isinstance(feature_set_hash, str) and feature_set_hash):
+        raise ConfigError("feature_set_hash", "a non-empty hex string", feature_set_hash)
+
+    files, state = controller._payload()
+    files = dict(files)
+    if MODEL_STATE in files or MANIFEST in files:
+        raise ConfigError("payload", f"no file named {MODEL_STATE} or {MANIFEST}", list(files))
+    files[MODEL_STATE] = json.dumps(
+        _jsonable("model_state", state), indent=1, sort_keys=True, allow_nan=False
+    ).encode()
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "trajlib_version": trajlib.__version__,
+        "feature_set": {
+            "name": str(feature_set_name),
+            "version": str(feature_set_version),
+            "hash": feature_set_hash,
+            "names": names,
+        },
+        "action_space": action_space.to_dict(),
+        "hp_space": hp_space.to_dict(),
+        "mode": mode,
+        "base_schedule": base_schedule,
+        "every": every,
+        "label_strategy": _jsonable("label_strategy", label_strategy),
+        "training_data": _jsonable(
+            "training_data",
+            {"n_rows": None, "n_runs": None, "tasks": None, "store": None, **dict(training_data)},
+        ),
+        "offline_metrics": _metrics(offline_metrics),
+        "params": _jsonable("params", controller.get_params(deep=False)),
+        "files": {name: _sha256(data) for name, data in sorted(files.items())},
+    }
+
+    dest = Path(path)
+    if dest.exists() and not overwrite:
+        raise ConfigError(
+            "path", "a folder that does not exist yet", str(dest), hint="pass overwrite=True"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for name, data in files.items():
+            _write(tmp / name, data)
+        _write(tmp / MANIFEST, json.dumps(manifest, indent=1, allow_nan=False).encode())
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _write(p: Path, data: bytes) -> None:
+    with open(p, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+# ---------------------------------------------------------------------------------------- reading
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse and check ``<path>/manifest.json`` (format, version, required fields).
+
+    Does not check payload hashes; :func:`load_controller` and :func:`verify_checkpoint` do.
+    """
+    d = Path(path)
+    mpath = d / MANIFEST
+    if not d.is_dir():
+        raise CheckpointError(f"{d}: not a checkpoint folder (does not exist or is not a folder)")
+    if not mpath.is_file():
+        raise CheckpointError(f"{mpath}: missing; not a trajlib controller checkpoint")
+    try:
+        manifest = json.loads(mpath.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{mpath}: not valid JSON ({e})") from e
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{mpath}: expected a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{mpath}: format must be {FORMAT!r}; got {manifest.get('format')!r}")
+    raw = manifest.get("format_version")
+    try:
+        version = Version(str(raw))
+    except InvalidVersion as e:
+        raise CheckpointError(f"{mpath}: format_version {raw!r} is not a version") from e
+    supported = Version(str(FORMAT_VERSION))
+    if version.major != supported.major or version > supported:
+        raise CheckpointError(
+            f"{mpath}: format_version {raw!r} is not supported; this trajlib "
+            f"({trajlib.__version__}) reads format_version {FORMAT_VERSION}"
+            + ("; upgrade trajlib" if version > supported else "")
+        )
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise CheckpointError(f"{mpath}: missing fields {missing}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        raise CheckpointError(f"{mpath}: 'files' must map file names to sha256 hex strings")
+    for name in files:
+        if name != Path(name).name or name.startswith(".") or name == MANIFEST:
+            raise CheckpointError(f"{mpath}: file entry {name!r} is not a plain payload file name")
+    return manifest
+
+
+def _read_payload(d: Path, manifest: Mapping[str, Any]) -> tuple[dict[str, bytes], list[str]]:
+    """Read every listed file once and check its hash: (contents of good files, problems)."""
+    good: dict[str, bytes] = {}
+    problems: list[str] = []
+    for name, expected in manifest["files"].items():
+        p = d / name
+        if not p.is_file():
+            problems.append(f"{name}: missing (expected sha256 {expected})")
+            continue
+        data = p.read_bytes()
+        got = _sha256(data)
+        if got != expected:
+            problems.append(
+                f"{name}: sha256 mismatch (expected {expected}, got {got}); "
+                "the file was modified or truncated"
+            )
+            continue
+        good[name] = data
+    listed = set(manifest["files"]) | {MANIFEST}
+    for p in sorted(d.iterdir()):
+        if p.name not in listed and not p.name.startswith("."):
+            problems.append(f"{p.name}: not listed in the manifest")
+    if MODEL_STATE not in manifest["files"]:
+        problems.append(f"{MODEL_STATE}: not listed in the manifest")
+    return good, problems
+
+
+def load_controller(
+    path: str | os.PathLike[str], *, expect_feature_set_hash: str | None = None
+) -> LoadedController:
+    """Load and verify a checkpoint folder.
+
+    Raises :class:`CheckpointError` naming the file for a missing/tampered/truncated payload, an
+    unsupported format version or an unknown kind, and :class:`FeatureSetMismatchError` (a
+    CheckpointError) when ``expect_feature_set_hash`` differs from the checkpoint's.
+    """
+    d = Path(path)
+    manifest = read_manifest(d)
+    fs = manifest["feature_set"]
+    if not isinstance(fs, dict) or "hash" not in fs or "names" not in fs:
+        raise CheckpointError(f"{d / MANIFEST}: feature_set must hold 'hash' and 'names'")
+    if expect_feature_set_hash is not None and fs["hash"] != expect_feature_set_hash:
+        raise FeatureSetMismatchError(
+            f"{d}: controller was trained on feature set {fs.get('name')!r} with hash "
+            f"{fs['hash']}, but the features offered have hash {expect_feature_set_hash}; "
+            "derive features with the checkpoint's feature set or refit"
+        )
+    try:
+        cls = get_controller_kind(str(manifest["kind"]))
+    except UnknownNameError as e:
+        raise CheckpointError(f"{d / MANIFEST}: {e}") from e
+    files, problems = _read_payload(d, manifest)
+    if problems:
+        raise CheckpointError(f"{d}: " + "; ".join(problems))
+    try:
+        state = json.loads(files[MODEL_STATE])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{MODEL_STATE}: not valid JSON ({e})") from e
+    params = manifest["params"]
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{d / MANIFEST}: params must be an object")
+    try:
+        cls(**params)
+    except TypeError as e:
+        raise CheckpointError(f"{d / MANIFEST}: params do not fit kind {cls.kind!r} ({e})") from e
+    controller = cls._from_payload(params, files, state)
+    try:
+        action_space = ActionSpace.from_dict(manifest["action_space"])
+        hp_space = HyperparameterSpace.from_dict(manifest["hp_space"])
+    except (ConfigError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{d / MANIFEST}: bad action_space or hp_space ({e})") from e
+    names = [str(n) for n in fs["names"]]
+    if len(names) != controller.n_features_in_:
+        raise CheckpointError(
+            f"{d / MANIFEST}: {len(names)} feature names but the model takes "
+            f"{controller.n_features_in_} features"
+        )
+    if len(action_space) != controller.n_actions_:
+        raise CheckpointError(
+            f"{d / MANIFEST}: {len(action_space)} actions but the model scores "
+            f"{controller.n_actions_}"
+        )
+    every, mode, base = manifest["every"], manifest["mode"], manifest["base_schedule"]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise CheckpointError(f"{d / MANIFEST}: every must be a positive integer; got {every!r}")
+    if mode not in MODES or base not in BASE_SCHEDULES:
+        raise CheckpointError(f"{d / MANIFEST}: bad mode {mode!r} or base_schedule {base!r}")
+    return LoadedController(
+        controller=controller,
+        manifest=manifest,
+        action_space=action_space,
+        hp_space=hp_space,
+        feature_names=names,
+        feature_set_hash=str(fs["hash"]),
+        every=every,
+        mode=mode,
+        base_schedule=base,
+        feature_set_name=str(fs.get("name", "")),
+        feature_set_version=str(fs.get("version", "")),
+        path=d,
+    )
+
+
+def verify_checkpoint(path: str | os.PathLike[str]) -> list[str]:
+    """Every problem found in the checkpoint at ``path``; an empty list when it loads cleanly."""
+    d = Path(path)
+    try:
+        manifest = read_manifest(d)
+    except CheckpointError as e:
+        return [str(e)]
+    _, problems = _read_payload(d, manifest)
+    if problems:
+        return problems
+    try:
+        load_controller(d)
+    except CheckpointError as e:
+        return [str(e)]
+    return []

@@ -1,0 +1,29 @@
+"""Labels: turn counterfactual branches into per-action targets for controllers.
+
+``make_labels(branches, "annealed", keep_index)`` gives one row per decision point with
+``best_action`` and ``adv_<a>`` = log(loss_keep) - log(loss_a) for every action ``a``. A strategy
+decides what "loss" means (end of horizon, after a cool-down, or a combination); add your own by
+subclassing :class:`LabelStrategy` and decorating it with :func:`register_label_strategy`.
+"""
+
+from trajlib.labels._annealed import AnnealedLabels
+from trajlib.labels._base import LabelStrategy
+from trajlib.labels._greedy import GreedyLabels
+from trajlib.labels._long import LongHorizonLabels
+from trajlib.labels._make import BEST_ACTION, N_VALID, adv_column, adv_columns, make_labels
+from trajlib.labels._registry import get_label_strategy, label_strategies, register_label_strategy
+
+__all__ = [
+    "LabelStrategy",
+    "GreedyLabels",
+    "AnnealedLabels",
+    "LongHorizonLabels",
+    "make_labels",
+    "get_label_strategy",
+    "label_strategies",
+    "register_label_strategy",
+    "adv_column",
+    "adv_columns",
+    "BEST_ACTION",
+    "N_VALID",
+]

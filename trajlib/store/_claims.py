@@ -27,6 +27,16 @@ _EMPTY_CLAIM_GRACE_S = 30.0
 _HOST = socket.gethostname()
 
 
+_OWN_START: dict[int, str | None] = {}
+
+
+def _own_start() -> str | None:
+    pid = os.getpid()  # keyed by pid: a forked child has its own start time
+    if pid not in _OWN_START:
+        _OWN_START[pid] = _proc_start(pid)
+    return _OWN_START[pid]
+
+
 def _proc_start(pid: int) -> str | None:
     """Start time of ``pid`` in clock ticks since boot (Linux), or None if unknown."""
     try:
@@ -108,7 +118,7 @@ def try_claim(locks: Path, owner: str) -> str | None:
     token = new_token()
     pid = os.getpid()
     body = json.dumps(
-        {"pid": pid, "host": _HOST, "start": _proc_start(pid), "token": token,
+        {"pid": pid, "host": _HOST, "start": _own_start(), "token": token,
          "created": time.time()}
     ).encode()
     for _attempt in range(3):

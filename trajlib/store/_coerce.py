@@ -61,8 +61,9 @@ def coerce_frame(df: object, schema: dict[str, pl.DataType], table: str,
                           f"an extra column of dtype {df.schema[extra[0]]}",
                           "drop it or add it to trajlib.schema")
     casts = []
+    have = df.schema
     for col, want in schema.items():
-        got = df.schema[col]
+        got = have[col]
         if got == want:
             continue
         if not _castable(got, want):
@@ -80,11 +81,12 @@ def coerce_frame(df: object, schema: dict[str, pl.DataType], table: str,
                     raise ConfigError(f"{table}.{col}", f"values that fit dtype {want}",
                                       f"dtype {df.schema[col]} with out-of-range values") from exc
             raise
-    df = df.select(list(schema))
-    bad = df.filter(pl.col(S.RUN_ID).is_null() | (pl.col(S.RUN_ID) != run_id))
-    if bad.height:
-        raise ConfigError(f"{table}.run_id", f"{run_id!r} in every row (the run's id)",
-                          bad[S.RUN_ID][0])
+    if list(df.columns) != list(schema):
+        df = df.select(list(schema))
+    ids = df[S.RUN_ID]
+    if df.height and not (ids.null_count() == 0 and (ids == run_id).all()):
+        bad = ids.filter(ids.is_null() | (ids != run_id))[0]
+        raise ConfigError(f"{table}.run_id", f"{run_id!r} in every row (the run's id)", bad)
     if S.STEP in schema and df[S.STEP].null_count():
         raise ConfigError(f"{table}.step", "non-null in every row", None)
     return df
@@ -158,7 +160,7 @@ def coerce_run(run: object, layer_names: Sequence[str] | None) -> pl.DataFrame:
     values = {f: [_scalar(f, row.get(f), dt)] for f, dt in S.RUN_SCHEMA.items()}
     if values[S.STEPS_DONE][0] < 0:  # type: ignore[operator]
         raise ConfigError("run.steps_done", "a non-negative integer", values[S.STEPS_DONE][0])
-    return pl.DataFrame(values, schema=S.RUN_SCHEMA)
+    return pl.from_dicts([{f: v[0] for f, v in values.items()}], schema=S.RUN_SCHEMA)
 
 
 def coerce_layers(layers: object, layer_names: Sequence[str] | None,
@@ -191,7 +193,9 @@ def coerce_all(run: object, steps: object, decisions: object, branches: object, 
     run_df = coerce_run(run, layer_names)
     run_id: str = run_df[S.RUN_ID][0]
     steps_done: int = run_df[S.STEPS_DONE][0]
-    steps_df = coerce_frame(steps, S.STEP_SCHEMA, "steps", run_id).sort(S.STEP)
+    steps_df = coerce_frame(steps, S.STEP_SCHEMA, "steps", run_id)
+    if not steps_df[S.STEP].is_sorted():
+        steps_df = steps_df.sort(S.STEP)
     if steps_df.height != steps_done:
         raise ConfigError("run.steps_done", f"the number of step rows ({steps_df.height})",
                           steps_done)

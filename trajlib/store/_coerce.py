@@ -20,10 +20,10 @@ from trajlib.store._layout import check_run_id
 REQUIRED_RUN_FIELDS = (S.RUN_ID, S.TASK, S.STATUS, S.STEPS_DONE)
 STATUSES = (S.STATUS_COMPLETE, S.STATUS_DIVERGED, S.STATUS_FAILED)
 
-_INT_RANGES = {
-    pl.Int16: (-(2**15), 2**15 - 1),
-    pl.Int32: (-(2**31), 2**31 - 1),
-    pl.Int64: (-(2**63), 2**63 - 1),
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "Int16": (-(2**15), 2**15 - 1),
+    "Int32": (-(2**31), 2**31 - 1),
+    "Int64": (-(2**63), 2**63 - 1),
 }
 
 
@@ -95,8 +95,8 @@ def coerce_frame(df: object, schema: dict[str, pl.DataType], table: str,
 def _check_step_range(df: pl.DataFrame, table: str, steps_done: int) -> None:
     if df.height == 0:
         return
-    lo, hi = df[S.STEP].min(), df[S.STEP].max()
-    if lo < 0 or hi > steps_done:  # type: ignore[operator]
+    lo, hi = int(df[S.STEP].min()), int(df[S.STEP].max())  # type: ignore[arg-type]
+    if lo < 0 or hi > steps_done:
         raise ConfigError(f"{table}.step", f"within 0..{steps_done} (steps_done)",
                           f"values from {lo} to {hi}")
 
@@ -113,7 +113,7 @@ def _scalar(field: str, value: object, want: pl.DataType) -> object:
     if want.is_integer():
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"run.{field}", f"an integer ({want})", value)
-        lo, hi = _INT_RANGES[type(want)]
+        lo, hi = _INT_RANGES[str(want)]
         if not lo <= value <= hi:
             raise ConfigError(f"run.{field}", f"an integer within {want}'s range", value)
         return value

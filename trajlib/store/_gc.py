@@ -64,8 +64,8 @@ def gc(store: Store) -> list[str]:
     removed: list[str] = []
 
     # 1. stale claims (their holders are dead), so their runs can be cleaned below
-    for owner in _claims.claim_owners(locks):
-        path = locks / f"{owner}{_claims.CLAIM_SUFFIX}"
+    for claimant in _claims.claim_owners(locks):
+        path = locks / f"{claimant}{_claims.CLAIM_SUFFIX}"
         if _claims.remove_if_stale(path):
             removed.append(f"{LOCKS_DIR}/{path.name}")
 

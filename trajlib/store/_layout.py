@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import polars as pl
 
@@ -44,7 +45,7 @@ COUNTS_KEY = "trajlib.counts"  # parquet key-value metadata of runs files (row c
 
 # lz4: 2.1 bytes/value on trajectory data and ~45 M rows/s scans on 2 cores; zstd was 1.9
 # bytes/value but scanned at ~18 M rows/s (decompression-bound). See docs/store.md.
-PARQUET_COMPRESSION = "lz4"
+PARQUET_COMPRESSION: Final = "lz4"
 ROW_GROUP_ROWS = 262_144
 LAYER_CHUNK_STEPS = 1024
 

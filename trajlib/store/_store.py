@@ -329,8 +329,9 @@ class Store:
                              "(it was written without `layers`)")
         arr = zarr.open_array(store=str(path), mode="r")
         attrs = dict(arr.attrs)
-        return (np.asarray(arr[...], dtype=np.float32), list(attrs["layer_names"]),
-                list(attrs["stats"]))
+        names: list[str] = attrs["layer_names"]  # type: ignore[assignment]
+        stats: list[str] = attrs["stats"]  # type: ignore[assignment]
+        return np.asarray(arr[...], dtype=np.float32), list(names), list(stats)
 
     # ------------------------------------------------------------------ maintenance
     def info(self) -> dict:

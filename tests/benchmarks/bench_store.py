@@ -3,6 +3,8 @@
 * ``write_values_per_s``: scalar values (rows x STEP_SCHEMA columns) committed per second by 2
   processes together, each writing runs of 2,000 steps with ``write_run`` (default settings:
   durable, i.e. fsync before each commit). Target >= 10 M.
+  ``write_values_per_cpu_s`` divides by the writers' CPU time instead of wall time, so it does not
+  depend on what else runs on the machine; ``load_avg_1min`` says how busy the machine was.
 * ``bytes_per_value``: bytes of ``steps/`` + ``runs/`` per step value. Target <= 3.
 * ``scan_rows_per_s``: ``store.steps().select(pl.all()).collect()`` after ``compact`` (the layout
   meant for reading); ``scan_rows_per_s_fragments`` the same before compaction. Target >= 20 M.
@@ -44,12 +46,13 @@ def _worker(path: str, ids: list[str], n_steps: int, durable: bool, barrier, que
         r = make_run(rid, n_steps=n_steps, with_layers=False, with_branches=False)
         data.append((r["run"], r["steps"]))
     barrier.wait()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     committed = sum(store.write_run(run, steps) for run, steps in data)
-    queue.put((t0, time.perf_counter(), committed))
+    queue.put((t0, time.perf_counter(), committed, time.process_time() - c0))
 
 
-def _write(path: Path, runs_per_proc: int, n_steps: int, durable: bool) -> tuple[float, int]:
+def _write(path: Path, runs_per_proc: int, n_steps: int,
+           durable: bool) -> tuple[float, int, float]:
     ctx = mp.get_context("spawn")
     # Writers run one polars thread each, as collector workers do (one thread per process).
     os.environ.setdefault("POLARS_MAX_THREADS", "1")
@@ -66,7 +69,7 @@ def _write(path: Path, runs_per_proc: int, n_steps: int, durable: bool) -> tuple
         p.join()
     start = min(r[0] for r in results)
     end = max(r[1] for r in results)
-    return end - start, sum(r[2] for r in results)
+    return end - start, sum(r[2] for r in results), sum(r[3] for r in results)
 
 
 def _best_scan(store, repeats: int = 5) -> tuple[float, int]:
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = tmp / "store"
         create_store(path)
-        seconds, committed = _write(path, args.runs_per_proc, args.steps, not args.no_durable)
+        seconds, committed, cpu_s = _write(path, args.runs_per_proc, args.steps,
+                                           not args.no_durable)
         n_values = committed * args.steps * len(STEP_SCHEMA)
         store = create_store(path)
         size = _bytes(path, "steps", "runs")
@@ -114,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             "rows": rows,
             "values": n_values,
             "write_seconds": round(seconds, 3),
+            # contention-independent: values per CPU-second of the writer processes
+            "write_values_per_cpu_s": round(n_values / cpu_s),
+            "load_avg_1min": round(os.getloadavg()[0], 2),
             "compact_seconds": stats["seconds"],
             "durable": not args.no_durable,
             "processes": N_PROC,

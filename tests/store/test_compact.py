@@ -156,3 +156,14 @@ def test_journal_with_incomplete_swap_hides_new_files(store, run_factory):
     removed = store.gc()
     assert "steps/part-zz-00000.parquet" in removed
     _assert_same(before, store)
+
+
+def test_other_store_objects_see_a_compaction_at_once(store, run_factory):
+    _fill(store, run_factory, n=3)
+    other = open_store(store.path)  # stands in for another process with its own caches
+    assert other.is_committed("r00") and not other.is_committed("r99")  # caches "no parts"
+    store.compact()
+    assert not (store.path / "runs" / "r00.parquet").exists()
+    assert other.is_committed("r00")
+    assert other.write_run(**run_factory("r01", n_steps=120)) is False
+    assert other.steps().collect().height == 3 * 120

@@ -41,6 +41,7 @@ from trajlib.store._layout import (
     RUNS,
     TABLES,
     atomic_write_json,
+    bump_epoch,
     fsync_dir,
     fsync_file,
     journal_complete,
@@ -79,6 +80,7 @@ def recover(store: Store) -> list[str]:
             removed.append(rel)
     for table in TABLES:
         fsync_dir(root / table)
+    bump_epoch(root, str(journal.get("token", "recovered")))
     (root / JOURNAL).unlink()
     fsync_dir(root)
     removed.append(JOURNAL)
@@ -193,6 +195,7 @@ def _compact_locked(store: Store, rows_per_file: int) -> dict:
     for table in TABLES:
         fsync_dir(root / table)
     _phase("deleted")
+    bump_epoch(root, token)
     (root / JOURNAL).unlink()
     fsync_dir(root)
     after = snapshot(root)

@@ -11,6 +11,7 @@ Layout of a store directory (see ``docs/store.md``)::
     layers.zarr/<run_id>             zarr v3 array [step, layer, stat] float32 (one shard file)
     locks/<owner>.claim              O_CREAT|O_EXCL claim files (pid, host, start time, token)
     compaction.json                  journal of a compaction in progress
+    compaction.epoch                 replaced whenever the set of part files changes
 
 Temporary files are named ``.<owner>.<token>.tmp`` (owner = run id or ``_compact``) in the
 directory of their final name, so garbage collection knows whose they are.
@@ -35,6 +36,7 @@ from trajlib.errors import ConfigError, StoreError
 
 MANIFEST = "manifest.json"
 JOURNAL = "compaction.json"
+EPOCH = "compaction.epoch"  # replaced after every change of the set of part files
 LAYERS_DIR = "layers.zarr"
 LOCKS_DIR = "locks"
 RUNS, STEPS, DECISIONS, BRANCHES = "runs", "steps", "decisions", "branches"
@@ -169,6 +171,14 @@ def list_parquet(directory: Path) -> list[str]:
             )
     except FileNotFoundError:
         return []
+
+
+def bump_epoch(root: Path, token: str) -> None:
+    """Mark a change of the set of part files (readers cache that set until the epoch changes).
+
+    Must be called after the change is complete and before the journal is removed.
+    """
+    atomic_write_json({"token": token}, root / EPOCH, COMPACT_OWNER)
 
 
 def fragment_id(name: str) -> str | None:

@@ -22,6 +22,8 @@ from trajlib.store._layout import (
     BRANCHES,
     COUNTS_KEY,
     DECISIONS,
+    EPOCH,
+    JOURNAL,
     LAYER_CHUNK_STEPS,
     LAYERS_DIR,
     LOCKS_DIR,
@@ -72,6 +74,7 @@ class Store:
         self.durable = durable
         self._held: dict[str, str] = {}  # run id -> claim token held by this object
         self._part_ids: dict[str, frozenset[str]] = {}
+        self._parts_cache: tuple[tuple[int, int] | None, list[str]] | None = None
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -100,8 +103,29 @@ class Store:
         check_run_id(run_id, "run_id")
         if (self.path / RUNS / f"{run_id}.parquet").exists():
             return True
-        return any(run_id in self.part_run_ids(rel)
-                   for rel in snapshot(self.path, (RUNS,)).parts[RUNS])
+        return any(run_id in self.part_run_ids(rel) for rel in self._runs_parts())
+
+    def _runs_parts(self) -> list[str]:
+        """Compacted runs files, cached until ``compaction.epoch`` changes.
+
+        Listing ``runs/`` costs O(committed runs); this keeps ``is_committed`` O(1) for writers.
+        The epoch is read before listing and replaced by compaction only after its swap, so a
+        stale cache is never kept.
+        """
+        root = self.path
+        if (root / JOURNAL).exists():
+            return snapshot(root, (RUNS,)).parts[RUNS]
+        try:
+            st = os.stat(root / EPOCH)
+            key: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+        except FileNotFoundError:
+            key = None
+        if self._parts_cache is not None and self._parts_cache[0] == key:
+            return self._parts_cache[1]
+        parts = snapshot(root, (RUNS,)).parts[RUNS]
+        if not (root / JOURNAL).exists():
+            self._parts_cache = (key, parts)
+        return parts
 
     def committed_run_ids(self) -> set[str]:
         """Ids of every committed run."""

@@ -132,7 +132,7 @@ def atomic_write_parquet(df: pl.DataFrame, final: Path, owner: str, *, durable: 
             while view.nbytes:
                 view = view[os.write(fd, view):]
             if durable:
-                os.fsync(fd)
+                os.fdatasync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, final)

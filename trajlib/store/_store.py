@@ -420,14 +420,15 @@ def create_store(path: str | os.PathLike[str], exist_ok: bool = True, *,
     if root.exists() and not root.is_dir():
         raise StoreError(f"{root}: exists and is not a directory")
     root.mkdir(parents=True, exist_ok=True)
+    created = False
     if not (root / "manifest.json").exists():
         others = [p.name for p in root.iterdir() if not p.name.startswith(".")]
-        if others:
+        # re-check: another process may have created the store while we listed
+        if others and not (root / "manifest.json").exists():
             raise StoreError(f"{root}: directory is not empty and not a trajlib store "
                              f"(found {', '.join(sorted(others)[:5])}); choose an empty path")
-        created = write_manifest_once(root)
-    else:
-        created = False
+        if not others:
+            created = write_manifest_once(root)
     if not created and not exist_ok:
         raise StoreError(f"{root}: a store already exists (pass exist_ok=True to open it)")
     store = Store(root, durable=durable)  # checks format and version

@@ -238,13 +238,13 @@ class Store:
             raise
 
     def _write_layers(self, run_id: str, lay: tuple[np.ndarray, list[str]] | None) -> None:
-        import zarr
-
         final = self.path / LAYERS_DIR / run_id
         if final.exists():  # leftover of an unfinished attempt (we hold the claim)
             shutil.rmtree(final)
         if lay is None:
             return
+        import zarr
+
         data, names = lay
         n, n_layers, n_stats = data.shape
         chunk = max(1, min(LAYER_CHUNK_STEPS, n))

@@ -191,6 +191,7 @@ class Store:
         that disagrees with ``steps_done`` or a row of another run raises ConfigError before
         anything is written. If another live process is writing the same run, waits up to
         ``claim_timeout_s`` for it to finish and returns False (exactly one writer commits).
+        A claim this object took with :meth:`claim` is used, and released once the run is written.
         """
         run_df, steps_df, dec_df, br_df, lay = coerce_all(
             run, steps, decisions, branches, layers, layer_names

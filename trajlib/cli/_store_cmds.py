@@ -1,0 +1,111 @@
+"""``trajlib store info|validate|gc|compact DIR`` and ``trajlib export tensorboard STORE OUTDIR``.
+
+Each handler takes the parsed ``args`` and returns an exit code; user errors are raised as
+:class:`~trajlib.errors.TrajlibError` for ``trajlib.cli.main`` to print as one line (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_store_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``store`` (info, validate, gc, compact) and ``export`` (tensorboard)."""
+    store = subparsers.add_parser("store", help="inspect and maintain a trajectory store")
+    ssub = store.add_subparsers(dest="store_command", metavar="ACTION")
+    ssub.required = True
+
+    p = ssub.add_parser("info", help="runs by task and status, steps, decisions, size on disk")
+    p.add_argument("dir", metavar="DIR", help="store directory")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=cmd_store_info)
+
+    p = ssub.add_parser("validate", help="check every committed run; exit 1 listing problems")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_store_validate)
+
+    p = ssub.add_parser("gc", help="remove unfinished runs' files, temp files and stale claims")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_store_gc)
+
+    p = ssub.add_parser("compact", help="merge per-run fragments into sorted part files")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--rows-per-file", type=int, default=4_000_000,
+                   help="step rows per compacted file (default 4,000,000)")
+    p.set_defaults(func=cmd_store_compact)
+
+    export = subparsers.add_parser("export", help="export a store to other formats")
+    esub = export.add_subparsers(dest="export_command", metavar="FORMAT")
+    esub.required = True
+    p = esub.add_parser("tensorboard", help="TensorBoard event files, one directory per run")
+    p.add_argument("store", metavar="STORE", help="store directory")
+    p.add_argument("outdir", metavar="OUTDIR", help="log directory to write")
+    p.add_argument("--run", dest="run_ids", action="append", metavar="RUN_ID",
+                   help="export only this run (repeatable; default: all committed runs)")
+    p.set_defaults(func=cmd_export_tensorboard)
+
+
+def cmd_store_info(args: argparse.Namespace) -> int:
+    from trajlib.store import open_store
+
+    info = open_store(args.dir).info()
+    if args.json:
+        print(json.dumps(info, sort_keys=True))
+        return 0
+    print(f"store      {info['path']} (schema version {info['schema_version']})")
+    print(f"runs       {info['runs']:,}")
+    for task, statuses in info["runs_by_task"].items():
+        counts = ", ".join(f"{s} {n:,}" for s, n in statuses.items())
+        print(f"  {task:24s} {counts}")
+    print(f"steps      {info['steps']:,}")
+    print(f"decisions  {info['decisions']:,}   branches {info['branches']:,}")
+    print(f"on disk    {info['size_bytes'] / 1e6:,.1f} MB in {info['files']:,} files "
+          f"({info['fragments']:,} step fragments, {info['parts']:,} compacted)")
+    if info["compaction_pending"]:
+        print("note       an interrupted compaction is pending; `trajlib store gc` finishes it")
+    return 0
+
+
+def cmd_store_validate(args: argparse.Namespace) -> int:
+    from trajlib.store import open_store
+
+    problems = open_store(args.dir).validate()
+    if not problems:
+        print(f"{args.dir}: ok")
+        return 0
+    print(f"{args.dir}: {len(problems)} problem(s)", file=sys.stderr)
+    for p in problems:
+        print(f"  - {p}", file=sys.stderr)
+    return 1
+
+
+def cmd_store_gc(args: argparse.Namespace) -> int:
+    from trajlib.store import open_store
+
+    removed = open_store(args.dir).gc()
+    for r in removed:
+        print(f"removed {r}")
+    print(f"{len(removed)} path(s) removed")
+    return 0
+
+
+def cmd_store_compact(args: argparse.Namespace) -> int:
+    from trajlib.errors import ConfigError
+    from trajlib.store import open_store
+
+    if args.rows_per_file < 1:
+        raise ConfigError("--rows-per-file", "a positive integer", args.rows_per_file)
+    stats = open_store(args.dir).compact(rows_per_file=args.rows_per_file)
+    print(f"compacted {stats['runs']} run(s): {stats['files_before']} -> {stats['files_after']} "
+          f"files in {stats['seconds']:.2f} s")
+    return 0
+
+
+def cmd_export_tensorboard(args: argparse.Namespace) -> int:
+    from trajlib.store import export_tensorboard, open_store
+
+    dirs = export_tensorboard(open_store(args.store), args.outdir, run_ids=args.run_ids)
+    print(f"wrote {len(dirs)} run(s) to {args.outdir}")
+    return 0

@@ -1,0 +1,207 @@
+"""Compaction: merge per-run fragments into part files, crash safe at every moment.
+
+Phases (``_HOOK`` is called after each, for tests):
+
+1. ``written``: each batch of committed runs (in run id order) is streamed into temporary files
+   ``.<_compact>.<token>.tmp``, one per table, invisible to readers. Fragments are sorted by step
+   and concatenated in run id order, so part files are sorted by (run_id, step).
+2. ``journal``: ``compaction.json`` lists the new part names and every fragment they replace.
+3. ``renamed``: the temporaries are renamed to ``<table>/part-<token>-<n>.parquet``. Readers keep
+   using the fragments until *all* new names exist, then use the parts and hide the fragments.
+4. ``deleted``: the replaced fragments are removed; then the journal is removed.
+
+A crash leaves at worst a journal: :func:`recover` (run by ``gc`` and the next ``compact``) rolls
+forward when every new file is in place and back otherwise. Layer arrays are written sharded (one
+shard file per run) by ``write_run`` already, so compaction leaves ``layers.zarr`` as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from trajlib import schema as S
+from trajlib.errors import StoreError
+from trajlib.store import _claims
+from trajlib.store._layout import (
+    COMPACT_OWNER,
+    COUNTS_KEY,
+    JOURNAL,
+    LOCKS_DIR,
+    PARQUET_COMPRESSION,
+    PART_PREFIX,
+    ROW_GROUP_ROWS,
+    RUNS,
+    TABLES,
+    atomic_write_json,
+    bump_epoch,
+    fsync_dir,
+    fsync_file,
+    journal_complete,
+    new_token,
+    read_journal,
+    snapshot,
+    temp_path,
+    write_parquet,
+)
+
+if TYPE_CHECKING:
+    from trajlib.store._store import Store
+
+_HOOK: Callable[[str], None] | None = None  # test hook, called with the name of each phase done
+
+
+def _phase(name: str) -> None:
+    if _HOOK is not None:
+        _HOOK(name)
+
+
+def recover(store: Store) -> list[str]:
+    """Finish (all new files present) or undo (otherwise) an interrupted compaction.
+
+    The caller must hold the compaction claim. Returns the relative paths removed.
+    """
+    root = store.path
+    journal = read_journal(root)
+    if journal is None:
+        return []
+    victims = journal["replaces"] if journal_complete(root, journal) else journal["new"]
+    removed = []
+    for rel in victims:
+        with contextlib.suppress(FileNotFoundError):
+            (root / rel).unlink()
+            removed.append(rel)
+    for table in TABLES:
+        fsync_dir(root / table)
+    bump_epoch(root, str(journal.get("token", "recovered")))
+    (root / JOURNAL).unlink()
+    fsync_dir(root)
+    removed.append(JOURNAL)
+    return removed
+
+
+def run_counts(path: Path) -> dict:
+    """The ``trajlib.counts`` metadata of a runs file (run fragment: one dict; part: id -> dict)."""
+    meta = pl.read_parquet_metadata(path)
+    raw = meta.get(COUNTS_KEY)
+    if raw is None:
+        raise StoreError(f"{path}: lacks the {COUNTS_KEY!r} metadata written by write_run")
+    return json.loads(raw)
+
+
+def _batches(ids: list[str], steps_done: dict[str, int], rows_per_file: int) -> list[list[str]]:
+    batches: list[list[str]] = [[]]
+    rows = 0
+    for rid in ids:
+        if batches[-1] and rows + steps_done[rid] > rows_per_file:
+            batches.append([])
+            rows = 0
+        batches[-1].append(rid)
+        rows += steps_done[rid]
+    return [b for b in batches if b]
+
+
+def compact(store: Store, *, rows_per_file: int = 4_000_000) -> dict:
+    """Merge the per-run fragments of committed runs into part files (see module docstring).
+
+    Returns ``{"runs", "parts_written", "files_before", "files_after", "recovered",
+    "seconds"}``. Raises StoreError if another live process is compacting this store.
+    """
+    if rows_per_file < 1:
+        from trajlib.errors import ConfigError
+
+        raise ConfigError("rows_per_file", "a positive integer", rows_per_file)
+    t0 = time.perf_counter()
+    locks = store.path / LOCKS_DIR
+    token = _claims.try_claim(locks, COMPACT_OWNER)
+    if token is None:
+        info = _claims.live_claim(locks, COMPACT_OWNER)
+        raise StoreError(f"{store.path}: another compaction is running ({info}); "
+                         "wait for it to finish")
+    try:
+        recovered = recover(store)
+        return {**_compact_locked(store, rows_per_file), "recovered": recovered,
+                "seconds": round(time.perf_counter() - t0, 3)}
+    finally:
+        _claims.release(locks, COMPACT_OWNER, token)
+
+
+def _compact_locked(store: Store, rows_per_file: int) -> dict:
+    root = store.path
+    snap = snapshot(root)
+    files_before = sum(len(snap.fragments[t]) + len(snap.parts[t]) for t in TABLES)
+    ids = sorted(snap.fragments[RUNS])
+    if not ids:
+        return {"runs": 0, "parts_written": 0, "files_before": files_before,
+                "files_after": files_before}
+    counts = {rid: run_counts(root / snap.fragments[RUNS][rid]) for rid in ids}
+    steps_done = {rid: int(c["steps"]) for rid, c in counts.items()}
+    token = new_token()
+    staged: list[tuple[Path, Path]] = []  # (temporary, final)
+    replaces: list[str] = []
+    try:
+        for n, batch in enumerate(_batches(ids, steps_done, rows_per_file)):
+            for table in TABLES:
+                rels = [snap.fragments[table][rid] for rid in batch if rid in snap.fragments[table]]
+                if not rels:
+                    continue
+                final = root / table / f"{PART_PREFIX}{token}-{n:05d}.parquet"
+                tmp = temp_path(final, COMPACT_OWNER)
+                staged.append((tmp, final))
+                paths = [str(root / rel) for rel in rels]
+                if table == RUNS:
+                    df = pl.read_parquet(paths, schema=S.RUN_SCHEMA).sort(S.RUN_ID)
+                    meta = {COUNTS_KEY: json.dumps({rid: counts[rid] for rid in batch})}
+                    write_parquet(df, tmp, metadata=meta)
+                else:
+                    from trajlib.store._store import SCHEMAS
+
+                    pl.scan_parquet(paths, schema=SCHEMAS[table]).sink_parquet(
+                        tmp, compression=PARQUET_COMPRESSION, statistics=True,
+                        row_group_size=ROW_GROUP_ROWS, maintain_order=True)
+                if store.durable:
+                    fsync_file(tmp)
+                replaces.extend(rels)
+        _phase("written")
+        journal = {
+            "token": token,
+            "created": time.time(),
+            "pid": os.getpid(),
+            "new": [f"{final.parent.name}/{final.name}" for _tmp, final in staged],
+            "replaces": replaces,
+        }
+        atomic_write_json(journal, root / JOURNAL, COMPACT_OWNER)
+    except BaseException:
+        for tmp, _final in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        raise
+    _phase("journal")
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    for table in TABLES:
+        fsync_dir(root / table)
+    _phase("renamed")
+    for rel in replaces:
+        with contextlib.suppress(FileNotFoundError):
+            (root / rel).unlink()
+    for table in TABLES:
+        fsync_dir(root / table)
+    _phase("deleted")
+    bump_epoch(root, token)
+    (root / JOURNAL).unlink()
+    fsync_dir(root)
+    after = snapshot(root)
+    return {
+        "runs": len(ids),
+        "parts_written": len(staged),
+        "files_before": files_before,
+        "files_after": sum(len(after.fragments[t]) + len(after.parts[t]) for t in TABLES),
+    }

@@ -1,0 +1,457 @@
+"""The :class:`Store`: atomic commits of finished runs, lazy reads of committed ones."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from trajlib import schema as S
+from trajlib.errors import StoreError
+from trajlib.store import _claims
+from trajlib.store._coerce import coerce_all
+from trajlib.store._layout import (
+    BRANCHES,
+    COUNTS_KEY,
+    DECISIONS,
+    EPOCH,
+    JOURNAL,
+    LAYER_CHUNK_STEPS,
+    LAYERS_DIR,
+    LOCKS_DIR,
+    RUNS,
+    STEPS,
+    TABLES,
+    Snapshot,
+    atomic_write_parquet,
+    check_run_id,
+    dir_size,
+    fsync_dir,
+    fsync_file,
+    snapshot,
+    temp_path,
+)
+from trajlib.store._manifest import read_manifest, write_manifest_once
+
+SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    RUNS: S.RUN_SCHEMA,
+    STEPS: S.STEP_SCHEMA,
+    DECISIONS: S.DECISION_SCHEMA,
+    BRANCHES: S.BRANCH_SCHEMA,
+}
+
+Filter = str | Iterable[str] | None
+
+
+def _as_set(value: Filter) -> set[str] | None:
+    if value is None:
+        return None
+    return {value} if isinstance(value, str) else set(value)
+
+
+class Store:
+    """A trajectory store directory (see ``docs/store.md`` for the layout and guarantees).
+
+    Create one with :func:`create_store` or open one with :func:`open_store`. A ``Store`` object
+    is cheap; it caches only the run ids of compacted files (which never change once written).
+    It is meant for one thread; separate processes may share a store directory freely.
+
+    ``durable=True`` fsyncs every fragment and directory entry before the commit, so a committed
+    run survives a power loss, not only a killed process.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.durable = durable
+        self._held: dict[str, str] = {}  # run id -> claim token held by this object
+        self._part_ids: dict[str, frozenset[str]] = {}
+        self._parts_cache: tuple[tuple[int, int] | None, list[str]] | None = None
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ which runs are committed
+    def _locks(self) -> Path:
+        return self.path / LOCKS_DIR
+
+    def part_run_ids(self, rel: str) -> frozenset[str]:
+        """Run ids held by one compacted file (cached: part files are immutable)."""
+        ids = self._part_ids.get(rel)
+        if ids is None:
+            col = pl.read_parquet(self.path / rel, columns=[S.RUN_ID])[S.RUN_ID]
+            ids = frozenset(col.unique().to_list())
+            self._part_ids[rel] = ids
+        return ids
+
+    def _committed(self, snap: Snapshot) -> set[str]:
+        ids = set(snap.fragments[RUNS])
+        for rel in snap.parts[RUNS]:
+            ids |= self.part_run_ids(rel)
+        return ids
+
+    def is_committed(self, run_id: str) -> bool:
+        """True once the run's ``runs/`` fragment (or a compacted runs file holding it) exists."""
+        check_run_id(run_id, "run_id")
+        if (self.path / RUNS / f"{run_id}.parquet").exists():
+            return True
+        return any(run_id in self.part_run_ids(rel) for rel in self._runs_parts())
+
+    def _runs_parts(self) -> list[str]:
+        """Compacted runs files, cached until ``compaction.epoch`` changes.
+
+        Listing ``runs/`` costs O(committed runs); this keeps ``is_committed`` O(1) for writers.
+        The epoch is read before listing and replaced by compaction only after its swap, so a
+        stale cache is never kept.
+        """
+        root = self.path
+        if (root / JOURNAL).exists():
+            return snapshot(root, (RUNS,)).parts[RUNS]
+        try:
+            st = os.stat(root / EPOCH)
+            key: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
+        except FileNotFoundError:
+            key = None
+        if self._parts_cache is not None and self._parts_cache[0] == key:
+            return self._parts_cache[1]
+        parts = snapshot(root, (RUNS,)).parts[RUNS]
+        if not (root / JOURNAL).exists():
+            self._parts_cache = (key, parts)
+        return parts
+
+    def committed_run_ids(self) -> set[str]:
+        """Ids of every committed run."""
+        return self._committed(snapshot(self.path, (RUNS,)))
+
+    # ------------------------------------------------------------------ claims
+    def claim(self, run_id: str) -> bool:
+        """Claim ``run_id`` for this process (``locks/<run_id>.claim``, O_CREAT|O_EXCL).
+
+        Returns False if another live process holds it. A claim left by a dead process on this
+        host is taken over. Claiming a run this object already holds returns True.
+        """
+        check_run_id(run_id, "run_id")
+        token = self._held.get(run_id)
+        if token is not None and _claims.holds(self._locks(), run_id, token):
+            return True
+        token = _claims.try_claim(self._locks(), run_id)
+        if token is None:
+            self._held.pop(run_id, None)
+            return False
+        self._held[run_id] = token
+        return True
+
+    def release(self, run_id: str) -> None:
+        """Release a claim taken with :meth:`claim` (no-op if this object does not hold it)."""
+        token = self._held.pop(run_id, None)
+        if token is not None:
+            _claims.release(self._locks(), run_id, token)
+
+    def _acquire(self, run_id: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        delay = 0.005
+        while True:
+            if self.claim(run_id):
+                return True
+            if self.is_committed(run_id) or time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    # ------------------------------------------------------------------ writing
+    def write_run(
+        self,
+        run: dict,
+        steps: pl.DataFrame,
+        decisions: pl.DataFrame | None = None,
+        branches: pl.DataFrame | None = None,
+        layers: np.ndarray | None = None,
+        layer_names: list[str] | None = None,
+        *,
+        claim_timeout_s: float = 10.0,
+    ) -> bool:
+        """Commit one finished run atomically; return False (writing nothing) if it is committed.
+
+        ``run``: RUN_SCHEMA fields; ``run_id``, ``task``, ``status`` and ``steps_done`` are
+        required, the others default to null. ``steps``: STEP_SCHEMA columns, one row per step
+        ``0 .. steps_done - 1`` (any order; stored sorted). ``decisions`` / ``branches``:
+        DECISION_SCHEMA / BRANCH_SCHEMA rows with steps in ``0 .. steps_done``. A missing
+        ``run_id`` column is filled in. ``layers``: array ``[step, layer, stat]`` with
+        ``len(layer_names)`` layers and the stats of ``trajlib.schema.LAYER_STATS``.
+
+        Compatible numeric dtypes are cast; a missing, extra or incompatible column, a row count
+        that disagrees with ``steps_done`` or a row of another run raises ConfigError before
+        anything is written. If another live process is writing the same run, waits up to
+        ``claim_timeout_s`` for it to finish and returns False (exactly one writer commits).
+        A claim this object took with :meth:`claim` is used, and released once the run is written.
+        """
+        run_df, steps_df, dec_df, br_df, lay = coerce_all(
+            run, steps, decisions, branches, layers, layer_names
+        )
+        run_id: str = run_df[S.RUN_ID][0]
+        if self.is_committed(run_id) or not self._acquire(run_id, claim_timeout_s):
+            return False
+        try:
+            if self.is_committed(run_id):  # committed by another process before our claim
+                return False
+            self._write_fragments(run_id, run_df, steps_df, dec_df, br_df, lay)
+            return True
+        finally:
+            self.release(run_id)
+
+    def _write_fragments(self, run_id: str, run_df: pl.DataFrame, steps_df: pl.DataFrame,
+                         dec_df: pl.DataFrame | None, br_df: pl.DataFrame | None,
+                         lay: tuple[np.ndarray, list[str]] | None) -> None:
+        root, durable = self.path, self.durable
+        counts: dict[str, object] = {
+            STEPS: steps_df.height,
+            DECISIONS: 0 if dec_df is None else dec_df.height,
+            BRANCHES: 0 if br_df is None else br_df.height,
+            "layers": None if lay is None else list(lay[0].shape),
+        }
+        written: list[Path] = []
+        try:
+            for table, df in ((STEPS, steps_df), (DECISIONS, dec_df), (BRANCHES, br_df)):
+                final = root / table / f"{run_id}.parquet"
+                if df is None or df.height == 0:
+                    # leftovers of an earlier, unfinished attempt must not become part of this run
+                    with contextlib.suppress(FileNotFoundError):
+                        final.unlink()
+                    continue
+                atomic_write_parquet(df, final, run_id, durable=durable)
+                written.append(final)
+            self._write_layers(run_id, lay)
+            atomic_write_parquet(run_df, root / RUNS / f"{run_id}.parquet", run_id,
+                                 durable=durable, metadata={COUNTS_KEY: json.dumps(counts)})
+        except BaseException:
+            # not committed: remove what this attempt wrote (gc would do it otherwise)
+            for p in written:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            raise
+
+    def _write_layers(self, run_id: str, lay: tuple[np.ndarray, list[str]] | None) -> None:
+        final = self.path / LAYERS_DIR / run_id
+        if final.exists():  # leftover of an unfinished attempt (we hold the claim)
+            shutil.rmtree(final)
+        if lay is None:
+            return
+        import zarr
+
+        data, names = lay
+        n, n_layers, n_stats = data.shape
+        chunk = max(1, min(LAYER_CHUNK_STEPS, n))
+        shard = max(chunk, math.ceil(n / chunk) * chunk)
+        tmp = temp_path(final, run_id)
+        try:
+            arr = zarr.create_array(
+                store=str(tmp),
+                shape=data.shape,
+                dtype="float32",
+                chunks=(chunk, max(1, n_layers), n_stats),
+                shards=(shard, max(1, n_layers), n_stats),
+                attributes={"layer_names": names, "stats": list(S.LAYER_STATS)},
+                dimension_names=("step", "layer", "stat"),
+                zarr_format=3,
+            )
+            if data.size:
+                arr[...] = data
+            if self.durable:
+                for dirpath, _d, files in os.walk(tmp):
+                    for f in files:
+                        fsync_file(Path(dirpath) / f)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self.durable:
+            fsync_dir(final.parent)
+
+    # ------------------------------------------------------------------ reading
+    def runs(self, task: Filter = None, status: Filter = None) -> pl.LazyFrame:
+        """Lazy RUN_SCHEMA frame of the committed runs, optionally of some tasks / statuses."""
+        return self._scan_runs(snapshot(self.path, (RUNS,)), task, status)
+
+    def _scan_runs(self, snap: Snapshot, task: Filter, status: Filter) -> pl.LazyFrame:
+        files = [str(self.path / rel) for rel in (*snap.fragments[RUNS].values(), *snap.parts[RUNS])]
+        lf = (pl.scan_parquet(files, schema=S.RUN_SCHEMA) if files
+              else pl.LazyFrame(schema=S.RUN_SCHEMA))
+        tasks, statuses = _as_set(task), _as_set(status)
+        if tasks is not None:
+            lf = lf.filter(pl.col(S.TASK).is_in(sorted(tasks)))
+        if statuses is not None:
+            lf = lf.filter(pl.col(S.STATUS).is_in(sorted(statuses)))
+        return lf
+
+    def _scan_table(self, table: str, task: Filter, status: Filter,
+                    run_ids: Filter) -> pl.LazyFrame:
+        schema = SCHEMAS[table]
+        snap = snapshot(self.path)
+        committed = self._committed(snap)
+        wanted: set[str] | None = None
+        if task is not None or status is not None:
+            sel = self._scan_runs(snap, task, status).select(S.RUN_ID).collect()
+            wanted = set(sel[S.RUN_ID].to_list())
+        ids = _as_set(run_ids)
+        if ids is not None:
+            wanted = ids if wanted is None else wanted & ids
+        frags = [str(self.path / rel) for rid, rel in snap.fragments[table].items()
+                 if rid in committed and (wanted is None or rid in wanted)]
+        parts = snap.parts[table]
+        if wanted is not None:
+            parts = [rel for rel in parts if not self.part_run_ids(rel).isdisjoint(wanted)]
+        frames = []
+        if frags:
+            frames.append(pl.scan_parquet(frags, schema=schema))
+        if parts:
+            lf = pl.scan_parquet([str(self.path / rel) for rel in parts], schema=schema)
+            if wanted is not None:
+                lf = lf.filter(pl.col(S.RUN_ID).is_in(sorted(wanted)))
+            frames.append(lf)
+        if not frames:
+            return pl.LazyFrame(schema=schema)
+        return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+
+    def steps(self, task: Filter = None, status: Filter = None,
+              run_ids: Filter = None) -> pl.LazyFrame:
+        """Lazy STEP_SCHEMA frame of committed runs (filters: task, status, run ids).
+
+        Rows of one run are contiguous and sorted by step; runs come in no particular order.
+        """
+        return self._scan_table(STEPS, task, status, run_ids)
+
+    def decisions(self, task: Filter = None, status: Filter = None,
+                  run_ids: Filter = None) -> pl.LazyFrame:
+        """Lazy DECISION_SCHEMA frame of committed runs (same filters as :meth:`steps`)."""
+        return self._scan_table(DECISIONS, task, status, run_ids)
+
+    def branches(self, task: Filter = None, status: Filter = None,
+                 run_ids: Filter = None) -> pl.LazyFrame:
+        """Lazy BRANCH_SCHEMA frame of committed runs (same filters as :meth:`steps`)."""
+        return self._scan_table(BRANCHES, task, status, run_ids)
+
+    def layers(self, run_id: str) -> tuple[np.ndarray, list[str], list[str]]:
+        """Per-layer statistics of a committed run.
+
+        Returns ``(array, layer_names, stat_names)``; ``array`` is float32 with shape
+        ``[steps_done, len(layer_names), len(stat_names)]``.
+        """
+        import zarr
+
+        if not self.is_committed(run_id):
+            raise StoreError(f"{self.path}: run {run_id!r} is not committed")
+        path = self.path / LAYERS_DIR / run_id
+        if not (path / "zarr.json").exists():
+            raise StoreError(f"{self.path}: run {run_id!r} has no per-layer array "
+                             "(it was written without `layers`)")
+        arr = zarr.open_array(store=str(path), mode="r")
+        attrs = dict(arr.attrs)
+        names: list[str] = attrs["layer_names"]  # type: ignore[assignment]
+        stats: list[str] = attrs["stats"]  # type: ignore[assignment]
+        return np.asarray(arr[...], dtype=np.float32), list(names), list(stats)
+
+    # ------------------------------------------------------------------ maintenance
+    def info(self) -> dict:
+        """Summary: runs by task and status, total steps, decisions, branches, size on disk.
+
+        Keys: ``path``, ``schema_version``, ``runs``, ``runs_by_task`` (task -> status -> count),
+        ``steps``, ``decisions``, ``branches``, ``size_bytes``, ``files``, ``fragments`` (per-run
+        step files), ``parts`` (compacted step files), ``compaction_pending``.
+        """
+        snap = snapshot(self.path)
+        runs = self._scan_runs(snap, None, None).select(S.TASK, S.STATUS, S.STEPS_DONE).collect()
+        by_task: dict[str, dict[str, int]] = {}
+        for task, status, n in runs.group_by(S.TASK, S.STATUS).len().sort(S.TASK, S.STATUS).rows():
+            by_task.setdefault(task, {})[status] = n
+
+        def count(table: str) -> int:
+            return int(self._scan_table(table, None, None, None).select(pl.len()).collect().item())
+
+        size, files = dir_size(self.path)
+        return {
+            "path": str(self.path),
+            "schema_version": self.manifest["schema_version"],
+            "runs": runs.height,
+            "runs_by_task": by_task,
+            "steps": int(runs[S.STEPS_DONE].sum() or 0),
+            "decisions": count(DECISIONS),
+            "branches": count(BRANCHES),
+            "size_bytes": size,
+            "files": files,
+            "fragments": len(snap.fragments[STEPS]),
+            "parts": len(snap.parts[STEPS]),
+            "compaction_pending": snap.journal is not None,
+        }
+
+    def validate(self) -> list[str]:
+        """Problems found (empty list = consistent). See :func:`trajlib.store._check.validate`."""
+        from trajlib.store._check import validate
+
+        return validate(self)
+
+    def gc(self) -> list[str]:
+        """Remove what unfinished runs and compactions left; return the paths removed."""
+        from trajlib.store._gc import gc
+
+        return gc(self)
+
+    def compact(self, *, rows_per_file: int = 4_000_000) -> dict:
+        """Merge per-run fragments into sorted part files; return statistics."""
+        from trajlib.store._compact import compact
+
+        return compact(self, rows_per_file=rows_per_file)
+
+
+def create_store(path: str | os.PathLike[str], exist_ok: bool = True, *,
+                 durable: bool = True) -> Store:
+    """Create a store at ``path`` (or open it if it exists and ``exist_ok``) and return it.
+
+    Raises StoreError if ``path`` is a non-empty directory that is not a store, or a store
+    exists and ``exist_ok`` is False; StoreVersionError if it has another schema version.
+    """
+    root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root}: exists and is not a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    created = False
+    if not (root / "manifest.json").exists():
+        others = [p.name for p in root.iterdir() if not p.name.startswith(".")]
+        # re-check: another process may have created the store while we listed
+        if others and not (root / "manifest.json").exists():
+            raise StoreError(f"{root}: directory is not empty and not a trajlib store "
+                             f"(found {', '.join(sorted(others)[:5])}); choose an empty path")
+        if not others:
+            created = write_manifest_once(root)
+    if not created and not exist_ok:
+        raise StoreError(f"{root}: a store already exists (pass exist_ok=True to open it)")
+    store = Store(root, durable=durable)  # checks format and version
+    for sub in (*TABLES, LOCKS_DIR):
+        (root / sub).mkdir(exist_ok=True)
+    _ensure_layers_group(root / LAYERS_DIR)
+    return store
+
+
+def _ensure_layers_group(path: Path) -> None:
+    if (path / "zarr.json").exists():
+        return
+    path.mkdir(exist_ok=True)
+    doc = {"zarr_format": 3, "node_type": "group",
+           "attributes": {"stats": list(S.LAYER_STATS), "layout": "one array per run id"}}
+    tmp = temp_path(path / "zarr.json", "_manifest")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path / "zarr.json")
+
+
+def open_store(path: str | os.PathLike[str], *, durable: bool = True) -> Store:
+    """Open an existing store; StoreError if ``path`` is not one, StoreVersionError if its schema
+    version is not readable by this trajlib."""
+    return Store(path, durable=durable)
+

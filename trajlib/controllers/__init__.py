@@ -21,6 +21,7 @@ from trajlib.controllers._checkpoint import (
     verify_checkpoint,
 )
 from trajlib.controllers._fit import fit_from_table, infer_keep_index
+from trajlib.controllers._from_store import fit_store, training_table
 from trajlib.controllers._gbt import GBTController
 from trajlib.controllers._gru import GRUController
 from trajlib.controllers._metrics import offline_metrics
@@ -48,6 +49,8 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "fit_from_table",
+    "fit_store",
+    "training_table",
     "infer_keep_index",
     "offline_metrics",
 ]

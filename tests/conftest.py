@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny but real collected store and a controller fitted on it (session-wide)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_RECIPE = {
+    "name": "tiny",
+    "collect": {"tasks": ["digits-mlp", "teacher-student"], "runs_per_task": 3, "budget": 200,
+                "every": 25, "val_every": 25},
+    "branch": {"horizon": 25, "cooldown": 5},
+    "executor": {"workers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real store: 2 tasks x 3 runs x 200 steps, decisions every 25, every action branched."""
+    from trajlib.collect import collect, parse_recipe
+    from trajlib.store import create_store, open_store
+
+    path = tmp_path_factory.mktemp("tiny") / "store"
+    create_store(path)
+    threads = torch.get_num_threads()
+    collect(parse_recipe(TINY_RECIPE), functools.partial(open_store, path), workers=1, progress=False)
+    torch.set_num_threads(threads)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real GBT controller checkpoint fitted on ``tiny_store`` (greedy labels)."""
+    from trajlib.controllers import fit_store
+
+    out = tmp_path_factory.mktemp("ckpt") / "gbt"
+    path, _ = fit_store(tiny_store, kind="gbt", labels="greedy", out=out, params={"n_estimators": 30})
+    return path

@@ -1,0 +1,138 @@
+"""ControllerScheduler in a plain PyTorch loop: decisions, bounds, safety, resume."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trajlib.controllers import load_controller
+from trajlib.deploy import ControllerScheduler
+from trajlib.tasks import get_task
+
+
+def _loop(sched_factory, steps: int = 120, seed: int = 0, lr: float = 0.02, start=None):
+    task = get_task("digits-mlp")
+    data = task.make_data()
+    torch.manual_seed(seed)
+    model = task.make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    sched = sched_factory(opt)
+    if start is not None:
+        start(model, opt, sched)
+    g = torch.Generator().manual_seed(seed)
+    lrs, losses = [], []
+    for t in range(steps):
+        idx = torch.randint(0, len(data.x_train), (64,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.observe(loss)
+        if (t + 1) % 25 == 0:
+            with torch.no_grad():
+                sched.observe_validation(float(torch.nn.functional.cross_entropy(model(data.x_val), data.y_val)))
+        lrs.append(opt.param_groups[0]["lr"])
+        losses.append(float(loss))
+        sched.step()
+    return model, opt, sched, lrs, losses
+
+
+def test_controller_decides_every_n_steps_and_lr_stays_in_bounds(tiny_checkpoint):
+    loaded = load_controller(tiny_checkpoint)
+    _, opt, sched, lrs, _ = _loop(lambda o: ControllerScheduler(o, loaded, total_steps=120))
+    assert sched.events["decisions"] == 120 // loaded.every - (120 % loaded.every == 0)
+    assert sched.events["errors"] == 0
+    lo, hi = loaded.hp_space["lr"].low * 0.02, loaded.hp_space["lr"].high * 0.02
+    assert all(lo * (1 - 1e-6) <= v <= hi * (1 + 1e-6) for v in lrs)
+    # the LR only changes at decision points
+    changes = [t for t in range(1, len(lrs)) if lrs[t] != lrs[t - 1]]
+    assert all(t % loaded.every == 0 for t in changes)
+    assert sched.get_last_lr() == [opt.param_groups[0]["lr"]]
+
+
+def test_an_exception_in_the_controller_holds_the_lr_and_never_reaches_training(tiny_checkpoint):
+    loaded = load_controller(tiny_checkpoint)
+
+    def boom(x, state=None):
+        raise RuntimeError("controller broke")
+
+    loaded.controller.decide = boom  # type: ignore[method-assign]
+    with pytest.warns(RuntimeWarning, match="holding"):
+        _, _, sched, lrs, _ = _loop(lambda o: ControllerScheduler(o, loaded, total_steps=120))
+    assert sched.events["errors"] >= 1
+    assert len(set(lrs)) == 1
+
+
+def test_non_finite_losses_do_not_crash_and_lr_is_held(tiny_checkpoint):
+    loaded = load_controller(tiny_checkpoint)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = ControllerScheduler(opt, loaded, total_steps=100)
+    for _ in range(60):
+        loss = (model(torch.randn(4, 3)) * float("nan")).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.observe(loss)
+        sched.step()
+    assert all(math.isfinite(v) for v in sched.get_last_lr())
+    assert sched.get_last_lr() == [0.1]
+
+
+def test_state_dict_resume_gives_the_same_lrs_as_training_straight(tiny_checkpoint):
+    loaded = load_controller(tiny_checkpoint)
+    _, _, _, lrs_straight, _ = _loop(lambda o: ControllerScheduler(o, loaded, total_steps=150), steps=150)
+    # train 75, save, load into a fresh scheduler, train 75 more
+    model, opt, sched, lrs_a, _ = _loop(lambda o: ControllerScheduler(o, loaded, total_steps=150), steps=75)
+    state = sched.state_dict()
+    restored = ControllerScheduler(opt, loaded, total_steps=150)
+    restored.load_state_dict(state)
+    assert restored.get_last_lr() == sched.get_last_lr()
+    assert restored.state_dict()["features"] == state["features"]
+    assert lrs_a == lrs_straight[:75]
+
+
+def test_wrong_arguments_fail_up_front(tiny_checkpoint):
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="total_steps"):
+        ControllerScheduler(opt, tiny_checkpoint, total_steps=0)
+    with pytest.raises(ValueError, match="optimizer"):
+        ControllerScheduler(object(), tiny_checkpoint, total_steps=10)  # type: ignore[arg-type]
+
+
+def test_probe_statistics_match_a_direct_computation():
+    from trajlib.deploy import PROBE_COLUMNS, StepProbe
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = StepProbe(opt)
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    prev_g = prev_u = None
+    for _ in range(3):
+        loss = ((model(x) - y) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        before = [p.detach().clone() for p in model.parameters()]
+        grads = [p.grad.detach().clone() for p in model.parameters()]
+        opt.step()
+        stats = dict(zip(PROBE_COLUMNS, probe.take().tolist()))
+        upd = [p.detach() - b for p, b in zip(model.parameters(), before)]
+        flat = lambda ts: torch.cat([t.reshape(-1) for t in ts])  # noqa: E731
+        assert stats["grad_norm"] == pytest.approx(float(flat(grads).norm()), rel=1e-5)
+        assert stats["weight_norm"] == pytest.approx(float(flat(before).norm()), rel=1e-5)
+        assert stats["update_norm"] == pytest.approx(float(flat(upd).norm()), rel=1e-5)
+        ratios = np.array([float(u.norm() / b.norm()) for u, b in zip(upd, before)])
+        assert stats["upd_ratio_max"] == pytest.approx(ratios.max(), rel=1e-5)
+        assert stats["upd_ratio_mean"] == pytest.approx(ratios.mean(), rel=1e-5)
+        if prev_g is not None:
+            cos = float(flat(grads) @ prev_g / (flat(grads).norm() * prev_g.norm()))
+            assert stats["grad_cos"] == pytest.approx(cos, rel=1e-4, abs=1e-6)
+            ucos = float(flat(upd) @ prev_u / (flat(upd).norm() * prev_u.norm()))
+            assert stats["update_cos"] == pytest.approx(ucos, rel=1e-4, abs=1e-6)
+        else:
+            assert math.isnan(stats["grad_cos"])
+        prev_g, prev_u = flat(grads), flat(upd)

@@ -1,0 +1,97 @@
+"""The command line: exit codes and one-line errors for user mistakes, real work for real input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trajlib.cli import main
+
+
+def _err(capsys: pytest.CaptureFixture[str]) -> str:
+    return capsys.readouterr().err.strip()
+
+
+def test_unknown_task_in_recipe_is_a_one_line_error_naming_the_field(tmp_path, capsys):
+    recipe = tmp_path / "bad.toml"
+    recipe.write_text('[collect]\ntasks = ["no-such-task"]\n')
+    assert main(["collect", str(recipe), "--store", str(tmp_path / "s")]) == 2
+    err = _err(capsys)
+    assert "collect.tasks" in err and "no-such-task" in err and "\n" not in err
+    assert not (tmp_path / "s").exists(), "nothing is written for a bad recipe"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('[collect]\ntasks = ["digits-mlp"]\nbogus = 1\n', "collect.bogus"),
+        ('[collect]\ntasks = ["digits-mlp"]\nevery = 0\n', "collect.every"),
+        ('[collect]\ntasks = ["digits-mlp"]\n[space]\nlr_min = 5.0\n', "space.lr_min"),
+        ('[collect]\ntasks = ["digits-mlp"]\n[actions]\nlr = [0.5, 2.0]\n', "actions.lr"),
+        ('[collect]\ntasks = "digits-mlp"\n', "collect.tasks"),
+        ("[collect\n", "RECIPE"),
+    ],
+)
+def test_malformed_recipes_name_the_offending_key(tmp_path, capsys, body, field):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(body)
+    assert main(["collect", str(recipe), "--store", str(tmp_path / "s")]) == 2
+    assert field in _err(capsys)
+
+
+def test_missing_recipe_file_and_missing_store(tmp_path, capsys):
+    assert main(["collect", str(tmp_path / "nope.toml"), "--store", str(tmp_path / "s")]) == 2
+    assert "nope.toml" in _err(capsys)
+    assert main(["store", "info", str(tmp_path / "missing")]) == 2
+    assert "missing" in _err(capsys)
+    assert main(["fit", str(tmp_path / "missing"), "--out", str(tmp_path / "m")]) == 2
+
+
+def test_usage_errors_exit_2_without_traceback(capsys):
+    assert main(["evaluate", "x", "--tasks", "digits-mlp", "--seeds", "0", "--report", "r"]) == 2
+    assert "positive integer" in _err(capsys)
+    assert main(["no-such-command"]) == 2
+
+
+def test_unknown_controller_kind_and_label_strategy(tiny_store, tmp_path, capsys):
+    assert main(["fit", str(tiny_store), "--kind", "nope", "--out", str(tmp_path / "m")]) == 2
+    assert "nope" in _err(capsys)
+    assert main(["fit", str(tiny_store), "--labels", "nope", "--out", str(tmp_path / "m")]) == 2
+    assert "nope" in _err(capsys)
+
+
+def test_tampered_checkpoint_is_refused_by_evaluate(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    payload = next(p for p in bad.iterdir() if p.name.startswith("model_"))
+    payload.write_text(payload.read_text().replace("Tree=0", "Tree=9", 1))
+    code = main(["evaluate", str(bad), "--tasks", "digits-mlp", "--seeds", "1", "--report",
+                 str(tmp_path / "r"), "--quiet"])
+    assert code == 2
+    assert payload.name in _err(capsys)
+
+
+def test_store_info_on_a_collected_store(tiny_store, capsys):
+    assert main(["store", "info", str(tiny_store), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["runs"] == 6
+    assert main(["store", "validate", str(tiny_store)]) == 0
+
+
+def test_fit_then_model_verify_then_evaluate_writes_a_report(tiny_store, tmp_path, capsys):
+    ckpt = tmp_path / "model"
+    assert main(["fit", str(tiny_store), "--kind", "gbt", "--out", str(ckpt)]) == 0
+    assert (ckpt / "manifest.json").is_file()
+    assert main(["model", "verify", str(ckpt)]) == 0
+    report = tmp_path / "report"
+    code = main(["evaluate", str(ckpt), "--tasks", "synth-classification", "--seeds", "2",
+                 "--budget", "150", "--report", str(report), "--quiet"])
+    assert code == 0
+    md = (report / "report.md").read_text()
+    for method in ("constant", "cosine", "trajlib-gbt"):
+        assert f"| {method} |" in md
+    assert Path(report / "synth-classification.png").stat().st_size > 1000

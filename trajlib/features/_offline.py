@@ -1,0 +1,412 @@
+"""Offline features: :func:`derive` evaluates a feature set at decision points of many runs at once.
+
+The step table is laid out as a ``[runs, max_len]`` float64 matrix per column (a free reshape when
+all runs have the same length, NaN-padded otherwise). Primitives (:mod:`trajlib.features._prims`) are
+computed with whole-matrix numpy/scipy passes along the step axis and *read only at the decision
+rows*: EMAs with ``scipy.signal.lfilter`` (the exact online recursion, with non-finite rows squeezed
+out per run so that they are skipped), window sums as per-run cumulative sums differenced at the
+window ends, last/first values by gathering at the last finite row. No per-feature full-resolution
+column is built: features are combined from primitive values at the points only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy.signal import lfilter
+
+from trajlib import schema
+from trajlib.errors import ConfigError
+from trajlib.features._feature import NUMPY_OPS
+from trajlib.features._prims import (
+    Budget,
+    ChangeStep,
+    Ema,
+    First,
+    Last,
+    LastStep,
+    Prim,
+    PrevLast,
+    Steps,
+    WinBad,
+    WinLogDiff,
+    WinLogLs,
+    WinSpike,
+    beta_of,
+)
+from trajlib.features._set import FeatureSet, get_feature_set
+
+__all__ = ["derive", "derive_arrays"]
+
+N_MISSING = "n_missing"
+
+
+# ---------------------------------------------------------------------------------------- layout
+class _Table:
+    """Columns of the step table as ``[R, L]`` float64 matrices (NaN beyond each run's length)."""
+
+    def __init__(self, df: pl.DataFrame, lengths: np.ndarray) -> None:
+        self.df = df
+        self.lengths = lengths.astype(np.int64)
+        self.R = len(lengths)
+        self.L = int(lengths.max()) if self.R else 0
+        self.equal = bool(self.R == 0 or (lengths == self.L).all())
+        self._cache: dict[str, np.ndarray] = {}
+        if not self.equal:
+            starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
+            self._rows = np.repeat(np.arange(self.R), self.lengths)
+            self._pos = np.arange(int(self.lengths.sum())) - np.repeat(starts, self.lengths)
+
+    def _shape(self, flat: np.ndarray, fill: Any) -> np.ndarray:
+        if self.equal:
+            return flat.reshape(self.R, self.L)
+        out = np.full((self.R, self.L), fill, dtype=flat.dtype)
+        out[self._rows, self._pos] = flat
+        return out
+
+    def col(self, name: str) -> np.ndarray:
+        """Float64 ``[R, L]``; nulls and missing columns are NaN."""
+        if name not in self._cache:
+            if name in self.df.columns:
+                s = self.df.get_column(name)
+                flat = s.cast(pl.Float64).to_numpy() if s.dtype != pl.Boolean else (
+                    s.cast(pl.Float64).to_numpy()
+                )
+                flat = np.ascontiguousarray(flat, dtype=np.float64)
+            else:
+                flat = np.full(int(self.lengths.sum()), np.nan)
+            self._cache[name] = self._shape(flat, np.nan)
+        return self._cache[name]
+
+    def bad(self) -> np.ndarray:
+        """Bool ``[R, L]``: ``finite`` is false or the loss is not finite (padding counts as bad)."""
+        loss = self.col(schema.LOSS)
+        fin = self.col(schema.FINITE)  # 1.0 / 0.0 / NaN(null -> unknown, not bad)
+        return (fin == 0.0) | ~np.isfinite(loss)
+
+
+class _Engine:
+    """Primitive values at the points ``(r, s)`` (arrays of shape ``[P]``)."""
+
+    def __init__(self, tab: _Table, r: np.ndarray, s: np.ndarray, avail: np.ndarray,
+                 budget: np.ndarray) -> None:
+        self.tab = tab
+        self.r = r
+        self.s = s
+        self.avail = avail  # rows of run r with t < s
+        self.budget = budget
+        self._src: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._dirty: dict[tuple[str, str], np.ndarray] = {}
+        self._cf: dict[tuple[str, str], np.ndarray] = {}
+        self._comp: dict[tuple[str, str], np.ndarray] = {}
+        self._ema: dict[tuple[str, float, str], np.ndarray] = {}
+        self._li: dict[str, np.ndarray] = {}
+        self._t = np.arange(tab.L, dtype=np.float64)
+
+    # -------------------------------------------------------------- helpers
+    def _gather(self, A: np.ndarray, idx: np.ndarray, fill: float = math.nan) -> np.ndarray:
+        """``A[r, idx]`` where ``idx >= 0``, else ``fill``."""
+        if A.shape[1] == 0:
+            return np.full(len(idx), fill)
+        v = A[self.r, np.clip(idx, 0, A.shape[1] - 1)]
+        return np.where(idx >= 0, v, fill)
+
+    def _avail_lag(self, lag: int) -> np.ndarray:
+        return np.clip(self.s - lag, 0, self.avail)
+
+    def source(self, col: str, tf: str) -> tuple[np.ndarray, np.ndarray]:
+        """Transformed column and its finite mask, ``[R, L]``."""
+        key = (col, tf)
+        if key not in self._src:
+            x = self.tab.col(col)
+            if tf == "sq":
+                v = x * x
+            elif tf == "log":
+                v = np.log(np.where(x > 0.0, x, np.nan))
+            else:
+                v = x
+            f = np.isfinite(v)
+            self._src[key] = (v, f)
+            nfin = f.sum(axis=1)
+            self._dirty[key] = np.flatnonzero(nfin < self.tab.lengths)
+        return self._src[key]
+
+    def count(self, key: tuple[str, str], a: np.ndarray) -> np.ndarray:
+        """Number of finite source values among rows ``t < a`` of run ``r``."""
+        dirty = self._dirty[key]
+        if len(dirty) == 0:
+            return a.copy()
+        if key not in self._cf:
+            cf = np.zeros((self.tab.R, self.tab.L), dtype=np.int64)
+            cf[dirty] = np.cumsum(self._src[key][1][dirty], axis=1)
+            self._cf[key] = cf
+        cf = self._cf[key]
+        isd = np.zeros(self.tab.R, dtype=bool)
+        isd[dirty] = True
+        return np.where(isd[self.r], self._gather(cf, a - 1, 0).astype(np.int64), a)
+
+    def compressed(self, key: tuple[str, str]) -> np.ndarray:
+        """Source with each dirty run's finite values moved to the front (order kept)."""
+        if key not in self._comp:
+            v, f = self._src[key]
+            dirty = self._dirty[key]
+            if len(dirty) == 0:
+                self._comp[key] = v
+            else:
+                c = v.copy()
+                order = np.argsort(~f[dirty], axis=1, kind="stable")
+                c[dirty] = np.take_along_axis(v[dirty], order, axis=1)
+                self._comp[key] = c
+        return self._comp[key]
+
+    def ema_matrix(self, col: str, hl: float, tf: str) -> np.ndarray:
+        """EMA over the compressed source: entry ``[r, k]`` = state after the (k+1)-th finite value."""
+        key = (col, float(hl), tf)
+        if key not in self._ema:
+            self.source(col, tf)
+            c = self.compressed((col, tf))
+            b = beta_of(hl)
+            y = np.empty_like(c)
+            if c.shape[1]:
+                y[:, 0] = c[:, 0]
+            if c.shape[1] > 1:
+                y[:, 1:] = lfilter([1.0 - b], [1.0, -b], c[:, 1:], axis=1, zi=b * c[:, 0:1])[0]
+            self._ema[key] = y
+        return self._ema[key]
+
+    def last_index(self, col: str) -> np.ndarray:
+        """``[R, L]`` int: index of the last finite value at or before each row (-1 if none)."""
+        if col not in self._li:
+            v, f = self.source(col, "id")
+            idx = np.where(f, np.arange(self.tab.L), -1)
+            self._li[col] = np.maximum.accumulate(idx, axis=1) if self.tab.L else idx
+        return self._li[col]
+
+    def _cum_window(self, chans: list[np.ndarray], window: int) -> tuple[np.ndarray, ...]:
+        end = self.avail
+        start = np.clip(self.s - window, 0, end) if window > 0 else np.zeros_like(end)
+        out = []
+        for ch in chans:
+            c = np.cumsum(ch, axis=1)
+            out.append(self._gather(c, end - 1, 0.0) - self._gather(c, start - 1, 0.0))
+        return tuple(out)
+
+    # -------------------------------------------------------------- primitives
+    def value(self, p: Prim) -> Any:
+        if isinstance(p, Steps):
+            return self.s.astype(np.float64)
+        if isinstance(p, Budget):
+            return self.budget
+        if isinstance(p, Ema):
+            key = (p.col, p.transform)
+            self.source(*key)
+            y = self.ema_matrix(p.col, p.half_life, p.transform)
+            n = self.count(key, self._avail_lag(p.lag))
+            return self._gather(y, n - 1)
+        if isinstance(p, Last | LastStep | PrevLast):
+            v, _ = self.source(p.col, "id")
+            a = self._avail_lag(p.lag) if isinstance(p, Last) else self.avail
+            li = self._gather(self.last_index(p.col), a - 1, -1).astype(np.int64)
+            if isinstance(p, Last):
+                return self._gather(v, li)
+            if isinstance(p, LastStep):
+                return np.where(li >= 0, li.astype(np.float64), np.nan)
+            prev = self._gather(self.last_index(p.col), li - 1, -1).astype(np.int64)
+            prev = np.where(li >= 0, prev, -1)
+            return self._gather(v, prev)
+        if isinstance(p, First):
+            v, f = self.source(p.col, "id")
+            fi = np.where(f.any(axis=1), f.argmax(axis=1), self.tab.L)[self.r] if self.tab.L else (
+                np.zeros(len(self.r), dtype=np.int64)
+            )
+            ok = fi < self.avail
+            return np.where(ok, self._gather(v, np.where(ok, fi, -1)), np.nan)
+        if isinstance(p, ChangeStep):
+            v, f = self.source(p.col, "id")
+            li = self.last_index(p.col)
+            prev = np.full_like(li, -1)
+            prev[:, 1:] = li[:, :-1]
+            pv = np.take_along_axis(v, np.maximum(prev, 0), axis=1)
+            changed = f & (prev >= 0) & (v != pv)
+            cl = np.maximum.accumulate(np.where(changed, np.arange(self.tab.L), -1), axis=1)
+            n = self._gather(li, self.avail - 1, -1)
+            c = self._gather(cl, self.avail - 1, -1).astype(np.float64)
+            return np.where(n >= 0, c, np.nan)
+        if isinstance(p, WinLogLs):
+            y, f = self.source(p.col, "log")
+            t = self._t[None, :]
+            yf = np.where(f, y, 0.0)
+            chans = [f.astype(np.float64), np.where(f, t, 0.0), np.where(f, t * t, 0.0), yf,
+                     np.where(f, t * y, 0.0)]
+            return self._cum_window(chans, p.window)
+        if isinstance(p, WinLogDiff):
+            y, f = self.source(p.col, "log")
+            ok = np.zeros_like(f)
+            d = np.zeros_like(y)
+            if self.tab.L > 1:
+                ok[:, 1:] = f[:, 1:] & f[:, :-1]
+                d[:, 1:] = np.where(ok[:, 1:], y[:, 1:] - np.where(ok[:, 1:], y[:, :-1], 0.0), 0.0)
+            return self._cum_window([ok.astype(np.float64), d, d * d], p.window)
+        if isinstance(p, WinSpike):
+            key = (p.col, "id")
+            v, f = self.source(*key)
+            y = self.ema_matrix(p.col, p.half_life, "id")
+            eprev = np.full_like(v, np.nan)
+            if self.tab.L > 1:
+                eprev[:, 1:] = y[:, :-1]
+                dirty = self._dirty[key]
+                if len(dirty):
+                    cnt = np.cumsum(f[dirty], axis=1)  # finite values among rows <= t
+                    k = np.zeros_like(cnt)
+                    k[:, 1:] = cnt[:, :-1]  # among rows < t
+                    g = np.take_along_axis(y[dirty], np.maximum(k - 1, 0), axis=1)
+                    eprev[dirty] = np.where(k > 0, g, np.nan)
+            with np.errstate(invalid="ignore"):
+                spike = f & (v > float(p.factor) * eprev)
+            (count,) = self._cum_window([spike.astype(np.float64)], p.window)
+            return count, self._rows(p.window)
+        if isinstance(p, WinBad):
+            (count,) = self._cum_window([self.tab.bad().astype(np.float64)], p.window)
+            return count, self._rows(p.window)
+        raise ConfigError("primitive", "a known primitive kind", type(p).__name__)
+
+    def _rows(self, window: int) -> np.ndarray:
+        if window == 0:
+            return self.avail.astype(np.float64)
+        return (self.avail - np.clip(self.s - window, 0, self.avail)).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------- derive
+def _budget_frame(budgets: pl.DataFrame | Mapping[str, int]) -> pl.DataFrame:
+    if isinstance(budgets, Mapping):
+        return pl.DataFrame(
+            {"run_id": [str(k) for k in budgets], "budget": [budgets[k] for k in budgets]},
+            schema={"run_id": pl.String, "budget": pl.Float64},
+        )
+    if isinstance(budgets, pl.LazyFrame):
+        budgets = budgets.collect()
+    if not isinstance(budgets, pl.DataFrame) or not {"run_id", "budget"} <= set(budgets.columns):
+        raise ConfigError("budgets", "a DataFrame[run_id, budget] or a dict run_id -> budget",
+                          type(budgets).__name__)
+    return budgets.select(pl.col("run_id").cast(pl.String), pl.col("budget").cast(pl.Float64))
+
+
+def _prepare_steps(steps: pl.DataFrame | pl.LazyFrame, cols: list[str]) -> pl.DataFrame:
+    present = steps.collect_schema().names() if isinstance(steps, pl.LazyFrame) else steps.columns
+    for c in ("run_id", "step"):
+        if c not in present:
+            raise ConfigError("steps", f"a step table with a {c!r} column", sorted(present))
+    keep = ["run_id", "step"] + [c for c in cols if c in present and c not in ("run_id", "step")]
+    df = steps.select(keep)
+    if isinstance(df, pl.LazyFrame):
+        df = df.collect()
+    df = df.with_columns(pl.col("run_id").cast(pl.String))
+    return df
+
+
+def _layout(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str], np.ndarray]:
+    """Sort by (run_id, step) unless already grouped and ordered; run names and lengths."""
+    if df.height == 0:
+        return df, [], np.zeros(0, dtype=np.int64)
+    rle = df.get_column("run_id").rle()
+    names = rle.struct.field("value").to_list()
+    ok = len(set(names)) == len(names)
+    if ok:
+        lengths = rle.struct.field("len").to_numpy().astype(np.int64)
+        st = df.get_column("step").to_numpy()
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        inc = np.diff(st) >= 0 if len(st) > 1 else np.ones(0, dtype=bool)
+        inc[starts[1:] - 1] = True  # run boundaries don't count
+        ok = bool(inc.all())
+    if not ok:
+        df = df.sort(["run_id", "step"], maintain_order=True)
+        rle = df.get_column("run_id").rle()
+        names = rle.struct.field("value").to_list()
+        lengths = rle.struct.field("len").to_numpy().astype(np.int64)
+    return df, names, lengths
+
+
+def derive_arrays(
+    steps: pl.DataFrame | pl.LazyFrame,
+    points: pl.DataFrame,
+    budgets: pl.DataFrame | Mapping[str, int],
+    feature_set: str | FeatureSet = "default",
+) -> tuple[np.ndarray, list[str]]:
+    """Like :func:`derive` but returns ``(values float64 [n_points, n_features], names)``."""
+    fs = get_feature_set(feature_set)
+    if isinstance(points, pl.LazyFrame):
+        points = points.collect()
+    if not isinstance(points, pl.DataFrame) or not {"run_id", "step"} <= set(points.columns):
+        raise ConfigError("points", "a DataFrame[run_id: str, step: int]", type(points).__name__)
+    df, names, lengths = _layout(_prepare_steps(steps, fs.columns))
+    tab = _Table(df, lengths)
+    P = points.height
+    runs = pl.DataFrame(
+        {"run_id": names, "_r": np.arange(len(names), dtype=np.int64), "_len": lengths},
+        schema={"run_id": pl.String, "_r": pl.Int64, "_len": pl.Int64},
+    )
+    pts = (
+        points.select(pl.col("run_id").cast(pl.String), pl.col("step").cast(pl.Int64))
+        .with_row_index("_i")
+        .join(runs, on="run_id", how="left")
+        .join(_budget_frame(budgets), on="run_id", how="left")
+        .sort("_i")
+    )
+    r = pts.get_column("_r").fill_null(0).to_numpy().astype(np.int64)
+    plen = pts.get_column("_len").fill_null(0).to_numpy().astype(np.int64)
+    s = pts.get_column("step").fill_null(0).to_numpy().astype(np.int64)
+    budget = pts.get_column("budget").to_numpy().astype(np.float64)
+    budget = np.where(np.isfinite(budget) & (budget > 0), budget, np.nan)
+    if len(names):
+        # rows of run r with step < s (rows are sorted by step within a run)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        step_all = df.get_column("step").cast(pl.Int64).to_numpy()
+        span = int(step_all.max() - min(step_all.min(), 0) + 2) if len(step_all) else 1
+        lo = int(min(step_all.min(), 0)) if len(step_all) else 0
+        key = np.repeat(np.arange(len(names), dtype=np.int64), lengths) * span + (step_all - lo)
+        q = r * span + np.clip(s - lo, 0, span - 1)
+        avail = np.searchsorted(key, q, side="left") - starts[r]
+        avail = np.clip(avail, 0, plen)
+    else:
+        avail = np.zeros(P, dtype=np.int64)
+    eng = _Engine(tab, r, s, avail, budget)
+    out = np.empty((P, len(fs)), dtype=np.float64)
+    with np.errstate(all="ignore"):
+        vals = {p: eng.value(p) for p in fs.prims()}
+        for j, f in enumerate(fs.features):
+            out[:, j] = np.broadcast_to(np.asarray(f.compute(vals, NUMPY_OPS), dtype=np.float64), (P,))
+    out[~np.isfinite(out)] = np.nan
+    return out, fs.names
+
+
+def derive(
+    steps: pl.DataFrame | pl.LazyFrame,
+    points: pl.DataFrame,
+    budgets: pl.DataFrame | Mapping[str, int],
+    feature_set: str | FeatureSet = "default",
+) -> pl.DataFrame:
+    """Features of ``feature_set`` at decision points, one row per point (in ``points`` order).
+
+    ``steps``: step table(s) with :data:`trajlib.schema.STEP_SCHEMA` columns (``run_id``, ``step``
+    required; a missing feature column reads as null) for one or many runs. Rows of a run are its
+    steps ``0 .. n-1``; they are sorted by ``(run_id, step)`` if they are not already grouped.
+    ``points``: ``[run_id: str, step: int]``; the decision at step ``s`` sees rows ``step < s``.
+    ``budgets``: ``[run_id, budget]`` frame or dict (a missing or non-positive budget gives NaN
+    for budget-relative features).
+
+    Returns ``run_id, step, <fs.names ... Float64>, n_missing: Int32`` where ``n_missing`` counts the
+    features that are NaN (not computable: too few rows, missing or non-finite inputs).
+    """
+    fs = get_feature_set(feature_set)
+    vals, names = derive_arrays(steps, points, budgets, fs)
+    if isinstance(points, pl.LazyFrame):
+        points = points.collect()
+    base = points.select(pl.col("run_id").cast(pl.String), pl.col("step"))
+    feats = pl.DataFrame({n: vals[:, j] for j, n in enumerate(names)},
+                         schema={n: pl.Float64 for n in names})
+    miss = pl.Series(N_MISSING, np.isnan(vals).sum(axis=1).astype(np.int32), dtype=pl.Int32)
+    return pl.concat([base, feats], how="horizontal").with_columns(miss)

@@ -1,0 +1,2 @@
+def decision_table(*a, **k):
+    raise NotImplementedError

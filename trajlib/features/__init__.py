@@ -38,7 +38,12 @@ from trajlib.features._library import (
 )
 from trajlib.features._offline import N_MISSING, derive, derive_arrays
 from trajlib.features._online import OnlineFeatures
-from trajlib.features._set import FeatureSet, get_feature_set, list_feature_sets, register_feature_set
+from trajlib.features._set import (
+    FeatureSet,
+    get_feature_set,
+    list_feature_sets,
+    register_feature_set,
+)
 from trajlib.features._table import decision_table
 
 __all__ = [

@@ -29,8 +29,8 @@ from trajlib.features._prims import (
     First,
     Last,
     LastStep,
-    Prim,
     PrevLast,
+    Prim,
     Steps,
     WinBad,
     WinLogDiff,
@@ -73,8 +73,10 @@ class _Table:
         if name not in self._cache:
             if name in self.df.columns:
                 s = self.df.get_column(name)
-                flat = s.cast(pl.Float64).to_numpy() if s.dtype != pl.Boolean else (
+                flat = (
                     s.cast(pl.Float64).to_numpy()
+                    if s.dtype != pl.Boolean
+                    else (s.cast(pl.Float64).to_numpy())
                 )
                 flat = np.ascontiguousarray(flat, dtype=np.float64)
             else:
@@ -92,8 +94,9 @@ class _Table:
 class _Engine:
     """Primitive values at the points ``(r, s)`` (arrays of shape ``[P]``)."""
 
-    def __init__(self, tab: _Table, r: np.ndarray, s: np.ndarray, avail: np.ndarray,
-                 budget: np.ndarray) -> None:
+    def __init__(
+        self, tab: _Table, r: np.ndarray, s: np.ndarray, avail: np.ndarray, budget: np.ndarray
+    ) -> None:
         self.tab = tab
         self.r = r
         self.s = s
@@ -220,8 +223,10 @@ class _Engine:
             return self._gather(v, prev)
         if isinstance(p, First):
             v, f = self.source(p.col, "id")
-            fi = np.where(f.any(axis=1), f.argmax(axis=1), self.tab.L)[self.r] if self.tab.L else (
-                np.zeros(len(self.r), dtype=np.int64)
+            fi = (
+                np.where(f.any(axis=1), f.argmax(axis=1), self.tab.L)[self.r]
+                if self.tab.L
+                else (np.zeros(len(self.r), dtype=np.int64))
             )
             ok = fi < self.avail
             return np.where(ok, self._gather(v, np.where(ok, fi, -1)), np.nan)
@@ -240,8 +245,13 @@ class _Engine:
             y, f = self.source(p.col, "log")
             t = self._t[None, :]
             yf = np.where(f, y, 0.0)
-            chans = [f.astype(np.float64), np.where(f, t, 0.0), np.where(f, t * t, 0.0), yf,
-                     np.where(f, t * y, 0.0)]
+            chans = [
+                f.astype(np.float64),
+                np.where(f, t, 0.0),
+                np.where(f, t * t, 0.0),
+                yf,
+                np.where(f, t * y, 0.0),
+            ]
             return self._cum_window(chans, p.window)
         if isinstance(p, WinLogDiff):
             y, f = self.source(p.col, "log")
@@ -290,8 +300,11 @@ def _budget_frame(budgets: pl.DataFrame | Mapping[str, int]) -> pl.DataFrame:
     if isinstance(budgets, pl.LazyFrame):
         budgets = budgets.collect()
     if not isinstance(budgets, pl.DataFrame) or not {"run_id", "budget"} <= set(budgets.columns):
-        raise ConfigError("budgets", "a DataFrame[run_id, budget] or a dict run_id -> budget",
-                          type(budgets).__name__)
+        raise ConfigError(
+            "budgets",
+            "a DataFrame[run_id, budget] or a dict run_id -> budget",
+            type(budgets).__name__,
+        )
     return budgets.select(pl.col("run_id").cast(pl.String), pl.col("budget").cast(pl.Float64))
 
 
@@ -378,7 +391,9 @@ def derive_arrays(
     with np.errstate(all="ignore"):
         vals = {p: eng.value(p) for p in fs.prims()}
         for j, f in enumerate(fs.features):
-            out[:, j] = np.broadcast_to(np.asarray(f.compute(vals, NUMPY_OPS), dtype=np.float64), (P,))
+            out[:, j] = np.broadcast_to(
+                np.asarray(f.compute(vals, NUMPY_OPS), dtype=np.float64), (P,)
+            )
     out[~np.isfinite(out)] = np.nan
     return out, fs.names
 
@@ -406,7 +421,8 @@ def derive(
     if isinstance(points, pl.LazyFrame):
         points = points.collect()
     base = points.select(pl.col("run_id").cast(pl.String), pl.col("step"))
-    feats = pl.DataFrame({n: vals[:, j] for j, n in enumerate(names)},
-                         schema={n: pl.Float64 for n in names})
+    feats = pl.DataFrame(
+        {n: vals[:, j] for j, n in enumerate(names)}, schema={n: pl.Float64 for n in names}
+    )
     miss = pl.Series(N_MISSING, np.isnan(vals).sum(axis=1).astype(np.int32), dtype=pl.Int32)
     return pl.concat([base, feats], how="horizontal").with_columns(miss)

@@ -27,8 +27,8 @@ from trajlib.features._prims import (
     First,
     Last,
     LastStep,
-    Prim,
     PrevLast,
+    Prim,
     Steps,
     WinBad,
     WinLogDiff,
@@ -289,7 +289,9 @@ class OnlineFeatures:
         """Set ``key`` on the last row given to :meth:`update` (allowed until the next update/values)."""
         if self._pending is None:
             raise ConfigError(
-                "amend", "called after update() and before the next values()", key,
+                "amend",
+                "called after update() and before the next values()",
+                key,
                 "report validation for a step before asking for the next decision's features",
             )
         self._pending[key] = value
@@ -326,7 +328,9 @@ class OnlineFeatures:
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict` taken from an engine with the same feature set."""
         if not isinstance(d, Mapping) or d.get("format") != _STATE_FORMAT:
-            raise ConfigError("state_dict.format", f"{_STATE_FORMAT}", getattr(d, "get", lambda k: d)("format"))
+            raise ConfigError(
+                "state_dict.format", f"{_STATE_FORMAT}", getattr(d, "get", lambda k: d)("format")
+            )
         if d.get("feature_set_hash") != self._fs.hash:
             raise FeatureSetMismatchError(
                 f"state_dict was taken with feature set {d.get('feature_set')!r} "

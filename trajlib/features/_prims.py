@@ -120,8 +120,18 @@ class WinBad:
 
 
 Prim = (
-    Steps | Budget | Ema | Last | LastStep | PrevLast | First | ChangeStep
-    | WinLogLs | WinLogDiff | WinSpike | WinBad
+    Steps
+    | Budget
+    | Ema
+    | Last
+    | LastStep
+    | PrevLast
+    | First
+    | ChangeStep
+    | WinLogLs
+    | WinLogDiff
+    | WinSpike
+    | WinBad
 )
 
 

@@ -42,7 +42,9 @@ class FeatureSet:
             raise ConfigError("feature_set.version", "a positive integer", version)
         bad = [f for f in features if not isinstance(f, Feature)]
         if bad or not features:
-            raise ConfigError("feature_set.features", "a non-empty list of Feature objects", bad or [])
+            raise ConfigError(
+                "feature_set.features", "a non-empty list of Feature objects", bad or []
+            )
         names = [f.name for f in features]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -132,7 +134,10 @@ def register_feature_set(fs: FeatureSet, *, overwrite: bool = False) -> FeatureS
         raise ConfigError("feature_set", "a FeatureSet", type(fs).__name__)
     if fs.name in _REGISTRY and not overwrite and _REGISTRY[fs.name].hash != fs.hash:
         raise ConfigError(
-            "feature_set.name", "a name not registered yet", fs.name, "pass overwrite=True to replace it"
+            "feature_set.name",
+            "a name not registered yet",
+            fs.name,
+            "pass overwrite=True to replace it",
         )
     _REGISTRY[fs.name] = fs
     return fs

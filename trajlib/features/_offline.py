@@ -11,8 +11,9 @@ column is built: features are combined from primitive values at the points only.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,24 @@ from trajlib.features._set import FeatureSet, get_feature_set
 __all__ = ["derive", "derive_arrays"]
 
 N_MISSING = "n_missing"
+
+
+def _ema_rows(c: np.ndarray, hl: float) -> np.ndarray:
+    """Row-wise EMA recursion ``m_0 = c_0; m_k = alpha c_k + beta m_{k-1}`` (the online formula)."""
+    b = beta_of(hl)
+    y = np.empty_like(c)
+    if c.shape[1]:
+        y[:, 0] = c[:, 0]
+    if c.shape[1] > 1:
+        y[:, 1:] = lfilter([1.0 - b], [1.0, -b], c[:, 1:], axis=1, zi=b * c[:, 0:1])[0]
+    return y
+
+
+def _count_true(mask: np.ndarray, r: np.ndarray, a0: np.ndarray, a1: np.ndarray) -> np.ndarray:
+    """Number of True in ``mask[r, a0:a1]`` per point (exact; sparse masks are cheap)."""
+    L = mask.shape[1]
+    pos = np.flatnonzero(mask.ravel())
+    return (np.searchsorted(pos, r * L + a1) - np.searchsorted(pos, r * L + a0)).astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------- layout
@@ -95,7 +114,13 @@ class _Engine:
     """Primitive values at the points ``(r, s)`` (arrays of shape ``[P]``)."""
 
     def __init__(
-        self, tab: _Table, r: np.ndarray, s: np.ndarray, avail: np.ndarray, budget: np.ndarray
+        self,
+        tab: _Table,
+        r: np.ndarray,
+        s: np.ndarray,
+        avail: np.ndarray,
+        budget: np.ndarray,
+        prims: list[Prim] | None = None,
     ) -> None:
         self.tab = tab
         self.r = r
@@ -107,8 +132,32 @@ class _Engine:
         self._cf: dict[tuple[str, str], np.ndarray] = {}
         self._comp: dict[tuple[str, str], np.ndarray] = {}
         self._ema: dict[tuple[str, float, str], np.ndarray] = {}
-        self._li: dict[str, np.ndarray] = {}
+        self._cum: dict[Any, list[np.ndarray]] = {}
         self._t = np.arange(tab.L, dtype=np.float64)
+        self._ema_blk: dict[tuple[str, float, str], np.ndarray] = {}
+        self._ema_dirty: dict[tuple[str, float, str], np.ndarray] = {}
+        self._mask: dict[Any, np.ndarray] = {}
+        self._prims = list(prims or [])
+        self.K = self._block_size(self._prims)
+
+    def _block_size(self, prims: list[Prim]) -> int:
+        """Largest K dividing every row position the primitives cut at (0: no blocked path).
+
+        When decision points are regular (e.g. every 50 steps, windows of 10/50/200 rows), EMAs and
+        window sums only need per-block aggregates of K rows (one BLAS pass) instead of a
+        full-resolution recursion or cumulative sum.
+        """
+        L = self.tab.L
+        if L == 0 or len(self.avail) == 0:
+            return 0
+        cuts = [self.avail]
+        for p in prims:
+            if isinstance(p, Ema) and p.lag:
+                cuts.append(self._avail_lag(p.lag))
+            elif isinstance(p, WinLogLs | WinLogDiff | WinSpike | WinBad) and p.window:
+                cuts.append(np.clip(self.s - p.window, 0, self.avail))
+        k = int(np.gcd.reduce(np.concatenate(cuts + [np.array([L])]).astype(np.int64)))
+        return k if k >= 4 else 0
 
     # -------------------------------------------------------------- helpers
     def _gather(self, A: np.ndarray, idx: np.ndarray, fill: float = math.nan) -> np.ndarray:
@@ -172,31 +221,142 @@ class _Engine:
         if key not in self._ema:
             self.source(col, tf)
             c = self.compressed((col, tf))
-            b = beta_of(hl)
-            y = np.empty_like(c)
-            if c.shape[1]:
-                y[:, 0] = c[:, 0]
-            if c.shape[1] > 1:
-                y[:, 1:] = lfilter([1.0 - b], [1.0, -b], c[:, 1:], axis=1, zi=b * c[:, 0:1])[0]
-            self._ema[key] = y
+            self._ema[key] = _ema_rows(c, hl)
         return self._ema[key]
 
-    def last_index(self, col: str) -> np.ndarray:
-        """``[R, L]`` int: index of the last finite value at or before each row (-1 if none)."""
-        if col not in self._li:
-            v, f = self.source(col, "id")
-            idx = np.where(f, np.arange(self.tab.L), -1)
-            self._li[col] = np.maximum.accumulate(idx, axis=1) if self.tab.L else idx
-        return self._li[col]
+    def ema_at(self, col: str, hl: float, tf: str, a: np.ndarray) -> np.ndarray:
+        """EMA state after rows ``t < a`` of run ``r`` (NaN when no finite value yet)."""
+        key, mk = (col, tf), (col, float(hl), tf)
+        self.source(*key)
+        n = self.count(key, a)
+        if mk in self._ema or self.K == 0:
+            return self._gather(self.ema_matrix(col, hl, tf), n - 1)
+        dirty = self._dirty[key]
+        if len(dirty) * 2 > self.tab.R:  # mostly dirty: the compressed recursion is cheaper
+            return self._gather(self.ema_matrix(col, hl, tf), n - 1)
+        out = self._gather(self._ema_blocks(mk), a // self.K - 1)
+        if len(dirty):
+            row = np.full(self.tab.R, -1)
+            row[dirty] = np.arange(len(dirty))
+            pd = row[self.r] >= 0
+            yd = self._ema_dirty_rows(mk, dirty)
+            idx = n[pd] - 1
+            vals = yd[row[self.r[pd]], np.maximum(idx, 0)] if yd.shape[1] else np.nan
+            out[pd] = np.where(idx >= 0, vals, np.nan)
+        return out
 
-    def _cum_window(self, chans: list[np.ndarray], window: int) -> tuple[np.ndarray, ...]:
+    def _ema_blocks(self, mk: tuple[str, float, str]) -> np.ndarray:
+        """``[R, L / K]``: EMA state after each block of K rows (valid for runs without gaps).
+
+        All half-lives of one source come out of one ``[R * L / K, K] @ [K, H]`` product.
+        """
+        if mk not in self._ema_blk:
+            col, _, tf = mk
+            hls = sorted(
+                {
+                    float(p.half_life)
+                    for p in self._prims
+                    if isinstance(p, Ema) and (p.col, p.transform) == (col, tf)
+                }
+                | {mk[1]}
+            )
+            v, _ = self.source(col, tf)
+            K, R, L = self.K, self.tab.R, self.tab.L
+            betas = [beta_of(h) for h in hls]
+            e = np.arange(K - 1, -1, -1, dtype=np.float64)
+            w = np.stack([(1.0 - b) * b**e for b in betas] + [np.zeros(K)], axis=1)
+            c = (v.reshape(R * (L // K), K) @ w).reshape(R, L // K, len(hls) + 1)
+            for i, (h, b) in enumerate(zip(hls, betas, strict=True)):
+                bk = b**K
+                blk = lfilter([1.0], [1.0, -bk], c[:, :, i], axis=1, zi=bk * v[:, 0:1])[0]
+                self._ema_blk[(col, h, tf)] = blk
+        return self._ema_blk[mk]
+
+    def _ema_dirty_rows(self, mk: tuple[str, float, str], rows: np.ndarray) -> np.ndarray:
+        """Exact compressed EMA (as :meth:`ema_matrix`) for a subset of runs."""
+        if mk not in self._ema_dirty:
+            col, hl, tf = mk
+            v, f = self._src[(col, tf)]
+            order = np.argsort(~f[rows], axis=1, kind="stable")
+            self._ema_dirty[mk] = _ema_rows(np.take_along_axis(v[rows], order, axis=1), hl)
+        return self._ema_dirty[mk]
+
+    def _last_true(self, mask: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """Index of the last True of ``mask[r, :a]`` (-1 if none), via sorted flat positions."""
+        L = self.tab.L
+        pos = np.flatnonzero(mask.ravel())
+        q = self.r * L + a - 1
+        k = np.searchsorted(pos, q, side="right") - 1
+        hit = pos[np.maximum(k, 0)] if len(pos) else np.zeros_like(q)
+        ok = (a >= 1) & (k >= 0) & (hit >= self.r * L)
+        return np.where(ok, hit - self.r * L, -1)
+
+    def last_finite(self, col: str, a: np.ndarray) -> np.ndarray:
+        """Row index of the last finite value of ``col`` among rows ``t < a`` (-1 if none)."""
+        key = (col, "id")
+        self.source(*key)
+        if len(self._dirty[key]) == 0:
+            return np.where(a >= 1, a - 1, -1)
+        return self._last_true(self._src[key][1], a)
+
+    def _cum_window(self, name: Any, chans: Any, window: int) -> tuple[np.ndarray, ...]:
+        """Sums of the channels over rows ``[s - window, s)`` (``window = 0``: all rows ``< s``).
+
+        ``chans`` is a callable returning the per-row channel matrices; their per-run cumulative
+        sums are cached under ``name`` and shared by every window.
+        """
+        if name not in self._cum:
+            self._cum[name] = [np.cumsum(ch, axis=1) for ch in chans()]
         end = self.avail
         start = np.clip(self.s - window, 0, end) if window > 0 else np.zeros_like(end)
-        out = []
-        for ch in chans:
-            c = np.cumsum(ch, axis=1)
-            out.append(self._gather(c, end - 1, 0.0) - self._gather(c, start - 1, 0.0))
-        return tuple(out)
+        return tuple(
+            self._gather(c, end - 1, 0.0) - self._gather(c, start - 1, 0.0) for c in self._cum[name]
+        )
+
+    def _window_ends(self, window: int) -> tuple[np.ndarray, np.ndarray]:
+        end = self.avail
+        start = np.clip(self.s - window, 0, end) if window > 0 else np.zeros_like(end)
+        return start, end
+
+    def _count(self, mask: np.ndarray, window: int) -> np.ndarray:
+        start, end = self._window_ends(window)
+        return _count_true(mask, self.r, start, end)
+
+    def _blocks(self, ch: np.ndarray) -> np.ndarray:
+        """``[R, L / K]`` sums of a channel over blocks of K rows."""
+        R, L = ch.shape
+        return ch.reshape(R, L // self.K, self.K).sum(axis=2)
+
+    def _block_window(self, name: Any, blocks: Any, window: int) -> tuple[np.ndarray, ...]:
+        """Window sums from cumulated per-block sums (all cut positions are multiples of K)."""
+        if name not in self._cum:
+            self._cum[name] = [np.cumsum(b, axis=1) for b in blocks()]
+        start, end = self._window_ends(window)
+        K = self.K
+        return tuple(
+            self._gather(c, end // K - 1, 0.0) - self._gather(c, start // K - 1, 0.0)
+            for c in self._cum[name]
+        )
+
+    def _ls_blocks(self, col: str) -> list[np.ndarray]:
+        """Per-block ``n, sum t, sum t^2, sum y, sum t*y`` over finite log values (one BLAS pass)."""
+        y, f = self.source(col, "log")
+        R, L, K = self.tab.R, self.tab.L, self.K
+        nb = L // K
+        j = np.arange(K, dtype=np.float64)
+        m1 = (f.reshape(R * nb, K).astype(np.float64) @ np.stack([j**0, j, j * j], 1)).reshape(
+            R, nb, 3
+        )
+        m2 = (np.where(f, y, 0.0).reshape(R * nb, K) @ np.stack([j**0, j], 1)).reshape(R, nb, 2)
+        o = (np.arange(nb, dtype=np.float64) * K)[None, :]
+        n = m1[..., 0]
+        return [
+            n,
+            o * n + m1[..., 1],
+            o * o * n + 2.0 * o * m1[..., 1] + m1[..., 2],
+            m2[..., 0],
+            o * m2[..., 0] + m2[..., 1],
+        ]
 
     # -------------------------------------------------------------- primitives
     def value(self, p: Prim) -> Any:
@@ -205,84 +365,98 @@ class _Engine:
         if isinstance(p, Budget):
             return self.budget
         if isinstance(p, Ema):
-            key = (p.col, p.transform)
-            self.source(*key)
-            y = self.ema_matrix(p.col, p.half_life, p.transform)
-            n = self.count(key, self._avail_lag(p.lag))
-            return self._gather(y, n - 1)
+            return self.ema_at(p.col, p.half_life, p.transform, self._avail_lag(p.lag))
         if isinstance(p, Last | LastStep | PrevLast):
             v, _ = self.source(p.col, "id")
             a = self._avail_lag(p.lag) if isinstance(p, Last) else self.avail
-            li = self._gather(self.last_index(p.col), a - 1, -1).astype(np.int64)
+            li = self.last_finite(p.col, a)
             if isinstance(p, Last):
                 return self._gather(v, li)
             if isinstance(p, LastStep):
                 return np.where(li >= 0, li.astype(np.float64), np.nan)
-            prev = self._gather(self.last_index(p.col), li - 1, -1).astype(np.int64)
-            prev = np.where(li >= 0, prev, -1)
+            prev = np.where(li >= 0, self.last_finite(p.col, li), -1)
             return self._gather(v, prev)
         if isinstance(p, First):
             v, f = self.source(p.col, "id")
-            fi = (
-                np.where(f.any(axis=1), f.argmax(axis=1), self.tab.L)[self.r]
-                if self.tab.L
-                else (np.zeros(len(self.r), dtype=np.int64))
-            )
+            if self.tab.L:
+                fi = np.where(f.any(axis=1), f.argmax(axis=1), self.tab.L)[self.r]
+            else:
+                fi = np.zeros(len(self.r), dtype=np.int64)
             ok = fi < self.avail
             return np.where(ok, self._gather(v, np.where(ok, fi, -1)), np.nan)
         if isinstance(p, ChangeStep):
-            v, f = self.source(p.col, "id")
-            li = self.last_index(p.col)
-            prev = np.full_like(li, -1)
-            prev[:, 1:] = li[:, :-1]
-            pv = np.take_along_axis(v, np.maximum(prev, 0), axis=1)
-            changed = f & (prev >= 0) & (v != pv)
-            cl = np.maximum.accumulate(np.where(changed, np.arange(self.tab.L), -1), axis=1)
-            n = self._gather(li, self.avail - 1, -1)
-            c = self._gather(cl, self.avail - 1, -1).astype(np.float64)
-            return np.where(n >= 0, c, np.nan)
-        if isinstance(p, WinLogLs):
-            y, f = self.source(p.col, "log")
-            t = self._t[None, :]
-            yf = np.where(f, y, 0.0)
-            chans = [
-                f.astype(np.float64),
-                np.where(f, t, 0.0),
-                np.where(f, t * t, 0.0),
-                yf,
-                np.where(f, t * y, 0.0),
-            ]
-            return self._cum_window(chans, p.window)
-        if isinstance(p, WinLogDiff):
-            y, f = self.source(p.col, "log")
-            ok = np.zeros_like(f)
-            d = np.zeros_like(y)
-            if self.tab.L > 1:
-                ok[:, 1:] = f[:, 1:] & f[:, :-1]
-                d[:, 1:] = np.where(ok[:, 1:], y[:, 1:] - np.where(ok[:, 1:], y[:, :-1], 0.0), 0.0)
-            return self._cum_window([ok.astype(np.float64), d, d * d], p.window)
-        if isinstance(p, WinSpike):
             key = (p.col, "id")
             v, f = self.source(*key)
-            y = self.ema_matrix(p.col, p.half_life, "id")
-            eprev = np.full_like(v, np.nan)
+            changed = np.zeros_like(f)
             if self.tab.L > 1:
-                eprev[:, 1:] = y[:, :-1]
+                changed[:, 1:] = v[:, 1:] != v[:, :-1]
                 dirty = self._dirty[key]
-                if len(dirty):
-                    cnt = np.cumsum(f[dirty], axis=1)  # finite values among rows <= t
-                    k = np.zeros_like(cnt)
-                    k[:, 1:] = cnt[:, :-1]  # among rows < t
-                    g = np.take_along_axis(y[dirty], np.maximum(k - 1, 0), axis=1)
-                    eprev[dirty] = np.where(k > 0, g, np.nan)
-            with np.errstate(invalid="ignore"):
-                spike = f & (v > float(p.factor) * eprev)
-            (count,) = self._cum_window([spike.astype(np.float64)], p.window)
-            return count, self._rows(p.window)
+                if len(dirty):  # compare with the previous *finite* value
+                    vd, fd = v[dirty], f[dirty]
+                    li = np.maximum.accumulate(np.where(fd, np.arange(self.tab.L), -1), axis=1)
+                    prev = np.full_like(li, -1)
+                    prev[:, 1:] = li[:, :-1]
+                    pv = np.take_along_axis(vd, np.maximum(prev, 0), axis=1)
+                    changed[dirty] = fd & (prev >= 0) & (vd != pv)
+            seen = self.count(key, self.avail) > 0
+            c = self._last_true(changed, self.avail).astype(np.float64)
+            return np.where(seen, c, np.nan)
+        if isinstance(p, WinLogLs):
+            if self.K:
+                return self._block_window(("ls", p.col), lambda: self._ls_blocks(p.col), p.window)
+            return self._cum_window(("ls", p.col), lambda: self._ls_chans(p.col), p.window)
+        if isinstance(p, WinLogDiff):
+            chans = lambda: self._diff_chans(p.col)  # noqa: E731
+            if self.K:
+                blocks = lambda: [self._blocks(c) for c in chans()]  # noqa: E731
+                return self._block_window(("diff", p.col), blocks, p.window)
+            return self._cum_window(("diff", p.col), chans, p.window)
+        if isinstance(p, WinSpike):
+            name = ("spike", p.col, float(p.half_life), float(p.factor))
+            if name not in self._mask:
+                self._mask[name] = self._spikes(p)
+            return self._count(self._mask[name], p.window), self._rows(p.window)
         if isinstance(p, WinBad):
-            (count,) = self._cum_window([self.tab.bad().astype(np.float64)], p.window)
-            return count, self._rows(p.window)
+            if "bad" not in self._mask:
+                self._mask["bad"] = self.tab.bad()
+            return self._count(self._mask["bad"], p.window), self._rows(p.window)
         raise ConfigError("primitive", "a known primitive kind", type(p).__name__)
+
+    def _ls_chans(self, col: str) -> list[np.ndarray]:
+        y, f = self.source(col, "log")
+        t = self._t[None, :]
+        return [
+            f.astype(np.float64),
+            np.where(f, t, 0.0),
+            np.where(f, t * t, 0.0),
+            np.where(f, y, 0.0),
+            np.where(f, t * y, 0.0),
+        ]
+
+    def _diff_chans(self, col: str) -> list[np.ndarray]:
+        y, f = self.source(col, "log")
+        ok = np.zeros_like(f)
+        d = np.zeros_like(y)
+        if self.tab.L > 1:
+            ok[:, 1:] = f[:, 1:] & f[:, :-1]
+            d[:, 1:] = np.where(ok[:, 1:], y[:, 1:] - np.where(ok[:, 1:], y[:, :-1], 0.0), 0.0)
+        return [ok.astype(np.float64), d, d * d]
+
+    def _spikes(self, p: WinSpike) -> np.ndarray:
+        key = (p.col, "id")
+        v, f = self.source(*key)
+        y = self.ema_matrix(p.col, p.half_life, "id")
+        eprev = np.full_like(v, np.nan)
+        if self.tab.L > 1:
+            eprev[:, 1:] = y[:, :-1]
+            dirty = self._dirty[key]
+            if len(dirty):
+                cnt = np.cumsum(f[dirty], axis=1)  # finite values among rows <= t
+                k = np.zeros_like(cnt)
+                k[:, 1:] = cnt[:, :-1]  # among rows < t
+                g = np.take_along_axis(y[dirty], np.maximum(k - 1, 0), axis=1)
+                eprev[dirty] = np.where(k > 0, g, np.nan)
+        return f & (v > float(p.factor) * eprev)
 
     def _rows(self, window: int) -> np.ndarray:
         if window == 0:
@@ -343,6 +517,19 @@ def _layout(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str], np.ndarray]:
     return df, names, lengths
 
 
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread: the block products are memory-bound, and a multi-threaded BLAS spinning
+    on a busy 2-core machine was measured 5-10x slower."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
 def derive_arrays(
     steps: pl.DataFrame | pl.LazyFrame,
     points: pl.DataFrame,
@@ -386,9 +573,9 @@ def derive_arrays(
         avail = np.clip(avail, 0, plen)
     else:
         avail = np.zeros(P, dtype=np.int64)
-    eng = _Engine(tab, r, s, avail, budget)
-    out = np.empty((P, len(fs)), dtype=np.float64)
-    with np.errstate(all="ignore"):
+    eng = _Engine(tab, r, s, avail, budget, fs.prims())
+    out = np.empty((P, len(fs)), dtype=np.float64, order="F")
+    with np.errstate(all="ignore"), _one_blas_thread():
         vals = {p: eng.value(p) for p in fs.prims()}
         for j, f in enumerate(fs.features):
             out[:, j] = np.broadcast_to(
@@ -421,8 +608,6 @@ def derive(
     if isinstance(points, pl.LazyFrame):
         points = points.collect()
     base = points.select(pl.col("run_id").cast(pl.String), pl.col("step"))
-    feats = pl.DataFrame(
-        {n: vals[:, j] for j, n in enumerate(names)}, schema={n: pl.Float64 for n in names}
-    )
+    feats = pl.DataFrame([pl.Series(n, vals[:, j]) for j, n in enumerate(names)])
     miss = pl.Series(N_MISSING, np.isnan(vals).sum(axis=1).astype(np.int32), dtype=pl.Int32)
     return pl.concat([base, feats], how="horizontal").with_columns(miss)

@@ -48,9 +48,11 @@ def synthetic_steps(n_runs: int, n_steps: int, seed: int = 0) -> pl.DataFrame:
         "weight_decay": np.zeros(n, f32),
         "l2": np.zeros(n, f32),
         "input_noise": np.zeros(n, f32),
-        "lr_mult": np.repeat(rng.choice([0.5, 1.0, 2.0], (n_runs, n_steps // EVERY + 1)), EVERY, axis=1)[
-            :, :n_steps
-        ].ravel().astype(f32),
+        "lr_mult": np.repeat(
+            rng.choice([0.5, 1.0, 2.0], (n_runs, n_steps // EVERY + 1)), EVERY, axis=1
+        )[:, :n_steps]
+        .ravel()
+        .astype(f32),
         "base_factor": np.ones(n, f32),
         "grad_norm": rng.lognormal(0, 0.3, n).astype(f32),
         "weight_norm": (10 + t / 1000).astype(f32),
@@ -98,7 +100,10 @@ def bench_train_step(n: int = 1500) -> float:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Linear(40, 100), torch.nn.ReLU(), torch.nn.Linear(100, 100), torch.nn.ReLU(),
+        torch.nn.Linear(40, 100),
+        torch.nn.ReLU(),
+        torch.nn.Linear(100, 100),
+        torch.nn.ReLU(),
         torch.nn.Linear(100, 10),
     )
     opt = torch.optim.SGD(model.parameters(), lr=0.05)

@@ -397,8 +397,7 @@ class OnlineFeatures:
             elif isinstance(p, WinSpike):
                 slot = plan.spike[(p.col, float(p.half_life), float(p.factor))]
                 out[p] = (self._win(slot, 1, p.window)[0], float(min(p.window, s)))
-            elif isinstance(p, WinBad):
-                assert plan.bad is not None
+            elif isinstance(p, WinBad) and plan.bad is not None:
                 if p.window == 0:
                     out[p] = (st[plan.bad], float(s))
                 else:

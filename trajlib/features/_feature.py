@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -127,8 +127,12 @@ class Feature(ABC):
         """Primitives this feature reads."""
 
     @abstractmethod
-    def compute(self, p: Mapping[Prim, Any], ops: Any) -> Any:
-        """The feature from primitive values ``p`` (floats with FLOAT_OPS, arrays with NUMPY_OPS)."""
+    def compute(self, v: Sequence[Any], ops: Any) -> Any:
+        """The feature from the values of :meth:`requires`'s primitives, in that order.
+
+        Values are floats (window primitives: tuples of floats) with ``ops = FLOAT_OPS`` online,
+        and float64 arrays ``[n_points]`` (tuples of arrays) with ``ops = NUMPY_OPS`` offline.
+        """
 
     @property
     def columns(self) -> tuple[str, ...]:

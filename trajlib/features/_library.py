@@ -8,7 +8,7 @@ dimensionless hyperparameters (momentum, base factor, LR multiplier).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from trajlib.features._prims import (
     WinSpike,
 )
 
-P = Mapping[Prim, Any]
+V = Sequence[Any]  # primitive values, in the order of requires()
 
 
 def _hl(h: float) -> str:
@@ -48,8 +48,9 @@ class Progress(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Steps(), Budget())
 
-    def compute(self, p: P, ops: Any) -> Any:
-        return ops.div(p[Steps()], p[Budget()])
+    def compute(self, v: V, ops: Any) -> Any:
+        s, budget = v
+        return ops.div(s, budget)
 
 
 # ----------------------------------------------------------------------------------- loss level
@@ -67,8 +68,9 @@ class LossEmaRatio(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Ema("loss", self.short), Ema("loss", self.long))
 
-    def compute(self, p: P, ops: Any) -> Any:
-        return ops.log(p[Ema("loss", self.short)]) - ops.log(p[Ema("loss", self.long)])
+    def compute(self, v: V, ops: Any) -> Any:
+        short, long = v
+        return ops.log(short) - ops.log(long)
 
 
 @dataclass(frozen=True, repr=False)
@@ -84,8 +86,8 @@ class LossSlope(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (WinLogLs("loss", self.window),)
 
-    def compute(self, p: P, ops: Any) -> Any:
-        n, st, stt, sy, sty = p[WinLogLs("loss", self.window)]
+    def compute(self, v: V, ops: Any) -> Any:
+        ((n, st, stt, sy, sty),) = v
         den = n * stt - st * st
         num = n * sty - st * sy
         return ops.where(n >= 2, 100.0 * ops.div(num, den), ops.nan)
@@ -104,8 +106,8 @@ class LossVolatility(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (WinLogDiff("loss", self.window),)
 
-    def compute(self, p: P, ops: Any) -> Any:
-        n, sd, sdd = p[WinLogDiff("loss", self.window)]
+    def compute(self, v: V, ops: Any) -> Any:
+        ((n, sd, sdd),) = v
         var = ops.div(sdd - ops.div(sd * sd, n), n - 1.0)
         return ops.where(n >= 2, ops.sqrt0(var), ops.nan)
 
@@ -124,9 +126,8 @@ class LossChange(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Ema("loss", self.half_life), Ema("loss", self.half_life, lag=self.lag))
 
-    def compute(self, p: P, ops: Any) -> Any:
-        now = p[Ema("loss", self.half_life)]
-        then = p[Ema("loss", self.half_life, lag=self.lag)]
+    def compute(self, v: V, ops: Any) -> Any:
+        now, then = v
         return ops.log(now) - ops.log(then)
 
 
@@ -143,8 +144,9 @@ class LossChangeStart(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Ema("loss", self.half_life), First("loss"))
 
-    def compute(self, p: P, ops: Any) -> Any:
-        return ops.log(p[Ema("loss", self.half_life)]) - ops.log(p[First("loss")])
+    def compute(self, v: V, ops: Any) -> Any:
+        ema, first = v
+        return ops.log(ema) - ops.log(first)
 
 
 @dataclass(frozen=True, repr=False)
@@ -162,8 +164,8 @@ class LossSpikeFrac(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (WinSpike("loss", self.half_life, self.factor, self.window),)
 
-    def compute(self, p: P, ops: Any) -> Any:
-        count, rows = p[WinSpike("loss", self.half_life, self.factor, self.window)]
+    def compute(self, v: V, ops: Any) -> Any:
+        ((count, rows),) = v
         return ops.div(count, rows)
 
 
@@ -180,8 +182,8 @@ class NonfiniteFrac(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (WinBad(self.window),)
 
-    def compute(self, p: P, ops: Any) -> Any:
-        count, rows = p[WinBad(self.window)]
+    def compute(self, v: V, ops: Any) -> Any:
+        ((count, rows),) = v
         return ops.div(count, rows)
 
 
@@ -197,8 +199,9 @@ class LogLrRelInit(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Last("lr"), First("lr"))
 
-    def compute(self, p: P, ops: Any) -> Any:
-        return ops.log(p[Last("lr")]) - ops.log(p[First("lr")])
+    def compute(self, v: V, ops: Any) -> Any:
+        last, first = v
+        return ops.log(last) - ops.log(first)
 
 
 @dataclass(frozen=True, repr=False)
@@ -212,9 +215,9 @@ class LrMultAge(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Steps(), Budget(), ChangeStep("lr_mult"))
 
-    def compute(self, p: P, ops: Any) -> Any:
-        since = ops.maximum(p[ChangeStep("lr_mult")], 0.0)
-        return ops.div(p[Steps()] - since, p[Budget()])
+    def compute(self, v: V, ops: Any) -> Any:
+        s, budget, change = v
+        return ops.div(s - ops.maximum(change, 0.0), budget)
 
 
 @dataclass(frozen=True, repr=False)
@@ -228,8 +231,9 @@ class LogLrMult(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Last("lr_mult"),)
 
-    def compute(self, p: P, ops: Any) -> Any:
-        return ops.log(p[Last("lr_mult")])
+    def compute(self, v: V, ops: Any) -> Any:
+        (last,) = v
+        return ops.log(last)
 
 
 @dataclass(frozen=True, repr=False)
@@ -245,8 +249,9 @@ class LastValue(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Last(self.col),)
 
-    def compute(self, p: P, ops: Any) -> Any:
-        return p[Last(self.col)] + 0.0
+    def compute(self, v: V, ops: Any) -> Any:
+        (last,) = v
+        return last + 0.0
 
 
 # ----------------------------------------------------------------------------------- gradients
@@ -264,8 +269,9 @@ class GradNormEmaRatio(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Ema("grad_norm", self.short), Ema("grad_norm", self.long))
 
-    def compute(self, p: P, ops: Any) -> Any:
-        return ops.log(p[Ema("grad_norm", self.short)]) - ops.log(p[Ema("grad_norm", self.long)])
+    def compute(self, v: V, ops: Any) -> Any:
+        short, long = v
+        return ops.log(short) - ops.log(long)
 
 
 @dataclass(frozen=True, repr=False)
@@ -282,9 +288,8 @@ class GradNormChange(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Ema("grad_norm", self.half_life), Ema("grad_norm", self.half_life, lag=self.lag))
 
-    def compute(self, p: P, ops: Any) -> Any:
-        now = p[Ema("grad_norm", self.half_life)]
-        then = p[Ema("grad_norm", self.half_life, lag=self.lag)]
+    def compute(self, v: V, ops: Any) -> Any:
+        now, then = v
         return ops.log(now) - ops.log(then)
 
 
@@ -301,9 +306,8 @@ class GradNormCv(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Ema("grad_norm", self.half_life), Ema("grad_norm", self.half_life, "sq"))
 
-    def compute(self, p: P, ops: Any) -> Any:
-        m = p[Ema("grad_norm", self.half_life)]
-        m2 = p[Ema("grad_norm", self.half_life, "sq")]
+    def compute(self, v: V, ops: Any) -> Any:
+        m, m2 = v
         return ops.div(ops.sqrt0(m2 - m * m), m)
 
 
@@ -321,8 +325,9 @@ class CosEma(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Ema(self.col, self.half_life),)
 
-    def compute(self, p: P, ops: Any) -> Any:
-        return p[Ema(self.col, self.half_life)] + 0.0
+    def compute(self, v: V, ops: Any) -> Any:
+        (ema,) = v
+        return ema + 0.0
 
 
 # ----------------------------------------------------------------------------------- updates, weights
@@ -340,8 +345,9 @@ class LogUpdRatio(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Ema(f"upd_ratio_{self.stat}", self.half_life),)
 
-    def compute(self, p: P, ops: Any) -> Any:
-        return ops.log(p[Ema(f"upd_ratio_{self.stat}", self.half_life)])
+    def compute(self, v: V, ops: Any) -> Any:
+        (ema,) = v
+        return ops.log(ema)
 
 
 @dataclass(frozen=True, repr=False)
@@ -357,9 +363,8 @@ class UpdRatioSpread(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Ema("upd_ratio_max", self.half_life), Ema("upd_ratio_min", self.half_life))
 
-    def compute(self, p: P, ops: Any) -> Any:
-        hi = p[Ema("upd_ratio_max", self.half_life)]
-        lo = p[Ema("upd_ratio_min", self.half_life)]
+    def compute(self, v: V, ops: Any) -> Any:
+        hi, lo = v
         return ops.log(hi) - ops.log(lo)
 
 
@@ -377,9 +382,9 @@ class WeightNormGrowth(Feature):
         ref = First("weight_norm") if self.lag == 0 else Last("weight_norm", self.lag)
         return (Last("weight_norm"), ref)
 
-    def compute(self, p: P, ops: Any) -> Any:
-        ref = First("weight_norm") if self.lag == 0 else Last("weight_norm", self.lag)
-        return ops.log(p[Last("weight_norm")]) - ops.log(p[ref])
+    def compute(self, v: V, ops: Any) -> Any:
+        now, ref = v
+        return ops.log(now) - ops.log(ref)
 
 
 # ----------------------------------------------------------------------------------- validation
@@ -396,8 +401,9 @@ class ValGap(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Last("val_loss"), Ema("loss", self.half_life))
 
-    def compute(self, p: P, ops: Any) -> Any:
-        return ops.log(p[Last("val_loss")]) - ops.log(p[Ema("loss", self.half_life)])
+    def compute(self, v: V, ops: Any) -> Any:
+        val, ema = v
+        return ops.log(val) - ops.log(ema)
 
 
 @dataclass(frozen=True, repr=False)
@@ -411,8 +417,9 @@ class ValTrend(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Last("val_loss"), PrevLast("val_loss"))
 
-    def compute(self, p: P, ops: Any) -> Any:
-        return ops.log(p[Last("val_loss")]) - ops.log(p[PrevLast("val_loss")])
+    def compute(self, v: V, ops: Any) -> Any:
+        last, prev = v
+        return ops.log(last) - ops.log(prev)
 
 
 @dataclass(frozen=True, repr=False)
@@ -426,9 +433,10 @@ class ValAge(Feature):
     def requires(self) -> tuple[Prim, ...]:
         return (Steps(), Budget(), LastStep("val_loss"))
 
-    def compute(self, p: P, ops: Any) -> Any:
+    def compute(self, v: V, ops: Any) -> Any:
         # val_loss in row t is measured on theta_{t+1}, i.e. after t + 1 updates
-        return ops.div(p[Steps()] - (p[LastStep("val_loss")] + 1.0), p[Budget()])
+        s, budget, last_step = v
+        return ops.div(s - (last_step + 1.0), budget)
 
 
 def default_features() -> list[Feature]:

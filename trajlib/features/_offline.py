@@ -183,8 +183,10 @@ class _Engine:
                 v = x
             f = np.isfinite(v)
             self._src[key] = (v, f)
-            nfin = f.sum(axis=1)
-            self._dirty[key] = np.flatnonzero(nfin < self.tab.lengths)
+            if self.tab.equal and f.all():
+                self._dirty[key] = np.zeros(0, dtype=np.int64)
+            else:
+                self._dirty[key] = np.flatnonzero(np.count_nonzero(f, axis=1) < self.tab.lengths)
         return self._src[key]
 
     def count(self, key: tuple[str, str], a: np.ndarray) -> np.ndarray:
@@ -578,9 +580,8 @@ def derive_arrays(
     with np.errstate(all="ignore"), _one_blas_thread():
         vals = {p: eng.value(p) for p in fs.prims()}
         for j, f in enumerate(fs.features):
-            out[:, j] = np.broadcast_to(
-                np.asarray(f.compute(vals, NUMPY_OPS), dtype=np.float64), (P,)
-            )
+            v = [vals[q] for q in f.requires()]
+            out[:, j] = np.broadcast_to(np.asarray(f.compute(v, NUMPY_OPS), dtype=np.float64), (P,))
     out[~np.isfinite(out)] = np.nan
     return out, fs.names
 

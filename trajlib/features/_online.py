@@ -69,7 +69,9 @@ class _Plan:
         self.source = self._generate()
         namespace: dict[str, Any] = {"_nan": math.nan, "_log": math.log}
         exec(compile(self.source, "<trajlib.features online step>", "exec"), namespace)  # noqa: S102
-        self.step: Callable[[list[Any], list[Any], Mapping[str, Any]], None] = namespace["_step"]
+        self.step: Callable[[list[Any], list[Any], tuple[Any, ...]], None] = namespace["_step"]
+        self.extract: Callable[[Mapping[str, Any]], tuple[Any, ...]] = namespace["_extract"]
+        self.col_index = {c: i for i, c in enumerate(self.cols)}
 
     # ------------------------------------------------------------------ layout
     def _slot(self, init: float = math.nan, hist: bool = False) -> int:
@@ -160,14 +162,19 @@ class _Plan:
 
     # ------------------------------------------------------------------ code generation
     def _generate(self) -> str:
-        L: list[str] = ["def _step(st, hist, row):", "    t = st[0]", "    st[0] = t + 1"]
         cv = {c: f"x{i}" for i, c in enumerate(self.cols)}
+        L: list[str] = ["def _extract(row):", "    g = row.get"]
+        conv = []
         for c, x in cv.items():
+            L.append(f"    {x} = g({c!r})")
             if c == "finite":
-                L.append(f"    {x} = row.get({c!r})")
-                continue
-            L.append(f"    {x} = row.get({c!r})")
-            L.append(f"    {x} = _nan if {x} is None else float({x})")
+                conv.append(f"None if {x} is None else bool({x})")
+            else:
+                conv.append(f"_nan if {x} is None else float({x})")
+        L.append(f"    return ({', '.join(conv)},)" if conv else "    return ()")
+        L += ["", "def _step(st, hist, vals):", "    t = st[0]", "    st[0] = t + 1"]
+        if cv:
+            L.append(f"    {', '.join(cv.values())}, = vals")
         sv: dict[tuple[str, str], tuple[str, str]] = {}
         for i, (c, tf) in enumerate(self.srcs):
             x, v, f = cv[c], f"v{i}", f"f{i}"
@@ -190,13 +197,19 @@ class _Plan:
             e = self.ema[(c, hl, "id")]
             L.append(f"    if {f} and st[{e}] == st[{e}] and {v} > {k!r} * st[{e}]:")
             L.append(f"        st[{slot}] += 1.0")
+        # EMAs of one source start together (at its first finite value): one emptiness test each
+        by_src: dict[tuple[str, str], list[tuple[int, float]]] = {}
         for (c, hl, tf), e in self.ema.items():
-            v, f = sv[(c, tf)]
-            b = beta_of(hl)
-            a = 1.0 - b
+            by_src.setdefault((c, tf), []).append((e, beta_of(hl)))
+        for key, emas in by_src.items():
+            v, f = sv[key]
+            e0 = emas[0][0]
             L.append(f"    if {f}:")
-            L.append(f"        m = st[{e}]")
-            L.append(f"        st[{e}] = {v} if m != m else {a!r} * {v} + {b!r} * m")
+            L.append(f"        if st[{e0}] == st[{e0}]:")
+            for e, b in emas:
+                L.append(f"            st[{e}] = {1.0 - b!r} * {v} + {b!r} * st[{e}]")
+            L.append("        else:")
+            L.append(f"            {' = '.join(f'st[{e}]' for e, _ in emas)} = {v}")
         for c, c0 in self.ls.items():
             v, f = sv[(c, "log")]
             L.append(f"    if {f}:")
@@ -253,6 +266,9 @@ class OnlineFeatures:
         self._budget = int(budget)
         self._plan = _Plan(self._fs)
         self._features = self._fs.features
+        pos = {p: i for i, p in enumerate(self._plan.prims)}
+        self._getters = [self._getter(p) for p in self._plan.prims]
+        self._args = [[pos[q] for q in f.requires()] for f in self._features]
         self.reset()
 
     # ------------------------------------------------------------------ public API
@@ -277,13 +293,17 @@ class OnlineFeatures:
         """Forget every row (start of a new run)."""
         self._st: list[Any] = list(self._plan.init)
         self._hist: list[Any] = [None] * self._plan.hist_size
-        self._pending: dict[str, Any] | None = None
+        self._pending: tuple[Any, ...] | None = None
 
     def update(self, row: Mapping[str, Any]) -> None:
-        """Add one step-table row (row ``t`` = step ``t``); missing keys and None mean null."""
+        """Add one step-table row (row ``t`` = step ``t``); missing keys and None mean null.
+
+        Only the columns the feature set reads are copied; the row is folded into the state when
+        the next row arrives or :meth:`values` is called (so :meth:`amend` can still change it).
+        """
         if self._pending is not None:
             self._plan.step(self._st, self._hist, self._pending)
-        self._pending = dict(row)
+        self._pending = self._plan.extract(row)
 
     def amend(self, key: str, value: Any) -> None:
         """Set ``key`` on the last row given to :meth:`update` (allowed until the next update/values)."""
@@ -294,20 +314,25 @@ class OnlineFeatures:
                 key,
                 "report validation for a step before asking for the next decision's features",
             )
-        self._pending[key] = value
+        i = self._plan.col_index.get(key)
+        if i is None:  # a column this feature set does not read
+            return
+        vals = list(self._pending)
+        vals[i] = self._plan.extract({key: value})[i]
+        self._pending = tuple(vals)
 
     def values(self) -> np.ndarray:
         """Features for a decision at ``s`` = rows seen: float64 array ``[len(feature_set)]``."""
         self._flush()
-        p = self._prim_values()
-        out = np.empty(len(self._features), dtype=np.float64)
-        for i, f in enumerate(self._features):
+        pv = [g() for g in self._getters]
+        out = []
+        for f, args in zip(self._features, self._args, strict=True):
             try:
-                v = float(f.compute(p, FLOAT_OPS))
-            except (ArithmeticError, ValueError):  # a user feature may still trip; never raise
+                v = float(f.compute([pv[i] for i in args], FLOAT_OPS))
+            except (ArithmeticError, ValueError, TypeError):  # a user feature may trip; never raise
                 v = math.nan
-            out[i] = v if v - v == 0.0 else math.nan
-        return out
+            out.append(v if v - v == 0.0 else math.nan)
+        return np.array(out, dtype=np.float64)
 
     def values_dict(self) -> dict[str, float]:
         """:meth:`values` keyed by feature name."""
@@ -322,7 +347,7 @@ class OnlineFeatures:
             "budget": self._budget,
             "state": list(self._st),
             "history": [None if h is None else list(h) for h in self._hist],
-            "pending": None if self._pending is None else dict(self._pending),
+            "pending": None if self._pending is None else list(self._pending),
         }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
@@ -343,7 +368,10 @@ class OnlineFeatures:
         self._budget = int(d["budget"])
         self._st = [int(st[0])] + [float(x) for x in st[1:]]
         self._hist = [None if h is None else tuple(float(x) for x in h) for h in hist]
-        self._pending = None if d.get("pending") is None else dict(d["pending"])
+        pending = d.get("pending")
+        if pending is not None and len(pending) != len(self._plan.cols):
+            raise ConfigError("state_dict.pending", f"{len(self._plan.cols)} values", len(pending))
+        self._pending = None if pending is None else tuple(pending)
 
     # ------------------------------------------------------------------ internals
     def _flush(self) -> None:
@@ -367,39 +395,42 @@ class OnlineFeatures:
         j = self._plan.hist_index[first_slot]
         return tuple(e - h[j + i] for i, e in enumerate(end))
 
-    def _prim_values(self) -> dict[Prim, Any]:
-        plan, st = self._plan, self._st
-        s = st[0]
-        out: dict[Prim, Any] = {}
-        for p in plan.prims:
-            if isinstance(p, Steps):
-                out[p] = float(s)
-            elif isinstance(p, Budget):
-                out[p] = float(self._budget)
-            elif isinstance(p, Ema):
+    def _getter(self, p: Prim) -> Callable[[], Any]:
+        """A closure returning the current value of primitive ``p`` (built once per engine)."""
+        plan = self._plan
+        if isinstance(p, Steps):
+            return lambda: float(self._st[0])
+        if isinstance(p, Budget):
+            return lambda: float(self._budget)
+        if isinstance(p, Ema | Last):
+            if isinstance(p, Ema):
                 slot = plan.ema[(p.col, float(p.half_life), p.transform)]
-                out[p] = st[slot] if p.lag == 0 else self._back(slot, p.lag)
-            elif isinstance(p, Last):
+            else:
                 slot = plan.last[p.col][0]
-                out[p] = st[slot] if p.lag == 0 else self._back(slot, p.lag)
-            elif isinstance(p, LastStep):
-                out[p] = st[plan.last[p.col][1]]
-            elif isinstance(p, PrevLast):
-                out[p] = st[plan.last[p.col][2]]
-            elif isinstance(p, First):
-                out[p] = st[plan.first[p.col]]
-            elif isinstance(p, ChangeStep):
-                out[p] = st[plan.change[p.col][1]]
-            elif isinstance(p, WinLogLs):
-                out[p] = self._win(plan.ls[p.col], 5, p.window)
-            elif isinstance(p, WinLogDiff):
-                out[p] = self._win(plan.diff[p.col][1], 3, p.window)
-            elif isinstance(p, WinSpike):
+            lag = p.lag
+            if lag == 0:
+                return lambda: self._st[slot]
+            return lambda: self._back(slot, lag)
+        if isinstance(p, LastStep | PrevLast):
+            slot = plan.last[p.col][1 if isinstance(p, LastStep) else 2]
+            return lambda: self._st[slot]
+        if isinstance(p, First):
+            slot = plan.first[p.col]
+            return lambda: self._st[slot]
+        if isinstance(p, ChangeStep):
+            slot = plan.change[p.col][1]
+            return lambda: self._st[slot]
+        if isinstance(p, WinLogLs | WinLogDiff):
+            first, n = (plan.ls[p.col], 5) if isinstance(p, WinLogLs) else (plan.diff[p.col][1], 3)
+            w = p.window
+            return lambda: self._win(first, n, w)
+        if isinstance(p, WinSpike | WinBad):
+            if isinstance(p, WinSpike):
                 slot = plan.spike[(p.col, float(p.half_life), float(p.factor))]
-                out[p] = (self._win(slot, 1, p.window)[0], float(min(p.window, s)))
-            elif isinstance(p, WinBad) and plan.bad is not None:
-                if p.window == 0:
-                    out[p] = (st[plan.bad], float(s))
-                else:
-                    out[p] = (self._win(plan.bad, 1, p.window)[0], float(min(p.window, s)))
-        return out
+            else:
+                slot = plan.bad  # type: ignore[assignment]
+            w = p.window
+            if w == 0:
+                return lambda: (self._st[slot], float(self._st[0]))
+            return lambda: (self._win(slot, 1, w)[0], float(min(w, self._st[0])))
+        raise ConfigError("primitive", "a known primitive kind", type(p).__name__)

@@ -162,9 +162,11 @@ class _Engine:
     # -------------------------------------------------------------- helpers
     def _gather(self, A: np.ndarray, idx: np.ndarray, fill: float = math.nan) -> np.ndarray:
         """``A[r, idx]`` where ``idx >= 0``, else ``fill``."""
-        if A.shape[1] == 0:
+        n = A.shape[1]
+        if n == 0:
             return np.full(len(idx), fill)
-        v = A[self.r, np.clip(idx, 0, A.shape[1] - 1)]
+        flat = A.ravel()  # a view for the C-contiguous matrices built here
+        v = flat.take(self.r * n + np.clip(idx, 0, n - 1))
         return np.where(idx >= 0, v, fill)
 
     def _avail_lag(self, lag: int) -> np.ndarray:
@@ -327,7 +329,7 @@ class _Engine:
     def _blocks(self, ch: np.ndarray) -> np.ndarray:
         """``[R, L / K]`` sums of a channel over blocks of K rows."""
         R, L = ch.shape
-        return ch.reshape(R, L // self.K, self.K).sum(axis=2)
+        return np.add.reduceat(ch.ravel(), np.arange(0, R * L, self.K)).reshape(R, L // self.K)
 
     def _block_window(self, name: Any, blocks: Any, window: int) -> tuple[np.ndarray, ...]:
         """Window sums from cumulated per-block sums (all cut positions are multiples of K)."""
@@ -346,10 +348,15 @@ class _Engine:
         R, L, K = self.tab.R, self.tab.L, self.K
         nb = L // K
         j = np.arange(K, dtype=np.float64)
-        m1 = (f.reshape(R * nb, K).astype(np.float64) @ np.stack([j**0, j, j * j], 1)).reshape(
-            R, nb, 3
-        )
-        m2 = (np.where(f, y, 0.0).reshape(R * nb, K) @ np.stack([j**0, j], 1)).reshape(R, nb, 2)
+        clean = len(self._dirty[(col, "log")]) == 0
+        if clean:  # every row counts: the t-moments are the same for every block
+            m1 = np.broadcast_to(np.array([K, j.sum(), (j * j).sum()]), (R, nb, 3))
+        else:
+            m1 = (f.reshape(R * nb, K).astype(np.float64) @ np.stack([j**0, j, j * j], 1)).reshape(
+                R, nb, 3
+            )
+        yf = y if clean else np.where(f, y, 0.0)
+        m2 = (yf.reshape(R * nb, K) @ np.stack([j**0, j], 1)).reshape(R, nb, 2)
         o = (np.arange(nb, dtype=np.float64) * K)[None, :]
         n = m1[..., 0]
         return [
@@ -437,8 +444,14 @@ class _Engine:
 
     def _diff_chans(self, col: str) -> list[np.ndarray]:
         y, f = self.source(col, "log")
-        ok = np.zeros_like(f)
         d = np.zeros_like(y)
+        if len(self._dirty[(col, "log")]) == 0:
+            okf = np.ones_like(y)
+            okf[:, :1] = 0.0
+            if self.tab.L > 1:
+                np.subtract(y[:, 1:], y[:, :-1], out=d[:, 1:])
+            return [okf, d, d * d]
+        ok = np.zeros_like(f)
         if self.tab.L > 1:
             ok[:, 1:] = f[:, 1:] & f[:, :-1]
             d[:, 1:] = np.where(ok[:, 1:], y[:, 1:] - np.where(ok[:, 1:], y[:, :-1], 0.0), 0.0)

@@ -111,7 +111,7 @@ class Feature(ABC):
 
     Class attributes: ``version`` (bump when the definition changes), ``scale_free`` (invariant to
     multiplying the ``loss``/``val_loss`` columns by a constant and the ``lr`` column by another;
-    checked by a test), ``time_unit`` (a short note on units, for documentation).
+    checked by a test).
     """
 
     version: ClassVar[int] = 1
@@ -151,9 +151,13 @@ class Feature(ABC):
         return {}
 
     def describe(self) -> str:
-        """One-line definition (first line of the class docstring)."""
+        """One-line definition: the first docstring line after ``name:``, with parameters filled in."""
         doc = (type(self).__doc__ or "").strip().splitlines()
-        return doc[0] if doc else self.name
+        line = doc[0].split(": ", 1)[-1] if doc else self.name
+        try:
+            return line.format(**self.params())
+        except (KeyError, IndexError, ValueError):
+            return line
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

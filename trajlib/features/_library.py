@@ -56,7 +56,7 @@ class Progress(Feature):
 # ----------------------------------------------------------------------------------- loss level
 @dataclass(frozen=True, repr=False)
 class LossEmaRatio(Feature):
-    """loss_ema_ratio_{short}_{long}: log(EMA_short(loss) / EMA_long(loss)); < 0 while improving."""
+    """loss_ema_ratio_{short}_{long}: log(EMA_{short}(loss) / EMA_{long}(loss)); < 0 while improving."""
 
     short: float = 10
     long: float = 50
@@ -75,7 +75,7 @@ class LossEmaRatio(Feature):
 
 @dataclass(frozen=True, repr=False)
 class LossSlope(Feature):
-    """loss_slope_{window}: least-squares slope of log(loss) over the last `window` steps, per 100 steps."""
+    """loss_slope_{window}: least-squares slope of log(loss) over the last {window} steps, per 100 steps."""
 
     window: int = 50
 
@@ -95,7 +95,7 @@ class LossSlope(Feature):
 
 @dataclass(frozen=True, repr=False)
 class LossVolatility(Feature):
-    """loss_volatility_{window}: std (ddof=1) of consecutive log(loss) differences in the window."""
+    """loss_volatility_{window}: std (ddof=1) of consecutive log(loss) differences over the last {window} steps."""
 
     window: int = 50
 
@@ -114,7 +114,7 @@ class LossVolatility(Feature):
 
 @dataclass(frozen=True, repr=False)
 class LossChange(Feature):
-    """loss_change_{lag}: log(EMA_h(loss) now / EMA_h(loss) `lag` steps ago) (improvement since the last decision when lag = decision interval)."""
+    """loss_change_{lag}: log(EMA_{half_life}(loss) now / EMA_{half_life}(loss) {lag} steps ago) (improvement since the last decision when lag = decision interval)."""
 
     lag: int = 50
     half_life: float = 10
@@ -133,7 +133,7 @@ class LossChange(Feature):
 
 @dataclass(frozen=True, repr=False)
 class LossChangeStart(Feature):
-    """loss_change_start: log(EMA_h(loss) now / first finite loss of the run)."""
+    """loss_change_start: log(EMA_{half_life}(loss) now / first finite loss of the run)."""
 
     half_life: float = 10
 
@@ -151,7 +151,7 @@ class LossChangeStart(Feature):
 
 @dataclass(frozen=True, repr=False)
 class LossSpikeFrac(Feature):
-    """loss_spike_frac_{window}: fraction of the last `window` steps whose loss > factor x EMA_h(loss) of the steps before."""
+    """loss_spike_frac_{window}: fraction of the last {window} steps whose loss > {factor} x EMA_{half_life}(loss) of the steps before."""
 
     window: int = 50
     factor: float = 2.0
@@ -171,7 +171,7 @@ class LossSpikeFrac(Feature):
 
 @dataclass(frozen=True, repr=False)
 class NonfiniteFrac(Feature):
-    """nonfinite_frac[_{window}]: fraction of steps (all so far, or the last `window`) with finite=false or a non-finite loss."""
+    """nonfinite_frac[_{window}]: fraction of steps (window 0 = all so far, else the last {window}) with finite=false or a non-finite loss."""
 
     window: int = 0
 
@@ -238,7 +238,7 @@ class LogLrMult(Feature):
 
 @dataclass(frozen=True, repr=False)
 class LastValue(Feature):
-    """{col}: last finite value of a dimensionless column (base_factor, momentum)."""
+    """{col}: last finite value of {col} (a dimensionless hyperparameter, e.g. base_factor, momentum)."""
 
     col: str = "base_factor"
 
@@ -257,7 +257,7 @@ class LastValue(Feature):
 # ----------------------------------------------------------------------------------- gradients
 @dataclass(frozen=True, repr=False)
 class GradNormEmaRatio(Feature):
-    """grad_norm_ema_ratio_{short}_{long}: log(EMA_short(grad_norm) / EMA_long(grad_norm))."""
+    """grad_norm_ema_ratio_{short}_{long}: log(EMA_{short}(grad_norm) / EMA_{long}(grad_norm))."""
 
     short: float = 10
     long: float = 100
@@ -276,7 +276,7 @@ class GradNormEmaRatio(Feature):
 
 @dataclass(frozen=True, repr=False)
 class GradNormChange(Feature):
-    """grad_norm_change_{lag}: log(EMA_h(grad_norm) now / `lag` steps ago) (grad-norm trend)."""
+    """grad_norm_change_{lag}: log(EMA_{half_life}(grad_norm) now / {lag} steps ago) (grad-norm trend)."""
 
     lag: int = 50
     half_life: float = 100
@@ -295,7 +295,7 @@ class GradNormChange(Feature):
 
 @dataclass(frozen=True, repr=False)
 class GradNormCv(Feature):
-    """grad_norm_cv_{h}: coefficient of variation of grad_norm, sqrt(EMA_h(g^2) - EMA_h(g)^2) / EMA_h(g)."""
+    """grad_norm_cv_{half_life}: coefficient of variation of grad_norm, sqrt(EMA_{half_life}(g^2) - EMA_{half_life}(g)^2) / EMA_{half_life}(g)."""
 
     half_life: float = 100
 
@@ -313,7 +313,7 @@ class GradNormCv(Feature):
 
 @dataclass(frozen=True, repr=False)
 class CosEma(Feature):
-    """{col}_ema_{h}: EMA of a cosine column (grad_cos: gradient noise; update_cos: oscillation)."""
+    """{col}_ema_{half_life}: EMA_{half_life} of {col} (grad_cos: gradient noise; update_cos: oscillation)."""
 
     col: str = "grad_cos"
     half_life: float = 50
@@ -333,7 +333,7 @@ class CosEma(Feature):
 # ----------------------------------------------------------------------------------- updates, weights
 @dataclass(frozen=True, repr=False)
 class LogUpdRatio(Feature):
-    """log_upd_ratio_{stat}: log EMA_h of the per-layer update-to-weight ratio aggregate upd_ratio_{stat}."""
+    """log_upd_ratio_{stat}: log EMA_{half_life} of the per-layer update-to-weight ratio aggregate upd_ratio_{stat}."""
 
     stat: str = "mean"
     half_life: float = 50
@@ -352,7 +352,7 @@ class LogUpdRatio(Feature):
 
 @dataclass(frozen=True, repr=False)
 class UpdRatioSpread(Feature):
-    """upd_ratio_spread: log(EMA_h(upd_ratio_max) / EMA_h(upd_ratio_min)), layer imbalance."""
+    """upd_ratio_spread: log(EMA_{half_life}(upd_ratio_max) / EMA_{half_life}(upd_ratio_min)), layer imbalance."""
 
     half_life: float = 50
 
@@ -370,7 +370,7 @@ class UpdRatioSpread(Feature):
 
 @dataclass(frozen=True, repr=False)
 class WeightNormGrowth(Feature):
-    """weight_norm_growth_{start|lag}: log(weight_norm now / at the start) or / `lag` steps ago."""
+    """weight_norm_growth_{{start|lag}}: log(weight_norm now / weight_norm at the start (lag 0) or {lag} steps ago)."""
 
     lag: int = 0  # 0 = since the start
 
@@ -390,7 +390,7 @@ class WeightNormGrowth(Feature):
 # ----------------------------------------------------------------------------------- validation
 @dataclass(frozen=True, repr=False)
 class ValGap(Feature):
-    """val_gap: log(last val_loss) - log(EMA_h(train loss)) (generalisation gap)."""
+    """val_gap: log(last val_loss) - log(EMA_{half_life}(train loss)) (generalisation gap)."""
 
     half_life: float = 50
 

@@ -131,3 +131,22 @@ def test_all_bad_column_parity(value: float | None) -> None:
         r["loss"] = value
     points = pl.DataFrame({"run_id": ["r"] * 3, "step": [0, 10, 30]})
     check_parity({"r": rows}, points, {"r": 30})
+
+
+def test_steps_with_gaps_use_rows_before_s() -> None:
+    """A table with missing steps: a decision at s sees the rows whose step < s."""
+    from trajlib.features._prims import Steps
+
+    rows = make_rows(TrajSpec(80, 11, val_every=5))
+    keep = [r for r in rows if r["step"] % 7 != 3]  # drop some steps
+    gapped = to_frame({"r": keep})
+    compact = to_frame({"r": [dict(r, step=i) for i, r in enumerate(keep)]})
+    s = 60
+    n_before = sum(r["step"] < s for r in keep)
+    a = derive(gapped, pl.DataFrame({"run_id": ["r"], "step": [s]}), {"r": 80})
+    b = derive(compact, pl.DataFrame({"run_id": ["r"], "step": [n_before]}), {"r": 80})
+    for f in FS:
+        if Steps() in f.requires():
+            continue  # progress / ages count steps, not rows
+        x, y = a[f.name][0], b[f.name][0]
+        assert close(x, y, 1e-12, 1e-12), f.name

@@ -532,6 +532,17 @@ def _layout(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str], np.ndarray]:
     return df, names, lengths
 
 
+def _contiguous(step: np.ndarray, starts: np.ndarray) -> bool:
+    """Every run's rows are exactly the steps 0, 1, ..., n-1."""
+    if len(step) == 0:
+        return True
+    if (step[starts] != 0).any():
+        return False
+    d = np.diff(step)
+    d[starts[1:] - 1] = 1  # run boundaries
+    return bool((d == 1).all())
+
+
 @contextlib.contextmanager
 def _one_blas_thread() -> Iterator[None]:
     """BLAS on one thread: the block products are memory-bound, and a multi-threaded BLAS spinning
@@ -576,10 +587,12 @@ def derive_arrays(
     s = pts.get_column("step").fill_null(0).to_numpy().astype(np.int64)
     budget = pts.get_column("budget").to_numpy().astype(np.float64)
     budget = np.where(np.isfinite(budget) & (budget > 0), budget, np.nan)
-    if len(names):
+    step_all = df.get_column("step").cast(pl.Int64).to_numpy()
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    if len(names) and _contiguous(step_all, starts):
+        avail = np.clip(s, 0, plen)  # rows are the steps 0 .. n-1
+    elif len(names):
         # rows of run r with step < s (rows are sorted by step within a run)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        step_all = df.get_column("step").cast(pl.Int64).to_numpy()
         span = int(step_all.max() - min(step_all.min(), 0) + 2) if len(step_all) else 1
         lo = int(min(step_all.min(), 0)) if len(step_all) else 0
         key = np.repeat(np.arange(len(names), dtype=np.int64), lengths) * span + (step_all - lo)

@@ -47,7 +47,8 @@ def _first(xs: list[Any]) -> float:
 
 
 def reference(rows: list[dict[str, Any]], s: int, budget: float) -> dict[str, float]:
-    """Default-set features for a decision at step ``s`` from ``rows`` (rows ``t < s`` used)."""
+    """Default-set features for a decision at step ``s`` from ``rows`` (rows ``t < s`` used;
+    windows are the last ``w`` of those rows, lags hide the last ``k`` of them)."""
     R = rows[: max(s, 0)]
     col = {c: [r.get(c) for r in R] for c in (rows[0].keys() if rows else [])}
 
@@ -55,7 +56,7 @@ def reference(rows: list[dict[str, Any]], s: int, budget: float) -> dict[str, fl
         return col.get(name, [None] * len(R))
 
     def c_before(name: str, k: int) -> list[Any]:
-        return c(name)[: max(s - k, 0)]
+        return c(name)[: max(len(R) - k, 0)]
 
     loss = c("loss")
     B = float(budget) if (budget and budget > 0) else nan
@@ -66,7 +67,7 @@ def reference(rows: list[dict[str, Any]], s: int, budget: float) -> dict[str, fl
     out["loss_ema_ratio_50_200"] = _log(e[50]) - _log(e[200])
     out["loss_ema_ratio_10_200"] = _log(e[10]) - _log(e[200])
     for w in (10, 50, 200):
-        pts = [(t, _log(loss[t])) for t in range(max(0, s - w), len(R)) if _fin(_log(loss[t]))]
+        pts = [(t, _log(loss[t])) for t in range(max(0, len(R) - w), len(R)) if _fin(_log(loss[t]))]
         if len(pts) < 2:
             out[f"loss_slope_{w}"] = nan
         else:
@@ -76,14 +77,14 @@ def reference(rows: list[dict[str, Any]], s: int, budget: float) -> dict[str, fl
             den = math.fsum((t - tm) ** 2 for t, _ in pts)
             out[f"loss_slope_{w}"] = 100.0 * num / den
     ds = []
-    for t in range(max(1, s - 50), len(R)):
+    for t in range(max(1, len(R) - 50), len(R)):
         a, b = _log(loss[t]), _log(loss[t - 1])
         if _fin(a) and _fin(b):
             ds.append(a - b)
     out["loss_volatility_50"] = statistics.stdev(ds) if len(ds) >= 2 else nan
     out["loss_change_50"] = _log(e[10]) - _log(_ema(c_before("loss", 50), 10))
     out["loss_change_start"] = _log(e[10]) - _log(_first(loss))
-    lo = max(0, s - 50)
+    lo = max(0, len(R) - 50)
     spikes = 0
     for t in range(lo, len(R)):
         ref = _ema(loss[:t], 50)

@@ -155,7 +155,7 @@ class _Engine:
             if isinstance(p, Ema) and p.lag:
                 cuts.append(self._avail_lag(p.lag))
             elif isinstance(p, WinLogLs | WinLogDiff | WinSpike | WinBad) and p.window:
-                cuts.append(np.clip(self.s - p.window, 0, self.avail))
+                cuts.append(np.clip(self.avail - p.window, 0, None))
         k = int(np.gcd.reduce(np.concatenate(cuts + [np.array([L])]).astype(np.int64)))
         return k if k >= 4 else 0
 
@@ -170,7 +170,7 @@ class _Engine:
         return np.where(idx >= 0, v, fill)
 
     def _avail_lag(self, lag: int) -> np.ndarray:
-        return np.clip(self.s - lag, 0, self.avail)
+        return np.clip(self.avail - lag, 0, None)
 
     def source(self, col: str, tf: str) -> tuple[np.ndarray, np.ndarray]:
         """Transformed column and its finite mask, ``[R, L]``."""
@@ -312,14 +312,14 @@ class _Engine:
         if name not in self._cum:
             self._cum[name] = [np.cumsum(ch, axis=1) for ch in chans()]
         end = self.avail
-        start = np.clip(self.s - window, 0, end) if window > 0 else np.zeros_like(end)
+        start = np.clip(end - window, 0, None) if window > 0 else np.zeros_like(end)
         return tuple(
             self._gather(c, end - 1, 0.0) - self._gather(c, start - 1, 0.0) for c in self._cum[name]
         )
 
     def _window_ends(self, window: int) -> tuple[np.ndarray, np.ndarray]:
         end = self.avail
-        start = np.clip(self.s - window, 0, end) if window > 0 else np.zeros_like(end)
+        start = np.clip(end - window, 0, None) if window > 0 else np.zeros_like(end)
         return start, end
 
     def _count(self, mask: np.ndarray, window: int) -> np.ndarray:
@@ -476,7 +476,7 @@ class _Engine:
     def _rows(self, window: int) -> np.ndarray:
         if window == 0:
             return self.avail.astype(np.float64)
-        return (self.avail - np.clip(self.s - window, 0, self.avail)).astype(np.float64)
+        return (self.avail - np.clip(self.avail - window, 0, None)).astype(np.float64)
 
 
 # ---------------------------------------------------------------------------------------- derive

@@ -5,8 +5,10 @@ their values at a decision point. Both engines compute every primitive with the 
 the offline engine (:mod:`trajlib.features._offline`) over many runs at once, the online engine
 (:mod:`trajlib.features._online`) one step-table row at a time.
 
-Semantics, for a decision at step ``s`` (rows ``t < s`` are visible, ``t`` is the 0-based row index
-within the run). A value is *finite* when it is not null, NaN or +-inf; a *source* is a column
+Semantics, for a decision at step ``s``: the visible rows are those with ``step < s``, in step
+order; ``t`` is the 0-based row index within the run (``t = step`` in a complete step table). A
+*window* of ``w`` is the last ``w`` visible rows; a *lag* of ``k`` hides the last ``k`` visible rows
+(so in a complete table "rows ``s - w <= t < s``" and "rows ``t < s - k``"). A value is *finite* when it is not null, NaN or +-inf; a *source* is a column
 after a transform (``id``, ``sq`` = x * x, ``log`` = log(x) for x > 0, else NaN) and a source row
 counts only when the transformed value is finite.
 

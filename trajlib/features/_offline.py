@@ -74,7 +74,7 @@ class _Table:
         self.R = len(lengths)
         self.L = int(lengths.max()) if self.R else 0
         self.equal = bool(self.R == 0 or (lengths == self.L).all())
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: dict[tuple[str, bool], np.ndarray] = {}
         if not self.equal:
             starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
             self._rows = np.repeat(np.arange(self.R), self.lengths)
@@ -87,21 +87,24 @@ class _Table:
         out[self._rows, self._pos] = flat
         return out
 
-    def col(self, name: str) -> np.ndarray:
-        """Float64 ``[R, L]``; nulls and missing columns are NaN."""
-        if name not in self._cache:
+    def col(self, name: str, native: bool = False) -> np.ndarray:
+        """``[R, L]`` float64 (``native``: the column's own float dtype, no conversion pass);
+        nulls and missing columns are NaN."""
+        key = (name, native)
+        if key not in self._cache:
             if name in self.df.columns:
                 s = self.df.get_column(name)
-                flat = (
-                    s.cast(pl.Float64).to_numpy()
-                    if s.dtype != pl.Boolean
-                    else (s.cast(pl.Float64).to_numpy())
-                )
-                flat = np.ascontiguousarray(flat, dtype=np.float64)
+                if native and s.dtype in (pl.Float32, pl.Float64):
+                    flat = s.to_numpy()  # nulls come back as NaN
+                else:
+                    flat = s.cast(pl.Float64).to_numpy()
+                flat = np.ascontiguousarray(flat)
+                if not native:
+                    flat = flat.astype(np.float64, copy=False)
             else:
                 flat = np.full(int(self.lengths.sum()), np.nan)
-            self._cache[name] = self._shape(flat, np.nan)
-        return self._cache[name]
+            self._cache[key] = self._shape(flat, np.nan)
+        return self._cache[key]
 
     def bad(self) -> np.ndarray:
         """Bool ``[R, L]``: ``finite`` is false or the loss is not finite (padding counts as bad)."""
@@ -166,7 +169,7 @@ class _Engine:
         if n == 0:
             return np.full(len(idx), fill)
         flat = A.ravel()  # a view for the C-contiguous matrices built here
-        v = flat.take(self.r * n + np.clip(idx, 0, n - 1))
+        v = flat.take(self.r * n + np.clip(idx, 0, n - 1)).astype(np.float64, copy=False)
         return np.where(idx >= 0, v, fill)
 
     def _avail_lag(self, lag: int) -> np.ndarray:
@@ -176,7 +179,7 @@ class _Engine:
         """Transformed column and its finite mask, ``[R, L]``."""
         key = (col, tf)
         if key not in self._src:
-            x = self.tab.col(col)
+            x = self.tab.col(col, native=tf == "raw")
             if tf == "sq":
                 v = x * x
             elif tf == "log":
@@ -297,7 +300,7 @@ class _Engine:
 
     def last_finite(self, col: str, a: np.ndarray) -> np.ndarray:
         """Row index of the last finite value of ``col`` among rows ``t < a`` (-1 if none)."""
-        key = (col, "id")
+        key = (col, "raw")
         self.source(*key)
         if len(self._dirty[key]) == 0:
             return np.where(a >= 1, a - 1, -1)
@@ -376,7 +379,7 @@ class _Engine:
         if isinstance(p, Ema):
             return self.ema_at(p.col, p.half_life, p.transform, self._avail_lag(p.lag))
         if isinstance(p, Last | LastStep | PrevLast):
-            v, _ = self.source(p.col, "id")
+            v, _ = self.source(p.col, "raw")
             a = self._avail_lag(p.lag) if isinstance(p, Last) else self.avail
             li = self.last_finite(p.col, a)
             if isinstance(p, Last):
@@ -386,7 +389,7 @@ class _Engine:
             prev = np.where(li >= 0, self.last_finite(p.col, li), -1)
             return self._gather(v, prev)
         if isinstance(p, First):
-            v, f = self.source(p.col, "id")
+            v, f = self.source(p.col, "raw")
             if self.tab.L:
                 fi = np.where(f.any(axis=1), f.argmax(axis=1), self.tab.L)[self.r]
             else:
@@ -394,7 +397,7 @@ class _Engine:
             ok = fi < self.avail
             return np.where(ok, self._gather(v, np.where(ok, fi, -1)), np.nan)
         if isinstance(p, ChangeStep):
-            key = (p.col, "id")
+            key = (p.col, "raw")
             v, f = self.source(*key)
             changed = np.zeros_like(f)
             if self.tab.L > 1:

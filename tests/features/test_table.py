@@ -1,0 +1,133 @@
+"""decision_table (and the CLI command around it, when the store package is present)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+import numpy as np
+import polars as pl
+
+from tests.features._gen import TrajSpec, make_rows, to_frame
+from trajlib.features import decision_table, derive, get_feature_set
+
+FS = get_feature_set("default")
+
+
+def _store_frames() -> tuple[pl.DataFrame, ...]:
+    runs_rows = {"a": make_rows(TrajSpec(200, 1, val_every=50)), "b": make_rows(TrajSpec(150, 2))}
+    steps = to_frame(runs_rows)
+    runs = pl.DataFrame(
+        {"run_id": ["a", "b"], "budget": [200, 150]},
+        schema={"run_id": pl.String, "budget": pl.Int32},
+    )
+    dec = pl.DataFrame(
+        {
+            "run_id": ["b", "a", "a", "a", "b"],
+            "step": [50, 50, 100, 150, 100],
+            "action": [1, 0, 2, 4, 3],
+            "propensity": [0.2] * 5,
+            "n_actions": [5] * 5,
+        },
+        schema={
+            "run_id": pl.String,
+            "step": pl.Int32,
+            "action": pl.Int16,
+            "propensity": pl.Float32,
+            "n_actions": pl.Int16,
+        },
+    )
+    br_rows = [(r, s, a) for r, s in (("a", 50), ("a", 100), ("b", 50)) for a in range(5)]
+    br = pl.DataFrame(
+        {
+            "run_id": [x[0] for x in br_rows],
+            "step": [x[1] for x in br_rows],
+            "action": [x[2] for x in br_rows],
+            "horizon": [100] * len(br_rows),
+            "cooldown": [0] * len(br_rows),
+            "val_loss": [float(x[2]) + x[1] for x in br_rows],
+            "diverged": [False] * len(br_rows),
+        },
+        schema_overrides={"step": pl.Int32, "action": pl.Int16, "val_loss": pl.Float32},
+    )
+    return runs, steps, dec, br
+
+
+def test_decision_table_columns_and_values() -> None:
+    runs, steps, dec, br = _store_frames()
+    t = decision_table(runs.lazy(), steps.lazy(), dec.lazy(), br.lazy())
+    assert t.height == dec.height
+    assert t.columns[: 2 + len(FS)] == ["run_id", "step", *FS.names]
+    assert {"n_missing", "action", "propensity", "n_actions", "horizon", "cooldown"} <= set(
+        t.columns
+    )
+    assert [f"val_loss_a{i}" for i in range(5)] == [
+        c for c in t.columns if c.startswith("val_loss_a")
+    ]
+    assert t.select("run_id", "step").rows() == [
+        ("a", 50),
+        ("a", 100),
+        ("a", 150),
+        ("b", 50),
+        ("b", 100),
+    ]
+    row = t.row(1, named=True)
+    assert row["action"] == 2 and row["val_loss_a3"] == 103.0
+    assert t.row(2, named=True)["val_loss_a0"] is None  # a@150 not branched
+    want = derive(steps, t.select("run_id", "step"), {"a": 200, "b": 150})
+    assert np.allclose(
+        t.select(FS.names).to_numpy(), want.select(FS.names).to_numpy(), equal_nan=True
+    )
+
+
+def test_decision_table_without_branches() -> None:
+    runs, steps, dec, _ = _store_frames()
+    t = decision_table(runs, steps, dec, None)
+    assert t.height == dec.height and not any(c.startswith("val_loss_a") for c in t.columns)
+
+
+def test_cli_parser_registers() -> None:
+    from trajlib.cli._features_cmd import add_features_command, run_features_command
+
+    parser = argparse.ArgumentParser()
+    add_features_command(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["features", "data/x", "--set", "default", "--out", "t.parquet"])
+    assert args.store == "data/x" and args.feature_set == "default" and args.out == "t.parquet"
+    assert args.func is run_features_command
+
+
+def test_cli_command_on_a_fake_store(tmp_path, monkeypatch) -> None:
+    """run_features_command against the store API (runs/steps/decisions/branches LazyFrames)."""
+    import sys
+    import types
+
+    from trajlib.cli._features_cmd import run_features_command
+
+    runs, steps, dec, br = _store_frames()
+
+    class FakeStore:
+        def runs(self) -> pl.LazyFrame:
+            return runs.lazy()
+
+        def steps(self) -> pl.LazyFrame:
+            return steps.lazy()
+
+        def decisions(self) -> pl.LazyFrame:
+            return dec.lazy()
+
+        def branches(self) -> pl.LazyFrame:
+            return br.lazy()
+
+    fake = types.ModuleType("trajlib.store")
+    fake.open_store = lambda path: FakeStore()  # type: ignore[attr-defined]
+    if importlib.util.find_spec("trajlib.store") is None:
+        monkeypatch.setitem(sys.modules, "trajlib.store", fake)
+    else:  # the real package exists: patch its open_store only
+        import trajlib.store as real
+
+        monkeypatch.setattr(real, "open_store", fake.open_store)
+    out = tmp_path / "sub" / "table.parquet"
+    args = argparse.Namespace(store="ignored", feature_set="default", out=str(out))
+    assert run_features_command(args) == 0
+    t = pl.read_parquet(out)
+    assert t.height == dec.height and "val_loss_a4" in t.columns and "propensity" in t.columns

@@ -35,7 +35,7 @@ def _loop(sched_factory, steps: int = 120, seed: int = 0, lr: float = 0.02, star
             with torch.no_grad():
                 sched.observe_validation(float(torch.nn.functional.cross_entropy(model(data.x_val), data.y_val)))
         lrs.append(opt.param_groups[0]["lr"])
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         sched.step()
     return model, opt, sched, lrs, losses
 

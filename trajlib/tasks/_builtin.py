@@ -238,7 +238,7 @@ def _mnist1d_cnn() -> Task:
         default_lr=3e-3,
         momentum=0.9,
         weight_decay=1e-2,
-        budget=2000,
+        budget=1000,
         batch_size=128,
         description="1-D CNN (2 conv layers) on mnist1d, AdamW",
     )
@@ -271,7 +271,7 @@ def _digits_cnn() -> Task:
         default_lr=1e-2,
         momentum=0.9,
         weight_decay=1e-2,
-        budget=1500,
+        budget=1000,
         batch_size=64,
         description="2-D CNN on 8x8 digits, AdamW",
     )
@@ -315,13 +315,14 @@ def _char_lm() -> Task:
     return Task(
         "char-lm",
         "language",
-        lambda: TinyTransformerLM(),
+        lambda: TinyTransformerLM(d=32, heads=2),
         char_data,
         optimizer="adamw",
         default_lr=3e-3,
         momentum=0.9,
         weight_decay=0.01,
-        budget=1500,
+        budget=500,
         batch_size=32,
+        val_every=25,
         description="1-block causal transformer, next char over stdlib source, AdamW",
     )

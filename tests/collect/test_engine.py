@@ -91,12 +91,14 @@ def test_fast_mlp_path_equals_generic_vmap_path():
     np.testing.assert_allclose(va[1].numpy(), vb[1].numpy())
 
 
-def test_derived_record_equals_direct_computation():
+@pytest.mark.parametrize("seeds, fast", [([1, 2], True), ([1, 2], False), ([1], False)])
+def test_derived_record_equals_direct_computation(seeds, fast):
     task = get_task("digits-mlp")
     data = task.make_data()
-    pop = Population(task, data, [1, 2], {"lr": [0.02, 0.05]}, capacity=10)
+    lrs = [0.02, 0.05][: len(seeds)]
+    pop = Population(task, data, seeds, {"lr": lrs}, capacity=10, fast=fast)
     thetas, grads = [pop.theta.clone()], []
-    lr = torch.tensor([0.02, 0.05])
+    lr = torch.tensor(lrs)
     for _ in range(6):
         x, y = pop._batch(pop.t)
         g, _ = pop._grad(x, y)

@@ -77,9 +77,8 @@ def test_local_process_pool_writes_from_several_workers(tmp_path):
 @pytest.mark.slow
 def test_ray_executor_with_a_real_local_cluster(tmp_path):
     ray = pytest.importorskip("ray")
-    import cloudpickle
-
     import _sink
+    import cloudpickle
 
     cloudpickle.register_pickle_by_value(_sink)  # the test sink is not an installed module
     try:
@@ -106,8 +105,7 @@ def test_failed_run_is_recorded_and_collection_goes_on(tmp_path, monkeypatch):
         raise ValueError("model exploded in a new way")
 
     monkeypatch.setattr(runner, "run_population", broken)
-    rep = collect(_recipe(), functools.partial(open_sink, str(tmp_path)), workers=1,
-                  progress=False)
+    rep = collect(_recipe(), functools.partial(open_sink, str(tmp_path)), workers=1, progress=False)
     assert rep.failed == 8 and "model exploded" in rep.errors[0]
     runs = ParquetSink(tmp_path).runs()
     assert set(runs[S.STATUS]) == {S.STATUS_FAILED}

@@ -220,8 +220,6 @@ def test_controller_behaviour_uses_the_injected_policy_with_epsilon_exploration(
 def test_controller_behaviour_without_a_policy_is_a_config_error():
     from trajlib.errors import ConfigError
 
-    r = _recipe(
-        behaviour={"kind": "controller", "checkpoint": "x"}, branch={"enabled": False}
-    )
+    r = _recipe(behaviour={"kind": "controller", "checkpoint": "x"}, branch={"enabled": False})
     with pytest.raises(ConfigError, match="behaviour.kind"):
         run_population(r.run_specs())

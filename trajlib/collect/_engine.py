@@ -10,9 +10,10 @@ are independent, so the gradient of the sum is each member's own gradient. The o
 momentum, AdamW) are written on the stacked tensors with per-member hyperparameters ``[K]`` and
 per-member, per-layer LR multipliers ``[K, L]``.
 
-Instrumentation keeps the per-step work minimal: the raw per-layer sums
-``[|g|^2, |w|^2, |u|^2, g.g_prev, u.u_prev]`` (``[5, K, L]``) and the loss ``[K]`` are written into
-device-side buffers; norms, cosines and update ratios are derived for a whole chunk at once by
+Instrumentation keeps the per-step work minimal: gradient, parameters and update of the last two
+steps live in two rotating ``[3, K, P]`` buffers, so the raw per-layer sums
+``[|g|^2, |w|^2, |u|^2, g.g_prev, u.u_prev]`` (``[5, K, L]``) are two elementwise products and one
+block reduction; they and the loss ``[K]`` are written into device-side buffers; norms, cosines and update ratios are derived for a whole chunk at once by
 :meth:`Population.columns` (at decision points / run end). No host transfer happens per step.
 
 Batches (and input noise) are a deterministic function of (member seed, step), so a branch forked
@@ -283,10 +284,13 @@ class Population:
         self.rec_sums = torch.full((n, 5, K, L), nan, device=dev)  # [step, 5, K, L]
         self.rec_val = torch.full((n, 2, K), nan, device=dev)  # [step, (loss, acc), K]
         P = self.spec.n_params
+        # Two rotating [3, K, P] buffers hold (gradient, parameters, -update) of steps t and
+        # t - 1, so the five products of a step are two elementwise ops.
+        self._bufs = (torch.zeros(3, K, P, device=dev), torch.zeros(3, K, P, device=dev))
+        self._bufs[0][1].copy_(self.theta)
+        self.theta = self._bufs[0][1]
         self._prod = torch.empty(5, K, P, device=dev)
         self._Mb_t = self.spec.block_membership(dev).t().contiguous()  # [L, P / align]
-        self._g_prev = torch.zeros(K, P, device=dev)
-        self._u_prev = torch.zeros(K, P, device=dev)
 
     # ------------------------------------------------------------------ functional pieces
     def _build_fns(self) -> None:
@@ -335,8 +339,10 @@ class Population:
         )
         return per.view(K, -1).mean(1)
 
-    def _grad(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-member gradients [K, P] and data losses [K]."""
+    def _grad(
+        self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-member gradients [K, P] (written into ``out`` when given) and data losses [K]."""
         # Each layer is its own leaf (a view of the flat parameters), so backward never builds
         # [K, P] zero-filled gradients per slice; the flat gradient is assembled with one cat.
         spec, K = self.spec, self.K
@@ -351,8 +357,8 @@ class Population:
                 loss = self._member_losses(self._mlp_forward(params, x), y)
             elif K == 1:
                 one = {n: v[0] for n, v in params.items()}
-                out = functional_call(self.module, one, (x[0],))
-                loss = _loss_value(self.task, out, y[0]).reshape(1)
+                pred = functional_call(self.module, one, (x[0],))
+                loss = _loss_value(self.task, pred, y[0]).reshape(1)
             else:
                 loss = self._vloss(params, x, y)
             total = loss.sum()
@@ -365,7 +371,7 @@ class Population:
             pieces.append(gl.reshape(K, -1))
             if pad is not None:
                 pieces.append(pad)
-        return torch.cat(pieces, dim=1), loss.detach()
+        return torch.cat(pieces, dim=1, out=out), loss.detach()
 
     def _pads(self) -> list[torch.Tensor | None]:
         pads = getattr(self, "_pad_cache", None)
@@ -409,18 +415,21 @@ class Population:
         t0 = time.perf_counter()
         t = self.t
         self.hp["lr"] = lr
+        rec = self.record and t < self.capacity
+        cur, nxt = (self._bufs[t % 2], self._bufs[(t + 1) % 2]) if rec else (None, None)
         x, y = self._batch(t)
-        g, loss = self._grad(x, y)
+        g, loss = self._grad(x, y, out=cur[0] if rec else None)
         theta = self.theta
         lr_c = lr[:, None] if self._lr_scale is None else lr[:, None] * self._lr_scale
         mom = self.hp["momentum"][:, None]
+        d_out = cur[2] if rec else None  # d = -update = theta_t - theta_{t+1}
         if self.task.optimizer == "sgd":
-            d = g + self.hp["weight_decay"][:, None] * theta if self._on["weight_decay"] else g
+            dg = g + self.hp["weight_decay"][:, None] * theta if self._on["weight_decay"] else g
             if t == 0:
-                self.m1.copy_(d)
+                self.m1.copy_(dg)
             else:
-                self.m1.mul_(mom).add_(d)
-            u = self.m1 * -lr_c
+                self.m1.mul_(mom).add_(dg)
+            d = torch.mul(self.m1, lr_c, out=d_out)
         else:  # adamw, decoupled weight decay; beta1 = momentum, beta2 = 0.999
             self.adam_steps += 1
             b2 = 0.999
@@ -429,32 +438,28 @@ class Population:
             self.m2.mul_(b2).addcmul_(g, g, value=1 - b2)
             bc1 = 1 - mom ** self.adam_steps[:, None]
             bc2 = 1 - b2 ** self.adam_steps[:, None]
-            u = (self.m1 / bc1) / ((self.m2 / bc2).sqrt() + 1e-8) * -lr_c
+            direction = (self.m1 / bc1) / ((self.m2 / bc2).sqrt() + 1e-8)
+            d = torch.mul(direction, lr_c, out=d_out)
             if self._on["weight_decay"]:
-                u = u - (lr_c * self.hp["weight_decay"][:, None]) * theta
-        new = theta + u
-        if self.record and t < self.capacity:
-            self._record(t, loss, g, theta, u)
+                d.add_((lr_c * self.hp["weight_decay"][:, None]) * theta)
+        new = torch.sub(theta, d, out=nxt[1] if rec else None)
+        if rec:
+            self._record(t, loss, cur, nxt)
             self.step_times.append(time.perf_counter() - t0)
         self._last_loss = loss
         self.theta = new
         self.t = t + 1
 
-    def _record(
-        self, t: int, loss: torch.Tensor, g: torch.Tensor, theta: torch.Tensor, u: torch.Tensor
-    ) -> None:
-        """Raw per-layer sums of step t: 5 products and one block reduction (no host sync)."""
+    def _record(self, t: int, loss: torch.Tensor, cur: torch.Tensor, prev: torch.Tensor) -> None:
+        """Raw per-layer sums of step t: two products over the rotating buffers (squares of
+        g, w, d; g.g_prev, d.d_prev) and one block reduction. No host sync."""
         p = self._prod
-        torch.mul(g, g, out=p[0])
-        torch.mul(theta, theta, out=p[1])
-        torch.mul(u, u, out=p[2])
-        torch.mul(g, self._g_prev, out=p[3])
-        torch.mul(u, self._u_prev, out=p[4])
+        torch.mul(cur, cur, out=p[:3])
+        torch.mul(cur[0::2], prev[0::2], out=p[3:])
         R, A = 5 * self.K, self.spec.align
         blocks = p.view(R, -1, A).sum(-1)  # [5K, P / A]
         torch.mm(blocks, self._Mb_t.t(), out=self.rec_sums[t].view(R, -1))
         self.rec_loss[t] = loss
-        self._g_prev, self._u_prev = g, u
 
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:

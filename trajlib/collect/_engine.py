@@ -289,7 +289,9 @@ class Population:
         self._bufs = (torch.zeros(3, K, P, device=dev), torch.zeros(3, K, P, device=dev))
         self._bufs[0][1].copy_(self.theta)
         self.theta = self._bufs[0][1]
-        self._prod = torch.empty(5, K, P, device=dev)
+        small = K * P <= 1 << 18
+        self._prod = torch.empty(5 if small else 2, K, P, device=dev)
+        self._blocks = torch.empty(5 * K, P // self.spec.align, device=dev)
         self._Mb_t = self.spec.block_membership(dev).t().contiguous()  # [L, P / align]
 
     # ------------------------------------------------------------------ functional pieces
@@ -315,17 +317,21 @@ class Population:
 
     def _mlp_forward(self, v: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Stacked MLP: parameters name -> [K, *shape], x [K, B, d] (or [B, d], shared) ->
-        [K, B, out]."""
+        [K, B, out]. Activations are kept transposed ([K, d, B]) so every layer is
+        ``baddbmm(b, W, h)`` and autograd's backward GEMMs are the fast orientations on CPU
+        (``grad_W = g @ h^T``, ``grad_h = W^T @ g``)."""
         assert self._plan is not None
         K = next(iter(v.values())).shape[0]
-        h = x if x.dim() == 3 else x.unsqueeze(0).expand(K, *x.shape)
+        h = x.transpose(-1, -2)
+        if h.dim() == 2:
+            h = h.unsqueeze(0).expand(K, *h.shape)
         for name, act in self._plan:
             if act is not None:
                 h = act(h)
             else:
                 w, b = v[f"{name}.weight"], v[f"{name}.bias"]
-                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-        return h
+                h = torch.baddbmm(b.unsqueeze(2), w, h)
+        return h.transpose(1, 2)
 
     def _member_losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """out [K, B, C], y [K, B] (or [B], shared) -> mean loss per member [K]."""
@@ -451,14 +457,22 @@ class Population:
         self.t = t + 1
 
     def _record(self, t: int, loss: torch.Tensor, cur: torch.Tensor, prev: torch.Tensor) -> None:
-        """Raw per-layer sums of step t: two products over the rotating buffers (squares of
-        g, w, d; g.g_prev, d.d_prev) and one block reduction. No host sync."""
+        """Raw per-layer sums of step t, no host sync: block norms of (g, w, d) (fused, nothing
+        materialized), block sums of g * g_prev and d * d_prev, then one small matmul from
+        blocks to layers."""
+        K, A = self.K, self.spec.align
+        blocks = self._blocks  # [5K, P / A]
         p = self._prod
-        torch.mul(cur, cur, out=p[:3])
-        torch.mul(cur[0::2], prev[0::2], out=p[3:])
-        R, A = 5 * self.K, self.spec.align
-        blocks = p.view(R, -1, A).sum(-1)  # [5K, P / A]
-        torch.mm(blocks, self._Mb_t.t(), out=self.rec_sums[t].view(R, -1))
+        if p.shape[0] == 5:  # small populations: fewer ops beat less memory traffic
+            torch.mul(cur, cur, out=p[:3])
+            torch.mul(cur[0::2], prev[0::2], out=p[3:])
+            torch.sum(p.view(5 * K, -1, A), dim=-1, out=blocks)
+        else:
+            torch.linalg.vector_norm(cur.view(3 * K, -1, A), dim=-1, out=blocks[: 3 * K])
+            blocks[: 3 * K].square_()
+            torch.mul(cur[0::2], prev[0::2], out=p)  # [2, K, P]
+            torch.sum(p.view(2 * K, -1, A), dim=-1, out=blocks[3 * K :])
+        torch.mm(blocks, self._Mb_t.t(), out=self.rec_sums[t].view(5 * K, -1))
         self.rec_loss[t] = loss
 
     @torch.no_grad()

@@ -4,6 +4,8 @@ worker writing its own fragments; a stopped and restarted collection skips commi
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -75,25 +77,24 @@ def test_local_process_pool_writes_from_several_workers(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ray_executor_with_a_real_local_cluster(tmp_path):
+def test_ray_executor_with_a_real_local_cluster(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
-    import _sink
-    import cloudpickle
-
-    cloudpickle.register_pickle_by_value(_sink)  # the test sink is not an installed module
+    # Ray workers inherit the driver's environment: let them import trajlib and the test sink.
+    here = Path(__file__).resolve().parent
+    path = [str(here), str(here.parents[1]), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in path if p))
     try:
         r = _recipe()
-        factory = functools.partial(_sink.open_sink, str(tmp_path))
+        factory = functools.partial(open_sink, str(tmp_path))
         rep = collect(r, factory, executor="ray", workers=2, progress=False)
         assert not ray.is_initialized()  # the executor started and stopped its own cluster
         assert (rep.committed, rep.failed) == (8, 0), rep.errors
         runs = ParquetSink(tmp_path).runs()
-        assert len(runs) == 8 and runs["pid"].n_unique() >= 1
+        assert len(runs) == 8
         assert all(len(ParquetSink(tmp_path).steps(i)) == 40 for i in runs[S.RUN_ID])
         again = collect(r, factory, executor="ray", workers=2, progress=False)
         assert (again.committed, again.skipped) == (0, 8)
     finally:
-        cloudpickle.unregister_pickle_by_value(_sink)
         if ray.is_initialized():
             ray.shutdown()
 

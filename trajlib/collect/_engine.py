@@ -1,38 +1,49 @@
 """The training engine: K runs of one task trained together with ``torch.func``.
 
 All parameters of a member live in one flat vector, so the population state is a ``[K, P]`` tensor.
-Gradients come from ``vmap(grad(loss))``; the optimizers (SGD with momentum, AdamW) are written on
-the stacked tensors with per-member hyperparameters ``[K]``. A single run is a population of one, so
-there is one code path. Instrumentation is batched: the per-layer squared norms of gradient, weight,
-update and the consecutive-step dot products come from one matrix product with a 0/1 ``[P, L]``
-layer-membership matrix, and every statistic of a step is written into a device-side record buffer
-(no host transfer per step; the buffer is read once per chunk).
+Each parameter tensor (a *layer*) starts at a multiple of ``ALIGN`` floats; the gaps are zeros that
+stay zero (no gradient, no update), which lets per-layer sums be one contiguous block reduction.
 
-Batches are a deterministic function of (member seed, step), so a branch forked from a member at
-step ``s`` sees exactly the batches the member would have seen (common random numbers).
+Gradients: one batched forward (``vmap`` of ``functional_call``, or, for plain MLPs, stacked
+``baddbmm`` layers, which is faster on CPU) and one backward of the summed member losses: members
+are independent, so the gradient of the sum is each member's own gradient. The optimizers (SGD with
+momentum, AdamW) are written on the stacked tensors with per-member hyperparameters ``[K]`` and
+per-member, per-layer LR multipliers ``[K, L]``.
+
+Instrumentation keeps the per-step work minimal: gradient, parameters and update of the last two
+steps live in two rotating ``[3, K, P]`` buffers, so the raw per-layer sums
+``[|g|^2, |w|^2, |u|^2, g.g_prev, u.u_prev]`` (``[5, K, L]``) are two elementwise products and one
+block reduction; they and the loss ``[K]`` are written into device-side buffers; norms, cosines and update ratios are derived for a whole chunk at once by
+:meth:`Population.columns` (at decision points / run end). No host transfer happens per step.
+
+Batches (and input noise) are a deterministic function of (member seed, step), so a branch forked
+from a member at step ``s`` sees exactly the batches the member would have seen (common random
+numbers), and a member of a population sees what it would see trained alone.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
 from trajlib.tasks import Task, TaskData
 
-__all__ = ["FlatSpec", "Population", "REC_COLUMNS"]
+__all__ = ["ALIGN", "FlatSpec", "Population", "REC_COLUMNS", "RAW_SUMS"]
 
-# Columns of the per-step record buffer [step, K, len(REC_COLUMNS)] (names as in trajlib.schema).
+ALIGN = 128  # floats; every layer starts at a multiple of this in the flat vector
+
+# Raw per-layer sums kept per step: [step, 5, K, L].
+RAW_SUMS = ("grad_sq", "weight_sq", "update_sq", "grad_dot_prev", "update_dot_prev")
+
+# Columns :meth:`Population.columns` derives (names as in trajlib.schema).
 REC_COLUMNS = (
     "loss",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "l2",
-    "input_noise",
     "grad_norm",
     "weight_norm",
     "update_norm",
@@ -42,45 +53,71 @@ REC_COLUMNS = (
     "upd_ratio_max",
     "upd_ratio_min",
     "upd_ratio_median",
-    "step_time_s",
     "finite",
     "val_loss",
     "val_acc",
 )
-_C = {name: i for i, name in enumerate(REC_COLUMNS)}
+HP_NAMES = ("lr", "momentum", "weight_decay", "l2", "input_noise")
 _EPS = 1e-30
+_ACTS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: torch.relu,
+    nn.Tanh: torch.tanh,
+    nn.GELU: nn.functional.gelu,
+    nn.Identity: lambda h: h,
+}
 
 
 @dataclass(frozen=True)
 class FlatSpec:
-    """Where each parameter tensor lives in the flat vector; layers = parameter tensors."""
+    """Where each parameter tensor (layer) lives in the flat vector.
+
+    ``offsets`` are multiples of ``align``; ``n_params`` includes the zero gaps.
+    """
 
     names: tuple[str, ...]
     shapes: tuple[torch.Size, ...]
     offsets: tuple[int, ...]
     numels: tuple[int, ...]
+    align: int = ALIGN
 
     @property
     def n_params(self) -> int:
-        return self.offsets[-1] + self.numels[-1]
+        """Length P of the flat vector (with the alignment gaps)."""
+        return _ceil(self.offsets[-1] + self.numels[-1], self.align)
+
+    @property
+    def n_real(self) -> int:
+        """Number of actual parameters (without gaps)."""
+        return sum(self.numels)
 
     @property
     def n_layers(self) -> int:
         return len(self.names)
 
+    @property
+    def spans(self) -> tuple[int, ...]:
+        """Padded length of each layer: ``sum(spans) == n_params``."""
+        ends = [*self.offsets[1:], self.n_params]
+        return tuple(e - o for o, e in zip(self.offsets, ends))
+
     @classmethod
-    def from_module(cls, module: nn.Module) -> FlatSpec:
+    def from_module(cls, module: nn.Module, align: int = ALIGN) -> FlatSpec:
         names, shapes, offsets, numels, off = [], [], [], [], 0
         for name, p in module.named_parameters():
             names.append(name)
             shapes.append(p.shape)
             offsets.append(off)
             numels.append(p.numel())
-            off += p.numel()
-        return cls(tuple(names), tuple(shapes), tuple(offsets), tuple(numels))
+            off = _ceil(off + p.numel(), align)
+        return cls(tuple(names), tuple(shapes), tuple(offsets), tuple(numels), align)
 
     def flatten(self, module: nn.Module) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+        """The module's parameters as one flat vector [P] (zeros in the gaps)."""
+        params = list(module.parameters())
+        flat = torch.zeros(self.n_params, dtype=params[0].dtype, device=params[0].device)
+        for p, o, k in zip(params, self.offsets, self.numels):
+            flat[o : o + k] = p.detach().reshape(-1)
+        return flat
 
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Name -> view into ``flat`` (last dim P) with the parameter's shape."""
@@ -89,12 +126,24 @@ class FlatSpec:
             for n, s, o, k in zip(self.names, self.shapes, self.offsets, self.numels)
         }
 
-    def membership(self, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """0/1 matrix [P, L]: entry (i, l) is 1 when flat index i belongs to layer l."""
-        m = torch.zeros(self.n_params, self.n_layers, dtype=dtype, device=device)
-        for layer, (o, k) in enumerate(zip(self.offsets, self.numels)):
-            m[o : o + k, layer] = 1.0
+    def block_membership(
+        self, device: torch.device, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """0/1 matrix [P / align, L]: block b belongs to layer l."""
+        nb = self.n_params // self.align
+        m = torch.zeros(nb, self.n_layers, dtype=dtype, device=device)
+        for layer, (o, s) in enumerate(zip(self.offsets, self.spans)):
+            m[o // self.align : (o + s) // self.align, layer] = 1.0
         return m
+
+    def expand(self, per_layer: torch.Tensor) -> torch.Tensor:
+        """[..., L] per-layer values -> [..., P] (each layer's value over its span)."""
+        spans = torch.as_tensor(self.spans, device=per_layer.device)
+        return torch.repeat_interleave(per_layer, spans, dim=-1)
+
+
+def _ceil(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
 
 
 def _loss_value(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -103,16 +152,52 @@ def _loss_value(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
+def _mlp_layers(module: nn.Module) -> list[tuple[str, Callable | None]] | None:
+    """For an ``nn.Sequential`` of Linear layers and elementwise activations: the plan
+    [(linear-name, None) | ("", activation)]; otherwise None (use the generic vmap path)."""
+    if not isinstance(module, nn.Sequential):
+        return None
+    plan: list[tuple[str, Callable | None]] = []
+    for name, m in module.named_children():
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            plan.append((name, None))
+        elif type(m) in _ACTS:
+            plan.append(("", _ACTS[type(m)]))
+        else:
+            return None
+    return plan if any(n for n, _ in plan) else None
+
+
+def _noise(keys: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Standard normal noise [K, *shape], a pure function of each member's int64 key: a
+    counter-based hash (no generator state), so forks and populations see the same noise."""
+    n = int(np.prod(shape))
+    idx = torch.arange(2 * n, device=device, dtype=torch.int64)
+    h = (idx[None, :] + keys[:, None] * 0x9E3779B1) & 0xFFFFFFFF
+    for _ in range(3):  # a 32-bit integer mix (Wellons' lowbias32)
+        h = ((h ^ (h >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
+        h = ((h ^ (h >> 15)) * 0x846CA68B) & 0xFFFFFFFF
+        h = h ^ (h >> 16)
+    u = (h.to(torch.float64) + 0.5) / 4294967296.0
+    u1, u2 = u[:, :n], u[:, n:]
+    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * np.pi * u2)
+    return z.to(torch.float32).view(keys.shape[0], *shape)
+
+
 class Population:
     """K members of one task, trained in lock step.
 
     Args:
         task: the task; ``data`` its splits already on ``device``.
-        seeds: one seed per member (initialisation and data order).
-        hps: initial hyperparameters, each a float tensor [K]: ``lr``, ``momentum``,
-            ``weight_decay``, ``l2``, ``input_noise``.
-        record: keep the per-step record (``False`` gives the bare training loop, for benchmarks
-            and branches).
+        seeds: one seed per member (initialisation, data order, input noise).
+        hps: initial hyperparameters, host arrays or tensors [K]: ``lr``, ``momentum``,
+            ``weight_decay``, ``l2``, ``input_noise`` (missing ones: the task's value or 0), and
+            optionally ``layer_lr`` [K, L] (per-layer LR multipliers, default 1).
+        record: keep the per-step record (``False``: the bare training loop, for benchmarks and
+            branches).
+        capacity: steps the record buffers hold (default: the task's budget).
+        fast: use the stacked-``baddbmm`` path for plain MLPs (same numbers as the generic path up
+            to float rounding).
     """
 
     def __init__(
@@ -120,16 +205,15 @@ class Population:
         task: Task,
         data: TaskData,
         seeds: list[int],
-        hps: dict[str, torch.Tensor],
+        hps: dict[str, object] | None = None,
         *,
         device: str | torch.device = "cpu",
         record: bool = True,
-        record_layers: bool = True,
         capacity: int | None = None,
-        noise_seed: int = 0,
+        fast: bool = True,
     ) -> None:
         self.task, self.data, self.device = task, data, torch.device(device)
-        self.seeds = list(seeds)
+        self.seeds = [int(s) for s in seeds]
         self.K = len(self.seeds)
         torch.manual_seed(self.seeds[0])
         self.module = task.make_model().to(self.device)
@@ -139,39 +223,76 @@ class Population:
             torch.manual_seed(s)
             flats.append(self.spec.flatten(task.make_model().to(self.device)))
         self.theta = torch.stack(flats)  # [K, P]
-        self.hp = {k: v.to(self.device, torch.float32).clone() for k, v in hps.items()}
-        for k in ("lr", "momentum", "weight_decay", "l2", "input_noise"):
-            self.hp.setdefault(k, torch.zeros(self.K, device=self.device))
         self.t = 0
         self.adam_steps = torch.zeros(self.K, device=self.device)
         self.m1 = torch.zeros_like(self.theta)  # momentum buffer (SGD) / first moment (AdamW)
         self.m2 = torch.zeros_like(self.theta) if task.optimizer == "adamw" else None
-        self.g_prev: torch.Tensor | None = None
-        self.u_prev: torch.Tensor | None = None
-        self.record, self.record_layers = record, record_layers
+        self.hp: dict[str, torch.Tensor] = {}
+        self._on: dict[str, bool] = {}
+        self._lr_scale: torch.Tensor | None = None  # [K, P] when any layer multiplier != 1
+        self.layer_lr = np.ones((self.K, self.spec.n_layers))
+        defaults = {
+            "lr": task.default_lr,
+            "momentum": task.momentum,
+            "weight_decay": task.weight_decay,
+            "l2": 0.0,
+            "input_noise": 0.0,
+        }
+        init = {k: np.full(self.K, v, dtype=np.float64) for k, v in defaults.items()}
+        for k, v in (hps or {}).items():
+            init[k] = v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
+        self.set_hparams(**init)
+        self.record = record
         self.capacity = capacity or task.budget
-        self.M = self.spec.membership(self.device)
-        self.noise_seed = noise_seed
-        n_cols = len(REC_COLUMNS)
-        self.rec = (
-            torch.full((self.capacity, self.K, n_cols), float("nan"), device=self.device)
-            if record
-            else None
-        )
-        self.layer_rec = (
-            torch.full(
-                (self.capacity, self.K, self.spec.n_layers, 3), float("nan"), device=self.device
-            )
-            if record and record_layers
-            else None
-        )
+        self.fast = fast
+        self._alloc_record()
         self._perm_epoch = -1
         self._perms: torch.Tensor | None = None
-        self._nan = torch.full((self.K,), float("nan"), device=self.device)
-        self._sq: torch.Tensor | None = None
-        self._prev_norms: tuple[torch.Tensor, torch.Tensor] | None = None
         self.step_times: list[float] = []  # host wall time of each recorded step
         self._build_fns()
+
+    # ------------------------------------------------------------------ hyperparameters
+    def set_hparams(self, **values: object) -> None:
+        """Set hyperparameters from host values: ``lr``/``momentum``/``weight_decay``/``l2``/
+        ``input_noise`` as [K] arrays, ``layer_lr`` as [K, L]. One host-to-device copy each;
+        call at decision points, not per step."""
+        for k, v in values.items():
+            arr = np.asarray(v, dtype=np.float64)
+            if k == "layer_lr":
+                arr = np.broadcast_to(arr, (self.K, self.spec.n_layers)).copy()
+                self.layer_lr = arr
+                if np.all(arr == 1.0):
+                    self._lr_scale = None
+                else:
+                    per_layer = torch.as_tensor(arr, dtype=torch.float32, device=self.device)
+                    self._lr_scale = self.spec.expand(per_layer)
+                continue
+            if k not in HP_NAMES:
+                raise KeyError(f"unknown hyperparameter {k!r}; known: {HP_NAMES + ('layer_lr',)}")
+            arr = np.broadcast_to(arr, (self.K,))
+            self.hp[k] = torch.tensor(arr, dtype=torch.float32, device=self.device)
+            self._on[k] = bool(np.any(arr != 0))
+
+    # ------------------------------------------------------------------ record buffers
+    def _alloc_record(self) -> None:
+        if not self.record:
+            self.rec_loss = self.rec_sums = self.rec_val = None
+            return
+        n, K, L, dev = self.capacity, self.K, self.spec.n_layers, self.device
+        nan = float("nan")
+        self.rec_loss = torch.full((n, K), nan, device=dev)  # [step, K]
+        self.rec_sums = torch.full((n, 5, K, L), nan, device=dev)  # [step, 5, K, L]
+        self.rec_val = torch.full((n, 2, K), nan, device=dev)  # [step, (loss, acc), K]
+        P = self.spec.n_params
+        # Two rotating [3, K, P] buffers hold (gradient, parameters, -update) of steps t and
+        # t - 1, so the five products of a step are two elementwise ops.
+        self._bufs = (torch.zeros(3, K, P, device=dev), torch.zeros(3, K, P, device=dev))
+        self._bufs[0][1].copy_(self.theta)
+        self.theta = self._bufs[0][1]
+        small = K * P <= 1 << 18
+        self._prod = torch.empty(5 if small else 2, K, P, device=dev)
+        self._blocks = torch.empty(5 * K, P // self.spec.align, device=dev)
+        self._Mb_t = self.spec.block_membership(dev).t().contiguous()  # [L, P / align]
 
     # ------------------------------------------------------------------ functional pieces
     def _build_fns(self) -> None:
@@ -190,65 +311,131 @@ class Population:
             return loss, acc
 
         self._out = out_fn
-        self._vloss = vmap(lambda f, x, y: _loss_value(task, out_fn(f, x), y))
+        self._vloss = vmap(lambda p, x, y: _loss_value(task, functional_call(module, p, (x,)), y))
         self._veval = vmap(eval_fn, in_dims=(0, None, None))
+        self._plan = _mlp_layers(module) if self.fast else None
 
-    def _grad(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-member gradients [K, P] and data losses [K]. Members are independent, so the
-        gradient of the summed loss w.r.t. the stacked parameters is every member's own gradient
-        (one batched forward with vmap, one backward; faster here than vmap(grad))."""
-        theta = self.theta.detach().requires_grad_(True)
-        with torch.enable_grad():
-            if self.K == 1:
-                loss = _loss_value(self.task, self._out(theta[0], x[0]), y[0]).reshape(1)
+    def _mlp_forward(self, v: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Stacked MLP: parameters name -> [K, *shape], x [K, B, d] (or [B, d], shared) ->
+        [K, B, out]. Activations are kept transposed ([K, d, B]) so every layer is
+        ``baddbmm(b, W, h)`` and autograd's backward GEMMs are the fast orientations on CPU
+        (``grad_W = g @ h^T``, ``grad_h = W^T @ g``)."""
+        assert self._plan is not None
+        K = next(iter(v.values())).shape[0]
+        h = x.transpose(-1, -2)
+        if h.dim() == 2:
+            h = h.unsqueeze(0).expand(K, *h.shape)
+        for name, act in self._plan:
+            if act is not None:
+                h = act(h)
             else:
-                loss = self._vloss(theta, x, y)
+                w, b = v[f"{name}.weight"], v[f"{name}.bias"]
+                h = torch.baddbmm(b.unsqueeze(2), w, h)
+        return h.transpose(1, 2)
+
+    def _member_losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """out [K, B, C], y [K, B] (or [B], shared) -> mean loss per member [K]."""
+        K = out.shape[0]
+        if y.dim() < out.dim() - (1 if self.task.is_classification else 0):
+            y = y.unsqueeze(0).expand(K, *y.shape)
+        if self.task.loss == "mse":
+            return ((out - y) ** 2).reshape(K, -1).mean(1)
+        per = nn.functional.cross_entropy(
+            out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none"
+        )
+        return per.view(K, -1).mean(1)
+
+    def _grad(
+        self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-member gradients [K, P] (written into ``out`` when given) and data losses [K]."""
+        # Each layer is its own leaf (a view of the flat parameters), so backward never builds
+        # [K, P] zero-filled gradients per slice; the flat gradient is assembled with one cat.
+        spec, K = self.spec, self.K
+        flat = self.theta.detach()
+        leaves = [
+            flat[:, o : o + k].view(K, *s).requires_grad_(True)
+            for o, k, s in zip(spec.offsets, spec.numels, spec.shapes)
+        ]
+        params = dict(zip(spec.names, leaves))
+        with torch.enable_grad():
+            if self._plan is not None:
+                loss = self._member_losses(self._mlp_forward(params, x), y)
+            elif K == 1:
+                one = {n: v[0] for n, v in params.items()}
+                pred = functional_call(self.module, one, (x[0],))
+                loss = _loss_value(self.task, pred, y[0]).reshape(1)
+            else:
+                loss = self._vloss(params, x, y)
             total = loss.sum()
-            l2 = self.hp["l2"]
-            if bool((l2 != 0).any()):
-                total = total + 0.5 * (l2 * (theta * theta).sum(-1)).sum()
-            total.backward()
-        assert theta.grad is not None
-        return theta.grad, loss.detach()
+            if self._on["l2"]:
+                sq = sum((v * v).flatten(1).sum(1) for v in leaves)
+                total = total + 0.5 * (self.hp["l2"] * sq).sum()
+            grads = torch.autograd.grad(total, leaves)
+        pieces: list[torch.Tensor] = []
+        for gl, pad in zip(grads, self._pads()):
+            pieces.append(gl.reshape(K, -1))
+            if pad is not None:
+                pieces.append(pad)
+        return torch.cat(pieces, dim=1, out=out), loss.detach()
+
+    def _pads(self) -> list[torch.Tensor | None]:
+        pads = getattr(self, "_pad_cache", None)
+        if (
+            pads is None
+            or (pads and pads[0] is not None and pads[0].shape[0] != self.K)
+            or (len(pads) != self.spec.n_layers)
+        ):
+            pads = []
+            for k, s in zip(self.spec.numels, self.spec.spans):
+                pads.append(torch.zeros(self.K, s - k, device=self.device) if s > k else None)
+            self._pad_cache = pads
+        return pads
 
     def _batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Minibatch [K, B, ...] of step ``t``: a function of (member seed, t) only."""
         n, B = self.data.x_train.shape[0], self.task.batch_size
         per_epoch = max(n // B, 1)
         epoch, pos = divmod(t, per_epoch)
         if epoch != self._perm_epoch:
             perms = []
             for s in self.seeds:
-                g = torch.Generator().manual_seed(int(s) * 1_000_003 + epoch)
+                g = torch.Generator().manual_seed(s * 1_000_003 + epoch)
                 perms.append(torch.randperm(n, generator=g))
             self._perms = torch.stack(perms).to(self.device)
             self._perm_epoch = epoch
         assert self._perms is not None
         idx = self._perms[:, pos * B : pos * B + B]  # [K, B]
         x, y = self.data.x_train[idx], self.data.y_train[idx]
-        if x.is_floating_point() and bool((self.hp["input_noise"] > 0).any()):
-            g = torch.Generator(device=self.device).manual_seed(self.noise_seed * 1_000_003 + t)
-            noise = torch.randn(x.shape, generator=g, device=self.device)
-            x = x + self.hp["input_noise"].view(-1, *([1] * (x.dim() - 1))) * noise
+        if self._on["input_noise"] and x.is_floating_point():
+            if getattr(self, "_seed_keys", None) is None:
+                self._seed_keys = torch.as_tensor(self.seeds, device=self.device) * 1_000_003
+            z = _noise(self._seed_keys + t, tuple(x.shape[1:]), self.device)
+            x = x + self.hp["input_noise"].view(-1, *([1] * (x.dim() - 1))) * z
         return x, y
 
     # ------------------------------------------------------------------ training
     @torch.no_grad()
     def step(self, lr: torch.Tensor) -> None:
-        """One optimizer step of every member with learning rates ``lr`` [K]."""
+        """One optimizer step of every member with learning rates ``lr`` [K] (on the device)."""
         t0 = time.perf_counter()
         t = self.t
         self.hp["lr"] = lr
+        rec = self.record and t < self.capacity
+        cur, nxt = (self._bufs[t % 2], self._bufs[(t + 1) % 2]) if rec else (None, None)
         x, y = self._batch(t)
-        g, loss = self._grad(x, y)
+        g, loss = self._grad(x, y, out=cur[0] if rec else None)
         theta = self.theta
-        lr_c, mom, wd = lr[:, None], self.hp["momentum"][:, None], self.hp["weight_decay"][:, None]
+        lr_c = lr[:, None] if self._lr_scale is None else lr[:, None] * self._lr_scale
+        mom = self.hp["momentum"][:, None]
+        d_out = cur[2] if rec else None  # d = -update = theta_t - theta_{t+1}
         if self.task.optimizer == "sgd":
-            d = g + wd * theta
+            dg = g + self.hp["weight_decay"][:, None] * theta if self._on["weight_decay"] else g
             if t == 0:
-                self.m1.copy_(d)
+                self.m1.copy_(dg)
             else:
-                self.m1.mul_(mom).add_(d)
-            new = theta - lr_c * self.m1
+                self.m1.mul_(mom).add_(dg)
+            d = torch.mul(self.m1, lr_c, out=d_out)
         else:  # adamw, decoupled weight decay; beta1 = momentum, beta2 = 0.999
             self.adam_steps += 1
             b2 = 0.999
@@ -257,130 +444,149 @@ class Population:
             self.m2.mul_(b2).addcmul_(g, g, value=1 - b2)
             bc1 = 1 - mom ** self.adam_steps[:, None]
             bc2 = 1 - b2 ** self.adam_steps[:, None]
-            new = theta * (1 - lr_c * wd) - lr_c * (self.m1 / bc1) / ((self.m2 / bc2).sqrt() + 1e-8)
-        if self.record and self.rec is not None and t < self.capacity:
-            self._record(t, loss, g, theta, new, lr)
-            self.theta = new
+            direction = (self.m1 / bc1) / ((self.m2 / bc2).sqrt() + 1e-8)
+            d = torch.mul(direction, lr_c, out=d_out)
+            if self._on["weight_decay"]:
+                d.add_((lr_c * self.hp["weight_decay"][:, None]) * theta)
+        new = torch.sub(theta, d, out=nxt[1] if rec else None)
+        if rec:
+            self._record(t, loss, cur, nxt)
             self.step_times.append(time.perf_counter() - t0)
-        else:
-            self.theta = new
-            self._last_loss = loss
+        self._last_loss = loss
+        self.theta = new
         self.t = t + 1
 
-    def _record(
-        self,
-        t: int,
-        loss: torch.Tensor,
-        g: torch.Tensor,
-        theta: torch.Tensor,
-        new: torch.Tensor,
-        lr: torch.Tensor,
-    ) -> None:
-        u = new - theta
-        buf = self._sq
-        if buf is None or buf.shape[1] != self.K:
-            buf = self._sq = torch.empty(5, self.K, self.spec.n_params, device=self.device)
-        torch.mul(g, g, out=buf[0])
-        torch.mul(theta, theta, out=buf[1])
-        torch.mul(u, u, out=buf[2])
-        first = self.g_prev is None or self._prev_norms is None
-        if not first:
-            torch.mul(g, self.g_prev, out=buf[3])
-            torch.mul(u, self.u_prev, out=buf[4])
-        rows = 3 if first else 5
-        per_layer = (buf[:rows].view(rows * self.K, -1) @ self.M).view(
-            rows, self.K, -1
-        )  # [r, K, L]
-        tot = per_layer.sum(-1)  # [r, K]
-        gn, wn, un = tot[0].sqrt(), tot[1].sqrt(), tot[2].sqrt()
-        if first:
-            gcos, ucos = self._nan, self._nan
+    def _record(self, t: int, loss: torch.Tensor, cur: torch.Tensor, prev: torch.Tensor) -> None:
+        """Raw per-layer sums of step t, no host sync: block norms of (g, w, d) (fused, nothing
+        materialized), block sums of g * g_prev and d * d_prev, then one small matmul from
+        blocks to layers."""
+        K, A = self.K, self.spec.align
+        blocks = self._blocks  # [5K, P / A]
+        p = self._prod
+        if p.shape[0] == 5:  # small populations: fewer ops beat less memory traffic
+            torch.mul(cur, cur, out=p[:3])
+            torch.mul(cur[0::2], prev[0::2], out=p[3:])
+            torch.sum(p.view(5 * K, -1, A), dim=-1, out=blocks)
         else:
-            pg, pu = self._prev_norms
-            gcos = tot[3] / (gn * pg).clamp_min(_EPS)
-            ucos = tot[4] / (un * pu).clamp_min(_EPS)
-        self._prev_norms = (gn, un)
-        ratio = per_layer[2].sqrt() / per_layer[1].sqrt().clamp_min(_EPS)  # [K, L]
-        finite = (torch.isfinite(loss) & torch.isfinite(gn)).float()
-        hp = self.hp
-        nan = self._nan
-        self.rec[t] = torch.stack(
-            [
-                loss,
-                lr,
-                hp["momentum"],
-                hp["weight_decay"],
-                hp["l2"],
-                hp["input_noise"],
-                gn,
-                wn,
-                un,
-                gcos,
-                ucos,
-                ratio.mean(-1),
-                ratio.amax(-1),
-                ratio.amin(-1),
-                ratio.median(-1).values,
-                nan,
-                finite,
-                nan,
-                nan,
-            ],
-            dim=1,
-        )
-        if self.layer_rec is not None:
-            self.layer_rec[t] = per_layer[:3].sqrt().permute(1, 2, 0)  # [K, L, 3]
-        self.g_prev, self.u_prev = g, u
+            torch.linalg.vector_norm(cur.view(3 * K, -1, A), dim=-1, out=blocks[: 3 * K])
+            blocks[: 3 * K].square_()
+            torch.mul(cur[0::2], prev[0::2], out=p)  # [2, K, P]
+            torch.sum(p.view(2 * K, -1, A), dim=-1, out=blocks[3 * K :])
+        torch.mm(blocks, self._Mb_t.t(), out=self.rec_sums[t].view(5 * K, -1))
+        self.rec_loss[t] = loss
 
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and accuracy [K] of every member on ``val`` or ``test`` (accuracy NaN for regression)."""
+        """Loss and accuracy [K] of every member on ``val`` or ``test`` (accuracy NaN for
+        regression)."""
         x, y = (
             (self.data.x_val, self.data.y_val)
             if split == "val"
             else (self.data.x_test, self.data.y_test)
         )
+        if self._plan is not None:
+            out = self._mlp_forward(self.spec.views(self.theta), x)
+            loss = self._member_losses(out, y)
+            if self.task.is_classification:
+                acc = (out.argmax(-1) == y).float().mean(-1)
+            else:
+                acc = torch.full_like(loss, float("nan"))
+            return loss, acc
         return self._veval(self.theta, x, y)
 
     def record_validation(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Evaluate on val and store it in the row of the last completed step."""
         vl, va = self.evaluate("val")
-        if self.rec is not None and 0 < self.t <= self.capacity:
-            self.rec[self.t - 1, :, _C["val_loss"]] = vl
-            self.rec[self.t - 1, :, _C["val_acc"]] = va
+        if self.rec_val is not None and 0 < self.t <= self.capacity:
+            self.rec_val[self.t - 1, 0] = vl
+            self.rec_val[self.t - 1, 1] = va
         return vl, va
 
     def last_losses(self) -> torch.Tensor:
-        """Training losses [K] of the last step."""
-        if self.record and self.rec is not None and 0 < self.t <= self.capacity:
-            return self.rec[self.t - 1, :, _C["loss"]]
+        """Training losses [K] of the last step (on the device)."""
         return self._last_loss
 
+    # ------------------------------------------------------------------ derived record
+    @torch.no_grad()
+    def columns(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
+        """The step columns of rows ``start .. stop - 1``, each a host array [n, K].
+
+        Derived here, vectorized over the chunk: ``grad_norm``/``weight_norm``/``update_norm``
+        (global L2 norms), ``grad_cos``/``update_cos`` (cosine with the previous step; NaN at
+        step 0), ``upd_ratio_{mean,max,min,median}`` over layers of |u_l| / |w_l|, ``finite``
+        (bool), ``loss``, ``val_loss``/``val_acc`` (NaN where not measured). Also ``layers``:
+        [n, K, L, 3] per-layer (grad_norm, weight_norm, update_norm).
+        """
+        if self.rec_sums is None:
+            raise RuntimeError("this population does not record (record=False)")
+        stop = min(self.t, self.capacity) if stop is None else stop
+        lo = max(start - 1, 0)  # one row before, for the cosines
+        sums = self.rec_sums[lo:stop]  # [m, 5, K, L]
+        tot = sums.sum(-1)  # [m, 5, K]
+        gn, wn, un = tot[:, 0].sqrt(), tot[:, 1].sqrt(), tot[:, 2].sqrt()
+        nan_row = torch.full_like(gn[:1], float("nan"))
+        gcos = torch.cat([nan_row, tot[1:, 3] / (gn[1:] * gn[:-1]).clamp_min(_EPS)])
+        ucos = torch.cat([nan_row, tot[1:, 4] / (un[1:] * un[:-1]).clamp_min(_EPS)])
+        off = start - lo
+        sl = slice(off, None)
+        ratio = sums[sl, 2].sqrt() / sums[sl, 1].sqrt().clamp_min(_EPS)  # [n, K, L]
+        loss = self.rec_loss[start:stop]
+        out = {
+            "loss": loss,
+            "grad_norm": gn[sl],
+            "weight_norm": wn[sl],
+            "update_norm": un[sl],
+            "grad_cos": gcos[sl],
+            "update_cos": ucos[sl],
+            "upd_ratio_mean": ratio.mean(-1),
+            "upd_ratio_max": ratio.amax(-1),
+            "upd_ratio_min": ratio.amin(-1),
+            "upd_ratio_median": ratio.median(-1).values,
+            "finite": torch.isfinite(loss) & torch.isfinite(gn[sl]),
+            "val_loss": self.rec_val[start:stop, 0],
+            "val_acc": self.rec_val[start:stop, 1],
+            "layers": sums[sl, :3].sqrt().permute(0, 2, 3, 1),
+        }
+        return {k: v.cpu().numpy() for k, v in out.items()}
+
     # ------------------------------------------------------------------ branching
-    def fork(self, repeats: int, *, record: bool = False) -> Population:
-        """A new population of K * repeats members: member k's state copied ``repeats`` times
-        (order k0, k0, ..., k1, k1, ...). Same seeds, so the same future batches."""
+    def _clone_shell(self, K: int) -> Population:
         child = Population.__new__(Population)
         child.task, child.data, child.device = self.task, self.data, self.device
-        child.seeds = [s for s in self.seeds for _ in range(repeats)]
-        child.K = self.K * repeats
-        child.module, child.spec, child.M = self.module, self.spec, self.M
-        rep = lambda z: z.repeat_interleave(repeats, dim=0)  # noqa: E731
-        child.theta = rep(self.theta)
-        child.hp = {k: rep(v) for k, v in self.hp.items()}
+        child.module, child.spec, child.fast = self.module, self.spec, self.fast
+        child._out, child._vloss, child._veval, child._plan = (
+            self._out,
+            self._vloss,
+            self._veval,
+            self._plan,
+        )
+        child.K = K
         child.t = self.t
-        child.adam_steps = rep(self.adam_steps)
-        child.m1 = rep(self.m1)
-        child.m2 = rep(self.m2) if self.m2 is not None else None
-        child.g_prev = rep(self.g_prev) if self.g_prev is not None else None
-        child.u_prev = rep(self.u_prev) if self.u_prev is not None else None
-        child.record, child.record_layers, child.capacity = record, False, self.capacity
-        child.rec, child.layer_rec = None, None
-        child._nan = torch.full((child.K,), float("nan"), device=self.device)
-        child.noise_seed = self.noise_seed
+        child.record, child.capacity = False, self.capacity
+        child.rec_loss = child.rec_sums = child.rec_val = None
         child._perm_epoch, child._perms = -1, None
-        child._out, child._vloss, child._veval = self._out, self._vloss, self._veval
         child.step_times = []
-        child._sq = None
-        child._prev_norms = None
+        child._on = dict(self._on)
         return child
+
+    def take(self, index: torch.Tensor | np.ndarray | list[int]) -> Population:
+        """A new, non-recording population of the members ``index`` (repeats allowed), each a
+        copy of that member's full state (parameters, optimizer, hyperparameters, seed)."""
+        idx_np = np.asarray(index, dtype=np.int64)
+        idx = torch.as_tensor(idx_np, device=self.device)
+        child = self._clone_shell(len(idx_np))
+        child.seeds = [self.seeds[i] for i in idx_np]
+        child.theta = self.theta[idx]
+        child.adam_steps = self.adam_steps[idx]
+        child.m1 = self.m1[idx]
+        child.m2 = self.m2[idx] if self.m2 is not None else None
+        child.hp = {k: v[idx] for k, v in self.hp.items()}
+        child.layer_lr = self.layer_lr[idx_np]
+        child._lr_scale = self._lr_scale[idx] if self._lr_scale is not None else None
+        child._last_loss = getattr(self, "_last_loss", torch.zeros(self.K, device=self.device))[idx]
+        return child
+
+    def fork(self, repeats: int) -> Population:
+        """K * repeats members: member k's state copied ``repeats`` times (order k0, k0, ...,
+        k1, k1, ...). Same seeds, so the same future batches."""
+        return self.take(np.repeat(np.arange(self.K), repeats))

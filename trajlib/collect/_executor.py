@@ -23,6 +23,8 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
+from trajlib import schema as S
+from trajlib.collect._behaviour import DecisionPolicy
 from trajlib.collect._recipe import Recipe, RunSpec
 from trajlib.errors import ConfigError, TrajlibError
 
@@ -62,7 +64,13 @@ class CollectReport:
 
     @property
     def steps_per_s(self) -> float:
+        """Main-trajectory model-steps per second (branch steps not counted)."""
         return self.steps / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    @property
+    def branch_steps_per_s(self) -> float:
+        """Branch (and cool-down) model-steps per second."""
+        return self.branch_steps / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
     def add(self, other: dict[str, Any]) -> None:
         for k in ("committed", "skipped", "failed", "diverged", "steps", "branch_steps"):
@@ -85,8 +93,11 @@ def run_unit(
     device: str = "cpu",
     divergence_factor: float = 1e3,
     threads: int = 1,
+    policy_factory: Callable[[], DecisionPolicy] | None = None,
 ) -> dict[str, Any]:
-    """Run one work unit in this process and commit its runs. Safe to call in any worker."""
+    """Run one work unit (a population) in this process and commit its runs. Safe to call in any
+    worker. ``policy_factory`` (picklable, zero-argument) builds the injected controller policy
+    of ``behaviour.kind = "controller"`` runs inside the worker."""
     import torch
 
     from trajlib.collect._runner import failed_result, run_population
@@ -113,13 +124,16 @@ def run_unit(
     try:
         if todo:
             try:
-                results = run_population(todo, device=device, divergence_factor=divergence_factor)
+                policy = policy_factory() if policy_factory is not None else None
+                results = run_population(
+                    todo, device=device, divergence_factor=divergence_factor, policy=policy
+                )
             except (
                 Exception
             ) as exc:  # a run that crashes is recorded as failed; the collection goes on
                 for spec in todo:
                     row = failed_result(spec, exc)
-                    sink.write_run(row, pl.DataFrame())
+                    sink.write_run(row, S.empty_frame(S.STEP_SCHEMA))
                     out["failed"] += 1
                     out["errors"].append(f"{spec.run_id}: {row['error']}")
             else:
@@ -167,16 +181,20 @@ def _iter_local(
     workers: int,
     device: str,
     divergence_factor: float,
+    policy_factory: Callable[[], DecisionPolicy] | None = None,
 ) -> Iterator[dict[str, Any]]:
     if workers == 1 or len(units) == 1:
         for u in units:
-            yield run_unit(u, sink_factory, device, divergence_factor)
+            yield run_unit(u, sink_factory, device, divergence_factor, 1, policy_factory)
         return
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(
         max_workers=workers, mp_context=ctx, initializer=_worker_init
     ) as pool:
-        futs = [pool.submit(run_unit, u, sink_factory, device, divergence_factor) for u in units]
+        futs = [
+            pool.submit(run_unit, u, sink_factory, device, divergence_factor, 1, policy_factory)
+            for u in units
+        ]
         for f in cf.as_completed(futs):
             yield f.result()
 
@@ -188,6 +206,7 @@ def _iter_ray(
     device: str,
     divergence_factor: float,
     address: str | None,
+    policy_factory: Callable[[], DecisionPolicy] | None = None,
 ) -> Iterator[dict[str, Any]]:
     try:
         import ray
@@ -206,7 +225,10 @@ def _iter_ray(
     try:
         gpus = 1 if device.startswith("cuda") else 0
         remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(run_unit)
-        pending = [remote.remote(u, sink_factory, device, divergence_factor) for u in units]
+        pending = [
+            remote.remote(u, sink_factory, device, divergence_factor, 1, policy_factory)
+            for u in units
+        ]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             yield ray.get(done[0])
@@ -224,11 +246,23 @@ def collect(
     address: str | None = None,
     device: str | None = None,
     progress: bool = True,
+    policy_factory: Callable[[], DecisionPolicy] | None = None,
 ) -> CollectReport:
     """Run every run of ``recipe`` not yet committed in the sink; returns a :class:`CollectReport`.
 
     Command-line options (``executor``, ``workers``, ``address``, ``device``) override the recipe.
+    ``policy_factory``: a picklable zero-argument callable returning the :class:`DecisionPolicy`
+    of ``behaviour.kind = "controller"`` (the caller, e.g. ``trajlib iterate``, loads the
+    checkpoint; collect never imports controllers). Progress shows runs done / total, ETA, and
+    main-trajectory and branch steps per second separately.
     """
+    if "controller" in recipe.behaviour.kinds and policy_factory is None:
+        raise ConfigError(
+            "behaviour.kind",
+            "'controller' only with a policy_factory from the caller",
+            recipe.behaviour.kind,
+            "run it through `trajlib iterate`, which loads behaviour.checkpoint",
+        )
     kind = executor or recipe.executor.kind
     n_workers = workers or recipe.executor.workers
     dev = device or recipe.collect.device
@@ -255,9 +289,12 @@ def collect(
             dev,
             recipe.collect.divergence_factor,
             address or recipe.executor.address,
+            policy_factory,
         )
         if kind == "ray"
-        else _iter_local(units, sink_factory, n_workers, dev, recipe.collect.divergence_factor)
+        else _iter_local(
+            units, sink_factory, n_workers, dev, recipe.collect.divergence_factor, policy_factory
+        )
     )
     try:
         for res in it:
@@ -265,7 +302,10 @@ def collect(
             report.wall_time_s = time.perf_counter() - t0
             bar.update(res["runs"])
             bar.set_postfix(
-                steps_per_s=f"{report.steps_per_s:,.0f}", failed=report.failed, refresh=False
+                steps_per_s=f"{report.steps_per_s:,.0f}",
+                branch_steps_per_s=f"{report.branch_steps_per_s:,.0f}",
+                failed=report.failed,
+                refresh=False,
             )
     finally:
         bar.close()

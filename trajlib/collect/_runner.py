@@ -1,11 +1,15 @@
 """Running the runs of a recipe: a population of members with decisions and branches.
 
-For every member the runner keeps the LR multiplier ``m`` (the hyperparameter the actions move);
-the LR in force at step t is ``lr0 * base_factor(t / budget) * m``. At every decision step
-``s = every, 2 * every, ...`` the behaviour policy picks an action per member, and — when branching
-is on — every action is first tried from a copy of the member's state for ``horizon`` steps on the
-same batches, then (optionally) cooled down linearly to LR 0 over ``cooldown`` steps, and the
-validation losses are recorded.
+For every member the runner keeps the LR multiplier ``m``, the momentum and the weight decay (what
+the actions move); the LR in force at step t is ``lr0 * base_factor(t / budget) * m * layer_lr[l]``
+for layer l (per-layer multipliers are fixed per run). At every decision step ``s = every,
+2 * every, ...`` the behaviour policy picks an action per member, and — when branching is on —
+every action is first tried, for all live members at once, from a copy of each member's state for
+``horizon`` steps on the same batches, then (optionally) cooled down linearly to LR 0 over
+``cooldown`` steps, and the validation losses are recorded.
+
+Per-layer LR multipliers are constant within a run; their values are stored in the run's
+``entry`` JSON under ``layer_lr`` (in the order of ``layer_names``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,17 @@ import polars as pl
 import torch
 
 from trajlib import schema as S
-from trajlib.collect._behaviour import make_behaviour
-from trajlib.collect._engine import REC_COLUMNS, Population
+from trajlib.collect._behaviour import DecisionContext, DecisionPolicy, make_behaviour
+from trajlib.collect._engine import Population
 from trajlib.collect._recipe import RunSpec
-from trajlib.space import HyperParam, base_factor, lr_action_space
+from trajlib.space import (
+    Action,
+    ActionSpace,
+    HyperParam,
+    HyperparameterSpace,
+    base_factor,
+    lr_action_space,
+)
 from trajlib.tasks import get_task
 
 __all__ = ["RunResult", "run_population"]
@@ -49,37 +60,66 @@ def _lr_at(lr0: np.ndarray, mult: np.ndarray, schedule: str, t: int, budget: int
     return lr0 * mult * base_factor(schedule, t / budget)
 
 
+def _lr_table(
+    lr0: np.ndarray, mult: np.ndarray, schedule: str, start: int, stop: int, budget: int
+) -> np.ndarray:
+    """LRs [stop - start, K] of steps start .. stop - 1 (multipliers constant in between)."""
+    base = np.array([base_factor(schedule, t / budget) for t in range(start, stop)])
+    return base[:, None] * (lr0 * mult)[None, :]
+
+
+@dataclass
+class _Hyper:
+    """Host-side hyperparameters of K members (what the device holds, known without a sync)."""
+
+    mult: np.ndarray  # LR multiplier m [K]
+    momentum: np.ndarray
+    weight_decay: np.ndarray
+
+    def after(self, i: int, action: Action, space: HyperparameterSpace) -> tuple[float, ...]:
+        """Member i's (mult, momentum, weight_decay) after ``action``: LR moves multiply m
+        (clamped to the lr bounds), momentum moves in logit space, weight decay in log space (a
+        weight decay of 0 stays 0)."""
+        m, mom, wd = float(self.mult[i]), float(self.momentum[i]), float(self.weight_decay[i])
+        for name, delta in action.moves.items():
+            if name == "lr":
+                m = space["lr"].clamp(m * math.exp(delta))
+            elif name == "momentum":
+                mom = space["momentum"].move(mom, delta)
+            elif name == "weight_decay" and wd > 0:
+                wd = space["weight_decay"].move(wd, delta)
+        return m, mom, wd
+
+
 def _branch(
     pop: Population,
-    members: np.ndarray,
+    live: np.ndarray,
     lr0: np.ndarray,
-    mult: np.ndarray,
-    space_lr: HyperParam,
-    actions,
+    hyper: _Hyper,
+    actions: ActionSpace,
+    space: HyperparameterSpace,
     schedule: str,
     budget: int,
     horizon: int,
     cooldown: int,
 ) -> dict[str, np.ndarray]:
-    """Try every action for every member in ``members``; returns arrays [len(members), A]."""
+    """Try every action for every live member at once (one population of len(live) * A
+    members); returns arrays [len(live), A]."""
     A = len(actions)
     s = pop.t
     H = min(horizon, budget - s)
-    sub = pop if len(members) == pop.K else _select(pop, members)
-    child = sub.fork(A)
-    k = len(members)
-    factors = np.array([a.lr_factor() for a in actions])
-    m_child = np.array([[space_lr.clamp(mult[i] * f) for f in factors] for i in members]).reshape(
-        -1
-    )
-    lr0_child = np.repeat(lr0[members], A)
+    k = len(live)
+    child = pop.take(np.repeat(live, A))
+    vals = np.array([hyper.after(i, actions[a], space) for i in live for a in range(A)])
+    m_child, mom_child, wd_child = vals[:, 0], vals[:, 1], vals[:, 2]
+    child.set_hparams(momentum=mom_child, weight_decay=wd_child)
+    lr0_child = np.repeat(lr0[live], A)
+    table = _lr_table(lr0_child, m_child, schedule, s, s + H, budget)
+    lrs = torch.as_tensor(table, dtype=torch.float32).to(pop.device)
     losses = []
-    val_half = torch.full((k * A,), float("nan"))
+    val_half = torch.full((k * A,), float("nan"), device=pop.device)
     for j in range(H):
-        lr = torch.as_tensor(
-            _lr_at(lr0_child, m_child, schedule, s + j, budget), dtype=torch.float32
-        )
-        child.step(lr.to(pop.device))
+        child.step(lrs[j])
         losses.append(child.last_losses())
         if j + 1 == max(H // 2, 1):
             val_half = child.evaluate("val")[0]
@@ -87,13 +127,13 @@ def _branch(
     tail = torch.stack(losses[-max(H // 4, 1) :])  # [q, kA]
     train_loss = tail.mean(0)
     diverged = ~torch.isfinite(torch.stack(losses)).all(0)
-    cooled = torch.full((k * A,), float("nan"))
+    cooled = torch.full((k * A,), float("nan"), device=pop.device)
     if cooldown > 0:
-        lr_end = _lr_at(lr0_child, m_child, schedule, s + H - 1, budget)
+        ramp = np.array([1 - j / cooldown for j in range(cooldown)])
+        cool = torch.as_tensor(ramp[:, None] * table[-1][None, :], dtype=torch.float32)
+        cool = cool.to(pop.device)
         for j in range(cooldown):
-            child.step(
-                torch.as_tensor(lr_end * (1 - j / cooldown), dtype=torch.float32).to(pop.device)
-            )
+            child.step(cool[j])
         cooled = child.evaluate("val")[0]
         diverged |= ~torch.isfinite(cooled)
     diverged |= ~torch.isfinite(val)
@@ -112,52 +152,112 @@ def _branch(
     }
 
 
-def _select(pop: Population, members: np.ndarray) -> Population:
-    """A view-population of some members (for branching only the live ones)."""
-    child = pop.fork(1)
-    idx = torch.as_tensor(members, device=pop.device)
-    child.seeds = [pop.seeds[i] for i in members]
-    child.K = len(members)
-    child.theta = child.theta[idx]
-    child.hp = {k: v[idx] for k, v in child.hp.items()}
-    child.adam_steps = child.adam_steps[idx]
-    child.m1 = child.m1[idx]
-    child.m2 = child.m2[idx] if child.m2 is not None else None
-    child.g_prev = child.g_prev[idx] if child.g_prev is not None else None
-    child.u_prev = child.u_prev[idx] if child.u_prev is not None else None
-    child._nan = torch.full((child.K,), float("nan"), device=pop.device)
-    return child
+def _spaces(e0: dict[str, Any]) -> tuple[ActionSpace, HyperparameterSpace]:
+    actions = (
+        ActionSpace.from_dict(e0["action_space"])
+        if "action_space" in e0
+        else lr_action_space(e0["actions"])
+    )
+    if "hp_space" in e0:
+        space = HyperparameterSpace.from_dict(e0["hp_space"])
+    else:
+        sp = e0["space"]
+        space = HyperparameterSpace((HyperParam("lr", sp["lr_min"], sp["lr_max"], "log"),))
+    return actions, space
+
+
+def _layer_lr(entry: dict[str, Any], n_layers: int, space: HyperparameterSpace) -> np.ndarray:
+    """Per-layer LR multipliers of a run: log-uniform in [1/r, r] (r = hp0.layer_lr_range),
+    clamped to the layer_lr bounds; all ones when r = 1."""
+    hp0 = entry.get("hp0", {})
+    r = float(hp0.get("layer_lr_range", 1.0))
+    if r <= 1:
+        return np.ones(n_layers)
+    rng = np.random.default_rng(int(hp0.get("layer_lr_seed", 0)))
+    vals = np.exp(rng.uniform(-math.log(r), math.log(r), size=n_layers))
+    if "layer_lr" in space:
+        vals = np.array([space["layer_lr"].clamp(float(v)) for v in vals])
+    return vals
 
 
 def run_population(
-    specs: Sequence[RunSpec], *, device: str = "cpu", divergence_factor: float = 1e3
+    specs: Sequence[RunSpec],
+    *,
+    device: str = "cpu",
+    divergence_factor: float = 1e3,
+    policy: DecisionPolicy | None = None,
 ) -> list[RunResult]:
-    """Train the runs in ``specs`` (same task, budget and settings) together; one result per run."""
+    """Train the runs in ``specs`` (same task, budget and settings) together; one result per run.
+
+    Each member has its own start hyperparameters (``entry["lr0"]``, ``entry["hp0"]``), its own
+    behaviour (``entry["behaviour"]``) and per-layer LR multipliers. ``policy`` is the injected
+    :class:`DecisionPolicy` of ``behaviour.kind = "controller"`` runs.
+
+    Host reads happen only at decision points and chunk ends (losses for divergence, features for
+    behaviours that need them); per step, only device work is queued.
+    """
     e0 = specs[0].entry
     task = get_task(e0["task"])
     budget, every, val_every = int(e0["budget"]), int(e0["every"]), int(e0["val_every"])
-    space, branch = e0["space"], e0["branch"]
-    schedule = space["base_schedule"]
-    actions = lr_action_space(e0["actions"])
+    branch = e0["branch"]
+    schedule = e0["space"]["base_schedule"]
+    actions, space = _spaces(e0)
     keep = actions.keep_index
-    space_lr = HyperParam("lr", space["lr_min"], space["lr_max"], "log")
-    behaviour = make_behaviour(e0["behaviour"]["kind"], e0["behaviour"]["p_move"])
+    lr_factors = np.array([a.lr_factor() for a in actions])
     K = len(specs)
     seeds = [int(s.entry["seed"]) for s in specs]
     lr0 = np.array([float(s.entry["lr0"]) for s in specs])
-    mult = np.ones(K)
+    hp0 = [s.entry.get("hp0", {}) for s in specs]
+
+    def start(name: str, default: float) -> np.ndarray:
+        return np.array([float(h.get(name, default)) for h in hp0])
+
+    behaviours = []
+    for s in specs:
+        b = s.entry["behaviour"]
+        behaviours.append(
+            make_behaviour(
+                b["kind"],
+                float(b.get("p_move", 0.6)),
+                params=b.get("params"),
+                epsilon=float(b.get("epsilon", 0.1)),
+                policy=policy,
+            )
+        )
+    hyper = _Hyper(
+        mult=np.array([space["lr"].clamp(b.initial_mult()) for b in behaviours]),
+        momentum=start("momentum", task.momentum),
+        weight_decay=start("weight_decay", task.weight_decay),
+    )
+    l2, noise = start("l2", 0.0), start("input_noise", 0.0)
     rngs = [np.random.default_rng([int(s.entry["seed"]), 7]) for s in specs]
-    hps = {
-        "lr": torch.as_tensor(lr0, dtype=torch.float32),
-        "momentum": torch.full((K,), task.momentum),
-        "weight_decay": torch.full((K,), task.weight_decay),
-    }
     data = task.make_data().to(device)
     t_start = time.perf_counter()
-    pop = Population(task, data, seeds, hps, device=device, capacity=budget, noise_seed=seeds[0])
+    pop = Population(
+        task,
+        data,
+        seeds,
+        {
+            "lr": lr0,
+            "momentum": hyper.momentum,
+            "weight_decay": hyper.weight_decay,
+            "l2": l2,
+            "input_noise": noise,
+        },
+        device=device,
+        capacity=budget,
+    )
+    n_layers = pop.spec.n_layers
+    layer_lr = np.stack([_layer_lr(s.entry, n_layers, space) for s in specs])
+    pop.set_hparams(layer_lr=layer_lr)
     alive = np.ones(K, dtype=bool)
     diverged_at = np.full(K, -1)
-    lr_mult_hist = np.ones((budget, K), dtype=np.float32)
+    hist = {
+        S.LR: np.zeros((budget, K), dtype=np.float32),
+        S.LR_MULT: np.ones((budget, K), dtype=np.float32),
+        S.MOMENTUM: np.zeros((budget, K), dtype=np.float32),
+        S.WEIGHT_DECAY: np.zeros((budget, K), dtype=np.float32),
+    }
     base_hist = np.array(
         [base_factor(schedule, t / budget) for t in range(budget)], dtype=np.float32
     )
@@ -165,6 +265,7 @@ def run_population(
     decisions: list[list[dict[str, Any]]] = [[] for _ in range(K)]
     branches: list[list[dict[str, Any]]] = [[] for _ in range(K)]
     first_loss: np.ndarray | None = None
+    bounds = (space["lr"].low, space["lr"].high)
 
     for s in range(0, budget, every):
         if s > 0 and alive.any():
@@ -174,9 +275,9 @@ def run_population(
                     pop,
                     live,
                     lr0,
-                    mult,
-                    space_lr,
-                    actions.actions,
+                    hyper,
+                    actions,
+                    space,
                     schedule,
                     budget,
                     int(branch["horizon"]),
@@ -192,10 +293,32 @@ def run_population(
                                 **{key: v[row, a].item() for key, v in out.items()},
                             }
                         )
-            lr_now = _lr_at(lr0, mult, schedule, s - 1, budget)
+            cache: dict[str, np.ndarray] = {}
+
+            def history(i: int, s: int = s, cache: dict[str, np.ndarray] = cache) -> dict:
+                if not cache:
+                    cols = pop.columns(0, s)
+                    cols.pop("layers")
+                    cache.update(cols)
+                out = {k: v[:, i] for k, v in cache.items()}
+                for name, h in hist.items():
+                    out[name] = h[:s, i]
+                out[S.BASE_FACTOR] = base_hist[:s]
+                return out
+
+            lr_now = _lr_at(lr0, hyper.mult, schedule, s - 1, budget)
             for i in live:
-                a_arr, p_arr = behaviour.choose(rngs[i], 1, len(actions), keep)
-                a, p = int(a_arr[0]), float(p_arr[0])
+                ctx = DecisionContext(
+                    step=s,
+                    budget=budget,
+                    every=every,
+                    lr_mult=float(hyper.mult[i]),
+                    lr_factors=lr_factors,
+                    keep=keep,
+                    mult_bounds=bounds,
+                    history=lambda i=i: history(i),
+                )
+                a, p = behaviours[i].choose(rngs[i], ctx)
                 decisions[i].append(
                     {
                         S.RUN_ID: specs[i].run_id,
@@ -204,25 +327,31 @@ def run_population(
                         S.PROPENSITY: p,
                         S.N_ACTIONS: len(actions),
                         S.LR: float(lr_now[i]),
-                        S.LR_MULT: float(mult[i]),
-                        S.MOMENTUM: task.momentum,
-                        S.WEIGHT_DECAY: task.weight_decay,
+                        S.LR_MULT: float(hyper.mult[i]),
+                        S.MOMENTUM: float(hyper.momentum[i]),
+                        S.WEIGHT_DECAY: float(hyper.weight_decay[i]),
                     }
                 )
-                mult[i] = space_lr.clamp(mult[i] * actions[a].lr_factor())
+                hyper.mult[i], hyper.momentum[i], hyper.weight_decay[i] = hyper.after(
+                    i, actions[a], space
+                )
+            if actions.hyperparameters != ["lr"] and actions.hyperparameters:
+                pop.set_hparams(momentum=hyper.momentum, weight_decay=hyper.weight_decay)
         end = min(s + every, budget)
+        table = _lr_table(lr0, hyper.mult, schedule, s, end, budget) * alive[None, :]
+        hist[S.LR][s:end] = table
+        hist[S.LR_MULT][s:end] = hyper.mult
+        hist[S.MOMENTUM][s:end] = hyper.momentum
+        hist[S.WEIGHT_DECAY][s:end] = hyper.weight_decay
+        lrs = torch.as_tensor(table, dtype=torch.float32).to(device)  # one copy per chunk
         for t in range(s, end):
-            lr_mult_hist[t] = mult
-            lr = torch.as_tensor(
-                np.where(alive, _lr_at(lr0, mult, schedule, t, budget), 0.0), dtype=torch.float32
-            )
-            pop.step(lr.to(device))
+            pop.step(lrs[t - s])
             if (t + 1) % val_every == 0 or t + 1 == budget:
                 pop.record_validation()
                 val_rows.append(t)
         # divergence: non-finite loss, or loss above divergence_factor x the first loss
-        assert pop.rec is not None
-        losses = pop.rec[s:end, :, 0].cpu().numpy()
+        assert pop.rec_loss is not None
+        losses = pop.rec_loss[s:end].cpu().numpy()
         if first_loss is None:
             first_loss = np.abs(losses[0]) + 1e-12
         bad = ~np.isfinite(losses) | (losses > divergence_factor * first_loss)
@@ -234,8 +363,9 @@ def run_population(
 
     test_loss, test_acc = (z.cpu().numpy() for z in pop.evaluate("test"))
     wall = time.perf_counter() - t_start
-    rec = pop.rec.cpu().numpy()
-    layers = pop.layer_rec.cpu().numpy() if pop.layer_rec is not None else None
+    n_done = min(pop.t, budget)
+    cols = pop.columns(0, n_done)
+    layers = cols.pop("layers")
     step_times = np.asarray(pop.step_times, dtype=np.float32)
     val_mask = np.zeros(budget, dtype=bool)
     val_mask[val_rows] = True
@@ -243,29 +373,33 @@ def run_population(
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     for i, spec in enumerate(specs):
         n = budget if diverged_at[i] < 0 else int(diverged_at[i]) + 1
-        n = min(n, pop.t)
-        cols: dict[str, Any] = {S.RUN_ID: [spec.run_id] * n, S.STEP: np.arange(n, dtype=np.int32)}
-        for c, name in enumerate(REC_COLUMNS):
-            v = rec[:n, i, c]
-            if name == S.FINITE:
-                cols[name] = v > 0.5
-            elif name in (S.VAL_LOSS, S.VAL_ACC):
-                cols[name] = pl.Series(name, v, dtype=pl.Float32).scatter(
+        n = min(n, n_done)
+        frame: dict[str, Any] = {
+            S.RUN_ID: [spec.run_id] * n,
+            S.STEP: np.arange(n, dtype=np.int32),
+        }
+        for name, v in cols.items():
+            v = v[:n, i]
+            if name in (S.VAL_LOSS, S.VAL_ACC):
+                v = pl.Series(name, v, dtype=pl.Float32).scatter(
                     np.flatnonzero(~val_mask[:n]), None
                 )
-            elif name == S.STEP_TIME_S:
-                cols[name] = step_times[:n] / K
-            else:
-                cols[name] = v
-        cols[S.LR_MULT] = lr_mult_hist[:n, i]
-        cols[S.BASE_FACTOR] = base_hist[:n]
+            frame[name] = v
+        for name, h in hist.items():
+            frame[name] = h[:n, i]
+        frame[S.L2] = np.full(n, l2[i], dtype=np.float32)
+        frame[S.INPUT_NOISE] = np.full(n, noise[i], dtype=np.float32)
+        frame[S.BASE_FACTOR] = base_hist[:n]
+        frame[S.STEP_TIME_S] = step_times[:n] / K
         steps = (
-            pl.DataFrame(cols)
-            .cast({k: v for k, v in S.STEP_SCHEMA.items()})
+            pl.DataFrame(frame)
+            .with_columns(pl.col(S.GRAD_COS, S.UPDATE_COS).fill_nan(None))
+            .cast(dict(S.STEP_SCHEMA))
             .select(list(S.STEP_SCHEMA))
         )
         ok = diverged_at[i] < 0
         last_val = steps.filter(pl.col(S.VAL_LOSS).is_not_null()).tail(1)
+        entry = {**spec.entry, "layer_lr": [float(v) for v in layer_lr[i]]}
         run = {
             S.RUN_ID: spec.run_id,
             S.TASK: task.name,
@@ -274,12 +408,12 @@ def run_population(
             S.STEPS_DONE: n,
             S.BUDGET: budget,
             S.DIVERGED_AT: None if ok else int(diverged_at[i]),
-            S.FINAL_VAL_LOSS: float(last_val[S.VAL_LOSS][0]) if ok and len(last_val) else None,
+            S.FINAL_VAL_LOSS: _opt(last_val[S.VAL_LOSS][0]) if ok and len(last_val) else None,
             S.FINAL_VAL_ACC: _opt(last_val[S.VAL_ACC][0]) if ok and len(last_val) else None,
-            S.FINAL_TEST_LOSS: float(test_loss[i]) if ok else None,
+            S.FINAL_TEST_LOSS: _opt(test_loss[i]) if ok else None,
             S.FINAL_TEST_ACC: _opt(test_acc[i]) if ok else None,
             S.RECIPE: spec.entry.get("recipe", ""),
-            S.ENTRY: json.dumps(spec.entry, sort_keys=True),
+            S.ENTRY: json.dumps(entry, sort_keys=True),
             S.BEHAVIOUR: spec.entry["behaviour"]["kind"],
             S.BASE_SCHEDULE: schedule,
             S.OPTIMIZER: task.optimizer,
@@ -298,11 +432,11 @@ def run_population(
                 if decisions[i]
                 else S.empty_frame(S.DECISION_SCHEMA),
                 branches=pl.DataFrame(branches[i])
-                .cast(S.BRANCH_SCHEMA)
+                .cast(dict(S.BRANCH_SCHEMA))
                 .select(list(S.BRANCH_SCHEMA))
                 if branches[i]
                 else S.empty_frame(S.BRANCH_SCHEMA),
-                layers=layers[:n, i] if layers is not None else None,
+                layers=np.ascontiguousarray(layers[:n, i], dtype=np.float32),
                 layer_names=list(pop.spec.names),
             )
         )

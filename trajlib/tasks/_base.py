@@ -62,6 +62,7 @@ class Task:
     batch_size: int = 128
     val_every: int = 50
     description: str = ""
+    best_lr: float | None = None  # best constant LR found by scripts/sweep_tasks.py (docs/tasks.md)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,6 +76,8 @@ class Task:
                 raise ConfigError(f"task {self.name}.{k}", "a positive integer", v)
         if not self.default_lr > 0:
             raise ConfigError(f"task {self.name}.default_lr", "> 0", self.default_lr)
+        if self.best_lr is not None and not self.best_lr > 0:
+            raise ConfigError(f"task {self.name}.best_lr", "> 0 or None", self.best_lr)
 
     @property
     def is_classification(self) -> bool:
@@ -87,6 +90,7 @@ class Task:
             "loss": self.loss,
             "optimizer": self.optimizer,
             "default_lr": self.default_lr,
+            "best_lr": self.best_lr,
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
             "budget": self.budget,

@@ -2,7 +2,9 @@
 bundled data sets, synthetic generators, and Python's own standard-library source text.
 
 Default LRs are deliberately *not* all tuned: the suite holds tasks whose default LR is too high
-and too low (see README, "Tasks"), because a controller must learn corrections in both directions.
+(>= 3x the best constant LR) and too low (<= 1/3 of it), because a controller must learn corrections
+in both directions. ``best_lr`` is the best constant LR of an 8-LR x 2-seed sweep at the task's budget
+(``scripts/sweep_tasks.py``; table in docs/tasks.md); recipes can center start LRs on it.
 """
 
 from __future__ import annotations
@@ -223,6 +225,7 @@ def _mnist1d_mlp() -> Task:
         momentum=0.9,
         budget=2000,
         batch_size=128,
+        best_lr=0.0116,  # scripts/sweep_tasks.py, docs/tasks.md
         description="MLP 40-100-100-10 on mnist1d, SGD+momentum",
     )
 
@@ -238,8 +241,9 @@ def _mnist1d_cnn() -> Task:
         default_lr=3e-3,
         momentum=0.9,
         weight_decay=1e-2,
-        budget=2000,
+        budget=1000,
         batch_size=128,
+        best_lr=0.0341,  # scripts/sweep_tasks.py, docs/tasks.md
         description="1-D CNN (2 conv layers) on mnist1d, AdamW",
     )
 
@@ -256,6 +260,7 @@ def _digits_mlp() -> Task:
         momentum=0.9,
         budget=1500,
         batch_size=64,
+        best_lr=0.227,  # scripts/sweep_tasks.py, docs/tasks.md
         description="MLP 64-64-10 on scikit-learn digits, SGD+momentum",
     )
 
@@ -271,8 +276,9 @@ def _digits_cnn() -> Task:
         default_lr=1e-2,
         momentum=0.9,
         weight_decay=1e-2,
-        budget=1500,
+        budget=1000,
         batch_size=64,
+        best_lr=0.00615,  # scripts/sweep_tasks.py, docs/tasks.md
         description="2-D CNN on 8x8 digits, AdamW",
     )
 
@@ -290,6 +296,7 @@ def _teacher_student() -> Task:
         momentum=0.9,
         budget=2000,
         batch_size=128,
+        best_lr=0.0163,  # scripts/sweep_tasks.py, docs/tasks.md
         description="MLP student 20-64-64-1 regressing a random tanh teacher, SGD+momentum",
     )
 
@@ -302,10 +309,11 @@ def _synth_cls() -> Task:
         lambda: mlp(30, (128, 64), 6),
         synth_classification_data,
         optimizer="sgd",
-        default_lr=0.3,
+        default_lr=0.1,
         momentum=0.9,
         budget=1500,
         batch_size=128,
+        best_lr=0.00881,  # scripts/sweep_tasks.py, docs/tasks.md
         description="MLP 30-128-64-6 on make_classification, SGD+momentum",
     )
 
@@ -315,13 +323,15 @@ def _char_lm() -> Task:
     return Task(
         "char-lm",
         "language",
-        lambda: TinyTransformerLM(),
+        lambda: TinyTransformerLM(d=32, heads=2),
         char_data,
         optimizer="adamw",
         default_lr=3e-3,
         momentum=0.9,
         weight_decay=0.01,
-        budget=1500,
+        budget=500,
         batch_size=32,
+        val_every=25,
+        best_lr=0.0129,  # scripts/sweep_tasks.py, docs/tasks.md
         description="1-block causal transformer, next char over stdlib source, AdamW",
     )

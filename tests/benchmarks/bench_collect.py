@@ -1,0 +1,147 @@
+"""Collection benchmark (not a timed test). Prints one JSON object on its last line.
+
+* ``logging_overhead``: mnist1d-mlp, K = 1: wall time of training with the full per-step,
+  per-layer record (and the derived columns computed every 50 steps, as the runner does) divided
+  by the same loop without recording. Target <= 1.10.
+* ``population_speedup``: model-steps/s of a K = 64 population (recording, as collected) divided
+  by model-steps/s of plain sequential PyTorch runs (nn.Module + torch.optim.SGD, same batch size,
+  same thread count). Target >= 2.
+* ``population_flops_fraction``: the population's achieved model FLOP/s (6 x params x batch per
+  model-step) divided by the FLOP/s of a 2048 x 2048 float32 matmul measured in the same run.
+  Target >= 0.5.
+
+Everything runs on one thread. Measurements are interleaved (A, B, A, B, ...) in short blocks and
+the minimum over the repeats is used (the least-disturbed estimate), because this machine is
+shared with other jobs. ``--quick`` shortens everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from trajlib.collect import Population
+from trajlib.tasks import get_task
+
+TARGETS = {
+    "logging_overhead": (1.10, "max"),
+    "population_speedup": (2.0, "min"),
+    "population_flops_fraction": (0.5, "min"),
+}
+
+
+def _timed_pop(task, data, K: int, record: bool, steps: int, derive_every: int = 50) -> float:
+    """Seconds per population step (after warm-up)."""
+    lrs = np.full(K, task.default_lr)
+    pop = Population(task, data, list(range(K)), {"lr": lrs}, record=record, capacity=steps + 20)
+    lr = torch.as_tensor(lrs, dtype=torch.float32)
+    for _ in range(10):
+        pop.step(lr)
+    t0 = time.perf_counter()
+    start = pop.t
+    for i in range(steps):
+        pop.step(lr)
+        if record and (i + 1) % derive_every == 0:
+            pop.columns(pop.t - derive_every, pop.t)
+    return (time.perf_counter() - t0) / (pop.t - start)
+
+
+def _timed_plain(task, data, n_models: int, steps: int) -> float:
+    """Seconds per model-step of plain sequential PyTorch training (one model after another)."""
+    x_all, y_all = data.x_train, data.y_train
+    B, n = task.batch_size, x_all.shape[0]
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, n, (B,), generator=g) for _ in range(steps)]
+    total = 0.0
+    for k in range(n_models):
+        torch.manual_seed(k)
+        model = task.make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=task.default_lr, momentum=task.momentum)
+        for idx in batches[:5]:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x_all[idx]), y_all[idx]).backward()
+            opt.step()
+        t0 = time.perf_counter()
+        for idx in batches:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x_all[idx]), y_all[idx])
+            loss.backward()
+            opt.step()
+        total += time.perf_counter() - t0
+    return total / (n_models * steps)
+
+
+def _matmul_flops(n: int = 2048, reps: int = 3) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    q = args.quick
+    repeats = 3 if q else args.repeats
+    task = get_task("mnist1d-mlp")
+    data = task.make_data()
+    n_params = sum(p.numel() for p in task.make_model().parameters())
+
+    # 1. logging overhead, K = 1, interleaved
+    bare, rec = [], []
+    for _ in range(repeats):
+        bare.append(_timed_pop(task, data, 1, False, 100 if q else 250))
+        rec.append(_timed_pop(task, data, 1, True, 100 if q else 250))
+    t_bare, t_rec = min(bare), min(rec)
+
+    # 2./3. population vs plain sequential runs, interleaved with the matmul reference
+    K = 64
+    pops, pops_bare, plains, mm = [], [], [], []
+    for _ in range(repeats):
+        pops.append(_timed_pop(task, data, K, True, 10 if q else 20, derive_every=10))
+        pops_bare.append(_timed_pop(task, data, K, False, 10 if q else 20))
+        plains.append(_timed_plain(task, data, 2 if q else 4, 50 if q else 100))
+        mm.append(_matmul_flops())
+    pop_rate = K / min(pops)  # model-steps/s
+    pop_rate_bare = K / min(pops_bare)
+    plain_rate = 1.0 / min(plains)
+    flops_per_model_step = 6 * n_params * task.batch_size
+    matmul = max(mm)
+
+    out = {
+        "task": task.name,
+        "threads": torch.get_num_threads(),
+        "k1_step_us_bare": round(t_bare * 1e6, 1),
+        "k1_step_us_recorded": round(t_rec * 1e6, 1),
+        "logging_overhead": round(t_rec / t_bare, 3),
+        "population_k": K,
+        "population_model_steps_per_s": round(pop_rate, 1),
+        "population_model_steps_per_s_unrecorded": round(pop_rate_bare, 1),
+        "plain_sequential_model_steps_per_s": round(plain_rate, 1),
+        "population_speedup": round(pop_rate / plain_rate, 3),
+        "population_gflops": round(pop_rate * flops_per_model_step / 1e9, 2),
+        "matmul_2048_gflops": round(matmul / 1e9, 2),
+        "population_flops_fraction": round(pop_rate * flops_per_model_step / matmul, 3),
+        "population_logging_overhead": round(pop_rate_bare / pop_rate, 3),
+    }
+    for name, (target, kind) in TARGETS.items():
+        v = out[name]
+        out[f"{name}_vs_target"] = round(target / v if kind == "max" else v / target, 3)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

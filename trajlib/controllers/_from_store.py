@@ -16,7 +16,7 @@ from trajlib.controllers._fit import fit_from_table
 from trajlib.errors import ConfigError
 from trajlib.features import derive, get_feature_set
 from trajlib.labels import get_label_strategy, make_labels
-from trajlib.space import HyperParam, HyperparameterSpace, lr_action_space
+from trajlib.space import ActionSpace, HyperParam, HyperparameterSpace, lr_action_space
 from trajlib.store import open_store
 
 __all__ = ["fit_store", "training_table"]
@@ -48,19 +48,22 @@ def training_table(store: Any, feature_set: str = "default", labels: str = "gree
         raise ConfigError("STORE", "runs collected with branching on (labels come from branch outcomes)",
                           "no branch rows")
     entries = [json.loads(e) for e in runs[S.ENTRY].to_list() if e]
-    actions = _one([e["actions"] for e in entries], "actions")
+    actions = _one([e.get("action_space") or lr_action_space(e["actions"]).to_dict() for e in entries],
+                   "actions")
     every = _one([e["every"] for e in entries], "every")
     space = _one([{k: e["space"][k] for k in ("lr_min", "lr_max", "mode", "base_schedule")} for e in entries],
                  "space")
+    hp_space = _one([e.get("hp_space") or [HyperParam("lr", space["lr_min"], space["lr_max"], "log").to_dict()]
+                     for e in entries], "hp_space")
     fs = get_feature_set(feature_set)
     points = decisions.select(S.RUN_ID, S.STEP).unique().sort(S.RUN_ID, S.STEP)
     table = derive(st.steps(task=tasks), points, runs.select(S.RUN_ID, S.BUDGET), fs)
     table = table.join(runs.select(S.RUN_ID, S.TASK), on=S.RUN_ID, how="left")
-    action_space = lr_action_space(actions)
+    action_space = ActionSpace.from_dict(actions)
     lab = make_labels(branches, labels, keep_index=action_space.keep_index, n_actions=len(action_space))
     settings = {
         "action_space": action_space,
-        "hp_space": HyperparameterSpace((HyperParam("lr", space["lr_min"], space["lr_max"], "log"),)),
+        "hp_space": HyperparameterSpace.from_dict(hp_space),
         "every": int(every), "mode": space["mode"], "base_schedule": space["base_schedule"],
         "feature_set": fs, "runs": runs,
     }

@@ -65,6 +65,27 @@ def add_main_commands(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser(
+        "iterate", help="collect -> fit -> collect again with the controller, R rounds"
+    )
+    p.add_argument("recipe", help="path to a collectors/*.toml recipe (round 0 uses its behaviour)")
+    p.add_argument("--rounds", type=_positive_int, default=2)
+    p.add_argument("--kind", default="gbt", help="controller kind: gbt | mlp | gru")
+    p.add_argument("--labels", default="greedy", help="label strategy: greedy | annealed | long")
+    p.add_argument("--store", required=True, help="store directory (all rounds collect into it)")
+    p.add_argument(
+        "--out", required=True, help="directory for round-<r>/ checkpoints and iterate.md"
+    )
+    p.add_argument("--epsilon", type=float, default=0.2, help="exploration around the controller")
+    p.add_argument(
+        "--tasks", type=_csv, default=list(DEMO_HELD_OUT), help="held-out evaluation tasks"
+    )
+    p.add_argument("--seeds", type=_positive_int, default=3)
+    p.add_argument("--budget", type=_positive_int, help="override the held-out tasks' budgets")
+    p.add_argument("--workers", type=_positive_int)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_iterate)
+
     p = sub.add_parser("demo", help="the whole pipeline on collectors/quickstart.toml")
     p.add_argument("--out", default="runs/demo", help="output directory (store/, model/, report/)")
     p.add_argument("--recipe", default=str(REPO_COLLECTORS / "quickstart.toml"))
@@ -156,6 +177,94 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(res.markdown())
     print(f"report: {path}")
+    return 0
+
+
+def cmd_iterate(args: argparse.Namespace) -> int:
+    import dataclasses
+    import math
+
+    from trajlib.collect import collect, load_recipe
+    from trajlib.controllers import ControllerPolicy, fit_store
+    from trajlib.evaluate import controller_method, run_evaluation
+    from trajlib.store import create_store, open_store
+    from trajlib.tasks import get_task
+
+    if not 0 <= args.epsilon <= 1:
+        raise ConfigError("--epsilon", "a probability in [0, 1]", args.epsilon)
+    for t in args.tasks:
+        get_task(t)
+    base = load_recipe(args.recipe)
+    held = set(args.tasks) & set(base.collect.tasks)
+    if held:
+        raise ConfigError(
+            "--tasks", "tasks the recipe does not collect from (held out)", sorted(held)
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    create_store(args.store, exist_ok=True)
+    rows = []
+    ckpt: Path | None = None
+    for r in range(args.rounds):
+        recipe = base
+        policy_factory = None
+        if r > 0 and ckpt is not None:
+            recipe = dataclasses.replace(
+                base,
+                name=f"{base.name}-round{r}",
+                collect=dataclasses.replace(base.collect, seed=base.collect.seed + 1000 * r),
+                behaviour=dataclasses.replace(
+                    base.behaviour, kind="controller", epsilon=args.epsilon, checkpoint=str(ckpt)
+                ),
+            )
+            policy_factory = functools.partial(ControllerPolicy, str(ckpt))
+        print(
+            f"[round {r}] collect ({recipe.behaviour.kinds[0]}{'' if r == 0 else f', epsilon {args.epsilon}'})"
+        )
+        rep = collect(
+            recipe,
+            functools.partial(open_store, args.store),
+            workers=args.workers,
+            progress=not args.quiet,
+            policy_factory=policy_factory,
+        )
+        ckpt, metrics = fit_store(
+            args.store, kind=args.kind, labels=args.labels, out=out / f"round-{r}", overwrite=True
+        )
+        res = run_evaluation(
+            [controller_method(ckpt)],
+            args.tasks,
+            list(range(args.seeds)),
+            budget=args.budget,
+            progress=False,
+        )
+        losses = [t.final_val_loss for t in res.traces]
+        finite = [v for v in losses if math.isfinite(v)]
+        row = {
+            "round": r,
+            "runs": rep.committed + rep.skipped,
+            "new_runs": rep.committed,
+            "regret": metrics.get("regret", math.nan),
+            "regret_keep": metrics.get("regret_keep", math.nan),
+            "agreement": metrics.get("agreement", math.nan),
+            "held_out_final_val_loss": sum(finite) / len(finite) if finite else math.nan,
+        }
+        rows.append(row)
+        print(
+            f"[round {r}] regret {row['regret']:.4f} (keep {row['regret_keep']:.4f}), held-out final val loss "
+            f"{row['held_out_final_val_loss']:.4f}"
+        )
+    md = [
+        "| round | new runs | offline regret | regret of keep | agreement | held-out final val loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {x['round']} | {x['new_runs']} | {x['regret']:.4f} | {x['regret_keep']:.4f} | {x['agreement']:.3f} "
+        f"| {x['held_out_final_val_loss']:.4f} |"
+        for x in rows
+    ]
+    (out / "iterate.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
     return 0
 
 

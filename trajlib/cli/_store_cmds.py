@@ -32,8 +32,12 @@ def add_store_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = ssub.add_parser("compact", help="merge per-run fragments into sorted part files")
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--rows-per-file", type=int, default=4_000_000,
-                   help="step rows per compacted file (default 4,000,000)")
+    p.add_argument(
+        "--rows-per-file",
+        type=int,
+        default=4_000_000,
+        help="step rows per compacted file (default 4,000,000)",
+    )
     p.set_defaults(func=cmd_store_compact)
 
     export = subparsers.add_parser("export", help="export a store to other formats")
@@ -42,8 +46,13 @@ def add_store_commands(subparsers: argparse._SubParsersAction) -> None:
     p = esub.add_parser("tensorboard", help="TensorBoard event files, one directory per run")
     p.add_argument("store", metavar="STORE", help="store directory")
     p.add_argument("outdir", metavar="OUTDIR", help="log directory to write")
-    p.add_argument("--run", dest="run_ids", action="append", metavar="RUN_ID",
-                   help="export only this run (repeatable; default: all committed runs)")
+    p.add_argument(
+        "--run",
+        dest="run_ids",
+        action="append",
+        metavar="RUN_ID",
+        help="export only this run (repeatable; default: all committed runs)",
+    )
     p.set_defaults(func=cmd_export_tensorboard)
 
 
@@ -61,8 +70,10 @@ def cmd_store_info(args: argparse.Namespace) -> int:
         print(f"  {task:24s} {counts}")
     print(f"steps      {info['steps']:,}")
     print(f"decisions  {info['decisions']:,}   branches {info['branches']:,}")
-    print(f"on disk    {info['size_bytes'] / 1e6:,.1f} MB in {info['files']:,} files "
-          f"({info['fragments']:,} step fragments, {info['parts']:,} compacted)")
+    print(
+        f"on disk    {info['size_bytes'] / 1e6:,.1f} MB in {info['files']:,} files "
+        f"({info['fragments']:,} step fragments, {info['parts']:,} compacted)"
+    )
     if info["compaction_pending"]:
         print("note       an interrupted compaction is pending; `trajlib store gc` finishes it")
     return 0
@@ -98,8 +109,10 @@ def cmd_store_compact(args: argparse.Namespace) -> int:
     if args.rows_per_file < 1:
         raise ConfigError("--rows-per-file", "a positive integer", args.rows_per_file)
     stats = open_store(args.dir).compact(rows_per_file=args.rows_per_file)
-    print(f"compacted {stats['runs']} run(s): {stats['files_before']} -> {stats['files_after']} "
-          f"files in {stats['seconds']:.2f} s")
+    print(
+        f"compacted {stats['runs']} run(s): {stats['files_before']} -> {stats['files_after']} "
+        f"files in {stats['seconds']:.2f} s"
+    )
     return 0
 
 

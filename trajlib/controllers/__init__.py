@@ -26,6 +26,7 @@ from trajlib.controllers._gbt import GBTController
 from trajlib.controllers._gru import GRUController
 from trajlib.controllers._metrics import offline_metrics
 from trajlib.controllers._mlp import MLPController
+from trajlib.controllers._policy import ControllerPolicy
 from trajlib.controllers._registry import (
     controller_kinds,
     get_controller_kind,
@@ -34,6 +35,7 @@ from trajlib.controllers._registry import (
 
 __all__ = [
     "Controller",
+    "ControllerPolicy",
     "ControllerState",
     "GBTController",
     "MLPController",

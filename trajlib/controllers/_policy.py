@@ -1,0 +1,76 @@
+"""A fitted controller as a collection behaviour (for collect -> fit -> collect again).
+
+:class:`ControllerPolicy` implements collect's ``DecisionPolicy`` protocol: given one run's step
+table so far it returns the probabilities of the recipe's actions — all mass on the controller's
+choice; the collector adds the recipe's epsilon-exploration. It lives here, not in collect, because
+collect sits left of features and controllers; the caller injects it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from trajlib import schema as S
+from trajlib.controllers._checkpoint import LoadedController, load_controller
+from trajlib.features import derive_arrays, get_feature_set
+
+__all__ = ["ControllerPolicy"]
+
+
+class ControllerPolicy:
+    """Picks the controller's best action at each decision point of a run being collected.
+
+    Picklable by construction (only the checkpoint path is kept until first use), so a process
+    pool or Ray can ship ``functools.partial(ControllerPolicy, path)`` to its workers.
+    """
+
+    def __init__(self, checkpoint: str | Path) -> None:
+        self.checkpoint = str(checkpoint)
+        self._loaded: LoadedController | None = None
+
+    @property
+    def loaded(self) -> LoadedController:
+        if self._loaded is None:
+            self._loaded = load_controller(self.checkpoint)
+            fs = get_feature_set(self._loaded.feature_set_name)
+            if fs.hash != self._loaded.feature_set_hash:
+                from trajlib.errors import FeatureSetMismatchError
+
+                raise FeatureSetMismatchError(
+                    f"checkpoint {self.checkpoint} uses feature set hash {self._loaded.feature_set_hash}, "
+                    f"this trajlib computes {fs.hash}"
+                )
+        return self._loaded
+
+    def __call__(self, run_steps_so_far: dict[str, np.ndarray]) -> np.ndarray:
+        lc = self.loaded
+        s = int(run_steps_so_far["step"][0])
+        budget = int(run_steps_so_far["budget"][0])
+        every = int(run_steps_so_far["every"][0])
+        cols = {
+            c: np.asarray(v)[:s]
+            for c, v in run_steps_so_far.items()
+            if c in S.STEP_SCHEMA and c not in (S.RUN_ID, S.STEP)
+        }
+        frame = pl.DataFrame({S.RUN_ID: ["r"] * s, S.STEP: np.arange(s, dtype=np.int32), **cols})
+        for c in (S.VAL_LOSS, S.VAL_ACC):  # not measured -> null, as in the store
+            if c in frame.columns:
+                frame = frame.with_columns(pl.col(c).fill_nan(None))
+        # every decision point so far (the GRU reads the whole sequence; others use the last row)
+        pts = (
+            np.arange(every, s + 1, every, dtype=np.int64)
+            if lc.controller.kind == "gru"
+            else np.array([s])
+        )
+        points = pl.DataFrame({S.RUN_ID: ["r"] * len(pts), S.STEP: pts})
+        X, _ = derive_arrays(frame, points, {"r": budget}, lc.feature_set_name)
+        values = lc.controller.predict_values(X)[-1]
+        p = np.zeros(len(lc.action_space))
+        if np.all(np.isfinite(values)):
+            p[int(np.argmax(values))] = 1.0
+        else:
+            p[lc.action_space.keep_index] = 1.0
+        return p

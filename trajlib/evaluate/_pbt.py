@@ -167,10 +167,19 @@ class RayPBT(Strategy):
         init = [lr0 * m for m in lr_grid(self.population, self.init_low, self.init_high)]
         t0 = time.perf_counter()
         try:
-            tuner = tune.Tuner(
-                tune.with_parameters(
+            try:
+                trainable = tune.with_parameters(
                     _pbt_member, task=task, seed=seed, budget=T, lr_bounds=bounds, device=device
-                ),
+                )
+            except (AttributeError, TypeError, ValueError) as e:  # cloudpickle's failures
+                raise ConfigError(
+                    "task",
+                    "a task Ray can send to its workers (defined at module level)",
+                    task.name,
+                    f"serialising it failed: {e}",
+                ) from e
+            tuner = tune.Tuner(
+                trainable,
                 param_space={"lr": tune.grid_search(init)},
                 tune_config=tune.TuneConfig(
                     scheduler=pbt, metric="val_loss", mode="min", num_samples=1, reuse_actors=True

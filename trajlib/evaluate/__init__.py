@@ -20,7 +20,12 @@ from trajlib.evaluate._harness import (
     train_task,
 )
 from trajlib.evaluate._hypergradient import HypergradientLR
-from trajlib.evaluate._methods import quick_methods, standard_methods, standard_strategies
+from trajlib.evaluate._methods import (
+    controller_methods,
+    quick_methods,
+    standard_methods,
+    standard_strategies,
+)
 from trajlib.evaluate._pbt import RayPBT
 from trajlib.evaluate._protocol import (
     HELD_OUT_FAMILIES,
@@ -80,6 +85,7 @@ __all__ = [
     "check_held_out",
     "constant_method",
     "controller_method",
+    "controller_methods",
     "cosine_method",
     "hypergradient_method",
     "lr_grid",

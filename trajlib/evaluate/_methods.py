@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from trajlib.evaluate._harness import Method
+from typing import Any
+
+from trajlib.evaluate._harness import Method, controller_method
 from trajlib.evaluate._pbt import RayPBT
 from trajlib.evaluate._schedules import hypergradient_method, schedule_free_method, static_methods
 from trajlib.evaluate._strategies import (
@@ -14,7 +16,7 @@ from trajlib.evaluate._strategies import (
 )
 from trajlib.evaluate._t1t2 import T1T2
 
-__all__ = ["standard_methods", "standard_strategies", "quick_methods"]
+__all__ = ["standard_methods", "standard_strategies", "quick_methods", "controller_methods"]
 
 
 def standard_strategies(budget_runs: int = 8, *, pbt: bool = True) -> list[Strategy]:
@@ -61,3 +63,9 @@ def quick_methods(*, tuned: bool = True) -> list[Method | Strategy]:
     if tuned:
         out.append(GridSearch(lr_grid(8)))
     return out
+
+
+def controller_methods(checkpoint: Any, lr_scales: tuple[float, ...] = (1.0, 10.0)) -> list[Method]:
+    """A learned controller started at the default LR and at each other ``lr_scales`` (10x off by
+    default: the protocol's robustness check)."""
+    return [controller_method(checkpoint, lr_scale=s) for s in lr_scales]

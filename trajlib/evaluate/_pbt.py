@@ -199,7 +199,7 @@ class RayPBT(Strategy):
                 raise RuntimeError(f"PBT on {task.name}: the best member left no checkpoint")
             with best.checkpoint.as_directory() as d:
                 state = torch.load(Path(d) / _STATE_FILE, weights_only=True)
-            errors = [r.error for r in results if r.error is not None]
+            errors = [results[i].error for i in range(len(results)) if results[i].error is not None]
         finally:
             shutil.rmtree(storage, ignore_errors=True)
         wall = time.perf_counter() - t0
@@ -211,7 +211,7 @@ class RayPBT(Strategy):
             wall_time_s=wall,
             info={
                 "initial_lrs": init,
-                "final_lr": float(best.metrics["lr"]),
+                "final_lr": float((best.metrics or {}).get("lr", math.nan)),
                 "member_errors": [str(e)[:200] for e in errors],
             },
         )

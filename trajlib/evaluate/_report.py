@@ -308,8 +308,8 @@ def write_report(
         "of the budget charged (steps). CIs: 95 % percentile bootstrap over seeds; diverged runs "
         "are left out of loss means and counted under *diverged*.\n\n"
     )
-    for p in pngs:
-        md.append(f"![{p}]({p})\n")
+    for png in pngs:
+        md.append(f"![{png}]({png})\n")
     (out / "report.md").write_text("".join(md))
     result.table.write_csv(out / "summary.csv")  # every column of summarize()
     (out / "traces.json").write_text(

@@ -107,7 +107,7 @@ class _Plateau:
         """Per-step call: nothing; the LR only changes at validations."""
 
     def get_last_lr(self) -> list[float]:
-        return self.inner.get_last_lr()
+        return [float(v) for v in self.inner.get_last_lr()]
 
 
 def plateau_method(factor: float = 0.5, patience: int = 2, lr_scale: float = 1.0) -> Method:

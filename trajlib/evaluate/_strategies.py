@@ -188,7 +188,9 @@ class OptunaSearch(Strategy):
         study.optimize(objective, n_trials=self.n_trials)
         wall = time.perf_counter() - t0
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        best = min(complete, key=lambda t: t.value)  # at least the first trial always completes
+        if not complete:  # Hyperband has nothing to compare the first trial with: not expected
+            raise RuntimeError(f"Optuna on {task.name} seed {seed}: every trial was pruned")
+        best = min(complete, key=lambda t: float(t.value if t.value is not None else math.inf))
         tr = traces[best.number]
         steps = sum(float(t.cost) * T for t in traces.values())
         tr.method = self.name

@@ -103,13 +103,13 @@ class T1T2(Strategy):
         while not run.done:
             t = run.step
             x, y = run.batch(t)
-            eps = torch.randn(x.shape, generator=gen, device=device) if noisy else None
+            eps = torch.randn(x.shape, generator=gen, device=device) if noisy else x
             do_hyper = hyper and t % self.every == 0
             run.model.train()
             if do_hyper:
                 l2, sig = log_l2.exp(), log_noise.exp()
                 w = {n: p.detach().clone().requires_grad_(True) for n, p in zip(names, params)}
-                xin = x + sig * eps if noisy else x
+                xin = x + sig * eps if noisy else x  # eps is unused when not noisy
                 loss = task_loss(task, functional_call(run.model, w, (xin,)), y)
                 total = loss + 0.5 * l2 * sum((p**2).sum() for p in w.values())
                 grads = torch.autograd.grad(total, list(w.values()), create_graph=True)
@@ -133,7 +133,7 @@ class T1T2(Strategy):
                 vloss = task_loss(task, run.model(data.x_val[idx]), data.y_val[idx])
                 v = torch.autograd.grad(vloss, params)
                 eta = float(run.optimizer.param_groups[0]["lr"])
-                dot = 0.0
+                dot = torch.zeros(())
                 for p, g, vi in zip(params, grads, v):
                     scale = vi
                     if adam:

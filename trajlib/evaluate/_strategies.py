@@ -256,18 +256,19 @@ class SuccessiveHalving(Strategy):
                     if r.due_validation:
                         r.validate()
                     sched.step()
-                if not r.diverged and (not r.val_steps or r.val_steps[-1] != r.step):
-                    r.validate()  # the selection point is a validation point
             if end >= T:
                 break
-            ranked = sorted(
-                runs,
-                key=lambda x: (
-                    x[1].val_loss[-1]
-                    if not x[1].diverged and math.isfinite(x[1].val_loss[-1])
-                    else math.inf
-                ),
-            )
+            score: dict[int, float] = {}
+            for i, (_, r, _) in enumerate(runs):
+                if r.diverged:
+                    score[i] = math.inf
+                    continue
+                # rank on validation; recorded only if it is a regular validation point, so the
+                # survivor's trace keeps the same validation grid as every other method
+                v = r.val_loss[-1] if r.val_steps and r.val_steps[-1] == r.step else r.evaluate()[0]
+                score[i] = v if math.isfinite(v) else math.inf
+            order = sorted(range(len(runs)), key=lambda i: score[i])
+            ranked = [runs[i] for i in order]
             keep = max(1, math.ceil(len(runs) / self.eta))
             history.append({"step": end, "kept_lr_scale": [m for m, _, _ in ranked[:keep]]})
             runs = ranked[:keep]

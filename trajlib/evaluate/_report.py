@@ -242,7 +242,7 @@ def _plot_steps_to_target(result: EvalResult, path: Path) -> None:
             y, [f"{m} ({r:.0%})" for m, r in zip(sub["method"].to_list(), reached)], fontsize=8
         )
         ax.invert_yaxis()
-        ax.set(title=f"{task}: steps to target (median; % seeds reaching)", xlabel="step")
+        ax.set(title=f"{task}: steps to target", xlabel="median step (% of seeds reaching)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -261,7 +261,8 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     tasks = list(dict.fromkeys(t.task for t in result.traces))
     methods = list(dict.fromkeys(t.method for t in result.traces))
-    colors = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    styles = {m: ("-", "--", ":")[(i // 10) % 3] for i, m in enumerate(methods)}
     pngs = []
     for task in tasks:
         fig, axes = plt.subplots(1, 2, figsize=(14, 4.6))
@@ -272,6 +273,7 @@ def write_report(
                     tr.val_steps,
                     tr.val_loss,
                     color=colors[m],
+                    ls=styles[m],
                     alpha=0.35 if i else 0.9,
                     label=m if i == 0 else None,
                     lw=1.2,
@@ -280,6 +282,7 @@ def write_report(
                     np.arange(len(tr.lr)),
                     tr.lr,
                     color=colors[m],
+                    ls=styles[m],
                     alpha=0.35 if i else 0.9,
                     label=m if i == 0 else None,
                     lw=1.0,

@@ -229,7 +229,7 @@ class TrainRun:
     # ------------------------------------------------------------------------------ stepping
     def train_step(
         self, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-    ):
+    ) -> torch.Tensor:
         """One optimizer step on batch ``self.step``; returns the loss tensor (detached).
 
         ``loss_fn(x, y)`` replaces the task loss of the model's output (e.g. with a penalty).

@@ -7,6 +7,16 @@ returns the one it would deploy, chosen on validation, scored on test, with its 
 :func:`run_evaluation` takes both and aggregates; :func:`write_report` writes ``report.md``,
 ``summary.csv``, ``traces.json`` and PNG plots. The protocol (splits, target, task families held
 out) is data in :mod:`trajlib.evaluate._protocol`; :func:`standard_methods` lists every baseline.
+
+Example (the full protocol on the held-out tasks, 5 seeds)::
+
+    from trajlib.evaluate import (
+        HELD_OUT_TASKS, controller_methods, run_evaluation, standard_methods, write_report,
+    )
+
+    methods = standard_methods() + controller_methods("models/gbt")  # default LR and 10x off
+    result = run_evaluation(methods, HELD_OUT_TASKS, seeds=range(5))
+    write_report(result, "reports/held-out")  # report.md, summary.csv, traces.json, *.png
 """
 
 from trajlib.evaluate._harness import (

@@ -35,6 +35,7 @@ def test_grid_chooses_on_validation_and_reports_test() -> None:
     vals = tr.info["grid_val_loss"]
     best = int(np.nanargmin(np.array(vals, dtype=float)))
     assert tr.info["chosen_lr_scale"] == grid[best]
+    assert tr.info["at_grid_edge"] == (best in (0, 2))
     assert tr.cost == 3 and tr.cost_steps == 3 * 80
     # the score is the *test* loss of that very run (same seed -> same init and batches)
     ref = train_task(task, cosine_method(grid[best]), 0, budget=80)

@@ -115,6 +115,9 @@ class GridSearch(Strategy):
             "chosen_lr": task.default_lr * self.multipliers[best],
             "grid_val_loss": [None if not math.isfinite(s) else s for s in scores],
             "grid_lr_scale": self.multipliers,
+            # the best LR on the grid's edge: the grid may not bracket the optimum (widen it)
+            "at_grid_edge": len(self.multipliers) > 1
+            and best in (int(np.argmin(self.multipliers)), int(np.argmax(self.multipliers))),
         }
         return tr
 

@@ -12,7 +12,7 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-pip_args=(-q --disable-pip-version-check)
+pip_args=(-q --disable-pip-version-check --no-compile)
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
   pip_args+=(-c constraints.txt)
 fi

@@ -163,3 +163,26 @@ def test_params_without_gradients_count_as_zero_and_leave_the_ratios():
         assert st["upd_ratio_max"] == pytest.approx(max(ratios), rel=1e-5)
         assert st["upd_ratio_min"] == pytest.approx(min(ratios), rel=1e-5)
         assert st["finite"] == 1.0
+
+
+def test_step_with_a_closure_measures_the_gradient_the_closure_computed():
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    probe = StepProbe(opt)
+    for t in range(3):
+        x, y = batch(t)
+        seen = {}
+
+        def closure(x=x, y=y, seen=seen):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            seen["g"] = _flat([p.grad for p in model.parameters()]).clone()
+            seen["w"] = _flat([p.detach() for p in model.parameters()]).clone()
+            return loss
+
+        opt.step(closure) if t % 2 else opt.step(closure=closure)
+        stats, _ = _stats(probe)
+        assert stats["grad_norm"] == pytest.approx(float(seen["g"].norm()), rel=1e-5)
+        assert stats["weight_norm"] == pytest.approx(float(seen["w"].norm()), rel=1e-5)
+    assert probe.errors == 0

@@ -2,8 +2,9 @@
 
 The probe registers a pre- and a post-hook on the optimizer, so it sees every real ``step()`` —
 whoever calls ``zero_grad``, with gradient accumulation (the statistics are of the accumulated
-gradient), and with ``torch.amp.GradScaler`` (a step the scaler skips never reaches the hooks; the
-scheduler records it as not finite).
+gradient), with ``torch.amp.GradScaler`` (a step the scaler skips never reaches the hooks; the
+scheduler records it as not finite), and with ``step(closure)`` as Lightning calls it (the closure
+is wrapped so the gradient is read after the closure has computed it).
 
 Cost. Per optimizer step the probe does a handful of whole-model operations on flat float32
 buffers and nothing else: one ``_foreach_copy_`` of gradients and weights into a ``[3, P]``
@@ -156,33 +157,64 @@ class StepProbe:
 
     # ------------------------------------------------------------------ hooks
     @torch.no_grad()
-    def _pre(self, opt: Any, args: Any, kwargs: Any) -> None:
+    def _pre(self, opt: Any, args: Any, kwargs: Any) -> Any:
         self._armed = False
         try:
             if self._layout_changed():
                 self._rebuild()
             params = self._params
             if not params:
-                return
+                return None
             if self._prev is not None:  # the current buffer becomes the previous one
                 self._cur, self._prev = self._prev, self._cur
+            # torch passes ``args`` including the optimizer itself: (self, closure?)
+            closure = kwargs.get("closure") if kwargs else None
+            if closure is None and len(args) > 1:
+                closure = args[1]
+            if closure is None:
+                self._capture(True)
+                return None
+            # The gradient is computed inside step() by the closure (Lightning, LBFGS): snapshot
+            # the weights now and the gradient when the closure returns.
             gw, _ = self._views[id(self._cur)]
-            n = len(params)
-            grads = [p.grad for p in params]
-            missing = [i for i, g in enumerate(grads) if g is None]
-            if missing:
-                torch._foreach_zero_([gw[i] for i in missing])
-                keep = [i for i, g in enumerate(grads) if g is not None]
-                torch._foreach_copy_(
-                    [gw[i] for i in keep] + gw[n:], [grads[i] for i in keep] + params
-                )
-            else:
-                torch._foreach_copy_(gw, grads + params)
-            self._missing = missing
-            self._armed = True
+            torch._foreach_copy_(gw[len(params) :], params)
+
+            def wrapped() -> Any:
+                out = closure()
+                try:
+                    self._capture(False)
+                except Exception:  # noqa: BLE001
+                    self.errors += 1
+                    self._group_lists = []
+                return out
+
+            if kwargs and "closure" in kwargs:
+                return args, {**kwargs, "closure": wrapped}
+            return (args[0], wrapped, *args[2:]), kwargs
         except Exception:  # noqa: BLE001 - instrumentation never breaks the step it watches
             self.errors += 1
             self._group_lists = []  # rebuild on the next step
+        return None
+
+    @torch.no_grad()
+    def _capture(self, weights: bool) -> None:
+        """Copy the gradients (and, with ``weights``, the weights) into the current buffer."""
+        params = self._params
+        gw, _ = self._views[id(self._cur)]
+        n = len(params)
+        grads = [p.grad for p in params]
+        missing = [i for i, g in enumerate(grads) if g is None]
+        if missing:
+            torch._foreach_zero_([gw[i] for i in missing])
+            keep = [i for i, g in enumerate(grads) if g is not None]
+            dst = [gw[i] for i in keep] + (gw[n:] if weights else [])
+            torch._foreach_copy_(dst, [grads[i] for i in keep] + (params if weights else []))
+        elif weights:
+            torch._foreach_copy_(gw, grads + params)
+        else:
+            torch._foreach_copy_(gw[:n], grads)
+        self._missing = missing
+        self._armed = True
 
     @torch.no_grad()
     def _post(self, opt: Any, args: Any, kwargs: Any) -> None:

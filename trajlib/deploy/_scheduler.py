@@ -197,7 +197,6 @@ class ControllerScheduler:
         self._rows_layout = -1
         self._layer_groups: list[int] = []
         self._warned: set[str] = set()
-        self._lr_dynamic = self.base_schedule != "constant"
         self._apply_lr()
 
     # ----------------------------------------------------------------- construction helpers
@@ -371,9 +370,9 @@ class ControllerScheduler:
             self.last_epoch = self.step_count - 1
             if self.step_count % self.every == 0 and self.step_count < self.total_steps:
                 self._decide()
-                self._apply_lr()
-            elif self._lr_dynamic:
-                self._apply_lr()
+            # every step, as torch schedulers do: the values hold even if something else (another
+            # scheduler, a framework) wrote param_groups in between
+            self._apply_lr()
         except Exception:  # noqa: BLE001 - a deployed controller never crashes the training it serves
             self._count_error()
             self._rows = self._rows[-self.every :]  # bounded even if decisions keep failing

@@ -8,10 +8,10 @@ is wrapped so the gradient is read after the closure has computed it).
 
 Cost. Per optimizer step the probe does a handful of whole-model operations on flat float32
 buffers and nothing else: one ``_foreach_copy_`` of gradients and weights into a ``[3, P]``
-buffer (rows: g, theta, u) before the step, one of the new weights after it, a subtraction, two
-multiplications into a ``[5, P]`` product buffer, and one reduction to a per-layer ``[5, L]``
-tensor (a matrix product with a 0/1 layer-membership matrix, as the collector does, or a loop of
-slice sums for very large models). Rows of the per-layer tensor are the squared norms of g, theta
+buffer (rows: g, theta, u) before the step, one of the new weights after it, a subtraction, one
+blocked norm (squared norms of g, theta, u per 64-element block), one blocked dot product (g with
+the previous g, u with the previous u), and a small product of the ``[5, blocks]`` sums with a 0/1
+block -> layer membership matrix (every layer starts on a block boundary). Rows of the per-layer tensor are the squared norms of g, theta
 and u and the dot products g·g_prev and u·u_prev. Nothing is read on the host: the per-layer
 tensors are reduced to the step-table statistics (:func:`summarise`) in one batch when the
 scheduler needs them, at decision points.
@@ -48,8 +48,9 @@ PROBE_COLUMNS = (
 #: Rows of the per-layer tensor of one step, ``[len(LAYER_ROWS), L]``.
 LAYER_ROWS = ("grad_sq", "weight_sq", "update_sq", "grad_dot_prev", "update_dot_prev")
 _EPS = 1e-30
-#: Largest P * L for which the dense layer-membership matrix is used (float32: 64 MiB).
-_MEMBERSHIP_LIMIT = 1 << 24
+#: Largest blocks * L for which the dense block-membership matrix is used (float32: 16 MiB).
+_MEMBERSHIP_LIMIT = 1 << 22
+_BLOCK, _BLOCK_LARGE = 64, 1024  # elements per block (models up to / above 4 M parameters)
 _STATE_FORMAT = "trajlib-step-probe/1"
 
 
@@ -117,48 +118,58 @@ class StepProbe:
         dev = params[0].device
         numels = [p.numel() for p in params]
         P, L = sum(numels), len(params)
-        self._numels = numels
-        self._cur = torch.zeros(3, P, dtype=torch.float32, device=dev)
-        self._prev = torch.zeros(3, P, dtype=torch.float32, device=dev) if self.dots else None
-        self._prods = torch.empty(5, P, dtype=torch.float32, device=dev)
+        # Each layer starts on a multiple of the block size, so per-layer sums are one contiguous
+        # reduction over blocks ([r, P] -> [r, nb]) and a tiny product with a block -> layer
+        # membership matrix ([nb, L]) - much cheaper than a loop over layers or a [P, L] matmul.
+        block = _BLOCK if P <= (1 << 22) else _BLOCK_LARGE
+        nblocks = [-(-k // block) for k in numels]
+        self._numels, self._block = numels, block
+        self._offsets = [0]
+        for nb in nblocks[:-1]:
+            self._offsets.append(self._offsets[-1] + nb * block)
+        size = sum(nblocks) * block
+        self._cur = torch.zeros(3, size, dtype=torch.float32, device=dev)
+        self._prev = torch.zeros(3, size, dtype=torch.float32, device=dev) if self.dots else None
+        nb_total = sum(nblocks)
+        self._blk = torch.zeros(5, nb_total, dtype=torch.float32, device=dev)  # scratch
+        self._blk3, self._blk2 = self._blk[:3], self._blk[3:]
         self._views = {id(self._cur): self._make_views(self._cur)}
         if self._prev is not None:
             self._views[id(self._prev)] = self._make_views(self._prev)
-        if P * L <= _MEMBERSHIP_LIMIT:
-            m = torch.zeros(P, L, dtype=torch.float32, device=dev)
-            off = 0
-            for i, k in enumerate(numels):
-                m[off : off + k, i] = 1.0
-                off += k
-            self._membership: torch.Tensor | None = m
+        layer_of_block = torch.repeat_interleave(torch.arange(L), torch.tensor(nblocks))
+        if sum(nblocks) * L <= _MEMBERSHIP_LIMIT:
+            m = torch.zeros(sum(nblocks), L, dtype=torch.float32)
+            m[torch.arange(sum(nblocks)), layer_of_block] = 1.0
+            self._membership: torch.Tensor | None = m.to(dev)
         else:
             self._membership = None
+            ends = torch.tensor(nblocks).cumsum(0) - 1
+            self._ends = ends.to(dev)
         self._nan2 = torch.full((2, L), math.nan, dtype=torch.float32, device=dev)
 
-    def _make_views(self, buf: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(views of rows g and theta, views of row u), each shaped like the parameters."""
+    def _make_views(self, buf: torch.Tensor) -> tuple[Any, ...]:
+        """Views of one ``[3, size]`` buffer, made once: (per-parameter views of rows g and theta,
+        of row u, row theta, row u, all rows as blocks ``[3, nb, B]``, rows g and u as blocks)."""
         gw: list[torch.Tensor] = []
         u: list[torch.Tensor] = []
         for row, out in ((0, gw), (1, gw), (2, u)):
-            off = 0
-            for p, k in zip(self._params, self._numels):
+            for p, off, k in zip(self._params, self._offsets, self._numels):
                 out.append(buf[row, off : off + k].view(p.shape))
-                off += k
-        return gw, u
+        b = self._block
+        return gw, u, buf[1], buf[2], buf.view(3, -1, b), buf[0::2].view(2, -1, b)
 
-    def _per_layer(self, prods: torch.Tensor) -> torch.Tensor:
+    def _per_layer(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Block sums ``[r, nb]`` -> per-layer sums ``[r, L]``."""
         if self._membership is not None:
-            return prods @ self._membership
-        out, off = [], 0
-        for k in self._numels:
-            out.append(prods[:, off : off + k].sum(1))
-            off += k
-        return torch.stack(out, 1)
+            return blocks @ self._membership
+        cs = blocks.double().cumsum(1).index_select(1, self._ends)  # float64: no cancellation
+        return torch.diff(cs, dim=1, prepend=torch.zeros_like(cs[:, :1])).float()
 
     # ------------------------------------------------------------------ hooks
-    @torch.no_grad()
     def _pre(self, opt: Any, args: Any, kwargs: Any) -> Any:
         self._armed = False
+        grad_mode = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # cheaper than torch.no_grad() per call
         try:
             if self._layout_changed():
                 self._rebuild()
@@ -176,16 +187,20 @@ class StepProbe:
                 return None
             # The gradient is computed inside step() by the closure (Lightning, LBFGS): snapshot
             # the weights now and the gradient when the closure returns.
-            gw, _ = self._views[id(self._cur)]
+            gw = self._views[id(self._cur)][0]
             torch._foreach_copy_(gw[len(params) :], params)
 
             def wrapped() -> Any:
                 out = closure()
+                mode = torch.is_grad_enabled()
+                torch._C._set_grad_enabled(False)
                 try:
                     self._capture(False)
                 except Exception:  # noqa: BLE001
                     self.errors += 1
                     self._group_lists = []
+                finally:
+                    torch._C._set_grad_enabled(mode)
                 return out
 
             if kwargs and "closure" in kwargs:
@@ -194,13 +209,15 @@ class StepProbe:
         except Exception:  # noqa: BLE001 - instrumentation never breaks the step it watches
             self.errors += 1
             self._group_lists = []  # rebuild on the next step
+        finally:
+            torch._C._set_grad_enabled(grad_mode)
         return None
 
-    @torch.no_grad()
     def _capture(self, weights: bool) -> None:
-        """Copy the gradients (and, with ``weights``, the weights) into the current buffer."""
+        """Copy the gradients (and, with ``weights``, the weights) into the current buffer
+        (called with grad mode off)."""
         params = self._params
-        gw, _ = self._views[id(self._cur)]
+        gw = self._views[id(self._cur)][0]
         n = len(params)
         grads = [p.grad for p in params]
         missing = [i for i, g in enumerate(grads) if g is None]
@@ -216,22 +233,25 @@ class StepProbe:
         self._missing = missing
         self._armed = True
 
-    @torch.no_grad()
     def _post(self, opt: Any, args: Any, kwargs: Any) -> None:
         if not self._armed:
             return
         self._armed = False
+        grad_mode = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
         try:
-            cur, prods = self._cur, self._prods
-            _, u = self._views[id(cur)]
+            _, u, w_row, u_row, blocks3, gu = self._views[id(self._cur)]
             torch._foreach_copy_(u, self._params)
-            cur[2].sub_(cur[1])
-            torch.mul(cur, cur, out=prods[:3])
+            u_row.sub_(w_row)
+            # block sums of squares (norm then square: one pass, no product buffer)
+            torch.linalg.vector_norm(blocks3, dim=-1, out=self._blk3)
+            self._blk3.square_()
             if self._has_prev and self._prev is not None:
-                torch.mul(cur[0::2], self._prev[0::2], out=prods[3:])
-                stats = self._per_layer(prods)
+                prev_gu = self._views[id(self._prev)][5]
+                torch.linalg.vecdot(gu, prev_gu, dim=-1, out=self._blk2)
+                stats = self._per_layer(self._blk)
             else:
-                stats = torch.cat([self._per_layer(prods[:3]), self._nan2])
+                stats = torch.cat([self._per_layer(self._blk3), self._nan2])
             self._has_prev = self._prev is not None
             present = None
             if self._missing:
@@ -243,6 +263,8 @@ class StepProbe:
         except Exception:  # noqa: BLE001
             self.errors += 1
             self._group_lists = []
+        finally:
+            torch._C._set_grad_enabled(grad_mode)
 
     # ------------------------------------------------------------------ reading
     def take(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:

@@ -219,7 +219,7 @@ class StepProbe:
         params = self._params
         gw = self._views[id(self._cur)][0]
         n = len(params)
-        grads = [p.grad for p in params]
+        grads: list[torch.Tensor] = [p.grad for p in params]  # type: ignore[misc]
         missing = [i for i, g in enumerate(grads) if g is None]
         if missing:
             torch._foreach_zero_([gw[i] for i in missing])

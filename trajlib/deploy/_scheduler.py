@@ -161,7 +161,8 @@ class ControllerScheduler:
             for n in self.actions.hyperparameters
         }
         self._moves = [
-            [(n, float(d), self._bounds[n]) for n, d in a.moves.items()] for a in self.actions
+            [(n, float(d), self._bounds[n]) for n, d in a.moves.items()]
+            for a in self.actions.actions
         ]
         for g in optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
@@ -171,7 +172,8 @@ class ControllerScheduler:
         self._nan_ok = np.array([nan_frac.get(n, 1.0) > 0 for n in names], dtype=bool)
         cols = {getattr(p, "col", None) for f in fs.features for p in f.requires()}
         self._dots = bool(cols & {"grad_cos", "update_cos"})
-        self._mult0 = self._bounds["lr"].clamp(1.0) if self._bounds.get("lr") else 1.0
+        lr_bounds = self._bounds.get("lr")
+        self._mult0 = lr_bounds.clamp(1.0) if lr_bounds is not None else 1.0
         self.units: list[_Unit] = []
         n_units = len(optimizer.param_groups) if self.layerwise else 1
         for i in range(n_units):
@@ -417,7 +419,7 @@ class ControllerScheduler:
             if any(m[1] is not None for m in measured):
                 ones = torch.ones(stats.shape[-1], dtype=torch.bool, device=stats.device)
                 present = torch.stack([ones if m[1] is None else m[1] for m in measured])
-            outs = []
+            outs: list[torch.Tensor | None] = []
             for u in self.units:
                 layers = self._unit_layers(u)
                 s, p = stats, present

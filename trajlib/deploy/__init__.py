@@ -5,7 +5,7 @@ online features from optimizer hooks and the losses you give it, and asks the co
 steps.
 """
 
-from trajlib.deploy._probe import PROBE_COLUMNS, StepProbe
+from trajlib.deploy._probe import LAYER_ROWS, PROBE_COLUMNS, StepProbe, summarise
 from trajlib.deploy._scheduler import ControllerScheduler
 
-__all__ = ["ControllerScheduler", "StepProbe", "PROBE_COLUMNS"]
+__all__ = ["ControllerScheduler", "StepProbe", "summarise", "PROBE_COLUMNS", "LAYER_ROWS"]

@@ -1,22 +1,37 @@
 """Optimizer step hooks that measure what the features need, in a user's own training loop.
 
 The probe registers a pre- and a post-hook on the optimizer, so it sees every real ``step()`` —
-whoever calls ``zero_grad``, with gradient accumulation, and with ``torch.amp.GradScaler`` (a step
-the scaler skips never reaches the hooks and is recorded as not finite). Statistics stay on the
-device as one small tensor per step; they are read on the host only when the scheduler needs them
-(at decision points), so there is no host synchronisation per step.
+whoever calls ``zero_grad``, with gradient accumulation (the statistics are of the accumulated
+gradient), with ``torch.amp.GradScaler`` (a step the scaler skips never reaches the hooks; the
+scheduler records it as not finite), and with ``step(closure)`` as Lightning calls it (the closure
+is wrapped so the gradient is read after the closure has computed it).
 
-Definitions match the collector's (trajlib.schema): layers are parameter tensors; weight norms are
-of theta_t (before the update); the update is u_t = theta_{t+1} - theta_t.
+Cost. Per optimizer step the probe does a handful of whole-model operations on flat float32
+buffers and nothing else: one ``_foreach_copy_`` of gradients and weights into a ``[3, P]``
+buffer (rows: g, theta, u) before the step, one of the new weights after it, a subtraction, one
+blocked norm (squared norms of g, theta, u per 64-element block), one blocked dot product (g with
+the previous g, u with the previous u), and a small product of the ``[5, blocks]`` sums with a 0/1
+block -> layer membership matrix (every layer starts on a block boundary). Rows of the per-layer tensor are the squared norms of g, theta
+and u and the dot products g·g_prev and u·u_prev. Nothing is read on the host: the per-layer
+tensors are reduced to the step-table statistics (:func:`summarise`) in one batch when the
+scheduler needs them, at decision points.
+
+Definitions match the collector's (``trajlib.schema`` and ``trajlib/collect/_engine.py``): layers
+are parameter tensors; weight norms are of theta_t (before the update); the update is
+u_t = theta_{t+1} - theta_t; cosines are with the previous *performed* step.
+
+Parameters without a gradient at a step count as a zero gradient in the norms and are left out of
+that step's per-layer update ratios (their per-layer ``present`` flag is 0).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
-__all__ = ["StepProbe", "PROBE_COLUMNS"]
+__all__ = ["StepProbe", "PROBE_COLUMNS", "summarise"]
 
 PROBE_COLUMNS = (
     "grad_norm",
@@ -30,111 +45,338 @@ PROBE_COLUMNS = (
     "upd_ratio_median",
     "finite",
 )
+#: Rows of the per-layer tensor of one step, ``[len(LAYER_ROWS), L]``.
+LAYER_ROWS = ("grad_sq", "weight_sq", "update_sq", "grad_dot_prev", "update_dot_prev")
 _EPS = 1e-30
+#: Largest blocks * L for which the dense block-membership matrix is used (float32: 16 MiB).
+_MEMBERSHIP_LIMIT = 1 << 22
+_BLOCK, _BLOCK_LARGE = 64, 1024  # elements per block (models up to / above 4 M parameters)
+_STATE_FORMAT = "trajlib-step-probe/1"
 
 
 class StepProbe:
-    """Measures gradient / weight / update statistics of every optimizer step."""
+    """Measures gradient / weight / update statistics of every optimizer step.
 
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+    After each ``optimizer.step()``, :meth:`take` returns ``(layer_stats, present)``:
+    ``layer_stats`` is a float32 tensor ``[5, L]`` on the parameters' device (rows
+    :data:`LAYER_ROWS`; the two dot-product rows are NaN when there is no previous step) and
+    ``present`` is ``None`` when every parameter had a gradient, else a bool tensor ``[L]``.
+    Layers are the parameter tensors of ``optimizer.param_groups``, in order;
+    :attr:`layer_groups` gives the param-group index of each layer.
+
+    Args:
+        optimizer: the optimizer to hook.
+        dots: compute the consecutive-step dot products (grad/update cosines). ``False`` saves a
+            buffer swap and a multiplication per step when the feature set reads no cosine.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, dots: bool = True) -> None:
         self.optimizer = optimizer
+        self.dots = bool(dots)
+        self.steps_seen = 0  # optimizer steps measured
+        self.errors = 0  # exceptions caught inside the hooks (the step itself is never affected)
+        self.layout_version = 0  # bumped whenever the parameter layout changes
+        self.layer_groups: list[int] = []
+        self._group_lists: list[Any] = []
         self._params: list[torch.Tensor] = []
-        self._snap: list[torch.Tensor] | None = None
-        self._g_prev: list[torch.Tensor] | None = None
-        self._u_prev: list[torch.Tensor] | None = None
-        self._pending: torch.Tensor | None = None  # stats of the last step, [len(PROBE_COLUMNS)]
-        self._pre_grads: list[torch.Tensor] = []
-        self._pre_stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
-        self.steps_seen = 0
+        self._has_prev = False
+        self._armed = False
+        self._missing: list[int] = []
+        self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._handles = [
             optimizer.register_step_pre_hook(self._pre),
             optimizer.register_step_post_hook(self._post),
         ]
 
     def remove(self) -> None:
+        """Remove the optimizer hooks."""
         for h in self._handles:
             h.remove()
+        self._handles = []
 
-    def _collect(self) -> list[torch.Tensor]:
-        return [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+    # ------------------------------------------------------------------ layout
+    def _layout_changed(self) -> bool:
+        groups = self.optimizer.param_groups
+        gl = self._group_lists
+        if len(groups) != len(gl):
+            return True
+        for g, lst in zip(groups, gl):
+            if g["params"] is not lst[0] or len(lst[0]) != lst[1]:
+                return True
+        return False
 
-    @torch.no_grad()
-    def _pre(self, opt: Any, args: Any, kwargs: Any) -> None:
-        params = self._collect()
-        if not params:
-            self._pre_stats = None
-            return
-        grads = [p.grad for p in params]
-        if (
-            self._snap is None
-            or len(self._snap) != len(params)
-            or any(s.shape != p.shape for s, p in zip(self._snap, params))
-        ):
-            self._snap = [p.detach().clone() for p in params]
-            self._g_prev = self._u_prev = None
-        else:
-            torch._foreach_copy_(self._snap, [p.detach() for p in params])
-        gn = torch.stack(torch._foreach_norm(grads))  # [L]
-        wn = torch.stack(torch._foreach_norm(self._snap))
-        gdot = None
-        if self._g_prev is not None and len(self._g_prev) == len(grads):
-            gdot = torch.stack([(a * b).sum() for a, b in zip(grads, self._g_prev)])
-        self._g_prev = [g.detach().clone() for g in grads]
+    def _rebuild(self) -> None:
+        groups = self.optimizer.param_groups
+        self._group_lists = [(g["params"], len(g["params"])) for g in groups]
+        params = [p for g in groups for p in g["params"]]
         self._params = params
-        self._pre_stats = (gn, wn, gdot)
-
-    @torch.no_grad()
-    def _post(self, opt: Any, args: Any, kwargs: Any) -> None:
-        if self._pre_stats is None or self._snap is None:
+        self.layer_groups = [gi for gi, g in enumerate(groups) for _ in g["params"]]
+        self.layout_version += 1
+        self._has_prev = False
+        if not params:
             return
-        gn_l, wn_l, gdot = self._pre_stats
-        u = torch._foreach_sub([p.detach() for p in self._params], self._snap)
-        un_l = torch.stack(torch._foreach_norm(u))
-        gn2, wn2, un2 = (gn_l * gn_l).sum(), (wn_l * wn_l).sum(), (un_l * un_l).sum()
-        gn, wn, un = gn2.sqrt(), wn2.sqrt(), un2.sqrt()
-        nan = torch.full((), float("nan"), device=gn.device)
-        if gdot is not None and self._prev_norms is not None:
-            gcos = gdot.sum() / (gn * self._prev_norms[0]).clamp_min(_EPS)
+        dev = params[0].device
+        numels = [p.numel() for p in params]
+        P, L = sum(numels), len(params)
+        # Each layer starts on a multiple of the block size, so per-layer sums are one contiguous
+        # reduction over blocks ([r, P] -> [r, nb]) and a tiny product with a block -> layer
+        # membership matrix ([nb, L]) - much cheaper than a loop over layers or a [P, L] matmul.
+        block = _BLOCK if P <= (1 << 22) else _BLOCK_LARGE
+        nblocks = [-(-k // block) for k in numels]
+        self._numels, self._block = numels, block
+        self._offsets = [0]
+        for nb in nblocks[:-1]:
+            self._offsets.append(self._offsets[-1] + nb * block)
+        size = sum(nblocks) * block
+        self._cur = torch.zeros(3, size, dtype=torch.float32, device=dev)
+        self._prev = torch.zeros(3, size, dtype=torch.float32, device=dev) if self.dots else None
+        nb_total = sum(nblocks)
+        self._blk = torch.zeros(5, nb_total, dtype=torch.float32, device=dev)  # scratch
+        self._blk3, self._blk2 = self._blk[:3], self._blk[3:]
+        self._views = {id(self._cur): self._make_views(self._cur)}
+        if self._prev is not None:
+            self._views[id(self._prev)] = self._make_views(self._prev)
+        layer_of_block = torch.repeat_interleave(torch.arange(L), torch.tensor(nblocks))
+        if sum(nblocks) * L <= _MEMBERSHIP_LIMIT:
+            m = torch.zeros(sum(nblocks), L, dtype=torch.float32)
+            m[torch.arange(sum(nblocks)), layer_of_block] = 1.0
+            self._membership: torch.Tensor | None = m.to(dev)
         else:
-            gcos = nan
-        if (
-            self._u_prev is not None
-            and len(self._u_prev) == len(u)
-            and self._prev_norms is not None
-        ):
-            udot = torch.stack([(a * b).sum() for a, b in zip(u, self._u_prev)]).sum()
-            ucos = udot / (un * self._prev_norms[1]).clamp_min(_EPS)
+            self._membership = None
+            ends = torch.tensor(nblocks).cumsum(0) - 1
+            self._ends = ends.to(dev)
+        self._nan2 = torch.full((2, L), math.nan, dtype=torch.float32, device=dev)
+
+    def _make_views(self, buf: torch.Tensor) -> tuple[Any, ...]:
+        """Views of one ``[3, size]`` buffer, made once: (per-parameter views of rows g and theta,
+        of row u, row theta, row u, all rows as blocks ``[3, nb, B]``, rows g and u as blocks)."""
+        gw: list[torch.Tensor] = []
+        u: list[torch.Tensor] = []
+        for row, out in ((0, gw), (1, gw), (2, u)):
+            for p, off, k in zip(self._params, self._offsets, self._numels):
+                out.append(buf[row, off : off + k].view(p.shape))
+        b = self._block
+        return gw, u, buf[1], buf[2], buf.view(3, -1, b), buf[0::2].view(2, -1, b)
+
+    def _per_layer(self, blocks: torch.Tensor) -> torch.Tensor:
+        """Block sums ``[r, nb]`` -> per-layer sums ``[r, L]``."""
+        if self._membership is not None:
+            return blocks @ self._membership
+        cs = blocks.double().cumsum(1).index_select(1, self._ends)  # float64: no cancellation
+        return torch.diff(cs, dim=1, prepend=torch.zeros_like(cs[:, :1])).float()
+
+    # ------------------------------------------------------------------ hooks
+    def _pre(self, opt: Any, args: Any, kwargs: Any) -> Any:
+        self._armed = False
+        grad_mode = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # cheaper than torch.no_grad() per call
+        try:
+            if self._layout_changed():
+                self._rebuild()
+            params = self._params
+            if not params:
+                return None
+            if self._prev is not None:  # the current buffer becomes the previous one
+                self._cur, self._prev = self._prev, self._cur
+            # torch passes ``args`` including the optimizer itself: (self, closure?)
+            closure = kwargs.get("closure") if kwargs else None
+            if closure is None and len(args) > 1:
+                closure = args[1]
+            if closure is None:
+                self._capture(True)
+                return None
+            # The gradient is computed inside step() by the closure (Lightning, LBFGS): snapshot
+            # the weights now and the gradient when the closure returns.
+            gw = self._views[id(self._cur)][0]
+            torch._foreach_copy_(gw[len(params) :], params)
+
+            def wrapped() -> Any:
+                out = closure()
+                mode = torch.is_grad_enabled()
+                torch._C._set_grad_enabled(False)
+                try:
+                    self._capture(False)
+                except Exception:  # noqa: BLE001
+                    self.errors += 1
+                    self._group_lists = []
+                finally:
+                    torch._C._set_grad_enabled(mode)
+                return out
+
+            if kwargs and "closure" in kwargs:
+                return args, {**kwargs, "closure": wrapped}
+            return (args[0], wrapped, *args[2:]), kwargs
+        except Exception:  # noqa: BLE001 - instrumentation never breaks the step it watches
+            self.errors += 1
+            self._group_lists = []  # rebuild on the next step
+        finally:
+            torch._C._set_grad_enabled(grad_mode)
+        return None
+
+    def _capture(self, weights: bool) -> None:
+        """Copy the gradients (and, with ``weights``, the weights) into the current buffer
+        (called with grad mode off)."""
+        params = self._params
+        gw = self._views[id(self._cur)][0]
+        n = len(params)
+        grads: list[torch.Tensor] = [p.grad for p in params]  # type: ignore[misc]
+        missing = [i for i, g in enumerate(grads) if g is None]
+        if missing:
+            torch._foreach_zero_([gw[i] for i in missing])
+            keep = [i for i, g in enumerate(grads) if g is not None]
+            dst = [gw[i] for i in keep] + (gw[n:] if weights else [])
+            torch._foreach_copy_(dst, [grads[i] for i in keep] + (params if weights else []))
+        elif weights:
+            torch._foreach_copy_(gw, grads + params)
         else:
-            ucos = nan
-        self._prev_norms = (gn, un)
-        self._u_prev = u
-        ratio = un_l / wn_l.clamp_min(_EPS)
-        finite = torch.isfinite(gn).float()
-        self._pending = torch.stack(
-            [
-                gn,
-                wn,
-                un,
-                gcos,
-                ucos,
-                ratio.mean(),
-                ratio.max(),
-                ratio.min(),
-                ratio.median(),
-                finite,
-            ]
-        ).float()
-        self.steps_seen += 1
+            torch._foreach_copy_(gw[:n], grads)
+        self._missing = missing
+        self._armed = True
 
-    _prev_norms: tuple[torch.Tensor, torch.Tensor] | None = None
+    def _post(self, opt: Any, args: Any, kwargs: Any) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        grad_mode = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            _, u, w_row, u_row, blocks3, gu = self._views[id(self._cur)]
+            torch._foreach_copy_(u, self._params)
+            u_row.sub_(w_row)
+            # block sums of squares (norm then square: one pass, no product buffer)
+            torch.linalg.vector_norm(blocks3, dim=-1, out=self._blk3)
+            self._blk3.square_()
+            if self._has_prev and self._prev is not None:
+                prev_gu = self._views[id(self._prev)][5]
+                torch.linalg.vecdot(gu, prev_gu, dim=-1, out=self._blk2)
+                stats = self._per_layer(self._blk)
+            else:
+                stats = torch.cat([self._per_layer(self._blk3), self._nan2])
+            self._has_prev = self._prev is not None
+            present = None
+            if self._missing:
+                present = torch.ones(len(self._params), dtype=torch.bool)
+                present[self._missing] = False
+                present = present.to(stats.device, non_blocking=True)
+            self._pending = (stats, present)
+            self.steps_seen += 1
+        except Exception:  # noqa: BLE001
+            self.errors += 1
+            self._group_lists = []
+        finally:
+            torch._C._set_grad_enabled(grad_mode)
 
-    def take(self) -> torch.Tensor | None:
-        """The statistics of the optimizer step since the last ``take`` (None if it was skipped)."""
+    # ------------------------------------------------------------------ reading
+    def take(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Per-layer statistics of the optimizer step since the last ``take`` (None if none ran)."""
         out, self._pending = self._pending, None
         return out
 
+    @property
+    def has_pending(self) -> bool:
+        """Whether an optimizer step was measured and not yet taken."""
+        return self._pending is not None
+
     def reset(self) -> None:
-        """Forget the previous step (after a resume, the first cosines are undefined)."""
-        self._snap = self._g_prev = self._u_prev = None
-        self._prev_norms = None
+        """Forget the previous step (the next cosines are undefined)."""
+        self._has_prev = False
         self._pending = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The previous step's gradient and update (flat float32 tensors) and plain counters.
+
+        Tensors are saved as they are (``torch.save`` / ``torch.load(weights_only=True)`` read
+        them); everything else is plain Python.
+        """
+        prev = None
+        if self._has_prev and self._prev is not None and self._params:
+            # after a step, the buffer that holds that step is ``_cur``
+            prev = {"grad": self._cur[0].clone(), "update": self._cur[2].clone()}
+        pending = None
+        if self._pending is not None:
+            s, m = self._pending
+            pending = {"stats": s.clone(), "present": None if m is None else m.clone()}
+        return {
+            "format": _STATE_FORMAT,
+            "steps_seen": self.steps_seen,
+            "errors": self.errors,
+            "layer_numels": [p.numel() for p in self._params] if self._params else None,
+            "prev": prev,
+            "pending": pending,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`. When the optimizer's parameters differ in shape from the
+        saved ones, the previous step is forgotten (the next cosines are NaN)."""
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT:
+            from trajlib.errors import ConfigError
+
+            got = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise ConfigError("state_dict.probe.format", repr(_STATE_FORMAT), got)
+        self.steps_seen = int(state["steps_seen"])
+        self.errors = int(state["errors"])
+        self._rebuild()
+        pending = state.get("pending")
+        self._pending = None
+        if pending is not None and self._params:
+            dev = self._cur.device
+            m = pending["present"]
+            self._pending = (pending["stats"].to(dev), None if m is None else m.to(dev))
+        prev = state.get("prev")
+        numels = [p.numel() for p in self._params]
+        if prev is None or not self._params or state.get("layer_numels") != numels:
+            return
+        if self._prev is None:
+            return
+        # the next pre-hook swaps buffers, so the saved step goes into ``_cur``
+        self._cur[0].copy_(prev["grad"])
+        self._cur[2].copy_(prev["update"])
+        self._has_prev = True
+
+
+def summarise(
+    stats: torch.Tensor,
+    present: torch.Tensor | None,
+    prev_norms: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step-table statistics from per-layer statistics, for a run of consecutive steps.
+
+    Args:
+        stats: ``[n, 5, L]`` per-layer rows (:data:`LAYER_ROWS`) of ``n`` consecutive measured
+            steps (of the layers that make up one unit: the whole model or one param group).
+        present: ``None`` or bool ``[n, L]``: layers that had a gradient (others are left out of
+            the update ratios).
+        prev_norms: ``[2]`` global gradient and update norm of the step before the first one, or
+            ``None``.
+
+    Returns:
+        ``([n, len(PROBE_COLUMNS)] float32, [2] norms of the last step)``.
+    """
+    tot = stats.sum(-1)  # [n, 5]
+    gn, wn, un = tot[:, 0].sqrt(), tot[:, 1].sqrt(), tot[:, 2].sqrt()
+    if prev_norms is None:
+        prev_norms = torch.full((2,), math.nan, dtype=stats.dtype, device=stats.device)
+    prev_norms = prev_norms.to(device=stats.device, dtype=stats.dtype)
+    pg = torch.cat([prev_norms[:1], gn[:-1]])
+    pu = torch.cat([prev_norms[1:], un[:-1]])
+    gcos = tot[:, 3] / (gn * pg).clamp_min(_EPS)
+    ucos = tot[:, 4] / (un * pu).clamp_min(_EPS)
+    ratio = stats[:, 2].sqrt() / stats[:, 1].sqrt().clamp_min(_EPS)  # [n, L]
+    if present is None or bool(present.all()):
+        r_mean, r_max, r_min = ratio.mean(-1), ratio.amax(-1), ratio.amin(-1)
+        r_med = ratio.median(-1).values
+    else:
+        rows = []
+        nan = torch.tensor(math.nan, dtype=ratio.dtype, device=ratio.device)
+        for r, m in zip(ratio, present):
+            v = r[m]
+            if v.numel() == 0:
+                rows.append(torch.stack([nan, nan, nan, nan]))
+            else:
+                rows.append(torch.stack([v.mean(), v.amax(), v.amin(), v.median()]))
+        rs = torch.stack(rows)
+        r_mean, r_max, r_min, r_med = rs.unbind(1)
+    finite = torch.isfinite(gn).to(stats.dtype)
+    out = torch.stack([gn, wn, un, gcos, ucos, r_mean, r_max, r_min, r_med, finite], 1)
+    return out, torch.stack([gn[-1], un[-1]])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,52 +12,99 @@ import numpy as np
 import torch
 
 from trajlib.controllers import LoadedController, load_controller
-from trajlib.deploy._probe import PROBE_COLUMNS, StepProbe
+from trajlib.deploy._probe import PROBE_COLUMNS, StepProbe, summarise
 from trajlib.errors import ConfigError, FeatureSetMismatchError
 from trajlib.features import OnlineFeatures, get_feature_set
-from trajlib.space import base_factor
+from trajlib.space import HyperParam, base_factor
 
-__all__ = ["ControllerScheduler"]
+__all__ = ["ControllerScheduler", "STATE_VERSION"]
 
-STATE_VERSION = 1
+#: Version of :meth:`ControllerScheduler.state_dict`; :meth:`load_state_dict` accepts this one only.
+STATE_VERSION = 2
+#: Hyperparameters a ControllerScheduler can set on a torch optimizer.
+SETTABLE = ("lr", "momentum", "weight_decay")
+#: Bounds used when a checkpoint's action space moves a hyperparameter its hp space lacks.
+_FALLBACK_BOUNDS = {
+    "momentum": HyperParam("momentum", 1e-3, 0.999, "logit"),
+    "weight_decay": HyperParam("weight_decay", 1e-8, 1.0, "log"),
+}
+_STAT_COLS = PROBE_COLUMNS[:-1]  # everything but "finite" (set from the loss too)
 
 
 def _hp_get(group: dict[str, Any], name: str) -> float | None:
+    """Momentum (SGD ``momentum`` / Adam-style ``betas[0]``) or ``weight_decay`` of a group."""
     if name == "momentum":
         if "betas" in group:
             return float(group["betas"][0])
         return float(group["momentum"]) if "momentum" in group else None
     if name == "weight_decay":
-        return float(group.get("weight_decay", 0.0))
+        return float(group["weight_decay"]) if "weight_decay" in group else None
     return None
 
 
 def _hp_set(group: dict[str, Any], name: str, value: float) -> None:
     if name == "momentum":
         if "betas" in group:
-            group["betas"] = (value, group["betas"][1])
+            b = group["betas"]
+            if isinstance(b, torch.Tensor):
+                b[0] = value
+            else:
+                group["betas"] = (value, *tuple(b)[1:])
         elif "momentum" in group:
             group["momentum"] = value
     elif name == "weight_decay":
         group["weight_decay"] = value
 
 
+@dataclass
+class _Unit:
+    """What one controller instance decides for: all param groups, or one (layer-wise mode)."""
+
+    groups: list[int] | None  # None = every param group
+    features: OnlineFeatures
+    mult: float
+    ctrl_state: Any
+    prev_norms: torch.Tensor | None = None
+
+
 class ControllerScheduler:
-    """Sets the learning rate (and momentum / weight decay when the controller controls them) of
-    ``optimizer`` from a learned controller, every ``every`` steps.
+    """Sets the learning rate (and momentum / weight decay when the controller moves them) of
+    ``optimizer`` from a learned controller checkpoint, every ``every`` steps.
 
     Use it like any torch scheduler: call ``step()`` once after each ``optimizer.step()``. Give it
     the training loss of the step with ``observe(loss)`` and, when you validate, the validation loss
     with ``observe_validation(val_loss)`` — both *before* ``step()``. Gradient, weight and update
-    statistics come from optimizer hooks, with no host synchronisation per step.
+    statistics come from optimizer step hooks (:class:`~trajlib.deploy.StepProbe`), with no host
+    synchronisation per step: rows are buffered on the device and read once per decision.
 
-    LR of every param group: ``initial_lr * base(t / total_steps) * m``, where ``m`` is the
-    controller's multiplier (clamped to the checkpoint's bounds) and ``base`` the checkpoint's base
-    schedule (constant in free mode, cosine / WSD in residual mode).
+    LR of param group ``g``: ``initial_lr_g * base(t / total_steps) * m``, where ``m`` is the
+    controller's multiplier (clamped to the checkpoint's ``lr`` bounds, which are relative to the
+    initial LR) and ``base`` the checkpoint's base schedule (constant in free mode, cosine / WSD in
+    residual mode). Momentum (SGD ``momentum``, Adam/AdamW ``betas[0]``) and ``weight_decay`` are
+    moved only when the checkpoint's action space moves them, each group's own value by the same
+    step in the hyperparameter's scale, clamped to the checkpoint's bounds.
 
-    Safety: a non-finite feature the controller never saw non-finite in training, a non-finite
-    output, or any exception in the decision path keeps the current values and is counted in
-    ``events``; the scheduler never raises inside training for a runtime condition.
+    **Layer-wise mode** (``layerwise=True``): one feature stream, one multiplier and one controller
+    state per param group. A group's features read its *own* gradient / weight / update statistics
+    (norms, cosines, update ratios of its layers) instead of the whole model's, plus the shared
+    loss and validation; the same controller is asked once per group and each group gets its own
+    multiplier. The shipped controllers were fitted on whole-model features, so layer-wise use is an
+    extrapolation unless the controller was fitted on per-layer data.
+
+    Safety: a non-finite feature that the controller never saw non-finite in training, a
+    non-finite controller output, or any exception in the decision path keeps the current values
+    and is counted in ``events``; ``step()``, ``observe_validation()`` and the hooks never raise
+    for a runtime condition. Misuse fails up front: a wrong optimizer, ``total_steps <= 0``, a
+    checkpoint that moves a hyperparameter the optimizer lacks, ``observe()`` of a non-scalar
+    tensor; stepping the scheduler before the optimizer ever stepped warns once.
+
+    Args:
+        optimizer: the optimizer whose ``param_groups`` the scheduler drives.
+        controller: a checkpoint folder or a :class:`~trajlib.controllers.LoadedController`.
+        total_steps: the training budget in optimizer steps (the features' progress is
+            ``step / total_steps``).
+        every: decision interval in steps (default: the checkpoint's).
+        layerwise: one decision per param group from that group's own statistics.
     """
 
     def __init__(
@@ -66,14 +114,27 @@ class ControllerScheduler:
         total_steps: int,
         *,
         every: int | None = None,
-        last_epoch: int = -1,
+        layerwise: bool = False,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ConfigError("optimizer", "a torch.optim.Optimizer", type(optimizer).__name__)
-        if not isinstance(total_steps, int) or total_steps <= 0:
             raise ConfigError(
-                "total_steps", "a positive integer (the training budget in steps)", total_steps
+                "optimizer",
+                "a torch.optim.Optimizer",
+                type(optimizer).__name__,
+                "pass the optimizer itself (for a wrapped one, its .optimizer)",
             )
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int | np.integer):
+            raise ConfigError(
+                "total_steps", "a positive integer (the budget in steps)", total_steps
+            )
+        if total_steps <= 0:
+            raise ConfigError(
+                "total_steps", "a positive integer (the budget in steps)", total_steps
+            )
+        if every is not None and (
+            isinstance(every, bool) or not isinstance(every, int | np.integer) or every <= 0
+        ):
+            raise ConfigError("every", "a positive integer (steps between decisions)", every)
         self.optimizer = optimizer
         self.loaded = (
             controller if isinstance(controller, LoadedController) else load_controller(controller)
@@ -81,229 +142,530 @@ class ControllerScheduler:
         fs = get_feature_set(self.loaded.manifest["feature_set"]["name"])
         if fs.hash != self.loaded.feature_set_hash:
             raise FeatureSetMismatchError(
-                f"checkpoint was trained on feature set {fs.name!r} hash {self.loaded.feature_set_hash}, "
-                f"this trajlib computes hash {fs.hash}; refit the controller or install the matching trajlib"
+                f"checkpoint was trained on feature set {fs.name!r} hash "
+                f"{self.loaded.feature_set_hash}, this trajlib computes hash {fs.hash}; refit the "
+                "controller or install the matching trajlib"
             )
-        self.total_steps = total_steps
+        self._fs = fs
+        self.total_steps = int(total_steps)
         self.every = int(every or self.loaded.every)
-        if self.every <= 0:
-            raise ConfigError("every", "a positive integer", self.every)
+        self.layerwise = bool(layerwise)
         self.base_schedule = (
             self.loaded.base_schedule if self.loaded.mode == "residual" else "constant"
         )
         self.actions = self.loaded.action_space
         self.space = self.loaded.hp_space
-        for name in self.actions.hyperparameters:
-            if name != "lr" and _hp_get(optimizer.param_groups[0], name) is None:
-                raise ConfigError(
-                    "optimizer",
-                    f"an optimizer with a {name!r} hyperparameter (the checkpoint controls it)",
-                    type(optimizer).__name__,
-                )
+        self._check_optimizer(optimizer)
+        self._bounds: dict[str, HyperParam | None] = {
+            n: (self.space[n] if n in self.space else _FALLBACK_BOUNDS.get(n))
+            for n in self.actions.hyperparameters
+        }
+        self._moves = [
+            [(n, float(d), self._bounds[n]) for n, d in a.moves.items()]
+            for a in self.actions.actions
+        ]
         for g in optimizer.param_groups:
             g.setdefault("initial_lr", g["lr"])
         self.base_lrs = [float(g["initial_lr"]) for g in optimizer.param_groups]
-        self.features = OnlineFeatures(fs.name, budget=total_steps)
-        nan_frac = self.loaded.manifest.get("training_data", {}).get("feature_nan_fraction", {})
         names = list(self.loaded.feature_names)
+        nan_frac = self.loaded.manifest.get("training_data", {}).get("feature_nan_fraction", {})
         self._nan_ok = np.array([nan_frac.get(n, 1.0) > 0 for n in names], dtype=bool)
-        self.mult = 1.0
-        self.hp = {
-            n: _hp_get(optimizer.param_groups[0], n)
-            for n in self.actions.hyperparameters
-            if n != "lr"
-        }
+        cols = {getattr(p, "col", None) for f in fs.features for p in f.requires()}
+        self._dots = bool(cols & {"grad_cos", "update_cos"})
+        lr_bounds = self._bounds.get("lr")
+        self._mult0 = lr_bounds.clamp(1.0) if lr_bounds is not None else 1.0
+        self.units: list[_Unit] = []
+        n_units = len(optimizer.param_groups) if self.layerwise else 1
+        for i in range(n_units):
+            self.units.append(self._new_unit([i] if self.layerwise else None))
+        self._unit_of_group = self._map_groups()
         self.step_count = 0  # optimizer steps completed (rows closed)
-        self.last_epoch = last_epoch
-        self.events = {"decisions": 0, "held_nonfinite": 0, "errors": 0, "skipped_steps": 0}
-        self.actions_taken: list[tuple[int, int]] = []  # (step, action index)
-        self._ctrl_state = self.loaded.controller.initial_state()
+        self.last_epoch = -1  # torch's name: index of the last completed step
+        self.events = {
+            "decisions": 0,
+            "held_nonfinite": 0,
+            "errors": 0,
+            "skipped_steps": 0,
+            "missing_loss": 0,
+            "late_validation": 0,
+        }
+        self.actions_taken: list[tuple[int, int, int]] = []  # (step, unit, action index)
         self._loss: torch.Tensor | float | None = None
+        self._loss_n = 0
         self._val: tuple[float | None, float | None] | None = None
-        self._rows: list[
-            tuple[torch.Tensor | float | None, torch.Tensor | None, dict[str, float]]
-        ] = []
-        self._probe = StepProbe(optimizer)
-        self._warned = False
+        # buffered rows: [loss, (stats [5, L], present [L] | None) | None, val_loss, val_acc, step]
+        self._rows: list[list[Any]] = []
+        self._probe = StepProbe(optimizer, dots=self._dots)
+        self._rows_layout = -1
+        self._layer_groups: list[int] = []
+        self._warned: set[str] = set()
         self._apply_lr()
-        self._last_lr = [float(g["lr"]) for g in optimizer.param_groups]
+
+    # ----------------------------------------------------------------- construction helpers
+    def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        path = getattr(self.loaded, "path", None)
+        src = str(path) if path is not None and str(path) not in ("", ".") else "the checkpoint"
+        for name in self.actions.hyperparameters:
+            if name not in SETTABLE:
+                raise ConfigError(
+                    "controller",
+                    f"a checkpoint whose actions move only {SETTABLE}",
+                    f"{src} moves {name!r}",
+                    "ControllerScheduler cannot set this hyperparameter on a torch optimizer",
+                )
+            if name == "lr":
+                continue
+            for gi, g in enumerate(optimizer.param_groups):
+                if _hp_get(g, name) is None:
+                    what = "momentum or betas" if name == "momentum" else name
+                    raise ConfigError(
+                        "optimizer",
+                        f"an optimizer with {what!r} in every param group, because checkpoint "
+                        f"{src} moves {name!r}",
+                        f"{type(optimizer).__name__} (param group {gi} has no {what!r})",
+                        "use SGD/Adam/AdamW, or a checkpoint whose actions move only the LR",
+                    )
+            bound = self.space[name] if name in self.space else None
+            if bound is not None:
+                vals = [_hp_get(g, name) for g in optimizer.param_groups]
+                out = [v for v in vals if v is not None and not bound.low <= v <= bound.high]
+                if out:
+                    warnings.warn(
+                        f"ControllerScheduler: {name} {out[0]} is outside the checkpoint's bounds "
+                        f"[{bound.low}, {bound.high}]; the controller's first move clamps it",
+                        UserWarning,
+                        stacklevel=3,
+                    )
+
+    def _new_unit(self, groups: list[int] | None) -> _Unit:
+        return _Unit(
+            groups=groups,
+            features=OnlineFeatures(self._fs.name, budget=self.total_steps),
+            mult=self._mult0,
+            ctrl_state=self.loaded.controller.initial_state(),
+        )
+
+    def _map_groups(self) -> list[int]:
+        if not self.layerwise:
+            return [0] * len(self.optimizer.param_groups)
+        return [u.groups[0] for u in self.units]  # type: ignore[index]
+
+    def _sync_groups(self) -> None:
+        """Adopt param groups added with ``optimizer.add_param_group`` after construction."""
+        groups = self.optimizer.param_groups
+        for g in groups[len(self.base_lrs) :]:
+            g.setdefault("initial_lr", g["lr"])
+            self.base_lrs.append(float(g["initial_lr"]))
+            if self.layerwise:
+                self.units.append(self._new_unit([len(self.units)]))
+        self._unit_of_group = self._map_groups()
 
     # ----------------------------------------------------------------- torch scheduler protocol
     def get_last_lr(self) -> list[float]:
         """LR of each param group as set by the last ``step()`` (what the next step will use)."""
         return list(self._last_lr)
 
-    def observe(self, loss: torch.Tensor | float) -> None:
-        """The training loss of the current step (a tensor is fine: it is not synchronised)."""
-        self._loss = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+    @property
+    def lr_multipliers(self) -> list[float]:
+        """The controller's current LR multiplier of each param group."""
+        return [self.units[u].mult for u in self._unit_of_group]
 
-    def observe_validation(self, val_loss: float, val_acc: float | None = None) -> None:
-        """Validation measured after the current step's update (call before ``step()``)."""
-        vl = float(val_loss)
-        va = None if val_acc is None else float(val_acc)
-        if self._val is None and not self._rows_open():
-            # reported after step(): attach to the last closed row
-            try:
-                if self._rows:
-                    self._rows[-1][2]["val_loss"], self._rows[-1][2]["val_acc"] = vl, va  # type: ignore[assignment]
-                else:
-                    self.features.amend("val_loss", vl)
-                    self.features.amend("val_acc", va)
-            except Exception:  # noqa: BLE001 - never crash training
-                self._count_error()
+    @property
+    def mult(self) -> float:
+        """The LR multiplier of param group 0."""
+        return self.units[self._unit_of_group[0]].mult
+
+    def observe(self, loss: torch.Tensor | float | None) -> None:
+        """The training loss of the current step (a tensor is not synchronised to the host).
+
+        With gradient accumulation, call it for every micro-batch: the step's loss is their mean.
+        ``None`` means "no loss for this step". A tensor with more than one element is an error
+        (reduce per-sample losses first).
+        """
+        if loss is None:
             return
-        self._val = (vl, va)
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                raise ConfigError(
+                    "loss",
+                    "a scalar (one-element) tensor or a float",
+                    f"a tensor of shape {tuple(loss.shape)}",
+                    "reduce it first, e.g. loss.mean()",
+                )
+            value: torch.Tensor | float = loss.detach()
+        else:
+            try:
+                value = float(loss)
+            except (TypeError, ValueError) as e:
+                raise ConfigError("loss", "a scalar tensor or a float", type(loss).__name__) from e
+        if self._loss is None:
+            self._loss, self._loss_n = value, 1
+        else:
+            self._loss = self._loss + value  # type: ignore[operator]
+            self._loss_n += 1
 
-    def _rows_open(self) -> bool:
-        return self._loss is not None or self._probe._pending is not None
+    def observe_validation(
+        self, val_loss: float | torch.Tensor | None, val_acc: float | torch.Tensor | None = None
+    ) -> None:
+        """Validation measured after the current step's update; call it before ``step()``.
+
+        Reported after ``step()``, it is attached to the step just closed, unless that step was a
+        decision point (then it is too late for that decision: counted in
+        ``events["late_validation"]``).
+        """
+        try:
+            vl = None if val_loss is None else float(val_loss)
+            va = None if val_acc is None else float(val_acc)
+        except (TypeError, ValueError, RuntimeError):
+            self._count_error()
+            return
+        if vl is None and va is None:
+            return
+        if self._loss is not None or self._probe.has_pending:
+            self._val = (vl, va)
+            return
+        # reported after step(): attach to the last closed row
+        if self._rows:
+            self._rows[-1][2], self._rows[-1][3] = vl, va
+            return
+        self.events["late_validation"] += 1
+        self._warn_once(
+            "late_val",
+            "ControllerScheduler: validation reported after step() at a decision point is too "
+            "late for that decision; call observe_validation() before step()",
+        )
 
     def step(self, epoch: None = None) -> None:
         """Close the current step's record; every ``every`` steps, ask the controller."""
+        if epoch is not None:
+            raise ConfigError("epoch", "None (ControllerScheduler counts optimizer steps)", epoch)
         try:
-            stats = self._probe.take()
-            if stats is None:
+            probe = self._probe
+            if probe.steps_seen == 0 and "order" not in self._warned:
+                self._warn_once(
+                    "order",
+                    "Detected call of `scheduler.step()` before `optimizer.step()`. Call "
+                    "`optimizer.step()` first, then `scheduler.step()` (with a GradScaler, a "
+                    "skipped first step also shows this warning).",
+                    UserWarning,
+                )
+            taken = probe.take()
+            if taken is None:
                 self.events["skipped_steps"] += 1
-            g0 = self.optimizer.param_groups[0]
-            extra = {
-                "lr": float(self._last_lr[0]),
-                "lr_mult": self.mult,
-                "base_factor": base_factor(self.base_schedule, self.step_count / self.total_steps),
-                "momentum": _hp_get(g0, "momentum"),
-                "weight_decay": _hp_get(g0, "weight_decay"),
-                "val_loss": self._val[0] if self._val else None,
-                "val_acc": self._val[1] if self._val else None,
-            }
-            self._rows.append((self._loss, stats, extra))  # type: ignore[arg-type]
-            self._loss, self._val = None, None
+            elif probe.layout_version != self._rows_layout:
+                self._flush()
+                self._rows_layout = probe.layout_version
+                self._layer_groups = list(probe.layer_groups)
+                if len(self.optimizer.param_groups) != len(self.base_lrs):
+                    self._sync_groups()
+            loss = self._loss
+            if loss is None:
+                self.events["missing_loss"] += 1
+            elif self._loss_n > 1:
+                loss = loss / self._loss_n
+            val = self._val
+            self._rows.append(
+                [loss, taken, val[0] if val else None, val[1] if val else None, self.step_count]
+            )
+            self._loss, self._loss_n, self._val = None, 0, None
             self.step_count += 1
             self.last_epoch = self.step_count - 1
             if self.step_count % self.every == 0 and self.step_count < self.total_steps:
                 self._decide()
+            # every step, as torch schedulers do: the values hold even if something else (another
+            # scheduler, a framework) wrote param_groups in between
             self._apply_lr()
         except Exception:  # noqa: BLE001 - a deployed controller never crashes the training it serves
             self._count_error()
-        self._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
+            self._rows = self._rows[-self.every :]  # bounded even if decisions keep failing
+
+    # ----------------------------------------------------------------- internals
+    def _warn_once(self, key: str, msg: str, cat: type[Warning] = RuntimeWarning) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(msg, cat, stacklevel=3)
 
     def _count_error(self) -> None:
         self.events["errors"] += 1
-        if not self._warned:
-            self._warned = True
-            warnings.warn(
-                "ControllerScheduler: an error in the decision path; holding the current values "
-                "(see scheduler.events)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        self._warn_once(
+            "error",
+            "ControllerScheduler: an error in the decision path; holding the current values "
+            "(see scheduler.events)",
+        )
+
+    def _unit_layers(self, unit: _Unit) -> list[int] | None:
+        if unit.groups is None:
+            return None
+        gs = set(unit.groups)
+        return [i for i, g in enumerate(self._layer_groups) if g in gs]
 
     def _flush(self) -> None:
         """Feed buffered rows to the online features (one host transfer for all of them)."""
         if not self._rows:
             return
         rows, self._rows = self._rows, []
-        losses = [r[0] for r in rows]
-        tensors = [x for x in losses if isinstance(x, torch.Tensor)]
+        tensors = [r[0] for r in rows if isinstance(r[0], torch.Tensor)]
         host_losses = (
-            iter(torch.stack([t.float().reshape(()) for t in tensors]).tolist())
+            iter(torch.stack([t.float().reshape(()).cpu() for t in tensors]).tolist())
             if tensors
             else iter(())
         )
-        stats = [r[1] for r in rows]
-        present = [s for s in stats if s is not None]
-        host_stats = iter(torch.stack(present).cpu().tolist()) if present else iter(())
-        for loss, st, extra in zip(losses, stats, (r[2] for r in rows)):
-            row: dict[str, float | None] = dict(extra)
-            row["loss"] = next(host_losses) if isinstance(loss, torch.Tensor) else loss
-            if st is not None:
-                row.update(zip(PROBE_COLUMNS, next(host_stats)))
-                row["finite"] = (
-                    bool(row["finite"]) and row["loss"] is not None and math.isfinite(row["loss"])
-                )
-            else:
-                row.update(dict.fromkeys(PROBE_COLUMNS))
-                row["finite"] = False
-            self.features.update(row)
+        losses = [next(host_losses) if isinstance(r[0], torch.Tensor) else r[0] for r in rows]
+        measured = [r[1] for r in rows if r[1] is not None]
+        per_unit: list[list[list[float]] | None] = [None] * len(self.units)
+        if measured:
+            stats = torch.stack([m[0] for m in measured])  # [n, 5, L]
+            present = None
+            if any(m[1] is not None for m in measured):
+                ones = torch.ones(stats.shape[-1], dtype=torch.bool, device=stats.device)
+                present = torch.stack([ones if m[1] is None else m[1] for m in measured])
+            outs: list[torch.Tensor | None] = []
+            for u in self.units:
+                layers = self._unit_layers(u)
+                s, p = stats, present
+                if layers is not None:
+                    if not layers:
+                        outs.append(None)
+                        continue
+                    idx = torch.tensor(layers, device=stats.device)
+                    s = stats.index_select(2, idx)
+                    p = None if present is None else present.index_select(1, idx)
+                out, u.prev_norms = summarise(s, p, u.prev_norms)
+                outs.append(out)
+            real = [o for o in outs if o is not None]
+            host = iter(torch.stack(real).cpu().tolist()) if real else iter(())
+            per_unit = [None if o is None else next(host) for o in outs]
+        g_all = self.optimizer.param_groups
+        for ui, u in enumerate(self.units):
+            g0 = u.groups[0] if u.groups is not None else 0
+            group = g_all[g0] if g0 < len(g_all) else g_all[0]
+            base = self.base_lrs[g0] if g0 < len(self.base_lrs) else self.base_lrs[0]
+            mom, wd = _hp_get(group, "momentum"), _hp_get(group, "weight_decay")
+            stats_u = per_unit[ui]
+            k = 0
+            for r, loss in zip(rows, losses):
+                bf = base_factor(self.base_schedule, min(r[4] / self.total_steps, 1.0))
+                row: dict[str, Any] = {
+                    "loss": loss,
+                    "lr": base * bf * u.mult,
+                    "lr_mult": u.mult,
+                    "base_factor": bf,
+                    "momentum": mom,
+                    "weight_decay": wd,
+                    "val_loss": r[2],
+                    "val_acc": r[3],
+                }
+                loss_ok = loss is None or math.isfinite(loss)
+                if r[1] is not None and stats_u is not None:
+                    vals = stats_u[k]
+                    k += 1
+                    row.update(zip(_STAT_COLS, vals))
+                    row["finite"] = bool(vals[-1]) and loss_ok
+                else:
+                    k += r[1] is not None
+                    row["finite"] = r[1] is not None and loss_ok
+                u.features.update(row)
 
     def _decide(self) -> None:
         self._flush()
-        x = self.features.values()
+        for ui, u in enumerate(self.units):
+            try:
+                self._decide_unit(ui, u)
+            except Exception:  # noqa: BLE001
+                self._count_error()
+
+    def _decide_unit(self, ui: int, u: _Unit) -> None:
+        x = u.features.values()
         bad = ~np.isfinite(x) & ~(np.isnan(x) & self._nan_ok)
         if bad.any():
             self.events["held_nonfinite"] += 1
             return
-        action, self._ctrl_state = self.loaded.controller.decide(x, self._ctrl_state)
-        a = int(action)
-        if not 0 <= a < len(self.actions):
+        values, state = self.loaded.controller.decide_values(x, u.ctrl_state)
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        if v.shape[0] != len(self.actions) or not np.isfinite(v).all():
             self.events["held_nonfinite"] += 1
             return
+        if isinstance(state, np.ndarray) and not np.isfinite(state).all():
+            self.events["held_nonfinite"] += 1
+            return
+        a = int(v.argmax())
+        u.ctrl_state = state
         self.events["decisions"] += 1
-        self.actions_taken.append((self.step_count, a))
-        for name, delta in self.actions[a].moves.items():
+        self.actions_taken.append((self.step_count, ui, a))
+        groups = range(len(self.optimizer.param_groups)) if u.groups is None else u.groups
+        for name, delta, hp in self._moves[a]:
             if name == "lr":
-                self.mult = (
-                    self.space["lr"].move(self.mult, delta)
-                    if "lr" in self.space
-                    else self.mult * math.exp(delta)
-                )
-            elif name in self.hp and self.hp[name] is not None:
-                hp = self.space[name] if name in self.space else None
-                new = hp.move(float(self.hp[name]), delta) if hp else float(self.hp[name])  # type: ignore[arg-type]
-                self.hp[name] = new
-                for g in self.optimizer.param_groups:
-                    _hp_set(g, name, new)
+                u.mult = hp.move(u.mult, delta) if hp else u.mult * math.exp(delta)
+            else:
+                for gi in groups:
+                    g = self.optimizer.param_groups[gi]
+                    cur = _hp_get(g, name)
+                    if cur is not None and hp is not None:
+                        _hp_set(g, name, hp.move(cur, delta))
 
     def _apply_lr(self) -> None:
         f = base_factor(self.base_schedule, min(self.step_count / self.total_steps, 1.0))
-        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["lr"] = base * f * self.mult
+        units, ug = self.units, self._unit_of_group
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self.base_lrs):
+            self._sync_groups()
+            ug = self._unit_of_group
+        for g, base, u in zip(groups, self.base_lrs, ug):
+            g["lr"] = base * f * units[u].mult
+        self._last_lr = [float(g["lr"]) for g in groups]
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Explicit, versioned state (plain Python types and numpy-free lists)."""
-        self._flush()
-        cs = self._ctrl_state
+        """Explicit, versioned state: plain Python values plus a few tensors (the buffered rows'
+        per-layer statistics, the probe's previous gradient and update). ``torch.save`` it and
+        read it back with ``torch.load(..., weights_only=True)``.
+
+        Taking the state does not change what the scheduler will do: buffered rows are saved as
+        they are, not fed to the features early.
+        """
+        rows = self._rows
+        measured = [r[1] for r in rows if r[1] is not None]
+        present = None
+        if measured and any(m[1] is not None for m in measured):
+            L = measured[0][0].shape[-1]
+            present = torch.stack(
+                [torch.ones(L, dtype=torch.bool) if m[1] is None else m[1].cpu() for m in measured]
+            )
         return {
             "version": STATE_VERSION,
+            "feature_set_hash": self.loaded.feature_set_hash,
+            "layerwise": self.layerwise,
             "step_count": self.step_count,
             "last_epoch": self.last_epoch,
             "total_steps": self.total_steps,
             "every": self.every,
-            "mult": self.mult,
-            "hp": dict(self.hp),
             "base_lrs": list(self.base_lrs),
+            "hp": [
+                {n: _hp_get(g, n) for n in ("momentum", "weight_decay")}
+                for g in self.optimizer.param_groups
+            ],
+            "units": [
+                {
+                    "groups": None if u.groups is None else list(u.groups),
+                    "mult": u.mult,
+                    "features": u.features.state_dict(),
+                    "controller_state": _state_out(u.ctrl_state),
+                    "prev_norms": None if u.prev_norms is None else u.prev_norms.detach().cpu(),
+                }
+                for u in self.units
+            ],
             "events": dict(self.events),
-            "features": self.features.state_dict(),
-            "controller_state": None if cs is None else np.asarray(cs, dtype=np.float64).tolist(),
-            "feature_set_hash": self.loaded.feature_set_hash,
+            "actions_taken": [list(a) for a in self.actions_taken],
+            "rows": {
+                "loss": [_loss_out(r[0]) for r in rows],
+                "val_loss": [r[2] for r in rows],
+                "val_acc": [r[3] for r in rows],
+                "step": [r[4] for r in rows],
+                "measured": [r[1] is not None for r in rows],
+                "stats": torch.stack([m[0] for m in measured]).cpu() if measured else None,
+                "present": present,
+                "layer_groups": list(self._layer_groups),
+            },
+            "open": {"loss": _loss_out(self._loss), "loss_n": self._loss_n, "val": self._val},
+            "probe": self._probe.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ConfigError("state_dict.version", f"{STATE_VERSION}", state.get("version"))
+        """Restore :meth:`state_dict` (into a scheduler built with the same checkpoint)."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            got = state.get("version") if isinstance(state, dict) else type(state).__name__
+            raise ConfigError(
+                "state_dict.version",
+                f"{STATE_VERSION}",
+                got,
+                "this state was written by another trajlib version",
+            )
         if state.get("feature_set_hash") != self.loaded.feature_set_hash:
             raise FeatureSetMismatchError(
                 f"scheduler state was saved with feature set hash {state.get('feature_set_hash')}, "
                 f"this controller uses {self.loaded.feature_set_hash}"
             )
+        if bool(state["layerwise"]) != self.layerwise:
+            raise ConfigError("layerwise", f"{bool(state['layerwise'])} (as saved)", self.layerwise)
+        if len(state["base_lrs"]) != len(self.optimizer.param_groups):
+            raise ConfigError(
+                "optimizer.param_groups",
+                f"{len(state['base_lrs'])} param groups (as when the state was saved)",
+                len(self.optimizer.param_groups),
+            )
         self.step_count = int(state["step_count"])
         self.last_epoch = int(state["last_epoch"])
         self.total_steps = int(state["total_steps"])
         self.every = int(state["every"])
-        self.mult = float(state["mult"])
-        self.hp = dict(state["hp"])
         self.base_lrs = [float(x) for x in state["base_lrs"]]
-        self.events = dict(state["events"])
-        self.features.load_state_dict(state["features"])
-        cs = state["controller_state"]
-        self._ctrl_state = None if cs is None else np.asarray(cs, dtype=np.float64)
-        self._rows = []
-        self._probe.reset()
-        for name, v in self.hp.items():
-            if v is not None:
-                for g in self.optimizer.param_groups:
+        self.units = []
+        for d in state["units"]:
+            u = self._new_unit(None if d["groups"] is None else [int(g) for g in d["groups"]])
+            u.mult = float(d["mult"])
+            u.features.load_state_dict(d["features"])
+            u.ctrl_state = _state_in(d["controller_state"])
+            pn = d["prev_norms"]
+            u.prev_norms = None if pn is None else torch.as_tensor(pn, dtype=torch.float32)
+            self.units.append(u)
+        self._unit_of_group = self._map_groups()
+        self.events = {**self.events, **{k: int(v) for k, v in state["events"].items()}}
+        self.actions_taken = [(int(a), int(b), int(c)) for a, b, c in state["actions_taken"]]
+        for g, hp in zip(self.optimizer.param_groups, state["hp"]):
+            for name, v in hp.items():
+                if v is not None and _hp_get(g, name) is not None:
                     _hp_set(g, name, float(v))
+        self._probe.load_state_dict(state["probe"])
+        dev = self._probe._cur.device if self._probe._params else torch.device("cpu")
+        r = state["rows"]
+        stats = r["stats"]
+        present = r["present"]
+        self._rows = []
+        k = 0
+        for loss, vl, va, step, measured in zip(
+            r["loss"], r["val_loss"], r["val_acc"], r["step"], r["measured"]
+        ):
+            taken = None
+            if measured:
+                m = None
+                if present is not None and not bool(present[k].all()):
+                    m = present[k].to(dev)
+                taken = (stats[k].to(dev), m)
+                k += 1
+            self._rows.append([loss, taken, vl, va, int(step)])
+        self._layer_groups = [int(x) for x in r["layer_groups"]]
+        self._rows_layout = self._probe.layout_version
+        o = state["open"]
+        self._loss, self._loss_n = o["loss"], int(o["loss_n"])
+        self._val = None if o["val"] is None else tuple(o["val"])  # type: ignore[assignment]
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["initial_lr"] = base
         self._apply_lr()
-        self._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
 
     def close(self) -> None:
-        """Remove the optimizer hooks."""
+        """Remove the optimizer hooks (the scheduler stops measuring)."""
         self._probe.remove()
+
+
+def _loss_out(loss: torch.Tensor | float | None) -> float | None:
+    if loss is None:
+        return None
+    if isinstance(loss, torch.Tensor):
+        return float(loss.detach().float().reshape(()).cpu())
+    return float(loss)
+
+
+def _state_out(cs: Any) -> Any:
+    """A controller state as plain Python / tensors (numpy arrays become tensors)."""
+    if cs is None:
+        return None
+    if isinstance(cs, np.ndarray):
+        return {"ndarray": torch.from_numpy(np.array(cs, copy=True))}
+    return {"value": cs}
+
+
+def _state_in(d: Any) -> Any:
+    if d is None:
+        return None
+    if "ndarray" in d:
+        return d["ndarray"].numpy().copy()
+    return d["value"]

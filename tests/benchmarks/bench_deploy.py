@@ -1,0 +1,181 @@
+"""Deploy benchmark: wall time of a training loop driven by a controller / the same loop with a
+constant LR (``LambdaLR``).
+
+Prints human-readable lines, then one JSON object on the last line. One thread everywhere.
+
+    python tests/benchmarks/bench_deploy.py [--checkpoint PATH] [--steps 1500] [--reps 7]
+
+The loop is task ``mnist1d-mlp`` (MLP 40-100-100-10, batch 128, SGD with momentum 0.9), CPU.
+Both loops draw the same batches and validate every 100 steps; the controller loop also calls
+``observe`` / ``observe_validation`` / ``step`` of a :class:`ControllerScheduler`. Repetitions
+are interleaved (baseline, controller, probe-only, in rotating order) and the reported
+``deploy_overhead`` is the median over repetitions of controller time / baseline time of the same
+repetition. ``probe_overhead`` is the same ratio for a loop with only the optimizer hooks
+(:class:`StepProbe`, statistics taken each step and never read), which separates the cost of the
+hooks from the cost of features and decisions. Without ``--checkpoint`` a GBT controller is fitted
+from a tiny store collected first (about a minute).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+from trajlib.controllers import load_controller  # noqa: E402
+from trajlib.deploy import ControllerScheduler, StepProbe  # noqa: E402
+from trajlib.tasks import get_task  # noqa: E402
+
+TINY_RECIPE = {
+    "name": "bench-deploy",
+    "collect": {
+        "tasks": ["digits-mlp", "teacher-student"],
+        "runs_per_task": 3,
+        "budget": 200,
+        "every": 25,
+        "val_every": 25,
+    },
+    "branch": {"horizon": 25, "cooldown": 5},
+    "executor": {"workers": 1},
+}
+VAL_EVERY = 100
+
+
+def fit_checkpoint(root: Path) -> Path:
+    from trajlib.collect import collect, parse_recipe
+    from trajlib.controllers import fit_store
+    from trajlib.store import create_store, open_store
+
+    store = root / "store"
+    create_store(store)
+    collect(
+        parse_recipe(TINY_RECIPE), functools.partial(open_store, store), workers=1, progress=False
+    )
+    torch.set_num_threads(1)
+    path, _ = fit_store(
+        store, kind="gbt", labels="greedy", out=root / "gbt", params={"n_estimators": 30}
+    )
+    return path
+
+
+def run(mode: str, steps: int, loaded, data, seed: int = 0) -> tuple[float, dict]:
+    """One training loop; returns (wall seconds, info)."""
+    task = get_task("mnist1d-mlp")
+    torch.manual_seed(seed)
+    model = task.make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=task.default_lr, momentum=0.9)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, data.x_train.shape[0], (steps, 128), generator=g)
+    x_tr, y_tr, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
+    ce = torch.nn.functional.cross_entropy
+    info: dict = {}
+    if mode == "baseline":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    elif mode == "probe":
+        probe = StepProbe(opt)
+    else:
+        sched = ControllerScheduler(opt, loaded, total_steps=steps)
+        decide = sched._decide
+        spent = [0.0]
+
+        def timed() -> None:
+            t0 = time.perf_counter()
+            decide()
+            spent[0] += time.perf_counter() - t0
+
+        sched._decide = timed  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    for t in range(steps):
+        b = idx[t]
+        loss = ce(model(x_tr[b]), y_tr[b])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if mode == "probe":
+            probe.take()
+            continue
+        if mode == "controller":
+            sched.observe(loss)
+        if (t + 1) % VAL_EVERY == 0:
+            with torch.no_grad():
+                vl = ce(model(x_val), y_val)
+            if mode == "controller":
+                sched.observe_validation(vl)
+        sched.step()
+    wall = time.perf_counter() - t0
+    if mode == "controller":
+        info = {"decide_s": spent[0], "events": dict(sched.events)}
+        sched.close()
+    elif mode == "probe":
+        probe.remove()
+    return wall, info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--reps", type=int, default=7)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = a.checkpoint or fit_checkpoint(Path(tmp))
+        loaded = load_controller(ckpt)
+    data = get_task("mnist1d-mlp").make_data()
+    for mode in ("baseline", "controller", "probe"):  # warm-up
+        run(mode, 200, loaded, data)
+    times: dict[str, list[float]] = {"baseline": [], "controller": [], "probe": []}
+    info: dict = {}
+    order = ["baseline", "controller", "probe"]
+    for rep in range(a.reps):
+        for mode in order[rep % 3 :] + order[: rep % 3]:
+            wall, i = run(mode, a.steps, loaded, data, seed=rep)
+            times[mode].append(wall)
+            if i:
+                info = i
+        print(f"rep {rep}: " + "  ".join(f"{m} {times[m][-1]:.3f}s" for m in order), flush=True)
+    ratio = [c / b for c, b in zip(times["controller"], times["baseline"])]
+    pratio = [p / b for p, b in zip(times["probe"], times["baseline"])]
+    base_us = statistics.median(times["baseline"]) / a.steps * 1e6
+    ctrl_us = statistics.median(times["controller"]) / a.steps * 1e6
+    probe_us = statistics.median(times["probe"]) / a.steps * 1e6
+    decisions = max(1, info["events"]["decisions"] + info["events"]["held_nonfinite"])
+    out = {
+        "deploy_overhead": round(statistics.median(ratio), 4),
+        "probe_overhead": round(statistics.median(pratio), 4),
+        "overhead_ratios": [round(r, 4) for r in ratio],
+        "baseline_step_us": round(base_us, 1),
+        "controller_step_us": round(ctrl_us, 1),
+        "probe_step_us": round(probe_us, 1),
+        "decide_ms_per_decision": round(info["decide_s"] / decisions * 1e3, 3),
+        "decide_us_per_step": round(info["decide_s"] / a.steps * 1e6, 1),
+        "events": info["events"],
+        "task": "mnist1d-mlp",
+        "steps": a.steps,
+        "reps": a.reps,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+    print(
+        f"overhead {out['deploy_overhead']:.3f}x (hooks alone {out['probe_overhead']:.3f}x); "
+        f"baseline {base_us:.0f} us/step, controller {ctrl_us:.0f} us/step"
+    )
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""A small, fully deterministic training loop around a ControllerScheduler (for many tests)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trajlib.controllers import LoadedController
+from trajlib.space import ActionSpace
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def batch(t: int, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch of step ``t``: a deterministic function of ``t`` (so a resumed run sees the same)."""
+    g = torch.Generator().manual_seed(10_000 + t)
+    x = torch.randn(n, 8, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long()
+    return x, y
+
+
+def two_groups(model: nn.Module, lr: float = 0.05, momentum: float = 0.9) -> torch.optim.SGD:
+    """SGD with two param groups (first layer, last layer) of different initial LRs."""
+    return torch.optim.SGD(
+        [
+            {"params": model[0].parameters(), "lr": lr},
+            {"params": model[2].parameters(), "lr": lr / 5},
+        ],
+        lr=lr,
+        momentum=momentum,
+    )
+
+
+def train(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    start: int,
+    stop: int,
+    val_every: int = 20,
+) -> tuple[list[list[float]], list[float]]:
+    """Train steps ``start .. stop - 1``; returns (LRs used by each step per group, losses)."""
+    lrs, losses = [], []
+    for t in range(start, stop):
+        x, y = batch(t)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.observe(loss)
+        if (t + 1) % val_every == 0:
+            with torch.no_grad():
+                xv, yv = batch(99_999, 128)
+                sched.observe_validation(float(nn.functional.cross_entropy(model(xv), yv)))
+        losses.append(float(loss.detach()))
+        sched.step()
+    return lrs, losses
+
+
+def with_policy(
+    loaded: LoadedController,
+    policy: Callable[[np.ndarray], int],
+    actions: ActionSpace | None = None,
+    hp_space: Any = None,
+) -> LoadedController:
+    """A copy of ``loaded`` whose controller picks ``policy(features)`` (a scripted controller,
+    to test what the scheduler does with a decision), optionally with another action/hp space."""
+    import copy
+
+    ctrl = copy.deepcopy(loaded.controller)
+    n = len(actions) if actions is not None else len(loaded.action_space)
+
+    def decide_values(x: np.ndarray, state: Any = None) -> tuple[np.ndarray, Any]:
+        v = np.zeros(n)
+        v[policy(np.asarray(x))] = 1.0
+        return v, state
+
+    ctrl.decide_values = decide_values  # type: ignore[method-assign]
+    changes: dict[str, Any] = {"controller": ctrl}
+    if actions is not None:
+        changes["action_space"] = actions
+    if hp_space is not None:
+        changes["hp_space"] = hp_space
+    return dataclasses.replace(loaded, **changes)

@@ -1,0 +1,188 @@
+"""The statistics come from optimizer step hooks, so they are right however the loop is written:
+gradient accumulation, zero_grad anywhere, GradScaler (skipped steps), torch.compile, unused params."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tests.deploy._helpers import batch, make_model
+from trajlib.deploy import PROBE_COLUMNS, ControllerScheduler, StepProbe, summarise
+
+
+def _flat(ts):
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+def _stats(probe: StepProbe, prev=None):
+    taken = probe.take()
+    assert taken is not None
+    s, present = taken
+    row, norms = summarise(s[None], None if present is None else present[None], prev)
+    return dict(zip(PROBE_COLUMNS, row[0].tolist())), norms
+
+
+def test_gradient_accumulation_measures_the_accumulated_gradient(tiny_checkpoint):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=50)
+    opt.zero_grad()
+    micro = []
+    for k in range(4):
+        x, y = batch(k, 8)
+        loss = nn.functional.cross_entropy(model(x), y) / 4
+        loss.backward()
+        sched.observe(loss * 4)
+        micro.append(float(loss.detach()) * 4)
+    acc = _flat([p.grad for p in model.parameters()]).clone()
+    before = _flat([p.detach() for p in model.parameters()]).clone()
+    opt.step()
+    assert sched.state_dict()["rows"]["loss"] == []  # the step is still open
+    sched.step()
+    rows = sched.state_dict()["rows"]
+    # the gradient the hooks saw is the accumulated one; the step's loss is the micro-batch mean
+    st = rows["stats"][0]  # [5, L]: squared norms of grad, weight, update; dots
+    assert float(st[0].sum().sqrt()) == pytest.approx(float(acc.norm()), rel=1e-5)
+    assert float(st[1].sum().sqrt()) == pytest.approx(float(before.norm()), rel=1e-5)
+    assert rows["loss"][0] == pytest.approx(sum(micro) / 4, rel=1e-6)
+
+
+@pytest.mark.parametrize("where", ["before_backward", "after_step", "set_to_none_false"])
+def test_zero_grad_anywhere_gives_the_same_statistics(where):
+    ref = None
+    for variant in ("before_backward", where):
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        probe = StepProbe(opt)
+        prev, rows = None, []
+        for t in range(4):
+            x, y = batch(t)
+            if variant == "before_backward":
+                opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            if variant == "after_step":
+                opt.zero_grad()
+            elif variant == "set_to_none_false":
+                opt.zero_grad(set_to_none=False)
+            st, prev = _stats(probe, prev)
+            rows.append(st)
+        if ref is None:
+            ref = rows
+        else:
+            for a, b in zip(ref, rows):
+                for k in PROBE_COLUMNS:
+                    assert a[k] == pytest.approx(b[k], rel=1e-6, nan_ok=True), k
+    assert not math.isnan(ref[-1]["grad_cos"])
+
+
+def test_grad_scaler_skipped_steps_are_recorded_as_not_finite(tiny_checkpoint):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu")
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=60, every=20)
+    skipped = {3, 4, 11}
+    for t in range(30):
+        x, y = batch(t)
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss).backward()
+        if t in skipped:
+            model[0].weight.grad[0, 0] = float("inf")  # the scaler skips this optimizer step
+        elif t == 5:
+            scaler.unscale_(opt)
+            g = _flat([p.grad for p in model.parameters()]).clone()
+            scaler.step(opt)
+            scaler.update()
+            sched.observe(loss)
+            sched.step()
+            # the hooks saw the unscaled gradient (row 0 of the per-layer stats: squared norms)
+            last = sched.state_dict()["rows"]["stats"][-1]
+            assert float(last[0].sum().sqrt()) == pytest.approx(float(g.norm()), rel=1e-5)
+            continue
+        scaler.step(opt)
+        scaler.update()
+        sched.observe(loss)
+        sched.step()
+    assert sched.events["skipped_steps"] == len(skipped)
+    assert sched.events["errors"] == 0
+    assert sched.state_dict()["rows"]["measured"] == [t not in skipped for t in range(20, 30)]
+    feats = sched.units[0].features.values_dict()
+    assert feats["nonfinite_frac"] == pytest.approx(len(skipped) / 20)
+
+
+def test_torch_compile_eager_model(tiny_checkpoint):
+    model = make_model()
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=60, every=20)
+    for t in range(45):
+        x, y = batch(t)
+        loss = nn.functional.cross_entropy(compiled(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.observe(loss)
+        if t % 10 == 9:
+            with torch.no_grad():
+                sched.observe_validation(nn.functional.cross_entropy(compiled(x), y))
+        sched.step()
+    assert sched.events["decisions"] == 2, sched.events
+    assert sched.events["errors"] == 0
+    feats = sched.units[0].features.values_dict()
+    assert math.isfinite(feats["grad_cos_ema_50"]) and math.isfinite(feats["log_upd_ratio_max"])
+
+
+def test_params_without_gradients_count_as_zero_and_leave_the_ratios():
+    torch.manual_seed(0)
+    used, unused = nn.Linear(4, 3), nn.Linear(4, 3)
+    opt = torch.optim.SGD(list(used.parameters()) + list(unused.parameters()), lr=0.1)
+    probe = StepProbe(opt)
+    prev = None
+    for _ in range(3):
+        x = torch.randn(8, 4)
+        opt.zero_grad()
+        before = [p.detach().clone() for p in used.parameters()]
+        allw = _flat([p.detach() for p in opt.param_groups[0]["params"]]).clone()
+        used(x).pow(2).mean().backward()
+        g = _flat([p.grad for p in used.parameters()]).clone()
+        opt.step()
+        taken = probe.take()
+        assert taken[1] is not None and taken[1].tolist() == [True, True, False, False]
+        row, prev = summarise(taken[0][None], taken[1][None], prev)
+        st = dict(zip(PROBE_COLUMNS, row[0].tolist()))
+        ratios = [
+            float((p.detach() - b).norm() / b.norm()) for p, b in zip(used.parameters(), before)
+        ]
+        assert st["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-5)
+        assert st["weight_norm"] == pytest.approx(float(allw.norm()), rel=1e-5)
+        assert st["upd_ratio_max"] == pytest.approx(max(ratios), rel=1e-5)
+        assert st["upd_ratio_min"] == pytest.approx(min(ratios), rel=1e-5)
+        assert st["finite"] == 1.0
+
+
+def test_step_with_a_closure_measures_the_gradient_the_closure_computed():
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    probe = StepProbe(opt)
+    for t in range(3):
+        x, y = batch(t)
+        seen = {}
+
+        def closure(x=x, y=y, seen=seen):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            seen["g"] = _flat([p.grad for p in model.parameters()]).clone()
+            seen["w"] = _flat([p.detach() for p in model.parameters()]).clone()
+            return loss
+
+        opt.step(closure) if t % 2 else opt.step(closure=closure)
+        stats, _ = _stats(probe)
+        assert stats["grad_norm"] == pytest.approx(float(seen["g"].norm()), rel=1e-5)
+        assert stats["weight_norm"] == pytest.approx(float(seen["w"].norm()), rel=1e-5)
+    assert probe.errors == 0

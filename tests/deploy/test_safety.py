@@ -1,0 +1,162 @@
+"""Safety: the scheduler never raises inside training for a runtime condition; misuse fails (or
+warns) up front with a message that says what to do."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from tests.deploy._helpers import batch, make_model, train, two_groups
+from trajlib.controllers import load_controller
+from trajlib.deploy import ControllerScheduler
+
+LOSSES = ["ok", "nan", "inf", "none", "missing", "twice"]
+GRADS = ["ok", "zero", "nan", "no_grad_layer", "skip_step", "huge"]
+VALS = ["none", "ok", "nan", "after_step", "tensor"]
+_LOADED: dict[str, object] = {}
+
+
+@settings(
+    max_examples=int(os.environ.get("TRAJLIB_FUZZ_EXAMPLES", "12")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(LOSSES), st.sampled_from(GRADS), st.sampled_from(VALS)),
+        min_size=10,
+        max_size=45,
+    ),
+    layerwise=st.booleans(),
+    save_at=st.integers(0, 45),
+)
+def test_fuzzed_training_never_raises_and_lrs_stay_in_bounds(
+    tiny_checkpoint, ops, layerwise, save_at
+):
+    torch.set_num_threads(1)
+    if "l" not in _LOADED:
+        _LOADED["l"] = load_controller(tiny_checkpoint)
+    loaded = _LOADED["l"]
+    lo, hi = loaded.hp_space["lr"].low, loaded.hp_space["lr"].high
+    model = make_model()
+    opt = two_groups(model)
+    bases = [g["lr"] for g in opt.param_groups]
+    sched = ControllerScheduler(opt, loaded, total_steps=40, every=5, layerwise=layerwise)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t, (lk, gk, vk) in enumerate(ops):
+            x, y = batch(t, 8)
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            if gk == "no_grad_layer":
+                model[0](x).sum().backward()  # the last layer gets no gradient
+            else:
+                loss.backward()
+            if gk == "zero":
+                for p in model.parameters():
+                    p.grad.zero_()
+            elif gk == "nan":
+                model[2].weight.grad[0, 0] = math.nan
+            elif gk == "huge":
+                for p in model.parameters():
+                    p.grad.mul_(1e30)
+            if gk != "skip_step":
+                opt.step()
+            value = {"ok": loss, "nan": loss * math.nan, "inf": loss * math.inf}.get(lk)
+            if lk == "twice":
+                sched.observe(loss)
+                sched.observe(float(loss.detach()))
+            elif lk != "missing":
+                sched.observe(value)
+            if vk == "ok":
+                sched.observe_validation(1.0, 0.5)
+            elif vk == "nan":
+                sched.observe_validation(math.nan)
+            elif vk == "tensor":
+                sched.observe_validation(torch.tensor(0.7))
+            sched.step()
+            if vk == "after_step":
+                sched.observe_validation(0.9)
+            if t == save_at:
+                sched.load_state_dict(sched.state_dict())
+            for lr, base, m in zip(sched.get_last_lr(), bases, sched.lr_multipliers):
+                assert math.isfinite(lr)
+                assert lo * (1 - 1e-9) <= m <= hi * (1 + 1e-9)
+                assert lr == pytest.approx(base * m)
+            assert sched.get_last_lr() == [g["lr"] for g in opt.param_groups]
+    assert sched.step_count == len(ops)
+    assert sched.events["skipped_steps"] == sum(g == "skip_step" for _, g, _ in ops)
+
+
+def test_non_finite_features_hold_the_lr_and_are_counted(tiny_checkpoint):
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=100, every=10)
+    for _ in range(60):
+        loss = (model(torch.randn(4, 3)) * math.nan).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.observe(loss)
+        sched.step()
+    assert sched.get_last_lr() == [0.1]
+    assert sched.events["held_nonfinite"] == 6 and sched.events["decisions"] == 0
+
+
+def test_non_finite_controller_output_holds_the_lr(tiny_checkpoint):
+    loaded = load_controller(tiny_checkpoint)
+    loaded.controller.decide_values = lambda x, s=None: (np.full(5, np.nan), s)  # type: ignore
+    model = make_model()
+    opt = two_groups(model)
+    sched = ControllerScheduler(opt, loaded, total_steps=100, every=10)
+    lrs, _ = train(model, opt, sched, 0, 50, val_every=5)
+    assert {tuple(r) for r in lrs} == {(0.05, 0.01)}
+    assert sched.events["held_nonfinite"] == 5
+
+
+def test_stepping_the_scheduler_before_the_optimizer_warns_once(tiny_checkpoint):
+    opt = torch.optim.SGD(make_model().parameters(), lr=0.1)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=10)
+    with pytest.warns(UserWarning, match=r"before `optimizer.step\(\)`"):
+        sched.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sched.step()  # once only
+
+
+def test_misuse_fails_up_front_with_a_clear_message(tiny_checkpoint):
+    opt = torch.optim.SGD(make_model().parameters(), lr=0.1)
+    for bad in (0, -5, 2.5, True, None):
+        with pytest.raises(ValueError, match="total_steps"):
+            ControllerScheduler(opt, tiny_checkpoint, total_steps=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="every"):
+        ControllerScheduler(opt, tiny_checkpoint, total_steps=10, every=0)
+    with pytest.raises(ValueError, match="optimizer"):
+        ControllerScheduler(object(), tiny_checkpoint, total_steps=10)  # type: ignore[arg-type]
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=10)
+    with pytest.raises(ValueError, match=r"scalar.*shape \(4,\)"):
+        sched.observe(torch.ones(4))
+    with pytest.raises(ValueError, match="loss"):
+        sched.observe("high")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="epoch"):
+        sched.step(3)  # type: ignore[arg-type]
+    sched.observe(torch.ones(1, 1))  # one element is a scalar
+
+
+def test_close_removes_the_hooks(tiny_checkpoint):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=10)
+    sched.close()
+    x, y = batch(0)
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert sched._probe.steps_seen == 0

@@ -1,0 +1,161 @@
+"""A Hugging Face ``transformers`` ``TrainerCallback`` that lets a trajlib controller drive the LR.
+
+>>> args = TrainingArguments(..., lr_scheduler_type="constant")
+>>> Trainer(model, args, ..., callbacks=[TrajlibTrainerCallback("models/my-controller")])
+
+The Trainer keeps its own ``lr_scheduler``; with ``lr_scheduler_type="constant"`` it only rewrites
+the initial LR each step, and this callback sets trajlib's LR before every optimizer step after it.
+(The "learning_rate" the Trainer logs is then its own constant, not trajlib's: read
+``callback.scheduler.get_last_lr()``.) Needs the ``hf`` extra: ``pip install 'trajlib[hf]'``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+try:
+    from transformers import TrainerCallback
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "trajlib.deploy.hf needs Hugging Face transformers; install it with "
+        "pip install 'trajlib[hf]'"
+    ) from e
+
+from trajlib.controllers import LoadedController
+from trajlib.deploy._scheduler import ControllerScheduler
+from trajlib.errors import ConfigError
+
+__all__ = ["TrajlibTrainerCallback"]
+
+
+def _torch_optimizer(opt: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside accelerate's / the Trainer's wrappers."""
+    seen = 0
+    while hasattr(opt, "optimizer") and seen < 5:
+        inner = opt.optimizer
+        if not isinstance(inner, torch.optim.Optimizer):
+            break
+        opt, seen = inner, seen + 1
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise ConfigError("optimizer", "a torch.optim.Optimizer (or a wrapper of one)", type(opt))
+    return opt
+
+
+class TrajlibTrainerCallback(TrainerCallback):
+    """Runs a :class:`~trajlib.deploy.ControllerScheduler` inside ``transformers.Trainer``.
+
+    * ``on_train_begin``: builds the scheduler around the Trainer's optimizer with
+      ``state.max_steps`` (or ``total_steps``), and registers a forward hook on the model that
+      takes the training loss from its output (``output["loss"]`` / ``output.loss``; averaged over
+      gradient-accumulation micro-batches, not synchronised). When the model's output carries no
+      loss, the loss the Trainer logs (``on_log``) is used for the steps it is logged at.
+    * ``on_evaluate``: feeds ``metrics[eval_key]`` (default ``"eval_loss"``).
+    * After each optimizer step (``on_step_end``) the scheduler steps at the start of the next
+      step (or at the end of training), so an evaluation right after the step belongs to it.
+
+    Pass ``lr_scheduler_type="constant"`` in ``TrainingArguments``: trajlib then sets the LR.
+
+    Args:
+        checkpoint: controller checkpoint folder (or a loaded controller).
+        total_steps: training budget in optimizer steps (default: ``state.max_steps``).
+        eval_key: metric name of the validation loss in ``on_evaluate``'s ``metrics``.
+        every: decision interval (default: the checkpoint's).
+        layerwise: one decision per param group (see :class:`ControllerScheduler`).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path | LoadedController,
+        total_steps: int | None = None,
+        *,
+        eval_key: str = "eval_loss",
+        every: int | None = None,
+        layerwise: bool = False,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.total_steps = total_steps
+        self.eval_key = eval_key
+        self.every = every
+        self.layerwise = layerwise
+        self.scheduler: ControllerScheduler | None = None
+        self._hook: Any = None
+        self._step_pending = False
+        self._loss_seen = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        opt = kwargs.get("optimizer")
+        if opt is None:
+            raise ConfigError("optimizer", "the Trainer's optimizer in on_train_begin", None)
+        total = self.total_steps or int(state.max_steps)
+        kind = getattr(args, "lr_scheduler_type", "constant")
+        kind = str(getattr(kind, "value", kind))
+        if kind != "constant":
+            warnings.warn(
+                f"TrajlibTrainerCallback: lr_scheduler_type={kind!r}; trajlib sets the LR every "
+                "step, so pass lr_scheduler_type='constant' (the Trainer's schedule is ignored)",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.scheduler = ControllerScheduler(
+            _torch_optimizer(opt),
+            self.checkpoint,
+            total_steps=total,
+            every=self.every,
+            layerwise=self.layerwise,
+        )
+        model = kwargs.get("model")
+        if isinstance(model, torch.nn.Module):
+            self._hook = model.register_forward_hook(self._on_forward)
+
+    def _on_forward(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        if self.scheduler is None or not module.training or not torch.is_grad_enabled():
+            return
+        loss = None
+        if isinstance(output, Mapping):
+            loss = output.get("loss")
+        elif hasattr(output, "loss"):
+            loss = output.loss
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            self.scheduler.observe(loss.detach())
+            self._loss_seen = True
+
+    def _maybe_step(self) -> None:
+        if self.scheduler is not None and self._step_pending:
+            self._step_pending = False
+            self._loss_seen = False
+            self.scheduler.step()
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._maybe_step()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._step_pending = True
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
+        if self.scheduler is None or not logs or self._loss_seen or not self._step_pending:
+            return
+        loss = logs.get("loss")
+        if isinstance(loss, int | float):
+            self.scheduler.observe(float(loss))
+            self._loss_seen = True
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None, **kw: Any
+    ) -> None:
+        if self.scheduler is None or not metrics or self.eval_key not in metrics:
+            return
+        self.scheduler.observe_validation(metrics[self.eval_key])
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._maybe_step()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None

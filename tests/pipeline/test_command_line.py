@@ -92,6 +92,6 @@ def test_fit_then_model_verify_then_evaluate_writes_a_report(tiny_store, tmp_pat
                  "--budget", "150", "--report", str(report), "--quiet"])
     assert code == 0
     md = (report / "report.md").read_text()
-    for method in ("constant", "cosine", "trajlib-gbt"):
+    for method in ("constant", "cosine", "trajlib:model"):
         assert f"| {method} |" in md
     assert Path(report / "synth-classification.png").stat().st_size > 1000

@@ -57,11 +57,29 @@ def add_main_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("evaluate", help="evaluate a controller against baselines on tasks")
-    p.add_argument("checkpoint", help="controller checkpoint directory")
+    p.add_argument(
+        "checkpoint", type=_csv, help="checkpoint directory (comma-separated for several)"
+    )
     p.add_argument("--tasks", type=_csv, required=True, help="comma-separated task names")
     p.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds (0..N-1)")
     p.add_argument("--report", required=True, help="report directory")
+    p.add_argument(
+        "--baselines",
+        default="demo",
+        choices=("none", "demo", "quick", "standard"),
+        help="demo: constant + cosine; quick: static schedules, schedule-free, hypergradient, "
+        "tuned cosine; standard: all of those + Optuna, successive halving, T1-T2, PBT",
+    )
+    p.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also start each controller 10x below and 10x above the task's best LR",
+    )
+    p.add_argument("--no-pbt", action="store_true", help="leave PBT (Ray Tune) out of 'standard'")
     p.add_argument("--budget", type=_positive_int, help="override each task's step budget")
+    p.add_argument(
+        "--workers", type=_positive_int, default=1, help="processes (a task x seed each)"
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -154,27 +172,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _methods_for(checkpoint: str | Path) -> list[Any]:
-    from trajlib.evaluate import constant_method, controller_method, cosine_method
-
-    return [constant_method(), cosine_method(), controller_method(checkpoint)]
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from trajlib.evaluate import run_evaluation, write_report
-    from trajlib.tasks import get_task
+    from trajlib.evaluate import run_evaluation_parallel, write_report
 
-    for t in args.tasks:
-        get_task(t)
-    if not Path(args.checkpoint).exists():
-        raise ConfigError("CHECKPOINT", "an existing checkpoint directory", args.checkpoint)
-    methods = _methods_for(args.checkpoint)
-    res = run_evaluation(
-        methods, args.tasks, list(range(args.seeds)), budget=args.budget, progress=not args.quiet
+    for c in args.checkpoint:
+        if not Path(c).exists():
+            raise ConfigError("CHECKPOINT", "an existing checkpoint directory", c)
+    res = run_evaluation_parallel(
+        args.tasks,
+        list(range(args.seeds)),
+        baselines=args.baselines,
+        checkpoints=args.checkpoint,
+        robustness=args.robustness,
+        pbt=not args.no_pbt,
+        budget=args.budget,
+        workers=args.workers,
+        progress=not args.quiet,
     )
-    path = write_report(
-        res, args.report, preamble=f"Controller: `{args.checkpoint}`; seeds: {args.seeds}.\n"
-    )
+    names = ", ".join(f"`{c}`" for c in args.checkpoint)
+    preamble = f"Controllers: {names}; baselines: {args.baselines}; seeds: {args.seeds}.\n"
+    path = write_report(res, args.report, preamble=preamble)
     print(res.markdown())
     print(f"report: {path}")
     return 0
@@ -271,7 +288,7 @@ def cmd_iterate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from trajlib.collect import collect, load_recipe
     from trajlib.controllers import fit_store
-    from trajlib.evaluate import run_evaluation, write_report
+    from trajlib.evaluate import run_evaluation_parallel, write_report
     from trajlib.store import create_store, open_store
 
     out = Path(args.out)
@@ -304,8 +321,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(
         f"[3/3] evaluate on held-out tasks {', '.join(args.tasks)} x {args.seeds} seeds -> {report_dir}"
     )
-    res = run_evaluation(
-        _methods_for(ckpt), args.tasks, list(range(args.seeds)), progress=not args.quiet
+    res = run_evaluation_parallel(
+        args.tasks,
+        list(range(args.seeds)),
+        baselines="demo",
+        checkpoints=[ckpt],
+        workers=args.workers,
+        progress=not args.quiet,
     )
     path = write_report(
         res,

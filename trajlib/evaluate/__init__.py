@@ -36,6 +36,7 @@ from trajlib.evaluate._methods import (
     standard_methods,
     standard_strategies,
 )
+from trajlib.evaluate._parallel import BASELINE_SETS, build_methods, run_evaluation_parallel
 from trajlib.evaluate._pbt import RayPBT
 from trajlib.evaluate._protocol import (
     HELD_OUT_FAMILIES,
@@ -74,6 +75,9 @@ from trajlib.evaluate._strategies import (
 from trajlib.evaluate._t1t2 import T1T2
 
 __all__ = [
+    "BASELINE_SETS",
+    "build_methods",
+    "run_evaluation_parallel",
     "EvalResult",
     "GridSearch",
     "HELD_OUT_FAMILIES",

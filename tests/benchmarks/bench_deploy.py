@@ -3,9 +3,10 @@ constant LR (``LambdaLR``).
 
 Prints human-readable lines, then one JSON object on the last line. One thread everywhere.
 
-    python tests/benchmarks/bench_deploy.py [--checkpoint PATH] [--steps 1500] [--reps 7]
+    python tests/benchmarks/bench_deploy.py [--checkpoint PATH] [--steps 1500] [--reps 7] [--device cuda]
 
-The loop is task ``mnist1d-mlp`` (MLP 40-100-100-10, batch 128, SGD with momentum 0.9), CPU.
+The loop is task ``mnist1d-mlp`` (MLP 40-100-100-10, batch 128, SGD with momentum 0.9), on the CPU
+or, with ``--device cuda``, on a GPU.
 Both loops draw the same batches and validate every 100 steps; the controller loop also calls
 ``observe`` / ``observe_validation`` / ``step`` of a :class:`ControllerScheduler`. Repetitions
 are interleaved (baseline, controller, probe-only, in rotating order) and the reported
@@ -70,14 +71,14 @@ def fit_checkpoint(root: Path) -> Path:
     return path
 
 
-def run(mode: str, steps: int, loaded, data, seed: int = 0) -> tuple[float, dict]:
+def run(mode: str, steps: int, loaded, data, seed: int = 0, device: str = "cpu") -> tuple[float, dict]:
     """One training loop; returns (wall seconds, info)."""
     task = get_task("mnist1d-mlp")
     torch.manual_seed(seed)
-    model = task.make_model()
+    model = task.make_model().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=task.default_lr, momentum=0.9)
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, data.x_train.shape[0], (steps, 128), generator=g)
+    idx = torch.randint(0, data.x_train.shape[0], (steps, 128), generator=g).to(device)
     x_tr, y_tr, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
     ce = torch.nn.functional.cross_entropy
     info: dict = {}
@@ -114,6 +115,8 @@ def run(mode: str, steps: int, loaded, data, seed: int = 0) -> tuple[float, dict
             if mode == "controller":
                 sched.observe_validation(vl)
         sched.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     if mode == "controller":
         info = {"decide_s": spent[0], "events": dict(sched.events)}
@@ -128,20 +131,21 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, default=None)
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (model, data and batches there)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = a.checkpoint or fit_checkpoint(Path(tmp))
         loaded = load_controller(ckpt)
-    data = get_task("mnist1d-mlp").make_data()
+    data = get_task("mnist1d-mlp").make_data().to(a.device)
     for mode in ("baseline", "controller", "probe"):  # warm-up
-        run(mode, 200, loaded, data)
+        run(mode, 200, loaded, data, device=a.device)
     times: dict[str, list[float]] = {"baseline": [], "controller": [], "probe": []}
     info: dict = {}
     order = ["baseline", "controller", "probe"]
     for rep in range(a.reps):
         for mode in order[rep % 3 :] + order[: rep % 3]:
-            wall, i = run(mode, a.steps, loaded, data, seed=rep)
+            wall, i = run(mode, a.steps, loaded, data, seed=rep, device=a.device)
             times[mode].append(wall)
             if i:
                 info = i
@@ -163,6 +167,7 @@ def main() -> None:
         "decide_us_per_step": round(info["decide_s"] / a.steps * 1e6, 1),
         "events": info["events"],
         "task": "mnist1d-mlp",
+        "device": a.device,
         "steps": a.steps,
         "reps": a.reps,
         "threads": torch.get_num_threads(),

@@ -10,7 +10,7 @@ import pytest
 from ctl_synth import MULTS, save_kwargs
 
 from trajlib.controllers import (
-    Controller,
+    GBTController,
     load_controller,
     save_controller,
     verify_checkpoint,
@@ -138,7 +138,7 @@ def test_save_validates_arguments(fitted, tmp_path: Path) -> None:
 
 
 def test_unregistered_subclass_cannot_be_saved(tmp_path: Path) -> None:
-    class Mine(Controller):
+    class Mine(GBTController):  # a concrete kind under a name nobody registered
         kind = "mine_unregistered"
 
     ctl = Mine()

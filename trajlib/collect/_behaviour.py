@@ -26,6 +26,7 @@ brings ``m`` closest to the target (in log space) gets probability ``1 - epsilon
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ class DecisionContext:
     history: Callable[[], dict[str, np.ndarray]]  # the step table so far (lazy)
 
 
-class BehaviourPolicy:
+class BehaviourPolicy(abc.ABC):
     """Chooses an action for one member at a decision point."""
 
     name = "base"
@@ -91,8 +92,9 @@ class BehaviourPolicy:
         """The LR multiplier m at step 0."""
         return 1.0
 
+    @abc.abstractmethod
     def probabilities(self, ctx: DecisionContext) -> np.ndarray:
-        raise NotImplementedError
+        """Probabilities [n_actions] of the actions at this decision point."""
 
     def choose(self, rng: np.random.Generator, ctx: DecisionContext) -> tuple[int, float]:
         """The action index and its propensity."""

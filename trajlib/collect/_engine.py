@@ -320,7 +320,8 @@ class Population:
         [K, B, out]. Activations are kept transposed ([K, d, B]) so every layer is
         ``baddbmm(b, W, h)`` and autograd's backward GEMMs are the fast orientations on CPU
         (``grad_W = g @ h^T``, ``grad_h = W^T @ g``)."""
-        assert self._plan is not None
+        if self._plan is None:
+            raise RuntimeError("fast path used without a plan")
         K = next(iter(v.values())).shape[0]
         h = x.transpose(-1, -2)
         if h.dim() == 2:
@@ -404,7 +405,8 @@ class Population:
                 perms.append(torch.randperm(n, generator=g))
             self._perms = torch.stack(perms).to(self.device)
             self._perm_epoch = epoch
-        assert self._perms is not None
+        if self._perms is None:
+            raise RuntimeError("no batch permutation for this epoch")
         idx = self._perms[:, pos * B : pos * B + B]  # [K, B]
         x, y = self.data.x_train[idx], self.data.y_train[idx]
         if self._on["input_noise"] and x.is_floating_point():
@@ -440,7 +442,8 @@ class Population:
             self.adam_steps += 1
             b2 = 0.999
             self.m1.mul_(mom).add_((1 - mom) * g)
-            assert self.m2 is not None
+            if self.m2 is None:
+                raise RuntimeError("AdamW state missing its second moment")
             self.m2.mul_(b2).addcmul_(g, g, value=1 - b2)
             bc1 = 1 - mom ** self.adam_steps[:, None]
             bc2 = 1 - b2 ** self.adam_steps[:, None]

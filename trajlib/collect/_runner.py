@@ -350,7 +350,8 @@ def run_population(
                 pop.record_validation()
                 val_rows.append(t)
         # divergence: non-finite loss, or loss above divergence_factor x the first loss
-        assert pop.rec_loss is not None
+        if pop.rec_loss is None:
+            raise RuntimeError("population has no loss record")
         losses = pop.rec_loss[s:end].cpu().numpy()
         if first_loss is None:
             first_loss = np.abs(losses[0]) + 1e-12

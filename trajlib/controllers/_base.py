@@ -13,6 +13,7 @@ path), then decorate it with :func:`trajlib.controllers.register_controller_kind
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
@@ -27,7 +28,7 @@ __all__ = ["Controller", "ControllerState"]
 ControllerState = Any  # None for stateless kinds; a numpy hidden state for recurrent ones
 
 
-class Controller(BaseEstimator):
+class Controller(BaseEstimator, abc.ABC):
     """Base class: ``fit(X, targets, groups) -> self``, ``predict_values``, ``decide``.
 
     Learned state ends in ``_``: ``n_features_in_`` and ``n_actions_`` are set by every ``fit``.
@@ -116,31 +117,33 @@ class Controller(BaseEstimator):
         return self._decide_values(x, state)
 
     # ------------------------------------------------------------------ for subclasses
+    @abc.abstractmethod
     def _fit(
         self, X: np.ndarray, T: np.ndarray, groups: np.ndarray | None, order: np.ndarray | None
     ) -> None:
-        raise NotImplementedError
+        """Learn from ``X`` [n, f] and per-action targets ``T`` [n, A] (NaN = unknown)."""
 
+    @abc.abstractmethod
     def _predict_values(
         self, X: np.ndarray, groups: np.ndarray | None, order: np.ndarray | None
     ) -> np.ndarray:
-        raise NotImplementedError
+        """Predicted advantages [n, A]."""
 
     def _decide_values(
         self, x: np.ndarray, state: ControllerState
     ) -> tuple[np.ndarray, ControllerState]:
         return self._predict_values(x[None, :], None, None)[0], state
 
+    @abc.abstractmethod
     def _payload(self) -> tuple[dict[str, bytes], dict[str, Any]]:
         """Learned state as ``({filename: bytes}, json-able dict)``; never pickle."""
-        raise NotImplementedError
 
     @classmethod
+    @abc.abstractmethod
     def _from_payload(
         cls, params: Mapping[str, Any], files: Mapping[str, bytes], state: Mapping[str, Any]
     ) -> Controller:
         """Rebuild a fitted controller from :meth:`_payload`'s output (files already verified)."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers
     def _check_fitted(self) -> None:

@@ -17,6 +17,15 @@ TINY_RECIPE = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests share two cores with other work: one torch thread each (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real store: 2 tasks x 3 runs x 200 steps, decisions every 25, every action branched."""

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 import functools
 
-import pytest
 import torch
 from torch import nn
 
 from trajlib.tasks import Task, TaskData, register_task
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two cores are shared: one torch thread per test process."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @functools.cache

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from trajlib.stepstats import RAW_LAYER_SUMS, STEP_STATS, step_stats
 from trajlib.tasks import Task, TaskData
 
 __all__ = ["ALIGN", "FlatSpec", "Population", "REC_COLUMNS", "RAW_SUMS"]
@@ -39,24 +40,10 @@ __all__ = ["ALIGN", "FlatSpec", "Population", "REC_COLUMNS", "RAW_SUMS"]
 ALIGN = 128  # floats; every layer starts at a multiple of this in the flat vector
 
 # Raw per-layer sums kept per step: [step, 5, K, L].
-RAW_SUMS = ("grad_sq", "weight_sq", "update_sq", "grad_dot_prev", "update_dot_prev")
+RAW_SUMS = RAW_LAYER_SUMS
 
 # Columns :meth:`Population.columns` derives (names as in trajlib.schema).
-REC_COLUMNS = (
-    "loss",
-    "grad_norm",
-    "weight_norm",
-    "update_norm",
-    "grad_cos",
-    "update_cos",
-    "upd_ratio_mean",
-    "upd_ratio_max",
-    "upd_ratio_min",
-    "upd_ratio_median",
-    "finite",
-    "val_loss",
-    "val_acc",
-)
+REC_COLUMNS = ("loss", *STEP_STATS, "finite", "val_loss", "val_acc")
 HP_NAMES = ("lr", "momentum", "weight_decay", "l2", "input_noise")
 _EPS = 1e-30
 _ACTS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -523,32 +510,20 @@ class Population:
         if self.rec_sums is None:
             raise RuntimeError("this population does not record (record=False)")
         stop = min(self.t, self.capacity) if stop is None else stop
-        lo = max(start - 1, 0)  # one row before, for the cosines
-        sums = self.rec_sums[lo:stop]  # [m, 5, K, L]
-        tot = sums.sum(-1)  # [m, 5, K]
-        gn, wn, un = tot[:, 0].sqrt(), tot[:, 1].sqrt(), tot[:, 2].sqrt()
-        nan_row = torch.full_like(gn[:1], float("nan"))
-        gcos = torch.cat([nan_row, tot[1:, 3] / (gn[1:] * gn[:-1]).clamp_min(_EPS)])
-        ucos = torch.cat([nan_row, tot[1:, 4] / (un[1:] * un[:-1]).clamp_min(_EPS)])
-        off = start - lo
-        sl = slice(off, None)
-        ratio = sums[sl, 2].sqrt() / sums[sl, 1].sqrt().clamp_min(_EPS)  # [n, K, L]
+        sums = self.rec_sums[start:stop]  # [n, 5, K, L]
+        prev = None
+        if start > 0:  # the step before the chunk, for the cosines
+            t = self.rec_sums[start - 1].sum(-1)  # [5, K]
+            prev = torch.stack([t[0].sqrt(), t[2].sqrt()])
+        stats, _ = step_stats(sums, prev)  # [n, K, len(STEP_STATS)]
         loss = self.rec_loss[start:stop]
         out = {
             "loss": loss,
-            "grad_norm": gn[sl],
-            "weight_norm": wn[sl],
-            "update_norm": un[sl],
-            "grad_cos": gcos[sl],
-            "update_cos": ucos[sl],
-            "upd_ratio_mean": ratio.mean(-1),
-            "upd_ratio_max": ratio.amax(-1),
-            "upd_ratio_min": ratio.amin(-1),
-            "upd_ratio_median": ratio.median(-1).values,
-            "finite": torch.isfinite(loss) & torch.isfinite(gn[sl]),
+            **{name: stats[..., i] for i, name in enumerate(STEP_STATS)},
+            "finite": torch.isfinite(loss) & torch.isfinite(stats[..., 0]),
             "val_loss": self.rec_val[start:stop, 0],
             "val_acc": self.rec_val[start:stop, 1],
-            "layers": sums[sl, :3].sqrt().permute(0, 2, 3, 1),
+            "layers": sums[:, :3].sqrt().permute(0, 2, 3, 1),
         }
         return {k: v.cpu().numpy() for k, v in out.items()}
 

@@ -31,22 +31,13 @@ from typing import Any
 
 import torch
 
+from trajlib.stepstats import RAW_LAYER_SUMS, STEP_STATS, step_stats
+
 __all__ = ["StepProbe", "PROBE_COLUMNS", "summarise"]
 
-PROBE_COLUMNS = (
-    "grad_norm",
-    "weight_norm",
-    "update_norm",
-    "grad_cos",
-    "update_cos",
-    "upd_ratio_mean",
-    "upd_ratio_max",
-    "upd_ratio_min",
-    "upd_ratio_median",
-    "finite",
-)
+PROBE_COLUMNS = (*STEP_STATS, "finite")
 #: Rows of the per-layer tensor of one step, ``[len(LAYER_ROWS), L]``.
-LAYER_ROWS = ("grad_sq", "weight_sq", "update_sq", "grad_dot_prev", "update_dot_prev")
+LAYER_ROWS = RAW_LAYER_SUMS
 _EPS = 1e-30
 #: Largest blocks * L for which the dense block-membership matrix is used (float32: 16 MiB).
 _MEMBERSHIP_LIMIT = 1 << 22
@@ -353,30 +344,6 @@ def summarise(
     Returns:
         ``([n, len(PROBE_COLUMNS)] float32, [2] norms of the last step)``.
     """
-    tot = stats.sum(-1)  # [n, 5]
-    gn, wn, un = tot[:, 0].sqrt(), tot[:, 1].sqrt(), tot[:, 2].sqrt()
-    if prev_norms is None:
-        prev_norms = torch.full((2,), math.nan, dtype=stats.dtype, device=stats.device)
-    prev_norms = prev_norms.to(device=stats.device, dtype=stats.dtype)
-    pg = torch.cat([prev_norms[:1], gn[:-1]])
-    pu = torch.cat([prev_norms[1:], un[:-1]])
-    gcos = tot[:, 3] / (gn * pg).clamp_min(_EPS)
-    ucos = tot[:, 4] / (un * pu).clamp_min(_EPS)
-    ratio = stats[:, 2].sqrt() / stats[:, 1].sqrt().clamp_min(_EPS)  # [n, L]
-    if present is None or bool(present.all()):
-        r_mean, r_max, r_min = ratio.mean(-1), ratio.amax(-1), ratio.amin(-1)
-        r_med = ratio.median(-1).values
-    else:
-        rows = []
-        nan = torch.tensor(math.nan, dtype=ratio.dtype, device=ratio.device)
-        for r, m in zip(ratio, present):
-            v = r[m]
-            if v.numel() == 0:
-                rows.append(torch.stack([nan, nan, nan, nan]))
-            else:
-                rows.append(torch.stack([v.mean(), v.amax(), v.amin(), v.median()]))
-        rs = torch.stack(rows)
-        r_mean, r_max, r_min, r_med = rs.unbind(1)
-    finite = torch.isfinite(gn).to(stats.dtype)
-    out = torch.stack([gn, wn, un, gcos, ucos, r_mean, r_max, r_min, r_med, finite], 1)
-    return out, torch.stack([gn[-1], un[-1]])
+    out, last = step_stats(stats, prev_norms, present)
+    finite = torch.isfinite(out[:, 0]).to(out.dtype)
+    return torch.cat([out, finite[:, None]], 1), last

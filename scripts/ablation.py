@@ -52,8 +52,15 @@ def _eval(job: tuple[str, str, str | None, int]) -> dict:
     else:
         method = controller_method(ckpt, name=method_name)
     tr = train_task(get_task(task_name), method, seed)
-    return {"task": task_name, "method": method_name, "seed": seed, "final_val_loss": tr.final_val_loss,
-            "test_loss": tr.test_loss, "diverged": tr.diverged, "wall_time_s": tr.wall_time_s}
+    return {
+        "task": task_name,
+        "method": method_name,
+        "seed": seed,
+        "final_val_loss": tr.final_val_loss,
+        "test_loss": tr.test_loss,
+        "diverged": tr.diverged,
+        "wall_time_s": tr.wall_time_s,
+    }
 
 
 def main() -> int:
@@ -69,15 +76,21 @@ def main() -> int:
     a = p.parse_args()
     out = Path(a.out)
     stores = {"free": a.free} | ({"residual": a.residual} if a.residual else {})
-    fits = [(s, m, k, lab, str(out / "models" / f"{m}-{k}-{lab}")) for m, s in stores.items()
-            for k in KINDS for lab in LABELS]
+    fits = [
+        (s, m, k, lab, str(out / "models" / f"{m}-{k}-{lab}"))
+        for m, s in stores.items()
+        for k in KINDS
+        for lab in LABELS
+    ]
     ctx = mp.get_context("spawn")
     t0 = time.time()
     if not a.eval_only:
         with cf.ProcessPoolExecutor(a.workers, mp_context=ctx) as pool:
             for path, metrics in pool.map(_fit, fits):
                 if metrics:
-                    Path(path, "..", Path(path).name + ".metrics.json").resolve().write_text(json.dumps(metrics))
+                    Path(path, "..", Path(path).name + ".metrics.json").resolve().write_text(
+                        json.dumps(metrics)
+                    )
                 print(f"fit {path} ({time.time() - t0:.0f} s)", file=sys.stderr)
     if a.fit_only:
         return 0
@@ -97,20 +110,37 @@ def main() -> int:
 
     df = pl.DataFrame(rows)
     df.write_csv(out / "ablation_runs.csv")
-    lines = ["| task | method | final val loss, mean [95% CI] | test loss | vs cosine (median ratio) | diverged |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| task | method | final val loss, mean [95% CI] | test loss | vs cosine (median ratio) | diverged |",
+        "|---|---|---|---|---|---|",
+    ]
     cos = {(r["task"], r["seed"]): r["final_val_loss"] for r in rows if r["method"] == "cosine"}
     summary = []
     for (task, method), g in df.group_by(["task", "method"], maintain_order=True):
         m, lo, hi = bootstrap_ci(g["final_val_loss"].to_list())
-        ratios = [r["final_val_loss"] / cos[(task, r["seed"])] for r in g.iter_rows(named=True)
-                  if math.isfinite(r["final_val_loss"]) and cos.get((task, r["seed"]))]
+        ratios = [
+            r["final_val_loss"] / cos[(task, r["seed"])]
+            for r in g.iter_rows(named=True)
+            if math.isfinite(r["final_val_loss"]) and cos.get((task, r["seed"]))
+        ]
         med = sorted(ratios)[len(ratios) // 2] if ratios else math.nan
         tl = bootstrap_ci(g["test_loss"].to_list())[0]
-        summary.append({"task": task, "method": method, "final_val_loss": m, "lo": lo, "hi": hi,
-                        "test_loss": tl, "ratio_vs_cosine": med, "diverged": int(g["diverged"].sum())})
-        lines.append(f"| {task} | {method} | {m:.3f} [{lo:.3f}, {hi:.3f}] | {tl:.3f} | {med:.3f} | "
-                     f"{int(g['diverged'].sum())}/{g.height} |")
+        summary.append(
+            {
+                "task": task,
+                "method": method,
+                "final_val_loss": m,
+                "lo": lo,
+                "hi": hi,
+                "test_loss": tl,
+                "ratio_vs_cosine": med,
+                "diverged": int(g["diverged"].sum()),
+            }
+        )
+        lines.append(
+            f"| {task} | {method} | {m:.3f} [{lo:.3f}, {hi:.3f}] | {tl:.3f} | {med:.3f} | "
+            f"{int(g['diverged'].sum())}/{g.height} |"
+        )
     pl.DataFrame(summary).write_csv(out / "ablation.csv")
     (out / "ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

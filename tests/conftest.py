@@ -10,8 +10,13 @@ import torch
 
 TINY_RECIPE = {
     "name": "tiny",
-    "collect": {"tasks": ["digits-mlp", "teacher-student"], "runs_per_task": 3, "budget": 200,
-                "every": 25, "val_every": 25},
+    "collect": {
+        "tasks": ["digits-mlp", "teacher-student"],
+        "runs_per_task": 3,
+        "budget": 200,
+        "every": 25,
+        "val_every": 25,
+    },
     "branch": {"horizon": 25, "cooldown": 5},
     "executor": {"workers": 1},
 }
@@ -35,7 +40,9 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "store"
     create_store(path)
     threads = torch.get_num_threads()
-    collect(parse_recipe(TINY_RECIPE), functools.partial(open_store, path), workers=1, progress=False)
+    collect(
+        parse_recipe(TINY_RECIPE), functools.partial(open_store, path), workers=1, progress=False
+    )
     torch.set_num_threads(threads)
     return path
 
@@ -46,5 +53,7 @@ def tiny_checkpoint(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) 
     from trajlib.controllers import fit_store
 
     out = tmp_path_factory.mktemp("ckpt") / "gbt"
-    path, _ = fit_store(tiny_store, kind="gbt", labels="greedy", out=out, params={"n_estimators": 30})
+    path, _ = fit_store(
+        tiny_store, kind="gbt", labels="greedy", out=out, params={"n_estimators": 30}
+    )
     return path

@@ -71,7 +71,9 @@ def fit_checkpoint(root: Path) -> Path:
     return path
 
 
-def run(mode: str, steps: int, loaded, data, seed: int = 0, device: str = "cpu") -> tuple[float, dict]:
+def run(
+    mode: str, steps: int, loaded, data, seed: int = 0, device: str = "cpu"
+) -> tuple[float, dict]:
     """One training loop; returns (wall seconds, info)."""
     task = get_task("mnist1d-mlp")
     torch.manual_seed(seed)

@@ -31,8 +31,12 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
 
 N_PROC = 2
-TARGETS = {"write_values_per_s": 10e6, "bytes_per_value": 3.0, "scan_rows_per_s": 20e6,
-           "scan_rows_per_s_fragments": 20e6}
+TARGETS = {
+    "write_values_per_s": 10e6,
+    "bytes_per_value": 3.0,
+    "scan_rows_per_s": 20e6,
+    "scan_rows_per_s_fragments": 20e6,
+}
 
 
 def _worker(path: str, ids: list[str], n_steps: int, durable: bool, barrier, queue) -> None:
@@ -51,15 +55,23 @@ def _worker(path: str, ids: list[str], n_steps: int, durable: bool, barrier, que
     queue.put((t0, time.perf_counter(), committed, time.process_time() - c0))
 
 
-def _write(path: Path, runs_per_proc: int, n_steps: int,
-           durable: bool) -> tuple[float, int, float]:
+def _write(path: Path, runs_per_proc: int, n_steps: int, durable: bool) -> tuple[float, int, float]:
     ctx = mp.get_context("spawn")
     # Writers run one polars thread each, as collector workers do (one thread per process).
     os.environ.setdefault("POLARS_MAX_THREADS", "1")
     barrier, queue = ctx.Barrier(N_PROC), ctx.Queue()
     procs = [
-        ctx.Process(target=_worker, args=(str(path), [f"run-{p}-{i:05d}" for i in
-                    range(runs_per_proc)], n_steps, durable, barrier, queue))
+        ctx.Process(
+            target=_worker,
+            args=(
+                str(path),
+                [f"run-{p}-{i:05d}" for i in range(runs_per_proc)],
+                n_steps,
+                durable,
+                barrier,
+                queue,
+            ),
+        )
         for p in range(N_PROC)
     ]
     for p in procs:
@@ -89,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs-per-proc", type=int, default=250)
     ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--no-durable", action="store_true", help="skip fsync (process-crash safe only)")
+    ap.add_argument(
+        "--no-durable", action="store_true", help="skip fsync (process-crash safe only)"
+    )
     args = ap.parse_args(argv)
 
     from trajlib.schema import STEP_SCHEMA
@@ -99,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = tmp / "store"
         create_store(path)
-        seconds, committed, cpu_s = _write(path, args.runs_per_proc, args.steps,
-                                           not args.no_durable)
+        seconds, committed, cpu_s = _write(
+            path, args.runs_per_proc, args.steps, not args.no_durable
+        )
         n_values = committed * args.steps * len(STEP_SCHEMA)
         store = create_store(path)
         size = _bytes(path, "steps", "runs")
@@ -131,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         for key, target in TARGETS.items():
             ratio = out[key] / target if key != "bytes_per_value" else target / out[key]
             out[f"{key}_vs_target"] = round(ratio, 2)
-            print(f"{key:28s} {out[key]:>14,} target {target:>12,g}  ratio {ratio:5.2f} "
-                  f"({'ok' if ratio >= 1 else 'MISSED'})")
+            print(
+                f"{key:28s} {out[key]:>14,} target {target:>12,g}  ratio {ratio:5.2f} "
+                f"({'ok' if ratio >= 1 else 'MISSED'})"
+            )
         print(json.dumps(out))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

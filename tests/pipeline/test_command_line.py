@@ -69,8 +69,19 @@ def test_tampered_checkpoint_is_refused_by_evaluate(tiny_checkpoint, tmp_path, c
     shutil.copytree(tiny_checkpoint, bad)
     payload = next(p for p in bad.iterdir() if p.name.startswith("model_"))
     payload.write_text(payload.read_text().replace("Tree=0", "Tree=9", 1))
-    code = main(["evaluate", str(bad), "--tasks", "digits-mlp", "--seeds", "1", "--report",
-                 str(tmp_path / "r"), "--quiet"])
+    code = main(
+        [
+            "evaluate",
+            str(bad),
+            "--tasks",
+            "digits-mlp",
+            "--seeds",
+            "1",
+            "--report",
+            str(tmp_path / "r"),
+            "--quiet",
+        ]
+    )
     assert code == 2
     assert payload.name in _err(capsys)
 
@@ -88,8 +99,21 @@ def test_fit_then_model_verify_then_evaluate_writes_a_report(tiny_store, tmp_pat
     assert (ckpt / "manifest.json").is_file()
     assert main(["model", "verify", str(ckpt)]) == 0
     report = tmp_path / "report"
-    code = main(["evaluate", str(ckpt), "--tasks", "synth-classification", "--seeds", "2",
-                 "--budget", "150", "--report", str(report), "--quiet"])
+    code = main(
+        [
+            "evaluate",
+            str(ckpt),
+            "--tasks",
+            "synth-classification",
+            "--seeds",
+            "2",
+            "--budget",
+            "150",
+            "--report",
+            str(report),
+            "--quiet",
+        ]
+    )
     assert code == 0
     md = (report / "report.md").read_text()
     for method in ("constant", "cosine", "trajlib:model"):

@@ -29,9 +29,25 @@ workers = 1
 def test_iterate_collects_with_the_controller_and_refits_each_round(tmp_path, capsys):
     recipe = tmp_path / "iter.toml"
     recipe.write_text(RECIPE)
-    code = main(["iterate", str(recipe), "--rounds", "2", "--store", str(tmp_path / "s"), "--out",
-                 str(tmp_path / "o"), "--tasks", "teacher-student", "--seeds", "1", "--budget", "60",
-                 "--quiet"])
+    code = main(
+        [
+            "iterate",
+            str(recipe),
+            "--rounds",
+            "2",
+            "--store",
+            str(tmp_path / "s"),
+            "--out",
+            str(tmp_path / "o"),
+            "--tasks",
+            "teacher-student",
+            "--seeds",
+            "1",
+            "--budget",
+            "60",
+            "--quiet",
+        ]
+    )
     assert code == 0
     runs = open_store(tmp_path / "s").runs().collect()
     assert runs.height == 4  # two rounds x two runs, distinct run ids
@@ -46,8 +62,18 @@ def test_iterate_collects_with_the_controller_and_refits_each_round(tmp_path, ca
 def test_iterate_refuses_a_held_out_task_that_the_recipe_collects(tmp_path, capsys):
     recipe = tmp_path / "iter.toml"
     recipe.write_text(RECIPE)
-    code = main(["iterate", str(recipe), "--store", str(tmp_path / "s"), "--out", str(tmp_path / "o"),
-                 "--tasks", "digits-mlp"])
+    code = main(
+        [
+            "iterate",
+            str(recipe),
+            "--store",
+            str(tmp_path / "s"),
+            "--out",
+            str(tmp_path / "o"),
+            "--tasks",
+            "digits-mlp",
+        ]
+    )
     assert code == 2
     assert "--tasks" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()

@@ -72,8 +72,9 @@ def test_gc_leaves_runs_under_a_live_claim_alone(store, run_factory):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         claim = store.path / "locks" / "busy.claim"
-        claim.write_text(json.dumps({"pid": other.pid, "host": os.uname().nodename,
-                                     "start": None, "token": "x"}))
+        claim.write_text(
+            json.dumps({"pid": other.pid, "host": os.uname().nodename, "start": None, "token": "x"})
+        )
         assert store.gc() == []
         assert (store.path / "steps" / "busy.parquet").exists()
     finally:
@@ -101,10 +102,17 @@ def test_claims_exclude_other_processes_and_stale_claims_are_taken_over(store):
     store.release("r1")
     assert other.claim("r1") is True
     other.release("r1")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    (store.path / "locks" / "r2.claim").write_text(json.dumps(
-        {"pid": int(dead.stdout), "host": os.uname().nodename, "start": None, "token": "t"}))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (store.path / "locks" / "r2.claim").write_text(
+        json.dumps(
+            {"pid": int(dead.stdout), "host": os.uname().nodename, "start": None, "token": "t"}
+        )
+    )
     assert store.claim("r2") is True  # stale: its pid is gone
     store.release("r2")
     assert not (store.path / "locks" / "r2.claim").exists()
@@ -124,9 +132,13 @@ def test_validate_reports_a_run_committed_twice(store, run_factory):
     store.write_run(**run_factory("r1", n_steps=30))
     src = store.path / "runs" / "r1.parquet"
     meta = pl.read_parquet_metadata(src)
-    atomic_write_parquet(pl.read_parquet(src), store.path / "runs" / "part-x-0.parquet", "r1",
-                         durable=False, metadata={"trajlib.counts": json.dumps(
-                             {"r1": json.loads(meta["trajlib.counts"])})})
+    atomic_write_parquet(
+        pl.read_parquet(src),
+        store.path / "runs" / "part-x-0.parquet",
+        "r1",
+        durable=False,
+        metadata={"trajlib.counts": json.dumps({"r1": json.loads(meta["trajlib.counts"])})},
+    )
     problems = store.validate()
     assert any("committed 2 times" in p for p in problems)
 

@@ -22,16 +22,24 @@ PHASES = ("written", "journal", "renamed", "deleted")
 
 def _fill(store, run_factory, n: int = 6, n_steps: int = 120) -> None:
     for i in range(n):
-        r = run_factory(f"r{i:02d}", n_steps=n_steps, task="ab"[i % 2],
-                        status="complete" if i % 3 else "diverged")
+        r = run_factory(
+            f"r{i:02d}",
+            n_steps=n_steps,
+            task="ab"[i % 2],
+            status="complete" if i % 3 else "diverged",
+        )
         if i == 4:
             r = {"run": r["run"], "steps": r["steps"]}  # a run without optional tables
         assert store.write_run(**r)
 
 
 def _tables(store) -> dict[str, pl.DataFrame]:
-    keys = {"runs": [S.RUN_ID], "steps": [S.RUN_ID, S.STEP], "decisions": [S.RUN_ID, S.STEP],
-            "branches": [S.RUN_ID, S.STEP, S.ACTION]}
+    keys = {
+        "runs": [S.RUN_ID],
+        "steps": [S.RUN_ID, S.STEP],
+        "decisions": [S.RUN_ID, S.STEP],
+        "branches": [S.RUN_ID, S.STEP, S.ACTION],
+    }
     return {t: getattr(store, t)().collect().sort(k) for t, k in keys.items()}
 
 
@@ -114,8 +122,10 @@ def test_crash_after_each_phase_leaves_a_valid_store(store, run_factory, monkeyp
 def test_killed_compaction_process_leaves_a_valid_store(store, run_factory):
     _fill(store, run_factory)
     before = _tables(store)
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from _crash_writer import "
-            "compact_and_die_at as f; f(sys.argv[2], 'renamed')")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from _crash_writer import "
+        "compact_and_die_at as f; f(sys.argv[2], 'renamed')"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(HERE), str(store.path)], timeout=120)
     assert proc.returncode == 9
     assert (store.path / "compaction.json").exists()
@@ -146,11 +156,17 @@ def test_journal_with_incomplete_swap_hides_new_files(store, run_factory):
     _fill(store, run_factory, n=2)
     before = _tables(store)
     # a part file that claims to replace r00's fragments, but the swap never completed
-    (store.path / "compaction.json").write_text(json.dumps(
-        {"new": ["steps/part-zz-00000.parquet", "runs/part-zz-00000.parquet"],
-         "replaces": ["steps/r00.parquet", "runs/r00.parquet"]}))
+    (store.path / "compaction.json").write_text(
+        json.dumps(
+            {
+                "new": ["steps/part-zz-00000.parquet", "runs/part-zz-00000.parquet"],
+                "replaces": ["steps/r00.parquet", "runs/r00.parquet"],
+            }
+        )
+    )
     pl.read_parquet(store.path / "steps" / "r00.parquet").write_parquet(
-        store.path / "steps" / "part-zz-00000.parquet")
+        store.path / "steps" / "part-zz-00000.parquet"
+    )
     _assert_same(before, store)
     assert store.validate() == []
     removed = store.gc()

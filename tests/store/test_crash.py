@@ -48,7 +48,8 @@ def _check_intact(store, ids: set[str], layers_of: set[str]) -> None:
 def _start_writer(path: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "_crash_writer.py"), str(path), str(N_RUNS), str(N_STEPS)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
@@ -102,8 +103,8 @@ def test_concurrent_writers_commit_every_run_exactly_once(tmp_path):
     barrier, queue = ctx.Barrier(n_proc), ctx.Queue()
     procs = []
     for k in range(n_proc):
-        mine = ids[3 * k:] + ids[: 3 * k]  # every process writes every run, in another order
-        mine = mine[: 9]  # overlapping: each run is attempted by 3 processes
+        mine = ids[3 * k :] + ids[: 3 * k]  # every process writes every run, in another order
+        mine = mine[:9]  # overlapping: each run is attempted by 3 processes
         random.Random(k).shuffle(mine)
         procs.append(ctx.Process(target=concurrent_writer, args=(path, mine, 200, barrier, queue)))
     for p in procs:

@@ -42,8 +42,9 @@ def test_export_selected_runs_and_cli(store, run_factory, tmp_path):
     assert [d.name for d in export_tensorboard(store, tmp_path / "one", run_ids=["b"])] == ["b"]
     with pytest.raises(TrajlibError, match="not committed: zzz"):
         export_tensorboard(store, tmp_path / "x", run_ids=["zzz"])
-    assert main(["export", "tensorboard", str(store.path), str(tmp_path / "cli"),
-                 "--run", "a"]) == 0
+    assert (
+        main(["export", "tensorboard", str(store.path), str(tmp_path / "cli"), "--run", "a"]) == 0
+    )
     assert _scalars(tmp_path / "cli" / "a")[S.LOSS]
 
 

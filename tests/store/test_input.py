@@ -26,18 +26,24 @@ def _nothing_left(store, rid: str) -> None:
     [
         (lambda r: r["steps"].drop(S.LOSS), "steps.loss", "Float32"),
         (lambda r: r["steps"].with_columns(pl.lit(1).alias("bogus")), "steps.bogus", "absent"),
-        (lambda r: r["steps"].with_columns(pl.col(S.FINITE).cast(pl.String)), "steps.finite",
-         "Boolean"),
-        (lambda r: r["steps"].with_columns(pl.col(S.STEP).cast(pl.Float64)), "steps.step",
-         "Int32"),
-        (lambda r: r["steps"].with_columns(pl.lit("other").alias(S.RUN_ID)), "steps.run_id",
-         "'r1'"),
+        (
+            lambda r: r["steps"].with_columns(pl.col(S.FINITE).cast(pl.String)),
+            "steps.finite",
+            "Boolean",
+        ),
+        (lambda r: r["steps"].with_columns(pl.col(S.STEP).cast(pl.Float64)), "steps.step", "Int32"),
+        (
+            lambda r: r["steps"].with_columns(pl.lit("other").alias(S.RUN_ID)),
+            "steps.run_id",
+            "'r1'",
+        ),
         (lambda r: r["steps"].head(50), "run.steps_done", "50"),
         (lambda r: r["steps"].with_columns(pl.col(S.STEP) * 2), "steps.step", "each exactly once"),
     ],
 )
-def test_bad_steps_raise_config_error_naming_the_column(store, run_factory, mutate, field,
-                                                         expected):
+def test_bad_steps_raise_config_error_naming_the_column(
+    store, run_factory, mutate, field, expected
+):
     r = run_factory("r1", n_steps=100)
     r["steps"] = mutate(r)
     with pytest.raises(ConfigError, match=expected) as err:
@@ -55,12 +61,18 @@ def test_bad_run_fields_and_other_tables(store, run_factory):
         (lambda r: r["run"].update(colour="red"), "run.colour"),
         (lambda r: r["run"].update(run_id="../escape"), "run.run_id"),
         (lambda r: r.update(decisions=r["decisions"].drop(S.PROPENSITY)), "decisions.propensity"),
-        (lambda r: r.update(branches=r["branches"].with_columns(pl.lit(10**6).alias(S.STEP))),
-         "branches.step"),
+        (
+            lambda r: r.update(branches=r["branches"].with_columns(pl.lit(10**6).alias(S.STEP))),
+            "branches.step",
+        ),
         (lambda r: r.update(layers=r["layers"][:-1]), "layers"),
         (lambda r: r.update(layer_names=["just-one"]), "layer_names"),
-        (lambda r: r.update(decisions=r["decisions"].with_columns(
-            pl.lit(40_000).cast(pl.Int64).alias(S.ACTION))), "decisions.action"),
+        (
+            lambda r: r.update(
+                decisions=r["decisions"].with_columns(pl.lit(40_000).cast(pl.Int64).alias(S.ACTION))
+            ),
+            "decisions.action",
+        ),
     ]
     for mutate, field in cases:
         r = run_factory("r1", n_steps=100)
@@ -73,13 +85,20 @@ def test_bad_run_fields_and_other_tables(store, run_factory):
 
 def test_compatible_numeric_types_are_cast(store, run_factory):
     r = run_factory("r1", n_steps=40)
-    loose = r["steps"].with_columns(
-        pl.col(S.LOSS).cast(pl.Float64), pl.col(S.STEP).cast(pl.Int64),
-        pl.col(S.VAL_ACC).cast(pl.Float64), pl.lit(None).alias(S.VAL_LOSS),
-    ).drop(S.RUN_ID)
+    loose = (
+        r["steps"]
+        .with_columns(
+            pl.col(S.LOSS).cast(pl.Float64),
+            pl.col(S.STEP).cast(pl.Int64),
+            pl.col(S.VAL_ACC).cast(pl.Float64),
+            pl.lit(None).alias(S.VAL_LOSS),
+        )
+        .drop(S.RUN_ID)
+    )
     run = dict(r["run"], seed=np.int64(3), steps_done=np.int32(40))
-    assert store.write_run(run, loose, layers=r["layers"].astype(np.float64),
-                           layer_names=r["layer_names"])
+    assert store.write_run(
+        run, loose, layers=r["layers"].astype(np.float64), layer_names=r["layer_names"]
+    )
     got = store.steps().collect()
     assert got.schema == pl.Schema(S.STEP_SCHEMA)
     assert got[S.RUN_ID].unique().to_list() == ["r1"]

@@ -47,8 +47,12 @@ def test_steps_are_stored_sorted_and_schema_exact(store, run_factory):
 
 
 def test_lazy_filters_by_task_status_and_run_ids(store, run_factory):
-    specs = [("a1", "alpha", "complete"), ("a2", "alpha", "diverged"),
-             ("b1", "beta", "complete"), ("b2", "beta", "failed")]
+    specs = [
+        ("a1", "alpha", "complete"),
+        ("a2", "alpha", "diverged"),
+        ("b1", "beta", "complete"),
+        ("b2", "beta", "failed"),
+    ]
     for rid, task, status in specs:
         assert store.write_run(**run_factory(rid, n_steps=120, task=task, status=status))
     lf = store.steps(task="alpha")

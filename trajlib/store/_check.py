@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 def _schema_diff(got: dict[str, pl.DataType], want: dict[str, pl.DataType]) -> str:
     parts = [f"missing {c}" for c in want if c not in got]
     parts += [f"extra {c}" for c in got if c not in want]
-    parts += [f"{c} is {got[c]}, expected {want[c]}" for c in want if c in got and got[c] != want[c]]
+    parts += [
+        f"{c} is {got[c]}, expected {want[c]}" for c in want if c in got and got[c] != want[c]
+    ]
     if not parts and list(got) != list(want):
         parts.append("column order differs")
     return "; ".join(parts)
@@ -90,7 +92,8 @@ def validate(store: Store) -> list[str]:
         if len(rels) > 1:
             problems.append(f"run {rid!r}: committed {len(rels)} times ({', '.join(rels)})")
     runs = (pl.concat(frames) if frames else pl.DataFrame(schema=S.RUN_SCHEMA)).unique(
-        S.RUN_ID, keep="first", maintain_order=True)
+        S.RUN_ID, keep="first", maintain_order=True
+    )
     for rid, status, done in runs.select(S.RUN_ID, S.STATUS, S.STEPS_DONE).rows():
         if status not in STATUSES:
             problems.append(f"run {rid!r}: status must be one of {STATUSES}; got {status!r}")
@@ -128,8 +131,16 @@ def validate(store: Store) -> list[str]:
                 .collect()
             )
         else:
-            agg = pl.DataFrame(schema={S.RUN_ID: pl.String, "n": pl.UInt32, "lo": pl.Int32,
-                                       "hi": pl.Int32, "nu": pl.UInt32, "file": pl.String})
+            agg = pl.DataFrame(
+                schema={
+                    S.RUN_ID: pl.String,
+                    "n": pl.UInt32,
+                    "lo": pl.Int32,
+                    "hi": pl.Int32,
+                    "nu": pl.UInt32,
+                    "file": pl.String,
+                }
+            )
         found = {row[0]: row for row in agg.rows()}
         for rid, (_r, n, _lo, _hi, _nu, file) in sorted(found.items()):
             if rid not in committed:
@@ -145,8 +156,10 @@ def validate(store: Store) -> list[str]:
             if n == 0:
                 continue
             if table == STEPS and (lo != 0 or hi != done - 1 or nu != n):
-                problems.append(f"run {rid!r}: steps must be 0..{done - 1} each once; got "
-                                f"{nu} distinct of {n} rows from {lo} to {hi}")
+                problems.append(
+                    f"run {rid!r}: steps must be 0..{done - 1} each once; got "
+                    f"{nu} distinct of {n} rows from {lo} to {hi}"
+                )
             elif table != STEPS and (lo < 0 or hi > done):
                 problems.append(f"run {rid!r}: {table} steps must lie in 0..{done}; got {lo}..{hi}")
 
@@ -160,8 +173,9 @@ def validate(store: Store) -> list[str]:
     return problems
 
 
-def _check_layers(store: Store, rid: str, shape: list[int], done: int,
-                  names_json: str | None) -> list[str]:
+def _check_layers(
+    store: Store, rid: str, shape: list[int], done: int, names_json: str | None
+) -> list[str]:
     import zarr
 
     path = store.path / LAYERS_DIR / rid
@@ -174,15 +188,19 @@ def _check_layers(store: Store, rid: str, shape: list[int], done: int,
         return [f"run {rid!r}: layer array unreadable ({exc})"]
     out = []
     if list(arr.shape) != shape or shape[0] != done:
-        out.append(f"run {rid!r}: layer array shape {list(arr.shape)}; expected {shape} "
-                   f"with {done} steps")
+        out.append(
+            f"run {rid!r}: layer array shape {list(arr.shape)}; expected {shape} with {done} steps"
+        )
     if str(arr.dtype) != "float32":
         out.append(f"run {rid!r}: layer array dtype {arr.dtype}; expected float32")
     if attrs.get("stats") != list(S.LAYER_STATS):
-        out.append(f"run {rid!r}: layer array stats {attrs.get('stats')}; "
-                   f"expected {list(S.LAYER_STATS)}")
+        out.append(
+            f"run {rid!r}: layer array stats {attrs.get('stats')}; expected {list(S.LAYER_STATS)}"
+        )
     want_names = json.loads(names_json) if names_json else None
     if attrs.get("layer_names") != want_names:
-        out.append(f"run {rid!r}: layer names {attrs.get('layer_names')} differ from the run's "
-                   f"{want_names}")
+        out.append(
+            f"run {rid!r}: layer names {attrs.get('layer_names')} differ from the run's "
+            f"{want_names}"
+        )
     return out

@@ -118,8 +118,7 @@ def try_claim(locks: Path, owner: str) -> str | None:
     token = new_token()
     pid = os.getpid()
     body = json.dumps(
-        {"pid": pid, "host": _HOST, "start": _own_start(), "token": token,
-         "created": time.time()}
+        {"pid": pid, "host": _HOST, "start": _own_start(), "token": token, "created": time.time()}
     ).encode()
     for _attempt in range(3):
         try:

@@ -40,8 +40,9 @@ def _castable(got: pl.DataType, want: pl.DataType) -> bool:
     return False
 
 
-def coerce_frame(df: object, schema: dict[str, pl.DataType], table: str,
-                 run_id: str) -> pl.DataFrame:
+def coerce_frame(
+    df: object, schema: dict[str, pl.DataType], table: str, run_id: str
+) -> pl.DataFrame:
     """Return ``df`` with exactly ``schema``'s columns, order and dtypes.
 
     A missing ``run_id`` column is filled with ``run_id``; any other missing or extra column, a
@@ -53,13 +54,20 @@ def coerce_frame(df: object, schema: dict[str, pl.DataType], table: str,
         df = df.with_columns(pl.lit(run_id, dtype=pl.String).alias(S.RUN_ID))
     for col in schema:
         if col not in df.columns:
-            raise ConfigError(f"{table}.{col}", f"a column of dtype {schema[col]}", "no such column",
-                              f"every column of trajlib.schema's {table} table is required")
+            raise ConfigError(
+                f"{table}.{col}",
+                f"a column of dtype {schema[col]}",
+                "no such column",
+                f"every column of trajlib.schema's {table} table is required",
+            )
     extra = [c for c in df.columns if c not in schema]
     if extra:
-        raise ConfigError(f"{table}.{extra[0]}", "absent (not a column of the schema)",
-                          f"an extra column of dtype {df.schema[extra[0]]}",
-                          "drop it or add it to trajlib.schema")
+        raise ConfigError(
+            f"{table}.{extra[0]}",
+            "absent (not a column of the schema)",
+            f"an extra column of dtype {df.schema[extra[0]]}",
+            "drop it or add it to trajlib.schema",
+        )
     casts = []
     have = df.schema
     for col, want in schema.items():
@@ -78,8 +86,11 @@ def coerce_frame(df: object, schema: dict[str, pl.DataType], table: str,
                 try:
                     df.select(pl.col(col).cast(want, strict=True))
                 except pl.exceptions.PolarsError:
-                    raise ConfigError(f"{table}.{col}", f"values that fit dtype {want}",
-                                      f"dtype {df.schema[col]} with out-of-range values") from exc
+                    raise ConfigError(
+                        f"{table}.{col}",
+                        f"values that fit dtype {want}",
+                        f"dtype {df.schema[col]} with out-of-range values",
+                    ) from exc
             raise
     if list(df.columns) != list(schema):
         df = df.select(list(schema))
@@ -97,8 +108,9 @@ def _check_step_range(df: pl.DataFrame, table: str, steps_done: int) -> None:
         return
     lo, hi = int(df[S.STEP].min()), int(df[S.STEP].max())  # type: ignore[arg-type]
     if lo < 0 or hi > steps_done:
-        raise ConfigError(f"{table}.step", f"within 0..{steps_done} (steps_done)",
-                          f"values from {lo} to {hi}")
+        raise ConfigError(
+            f"{table}.step", f"within 0..{steps_done} (steps_done)", f"values from {lo} to {hi}"
+        )
 
 
 def _scalar(field: str, value: object, want: pl.DataType) -> object:
@@ -134,8 +146,12 @@ def coerce_run(run: object, layer_names: Sequence[str] | None) -> pl.DataFrame:
         raise ConfigError("run", "a mapping of RUN_SCHEMA fields", type(run).__name__)
     unknown = [k for k in run if k not in S.RUN_SCHEMA]
     if unknown:
-        raise ConfigError(f"run.{unknown[0]}", "a field of trajlib.schema.RUN_SCHEMA",
-                          "an unknown field", f"known: {', '.join(S.RUN_SCHEMA)}")
+        raise ConfigError(
+            f"run.{unknown[0]}",
+            "a field of trajlib.schema.RUN_SCHEMA",
+            "an unknown field",
+            f"known: {', '.join(S.RUN_SCHEMA)}",
+        )
     for f in REQUIRED_RUN_FIELDS:
         if run.get(f) is None:
             raise ConfigError(f"run.{f}", "present and not null", run.get(f))
@@ -152,8 +168,9 @@ def coerce_run(run: object, layer_names: Sequence[str] | None) -> pl.DataFrame:
         if row.get(S.LAYER_NAMES) is not None and json.loads(row[S.LAYER_NAMES]) != list(
             layer_names
         ):
-            raise ConfigError("run.layer_names", f"the layer_names argument {as_json}",
-                              row[S.LAYER_NAMES])
+            raise ConfigError(
+                "run.layer_names", f"the layer_names argument {as_json}", row[S.LAYER_NAMES]
+            )
         row[S.LAYER_NAMES] = as_json
     if row.get(S.CREATED) is None:
         row[S.CREATED] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
@@ -163,32 +180,53 @@ def coerce_run(run: object, layer_names: Sequence[str] | None) -> pl.DataFrame:
     return pl.from_dicts([{f: v[0] for f, v in values.items()}], schema=S.RUN_SCHEMA)
 
 
-def coerce_layers(layers: object, layer_names: Sequence[str] | None,
-                  n_steps: int) -> tuple[np.ndarray, list[str]]:
+def coerce_layers(
+    layers: object, layer_names: Sequence[str] | None, n_steps: int
+) -> tuple[np.ndarray, list[str]]:
     """Check the per-layer array: shape [n_steps, len(layer_names), len(LAYER_STATS)], float32."""
     if not isinstance(layers, np.ndarray):
         raise ConfigError("layers", "a numpy array [step, layer, stat]", type(layers).__name__)
     if layers.ndim != 3 or layers.shape[2] != len(S.LAYER_STATS):
-        raise ConfigError("layers", f"shape [step, layer, {len(S.LAYER_STATS)}] (stats "
-                          f"{', '.join(S.LAYER_STATS)})", f"shape {list(layers.shape)}")
+        raise ConfigError(
+            "layers",
+            f"shape [step, layer, {len(S.LAYER_STATS)}] (stats {', '.join(S.LAYER_STATS)})",
+            f"shape {list(layers.shape)}",
+        )
     if layers.shape[0] != n_steps:
-        raise ConfigError("layers", f"{n_steps} rows along axis 0 (one per step row)",
-                          f"shape {list(layers.shape)}")
+        raise ConfigError(
+            "layers",
+            f"{n_steps} rows along axis 0 (one per step row)",
+            f"shape {list(layers.shape)}",
+        )
     if not (np.issubdtype(layers.dtype, np.floating) or np.issubdtype(layers.dtype, np.integer)):
         raise ConfigError("layers", "a numeric array (stored as float32)", f"dtype {layers.dtype}")
     if layer_names is None:
-        raise ConfigError("layer_names", f"a list of {layers.shape[1]} layer names", None,
-                          "needed whenever layers is given")
+        raise ConfigError(
+            "layer_names",
+            f"a list of {layers.shape[1]} layer names",
+            None,
+            "needed whenever layers is given",
+        )
     names = list(layer_names)
     if len(names) != layers.shape[1] or not all(isinstance(n, str) for n in names):
         raise ConfigError("layer_names", f"{layers.shape[1]} strings (layers.shape[1])", names)
     return np.ascontiguousarray(layers, dtype=np.float32), names
 
 
-def coerce_all(run: object, steps: object, decisions: object, branches: object, layers: object,
-               layer_names: Sequence[str] | None) -> tuple[
-                   pl.DataFrame, pl.DataFrame, pl.DataFrame | None, pl.DataFrame | None,
-                   tuple[np.ndarray, list[str]] | None]:
+def coerce_all(
+    run: object,
+    steps: object,
+    decisions: object,
+    branches: object,
+    layers: object,
+    layer_names: Sequence[str] | None,
+) -> tuple[
+    pl.DataFrame,
+    pl.DataFrame,
+    pl.DataFrame | None,
+    pl.DataFrame | None,
+    tuple[np.ndarray, list[str]] | None,
+]:
     """Check every input of ``write_run``; return frames ready to write."""
     run_df = coerce_run(run, layer_names)
     run_id: str = run_df[S.RUN_ID][0]
@@ -197,20 +235,23 @@ def coerce_all(run: object, steps: object, decisions: object, branches: object, 
     if not steps_df[S.STEP].is_sorted():
         steps_df = steps_df.sort(S.STEP)
     if steps_df.height != steps_done:
-        raise ConfigError("run.steps_done", f"the number of step rows ({steps_df.height})",
-                          steps_done)
+        raise ConfigError(
+            "run.steps_done", f"the number of step rows ({steps_df.height})", steps_done
+        )
     step = steps_df[S.STEP].to_numpy()
     if step.size and not np.array_equal(step, np.arange(step.size, dtype=step.dtype)):
         dup = int(step.size - np.unique(step).size)
-        raise ConfigError("steps.step", f"0..{steps_done - 1}, each exactly once",
-                          f"values from {step.min()} to {step.max()} with {dup} duplicates")
+        raise ConfigError(
+            "steps.step",
+            f"0..{steps_done - 1}, each exactly once",
+            f"values from {step.min()} to {step.max()} with {dup} duplicates",
+        )
     dec_df = br_df = None
     if decisions is not None:
         dec_df = coerce_frame(decisions, S.DECISION_SCHEMA, "decisions", run_id).sort(S.STEP)
         _check_step_range(dec_df, "decisions", steps_done)
     if branches is not None:
-        br_df = coerce_frame(branches, S.BRANCH_SCHEMA, "branches", run_id).sort(
-            S.STEP, S.ACTION)
+        br_df = coerce_frame(branches, S.BRANCH_SCHEMA, "branches", run_id).sort(S.STEP, S.ACTION)
         _check_step_range(br_df, "branches", steps_done)
     lay = None
     if layers is not None:

@@ -123,12 +123,16 @@ def compact(store: Store, *, rows_per_file: int = 4_000_000) -> dict:
     token = _claims.try_claim(locks, COMPACT_OWNER)
     if token is None:
         info = _claims.live_claim(locks, COMPACT_OWNER)
-        raise StoreError(f"{store.path}: another compaction is running ({info}); "
-                         "wait for it to finish")
+        raise StoreError(
+            f"{store.path}: another compaction is running ({info}); wait for it to finish"
+        )
     try:
         recovered = recover(store)
-        return {**_compact_locked(store, rows_per_file), "recovered": recovered,
-                "seconds": round(time.perf_counter() - t0, 3)}
+        return {
+            **_compact_locked(store, rows_per_file),
+            "recovered": recovered,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
     finally:
         _claims.release(locks, COMPACT_OWNER, token)
 
@@ -139,8 +143,12 @@ def _compact_locked(store: Store, rows_per_file: int) -> dict:
     files_before = sum(len(snap.fragments[t]) + len(snap.parts[t]) for t in TABLES)
     ids = sorted(snap.fragments[RUNS])
     if not ids:
-        return {"runs": 0, "parts_written": 0, "files_before": files_before,
-                "files_after": files_before}
+        return {
+            "runs": 0,
+            "parts_written": 0,
+            "files_before": files_before,
+            "files_after": files_before,
+        }
     counts = {rid: run_counts(root / snap.fragments[RUNS][rid]) for rid in ids}
     steps_done = {rid: int(c["steps"]) for rid, c in counts.items()}
     token = new_token()
@@ -164,8 +172,12 @@ def _compact_locked(store: Store, rows_per_file: int) -> dict:
                     from trajlib.store._store import SCHEMAS
 
                     pl.scan_parquet(paths, schema=SCHEMAS[table]).sink_parquet(
-                        tmp, compression=PARQUET_COMPRESSION, statistics=True,
-                        row_group_size=ROW_GROUP_ROWS, maintain_order=True)
+                        tmp,
+                        compression=PARQUET_COMPRESSION,
+                        statistics=True,
+                        row_group_size=ROW_GROUP_ROWS,
+                        maintain_order=True,
+                    )
                 if store.durable:
                     fsync_file(tmp)
                 replaces.extend(rels)

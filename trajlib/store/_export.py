@@ -15,9 +15,26 @@ if TYPE_CHECKING:
 
 # step-table columns written as scalars, tag = column name
 SCALARS = (
-    S.LOSS, S.LR, S.MOMENTUM, S.WEIGHT_DECAY, S.L2, S.INPUT_NOISE, S.LR_MULT, S.BASE_FACTOR,
-    S.GRAD_NORM, S.WEIGHT_NORM, S.UPDATE_NORM, S.GRAD_COS, S.UPDATE_COS, S.UPD_RATIO_MEAN,
-    S.UPD_RATIO_MAX, S.UPD_RATIO_MIN, S.UPD_RATIO_MEDIAN, S.STEP_TIME_S, S.VAL_LOSS, S.VAL_ACC,
+    S.LOSS,
+    S.LR,
+    S.MOMENTUM,
+    S.WEIGHT_DECAY,
+    S.L2,
+    S.INPUT_NOISE,
+    S.LR_MULT,
+    S.BASE_FACTOR,
+    S.GRAD_NORM,
+    S.WEIGHT_NORM,
+    S.UPDATE_NORM,
+    S.GRAD_COS,
+    S.UPDATE_COS,
+    S.UPD_RATIO_MEAN,
+    S.UPD_RATIO_MAX,
+    S.UPD_RATIO_MIN,
+    S.UPD_RATIO_MEDIAN,
+    S.STEP_TIME_S,
+    S.VAL_LOSS,
+    S.VAL_ACC,
 )
 
 
@@ -32,8 +49,9 @@ def _summary_writer() -> type:
     return SummaryWriter
 
 
-def export_tensorboard(store: Store, outdir: str | os.PathLike[str],
-                       run_ids: list[str] | None = None) -> list[Path]:
+def export_tensorboard(
+    store: Store, outdir: str | os.PathLike[str], run_ids: list[str] | None = None
+) -> list[Path]:
     """Write one TensorBoard log directory per committed run under ``outdir``.
 
     Each ``outdir/<run_id>/`` gets one scalar series per step column of :data:`SCALARS` (tag =
@@ -46,8 +64,10 @@ def export_tensorboard(store: Store, outdir: str | os.PathLike[str],
     ids = sorted(committed) if run_ids is None else list(run_ids)
     missing = [r for r in ids if r not in committed]
     if missing:
-        raise TrajlibError(f"`run_ids` must name committed runs of {store.path}; "
-                           f"not committed: {', '.join(missing[:5])}")
+        raise TrajlibError(
+            f"`run_ids` must name committed runs of {store.path}; "
+            f"not committed: {', '.join(missing[:5])}"
+        )
     out = Path(outdir)
     written = []
     steps = store.steps(run_ids=ids).select(S.RUN_ID, S.STEP, *SCALARS).collect()

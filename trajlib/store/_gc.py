@@ -97,8 +97,13 @@ def gc(store: Store) -> list[str]:
             owner = temp_owner(name)
             if owner is not None and not owner.startswith("_"):
                 owned.setdefault(owner, []).append(d / name)
-            elif d.name == LAYERS_DIR and owner is None and name != "zarr.json" \
-                    and (d / name).is_dir() and name not in committed:
+            elif (
+                d.name == LAYERS_DIR
+                and owner is None
+                and name != "zarr.json"
+                and (d / name).is_dir()
+                and name not in committed
+            ):
                 owned.setdefault(name, []).append(d / name)
     for rid, paths in sorted(owned.items()):
         try:

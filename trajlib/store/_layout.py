@@ -63,8 +63,12 @@ def check_run_id(run_id: object, field_name: str = "run.run_id") -> str:
             run_id,
         )
     if run_id.startswith(PART_PREFIX):
-        raise ConfigError(field_name, f"a run id not starting with {PART_PREFIX!r}", run_id,
-                          "that prefix is reserved for compacted files")
+        raise ConfigError(
+            field_name,
+            f"a run id not starting with {PART_PREFIX!r}",
+            run_id,
+            "that prefix is reserved for compacted files",
+        )
     return run_id
 
 
@@ -102,8 +106,13 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def write_parquet(df: pl.DataFrame, path: Path, *, metadata: dict[str, str] | None = None,
-                  row_group_size: int | None = None) -> None:
+def write_parquet(
+    df: pl.DataFrame,
+    path: Path,
+    *,
+    metadata: dict[str, str] | None = None,
+    row_group_size: int | None = None,
+) -> None:
     """Write ``df`` to ``path`` with the store's compression and statistics settings."""
     df.write_parquet(
         path,
@@ -114,23 +123,34 @@ def write_parquet(df: pl.DataFrame, path: Path, *, metadata: dict[str, str] | No
     )
 
 
-def atomic_write_parquet(df: pl.DataFrame, final: Path, owner: str, *, durable: bool,
-                         metadata: dict[str, str] | None = None) -> None:
+def atomic_write_parquet(
+    df: pl.DataFrame,
+    final: Path,
+    owner: str,
+    *,
+    durable: bool,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Write ``df`` to a temporary file, then rename it onto ``final`` (atomic on POSIX).
 
     The file is encoded in memory first and written with one ``write`` (measured ~40 % faster
     than letting polars write to a path for fragments of a few thousand rows).
     """
     buf = io.BytesIO()
-    df.write_parquet(buf, compression=PARQUET_COMPRESSION, statistics=True,
-                     row_group_size=ROW_GROUP_ROWS, metadata=metadata)
+    df.write_parquet(
+        buf,
+        compression=PARQUET_COMPRESSION,
+        statistics=True,
+        row_group_size=ROW_GROUP_ROWS,
+        metadata=metadata,
+    )
     tmp = temp_path(final, owner)
     try:
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
             view = buf.getbuffer()
             while view.nbytes:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             if durable:
                 os.fdatasync(fd)
         finally:

@@ -52,8 +52,9 @@ def read_manifest(root: Path) -> dict:
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise StoreError(f"{root}: not a trajlib store (no {MANIFEST}); "
-                         "create one with create_store(path)") from None
+        raise StoreError(
+            f"{root}: not a trajlib store (no {MANIFEST}); create one with create_store(path)"
+        ) from None
     try:
         manifest = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -66,8 +67,11 @@ def read_manifest(root: Path) -> dict:
         raise StoreError(f"{path}: `schema_version` must be an integer; got {version!r}")
     if version not in READABLE_SCHEMA_VERSIONS:
         newer = version > max(READABLE_SCHEMA_VERSIONS)
-        hint = ("upgrade trajlib to read it" if newer
-                else "no reader for that old layout exists in this trajlib")
+        hint = (
+            "upgrade trajlib to read it"
+            if newer
+            else "no reader for that old layout exists in this trajlib"
+        )
         raise StoreVersionError(
             f"{root}: store schema version {version}; this trajlib ({__version__}) reads schema "
             f"version {SCHEMA_VERSION} ({hint})"

@@ -207,9 +207,15 @@ class Store:
         finally:
             self.release(run_id)
 
-    def _write_fragments(self, run_id: str, run_df: pl.DataFrame, steps_df: pl.DataFrame,
-                         dec_df: pl.DataFrame | None, br_df: pl.DataFrame | None,
-                         lay: tuple[np.ndarray, list[str]] | None) -> None:
+    def _write_fragments(
+        self,
+        run_id: str,
+        run_df: pl.DataFrame,
+        steps_df: pl.DataFrame,
+        dec_df: pl.DataFrame | None,
+        br_df: pl.DataFrame | None,
+        lay: tuple[np.ndarray, list[str]] | None,
+    ) -> None:
         root, durable = self.path, self.durable
         counts: dict[str, object] = {
             STEPS: steps_df.height,
@@ -229,8 +235,13 @@ class Store:
                 atomic_write_parquet(df, final, run_id, durable=durable)
                 written.append(final)
             self._write_layers(run_id, lay)
-            atomic_write_parquet(run_df, root / RUNS / f"{run_id}.parquet", run_id,
-                                 durable=durable, metadata={COUNTS_KEY: json.dumps(counts)})
+            atomic_write_parquet(
+                run_df,
+                root / RUNS / f"{run_id}.parquet",
+                run_id,
+                durable=durable,
+                metadata={COUNTS_KEY: json.dumps(counts)},
+            )
         except BaseException:
             # not committed: remove what this attempt wrote (gc would do it otherwise)
             for p in written:
@@ -281,9 +292,14 @@ class Store:
         return self._scan_runs(snapshot(self.path, (RUNS,)), task, status)
 
     def _scan_runs(self, snap: Snapshot, task: Filter, status: Filter) -> pl.LazyFrame:
-        files = [str(self.path / rel) for rel in (*snap.fragments[RUNS].values(), *snap.parts[RUNS])]
-        lf = (pl.scan_parquet(files, schema=S.RUN_SCHEMA) if files
-              else pl.LazyFrame(schema=S.RUN_SCHEMA))
+        files = [
+            str(self.path / rel) for rel in (*snap.fragments[RUNS].values(), *snap.parts[RUNS])
+        ]
+        lf = (
+            pl.scan_parquet(files, schema=S.RUN_SCHEMA)
+            if files
+            else pl.LazyFrame(schema=S.RUN_SCHEMA)
+        )
         tasks, statuses = _as_set(task), _as_set(status)
         if tasks is not None:
             lf = lf.filter(pl.col(S.TASK).is_in(sorted(tasks)))
@@ -291,8 +307,9 @@ class Store:
             lf = lf.filter(pl.col(S.STATUS).is_in(sorted(statuses)))
         return lf
 
-    def _scan_table(self, table: str, task: Filter, status: Filter,
-                    run_ids: Filter) -> pl.LazyFrame:
+    def _scan_table(
+        self, table: str, task: Filter, status: Filter, run_ids: Filter
+    ) -> pl.LazyFrame:
         schema = SCHEMAS[table]
         snap = snapshot(self.path)
         committed = self._committed(snap)
@@ -303,8 +320,11 @@ class Store:
         ids = _as_set(run_ids)
         if ids is not None:
             wanted = ids if wanted is None else wanted & ids
-        frags = [str(self.path / rel) for rid, rel in snap.fragments[table].items()
-                 if rid in committed and (wanted is None or rid in wanted)]
+        frags = [
+            str(self.path / rel)
+            for rid, rel in snap.fragments[table].items()
+            if rid in committed and (wanted is None or rid in wanted)
+        ]
         parts = snap.parts[table]
         if wanted is not None:
             parts = [rel for rel in parts if not self.part_run_ids(rel).isdisjoint(wanted)]
@@ -320,21 +340,24 @@ class Store:
             return pl.LazyFrame(schema=schema)
         return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
 
-    def steps(self, task: Filter = None, status: Filter = None,
-              run_ids: Filter = None) -> pl.LazyFrame:
+    def steps(
+        self, task: Filter = None, status: Filter = None, run_ids: Filter = None
+    ) -> pl.LazyFrame:
         """Lazy STEP_SCHEMA frame of committed runs (filters: task, status, run ids).
 
         Rows of one run are contiguous and sorted by step; runs come in no particular order.
         """
         return self._scan_table(STEPS, task, status, run_ids)
 
-    def decisions(self, task: Filter = None, status: Filter = None,
-                  run_ids: Filter = None) -> pl.LazyFrame:
+    def decisions(
+        self, task: Filter = None, status: Filter = None, run_ids: Filter = None
+    ) -> pl.LazyFrame:
         """Lazy DECISION_SCHEMA frame of committed runs (same filters as :meth:`steps`)."""
         return self._scan_table(DECISIONS, task, status, run_ids)
 
-    def branches(self, task: Filter = None, status: Filter = None,
-                 run_ids: Filter = None) -> pl.LazyFrame:
+    def branches(
+        self, task: Filter = None, status: Filter = None, run_ids: Filter = None
+    ) -> pl.LazyFrame:
         """Lazy BRANCH_SCHEMA frame of committed runs (same filters as :meth:`steps`)."""
         return self._scan_table(BRANCHES, task, status, run_ids)
 
@@ -350,8 +373,10 @@ class Store:
             raise StoreError(f"{self.path}: run {run_id!r} is not committed")
         path = self.path / LAYERS_DIR / run_id
         if not (path / "zarr.json").exists():
-            raise StoreError(f"{self.path}: run {run_id!r} has no per-layer array "
-                             "(it was written without `layers`)")
+            raise StoreError(
+                f"{self.path}: run {run_id!r} has no per-layer array "
+                "(it was written without `layers`)"
+            )
         arr = zarr.open_array(store=str(path), mode="r")
         attrs = dict(arr.attrs)
         names: list[str] = attrs["layer_names"]  # type: ignore[assignment]
@@ -410,8 +435,9 @@ class Store:
         return compact(self, rows_per_file=rows_per_file)
 
 
-def create_store(path: str | os.PathLike[str], exist_ok: bool = True, *,
-                 durable: bool = True) -> Store:
+def create_store(
+    path: str | os.PathLike[str], exist_ok: bool = True, *, durable: bool = True
+) -> Store:
     """Create a store at ``path`` (or open it if it exists and ``exist_ok``) and return it.
 
     Raises StoreError if ``path`` is a non-empty directory that is not a store, or a store
@@ -426,8 +452,10 @@ def create_store(path: str | os.PathLike[str], exist_ok: bool = True, *,
         others = [p.name for p in root.iterdir() if not p.name.startswith(".")]
         # re-check: another process may have created the store while we listed
         if others and not (root / "manifest.json").exists():
-            raise StoreError(f"{root}: directory is not empty and not a trajlib store "
-                             f"(found {', '.join(sorted(others)[:5])}); choose an empty path")
+            raise StoreError(
+                f"{root}: directory is not empty and not a trajlib store "
+                f"(found {', '.join(sorted(others)[:5])}); choose an empty path"
+            )
         if not others:
             created = write_manifest_once(root)
     if not created and not exist_ok:
@@ -443,8 +471,11 @@ def _ensure_layers_group(path: Path) -> None:
     if (path / "zarr.json").exists():
         return
     path.mkdir(exist_ok=True)
-    doc = {"zarr_format": 3, "node_type": "group",
-           "attributes": {"stats": list(S.LAYER_STATS), "layout": "one array per run id"}}
+    doc = {
+        "zarr_format": 3,
+        "node_type": "group",
+        "attributes": {"stats": list(S.LAYER_STATS), "layout": "one array per run id"},
+    }
     tmp = temp_path(path / "zarr.json", "_manifest")
     tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path / "zarr.json")
@@ -454,4 +485,3 @@ def open_store(path: str | os.PathLike[str], *, durable: bool = True) -> Store:
     """Open an existing store; StoreError if ``path`` is not one, StoreVersionError if its schema
     version is not readable by this trajlib."""
     return Store(path, durable=durable)
-

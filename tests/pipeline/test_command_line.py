@@ -119,3 +119,19 @@ def test_fit_then_model_verify_then_evaluate_writes_a_report(tiny_store, tmp_pat
     for method in ("constant", "cosine", "trajlib:model"):
         assert f"| {method} |" in md
     assert Path(report / "synth-classification.png").stat().st_size > 1000
+
+
+def test_collect_then_compact_keeps_every_row_and_validates(tmp_path, capsys):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[collect]\ntasks = ["digits-mlp"]\nruns_per_task = 2\nbudget = 50\nevery = 25\n'
+        "val_every = 25\n[branch]\nhorizon = 10\ncooldown = 0\n[executor]\nworkers = 1\n"
+    )
+    store = tmp_path / "s"
+    assert main(["collect", str(recipe), "--store", str(store), "--quiet", "--compact"]) == 0
+    assert "collected 2 runs" in capsys.readouterr().out
+    assert list((store / "steps").glob("part-*.parquet"))
+    assert main(["store", "validate", str(store)]) == 0
+    from trajlib.store import open_store
+
+    assert open_store(store).steps().collect().height == 100

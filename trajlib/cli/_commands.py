@@ -45,6 +45,11 @@ def add_main_commands(sub: Any) -> None:
     p.add_argument("--workers", type=_positive_int, help="worker processes (override the recipe)")
     p.add_argument("--device", help="cpu | cuda | cuda:N (override the recipe)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--compact",
+        action="store_true",
+        help="compact the store at the end (few large sorted files: much faster full scans)",
+    )
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("fit", help="fit a controller on a store")
@@ -149,6 +154,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     )
     for e in report.errors[:5]:
         print(f"  failed: {e}", file=sys.stderr)
+    if args.compact:
+        stats = open_store(args.store).compact()
+        print(f"compacted: {stats}")
     return 1 if report.failed and not report.committed else 0
 
 

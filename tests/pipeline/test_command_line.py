@@ -135,3 +135,24 @@ def test_collect_then_compact_keeps_every_row_and_validates(tmp_path, capsys):
     from trajlib.store import open_store
 
     assert open_store(store).steps().collect().height == 100
+
+
+def test_collect_with_a_controller_behaviour_uses_the_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    recipe = tmp_path / "r.toml"
+    body = (
+        '[collect]\ntasks = ["digits-mlp"]\nruns_per_task = 2\nbudget = 75\nevery = 25\n'
+        "val_every = 25\n[branch]\nenabled = false\n[executor]\nworkers = 1\n"
+        '[behaviour]\nkind = "controller"\nepsilon = 0.0\ncheckpoint = "CKPT"\n'
+    )
+    recipe.write_text(body.replace("CKPT", str(tiny_checkpoint)))
+    store = tmp_path / "s"
+    assert main(["collect", str(recipe), "--store", str(store), "--quiet"]) == 0
+    from trajlib.store import open_store
+
+    dec = open_store(store).decisions().collect()
+    assert (
+        dec.height == 4 and dec["propensity"].to_list() == [1.0] * 4
+    )  # greedy: the controller's pick
+    recipe.write_text(body.replace("CKPT", str(tmp_path / "nope")))
+    assert main(["collect", str(recipe), "--store", str(tmp_path / "s2"), "--quiet"]) == 2
+    assert "behaviour.checkpoint" in capsys.readouterr().err

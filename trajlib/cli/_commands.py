@@ -137,6 +137,17 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from trajlib.store import create_store, open_store
 
     recipe = load_recipe(args.recipe)  # validated before anything runs or is written
+    policy_factory = None
+    if "controller" in recipe.behaviour.kinds:
+        from trajlib.controllers import ControllerPolicy, verify_checkpoint
+
+        ckpt = recipe.behaviour.checkpoint
+        if not ckpt or not Path(ckpt).is_dir():
+            raise ConfigError("behaviour.checkpoint", "a controller checkpoint directory", ckpt)
+        problems = verify_checkpoint(ckpt)
+        if problems:
+            raise ConfigError("behaviour.checkpoint", "a valid checkpoint", ckpt, problems[0])
+        policy_factory = functools.partial(ControllerPolicy, ckpt)
     create_store(args.store, exist_ok=True)
     report = collect(
         recipe,
@@ -146,6 +157,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         address=args.address,
         device=args.device,
         progress=not args.quiet,
+        policy_factory=policy_factory,
     )
     print(
         f"collected {report.committed} runs ({report.skipped} already there, {report.diverged} diverged, "

@@ -69,9 +69,13 @@ def _job(args: tuple[str, int, str, list[str], bool, bool, int | None]) -> list[
     task_name, seed, baselines, checkpoints, robustness, pbt, budget = args
     import torch
 
-    torch.set_num_threads(1)
-    methods = build_methods(task_name, baselines, checkpoints, robustness=robustness, pbt=pbt)
-    return run_evaluation(methods, [task_name], [seed], budget=budget, progress=False).traces
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread per job (restored: in-process jobs run in the caller)
+    try:
+        methods = build_methods(task_name, baselines, checkpoints, robustness=robustness, pbt=pbt)
+        return run_evaluation(methods, [task_name], [seed], budget=budget, progress=False).traces
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_evaluation_parallel(

@@ -49,6 +49,7 @@ N_MISSING = "n_missing"
 def _ema_rows(c: np.ndarray, hl: float) -> np.ndarray:
     """Row-wise EMA recursion ``m_0 = c_0; m_k = alpha c_k + beta m_{k-1}`` (the online formula)."""
     b = beta_of(hl)
+    c = c.astype(np.float64, copy=False)  # a float32 source: the recursion runs in float64
     y = np.empty_like(c)
     if c.shape[1]:
         y[:, 0] = c[:, 0]
@@ -179,11 +180,14 @@ class _Engine:
         """Transformed column and its finite mask, ``[R, L]``."""
         key = (col, tf)
         if key not in self._src:
-            x = self.tab.col(col, native=tf == "raw")
+            # raw and id sources stay in the column's own float dtype (float32 in the step schema):
+            # every float64 computation on them casts first, so the numbers are the same
+            x = self.tab.col(col, native=tf in ("raw", "id"))
             if tf == "sq":
                 v = x * x
-            elif tf == "log":
-                v = np.log(np.where(x > 0.0, x, np.nan))
+            elif tf == "log":  # log(x) where x > 0, else NaN (no temporary copy of x)
+                v = np.full(x.shape, np.nan)
+                np.log(x, out=v, where=x > 0.0)
             else:
                 v = x
             f = np.isfinite(v)
@@ -273,10 +277,18 @@ class _Engine:
             e = np.arange(K - 1, -1, -1, dtype=np.float64)
             w = np.stack([(1.0 - b) * b**e for b in betas] + [np.zeros(K)], axis=1)
             c = (v.reshape(R * (L // K), K) @ w).reshape(R, L // K, len(hls) + 1)
+            ct = np.ascontiguousarray(c.transpose(2, 1, 0))  # [H + 1, L / K, R]
             for i, (h, b) in enumerate(zip(hls, betas, strict=True)):
+                # y_j = c_j + b^K y_{j-1}, y_{-1} = v_0: the recursion lfilter runs, op for op,
+                # over L / K block columns of R runs each (lfilter's per-row setup dominated)
                 bk = b**K
-                blk = lfilter([1.0], [1.0, -bk], c[:, :, i], axis=1, zi=bk * v[:, 0:1])[0]
-                self._ema_blk[(col, h, tf)] = blk
+                ci = ct[i]
+                blk = np.empty_like(ci)
+                z = bk * v[:, 0].astype(np.float64)
+                for j in range(ci.shape[0]):
+                    np.add(ci[j], z, out=blk[j])
+                    z = bk * blk[j]
+                self._ema_blk[(col, h, tf)] = np.ascontiguousarray(blk.T)
         return self._ema_blk[mk]
 
     def _ema_dirty_rows(self, mk: tuple[str, float, str], rows: np.ndarray) -> np.ndarray:
@@ -420,7 +432,7 @@ class _Engine:
         if isinstance(p, WinLogDiff):
             chans = lambda: self._diff_chans(p.col)  # noqa: E731
             if self.K:
-                blocks = lambda: [self._blocks(c) for c in chans()]  # noqa: E731
+                blocks = lambda: self._diff_blocks(p.col)  # noqa: E731
                 return self._block_window(("diff", p.col), blocks, p.window)
             return self._cum_window(("diff", p.col), chans, p.window)
         if isinstance(p, WinSpike):
@@ -445,6 +457,22 @@ class _Engine:
             np.where(f, t * y, 0.0),
         ]
 
+    def _diff_blocks(self, col: str) -> list[np.ndarray]:
+        """Per-block sums of the :meth:`_diff_chans` channels."""
+        y, _ = self.source(col, "log")
+        if len(self._dirty[(col, "log")]) or self.tab.L < 2:
+            return [self._blocks(c) for c in self._diff_chans(col)]
+        # no gaps: every row but each run's first has a difference (exact integer counts)
+        R, L, K = self.tab.R, self.tab.L, self.K
+        n = np.full((R, L // K), float(K))
+        n[:, 0] = K - 1
+        d = np.empty_like(y)
+        d[:, 0] = 0.0
+        np.subtract(y[:, 1:], y[:, :-1], out=d[:, 1:])
+        sd = self._blocks(d)
+        np.multiply(d, d, out=d)
+        return [n, sd, self._blocks(d)]
+
     def _diff_chans(self, col: str) -> list[np.ndarray]:
         y, f = self.source(col, "log")
         d = np.zeros_like(y)
@@ -464,17 +492,21 @@ class _Engine:
         key = (p.col, "id")
         v, f = self.source(*key)
         y = self.ema_matrix(p.col, p.half_life, "id")
-        eprev = np.full_like(v, np.nan)
+        factor = float(p.factor)
+        mask = np.zeros(v.shape, dtype=bool)  # row 0: no EMA before it
         if self.tab.L > 1:
-            eprev[:, 1:] = y[:, :-1]
+            # v (float32 or float64) > factor * EMA before the row: compared in float64
+            np.greater(v[:, 1:], factor * y[:, :-1], out=mask[:, 1:])
+            mask &= f
             dirty = self._dirty[key]
-            if len(dirty):
+            if len(dirty):  # the EMA before row t is the state after the finite rows < t
                 cnt = np.cumsum(f[dirty], axis=1)  # finite values among rows <= t
                 k = np.zeros_like(cnt)
                 k[:, 1:] = cnt[:, :-1]  # among rows < t
                 g = np.take_along_axis(y[dirty], np.maximum(k - 1, 0), axis=1)
-                eprev[dirty] = np.where(k > 0, g, np.nan)
-        return f & (v > float(p.factor) * eprev)
+                eprev = np.where(k > 0, g, np.nan)
+                mask[dirty] = f[dirty] & (v[dirty] > factor * eprev)
+        return mask
 
     def _rows(self, window: int) -> np.ndarray:
         if window == 0:

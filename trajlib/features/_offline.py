@@ -58,6 +58,12 @@ def _ema_rows(c: np.ndarray, hl: float) -> np.ndarray:
     return y
 
 
+def _cumsum_rows(a: np.ndarray) -> np.ndarray:
+    """``np.cumsum(a, axis=1)`` (same additions in the same order), C-contiguous; accumulating
+    down the columns of the transpose avoids numpy's per-row overhead on short rows."""
+    return np.ascontiguousarray(np.cumsum(np.ascontiguousarray(a.T), axis=0).T)
+
+
 def _count_true(mask: np.ndarray, r: np.ndarray, a0: np.ndarray, a1: np.ndarray) -> np.ndarray:
     """Number of True in ``mask[r, a0:a1]`` per point (exact; sparse masks are cheap)."""
     L = mask.shape[1]
@@ -109,9 +115,13 @@ class _Table:
 
     def bad(self) -> np.ndarray:
         """Bool ``[R, L]``: ``finite`` is false or the loss is not finite (padding counts as bad)."""
-        loss = self.col(schema.LOSS)
-        fin = self.col(schema.FINITE)  # 1.0 / 0.0 / NaN(null -> unknown, not bad)
-        return (fin == 0.0) | ~np.isfinite(loss)
+        bad = ~np.isfinite(self.col(schema.LOSS, native=True))
+        s = self.df.get_column(schema.FINITE) if schema.FINITE in self.df.columns else None
+        if s is not None and s.dtype == pl.Boolean and s.null_count() == 0:
+            bad |= self._shape(~s.to_numpy(), False)  # the common case: no float copy
+        else:
+            bad |= self.col(schema.FINITE) == 0.0  # 1.0 / 0.0 / NaN(null -> unknown, not bad)
+        return bad
 
 
 class _Engine:
@@ -277,18 +287,17 @@ class _Engine:
             e = np.arange(K - 1, -1, -1, dtype=np.float64)
             w = np.stack([(1.0 - b) * b**e for b in betas] + [np.zeros(K)], axis=1)
             c = (v.reshape(R * (L // K), K) @ w).reshape(R, L // K, len(hls) + 1)
-            ct = np.ascontiguousarray(c.transpose(2, 1, 0))  # [H + 1, L / K, R]
+            v0 = v[:, 0].astype(np.float64)
             for i, (h, b) in enumerate(zip(hls, betas, strict=True)):
                 # y_j = c_j + b^K y_{j-1}, y_{-1} = v_0: the recursion lfilter runs, op for op,
                 # over L / K block columns of R runs each (lfilter's per-row setup dominated)
                 bk = b**K
-                ci = ct[i]
-                blk = np.empty_like(ci)
-                z = bk * v[:, 0].astype(np.float64)
-                for j in range(ci.shape[0]):
-                    np.add(ci[j], z, out=blk[j])
-                    z = bk * blk[j]
-                self._ema_blk[(col, h, tf)] = np.ascontiguousarray(blk.T)
+                blk = np.empty((R, L // K))
+                z = bk * v0
+                for j in range(L // K):
+                    np.add(c[:, j, i], z, out=blk[:, j])
+                    z = bk * blk[:, j]
+                self._ema_blk[(col, h, tf)] = blk
         return self._ema_blk[mk]
 
     def _ema_dirty_rows(self, mk: tuple[str, float, str], rows: np.ndarray) -> np.ndarray:
@@ -349,7 +358,7 @@ class _Engine:
     def _block_window(self, name: Any, blocks: Any, window: int) -> tuple[np.ndarray, ...]:
         """Window sums from cumulated per-block sums (all cut positions are multiples of K)."""
         if name not in self._cum:
-            self._cum[name] = [np.cumsum(b, axis=1) for b in blocks()]
+            self._cum[name] = [_cumsum_rows(b) for b in blocks()]
         start, end = self._window_ends(window)
         K = self.K
         return tuple(

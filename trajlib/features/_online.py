@@ -54,6 +54,7 @@ class _Plan:
         self.srcs: list[tuple[str, str]] = []
         self.ema: dict[tuple[str, float, str], int] = {}
         self.last: dict[str, tuple[int, int, int]] = {}  # col -> (value, step, previous value)
+        self.last_read: dict[str, set[str]] = {}  # col -> which of "step", "prev" the set reads
         self.first: dict[str, int] = {}
         self.change: dict[str, tuple[int, int]] = {}  # col -> (previous value, change step)
         self.ls: dict[str, int] = {}  # col -> first of 5 cumulative slots
@@ -71,6 +72,10 @@ class _Plan:
         exec(compile(self.source, "<trajlib.features online step>", "exec"), namespace)  # noqa: S102
         self.step: Callable[[list[Any], list[Any], tuple[Any, ...]], None] = namespace["_step"]
         self.extract: Callable[[Mapping[str, Any]], tuple[Any, ...]] = namespace["_extract"]
+        #: ``update(st, hist, pending, row) -> new pending``: step the pending row, extract ``row``
+        self.update: Callable[
+            [list[Any], list[Any], tuple[Any, ...] | None, Mapping[str, Any]], tuple[Any, ...]
+        ] = namespace["_update"]
         self.col_index = {c: i for i, c in enumerate(self.cols)}
 
     # ------------------------------------------------------------------ layout
@@ -118,6 +123,11 @@ class _Plan:
                 self.max_back = max(self.max_back, p.lag)
         elif isinstance(p, Last | LastStep | PrevLast):
             v, _, _ = self._last_slots(p.col)
+            need = self.last_read.setdefault(p.col, set())
+            if isinstance(p, LastStep):
+                need.add("step")
+            elif isinstance(p, PrevLast):
+                need.add("prev")
             if isinstance(p, Last) and p.lag > 0:
                 self._mark_hist(v)
                 self.max_back = max(self.max_back, p.lag)
@@ -171,26 +181,42 @@ class _Plan:
                 conv.append(f"None if {x} is None else bool({x})")
             else:
                 conv.append(f"_nan if {x} is None else float({x})")
-        L.append(f"    return ({', '.join(conv)},)" if conv else "    return ()")
-        L += ["", "def _step(st, hist, vals):", "    t = st[0]", "    st[0] = t + 1"]
+        ret = f"({', '.join(conv)},)" if conv else "()"
+        L.append(f"    return {ret}")
+        body = self._step_body(cv)
+        L += ["", "def _step(st, hist, vals):", *body]
+        # update: step the pending row (if any), then extract the new one -- one call per row
+        L += ["", "def _update(st, hist, vals, row):", "    if vals is not None:"]
+        L += ["    " + ln for ln in body]
+        L.append("    g = row.get")
+        L += [f"    {x} = g({c!r})" for c, x in cv.items()]
+        L.append(f"    return {ret}")
+        return "\n".join(L) + "\n"
+
+    def _step_body(self, cv: dict[str, str]) -> list[str]:
+        """Lines of the per-row state update (``vals`` -> ``st``, ``hist``), indented 4."""
+        L = ["    t = st[0]", "    st[0] = t + 1"]
         if cv:
             L.append(f"    {', '.join(cv.values())}, = vals")
+        # one finiteness test per column (x - x == 0.0: False for NaN and +-inf)
+        fin = {c: f"k{x[1:]}" for c, x in cv.items() if c != "finite"}
+        for c, k in fin.items():
+            L.append(f"    {k} = {cv[c]} - {cv[c]} == 0.0")
         sv: dict[tuple[str, str], tuple[str, str]] = {}
         for i, (c, tf) in enumerate(self.srcs):
             x, v, f = cv[c], f"v{i}", f"f{i}"
             if tf == "id":
-                L.append(f"    {f} = {x} - {x} == 0.0")
-                v = x
+                v, f = x, fin[c]
             elif tf == "sq":
                 L.append(f"    {v} = {x} * {x}")
                 L.append(f"    {f} = {v} - {v} == 0.0")
             else:  # log
-                L.append(f"    {f} = {x} > 0.0 and {x} - {x} == 0.0")
+                L.append(f"    {f} = {x} > 0.0 and {fin[c]}")
                 L.append(f"    {v} = _log({x}) if {f} else _nan")
             sv[(c, tf)] = (v, f)
         if self.bad is not None:
-            xl, xf = cv["loss"], cv["finite"]
-            L.append(f"    if ({xf} is not None and not {xf}) or not ({xl} - {xl} == 0.0):")
+            xf = cv["finite"]
+            L.append(f"    if ({xf} is not None and not {xf}) or not {fin['loss']}:")
             L.append(f"        st[{self.bad}] += 1.0")
         for (c, hl, k), slot in self.spike.items():
             v, f = sv[(c, "id")]
@@ -228,26 +254,28 @@ class _Plan:
             L.append(f"    st[{prev}] = {v}")
         for c, (prev, ch) in self.change.items():
             x = cv[c]
-            L.append(f"    if {x} - {x} == 0.0:")
+            L.append(f"    if {fin[c]}:")
             L.append(f"        if st[{prev}] == st[{prev}] and {x} != st[{prev}]:")
             L.append(f"            st[{ch}] = float(t)")
             L.append(f"        elif st[{ch}] != st[{ch}]:")
             L.append(f"            st[{ch}] = -1.0")
             L.append(f"        st[{prev}] = {x}")
         for c, (lv, lt, lp) in self.last.items():
-            x = cv[c]
-            L.append(f"    if {x} - {x} == 0.0:")
-            L.append(f"        st[{lp}] = st[{lv}]")
+            # the step / previous-value slots are kept only where the set reads them
+            x, need = cv[c], self.last_read.get(c, set())
+            L.append(f"    if {fin[c]}:")
+            if "prev" in need:
+                L.append(f"        st[{lp}] = st[{lv}]")
             L.append(f"        st[{lv}] = {x}")
-            L.append(f"        st[{lt}] = float(t)")
+            if "step" in need:
+                L.append(f"        st[{lt}] = float(t)")
         for c, fi in self.first.items():
-            x = cv[c]
-            L.append(f"    if {x} - {x} == 0.0 and st[{fi}] != st[{fi}]:")
-            L.append(f"        st[{fi}] = {x}")
+            L.append(f"    if {fin[c]} and st[{fi}] != st[{fi}]:")
+            L.append(f"        st[{fi}] = {cv[c]}")
         if self.hist_slots:
             items = ", ".join(f"st[{s}]" for s in self.hist_slots)
             L.append(f"    hist[t % {self.hist_size}] = ({items},)")
-        return "\n".join(L) + "\n"
+        return L
 
 
 class OnlineFeatures:
@@ -265,6 +293,7 @@ class OnlineFeatures:
         self._fs = get_feature_set(feature_set)
         self._budget = int(budget)
         self._plan = _Plan(self._fs)
+        self._update = self._plan.update
         self._features = self._fs.features
         pos = {p: i for i, p in enumerate(self._plan.prims)}
         self._getters = [self._getter(p) for p in self._plan.prims]
@@ -301,9 +330,7 @@ class OnlineFeatures:
         Only the columns the feature set reads are copied; the row is folded into the state when
         the next row arrives or :meth:`values` is called (so :meth:`amend` can still change it).
         """
-        if self._pending is not None:
-            self._plan.step(self._st, self._hist, self._pending)
-        self._pending = self._plan.extract(row)
+        self._pending = self._update(self._st, self._hist, self._pending, row)
 
     def amend(self, key: str, value: Any) -> None:
         """Set ``key`` on the last row given to :meth:`update` (allowed until the next update/values)."""

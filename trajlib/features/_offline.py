@@ -58,12 +58,6 @@ def _ema_rows(c: np.ndarray, hl: float) -> np.ndarray:
     return y
 
 
-def _cumsum_rows(a: np.ndarray) -> np.ndarray:
-    """``np.cumsum(a, axis=1)`` (same additions in the same order), C-contiguous; accumulating
-    down the columns of the transpose avoids numpy's per-row overhead on short rows."""
-    return np.ascontiguousarray(np.cumsum(np.ascontiguousarray(a.T), axis=0).T)
-
-
 def _count_true(mask: np.ndarray, r: np.ndarray, a0: np.ndarray, a1: np.ndarray) -> np.ndarray:
     """Number of True in ``mask[r, a0:a1]`` per point (exact; sparse masks are cheap)."""
     L = mask.shape[1]
@@ -358,7 +352,7 @@ class _Engine:
     def _block_window(self, name: Any, blocks: Any, window: int) -> tuple[np.ndarray, ...]:
         """Window sums from cumulated per-block sums (all cut positions are multiples of K)."""
         if name not in self._cum:
-            self._cum[name] = [_cumsum_rows(b) for b in blocks()]
+            self._cum[name] = [np.cumsum(b, axis=1) for b in blocks()]
         start, end = self._window_ends(window)
         K = self.K
         return tuple(

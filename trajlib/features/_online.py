@@ -13,6 +13,7 @@ A row is processed when the *next* row arrives or when :meth:`OnlineFeatures.val
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -298,6 +299,7 @@ class OnlineFeatures:
         pos = {p: i for i, p in enumerate(self._plan.prims)}
         self._getters = [self._getter(p) for p in self._plan.prims]
         self._args = [[pos[q] for q in f.requires()] for f in self._features]
+        self._calls = [(f.compute, a) for f, a in zip(self._features, self._args, strict=True)]
         self.reset()
 
     # ------------------------------------------------------------------ public API
@@ -352,13 +354,14 @@ class OnlineFeatures:
         """Features for a decision at ``s`` = rows seen: float64 array ``[len(feature_set)]``."""
         self._flush()
         pv = [g() for g in self._getters]
-        out = []
-        for f, args in zip(self._features, self._args, strict=True):
+        out: list[float] = []
+        append, ops, nan = out.append, FLOAT_OPS, math.nan
+        for compute, args in self._calls:
             try:
-                v = float(f.compute([pv[i] for i in args], FLOAT_OPS))
+                v = float(compute([pv[i] for i in args], ops))
             except (ArithmeticError, ValueError, TypeError):  # a user feature may trip; never raise
-                v = math.nan
-            out.append(v if v - v == 0.0 else math.nan)
+                v = nan
+            append(v if v - v == 0.0 else nan)
         return np.array(out, dtype=np.float64)
 
     def values_dict(self) -> dict[str, float]:
@@ -420,7 +423,7 @@ class OnlineFeatures:
             return tuple(e - 0.0 for e in end)
         h = self._hist[(s - window - 1) % self._plan.hist_size]
         j = self._plan.hist_index[first_slot]
-        return tuple(e - h[j + i] for i, e in enumerate(end))
+        return tuple(map(operator.sub, end, h[j : j + n]))
 
     def _getter(self, p: Prim) -> Callable[[], Any]:
         """A closure returning the current value of primitive ``p`` (built once per engine)."""

@@ -494,9 +494,20 @@ class _Engine:
     def _spikes(self, p: WinSpike) -> np.ndarray:
         key = (p.col, "id")
         v, f = self.source(*key)
-        y = self.ema_matrix(p.col, p.half_life, "id")
         factor = float(p.factor)
         mask = np.zeros(v.shape, dtype=bool)  # row 0: no EMA before it
+        mk = (p.col, float(p.half_life), "id")
+        if self.tab.L > 2 and len(self._dirty[key]) == 0 and mk not in self._ema:
+            # no gaps: the EMA before row t >= 2 is entry t - 2 of the recursion over rows >= 1
+            # (what ema_matrix stores from column 1 on), without assembling that matrix
+            b = beta_of(p.half_life)
+            c0 = v[:, 0:1].astype(np.float64)
+            tail = lfilter([1.0 - b], [1.0, -b], v[:, 1:].astype(np.float64), axis=1, zi=b * c0)[0]
+            np.greater(v[:, 1:2], factor * c0, out=mask[:, 1:2])
+            np.greater(v[:, 2:], factor * tail[:, :-1], out=mask[:, 2:])
+            mask &= f
+            return mask
+        y = self.ema_matrix(p.col, p.half_life, "id")
         if self.tab.L > 1:
             # v (float32 or float64) > factor * EMA before the row: compared in float64
             np.greater(v[:, 1:], factor * y[:, :-1], out=mask[:, 1:])

@@ -184,14 +184,15 @@ class _Engine:
         """Transformed column and its finite mask, ``[R, L]``."""
         key = (col, tf)
         if key not in self._src:
-            # raw and id sources stay in the column's own float dtype (float32 in the step schema):
-            # every float64 computation on them casts first, so the numbers are the same
-            x = self.tab.col(col, native=tf in ("raw", "id"))
+            # the column in its own float dtype (float32 in the step schema): raw and id sources
+            # stay so (every float64 computation on them casts first); sq and log are computed
+            # in float64 from it (exact upcast), so the numbers are those of a float64 column
+            x = self.tab.col(col, native=True)
             if tf == "sq":
-                v = x * x
+                v = np.multiply(x, x, dtype=np.float64)
             elif tf == "log":  # log(x) where x > 0, else NaN (no temporary copy of x)
                 v = np.full(x.shape, np.nan)
-                np.log(x, out=v, where=x > 0.0)
+                np.log(x, out=v, where=x > 0.0, dtype=np.float64)
             else:
                 v = x
             f = np.isfinite(v)

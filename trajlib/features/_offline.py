@@ -158,12 +158,13 @@ class _Engine:
         L = self.tab.L
         if L == 0 or len(self.avail) == 0:
             return 0
-        cuts = [self.avail]
+        shifts: set[int] = set()  # each distinct lag / window once
         for p in prims:
             if isinstance(p, Ema) and p.lag:
-                cuts.append(self._avail_lag(p.lag))
+                shifts.add(int(p.lag))
             elif isinstance(p, WinLogLs | WinLogDiff | WinSpike | WinBad) and p.window:
-                cuts.append(np.clip(self.avail - p.window, 0, None))
+                shifts.add(int(p.window))
+        cuts = [self.avail] + [self._avail_lag(w) for w in sorted(shifts)]
         k = int(np.gcd.reduce(np.concatenate(cuts + [np.array([L])]).astype(np.int64)))
         return k if k >= 4 else 0
 

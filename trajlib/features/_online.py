@@ -55,7 +55,6 @@ class _Plan:
         self.srcs: list[tuple[str, str]] = []
         self.ema: dict[tuple[str, float, str], int] = {}
         self.last: dict[str, tuple[int, int, int]] = {}  # col -> (value, step, previous value)
-        self.last_read: dict[str, set[str]] = {}  # col -> which of "step", "prev" the set reads
         self.first: dict[str, int] = {}
         self.change: dict[str, tuple[int, int]] = {}  # col -> (previous value, change step)
         self.ls: dict[str, int] = {}  # col -> first of 5 cumulative slots
@@ -124,11 +123,6 @@ class _Plan:
                 self.max_back = max(self.max_back, p.lag)
         elif isinstance(p, Last | LastStep | PrevLast):
             v, _, _ = self._last_slots(p.col)
-            need = self.last_read.setdefault(p.col, set())
-            if isinstance(p, LastStep):
-                need.add("step")
-            elif isinstance(p, PrevLast):
-                need.add("prev")
             if isinstance(p, Last) and p.lag > 0:
                 self._mark_hist(v)
                 self.max_back = max(self.max_back, p.lag)
@@ -261,15 +255,14 @@ class _Plan:
             L.append(f"        elif st[{ch}] != st[{ch}]:")
             L.append(f"            st[{ch}] = -1.0")
             L.append(f"        st[{prev}] = {x}")
+        if self.last:
+            L.append("    ft = float(t)")
         for c, (lv, lt, lp) in self.last.items():
-            # the step / previous-value slots are kept only where the set reads them
-            x, need = cv[c], self.last_read.get(c, set())
+            x = cv[c]
             L.append(f"    if {fin[c]}:")
-            if "prev" in need:
-                L.append(f"        st[{lp}] = st[{lv}]")
+            L.append(f"        st[{lp}] = st[{lv}]")
             L.append(f"        st[{lv}] = {x}")
-            if "step" in need:
-                L.append(f"        st[{lt}] = float(t)")
+            L.append(f"        st[{lt}] = ft")
         for c, fi in self.first.items():
             L.append(f"    if {fin[c]} and st[{fi}] != st[{fi}]:")
             L.append(f"        st[{fi}] = {cv[c]}")

@@ -49,6 +49,7 @@ N_MISSING = "n_missing"
 def _ema_rows(c: np.ndarray, hl: float) -> np.ndarray:
     """Row-wise EMA recursion ``m_0 = c_0; m_k = alpha c_k + beta m_{k-1}`` (the online formula)."""
     b = beta_of(hl)
+    c = c.astype(np.float64, copy=False)  # a float32 source: the recursion runs in float64
     y = np.empty_like(c)
     if c.shape[1]:
         y[:, 0] = c[:, 0]
@@ -108,9 +109,13 @@ class _Table:
 
     def bad(self) -> np.ndarray:
         """Bool ``[R, L]``: ``finite`` is false or the loss is not finite (padding counts as bad)."""
-        loss = self.col(schema.LOSS)
-        fin = self.col(schema.FINITE)  # 1.0 / 0.0 / NaN(null -> unknown, not bad)
-        return (fin == 0.0) | ~np.isfinite(loss)
+        bad = ~np.isfinite(self.col(schema.LOSS, native=True))
+        s = self.df.get_column(schema.FINITE) if schema.FINITE in self.df.columns else None
+        if s is not None and s.dtype == pl.Boolean and s.null_count() == 0:
+            bad |= self._shape(~s.to_numpy(), False)  # the common case: no float copy
+        else:
+            bad |= self.col(schema.FINITE) == 0.0  # 1.0 / 0.0 / NaN(null -> unknown, not bad)
+        return bad
 
 
 class _Engine:
@@ -153,12 +158,13 @@ class _Engine:
         L = self.tab.L
         if L == 0 or len(self.avail) == 0:
             return 0
-        cuts = [self.avail]
+        shifts: set[int] = set()  # each distinct lag / window once
         for p in prims:
             if isinstance(p, Ema) and p.lag:
-                cuts.append(self._avail_lag(p.lag))
+                shifts.add(int(p.lag))
             elif isinstance(p, WinLogLs | WinLogDiff | WinSpike | WinBad) and p.window:
-                cuts.append(np.clip(self.avail - p.window, 0, None))
+                shifts.add(int(p.window))
+        cuts = [self.avail] + [self._avail_lag(w) for w in sorted(shifts)]
         k = int(np.gcd.reduce(np.concatenate(cuts + [np.array([L])]).astype(np.int64)))
         return k if k >= 4 else 0
 
@@ -179,11 +185,15 @@ class _Engine:
         """Transformed column and its finite mask, ``[R, L]``."""
         key = (col, tf)
         if key not in self._src:
-            x = self.tab.col(col, native=tf == "raw")
+            # the column in its own float dtype (float32 in the step schema): raw and id sources
+            # stay so (every float64 computation on them casts first); sq and log are computed
+            # in float64 from it (exact upcast), so the numbers are those of a float64 column
+            x = self.tab.col(col, native=True)
             if tf == "sq":
-                v = x * x
-            elif tf == "log":
-                v = np.log(np.where(x > 0.0, x, np.nan))
+                v = np.multiply(x, x, dtype=np.float64)
+            elif tf == "log":  # log(x) where x > 0, else NaN (no temporary copy of x)
+                v = np.full(x.shape, np.nan)
+                np.log(x, out=v, where=x > 0.0, dtype=np.float64)
             else:
                 v = x
             f = np.isfinite(v)
@@ -273,9 +283,16 @@ class _Engine:
             e = np.arange(K - 1, -1, -1, dtype=np.float64)
             w = np.stack([(1.0 - b) * b**e for b in betas] + [np.zeros(K)], axis=1)
             c = (v.reshape(R * (L // K), K) @ w).reshape(R, L // K, len(hls) + 1)
+            v0 = v[:, 0].astype(np.float64)
             for i, (h, b) in enumerate(zip(hls, betas, strict=True)):
+                # y_j = c_j + b^K y_{j-1}, y_{-1} = v_0: the recursion lfilter runs, op for op,
+                # over L / K block columns of R runs each (lfilter's per-row setup dominated)
                 bk = b**K
-                blk = lfilter([1.0], [1.0, -bk], c[:, :, i], axis=1, zi=bk * v[:, 0:1])[0]
+                blk = np.empty((R, L // K))
+                z = bk * v0
+                for j in range(L // K):
+                    np.add(c[:, j, i], z, out=blk[:, j])
+                    z = bk * blk[:, j]
                 self._ema_blk[(col, h, tf)] = blk
         return self._ema_blk[mk]
 
@@ -420,7 +437,7 @@ class _Engine:
         if isinstance(p, WinLogDiff):
             chans = lambda: self._diff_chans(p.col)  # noqa: E731
             if self.K:
-                blocks = lambda: [self._blocks(c) for c in chans()]  # noqa: E731
+                blocks = lambda: self._diff_blocks(p.col)  # noqa: E731
                 return self._block_window(("diff", p.col), blocks, p.window)
             return self._cum_window(("diff", p.col), chans, p.window)
         if isinstance(p, WinSpike):
@@ -445,6 +462,22 @@ class _Engine:
             np.where(f, t * y, 0.0),
         ]
 
+    def _diff_blocks(self, col: str) -> list[np.ndarray]:
+        """Per-block sums of the :meth:`_diff_chans` channels."""
+        y, _ = self.source(col, "log")
+        if len(self._dirty[(col, "log")]) or self.tab.L < 2:
+            return [self._blocks(c) for c in self._diff_chans(col)]
+        # no gaps: every row but each run's first has a difference (exact integer counts)
+        R, L, K = self.tab.R, self.tab.L, self.K
+        n = np.full((R, L // K), float(K))
+        n[:, 0] = K - 1
+        d = np.empty_like(y)
+        d[:, 0] = 0.0
+        np.subtract(y[:, 1:], y[:, :-1], out=d[:, 1:])
+        sd = self._blocks(d)
+        np.multiply(d, d, out=d)
+        return [n, sd, self._blocks(d)]
+
     def _diff_chans(self, col: str) -> list[np.ndarray]:
         y, f = self.source(col, "log")
         d = np.zeros_like(y)
@@ -463,18 +496,33 @@ class _Engine:
     def _spikes(self, p: WinSpike) -> np.ndarray:
         key = (p.col, "id")
         v, f = self.source(*key)
+        factor = float(p.factor)
+        mask = np.zeros(v.shape, dtype=bool)  # row 0: no EMA before it
+        mk = (p.col, float(p.half_life), "id")
+        if self.tab.L > 2 and len(self._dirty[key]) == 0 and mk not in self._ema:
+            # no gaps: the EMA before row t >= 2 is entry t - 2 of the recursion over rows >= 1
+            # (what ema_matrix stores from column 1 on), without assembling that matrix
+            b = beta_of(p.half_life)
+            c0 = v[:, 0:1].astype(np.float64)
+            tail = lfilter([1.0 - b], [1.0, -b], v[:, 1:].astype(np.float64), axis=1, zi=b * c0)[0]
+            np.greater(v[:, 1:2], factor * c0, out=mask[:, 1:2])
+            np.greater(v[:, 2:], factor * tail[:, :-1], out=mask[:, 2:])
+            mask &= f
+            return mask
         y = self.ema_matrix(p.col, p.half_life, "id")
-        eprev = np.full_like(v, np.nan)
         if self.tab.L > 1:
-            eprev[:, 1:] = y[:, :-1]
+            # v (float32 or float64) > factor * EMA before the row: compared in float64
+            np.greater(v[:, 1:], factor * y[:, :-1], out=mask[:, 1:])
+            mask &= f
             dirty = self._dirty[key]
-            if len(dirty):
+            if len(dirty):  # the EMA before row t is the state after the finite rows < t
                 cnt = np.cumsum(f[dirty], axis=1)  # finite values among rows <= t
                 k = np.zeros_like(cnt)
                 k[:, 1:] = cnt[:, :-1]  # among rows < t
                 g = np.take_along_axis(y[dirty], np.maximum(k - 1, 0), axis=1)
-                eprev[dirty] = np.where(k > 0, g, np.nan)
-        return f & (v > float(p.factor) * eprev)
+                eprev = np.where(k > 0, g, np.nan)
+                mask[dirty] = f[dirty] & (v[dirty] > factor * eprev)
+        return mask
 
     def _rows(self, window: int) -> np.ndarray:
         if window == 0:

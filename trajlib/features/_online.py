@@ -13,6 +13,7 @@ A row is processed when the *next* row arrives or when :meth:`OnlineFeatures.val
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -71,6 +72,10 @@ class _Plan:
         exec(compile(self.source, "<trajlib.features online step>", "exec"), namespace)  # noqa: S102
         self.step: Callable[[list[Any], list[Any], tuple[Any, ...]], None] = namespace["_step"]
         self.extract: Callable[[Mapping[str, Any]], tuple[Any, ...]] = namespace["_extract"]
+        #: ``update(st, hist, pending, row) -> new pending``: step the pending row, extract ``row``
+        self.update: Callable[
+            [list[Any], list[Any], tuple[Any, ...] | None, Mapping[str, Any]], tuple[Any, ...]
+        ] = namespace["_update"]
         self.col_index = {c: i for i, c in enumerate(self.cols)}
 
     # ------------------------------------------------------------------ layout
@@ -171,26 +176,42 @@ class _Plan:
                 conv.append(f"None if {x} is None else bool({x})")
             else:
                 conv.append(f"_nan if {x} is None else float({x})")
-        L.append(f"    return ({', '.join(conv)},)" if conv else "    return ()")
-        L += ["", "def _step(st, hist, vals):", "    t = st[0]", "    st[0] = t + 1"]
+        ret = f"({', '.join(conv)},)" if conv else "()"
+        L.append(f"    return {ret}")
+        body = self._step_body(cv)
+        L += ["", "def _step(st, hist, vals):", *body]
+        # update: step the pending row (if any), then extract the new one -- one call per row
+        L += ["", "def _update(st, hist, vals, row):", "    if vals is not None:"]
+        L += ["    " + ln for ln in body]
+        L.append("    g = row.get")
+        L += [f"    {x} = g({c!r})" for c, x in cv.items()]
+        L.append(f"    return {ret}")
+        return "\n".join(L) + "\n"
+
+    def _step_body(self, cv: dict[str, str]) -> list[str]:
+        """Lines of the per-row state update (``vals`` -> ``st``, ``hist``), indented 4."""
+        L = ["    t = st[0]", "    st[0] = t + 1"]
         if cv:
             L.append(f"    {', '.join(cv.values())}, = vals")
+        # one finiteness test per column (x - x == 0.0: False for NaN and +-inf)
+        fin = {c: f"k{x[1:]}" for c, x in cv.items() if c != "finite"}
+        for c, k in fin.items():
+            L.append(f"    {k} = {cv[c]} - {cv[c]} == 0.0")
         sv: dict[tuple[str, str], tuple[str, str]] = {}
         for i, (c, tf) in enumerate(self.srcs):
             x, v, f = cv[c], f"v{i}", f"f{i}"
             if tf == "id":
-                L.append(f"    {f} = {x} - {x} == 0.0")
-                v = x
+                v, f = x, fin[c]
             elif tf == "sq":
                 L.append(f"    {v} = {x} * {x}")
                 L.append(f"    {f} = {v} - {v} == 0.0")
             else:  # log
-                L.append(f"    {f} = {x} > 0.0 and {x} - {x} == 0.0")
+                L.append(f"    {f} = {x} > 0.0 and {fin[c]}")
                 L.append(f"    {v} = _log({x}) if {f} else _nan")
             sv[(c, tf)] = (v, f)
         if self.bad is not None:
-            xl, xf = cv["loss"], cv["finite"]
-            L.append(f"    if ({xf} is not None and not {xf}) or not ({xl} - {xl} == 0.0):")
+            xf = cv["finite"]
+            L.append(f"    if ({xf} is not None and not {xf}) or not {fin['loss']}:")
             L.append(f"        st[{self.bad}] += 1.0")
         for (c, hl, k), slot in self.spike.items():
             v, f = sv[(c, "id")]
@@ -228,26 +249,27 @@ class _Plan:
             L.append(f"    st[{prev}] = {v}")
         for c, (prev, ch) in self.change.items():
             x = cv[c]
-            L.append(f"    if {x} - {x} == 0.0:")
+            L.append(f"    if {fin[c]}:")
             L.append(f"        if st[{prev}] == st[{prev}] and {x} != st[{prev}]:")
             L.append(f"            st[{ch}] = float(t)")
             L.append(f"        elif st[{ch}] != st[{ch}]:")
             L.append(f"            st[{ch}] = -1.0")
             L.append(f"        st[{prev}] = {x}")
+        if self.last:
+            L.append("    ft = float(t)")
         for c, (lv, lt, lp) in self.last.items():
             x = cv[c]
-            L.append(f"    if {x} - {x} == 0.0:")
+            L.append(f"    if {fin[c]}:")
             L.append(f"        st[{lp}] = st[{lv}]")
             L.append(f"        st[{lv}] = {x}")
-            L.append(f"        st[{lt}] = float(t)")
+            L.append(f"        st[{lt}] = ft")
         for c, fi in self.first.items():
-            x = cv[c]
-            L.append(f"    if {x} - {x} == 0.0 and st[{fi}] != st[{fi}]:")
-            L.append(f"        st[{fi}] = {x}")
+            L.append(f"    if {fin[c]} and st[{fi}] != st[{fi}]:")
+            L.append(f"        st[{fi}] = {cv[c]}")
         if self.hist_slots:
             items = ", ".join(f"st[{s}]" for s in self.hist_slots)
             L.append(f"    hist[t % {self.hist_size}] = ({items},)")
-        return "\n".join(L) + "\n"
+        return L
 
 
 class OnlineFeatures:
@@ -265,10 +287,12 @@ class OnlineFeatures:
         self._fs = get_feature_set(feature_set)
         self._budget = int(budget)
         self._plan = _Plan(self._fs)
+        self._update = self._plan.update
         self._features = self._fs.features
         pos = {p: i for i, p in enumerate(self._plan.prims)}
         self._getters = [self._getter(p) for p in self._plan.prims]
         self._args = [[pos[q] for q in f.requires()] for f in self._features]
+        self._calls = [(f.compute, a) for f, a in zip(self._features, self._args, strict=True)]
         self.reset()
 
     # ------------------------------------------------------------------ public API
@@ -301,9 +325,7 @@ class OnlineFeatures:
         Only the columns the feature set reads are copied; the row is folded into the state when
         the next row arrives or :meth:`values` is called (so :meth:`amend` can still change it).
         """
-        if self._pending is not None:
-            self._plan.step(self._st, self._hist, self._pending)
-        self._pending = self._plan.extract(row)
+        self._pending = self._update(self._st, self._hist, self._pending, row)
 
     def amend(self, key: str, value: Any) -> None:
         """Set ``key`` on the last row given to :meth:`update` (allowed until the next update/values)."""
@@ -325,13 +347,14 @@ class OnlineFeatures:
         """Features for a decision at ``s`` = rows seen: float64 array ``[len(feature_set)]``."""
         self._flush()
         pv = [g() for g in self._getters]
-        out = []
-        for f, args in zip(self._features, self._args, strict=True):
+        out: list[float] = []
+        append, ops, nan = out.append, FLOAT_OPS, math.nan
+        for compute, args in self._calls:
             try:
-                v = float(f.compute([pv[i] for i in args], FLOAT_OPS))
+                v = float(compute([pv[i] for i in args], ops))
             except (ArithmeticError, ValueError, TypeError):  # a user feature may trip; never raise
-                v = math.nan
-            out.append(v if v - v == 0.0 else math.nan)
+                v = nan
+            append(v if v - v == 0.0 else nan)
         return np.array(out, dtype=np.float64)
 
     def values_dict(self) -> dict[str, float]:
@@ -393,7 +416,7 @@ class OnlineFeatures:
             return tuple(e - 0.0 for e in end)
         h = self._hist[(s - window - 1) % self._plan.hist_size]
         j = self._plan.hist_index[first_slot]
-        return tuple(e - h[j + i] for i, e in enumerate(end))
+        return tuple(map(operator.sub, end, h[j : j + n]))
 
     def _getter(self, p: Prim) -> Callable[[], Any]:
         """A closure returning the current value of primitive ``p`` (built once per engine)."""

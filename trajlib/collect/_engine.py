@@ -276,45 +276,22 @@ class Population:
         # -update) of steps t and t - 1, so the five products of a step are elementwise ops.
         store = torch.zeros(2, 3, K, P, device=dev)
         self._bufs = (store[0], store[1])
-        self._prod_src = store
         self._bufs[0][1].copy_(self.theta)
         self.theta = self._bufs[0][1]
         self._Mb_t = self.spec.block_membership(dev).t().contiguous()  # [L, P / align]
         Mb = self._Mb_t.t()  # [P / align, L]
-        self._rec_flat = self.rec_sums.view(n, 5 * K * L)
+        self._rec_rows = self.rec_sums.view(n, 5 * K, L)
         # Views used every step, made once per buffer parity: (gradient out, -update out,
         # next parameters out, record args).
         self._views: list[tuple[torch.Tensor, ...]] = []
         small = K * P <= 1 << 18
-        # Tiny populations (K = 1): one broadcast product of the current buffer with both buffers
-        # ([2, 3, K, P]: squares and products with the previous step), one block sum, and one
-        # matrix-vector product that picks the five rows and sums blocks into layers.
-        tiny = (5 * K * L) * (6 * K * nb) <= 1 << 16
-        if tiny:
-            self._prod = torch.empty(2, 3, K, P, device=dev)
-            self._blocks = torch.empty(6 * K, nb, device=dev)
-        else:
-            self._prod = torch.empty(5 if small else 2, K, P, device=dev)
-            self._blocks = torch.empty(5 * K, nb, device=dev)
-        self._rec_mode = "tiny" if tiny else ("small" if small else "large")
+        self._prod = torch.empty(5 if small else 2, K, P, device=dev)
+        self._blocks = torch.empty(5 * K, nb, device=dev)
+        self._rec_mode = "small" if small else "large"
         for par in (0, 1):
             cur, prev = self._bufs[par], self._bufs[1 - par]
-            if tiny:
-                # row of the [6K, nb] block sums feeding rec row (j, k)
-                w = torch.zeros(5 * K * L, 6 * K * nb, device=dev)
-                for j in range(5):
-                    src_s, src_c = (par, j) if j < 3 else (1 - par, 0 if j == 3 else 2)
-                    for k in range(K):
-                        r = (src_s * 3 + src_c) * K + k
-                        dst = (j * K + k) * L
-                        w[dst : dst + L, r * nb : (r + 1) * nb] = Mb.t()
-                rec_args: tuple[torch.Tensor, ...] = (
-                    cur.unsqueeze(0),
-                    self._prod.view(6 * K, nb, A),
-                    w,
-                    self._blocks.view(-1),
-                )
-            elif small:
+            rec_args: tuple[torch.Tensor, ...]
+            if small:
                 rec_args = (
                     cur,
                     self._prod[:3],
@@ -506,27 +483,21 @@ class Population:
         """Raw per-layer sums of step t, no host sync: block sums of the squares of (g, w, d)
         and of g * g_prev and d * d_prev, then one small product from blocks to layers. All
         operands are views made once (:meth:`_alloc_record`)."""
-        K = self.K
         blocks = self._blocks
         mode = self._rec_mode
-        if mode == "tiny":
-            cur1, prod_blocks, w, blocks_flat = views[3:]
-            torch.mul(self._prod_src, cur1, out=self._prod)
-            torch.sum(prod_blocks, dim=-1, out=blocks)
-            torch.mv(w, blocks_flat, out=self._rec_flat[t])
-        elif mode == "small":  # small populations: fewer ops beat less memory traffic
+        if mode == "small":  # small populations: fewer ops beat less memory traffic
             cur, p3, cur02, prev02, p2, prod_blocks, mb = views[3:]
             torch.mul(cur, cur, out=p3)
             torch.mul(cur02, prev02, out=p2)
             torch.sum(prod_blocks, dim=-1, out=blocks)
-            torch.mm(blocks, mb, out=self._rec_flat[t].view(5 * K, -1))
+            torch.mm(blocks, mb, out=self._rec_rows[t])
         else:
             cur_blocks, b3, cur02, prev02, p, p_blocks, b2, mb = views[3:]
             torch.linalg.vector_norm(cur_blocks, dim=-1, out=b3)
             b3.square_()
             torch.mul(cur02, prev02, out=p)  # [2, K, P]
             torch.sum(p_blocks, dim=-1, out=b2)
-            torch.mm(blocks, mb, out=self._rec_flat[t].view(5 * K, -1))
+            torch.mm(blocks, mb, out=self._rec_rows[t])
         self.rec_loss[t] = loss
 
     @torch.no_grad()

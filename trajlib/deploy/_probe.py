@@ -8,12 +8,14 @@ is wrapped so the gradient is read after the closure has computed it).
 
 Cost. Per optimizer step the probe does a handful of whole-model operations on flat float32
 buffers and nothing else: one ``_foreach_copy_`` of gradients and weights into a ``[3, P]``
-buffer (rows: g, theta, u) before the step, one of the new weights after it, a subtraction, one
-blocked norm (squared norms of g, theta, u per 64-element block), one blocked dot product (g with
-the previous g, u with the previous u), and a small product of the ``[5, blocks]`` sums with a 0/1
-block -> layer membership matrix (every layer starts on a block boundary). Rows of the per-layer tensor are the squared norms of g, theta
-and u and the dot products g·g_prev and u·u_prev. Nothing is read on the host: the per-layer
-tensors are reduced to the step-table statistics (:func:`summarise`) in one batch when the
+buffer (rows: g, theta, u) before the step, one of the new weights after it, a subtraction, two
+multiplications into a product buffer (g, theta, u squared; g with the previous g, u with the
+previous u), one block sum (64-element blocks) and a small product of the ``[5, blocks]`` sums with
+a 0/1 block -> layer membership matrix (every layer starts on a block boundary); all operands are
+views made once per layout. Very large models (no dense membership matrix) use a blocked norm and
+a blocked dot product instead of the product buffer. Rows of the per-layer tensor are the squared
+norms of g, theta and u and the dot products g·g_prev and u·u_prev. Nothing is read on the host:
+the per-layer tensors are reduced to the step-table statistics (:func:`summarise`) in one batch when the
 scheduler needs them, at decision points.
 
 Definitions match the collector's (``trajlib.schema`` and ``trajlib/collect/_engine.py``): layers
@@ -263,10 +265,10 @@ class StepProbe:
                 if self._has_prev and len(prods) == 5:
                     torch.mul(prods[2], prods[3], out=prods[4])
                     torch.sum(self._prod_blocks, dim=-1, out=self._blk)
-                    stats = self._blk @ membership
+                    stats = torch.mm(self._blk, membership)
                 else:
                     torch.sum(self._prod_blocks[:3], dim=-1, out=self._blk3)
-                    stats = torch.cat([self._blk3 @ membership, self._nan2])
+                    stats = torch.cat([torch.mm(self._blk3, membership), self._nan2])
             else:
                 # block sums of squares (norm then square: one pass, no product buffer)
                 torch.linalg.vector_norm(blocks3, dim=-1, out=self._blk3)

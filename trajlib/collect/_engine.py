@@ -270,16 +270,49 @@ class Population:
         self.rec_loss = torch.full((n, K), nan, device=dev)  # [step, K]
         self.rec_sums = torch.full((n, 5, K, L), nan, device=dev)  # [step, 5, K, L]
         self.rec_val = torch.full((n, 2, K), nan, device=dev)  # [step, (loss, acc), K]
-        P = self.spec.n_params
-        # Two rotating [3, K, P] buffers hold (gradient, parameters, -update) of steps t and
-        # t - 1, so the five products of a step are two elementwise ops.
-        self._bufs = (torch.zeros(3, K, P, device=dev), torch.zeros(3, K, P, device=dev))
+        P, A = self.spec.n_params, self.spec.align
+        nb = P // A
+        # Two rotating [3, K, P] buffers (one [2, 3, K, P] tensor) hold (gradient, parameters,
+        # -update) of steps t and t - 1, so the five products of a step are elementwise ops.
+        store = torch.zeros(2, 3, K, P, device=dev)
+        self._bufs = (store[0], store[1])
         self._bufs[0][1].copy_(self.theta)
         self.theta = self._bufs[0][1]
+        self._Mb_t = self.spec.block_membership(dev).t().contiguous()  # [L, P / align]
+        Mb = self._Mb_t.t()  # [P / align, L]
+        self._rec_rows = self.rec_sums.view(n, 5 * K, L)
+        # Views used every step, made once per buffer parity: (gradient out, -update out,
+        # next parameters out, record args).
+        self._views: list[tuple[torch.Tensor, ...]] = []
         small = K * P <= 1 << 18
         self._prod = torch.empty(5 if small else 2, K, P, device=dev)
-        self._blocks = torch.empty(5 * K, P // self.spec.align, device=dev)
-        self._Mb_t = self.spec.block_membership(dev).t().contiguous()  # [L, P / align]
+        self._blocks = torch.empty(5 * K, nb, device=dev)
+        self._rec_mode = "small" if small else "large"
+        for par in (0, 1):
+            cur, prev = self._bufs[par], self._bufs[1 - par]
+            rec_args: tuple[torch.Tensor, ...]
+            if small:
+                rec_args = (
+                    cur,
+                    self._prod[:3],
+                    cur[0::2],
+                    prev[0::2],
+                    self._prod[3:],
+                    self._prod.view(5 * K, -1, A),
+                    Mb,
+                )
+            else:
+                rec_args = (
+                    cur.view(3 * K, -1, A),
+                    self._blocks[: 3 * K],
+                    cur[0::2],
+                    prev[0::2],
+                    self._prod,
+                    self._prod.view(2 * K, -1, A),
+                    self._blocks[3 * K :],
+                    Mb,
+                )
+            self._views.append((cur[0], cur[2], prev[1], *rec_args))
 
     # ------------------------------------------------------------------ functional pieces
     def _build_fns(self) -> None:
@@ -411,13 +444,13 @@ class Population:
         t = self.t
         self.hp["lr"] = lr
         rec = self.record and t < self.capacity
-        cur, nxt = (self._bufs[t % 2], self._bufs[(t + 1) % 2]) if rec else (None, None)
+        views = self._views[t % 2] if rec else None
         x, y = self._batch(t)
-        g, loss = self._grad(x, y, out=cur[0] if rec else None)
+        g, loss = self._grad(x, y, out=views[0] if views is not None else None)
         theta = self.theta
         lr_c = lr[:, None] if self._lr_scale is None else lr[:, None] * self._lr_scale
         mom = self.hp["momentum"][:, None]
-        d_out = cur[2] if rec else None  # d = -update = theta_t - theta_{t+1}
+        d_out = views[1] if views is not None else None  # d = -update = theta_t - theta_{t+1}
         if self.task.optimizer == "sgd":
             dg = g + self.hp["weight_decay"][:, None] * theta if self._on["weight_decay"] else g
             if t == 0:
@@ -438,31 +471,33 @@ class Population:
             d = torch.mul(direction, lr_c, out=d_out)
             if self._on["weight_decay"]:
                 d.add_((lr_c * self.hp["weight_decay"][:, None]) * theta)
-        new = torch.sub(theta, d, out=nxt[1] if rec else None)
-        if rec:
-            self._record(t, loss, cur, nxt)
+        new = torch.sub(theta, d, out=views[2] if views is not None else None)
+        if views is not None:
+            self._record(t, loss, views)
             self.step_times.append(time.perf_counter() - t0)
         self._last_loss = loss
         self.theta = new
         self.t = t + 1
 
-    def _record(self, t: int, loss: torch.Tensor, cur: torch.Tensor, prev: torch.Tensor) -> None:
-        """Raw per-layer sums of step t, no host sync: block norms of (g, w, d) (fused, nothing
-        materialized), block sums of g * g_prev and d * d_prev, then one small matmul from
-        blocks to layers."""
-        K, A = self.K, self.spec.align
-        blocks = self._blocks  # [5K, P / A]
-        p = self._prod
-        if p.shape[0] == 5:  # small populations: fewer ops beat less memory traffic
-            torch.mul(cur, cur, out=p[:3])
-            torch.mul(cur[0::2], prev[0::2], out=p[3:])
-            torch.sum(p.view(5 * K, -1, A), dim=-1, out=blocks)
+    def _record(self, t: int, loss: torch.Tensor, views: tuple[torch.Tensor, ...]) -> None:
+        """Raw per-layer sums of step t, no host sync: block sums of the squares of (g, w, d)
+        and of g * g_prev and d * d_prev, then one small product from blocks to layers. All
+        operands are views made once (:meth:`_alloc_record`)."""
+        blocks = self._blocks
+        mode = self._rec_mode
+        if mode == "small":  # small populations: fewer ops beat less memory traffic
+            cur, p3, cur02, prev02, p2, prod_blocks, mb = views[3:]
+            torch.mul(cur, cur, out=p3)
+            torch.mul(cur02, prev02, out=p2)
+            torch.sum(prod_blocks, dim=-1, out=blocks)
+            torch.mm(blocks, mb, out=self._rec_rows[t])
         else:
-            torch.linalg.vector_norm(cur.view(3 * K, -1, A), dim=-1, out=blocks[: 3 * K])
-            blocks[: 3 * K].square_()
-            torch.mul(cur[0::2], prev[0::2], out=p)  # [2, K, P]
-            torch.sum(p.view(2 * K, -1, A), dim=-1, out=blocks[3 * K :])
-        torch.mm(blocks, self._Mb_t.t(), out=self.rec_sums[t].view(5 * K, -1))
+            cur_blocks, b3, cur02, prev02, p, p_blocks, b2, mb = views[3:]
+            torch.linalg.vector_norm(cur_blocks, dim=-1, out=b3)
+            b3.square_()
+            torch.mul(cur02, prev02, out=p)  # [2, K, P]
+            torch.sum(p_blocks, dim=-1, out=b2)
+            torch.mm(blocks, mb, out=self._rec_rows[t])
         self.rec_loss[t] = loss
 
     @torch.no_grad()

@@ -8,12 +8,14 @@ is wrapped so the gradient is read after the closure has computed it).
 
 Cost. Per optimizer step the probe does a handful of whole-model operations on flat float32
 buffers and nothing else: one ``_foreach_copy_`` of gradients and weights into a ``[3, P]``
-buffer (rows: g, theta, u) before the step, one of the new weights after it, a subtraction, one
-blocked norm (squared norms of g, theta, u per 64-element block), one blocked dot product (g with
-the previous g, u with the previous u), and a small product of the ``[5, blocks]`` sums with a 0/1
-block -> layer membership matrix (every layer starts on a block boundary). Rows of the per-layer tensor are the squared norms of g, theta
-and u and the dot products g·g_prev and u·u_prev. Nothing is read on the host: the per-layer
-tensors are reduced to the step-table statistics (:func:`summarise`) in one batch when the
+buffer (rows: g, theta, u) before the step, one of the new weights after it, a subtraction, two
+multiplications into a product buffer (g, theta, u squared; g with the previous g, u with the
+previous u), one block sum (64-element blocks) and a small product of the ``[5, blocks]`` sums with
+a 0/1 block -> layer membership matrix (every layer starts on a block boundary); all operands are
+views made once per layout. Very large models (no dense membership matrix) use a blocked norm and
+a blocked dot product instead of the product buffer. Rows of the per-layer tensor are the squared
+norms of g, theta and u and the dot products g·g_prev and u·u_prev. Nothing is read on the host:
+the per-layer tensors are reduced to the step-table statistics (:func:`summarise`) in one batch when the
 scheduler needs them, at decision points.
 
 Definitions match the collector's (``trajlib.schema`` and ``trajlib/collect/_engine.py``): layers
@@ -41,6 +43,8 @@ LAYER_ROWS = RAW_LAYER_SUMS
 _EPS = 1e-30
 #: Largest blocks * L for which the dense block-membership matrix is used (float32: 16 MiB).
 _MEMBERSHIP_LIMIT = 1 << 22
+#: Largest row-picking matrix (elements) for the fused small-model path.
+_FUSED_LIMIT = 1 << 20
 _BLOCK, _BLOCK_LARGE = 64, 1024  # elements per block (models up to / above 4 M parameters)
 _STATE_FORMAT = "trajlib-step-probe/1"
 
@@ -119,14 +123,16 @@ class StepProbe:
         for nb in nblocks[:-1]:
             self._offsets.append(self._offsets[-1] + nb * block)
         size = sum(nblocks) * block
-        self._cur = torch.zeros(3, size, dtype=torch.float32, device=dev)
-        self._prev = torch.zeros(3, size, dtype=torch.float32, device=dev) if self.dots else None
         nb_total = sum(nblocks)
+        # Both buffers live in one [2, 3, size] tensor (slot ``self._ci`` is the current one), so
+        # the five products of a step are one broadcast multiplication of the current buffer with
+        # the pair (squares and products with the previous step).
+        self._store = torch.zeros(2 if self.dots else 1, 3, size, dtype=torch.float32, device=dev)
+        self._ci = 0
+        self._cur = self._store[0]
+        self._prev = self._store[1] if self.dots else None
         self._blk = torch.zeros(5, nb_total, dtype=torch.float32, device=dev)  # scratch
         self._blk3, self._blk2 = self._blk[:3], self._blk[3:]
-        self._views = {id(self._cur): self._make_views(self._cur)}
-        if self._prev is not None:
-            self._views[id(self._prev)] = self._make_views(self._prev)
         layer_of_block = torch.repeat_interleave(torch.arange(L), torch.tensor(nblocks))
         if sum(nblocks) * L <= _MEMBERSHIP_LIMIT:
             m = torch.zeros(sum(nblocks), L, dtype=torch.float32)
@@ -136,18 +142,35 @@ class StepProbe:
             self._membership = None
             ends = torch.tensor(nblocks).cumsum(0) - 1
             self._ends = ends.to(dev)
+        # Models with a dense membership matrix: the products into one [5, size] buffer (two
+        # multiplications of views made once), one block sum, one small matmul.
+        self._fused = self._membership is not None
+        if self._fused:
+            self._prod = torch.empty(5 if self.dots else 3, size, dtype=torch.float32, device=dev)
+            self._prod_blocks = self._prod.view(self._prod.shape[0], nb_total, block)
+        self._slots = [self._make_views(i) for i in range(self._store.shape[0])]
+        self._L = L
         self._nan2 = torch.full((2, L), math.nan, dtype=torch.float32, device=dev)
 
-    def _make_views(self, buf: torch.Tensor) -> tuple[Any, ...]:
-        """Views of one ``[3, size]`` buffer, made once: (per-parameter views of rows g and theta,
-        of row u, row theta, row u, all rows as blocks ``[3, nb, B]``, rows g and u as blocks)."""
+    def _make_views(self, slot: int) -> tuple[Any, ...]:
+        """Views of buffer ``slot``, made once: (per-parameter views of rows g and theta, of row
+        u, row theta, row u, all rows as blocks ``[3, nb, B]``, rows g and u as blocks, the
+        operands of the fused path's multiplications or None)."""
+        buf = self._store[slot]
         gw: list[torch.Tensor] = []
         u: list[torch.Tensor] = []
         for row, out in ((0, gw), (1, gw), (2, u)):
             for p, off, k in zip(self._params, self._offsets, self._numels):
                 out.append(buf[row, off : off + k].view(p.shape))
         b = self._block
-        return gw, u, buf[1], buf[2], buf.view(3, -1, b), buf[0::2].view(2, -1, b)
+        prods: tuple[torch.Tensor, ...] | None = None
+        if self._fused:
+            if self.dots:
+                prev = self._store[1 - slot]
+                prods = (buf, self._prod[:3], buf[0::2], prev[0::2], self._prod[3:])
+            else:
+                prods = (buf, self._prod[:3])
+        return gw, u, buf[1], buf[2], buf.view(3, -1, b), buf[0::2].view(2, -1, b), prods
 
     def _per_layer(self, blocks: torch.Tensor) -> torch.Tensor:
         """Block sums ``[r, nb]`` -> per-layer sums ``[r, L]``."""
@@ -169,6 +192,7 @@ class StepProbe:
                 return None
             if self._prev is not None:  # the current buffer becomes the previous one
                 self._cur, self._prev = self._prev, self._cur
+                self._ci ^= 1
             # torch passes ``args`` including the optimizer itself: (self, closure?)
             closure = kwargs.get("closure") if kwargs else None
             if closure is None and len(args) > 1:
@@ -178,7 +202,7 @@ class StepProbe:
                 return None
             # The gradient is computed inside step() by the closure (Lightning, LBFGS): snapshot
             # the weights now and the gradient when the closure returns.
-            gw = self._views[id(self._cur)][0]
+            gw = self._slots[self._ci][0]
             torch._foreach_copy_(gw[len(params) :], params)
 
             def wrapped() -> Any:
@@ -208,7 +232,7 @@ class StepProbe:
         """Copy the gradients (and, with ``weights``, the weights) into the current buffer
         (called with grad mode off)."""
         params = self._params
-        gw = self._views[id(self._cur)][0]
+        gw = self._slots[self._ci][0]
         n = len(params)
         grads: list[torch.Tensor] = [p.grad for p in params]  # type: ignore[misc]
         missing = [i for i, g in enumerate(grads) if g is None]
@@ -231,18 +255,30 @@ class StepProbe:
         grad_mode = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:
-            _, u, w_row, u_row, blocks3, gu = self._views[id(self._cur)]
+            _, u, w_row, u_row, blocks3, gu, prods = self._slots[self._ci]
             torch._foreach_copy_(u, self._params)
             u_row.sub_(w_row)
-            # block sums of squares (norm then square: one pass, no product buffer)
-            torch.linalg.vector_norm(blocks3, dim=-1, out=self._blk3)
-            self._blk3.square_()
-            if self._has_prev and self._prev is not None:
-                prev_gu = self._views[id(self._prev)][5]
-                torch.linalg.vecdot(gu, prev_gu, dim=-1, out=self._blk2)
-                stats = self._per_layer(self._blk)
+            membership = self._membership
+            if prods is not None and membership is not None:
+                # products, one block sum, one small matmul
+                torch.mul(prods[0], prods[0], out=prods[1])
+                if self._has_prev and len(prods) == 5:
+                    torch.mul(prods[2], prods[3], out=prods[4])
+                    torch.sum(self._prod_blocks, dim=-1, out=self._blk)
+                    stats = torch.mm(self._blk, membership)
+                else:
+                    torch.sum(self._prod_blocks[:3], dim=-1, out=self._blk3)
+                    stats = torch.cat([torch.mm(self._blk3, membership), self._nan2])
             else:
-                stats = torch.cat([self._per_layer(self._blk3), self._nan2])
+                # block sums of squares (norm then square: one pass, no product buffer)
+                torch.linalg.vector_norm(blocks3, dim=-1, out=self._blk3)
+                self._blk3.square_()
+                if self._has_prev and self._prev is not None:
+                    prev_gu = self._slots[self._ci ^ 1][5]
+                    torch.linalg.vecdot(gu, prev_gu, dim=-1, out=self._blk2)
+                    stats = self._per_layer(self._blk)
+                else:
+                    stats = torch.cat([self._per_layer(self._blk3), self._nan2])
             self._has_prev = self._prev is not None
             present = None
             if self._missing:

@@ -405,11 +405,7 @@ class ControllerScheduler:
             return
         rows, self._rows = self._rows, []
         tensors = [r[0] for r in rows if isinstance(r[0], torch.Tensor)]
-        host_losses = (
-            iter(torch.stack([t.float().reshape(()).cpu() for t in tensors]).tolist())
-            if tensors
-            else iter(())
-        )
+        host_losses = iter(_losses_to_host(tensors)) if tensors else iter(())
         losses = [next(host_losses) if isinstance(r[0], torch.Tensor) else r[0] for r in rows]
         measured = [r[1] for r in rows if r[1] is not None]
         per_unit: list[list[list[float]] | None] = [None] * len(self.units)
@@ -436,6 +432,10 @@ class ControllerScheduler:
             host = iter(torch.stack(real).cpu().tolist()) if real else iter(())
             per_unit = [None if o is None else next(host) for o in outs]
         g_all = self.optimizer.param_groups
+        sched, total = self.base_schedule, self.total_steps
+        bfs = [
+            1.0 if sched == "constant" else base_factor(sched, min(r[4] / total, 1.0)) for r in rows
+        ]
         for ui, u in enumerate(self.units):
             g0 = u.groups[0] if u.groups is not None else 0
             group = g_all[g0] if g0 < len(g_all) else g_all[0]
@@ -443,8 +443,8 @@ class ControllerScheduler:
             mom, wd = _hp_get(group, "momentum"), _hp_get(group, "weight_decay")
             stats_u = per_unit[ui]
             k = 0
-            for r, loss in zip(rows, losses):
-                bf = base_factor(self.base_schedule, min(r[4] / self.total_steps, 1.0))
+            update = u.features.update
+            for r, loss, bf in zip(rows, losses, bfs):
                 row: dict[str, Any] = {
                     "loss": loss,
                     "lr": base * bf * u.mult,
@@ -464,7 +464,7 @@ class ControllerScheduler:
                 else:
                     k += r[1] is not None
                     row["finite"] = r[1] is not None and loss_ok
-                u.features.update(row)
+                update(row)
 
     def _decide(self) -> None:
         self._flush()
@@ -504,15 +504,21 @@ class ControllerScheduler:
                         _hp_set(g, name, hp.move(cur, delta))
 
     def _apply_lr(self) -> None:
-        f = base_factor(self.base_schedule, min(self.step_count / self.total_steps, 1.0))
+        sched = self.base_schedule
+        f = (
+            1.0
+            if sched == "constant"
+            else base_factor(sched, min(self.step_count / self.total_steps, 1.0))
+        )
         units, ug = self.units, self._unit_of_group
         groups = self.optimizer.param_groups
         if len(groups) != len(self.base_lrs):
             self._sync_groups()
             ug = self._unit_of_group
-        for g, base, u in zip(groups, self.base_lrs, ug):
-            g["lr"] = base * f * units[u].mult
-        self._last_lr = [float(g["lr"]) for g in groups]
+        lrs = [base * f * units[u].mult for base, u in zip(self.base_lrs, ug)]
+        for g, lr in zip(groups, lrs):
+            g["lr"] = lr
+        self._last_lr = lrs
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -644,6 +650,15 @@ class ControllerScheduler:
     def close(self) -> None:
         """Remove the optimizer hooks (the scheduler stops measuring)."""
         self._probe.remove()
+
+
+def _losses_to_host(tensors: list[torch.Tensor]) -> list[float]:
+    """One-element loss tensors as host floats: one stack and one transfer when they share a
+    shape and device (the usual case), else one by one."""
+    try:
+        return torch.stack(tensors).reshape(-1).float().cpu().tolist()
+    except RuntimeError:  # mixed shapes or devices
+        return torch.stack([t.float().reshape(()).cpu() for t in tensors]).tolist()
 
 
 def _loss_out(loss: torch.Tensor | float | None) -> float | None:

@@ -171,7 +171,11 @@ class RayPBT(Strategy):
                 trainable = tune.with_parameters(
                     _pbt_member, task=task, seed=seed, budget=T, lr_bounds=bounds, device=device
                 )
-            except (AttributeError, TypeError, ValueError) as e:  # cloudpickle's failures
+            except (
+                AttributeError,
+                TypeError,
+                ValueError,
+            ) as e:  # Ray's serializer cannot ship the task
                 raise ConfigError(
                     "task",
                     "a task Ray can send to its workers (defined at module level)",

@@ -18,11 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from trajlib.store._layout import new_token
+from trajlib.store._layout import new_token, temp_path
 
 CLAIM_SUFFIX = ".claim"
-# A claim file that is still empty after this long belongs to a process that died between
-# creating and filling it.
+# Claims are linked into place complete; an empty or partial one can only come from an older
+# writer or damage, and is treated as stale after this long.
 _EMPTY_CLAIM_GRACE_S = 30.0
 _HOST = socket.gethostname()
 
@@ -113,26 +113,38 @@ def remove_if_stale(path: Path) -> bool:
 
 
 def try_claim(locks: Path, owner: str) -> str | None:
-    """Create ``locks/<owner>.claim``; return its token, or None if a live process holds it."""
+    """Create ``locks/<owner>.claim``; return its token, or None if a live process holds it.
+
+    The claim is written in full to a temporary file and then hard-linked into place: ``link``
+    fails if the claim exists (the same exclusivity as O_CREAT|O_EXCL), and a claim file is never
+    seen empty — a writer killed at any moment leaves either no claim or a complete one whose dead
+    holder makes it stale at once (an orphaned temporary file is removed by ``gc``).
+    """
     path = locks / f"{owner}{CLAIM_SUFFIX}"
     token = new_token()
     pid = os.getpid()
     body = json.dumps(
         {"pid": pid, "host": _HOST, "start": _own_start(), "token": token, "created": time.time()}
     ).encode()
-    for _attempt in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if remove_if_stale(path):
-                continue
-            return None
-        try:
-            os.write(fd, body)
-        finally:
-            os.close(fd)
-        return token
-    return None
+    tmp = temp_path(path, owner)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, body)
+    finally:
+        os.close(fd)
+    try:
+        for _attempt in range(3):
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                if remove_if_stale(path):
+                    continue
+                return None
+            return token
+        return None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 def holds(locks: Path, owner: str, token: str) -> bool:

@@ -92,7 +92,7 @@ def gc(store: Store) -> list[str]:
         for rid, rel in snap.fragments[table].items():
             if rid not in committed:
                 owned.setdefault(rid, []).append(root / rel)
-    for d in (*(root / t for t in TABLES), root / LAYERS_DIR):
+    for d in (*(root / t for t in TABLES), root / LAYERS_DIR, locks):
         for name in _entries(d):
             owner = temp_owner(name)
             if owner is not None and not owner.startswith("_"):

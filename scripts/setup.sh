@@ -15,6 +15,17 @@ fi
 pip_args=(-q --disable-pip-version-check --no-compile)
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
   pip_args+=(-c constraints.txt)
+  # No GPU: torch must be the CPU build. Where pip's configured local wheels hold it (as on our
+  # CI machines) the pin resolves to it; elsewhere take it from PyTorch's CPU index first.
+  if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+    tmp_dl="$(mktemp -d)"
+    if ! .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-index \
+        -d "$tmp_dl" -c constraints.txt torch >/dev/null 2>&1; then
+      .venv/bin/python -m pip install "${pip_args[@]}" torch \
+        --index-url https://download.pytorch.org/whl/cpu
+    fi
+    rm -rf "$tmp_dl"
+  fi
 fi
 target="."
 if [ "$extra" = "dev" ]; then target=".[dev]"; fi

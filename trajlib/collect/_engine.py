@@ -33,7 +33,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from trajlib.stepstats import RAW_LAYER_SUMS, STEP_STATS, step_stats
-from trajlib.tasks import Task, TaskData
+from trajlib.tasks import Task, TaskData, batch_slot, epoch_order
 
 __all__ = ["ALIGN", "FlatSpec", "Population", "REC_COLUMNS", "RAW_SUMS"]
 
@@ -131,12 +131,6 @@ class FlatSpec:
 
 def _ceil(n: int, a: int) -> int:
     return (n + a - 1) // a * a
-
-
-def _loss_value(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if task.loss == "mse":
-        return ((out - y) ** 2).mean()
-    return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
 
 
 def _mlp_layers(module: nn.Module) -> list[tuple[str, Callable | None]] | None:
@@ -323,7 +317,7 @@ class Population:
 
         def eval_fn(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
             out = out_fn(flat, x)
-            loss = _loss_value(task, out, y)
+            loss = task.loss_value(out, y)
             if task.is_classification:
                 acc = (out.argmax(-1) == y).float().mean()
             else:
@@ -331,7 +325,7 @@ class Population:
             return loss, acc
 
         self._out = out_fn
-        self._vloss = vmap(lambda p, x, y: _loss_value(task, functional_call(module, p, (x,)), y))
+        self._vloss = vmap(lambda p, x, y: task.loss_value(functional_call(module, p, (x,)), y))
         self._veval = vmap(eval_fn, in_dims=(0, None, None))
         self._plan = _mlp_layers(module) if self.fast else None
 
@@ -385,7 +379,7 @@ class Population:
             elif K == 1:
                 one = {n: v[0] for n, v in params.items()}
                 pred = functional_call(self.module, one, (x[0],))
-                loss = _loss_value(self.task, pred, y[0]).reshape(1)
+                loss = self.task.loss_value(pred, y[0]).reshape(1)
             else:
                 loss = self._vloss(params, x, y)
             total = loss.sum()
@@ -416,18 +410,15 @@ class Population:
     def _batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Minibatch [K, B, ...] of step ``t``: a function of (member seed, t) only."""
         n, B = self.data.x_train.shape[0], self.task.batch_size
-        per_epoch = max(n // B, 1)
-        epoch, pos = divmod(t, per_epoch)
+        epoch, start = batch_slot(t, n, B)
         if epoch != self._perm_epoch:
-            perms = []
-            for s in self.seeds:
-                g = torch.Generator().manual_seed(s * 1_000_003 + epoch)
-                perms.append(torch.randperm(n, generator=g))
-            self._perms = torch.stack(perms).to(self.device)
+            self._perms = torch.stack([epoch_order(s, epoch, n) for s in self.seeds]).to(
+                self.device
+            )
             self._perm_epoch = epoch
         if self._perms is None:
             raise RuntimeError("no batch permutation for this epoch")
-        idx = self._perms[:, pos * B : pos * B + B]  # [K, B]
+        idx = self._perms[:, start : start + B]  # [K, B]
         x, y = self.data.x_train[idx], self.data.y_train[idx]
         if self._on["input_noise"] and x.is_floating_point():
             if getattr(self, "_seed_keys", None) is None:

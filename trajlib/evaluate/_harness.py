@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from trajlib.errors import ConfigError
-from trajlib.tasks import Task, TaskData
+from trajlib.tasks import Task, TaskData, batch_slot, epoch_order
 
 __all__ = [
     "Method",
@@ -153,13 +153,6 @@ def cosine_method(lr_scale: float = 1.0, name: str | None = None, cost: float = 
     )
 
 
-def task_loss(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The task's training loss (mean over the batch; over every position for sequence tasks)."""
-    if task.loss == "mse":
-        return ((out - y) ** 2).mean()
-    return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-
-
 class TrainRun:
     """One training run of ``task`` at ``seed``, advanced one step at a time.
 
@@ -208,12 +201,10 @@ class TrainRun:
     def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of batch ``t`` (deterministic in ``seed`` and ``t``)."""
         n, B = self.data.x_train.shape[0], self.task.batch_size
-        per_epoch = max(n // B, 1)
-        epoch, pos = divmod(t, per_epoch)
+        epoch, start = batch_slot(t, n, B)
         if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = (epoch, torch.randperm(n, generator=g).to(self.device))
-        idx = self._perm[1][pos * B : pos * B + B]
+            self._perm = (epoch, epoch_order(self.seed, epoch, n).to(self.device))
+        idx = self._perm[1][start : start + B]
         return self.data.x_train[idx], self.data.y_train[idx]
 
     # ------------------------------------------------------------------------------ modes
@@ -239,7 +230,7 @@ class TrainRun:
         t = self.step
         x, y = self.batch(t)
         self.model.train()
-        loss = loss_fn(x, y) if loss_fn is not None else task_loss(self.task, self.model(x), y)
+        loss = loss_fn(x, y) if loss_fn is not None else self.task.loss_value(self.model(x), y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -274,7 +265,7 @@ class TrainRun:
         self._set_mode(train=False)
         try:
             out = self.model(x)
-            loss = float(task_loss(self.task, out, y))
+            loss = float(self.task.loss_value(out, y))
             acc = (
                 float((out.argmax(-1) == y).float().mean())
                 if self.task.is_classification

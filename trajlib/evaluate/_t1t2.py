@@ -27,7 +27,7 @@ import torch
 from torch.func import functional_call
 
 from trajlib.errors import ConfigError
-from trajlib.evaluate._harness import Trace, TrainRun, task_loss
+from trajlib.evaluate._harness import Trace, TrainRun
 from trajlib.evaluate._strategies import Strategy
 from trajlib.tasks import Task
 
@@ -110,7 +110,7 @@ class T1T2(Strategy):
                 l2, sig = log_l2.exp(), log_noise.exp()
                 w = {n: p.detach().clone().requires_grad_(True) for n, p in zip(names, params)}
                 xin = x + sig * eps if noisy else x  # eps is unused when not noisy
-                loss = task_loss(task, functional_call(run.model, w, (xin,)), y)
+                loss = task.loss_value(functional_call(run.model, w, (xin,)), y)
                 total = loss + 0.5 * l2 * sum((p**2).sum() for p in w.values())
                 grads = torch.autograd.grad(total, list(w.values()), create_graph=True)
                 for p, g in zip(params, grads):
@@ -119,7 +119,7 @@ class T1T2(Strategy):
                 with torch.no_grad():
                     l2, sig = log_l2.exp(), log_noise.exp()
                 xin = x + sig * eps if noisy else x
-                loss = task_loss(task, run.model(xin), y)
+                loss = task.loss_value(run.model(xin), y)
                 total = loss + 0.5 * l2 * sum((p**2).sum() for p in params)
                 run.optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -130,7 +130,7 @@ class T1T2(Strategy):
                 break
             if do_hyper:
                 idx = torch.randint(0, n_val, (task.batch_size,), generator=vgen).to(device)
-                vloss = task_loss(task, run.model(data.x_val[idx]), data.y_val[idx])
+                vloss = task.loss_value(run.model(data.x_val[idx]), data.y_val[idx])
                 v = torch.autograd.grad(vloss, params)
                 eta = float(run.optimizer.param_groups[0]["lr"])
                 dot = torch.zeros(())

@@ -11,9 +11,21 @@ from trajlib.tasks._base import (
     OPTIMIZERS,
     Task,
     TaskData,
+    batch_slot,
+    epoch_order,
     get_task,
     list_tasks,
     register_task,
 )
 
-__all__ = ["Task", "TaskData", "get_task", "list_tasks", "register_task", "LOSSES", "OPTIMIZERS"]
+__all__ = [
+    "Task",
+    "TaskData",
+    "batch_slot",
+    "epoch_order",
+    "get_task",
+    "list_tasks",
+    "register_task",
+    "LOSSES",
+    "OPTIMIZERS",
+]

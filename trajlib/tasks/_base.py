@@ -12,7 +12,17 @@ from torch import nn
 
 from trajlib.errors import ConfigError, UnknownNameError
 
-__all__ = ["Task", "TaskData", "register_task", "get_task", "list_tasks", "LOSSES", "OPTIMIZERS"]
+__all__ = [
+    "Task",
+    "TaskData",
+    "batch_slot",
+    "epoch_order",
+    "register_task",
+    "get_task",
+    "list_tasks",
+    "LOSSES",
+    "OPTIMIZERS",
+]
 
 LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("sgd", "adamw")
@@ -83,6 +93,14 @@ class Task:
     def is_classification(self) -> bool:
         return self.loss == "cross_entropy"
 
+    def loss_value(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of model output ``out`` against ``y`` (a mean over the batch and,
+        for sequence tasks, over every position). The one definition the collector, the
+        evaluation harness and the baselines share."""
+        if self.loss == "mse":
+            return ((out - y) ** 2).mean()
+        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -97,6 +115,23 @@ class Task:
             "batch_size": self.batch_size,
             "val_every": self.val_every,
         }
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The order [n] in which a run seeded ``seed`` visits the training split in ``epoch``.
+
+    A pure function of ``(seed, epoch)``, so every run of a seed — collected, branched, evaluated
+    or in a population — sees the same batches at the same step (common random numbers).
+    """
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
+def batch_slot(t: int, n: int, batch_size: int) -> tuple[int, int]:
+    """``(epoch, start)`` of batch ``t`` over ``n`` training examples: the batch is
+    ``epoch_order(seed, epoch)[start : start + batch_size]`` (a last partial batch is dropped)."""
+    epoch, pos = divmod(t, max(n // batch_size, 1))
+    return epoch, pos * batch_size
 
 
 _REGISTRY: dict[str, Callable[[], Task]] = {}

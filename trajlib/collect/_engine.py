@@ -73,11 +73,6 @@ class FlatSpec:
         return _ceil(self.offsets[-1] + self.numels[-1], self.align)
 
     @property
-    def n_real(self) -> int:
-        """Number of actual parameters (without gaps)."""
-        return sum(self.numels)
-
-    @property
     def n_layers(self) -> int:
         return len(self.names)
 

@@ -37,7 +37,6 @@ counts only when the transformed value is finite.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 TRANSFORMS = ("id", "sq", "log")
@@ -144,14 +143,3 @@ def prim_columns(p: Prim) -> tuple[str, ...]:
     if isinstance(p, WinBad):
         return ("loss", "finite")
     return (p.col,)
-
-
-def _finite(x: float) -> bool:
-    return x - x == 0.0
-
-
-def safe_log(x: float) -> float:
-    """``log(x)`` for finite ``x > 0``, else NaN (never raises)."""
-    if x > 0.0 and x - x == 0.0:
-        return math.log(x)
-    return math.nan

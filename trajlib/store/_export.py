@@ -7,35 +7,16 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import polars as pl
+
 from trajlib import schema as S
 from trajlib.errors import TrajlibError
 
 if TYPE_CHECKING:
     from trajlib.store._store import Store
 
-# step-table columns written as scalars, tag = column name
-SCALARS = (
-    S.LOSS,
-    S.LR,
-    S.MOMENTUM,
-    S.WEIGHT_DECAY,
-    S.L2,
-    S.INPUT_NOISE,
-    S.LR_MULT,
-    S.BASE_FACTOR,
-    S.GRAD_NORM,
-    S.WEIGHT_NORM,
-    S.UPDATE_NORM,
-    S.GRAD_COS,
-    S.UPDATE_COS,
-    S.UPD_RATIO_MEAN,
-    S.UPD_RATIO_MAX,
-    S.UPD_RATIO_MIN,
-    S.UPD_RATIO_MEDIAN,
-    S.STEP_TIME_S,
-    S.VAL_LOSS,
-    S.VAL_ACC,
-)
+# step-table columns written as scalars (every float column), tag = column name
+SCALARS = tuple(c for c, dtype in S.STEP_SCHEMA.items() if dtype == pl.Float32())
 
 
 def _summary_writer() -> type:

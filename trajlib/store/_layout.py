@@ -144,11 +144,19 @@ def atomic_write_parquet(
         row_group_size=ROW_GROUP_ROWS,
         metadata=metadata,
     )
+    atomic_write_bytes(buf.getbuffer(), final, owner, durable=durable)
+
+
+def atomic_write_bytes(
+    data: bytes | memoryview, final: Path, owner: str, *, durable: bool = True
+) -> None:
+    """Write ``data`` to a temporary next to ``final`` (fsynced when ``durable``), rename it into
+    place, then fsync the directory: a reader sees the old file or the whole new one."""
     tmp = temp_path(final, owner)
     try:
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
-            view = buf.getbuffer()
+            view = memoryview(data)
             while view.nbytes:
                 view = view[os.write(fd, view) :]
             if durable:
@@ -165,21 +173,8 @@ def atomic_write_parquet(
 
 
 def atomic_write_json(obj: object, final: Path, owner: str, *, durable: bool = True) -> None:
-    tmp = temp_path(final, owner)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if durable:
-        fsync_dir(final.parent)
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(text.encode("utf-8"), final, owner, durable=durable)
 
 
 def list_parquet(directory: Path) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from trajlib.collect import Population
-from trajlib.tasks import get_task
+from trajlib.tasks import Task, get_task
 
 STEPS = 25
 
@@ -83,12 +83,47 @@ def test_fast_mlp_path_equals_generic_vmap_path():
     lrs = np.array([0.02, 0.05, 0.1])
     fast = Population(task, data, [0, 1, 2], {"lr": lrs}, capacity=STEPS)
     slow = Population(task, data, [0, 1, 2], {"lr": lrs}, capacity=STEPS, fast=False)
-    assert fast._plan is not None and slow._plan is None
+    assert fast._mlp is not None and slow._mlp is None
     a, b = _train(fast, lrs), _train(slow, lrs)
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
     va, vb = fast.evaluate("val"), slow.evaluate("val")
     np.testing.assert_allclose(va[0].numpy(), vb[0].numpy(), rtol=1e-4)
     np.testing.assert_allclose(va[1].numpy(), vb[1].numpy())
+
+
+@pytest.mark.parametrize(
+    "make_model, loss",
+    [
+        (lambda: nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 10)), "cross_entropy"),
+        (lambda: nn.Sequential(nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 10)), "cross_entropy"),
+        (  # an activation after the output layer, an Identity, MSE on one-hot targets
+            lambda: nn.Sequential(
+                nn.Linear(64, 16), nn.Identity(), nn.ReLU(), nn.Linear(16, 10), nn.Tanh()
+            ),
+            "mse",
+        ),
+    ],
+)
+def test_hand_written_mlp_backward_equals_autograd(make_model, loss):
+    base = get_task("digits-mlp")
+    data = base.make_data()
+    if loss == "mse":
+        data = type(data)(
+            *(
+                nn.functional.one_hot(t, 10).float() if t.dtype == torch.int64 else t
+                for t in data.tensors()
+            )
+        )
+    task = Task("custom-mlp", "custom", make_model, lambda: data, loss=loss, default_lr=0.05)
+    lrs = np.array([0.02, 0.05])
+    hps = {"lr": lrs, "l2": [0.0, 1e-2]}
+    fast = Population(task, data, [0, 1], hps, capacity=STEPS)
+    slow = Population(task, data, [0, 1], hps, capacity=STEPS, fast=False)
+    assert fast._mlp is not None and slow._mlp is None
+    np.testing.assert_allclose(_train(fast, lrs), _train(slow, lrs), rtol=2e-4, atol=2e-5)
+    g_fast, _ = fast._grad(*fast._batch(fast.t))
+    g_slow, _ = slow._grad(*slow._batch(slow.t))
+    np.testing.assert_allclose(g_fast.numpy(), g_slow.numpy(), rtol=1e-3, atol=1e-6)
 
 
 @pytest.mark.parametrize("seeds, fast", [([1, 2], True), ([1, 2], False), ([1], False)])

@@ -4,8 +4,10 @@ All parameters of a member live in one flat vector, so the population state is a
 Each parameter tensor (a *layer*) starts at a multiple of ``ALIGN`` floats; the gaps are zeros that
 stay zero (no gradient, no update), which lets per-layer sums be one contiguous block reduction.
 
-Gradients: one batched forward (``vmap`` of ``functional_call``, or, for plain MLPs, stacked
-``baddbmm`` layers, which is faster on CPU) and one backward of the summed member losses: members
+Gradients: for plain MLPs, a hand-written batched forward and backward
+(:class:`trajlib.collect._mlp.StackedMLP`: batched GEMMs into buffers allocated once, each layer's
+gradient written straight into its slice of the flat gradient); for other models one batched
+forward (``vmap`` of ``functional_call``) and one backward of the summed member losses: members
 are independent, so the gradient of the sum is each member's own gradient. The optimizers (SGD with
 momentum, AdamW) are written on the stacked tensors with per-member hyperparameters ``[K]`` and
 per-member, per-layer LR multipliers ``[K, L]``.
@@ -24,7 +26,6 @@ numbers), and a member of a population sees what it would see trained alone.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from trajlib.collect._mlp import StackedMLP, mlp_plan
 from trajlib.stepstats import RAW_LAYER_SUMS, STEP_STATS, step_stats
 from trajlib.tasks import Task, TaskData, batch_slot, epoch_order
 
@@ -46,12 +48,6 @@ RAW_SUMS = RAW_LAYER_SUMS
 REC_COLUMNS = ("loss", *STEP_STATS, "finite", "val_loss", "val_acc")
 HP_NAMES = ("lr", "momentum", "weight_decay", "l2", "input_noise")
 _EPS = 1e-30
-_ACTS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
-    nn.ReLU: torch.relu,
-    nn.Tanh: torch.tanh,
-    nn.GELU: nn.functional.gelu,
-    nn.Identity: lambda h: h,
-}
 
 
 @dataclass(frozen=True)
@@ -128,22 +124,6 @@ def _ceil(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
-def _mlp_layers(module: nn.Module) -> list[tuple[str, Callable | None]] | None:
-    """For an ``nn.Sequential`` of Linear layers and elementwise activations: the plan
-    [(linear-name, None) | ("", activation)]; otherwise None (use the generic vmap path)."""
-    if not isinstance(module, nn.Sequential):
-        return None
-    plan: list[tuple[str, Callable | None]] = []
-    for name, m in module.named_children():
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            plan.append((name, None))
-        elif type(m) in _ACTS:
-            plan.append(("", _ACTS[type(m)]))
-        else:
-            return None
-    return plan if any(n for n, _ in plan) else None
-
-
 def _noise(keys: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """Standard normal noise [K, *shape], a pure function of each member's int64 key: a
     counter-based hash (no generator state), so forks and populations see the same noise."""
@@ -172,8 +152,8 @@ class Population:
         record: keep the per-step record (``False``: the bare training loop, for benchmarks and
             branches).
         capacity: steps the record buffers hold (default: the task's budget).
-        fast: use the stacked-``baddbmm`` path for plain MLPs (same numbers as the generic path up
-            to float rounding).
+        fast: use the hand-written backward for plain MLPs (same numbers as the generic autograd
+            path up to float rounding).
     """
 
     def __init__(
@@ -322,43 +302,21 @@ class Population:
         self._out = out_fn
         self._vloss = vmap(lambda p, x, y: task.loss_value(functional_call(module, p, (x,)), y))
         self._veval = vmap(eval_fn, in_dims=(0, None, None))
-        self._plan = _mlp_layers(module) if self.fast else None
-
-    def _mlp_forward(self, v: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Stacked MLP: parameters name -> [K, *shape], x [K, B, d] (or [B, d], shared) ->
-        [K, B, out]. Activations are kept transposed ([K, d, B]) so every layer is
-        ``baddbmm(b, W, h)`` and autograd's backward GEMMs are the fast orientations on CPU
-        (``grad_W = g @ h^T``, ``grad_h = W^T @ g``)."""
-        if self._plan is None:
-            raise RuntimeError("fast path used without a plan")
-        K = next(iter(v.values())).shape[0]
-        h = x.transpose(-1, -2)
-        if h.dim() == 2:
-            h = h.unsqueeze(0).expand(K, *h.shape)
-        for name, act in self._plan:
-            if act is not None:
-                h = act(h)
-            else:
-                w, b = v[f"{name}.weight"], v[f"{name}.bias"]
-                h = torch.baddbmm(b.unsqueeze(2), w, h)
-        return h.transpose(1, 2)
-
-    def _member_losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """out [K, B, C], y [K, B] (or [B], shared) -> mean loss per member [K]."""
-        K = out.shape[0]
-        if y.dim() < out.dim() - (1 if self.task.is_classification else 0):
-            y = y.unsqueeze(0).expand(K, *y.shape)
-        if self.task.loss == "mse":
-            return ((out - y) ** 2).reshape(K, -1).mean(1)
-        per = nn.functional.cross_entropy(
-            out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none"
-        )
-        return per.view(K, -1).mean(1)
+        plan = mlp_plan(module) if self.fast else None
+        where = {n: (o, sh) for n, o, sh in zip(spec.names, spec.offsets, spec.shapes)}
+        self._mlp = StackedMLP(plan, where, task.loss) if plan is not None else None
 
     def _grad(
         self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-member gradients [K, P] (written into ``out`` when given) and data losses [K]."""
+        if self._mlp is not None:
+            if out is None:
+                out = self._grad_buffer()
+            loss = self._mlp.loss_and_grad(self.theta, x, y, out)
+            if self._on["l2"]:
+                out.addcmul_(self.hp["l2"][:, None], self.theta)
+            return out, loss
         # Each layer is its own leaf (a view of the flat parameters), so backward never builds
         # [K, P] zero-filled gradients per slice; the flat gradient is assembled with one cat.
         spec, K = self.spec, self.K
@@ -369,9 +327,7 @@ class Population:
         ]
         params = dict(zip(spec.names, leaves))
         with torch.enable_grad():
-            if self._plan is not None:
-                loss = self._member_losses(self._mlp_forward(params, x), y)
-            elif K == 1:
+            if K == 1:
                 one = {n: v[0] for n, v in params.items()}
                 pred = functional_call(self.module, one, (x[0],))
                 loss = self.task.loss_value(pred, y[0]).reshape(1)
@@ -388,6 +344,14 @@ class Population:
             if pad is not None:
                 pieces.append(pad)
         return torch.cat(pieces, dim=1, out=out), loss.detach()
+
+    def _grad_buffer(self) -> torch.Tensor:
+        """A persistent [K, P] gradient buffer whose alignment gaps stay zero (populations that
+        do not record, e.g. branches)."""
+        buf = getattr(self, "_gbuf", None)
+        if buf is None or buf.shape[0] != self.K:
+            buf = self._gbuf = torch.zeros(self.K, self.spec.n_params, device=self.device)
+        return buf
 
     def _pads(self) -> list[torch.Tensor | None]:
         pads = getattr(self, "_pad_cache", None)
@@ -495,11 +459,11 @@ class Population:
             if split == "val"
             else (self.data.x_test, self.data.y_test)
         )
-        if self._plan is not None:
-            out = self._mlp_forward(self.spec.views(self.theta), x)
-            loss = self._member_losses(out, y)
+        if self._mlp is not None:
+            out = self._mlp.forward(self.theta, x)  # [K, C, B]
+            loss = self._mlp.member_losses(out, y)
             if self.task.is_classification:
-                acc = (out.argmax(-1) == y).float().mean(-1)
+                acc = (out.argmax(1) == y).float().mean(-1)
             else:
                 acc = torch.full_like(loss, float("nan"))
             return loss, acc
@@ -553,11 +517,11 @@ class Population:
         child = Population.__new__(Population)
         child.task, child.data, child.device = self.task, self.data, self.device
         child.module, child.spec, child.fast = self.module, self.spec, self.fast
-        child._out, child._vloss, child._veval, child._plan = (
-            self._out,
-            self._vloss,
-            self._veval,
-            self._plan,
+        child._out, child._vloss, child._veval = self._out, self._vloss, self._veval
+        child._mlp = (
+            StackedMLP(self._mlp.layers, self._mlp.where, self.task.loss)
+            if (self._mlp is not None)
+            else None
         )
         child.K = K
         child.t = self.t

@@ -237,3 +237,20 @@ def test_fork_copies_state_and_sees_the_same_batches():
         rtol=1e-4,
         atol=1e-6,
     )
+
+
+def test_mlp_members_in_chunks_give_the_same_gradients_as_one_chunk(monkeypatch):
+    import trajlib.collect._mlp as mlp
+
+    task = get_task("mnist1d-mlp")
+    data = task.make_data()
+    pop = Population(task, data, list(range(7)), {"lr": np.full(7, 0.05)}, record=False)
+    x, y = pop._batch(0)
+    one, parts = torch.zeros_like(pop.theta), torch.zeros_like(pop.theta)
+    monkeypatch.setattr(mlp, "CHUNK_BYTES", 1 << 40)
+    loss_one = pop._mlp.loss_and_grad(pop.theta, x, y, one)
+    monkeypatch.setattr(mlp, "CHUNK_BYTES", 1 << 19)  # 3 chunks (3, 3, 1 members)
+    loss_parts = pop._mlp.loss_and_grad(pop.theta, x, y, parts)
+    assert len(pop._mlp._bufs) >= 2  # really ran in chunks of different shapes
+    torch.testing.assert_close(loss_parts, loss_one, rtol=0, atol=0)
+    torch.testing.assert_close(parts, one, rtol=0, atol=0)

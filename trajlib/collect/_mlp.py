@@ -60,6 +60,10 @@ def mlp_plan(module: nn.Module) -> tuple[MLPLayer, ...] | None:
     return tuple(layers) or None
 
 
+#: Target size of one chunk's activations and activation gradients on the CPU (bytes).
+CHUNK_BYTES = 8 << 20
+
+
 class StackedMLP:
     """Loss and gradient of K MLPs at once; buffers are kept per (K, batch) shape.
 
@@ -94,7 +98,9 @@ class StackedMLP:
                 # a separate activation buffer only where the backward needs the pre-activation
                 a = torch.empty_like(z) if layer.act == "gelu" else z
                 bufs += [z, a, torch.empty_like(z)]  # pre-activation, activation, its gradient
-            self._bufs = {key: bufs}  # one shape at a time: a population keeps its K and B
+            if len(self._bufs) >= 4:  # a population keeps its K and B: at most two chunk shapes
+                self._bufs.clear()
+            self._bufs[key] = bufs
         return bufs
 
     def forward(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -130,7 +136,29 @@ class StackedMLP:
         grad_out: torch.Tensor,
     ) -> torch.Tensor:
         """Mean data loss per member [K]; writes each member's gradient into ``grad_out``
-        [K, P] (only the parameters' slices: alignment gaps are left as they are)."""
+        [K, P] (only the parameters' slices: alignment gaps are left as they are).
+
+        On the CPU, members go through in chunks whose activations and their gradients fit in
+        about :data:`CHUNK_BYTES`, so a layer's output is still in cache when the next layer (and
+        the backward) reads it; about 10% faster for K = 64 mnist1d-mlp members than one chunk.
+        """
+        K, B = x.shape[0], x.shape[1]
+        n = 1
+        if flat.device.type == "cpu":
+            per_member = 8 * B * sum(self.where[la.bias][1][0] for la in self.layers)
+            n = max(1, min(K, -(-K * per_member // CHUNK_BYTES)))
+        if n == 1:
+            return self._chunk(flat, x, y, grad_out)
+        c = -(-K // n)
+        parts = [
+            self._chunk(flat[i : i + c], x[i : i + c], y[i : i + c], grad_out[i : i + c])
+            for i in range(0, K, c)
+        ]
+        return torch.cat(parts)
+
+    def _chunk(
+        self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, grad_out: torch.Tensor
+    ) -> torch.Tensor:
         K, B = x.shape[0], x.shape[1]
         bufs = self._buffers(K, B, flat.device)
         x_t = x.transpose(1, 2)  # [K, d, B]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -103,3 +104,63 @@ def test_hf_trainer_callback_drives_the_lr(tiny_checkpoint, tmp_path, accumulati
     assert log.lrs == pytest.approx(expected)
     feats = sched.units[0].features.values_dict()
     assert feats["val_age"] == 0.0  # the evaluation after step 30 reached the decision at 30
+
+
+def _resume_args(tmp_path, **kw):
+    return transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=40,
+        per_device_train_batch_size=16,
+        learning_rate=0.05,
+        lr_scheduler_type="constant",
+        optim="sgd",
+        eval_strategy="steps",
+        eval_steps=10,
+        logging_steps=5,
+        save_strategy="steps",
+        save_steps=20,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+        warmup_steps=0,
+        **kw,
+    )
+
+
+def test_hf_resume_from_a_trainer_checkpoint_continues_the_controller_exactly(
+    tiny_checkpoint, tmp_path
+):
+    from trajlib.deploy.hf import STATE_FILE
+
+    loaded = load_controller(tiny_checkpoint)
+
+    def run(out, resume=None):
+        cb, log = TrajlibTrainerCallback(loaded, every=5), LrLog()
+        trainer = transformers.Trainer(
+            model=TinyModel(),
+            args=_resume_args(out),
+            train_dataset=Data(2000, 0),
+            eval_dataset=Data(64, 1),
+            callbacks=[log, cb],
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return cb.scheduler, log.lrs
+
+    straight, lrs_straight = run(tmp_path / "a")
+    assert (tmp_path / "a" / "checkpoint-20" / STATE_FILE).is_file()
+    resumed, lrs_resumed = run(tmp_path / "a", resume=str(tmp_path / "a" / "checkpoint-20"))
+    assert len(lrs_resumed) == 20
+    assert lrs_resumed == pytest.approx(lrs_straight[20:], rel=1e-6)
+    assert resumed.step_count == straight.step_count == 40
+    assert resumed.actions_taken == straight.actions_taken  # the first 20 steps' ones included
+    np.testing.assert_allclose(
+        resumed.units[0].features.values(), straight.units[0].features.values(), rtol=1e-5
+    )
+
+    # without the state file the callback says so and starts the features afresh
+    (tmp_path / "a" / "checkpoint-20" / STATE_FILE).unlink()
+    with pytest.warns(UserWarning, match="start afresh"):
+        fresh, _ = run(tmp_path / "a", resume=str(tmp_path / "a" / "checkpoint-20"))
+    assert fresh.step_count == 20

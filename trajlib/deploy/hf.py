@@ -20,6 +20,7 @@ import torch
 
 try:
     from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "trajlib.deploy.hf needs Hugging Face transformers; install it with "
@@ -30,7 +31,10 @@ from trajlib.controllers import LoadedController
 from trajlib.deploy._scheduler import ControllerScheduler
 from trajlib.errors import ConfigError
 
-__all__ = ["TrajlibTrainerCallback"]
+__all__ = ["STATE_FILE", "TrajlibTrainerCallback"]
+
+#: File the callback writes into each Trainer checkpoint folder (``checkpoint-<step>/``).
+STATE_FILE = "trajlib_scheduler.pt"
 
 
 def _torch_optimizer(opt: Any) -> torch.optim.Optimizer:
@@ -57,6 +61,11 @@ class TrajlibTrainerCallback(TrainerCallback):
     * ``on_evaluate``: feeds ``metrics[eval_key]`` (default ``"eval_loss"``).
     * After each optimizer step (``on_step_end``) the scheduler steps at the start of the next
       step (or at the end of training), so an evaluation right after the step belongs to it.
+    * ``on_save``: writes the scheduler's state (features, controller state, multipliers, the
+      open step) as :data:`STATE_FILE` into the Trainer's ``checkpoint-<step>`` folder;
+      ``trainer.train(resume_from_checkpoint=...)`` reads it back in ``on_train_begin``
+      (``torch.load(weights_only=True)``), so a resumed run makes the decisions the uninterrupted
+      run would have made. A resume without that file warns and starts the features afresh.
 
     Pass ``lr_scheduler_type="constant"`` in ``TrainingArguments``: trajlib then sets the LR.
 
@@ -66,6 +75,8 @@ class TrajlibTrainerCallback(TrainerCallback):
         eval_key: metric name of the validation loss in ``on_evaluate``'s ``metrics``.
         every: decision interval (default: the checkpoint's).
         layerwise: one decision per param group (see :class:`ControllerScheduler`).
+        resume_from: checkpoint folder to read the scheduler state from when the Trainer resumes
+            (default: ``<output_dir>/checkpoint-<global_step>``, where the Trainer saved it).
     """
 
     def __init__(
@@ -76,8 +87,10 @@ class TrajlibTrainerCallback(TrainerCallback):
         eval_key: str = "eval_loss",
         every: int | None = None,
         layerwise: bool = False,
+        resume_from: str | Path | None = None,
     ) -> None:
         self.checkpoint = checkpoint
+        self.resume_from = resume_from
         self.total_steps = total_steps
         self.eval_key = eval_key
         self.every = every
@@ -109,9 +122,40 @@ class TrajlibTrainerCallback(TrainerCallback):
             every=self.every,
             layerwise=self.layerwise,
         )
+        if int(state.global_step) > 0:
+            self._resume(args, state)
         model = kwargs.get("model")
         if isinstance(model, torch.nn.Module):
             self._hook = model.register_forward_hook(self._on_forward)
+
+    def _folder(self, args: Any, state: Any) -> Path:
+        return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{int(state.global_step)}"
+
+    def _resume(self, args: Any, state: Any) -> None:
+        folder = Path(self.resume_from) if self.resume_from else self._folder(args, state)
+        path = folder / STATE_FILE
+        if self.scheduler is None or not path.is_file():
+            warnings.warn(
+                f"TrajlibTrainerCallback: resuming at step {state.global_step} without {path}; "
+                "the controller's features start afresh (pass resume_from= the checkpoint folder)",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        saved = torch.load(path, weights_only=True)
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self._step_pending = bool(saved["step_pending"])
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.scheduler is None or not getattr(state, "is_world_process_zero", True):
+            return
+        folder = self._folder(args, state)
+        if folder.is_dir():
+            state_dict = {
+                "scheduler": self.scheduler.state_dict(),
+                "step_pending": self._step_pending,
+            }
+            torch.save(state_dict, folder / STATE_FILE)
 
     def _on_forward(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
         if self.scheduler is None or not module.training or not torch.is_grad_enabled():

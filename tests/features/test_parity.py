@@ -150,3 +150,30 @@ def test_steps_with_gaps_use_rows_before_s() -> None:
             continue  # progress / ages count steps, not rows
         x, y = a[f.name][0], b[f.name][0]
         assert close(x, y, 1e-12, 1e-12), f.name
+
+
+@settings(settings.get_profile("features"), max_examples=40)
+@given(specs, st.lists(st.integers(0, 60), min_size=1, max_size=8))
+def test_update_many_equals_row_by_row_updates(spec: TrajSpec, chunks: list[int]) -> None:
+    """Columns of n rows give bit-identical state and values to n single-row updates, in chunks
+    of any size (0 included), missing keys as null."""
+    rows = make_rows(spec)
+    one, many = OnlineFeatures(FS, budget=500), OnlineFeatures(FS, budget=500)
+    start = 0
+    for size in chunks:
+        chunk = rows[start : start + size]
+        start += len(chunk)
+        for r in chunk:
+            one.update(r)
+        cols = {c: [r.get(c) for r in chunk] for c in FS.columns} if chunk else {}
+        many.update_many(cols, len(chunk))
+        assert many.steps_seen == one.steps_seen
+        np.testing.assert_array_equal(many.values(), one.values())
+    assert many.state_dict() == one.state_dict()
+
+
+def test_update_many_rejects_a_column_of_the_wrong_length() -> None:
+    on = OnlineFeatures(FS, budget=10)
+    with pytest.raises(Exception, match="loss"):
+        on.update_many({"loss": [1.0, 2.0]}, 3)
+    assert on.steps_seen == 0

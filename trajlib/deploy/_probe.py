@@ -10,7 +10,7 @@ Cost. Per optimizer step the probe does a handful of whole-model operations on f
 buffers and nothing else: one ``_foreach_copy_`` of gradients and weights into a ``[3, P]``
 buffer (rows: g, theta, u) before the step, one of the new weights after it, a subtraction, two
 multiplications into a product buffer (g, theta, u squared; g with the previous g, u with the
-previous u), one block sum (64-element blocks) and a small product of the ``[5, blocks]`` sums with
+previous u), one block sum (128-element blocks) and a small product of the ``[5, blocks]`` sums with
 a 0/1 block -> layer membership matrix (every layer starts on a block boundary); all operands are
 views made once per layout. Very large models (no dense membership matrix) use a blocked norm and
 a blocked dot product instead of the product buffer. Rows of the per-layer tensor are the squared
@@ -45,7 +45,7 @@ _EPS = 1e-30
 _MEMBERSHIP_LIMIT = 1 << 22
 #: Largest row-picking matrix (elements) for the fused small-model path.
 _FUSED_LIMIT = 1 << 20
-_BLOCK, _BLOCK_LARGE = 64, 1024  # elements per block (models up to / above 4 M parameters)
+_BLOCK, _BLOCK_LARGE = 128, 1024  # elements per block (models up to / above 4 M parameters)
 _STATE_FORMAT = "trajlib-step-probe/1"
 
 

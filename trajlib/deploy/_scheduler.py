@@ -193,7 +193,9 @@ class ControllerScheduler:
         self._loss: torch.Tensor | float | None = None
         self._loss_n = 0
         self._val: tuple[float | None, float | None] | None = None
-        # buffered rows: [loss, (stats [5, L], present [L] | None) | None, val_loss, val_acc, step]
+        # buffered rows: [loss, (stats [5, L], present [L] | None) | None, val_loss, val_acc, step,
+        # base factor]
+        self._bf_memo: tuple[int, int, float] = (-1, 0, 1.0)
         self._rows: list[list[Any]] = []
         self._probe = StepProbe(optimizer, dots=self._dots)
         self._rows_layout = -1
@@ -365,7 +367,14 @@ class ControllerScheduler:
                 loss = loss / self._loss_n
             val = self._val
             self._rows.append(
-                [loss, taken, val[0] if val else None, val[1] if val else None, self.step_count]
+                [
+                    loss,
+                    taken,
+                    val[0] if val else None,
+                    val[1] if val else None,
+                    self.step_count,
+                    self._base_factor(self.step_count),
+                ]
             )
             self._loss, self._loss_n, self._val = None, 0, None
             self.step_count += 1
@@ -432,39 +441,38 @@ class ControllerScheduler:
             host = iter(torch.stack(real).cpu().tolist()) if real else iter(())
             per_unit = [None if o is None else next(host) for o in outs]
         g_all = self.optimizer.param_groups
-        sched, total = self.base_schedule, self.total_steps
-        bfs = [
-            1.0 if sched == "constant" else base_factor(sched, min(r[4] / total, 1.0)) for r in rows
-        ]
+        n = len(rows)
+        bfs = [r[5] for r in rows]
+        loss_ok = [v is None or math.isfinite(v) for v in losses]
+        is_measured = [r[1] is not None for r in rows]
+        common = {"loss": losses, "base_factor": bfs}
+        common["val_loss"] = [r[2] for r in rows]
+        common["val_acc"] = [r[3] for r in rows]
         for ui, u in enumerate(self.units):
             g0 = u.groups[0] if u.groups is not None else 0
             group = g_all[g0] if g0 < len(g_all) else g_all[0]
             base = self.base_lrs[g0] if g0 < len(self.base_lrs) else self.base_lrs[0]
-            mom, wd = _hp_get(group, "momentum"), _hp_get(group, "weight_decay")
+            mult = u.mult
+            cols: dict[str, Any] = dict(common)
+            cols["lr"] = [base * bf * mult for bf in bfs]
+            cols["lr_mult"] = (mult,) * n
+            cols["momentum"] = (_hp_get(group, "momentum"),) * n
+            cols["weight_decay"] = (_hp_get(group, "weight_decay"),) * n
             stats_u = per_unit[ui]
-            k = 0
-            update = u.features.update
-            for r, loss, bf in zip(rows, losses, bfs):
-                row: dict[str, Any] = {
-                    "loss": loss,
-                    "lr": base * bf * u.mult,
-                    "lr_mult": u.mult,
-                    "base_factor": bf,
-                    "momentum": mom,
-                    "weight_decay": wd,
-                    "val_loss": r[2],
-                    "val_acc": r[3],
-                }
-                loss_ok = loss is None or math.isfinite(loss)
-                if r[1] is not None and stats_u is not None:
-                    vals = stats_u[k]
-                    k += 1
-                    row.update(zip(_STAT_COLS, vals))
-                    row["finite"] = bool(vals[-1]) and loss_ok
+            if stats_u is None:  # no statistics for this unit: finite follows the loss only
+                cols["finite"] = [m and ok for m, ok in zip(is_measured, loss_ok)]
+            else:
+                if len(stats_u) == n:  # every row measured (the usual case)
+                    per_row: list[Any] = stats_u
                 else:
-                    k += r[1] is not None
-                    row["finite"] = r[1] is not None and loss_ok
-                update(row)
+                    it = iter(stats_u)
+                    per_row = [next(it) if m else None for m in is_measured]
+                for j, name in enumerate(_STAT_COLS):
+                    cols[name] = [None if v is None else v[j] for v in per_row]
+                cols["finite"] = [
+                    v is not None and bool(v[-1]) and ok for v, ok in zip(per_row, loss_ok)
+                ]
+            u.features.update_many(cols, n)
 
     def _decide(self) -> None:
         self._flush()
@@ -503,13 +511,19 @@ class ControllerScheduler:
                     if cur is not None and hp is not None:
                         _hp_set(g, name, hp.move(cur, delta))
 
-    def _apply_lr(self) -> None:
+    def _base_factor(self, step: int) -> float:
+        """The base schedule's factor at ``step`` (the last value is kept: every step asks for
+        it twice, once for its LR and once for its row)."""
+        memo = self._bf_memo
+        if memo[0] == step and memo[1] == self.total_steps:
+            return memo[2]
         sched = self.base_schedule
-        f = (
-            1.0
-            if sched == "constant"
-            else base_factor(sched, min(self.step_count / self.total_steps, 1.0))
-        )
+        f = 1.0 if sched == "constant" else base_factor(sched, min(step / self.total_steps, 1.0))
+        self._bf_memo = (step, self.total_steps, f)
+        return f
+
+    def _apply_lr(self) -> None:
+        f = self._base_factor(self.step_count)
         units, ug = self.units, self._unit_of_group
         groups = self.optimizer.param_groups
         if len(groups) != len(self.base_lrs):
@@ -637,7 +651,7 @@ class ControllerScheduler:
                     m = present[k].to(dev)
                 taken = (stats[k].to(dev), m)
                 k += 1
-            self._rows.append([loss, taken, vl, va, int(step)])
+            self._rows.append([loss, taken, vl, va, int(step), self._base_factor(int(step))])
         self._layer_groups = [int(x) for x in r["layer_groups"]]
         self._rows_layout = self._probe.layout_version
         o = state["open"]

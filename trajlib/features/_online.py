@@ -76,6 +76,11 @@ class _Plan:
         self.update: Callable[
             [list[Any], list[Any], tuple[Any, ...] | None, Mapping[str, Any]], tuple[Any, ...]
         ] = namespace["_update"]
+        #: ``update_many(st, hist, pending, columns, n) -> new pending``: ``update`` for n rows
+        self.update_many: Callable[
+            [list[Any], list[Any], tuple[Any, ...] | None, Mapping[str, Any], int],
+            tuple[Any, ...] | None,
+        ] = namespace["_update_many"]
         self.col_index = {c: i for i, c in enumerate(self.cols)}
 
     # ------------------------------------------------------------------ layout
@@ -186,6 +191,19 @@ class _Plan:
         L.append("    g = row.get")
         L += [f"    {x} = g({c!r})" for c, x in cv.items()]
         L.append(f"    return {ret}")
+        # update_many: the same per row, reading columns (sequences of n values, None = missing)
+        L += ["", "def _update_many(st, hist, vals, _cols, _n):", "    _nn = None"]
+        for i, c in enumerate(cv):
+            L.append(f"    _c{i} = _cols.get({c!r})")
+            L.append(f"    if _c{i} is None:")
+            L.append("        _nn = _nn or (None,) * _n")
+            L.append(f"        _c{i} = _nn")
+        L.append("    for _i in range(_n):")
+        L.append("        if vals is not None:")
+        L += ["        " + ln for ln in body]
+        L += [f"        {x} = _c{i}[_i]" for i, x in enumerate(cv.values())]
+        L.append(f"        vals = {ret}")
+        L.append("    return vals")
         return "\n".join(L) + "\n"
 
     def _step_body(self, cv: dict[str, str]) -> list[str]:
@@ -326,6 +344,21 @@ class OnlineFeatures:
         the next row arrives or :meth:`values` is called (so :meth:`amend` can still change it).
         """
         self._pending = self._update(self._st, self._hist, self._pending, row)
+
+    def update_many(self, columns: Mapping[str, Any], n: int) -> None:
+        """Add ``n`` rows given as columns: name -> a sequence of ``n`` values (a missing name
+        means null in every row). Same result as ``n`` calls of :meth:`update`, without building
+        a mapping per row."""
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+            raise ConfigError("n", "a non-negative integer (rows)", n)
+        for key in self._plan.cols:
+            col = columns.get(key)
+            if col is not None and len(col) != n:
+                raise ConfigError(f"columns[{key!r}]", f"{n} values", len(col))
+        if n:
+            self._pending = self._plan.update_many(
+                self._st, self._hist, self._pending, columns, int(n)
+            )
 
     def amend(self, key: str, value: Any) -> None:
         """Set ``key`` on the last row given to :meth:`update` (allowed until the next update/values)."""

@@ -10,7 +10,9 @@ are computed by the same code.
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import numpy as np
 import torch
 
 from trajlib import schema as S
@@ -35,53 +37,90 @@ STEP_STATS = (
 _EPS = 1e-30
 
 
+def _host(x: Any) -> np.ndarray:
+    """A tensor (any device) or array as a float64 host array."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
 def step_stats(
-    sums: torch.Tensor,
-    prev_norms: torch.Tensor | None = None,
-    present: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Statistics of ``n`` consecutive steps.
+    sums: Any,
+    prev_norms: Any | None = None,
+    present: Any | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Statistics of ``n`` consecutive steps, on the host (NumPy, float64).
+
+    The inputs are small (a decision interval of per-layer sums), so one host copy and NumPy are
+    several times cheaper than a chain of tiny tensor operations, on any device.
 
     Args:
         sums: ``[n, 5, *batch, L]`` per-layer sums (:data:`RAW_LAYER_SUMS`) of ``n`` consecutive
-            steps; ``*batch`` is e.g. the members of a population (or nothing).
+            steps, a tensor or an array; ``*batch`` is e.g. the members of a population (or
+            nothing).
         prev_norms: ``[2, *batch]`` global gradient and update norms of the step before the first
             one, or ``None`` (the cosines of the first step are then NaN).
         present: ``None`` or bool ``[n, L]`` (no batch dims): layers that took part in the step;
             the others are left out of the update-ratio aggregates.
 
     Returns:
-        ``([n, *batch, len(STEP_STATS)], [2, *batch] norms of the last step)``. Norms are global
-        L2 norms; cosines are with the previous step; update ratios are |u_l| / |w_l| aggregated
-        over layers (mean, max, min, median).
+        ``([n, *batch, len(STEP_STATS)], [2, *batch] norms of the last step)``, float64 arrays.
+        Norms are global L2 norms; cosines are with the previous step; update ratios are
+        |u_l| / |w_l| aggregated over layers (mean, max, min, and the lower median); a NaN in
+        any layer's ratio makes all four NaN.
     """
+    sums = _host(sums)
+    batch = sums.shape[2:-1]
+    prev = np.full((2, *batch), math.nan) if prev_norms is None else _host(prev_norms)
     if sums.shape[0] == 0:
-        batch = sums.shape[2:-1]
-        empty = sums.new_zeros((0, *batch, len(STEP_STATS)))
-        last = prev_norms if prev_norms is not None else sums.new_full((2, *batch), math.nan)
-        return empty, last
+        return np.zeros((0, *batch, len(STEP_STATS))), prev
     tot = sums.sum(-1)  # [n, 5, *batch]
-    gn, wn, un = tot[:, 0].sqrt(), tot[:, 1].sqrt(), tot[:, 2].sqrt()  # [n, *batch]
-    if prev_norms is None:
-        prev_norms = torch.full((2, *gn.shape[1:]), math.nan, dtype=sums.dtype, device=sums.device)
-    prev_norms = prev_norms.to(device=sums.device, dtype=sums.dtype)
-    pg = torch.cat([prev_norms[:1], gn[:-1]])
-    pu = torch.cat([prev_norms[1:], un[:-1]])
-    gcos = tot[:, 3] / (gn * pg).clamp_min(_EPS)
-    ucos = tot[:, 4] / (un * pu).clamp_min(_EPS)
-    ratio = sums[:, 2].sqrt() / sums[:, 1].sqrt().clamp_min(_EPS)  # [n, *batch, L]
-    if present is None or bool(present.all()):
-        r_mean, r_max, r_min = ratio.mean(-1), ratio.amax(-1), ratio.amin(-1)
-        r_med = ratio.median(-1).values
-    else:
-        nan = torch.tensor(math.nan, dtype=ratio.dtype, device=ratio.device)
-        rows = []
-        for r, m in zip(ratio, present):
-            v = r[..., m]
-            if v.numel() == 0:
-                rows.append(torch.stack([nan, nan, nan, nan]))
-            else:
-                rows.append(torch.stack([v.mean(), v.amax(), v.amin(), v.median()]))
-        r_mean, r_max, r_min, r_med = torch.stack(rows).unbind(1)
-    out = torch.stack([gn, wn, un, gcos, ucos, r_mean, r_max, r_min, r_med], -1)
-    return out, torch.stack([gn[-1], un[-1]])
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        gn, wn, un = np.sqrt(tot[:, 0]), np.sqrt(tot[:, 1]), np.sqrt(tot[:, 2])  # [n, *batch]
+        pg = np.concatenate([prev[:1], gn[:-1]])
+        pu = np.concatenate([prev[1:], un[:-1]])
+        gcos = tot[:, 3] / np.maximum(gn * pg, _EPS)
+        ucos = tot[:, 4] / np.maximum(un * pu, _EPS)
+        ratio = np.sqrt(sums[:, 2]) / np.maximum(np.sqrt(sums[:, 1]), _EPS)  # [n, *batch, L]
+        if present is not None:
+            mask = _host(present).astype(bool)  # [n, L]
+            mask = mask.reshape(mask.shape[0], *([1] * len(batch)), mask.shape[-1])
+            if not mask.all():
+                return _aggregate_masked(gn, wn, un, gcos, ucos, ratio, mask), np.stack(
+                    [gn[-1], un[-1]]
+                )
+        agg = _aggregate(ratio)
+    out = np.stack([gn, wn, un, gcos, ucos, *agg], -1)
+    return out, np.stack([gn[-1], un[-1]])
+
+
+def _aggregate(ratio: np.ndarray) -> list[np.ndarray]:
+    """Mean, max, min and lower median over the last axis; NaN anywhere gives NaN for all."""
+    L = ratio.shape[-1]
+    srt = np.sort(ratio, -1)  # NaNs sort last
+    bad = np.isnan(srt[..., -1])
+    aggs = [ratio.mean(-1), srt[..., -1], srt[..., 0], srt[..., (L - 1) // 2]]
+    return [np.where(bad, math.nan, a) for a in aggs]
+
+
+def _aggregate_masked(
+    gn: np.ndarray,
+    wn: np.ndarray,
+    un: np.ndarray,
+    gcos: np.ndarray,
+    ucos: np.ndarray,
+    ratio: np.ndarray,
+    mask: np.ndarray,
+) -> np.ndarray:
+    """:func:`step_stats` rows where some steps leave layers out of the ratio aggregates."""
+    rows = []
+    for i in range(ratio.shape[0]):
+        keep = np.broadcast_to(mask[i], ratio[i].shape)
+        n_keep = int(keep[(0,) * (keep.ndim - 1)].sum()) if keep.ndim > 1 else int(keep.sum())
+        if n_keep == 0:
+            agg = [np.full(ratio.shape[1:-1], math.nan)] * 4
+        else:
+            sel = ratio[i][keep].reshape(*ratio.shape[1:-1], n_keep)
+            agg = _aggregate(sel)
+        rows.append(np.stack([gn[i], wn[i], un[i], gcos[i], ucos[i], *agg], -1))
+    return np.stack(rows)

@@ -501,22 +501,23 @@ class Population:
         if self.rec_sums is None:
             raise RuntimeError("this population does not record (record=False)")
         stop = min(self.t, self.capacity) if stop is None else stop
-        sums = self.rec_sums[start:stop]  # [n, 5, K, L]
+        sums = self.rec_sums[start:stop].cpu().numpy()  # [n, 5, K, L], one transfer
         prev = None
         if start > 0:  # the step before the chunk, for the cosines
-            t = self.rec_sums[start - 1].sum(-1)  # [5, K]
-            prev = torch.stack([t[0].sqrt(), t[2].sqrt()])
-        stats, _ = step_stats(sums, prev)  # [n, K, len(STEP_STATS)]
-        loss = self.rec_loss[start:stop]
+            t = self.rec_sums[start - 1].sum(-1).cpu().numpy()  # [5, K]
+            prev = np.stack([np.sqrt(t[0]), np.sqrt(t[2])])
+        stats = step_stats(sums, prev)[0].astype(np.float32)  # [n, K, len(STEP_STATS)]
+        loss = self.rec_loss[start:stop].cpu().numpy()
+        val = self.rec_val[start:stop].cpu().numpy()
         out = {
             "loss": loss,
             **{name: stats[..., i] for i, name in enumerate(STEP_STATS)},
-            "finite": torch.isfinite(loss) & torch.isfinite(stats[..., 0]),
-            "val_loss": self.rec_val[start:stop, 0],
-            "val_acc": self.rec_val[start:stop, 1],
-            "layers": sums[:, :3].sqrt().permute(0, 2, 3, 1),
+            "finite": np.isfinite(loss) & np.isfinite(stats[..., 0]),
+            "val_loss": val[:, 0],
+            "val_acc": val[:, 1],
+            "layers": np.sqrt(sums[:, :3]).transpose(0, 2, 3, 1),
         }
-        return {k: v.cpu().numpy() for k, v in out.items()}
+        return out
 
     # ------------------------------------------------------------------ branching
     def _clone_shell(self, K: int) -> Population:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from trajlib.stepstats import RAW_LAYER_SUMS, STEP_STATS, step_stats
@@ -363,10 +364,10 @@ class StepProbe:
 
 
 def summarise(
-    stats: torch.Tensor,
-    present: torch.Tensor | None,
-    prev_norms: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    stats: torch.Tensor | np.ndarray,
+    present: torch.Tensor | np.ndarray | None,
+    prev_norms: torch.Tensor | np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Step-table statistics from per-layer statistics, for a run of consecutive steps.
 
     Args:
@@ -378,8 +379,9 @@ def summarise(
             ``None``.
 
     Returns:
-        ``([n, len(PROBE_COLUMNS)] float32, [2] norms of the last step)``.
+        ``([n, len(PROBE_COLUMNS)] float32, [2] norms of the last step)``, host arrays (one
+        transfer of the small ``stats``; float32 like the step table the controllers learned on).
     """
     out, last = step_stats(stats, prev_norms, present)
-    finite = torch.isfinite(out[:, 0]).to(out.dtype)
-    return torch.cat([out, finite[:, None]], 1), last
+    finite = np.isfinite(out[:, 0])
+    return np.concatenate([out, finite[:, None]], 1).astype(np.float32), last

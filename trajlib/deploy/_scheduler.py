@@ -64,7 +64,7 @@ class _Unit:
     features: OnlineFeatures
     mult: float
     ctrl_state: Any
-    prev_norms: torch.Tensor | None = None
+    prev_norms: np.ndarray | None = None
 
 
 class ControllerScheduler:
@@ -424,7 +424,7 @@ class ControllerScheduler:
             if any(m[1] is not None for m in measured):
                 ones = torch.ones(stats.shape[-1], dtype=torch.bool, device=stats.device)
                 present = torch.stack([ones if m[1] is None else m[1] for m in measured])
-            outs: list[torch.Tensor | None] = []
+            outs: list[np.ndarray | None] = []
             for u in self.units:
                 layers = self._unit_layers(u)
                 s, p = stats, present
@@ -437,9 +437,7 @@ class ControllerScheduler:
                     p = None if present is None else present.index_select(1, idx)
                 out, u.prev_norms = summarise(s, p, u.prev_norms)
                 outs.append(out)
-            real = [o for o in outs if o is not None]
-            host = iter(torch.stack(real).cpu().tolist()) if real else iter(())
-            per_unit = [None if o is None else next(host) for o in outs]
+            per_unit = [None if o is None else o.tolist() for o in outs]
         g_all = self.optimizer.param_groups
         n = len(rows)
         bfs = [r[5] for r in rows]
@@ -570,7 +568,9 @@ class ControllerScheduler:
                     "mult": u.mult,
                     "features": u.features.state_dict(),
                     "controller_state": _state_out(u.ctrl_state),
-                    "prev_norms": None if u.prev_norms is None else u.prev_norms.detach().cpu(),
+                    "prev_norms": None
+                    if u.prev_norms is None
+                    else torch.as_tensor(np.asarray(u.prev_norms, dtype=np.float64)),
                 }
                 for u in self.units
             ],
@@ -625,7 +625,7 @@ class ControllerScheduler:
             u.features.load_state_dict(d["features"])
             u.ctrl_state = _state_in(d["controller_state"])
             pn = d["prev_norms"]
-            u.prev_norms = None if pn is None else torch.as_tensor(pn, dtype=torch.float32)
+            u.prev_norms = None if pn is None else torch.as_tensor(pn).double().numpy()
             self.units.append(u)
         self._unit_of_group = self._map_groups()
         self.events = {**self.events, **{k: int(v) for k, v in state["events"].items()}}

@@ -5,7 +5,8 @@ Prints human-readable lines, then one JSON object on the last line. One thread e
 
     python tests/benchmarks/bench_deploy.py [--checkpoint PATH] [--steps 1500] [--reps 7] [--device cuda]
 
-The loop is task ``mnist1d-mlp`` (MLP 40-100-100-10, batch 128, SGD with momentum 0.9), on the CPU
+The loop is task ``mnist1d-mlp`` (MLP 40-100-100-10, batch 128, SGD with momentum 0.9; ``--hidden N``
+widens it to 40-N-N-10 to show how the overhead scales with the work per step), on the CPU
 or, with ``--device cuda``, on a GPU.
 Both loops draw the same batches and validate every 100 steps; the controller loop also calls
 ``observe`` / ``observe_validation`` / ``step`` of a :class:`ControllerScheduler`. Repetitions
@@ -38,6 +39,7 @@ import torch  # noqa: E402
 from trajlib.controllers import load_controller  # noqa: E402
 from trajlib.deploy import ControllerScheduler, StepProbe  # noqa: E402
 from trajlib.tasks import get_task  # noqa: E402
+from trajlib.tasks._builtin import mlp  # noqa: E402
 
 TINY_RECIPE = {
     "name": "bench-deploy",
@@ -72,12 +74,18 @@ def fit_checkpoint(root: Path) -> Path:
 
 
 def run(
-    mode: str, steps: int, loaded, data, seed: int = 0, device: str = "cpu"
+    mode: str,
+    steps: int,
+    loaded,
+    data,
+    seed: int = 0,
+    device: str = "cpu",
+    hidden: int | None = None,
 ) -> tuple[float, dict]:
     """One training loop; returns (wall seconds, info)."""
     task = get_task("mnist1d-mlp")
     torch.manual_seed(seed)
-    model = task.make_model().to(device)
+    model = (task.make_model() if hidden is None else mlp(40, (hidden, hidden), 10)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=task.default_lr, momentum=0.9)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, data.x_train.shape[0], (steps, 128), generator=g).to(device)
@@ -134,6 +142,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--device", default="cpu", help="cpu | cuda (model, data and batches there)")
+    ap.add_argument(
+        "--hidden",
+        type=int,
+        default=None,
+        help="hidden width of the MLP (default: the task's 100): how the overhead scales with "
+        "the work per step",
+    )
     a = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,13 +156,13 @@ def main() -> None:
         loaded = load_controller(ckpt)
     data = get_task("mnist1d-mlp").make_data().to(a.device)
     for mode in ("baseline", "controller", "probe"):  # warm-up
-        run(mode, 200, loaded, data, device=a.device)
+        run(mode, 200, loaded, data, device=a.device, hidden=a.hidden)
     times: dict[str, list[float]] = {"baseline": [], "controller": [], "probe": []}
     info: dict = {}
     order = ["baseline", "controller", "probe"]
     for rep in range(a.reps):
         for mode in order[rep % 3 :] + order[: rep % 3]:
-            wall, i = run(mode, a.steps, loaded, data, seed=rep, device=a.device)
+            wall, i = run(mode, a.steps, loaded, data, seed=rep, device=a.device, hidden=a.hidden)
             times[mode].append(wall)
             if i:
                 info = i
@@ -169,6 +184,7 @@ def main() -> None:
         "decide_us_per_step": round(info["decide_s"] / a.steps * 1e6, 1),
         "events": info["events"],
         "task": "mnist1d-mlp",
+        "hidden": a.hidden or 100,
         "device": a.device,
         "steps": a.steps,
         "reps": a.reps,

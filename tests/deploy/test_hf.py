@@ -61,11 +61,9 @@ class LrLog(transformers.TrainerCallback):
         self.lrs = _lr_at_each_optimizer_step(_torch_optimizer(optimizer))
 
 
-@pytest.mark.parametrize("accumulation", [1, 2])
-def test_hf_trainer_callback_drives_the_lr(tiny_checkpoint, tmp_path, accumulation):
-    loaded = with_policy(load_controller(tiny_checkpoint), lambda x: 4)  # always "lr x2"
-    hi = loaded.hp_space["lr"].high
-    args = transformers.TrainingArguments(
+def _args(tmp_path, **overrides) -> transformers.TrainingArguments:
+    """Tiny CPU Trainer arguments: 40 SGD steps, evaluation every 10, trajlib sets the LR."""
+    base = dict(
         output_dir=str(tmp_path),
         max_steps=40,
         per_device_train_batch_size=16,
@@ -75,15 +73,21 @@ def test_hf_trainer_callback_drives_the_lr(tiny_checkpoint, tmp_path, accumulati
         eval_strategy="steps",
         eval_steps=10,
         logging_steps=5,
-        save_strategy="no",
         report_to=[],
         use_cpu=True,
         disable_tqdm=True,
         dataloader_num_workers=0,
         seed=0,
         warmup_steps=0,
-        gradient_accumulation_steps=accumulation,
     )
+    return transformers.TrainingArguments(**{**base, **overrides})
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_hf_trainer_callback_drives_the_lr(tiny_checkpoint, tmp_path, accumulation):
+    loaded = with_policy(load_controller(tiny_checkpoint), lambda x: 4)  # always "lr x2"
+    hi = loaded.hp_space["lr"].high
+    args = _args(tmp_path, save_strategy="no", gradient_accumulation_steps=accumulation)
     cb, log = TrajlibTrainerCallback(loaded, every=10), LrLog()
     trainer = transformers.Trainer(
         model=TinyModel(),
@@ -106,29 +110,6 @@ def test_hf_trainer_callback_drives_the_lr(tiny_checkpoint, tmp_path, accumulati
     assert feats["val_age"] == 0.0  # the evaluation after step 30 reached the decision at 30
 
 
-def _resume_args(tmp_path, **kw):
-    return transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=40,
-        per_device_train_batch_size=16,
-        learning_rate=0.05,
-        lr_scheduler_type="constant",
-        optim="sgd",
-        eval_strategy="steps",
-        eval_steps=10,
-        logging_steps=5,
-        save_strategy="steps",
-        save_steps=20,
-        report_to=[],
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=0,
-        warmup_steps=0,
-        **kw,
-    )
-
-
 def test_hf_resume_from_a_trainer_checkpoint_continues_the_controller_exactly(
     tiny_checkpoint, tmp_path
 ):
@@ -140,7 +121,7 @@ def test_hf_resume_from_a_trainer_checkpoint_continues_the_controller_exactly(
         cb, log = TrajlibTrainerCallback(loaded, every=5), LrLog()
         trainer = transformers.Trainer(
             model=TinyModel(),
-            args=_resume_args(out),
+            args=_args(out, save_strategy="steps", save_steps=20),
             train_dataset=Data(2000, 0),
             eval_dataset=Data(64, 1),
             callbacks=[log, cb],

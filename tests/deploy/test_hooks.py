@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from tests.deploy._helpers import batch, make_model
+from tests.deploy._helpers import batch, make_model, two_groups
 from trajlib.deploy import PROBE_COLUMNS, ControllerScheduler, StepProbe, summarise
 
 
@@ -186,3 +187,48 @@ def test_step_with_a_closure_measures_the_gradient_the_closure_computed():
         assert stats["grad_norm"] == pytest.approx(float(seen["g"].norm()), rel=1e-5)
         assert stats["weight_norm"] == pytest.approx(float(seen["w"].norm()), rel=1e-5)
     assert probe.errors == 0
+
+
+@pytest.mark.parametrize("path", ["lean", "blocked"])
+def test_every_probe_path_gives_the_same_statistics(path, monkeypatch):
+    """Small models take the fused products path; larger ones the lean path (block norms, one
+    dot product per param group) or, with many groups, per-block dots. Same numbers, for the
+    whole model and for each param group (layer-wise units), with a layer left without grad."""
+    import trajlib.deploy._probe as probe_mod
+
+    def run() -> tuple[list[tuple[list, list]], str]:
+        model = make_model()
+        opt = two_groups(model)
+        probe = StepProbe(opt)
+        out, prev_all, prev_grp = [], None, [None, None]
+        for t in range(4):
+            x, y = batch(t)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            if t == 2:
+                model[2].bias.grad = None  # a layer without a gradient this step
+            opt.step()
+            stats, present = probe.take()
+            p = None if present is None else present[None]
+            row, prev_all = summarise(stats[None], p, prev_all)
+            groups = []
+            for g in (0, 1):
+                idx = torch.tensor([i for i, lg in enumerate(probe.layer_groups) if lg == g])
+                pg = None if present is None else present[idx][None]
+                r, prev_grp[g] = summarise(stats[None][:, :, idx], pg, prev_grp[g])
+                groups.append(r[0].tolist())
+            out.append((row[0].tolist(), groups))
+        taken = "fused" if probe._fused else "lean" if probe._group_spans else "blocked"
+        return out, taken
+
+    ref, ref_path = run()
+    assert ref_path == "fused"  # this model is small
+    monkeypatch.setattr(probe_mod, "_FUSED_LIMIT", 0)
+    if path == "blocked":
+        monkeypatch.setattr(probe_mod, "_GROUP_DOTS_LIMIT", 0)
+    got, got_path = run()
+    assert got_path == path
+    for (a, ga), (b, gb) in zip(ref, got):
+        np.testing.assert_allclose(b, a, rtol=2e-5, equal_nan=True)
+        np.testing.assert_allclose(gb, ga, rtol=2e-5, equal_nan=True)
+    assert not math.isnan(ref[-1][0][PROBE_COLUMNS.index("grad_cos")])

@@ -254,3 +254,19 @@ def test_mlp_members_in_chunks_give_the_same_gradients_as_one_chunk(monkeypatch)
     assert len(pop._mlp._bufs) >= 2  # really ran in chunks of different shapes
     torch.testing.assert_close(loss_parts, loss_one, rtol=0, atol=0)
     torch.testing.assert_close(parts, one, rtol=0, atol=0)
+
+
+def test_input_noise_is_standard_normal_and_a_function_of_member_seed_and_step():
+    task = get_task("digits-mlp")
+    data = task.make_data()
+    hps = {"lr": [0.05, 0.05, 0.05], "input_noise": [1.0, 1.0, 1.0]}
+    pop = Population(task, data, [4, 5, 4], hps, record=False)  # members 0 and 2 share a seed
+    clean = Population(task, data, [4, 5, 4], {"lr": [0.05] * 3}, record=False)
+    z = pop._batch(3)[0] - clean._batch(3)[0]  # [K, B, 64] noise of step 3
+    assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1.0) < 0.02
+    torch.testing.assert_close(z[0], z[2])  # same seed, same step: same noise
+    assert not torch.allclose(z[0], z[1])  # another seed
+    z4 = pop._batch(4)[0] - clean._batch(4)[0]
+    assert not torch.allclose(z4[0], z[0])  # another step
+    alone = Population(task, data, [5], {"lr": [0.05], "input_noise": [1.0]}, record=False)
+    torch.testing.assert_close(alone._batch(3)[0][0] - clean._batch(3)[0][1], z[1])

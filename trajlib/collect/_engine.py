@@ -40,6 +40,7 @@ from trajlib.tasks import Task, TaskData, batch_slot, epoch_order
 __all__ = ["ALIGN", "FlatSpec", "Population", "REC_COLUMNS", "RAW_SUMS"]
 
 ALIGN = 128  # floats; every layer starts at a multiple of this in the flat vector
+_KEY_MASK = (1 << 63) - 1  # noise keys are non-negative 63-bit seeds
 #: Largest K * P recorded with one product buffer (fewer ops); above it, norms and two products.
 _SMALL_LIMIT = 1 << 18
 
@@ -126,20 +127,16 @@ def _ceil(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
 
-def _noise(keys: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Standard normal noise [K, *shape], a pure function of each member's int64 key: a
-    counter-based hash (no generator state), so forks and populations see the same noise."""
-    n = int(np.prod(shape))
-    idx = torch.arange(2 * n, device=device, dtype=torch.int64)
-    h = (idx[None, :] + keys[:, None] * 0x9E3779B1) & 0xFFFFFFFF
-    for _ in range(3):  # a 32-bit integer mix (Wellons' lowbias32)
-        h = ((h ^ (h >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
-        h = ((h ^ (h >> 15)) * 0x846CA68B) & 0xFFFFFFFF
-        h = h ^ (h >> 16)
-    u = (h.to(torch.float64) + 0.5) / 4294967296.0
-    u1, u2 = u[:, :n], u[:, n:]
-    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * np.pi * u2)
-    return z.to(torch.float32).view(keys.shape[0], *shape)
+def _noise(keys: list[int], shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """Standard normal noise [K, *shape], member k's a pure function of ``keys[k]``: each
+    member's slice is drawn from ``gen`` re-seeded with its key (so forks and populations see the
+    same noise as a run alone). One Philox/Mersenne draw per member: ~10x faster than hashing
+    counters with integer tensor ops."""
+    out = torch.empty(len(keys), *shape, device=gen.device)
+    for k, key in enumerate(keys):
+        gen.manual_seed(key)
+        torch.randn(shape, generator=gen, device=gen.device, out=out[k])
+    return out
 
 
 class Population:
@@ -386,9 +383,12 @@ class Population:
         x = xs.index_select(0, flat).view(*idx.shape, *xs.shape[1:])
         y = ys.index_select(0, flat).view(*idx.shape, *ys.shape[1:])
         if self._on["input_noise"] and x.is_floating_point():
-            if getattr(self, "_seed_keys", None) is None:
-                self._seed_keys = torch.as_tensor(self.seeds, device=self.device) * 1_000_003
-            z = _noise(self._seed_keys + t, tuple(x.shape[1:]), self.device)
+            gen = getattr(self, "_noise_gen", None)
+            if gen is None:
+                gen = self._noise_gen = torch.Generator(device=self.device)
+            z = _noise(
+                [(s * 1_000_003 + t) & _KEY_MASK for s in self.seeds], tuple(x.shape[1:]), gen
+            )
             x = x + self.hp["input_noise"].view(-1, *([1] * (x.dim() - 1))) * z
         return x, y
 

@@ -302,6 +302,8 @@ class Population:
         self._vloss = vmap(lambda p, x, y: task.loss_value(functional_call(module, p, (x,)), y))
         self._veval = vmap(eval_fn, in_dims=(0, None, None))
         plan = mlp_plan(module) if self.fast else None
+        if task.loss == "mse" and self.data.y_train.dim() != 2:
+            plan = None  # the hand-written MSE expects [n, d] targets; autograd handles the rest
         where = {n: (o, sh) for n, o, sh in zip(spec.names, spec.offsets, spec.shapes)}
         self._mlp = StackedMLP(plan, where, task.loss) if plan is not None else None
 

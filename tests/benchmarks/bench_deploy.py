@@ -6,7 +6,8 @@ Prints human-readable lines, then one JSON object on the last line. One thread e
     python tests/benchmarks/bench_deploy.py [--checkpoint PATH] [--steps 1500] [--reps 7] [--device cuda]
 
 The loop is task ``mnist1d-mlp`` (MLP 40-100-100-10, batch 128, SGD with momentum 0.9; ``--hidden N``
-widens it to 40-N-N-10 to show how the overhead scales with the work per step), on the CPU
+widens it to 40-N-N-10 to show how the overhead scales with the work per step; ``--task`` runs
+another built-in task's model instead), on the CPU
 or, with ``--device cuda``, on a GPU.
 Both loops draw the same batches and validate every 100 steps; the controller loop also calls
 ``observe`` / ``observe_validation`` / ``step`` of a :class:`ControllerScheduler`. Repetitions
@@ -81,16 +82,24 @@ def run(
     seed: int = 0,
     device: str = "cpu",
     hidden: int | None = None,
+    task_name: str = "mnist1d-mlp",
 ) -> tuple[float, dict]:
     """One training loop; returns (wall seconds, info)."""
-    task = get_task("mnist1d-mlp")
+    task = get_task(task_name)
     torch.manual_seed(seed)
     model = (task.make_model() if hidden is None else mlp(40, (hidden, hidden), 10)).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=task.default_lr, momentum=0.9)
+    if task.optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(
+            model.parameters(), lr=task.default_lr, weight_decay=task.weight_decay
+        )
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=task.default_lr, momentum=0.9)
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, data.x_train.shape[0], (steps, 128), generator=g).to(device)
-    x_tr, y_tr, x_val, y_val = data.x_train, data.y_train, data.x_val, data.y_val
-    ce = torch.nn.functional.cross_entropy
+    n_tr, B = data.x_train.shape[0], task.batch_size
+    idx = torch.randint(0, n_tr, (steps, B), generator=g).to(device)
+    x_tr, y_tr = data.x_train, data.y_train
+    x_val, y_val = data.x_val[:512], data.y_val[:512]
+    ce = task.loss_value
     info: dict = {}
     if mode == "baseline":
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -143,6 +152,12 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--device", default="cpu", help="cpu | cuda (model, data and batches there)")
     ap.add_argument(
+        "--task",
+        default="mnist1d-mlp",
+        help="the training loop's task (its model, loss, batch size and optimizer: SGD with "
+        "momentum, or AdamW for the AdamW tasks)",
+    )
+    ap.add_argument(
         "--hidden",
         type=int,
         default=None,
@@ -150,19 +165,30 @@ def main() -> None:
         "the work per step",
     )
     a = ap.parse_args()
+    if a.hidden is not None and a.task != "mnist1d-mlp":
+        ap.error(f"--hidden widens mnist1d-mlp's MLP; got --task {a.task}")
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = a.checkpoint or fit_checkpoint(Path(tmp))
         loaded = load_controller(ckpt)
-    data = get_task("mnist1d-mlp").make_data().to(a.device)
+    data = get_task(a.task).make_data().to(a.device)
     for mode in ("baseline", "controller", "probe"):  # warm-up
-        run(mode, 200, loaded, data, device=a.device, hidden=a.hidden)
+        run(mode, 200, loaded, data, device=a.device, hidden=a.hidden, task_name=a.task)
     times: dict[str, list[float]] = {"baseline": [], "controller": [], "probe": []}
     info: dict = {}
     order = ["baseline", "controller", "probe"]
     for rep in range(a.reps):
         for mode in order[rep % 3 :] + order[: rep % 3]:
-            wall, i = run(mode, a.steps, loaded, data, seed=rep, device=a.device, hidden=a.hidden)
+            wall, i = run(
+                mode,
+                a.steps,
+                loaded,
+                data,
+                seed=rep,
+                device=a.device,
+                hidden=a.hidden,
+                task_name=a.task,
+            )
             times[mode].append(wall)
             if i:
                 info = i
@@ -183,7 +209,7 @@ def main() -> None:
         "decide_ms_per_decision": round(info["decide_s"] / decisions * 1e3, 3),
         "decide_us_per_step": round(info["decide_s"] / a.steps * 1e6, 1),
         "events": info["events"],
-        "task": "mnist1d-mlp",
+        "task": a.task,
         "hidden": a.hidden or 100,
         "device": a.device,
         "steps": a.steps,

@@ -310,7 +310,10 @@ class Population:
     def _grad(
         self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-member gradients [K, P] (written into ``out`` when given) and data losses [K]."""
+        """Per-member gradients [K, P] (written into ``out`` when given) and data losses [K].
+
+        On the MLP path without ``out`` the gradient is a buffer the next call overwrites (clone
+        it to keep it)."""
         if self._mlp is not None:
             if out is None:
                 out = self._grad_buffer()

@@ -223,3 +223,61 @@ def test_controller_behaviour_without_a_policy_is_a_config_error():
     r = _recipe(behaviour={"kind": "controller", "checkpoint": "x"}, branch={"enabled": False})
     with pytest.raises(ConfigError, match="behaviour.kind"):
         run_population(r.run_specs())
+
+
+def test_layer_lr_walk_moves_per_layer_multipliers_at_decisions_within_bounds():
+    space = {"layer_lr_range": 2.0, "layer_lr_min": 0.5, "layer_lr_max": 2.0}
+    walk = _recipe(
+        collect={"runs_per_task": 3, "population": 3, "budget": 100, "every": 20, "val_every": 10},
+        space={**space, "layer_lr_walk": 0.5},
+        behaviour={"kind": "keep"},
+        branch={"enabled": True, "horizon": 10, "cooldown": 0},
+    )
+    fixed = _recipe(
+        collect={"runs_per_task": 3, "population": 3, "budget": 100, "every": 20},
+        space=space,
+        behaviour={"kind": "keep"},
+        branch={"enabled": True, "horizon": 10, "cooldown": 0},
+    )
+    # a walk-free recipe's entries (so its run ids) are what they were before the key existed
+    assert "layer_lr_walk" not in fixed.run_specs()[0].entry["hp0"]
+    assert "layer_lr_walk" not in fixed.run_specs()[0].entry["space"]
+    runs = run_population(walk.run_specs())
+    again = run_population(walk.run_specs()[1:2])  # the same member trained alone
+    for res in runs:
+        entry = json.loads(res.run[S.ENTRY])
+        path = entry["layer_lr_path"]
+        assert [p[0] for p in path] == [20, 40, 60, 80]
+        values = np.array([entry["layer_lr"], *[p[1] for p in path]])
+        assert values.shape == (5, 4) and ((values >= 0.5) & (values <= 2.0)).all()
+        assert (np.abs(np.diff(np.log(values), axis=0)) > 0).any()  # they moved
+        # the walk happens before branching: the 'keep' branch still ends where the run does
+        val = dict(
+            res.steps.filter(pl.col(S.VAL_LOSS).is_not_null())
+            .select(S.STEP, S.VAL_LOSS)
+            .iter_rows()
+        )
+        kept = res.branches.filter(pl.col(S.ACTION) == walk.action_space.keep_index)
+        for s, v in kept.select(S.STEP, S.BRANCH_VAL_LOSS).iter_rows():
+            assert math.isclose(v, val[s + 10 - 1], rel_tol=1e-4)
+    assert (
+        json.loads(again[0].run[S.ENTRY])["layer_lr_path"]
+        == json.loads(runs[1].run[S.ENTRY])["layer_lr_path"]
+    )
+    np.testing.assert_allclose(
+        again[0].steps[S.LOSS].to_numpy(), runs[1].steps[S.LOSS].to_numpy(), rtol=1e-4
+    )
+    assert "layer_lr_path" not in json.loads(run_population(fixed.run_specs())[0].run[S.ENTRY])
+    # the moves are applied: without the walk the same run matches up to the first decision only
+    spec = walk.run_specs()[1]
+    entry = json.loads(json.dumps(spec.entry))
+    del entry["hp0"]["layer_lr_walk"]
+    still = run_population([type(spec)(spec.run_id, entry)])[0].steps[S.LOSS].to_numpy()
+    moved = runs[1].steps[S.LOSS].to_numpy()
+    np.testing.assert_allclose(still[:21], moved[:21], rtol=1e-5)
+    assert not np.allclose(still[21:], moved[21:], rtol=1e-4)
+
+
+def test_layer_lr_walk_out_of_range_is_a_config_error():
+    with pytest.raises(Exception, match="space.layer_lr_walk"):
+        _recipe(space={"layer_lr_walk": 3.0})

@@ -76,6 +76,7 @@ class SpaceSection:
     layer_lr_range: float = 1.0
     layer_lr_min: float = 0.1
     layer_lr_max: float = 10.0
+    layer_lr_walk: float = 0.0  # log-space std of each layer multiplier's step per decision
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,9 @@ class Recipe:
 
     def run_specs(self) -> list[RunSpec]:
         """Every run this recipe asks for, with deterministic ids and start values."""
+        space_entry = asdict(self.space)
+        if not space_entry["layer_lr_walk"]:  # the run ids of walk-free recipes stay as they were
+            del space_entry["layer_lr_walk"]
         out = []
         kinds = self.behaviour.kinds
         space = self.hp_space
@@ -185,7 +189,7 @@ class Recipe:
                         "params": draw_params(kind, rng),
                         "seed": seed,  # the choices use numpy default_rng([seed, 7])
                     },
-                    "space": asdict(self.space),
+                    "space": space_entry,
                     "hp_space": space.to_dict(),
                     "actions": list(self.actions),
                     "action_space": action_space.to_dict(),
@@ -223,7 +227,7 @@ class Recipe:
             if sp.input_noise > 0
             else 0.0
         )
-        return {
+        hp0 = {
             "momentum": float(mom),
             "weight_decay": float(wd),
             "l2": float(l2),
@@ -231,6 +235,9 @@ class Recipe:
             "layer_lr_range": sp.layer_lr_range,
             "layer_lr_seed": int(rng.integers(2**31)),
         }
+        if sp.layer_lr_walk > 0:  # only then: run ids of recipes without a walk stay as they were
+            hp0["layer_lr_walk"] = sp.layer_lr_walk
+        return hp0
 
 
 @dataclass(frozen=True)
@@ -416,6 +423,12 @@ def _check_space(space: SpaceSection) -> None:
         _range(f"space.{key}", getattr(space, key))
     _range("space.input_noise_range", space.input_noise_range)
     _range("space.layer_lr_range", space.layer_lr_range)
+    if not (math.isfinite(space.layer_lr_walk) and 0 <= space.layer_lr_walk <= 2):
+        raise ConfigError(
+            "space.layer_lr_walk",
+            "a log-space step size in [0, 2] (0 = per-layer multipliers fixed for the run)",
+            space.layer_lr_walk,
+        )
     if not 0 < space.lr_min <= 1 <= space.lr_max < math.inf:
         raise ConfigError(
             "space.lr_min/lr_max",

@@ -2,14 +2,18 @@
 
 For every member the runner keeps the LR multiplier ``m``, the momentum and the weight decay (what
 the actions move); the LR in force at step t is ``lr0 * base_factor(t / budget) * m * layer_lr[l]``
-for layer l (per-layer multipliers are fixed per run). At every decision step ``s = every,
+for layer l. At every decision step ``s = every,
 2 * every, ...`` the behaviour policy picks an action per member, and — when branching is on —
 every action is first tried, for all live members at once, from a copy of each member's state for
 ``horizon`` steps on the same batches, then (optionally) cooled down linearly to LR 0 over
 ``cooldown`` steps, and the validation losses are recorded.
 
-Per-layer LR multipliers are constant within a run; their values are stored in the run's
-``entry`` JSON under ``layer_lr`` (in the order of ``layer_names``).
+Per-layer LR multipliers are drawn per run (``space.layer_lr_range``) and stored in the run's
+``entry`` JSON under ``layer_lr`` (in the order of ``layer_names``). With ``space.layer_lr_walk``
+> 0 they also move at every decision point, before branching (so all branches and the kept
+trajectory continue with the same values): a log-space random step per layer, clamped to the
+bounds; the values set at each decision are stored under ``layer_lr_path`` as ``[step,
+[multipliers]]`` pairs (the multipliers of a step are those of the last decision at or before it).
 """
 
 from __future__ import annotations
@@ -166,6 +170,23 @@ def _spaces(e0: dict[str, Any]) -> tuple[ActionSpace, HyperparameterSpace]:
     return actions, space
 
 
+def _walk_layer_lr(
+    entry: dict[str, Any], mult: np.ndarray, step: int, space: HyperparameterSpace
+) -> np.ndarray:
+    """The per-layer LR multipliers after the decision at ``step``: each takes a log-space step of
+    std ``hp0.layer_lr_walk``, clamped to the layer_lr bounds. A pure function of the run's
+    ``layer_lr_seed`` and ``step`` (so a member moves the same in any population)."""
+    hp0 = entry.get("hp0", {})
+    sigma = float(hp0.get("layer_lr_walk", 0.0))
+    if sigma <= 0:
+        return mult
+    rng = np.random.default_rng([int(hp0.get("layer_lr_seed", 0)), int(step)])
+    vals = mult * np.exp(sigma * rng.standard_normal(mult.shape[0]))
+    if "layer_lr" in space:
+        vals = np.array([space["layer_lr"].clamp(float(v)) for v in vals])
+    return vals
+
+
 def _layer_lr(entry: dict[str, Any], n_layers: int, space: HyperparameterSpace) -> np.ndarray:
     """Per-layer LR multipliers of a run: log-uniform in [1/r, r] (r = hp0.layer_lr_range),
     clamped to the layer_lr bounds; all ones when r = 1."""
@@ -249,7 +270,10 @@ def run_population(
     )
     n_layers = pop.spec.n_layers
     layer_lr = np.stack([_layer_lr(s.entry, n_layers, space) for s in specs])
+    layer_lr0 = layer_lr.copy()
     pop.set_hparams(layer_lr=layer_lr)
+    walks = [float(s.entry.get("hp0", {}).get("layer_lr_walk", 0.0)) > 0 for s in specs]
+    layer_path: list[list[list[Any]]] = [[] for _ in range(K)]  # [step, multipliers] per move
     alive = np.ones(K, dtype=bool)
     diverged_at = np.full(K, -1)
     hist = {
@@ -270,6 +294,14 @@ def run_population(
     for s in range(0, budget, every):
         if s > 0 and alive.any():
             live = np.flatnonzero(alive)
+            if any(walks[i] for i in live):
+                # per-layer multipliers move first, so every branch (and the kept trajectory)
+                # continues with the same new values
+                for i in live:
+                    if walks[i]:
+                        layer_lr[i] = _walk_layer_lr(specs[i].entry, layer_lr[i], s, space)
+                        layer_path[i].append([s, [float(v) for v in layer_lr[i]]])
+                pop.set_hparams(layer_lr=layer_lr)
             if branch["enabled"]:
                 out = _branch(
                     pop,
@@ -400,7 +432,9 @@ def run_population(
         )
         ok = diverged_at[i] < 0
         last_val = steps.filter(pl.col(S.VAL_LOSS).is_not_null()).tail(1)
-        entry = {**spec.entry, "layer_lr": [float(v) for v in layer_lr[i]]}
+        entry = {**spec.entry, "layer_lr": [float(v) for v in layer_lr0[i]]}
+        if walks[i]:
+            entry["layer_lr_path"] = layer_path[i]
         run = {
             S.RUN_ID: spec.run_id,
             S.TASK: task.name,

@@ -8,18 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-TINY_RECIPE = {
-    "name": "tiny",
-    "collect": {
-        "tasks": ["digits-mlp", "teacher-student"],
-        "runs_per_task": 3,
-        "budget": 200,
-        "every": 25,
-        "val_every": 25,
-    },
-    "branch": {"horizon": 25, "cooldown": 5},
-    "executor": {"workers": 1},
-}
+from tests._tiny import TINY_RECIPE
 
 
 @pytest.fixture(autouse=True)

@@ -37,23 +37,12 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from tests._tiny import TINY_RECIPE  # noqa: E402
 from trajlib.controllers import load_controller  # noqa: E402
 from trajlib.deploy import ControllerScheduler, StepProbe  # noqa: E402
 from trajlib.tasks import get_task  # noqa: E402
 from trajlib.tasks._builtin import mlp  # noqa: E402
 
-TINY_RECIPE = {
-    "name": "bench-deploy",
-    "collect": {
-        "tasks": ["digits-mlp", "teacher-student"],
-        "runs_per_task": 3,
-        "budget": 200,
-        "every": 25,
-        "val_every": 25,
-    },
-    "branch": {"horizon": 25, "cooldown": 5},
-    "executor": {"workers": 1},
-}
 VAL_EVERY = 100
 
 

@@ -116,7 +116,7 @@ def _aggregate_masked(
     rows = []
     for i in range(ratio.shape[0]):
         keep = np.broadcast_to(mask[i], ratio[i].shape)
-        n_keep = int(keep[(0,) * (keep.ndim - 1)].sum()) if keep.ndim > 1 else int(keep.sum())
+        n_keep = int(mask[i].sum())  # layers kept (mask[i] is [1, ..., 1, L])
         if n_keep == 0:
             agg = [np.full(ratio.shape[1:-1], math.nan)] * 4
         else:

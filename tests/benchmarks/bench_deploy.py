@@ -26,6 +26,13 @@ import os
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# run as a script (``python tests/benchmarks/bench_deploy.py``): the checkout's root on the path,
+# for the tiny recipe the test fixtures share (``tests/_tiny.py``)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import argparse  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
@@ -33,7 +40,6 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 

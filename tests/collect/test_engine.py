@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from trajlib.collect import Population
+from tests._native import require_native
+from trajlib import _native
+from trajlib.collect import Population, _engine
 from trajlib.tasks import Task, get_task
 
 STEPS = 25
@@ -127,11 +129,21 @@ def test_hand_written_mlp_backward_equals_autograd(make_model, loss):
 
 
 @pytest.mark.parametrize("seeds, fast", [([1, 2], True), ([1, 2], False), ([1], False)])
-def test_derived_record_equals_direct_computation(seeds, fast):
+@pytest.mark.parametrize("record", ["native", "small", "large"])
+def test_derived_record_equals_direct_computation(seeds, fast, record, monkeypatch):
+    """Every way of recording (the native one-pass kernel, the PyTorch product-buffer and
+    block-norm paths) gives the statistics computed directly from the step's tensors."""
+    if record == "native":
+        require_native()
+    else:
+        monkeypatch.setattr(_native, "lib", lambda: None)
+        if record == "large":
+            monkeypatch.setattr(_engine, "_SMALL_LIMIT", 0)
     task = get_task("digits-mlp")
     data = task.make_data()
     lrs = [0.02, 0.05][: len(seeds)]
     pop = Population(task, data, seeds, {"lr": lrs}, capacity=10, fast=fast)
+    assert pop._rec_mode == record
     thetas, grads = [pop.theta.clone()], []
     lr = torch.tensor(lrs)
     for _ in range(6):

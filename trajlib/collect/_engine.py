@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from trajlib import _native
 from trajlib.collect._mlp import StackedMLP, mlp_plan
 from trajlib.stepstats import RAW_LAYER_SUMS, STEP_STATS, step_stats
 from trajlib.tasks import Task, TaskData, batch_slot, epoch_order
@@ -253,13 +255,33 @@ class Population:
         # next parameters out, record args).
         self._views: list[tuple[torch.Tensor, ...]] = []
         small = K * P <= _SMALL_LIMIT
-        self._prod = torch.empty(5 if small else 2, K, P, device=dev)
+        native = _native.lib() if dev.type == "cpu" and store.dtype == torch.float32 else None
+        self._native = native
+        self._prod = torch.empty(0 if native else 5 if small else 2, K, P, device=dev)
         self._blocks = torch.empty(5 * K, nb, device=dev)
-        self._rec_mode = "small" if small else "large"
+        self._rec_mode = "native" if native else "small" if small else "large"
+        self._native_args: list[tuple[Any, ...]] = []
         for par in (0, 1):
             cur, prev = self._bufs[par], self._bufs[1 - par]
             rec_args: tuple[torch.Tensor, ...]
-            if small:
+            if native is not None:
+                # one pass per (member, layer) segment: pointers made once per buffer parity
+                rec_args = ()
+                seg = [
+                    [
+                        buf.data_ptr() + 4 * (row * K * P + k * P + off)
+                        for k in range(K)
+                        for off in self.spec.offsets
+                    ]
+                    for buf, row in ((cur, 0), (cur, 1), (cur, 2), (prev, 0), (prev, 2))
+                ]
+                arrs = [_native.ptrs(x) for x in seg]
+                numels = _native.ptrs(list(self.spec.numels) * K)
+                keep = (arrs, numels)  # the arrays must outlive the calls
+                self._native_args.append(
+                    (keep, K * L, numels.ctypes.data, *(a.ctypes.data for a in arrs))
+                )
+            elif small:
                 rec_args = (
                     cur,
                     self._prod[:3],
@@ -446,7 +468,10 @@ class Population:
         operands are views made once (:meth:`_alloc_record`)."""
         blocks = self._blocks
         mode = self._rec_mode
-        if mode == "small":  # small populations: fewer ops beat less memory traffic
+        if mode == "native":
+            _, S, n, g, w, d, gp, dp = self._native_args[t % 2]
+            self._native.tl_record(S, n, g, w, d, gp, dp, self._rec_rows[t].data_ptr())
+        elif mode == "small":  # small populations: fewer ops beat less memory traffic
             cur, p3, cur02, prev02, p2, prod_blocks, mb = views[3:]
             torch.mul(cur, cur, out=p3)
             torch.mul(cur02, prev02, out=p2)

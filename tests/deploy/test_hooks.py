@@ -10,7 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from tests._native import require_native
 from tests.deploy._helpers import batch, make_model, two_groups
+from trajlib import _native
 from trajlib.deploy import PROBE_COLUMNS, ControllerScheduler, StepProbe, summarise
 
 
@@ -189,11 +191,12 @@ def test_step_with_a_closure_measures_the_gradient_the_closure_computed():
     assert probe.errors == 0
 
 
-@pytest.mark.parametrize("path", ["lean", "blocked"])
+@pytest.mark.parametrize("path", ["native", "lean", "blocked"])
 def test_every_probe_path_gives_the_same_statistics(path, monkeypatch):
-    """Small models take the fused products path; larger ones the lean path (block norms, one
-    dot product per param group) or, with many groups, per-block dots. Same numbers, for the
-    whole model and for each param group (layer-wise units), with a layer left without grad."""
+    """CPU float32 models take the native one-pass kernels; otherwise small models take the fused
+    products path, larger ones the lean path (block norms, one dot product per param group) or,
+    with many groups, per-block dots. Same numbers, for the whole model and for each param
+    group (layer-wise units), with a layer left without grad."""
     import trajlib.deploy._probe as probe_mod
 
     def run() -> tuple[list[tuple[list, list]], str]:
@@ -218,17 +221,54 @@ def test_every_probe_path_gives_the_same_statistics(path, monkeypatch):
                 r, prev_grp[g] = summarise(stats[None][:, :, idx], pg, prev_grp[g])
                 groups.append(r[0].tolist())
             out.append((row[0].tolist(), groups))
-        taken = "fused" if probe._fused else "lean" if probe._group_spans else "blocked"
-        return out, taken
+        if probe._native is not None:
+            return out, "native"
+        return out, "fused" if probe._fused else "lean" if probe._group_spans else "blocked"
 
+    if path == "native":
+        require_native()
+        got, got_path = run()
+    monkeypatch.setattr(_native, "lib", lambda: None)  # the PyTorch paths from here on
     ref, ref_path = run()
     assert ref_path == "fused"  # this model is small
-    monkeypatch.setattr(probe_mod, "_FUSED_LIMIT", 0)
-    if path == "blocked":
-        monkeypatch.setattr(probe_mod, "_GROUP_DOTS_LIMIT", 0)
-    got, got_path = run()
+    if path != "native":
+        monkeypatch.setattr(probe_mod, "_FUSED_LIMIT", 0)
+        if path == "blocked":
+            monkeypatch.setattr(probe_mod, "_GROUP_DOTS_LIMIT", 0)
+        got, got_path = run()
     assert got_path == path
     for (a, ga), (b, gb) in zip(ref, got):
         np.testing.assert_allclose(b, a, rtol=2e-5, equal_nan=True)
         np.testing.assert_allclose(gb, ga, rtol=2e-5, equal_nan=True)
     assert not math.isnan(ref[-1][0][PROBE_COLUMNS.index("grad_cos")])
+
+
+def test_probe_follows_parameters_that_move_or_change_type():
+    """``p.data = ...`` (new storage) and ``model.double()`` between steps: the probe reads the
+    parameters where they are now (the native path re-points, or hands over to the PyTorch path
+    for float64), and its statistics stay those of the step."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    probe = StepProbe(opt)
+    prev = None
+    for t in range(4):
+        if t == 1:
+            for p in model.parameters():
+                p.data = p.data.clone()
+        if t == 3:
+            model.double()
+            for s in opt.state.values():
+                s["momentum_buffer"] = s["momentum_buffer"].double()
+        x, y = batch(t)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x.to(next(model.parameters()).dtype)), y).backward()
+        g = _flat([p.grad for p in model.parameters()]).clone()
+        w = _flat([p.detach() for p in model.parameters()]).clone()
+        opt.step()
+        u = _flat([p.detach() for p in model.parameters()]) - w
+        stats, prev = _stats(probe, prev)
+        assert stats["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-5)
+        assert stats["weight_norm"] == pytest.approx(float(w.norm()), rel=1e-5)
+        assert stats["update_norm"] == pytest.approx(float(u.norm()), rel=1e-4)
+    assert probe.errors == 0
+    assert probe._native is None  # float64 parameters: the PyTorch path

@@ -46,7 +46,7 @@ _FLAGS = (
     "-fno-signed-zeros",
     "-fno-trapping-math",
 )
-_LIB: ctypes.CDLL | None = None
+_LIB: ctypes.PyDLL | None = None
 _TRIED = False
 _STATUS = "not loaded"
 
@@ -56,6 +56,7 @@ _SIGNATURES = {
     "tl_record": (_I, _P, _P, _P, _P, _P, _P, _P),
     "tl_grad": (_I, _P, _P, _P, ctypes.c_int, _P),
     "tl_weights": (_I, _P, _P, _P, _P),
+    "tl_pre": (_I, _P, _P, _P, _P, _P, ctypes.c_int, _P),
     "tl_update": (_I, _P, _P, _P, _P, ctypes.c_int, _P),
 }
 
@@ -99,7 +100,7 @@ def _compile(cc: str, flags: tuple[str, ...], out: Path) -> bool:
             os.unlink(tmp)
 
 
-def _load() -> ctypes.CDLL | None:
+def _load() -> ctypes.PyDLL | None:
     global _STATUS
     if os.environ.get("TRAJLIB_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
         _STATUS = "disabled (TRAJLIB_NATIVE=0)"
@@ -121,7 +122,7 @@ def _load() -> ctypes.CDLL | None:
             try:
                 if not path.exists() and not _compile(cc, flags, path):
                     continue
-                so = ctypes.CDLL(str(path))
+                so = ctypes.PyDLL(str(path))  # keeps the GIL: calls are microseconds
             except OSError as e:
                 _log.debug("native kernels: %s", e)
                 continue
@@ -135,7 +136,7 @@ def _load() -> ctypes.CDLL | None:
     return None
 
 
-def lib() -> ctypes.CDLL | None:
+def lib() -> ctypes.PyDLL | None:
     """The compiled kernels (compiled and cached on first call), or ``None`` when unavailable."""
     global _LIB, _TRIED
     if not _TRIED:

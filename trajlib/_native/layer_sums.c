@@ -49,21 +49,14 @@ void tl_record(int64_t S, const int64_t *n, const float *const *g, const float *
     }
 }
 
-/* Deployed probe, gradient: |g|^2 and g . gbuf per layer, then gbuf = g. g[i] NULL is a zero
- * gradient. Rows 0 and 3 of out (float32 [5, L]); the dot is NaN when has_prev is 0. */
-void tl_grad(int64_t L, const int64_t *n, const float *const *g, float *const *gbuf,
-             int has_prev, float *out) {
-    for (int64_t i = 0; i < L; i++) {
-        const float *restrict a = g[i];
-        float *restrict b = gbuf[i];
-        int64_t m = n[i];
-        if (!a) {
-            for (int64_t j = 0; j < m; j++) b[j] = 0.0f;
-            out[i] = 0.0f;
-            out[3 * L + i] = has_prev ? 0.0f : NAN;
-            continue;
-        }
-        double s = 0.0, d = 0.0;
+/* Deployed probe, one layer's gradient: |g|^2 and g . gbuf, then gbuf = g (g NULL: a zero
+ * gradient). */
+static void grad_layer(const float *restrict a, float *restrict b, int64_t m, double *sq,
+                       double *dot) {
+    double s = 0.0, d = 0.0;
+    if (!a) {
+        for (int64_t j = 0; j < m; j++) b[j] = 0.0f;
+    } else {
         for (int64_t c = 0; c < m; c += CHUNK) {
             int64_t e = c + CHUNK < m ? c + CHUNK : m;
             float fs = 0.0f, fd = 0.0f;
@@ -76,34 +69,58 @@ void tl_grad(int64_t L, const int64_t *n, const float *const *g, float *const *g
             s += fs;
             d += fd;
         }
+    }
+    *sq = s;
+    *dot = d;
+}
+
+/* Deployed probe, one layer's weights before the step: |w|^2, then wbuf = w. */
+static double weights_layer(const float *restrict a, float *restrict b, int64_t m) {
+    double s = 0.0;
+    for (int64_t c = 0; c < m; c += CHUNK) {
+        int64_t e = c + CHUNK < m ? c + CHUNK : m;
+        float fs = 0.0f;
+        for (int64_t j = c; j < e; j++) {
+            fs += a[j] * a[j];
+            b[j] = a[j];
+        }
+        s += fs;
+    }
+    return s;
+}
+
+/* Deployed probe, gradients: rows 0 (|g|^2) and 3 (g . g_prev, NaN without has_prev) of out
+ * (float32 [5, L]); gbuf keeps g. */
+void tl_grad(int64_t L, const int64_t *n, const float *const *g, float *const *gbuf,
+             int has_prev, float *out) {
+    for (int64_t i = 0; i < L; i++) {
+        double s, d;
+        grad_layer(g[i], gbuf[i], n[i], &s, &d);
         out[i] = (float)s;
         out[3 * L + i] = has_prev ? (float)d : NAN;
     }
 }
 
-/* Deployed probe, weights before the step: |w|^2 per layer (row 1 of out), then wbuf = w. */
+/* Deployed probe, weights before the step: row 1 of out; wbuf keeps them. */
 void tl_weights(int64_t L, const int64_t *n, const float *const *w, float *const *wbuf,
                 float *out) {
+    for (int64_t i = 0; i < L; i++) out[L + i] = (float)weights_layer(w[i], wbuf[i], n[i]);
+}
+
+/* tl_weights and tl_grad in one call (a step without a closure). */
+void tl_pre(int64_t L, const int64_t *n, const float *const *w, const float *const *g,
+            float *const *wbuf, float *const *gbuf, int has_prev, float *out) {
     for (int64_t i = 0; i < L; i++) {
-        const float *restrict a = w[i];
-        float *restrict b = wbuf[i];
-        int64_t m = n[i];
-        double s = 0.0;
-        for (int64_t c = 0; c < m; c += CHUNK) {
-            int64_t e = c + CHUNK < m ? c + CHUNK : m;
-            float fs = 0.0f;
-            for (int64_t j = c; j < e; j++) {
-                fs += a[j] * a[j];
-                b[j] = a[j];
-            }
-            s += fs;
-        }
-        out[L + i] = (float)s;
+        double s, d;
+        out[L + i] = (float)weights_layer(w[i], wbuf[i], n[i]);
+        grad_layer(g[i], gbuf[i], n[i], &s, &d);
+        out[i] = (float)s;
+        out[3 * L + i] = has_prev ? (float)d : NAN;
     }
 }
 
-/* Deployed probe, after the step: u = w - wbuf (float32), |u|^2 and u . ubuf per layer (rows 2
- * and 4 of out; the dot is NaN when has_prev is 0), then ubuf = u. */
+/* Deployed probe, after the step: u = w - wbuf (float32), rows 2 (|u|^2) and 4 (u . u_prev, NaN
+ * without has_prev) of out; ubuf keeps u. */
 void tl_update(int64_t L, const int64_t *n, const float *const *w, const float *const *wbuf,
                float *const *ubuf, int has_prev, float *out) {
     for (int64_t i = 0; i < L; i++) {

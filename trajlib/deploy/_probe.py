@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trajlib import _native
 from trajlib.stepstats import RAW_LAYER_SUMS, STEP_STATS, step_stats
 
 __all__ = ["StepProbe", "PROBE_COLUMNS", "summarise"]
@@ -62,6 +63,19 @@ _FUSED_LIMIT = 1 << 16
 _GROUP_DOTS_LIMIT = 8
 _BLOCK, _BLOCK_LARGE = 128, 1024  # elements per block (models up to / above 4 M parameters)
 _STATE_FORMAT = "trajlib-step-probe/1"
+#: Steps whose native-path outputs share one allocation.
+_OUT_CHUNK = 64
+
+
+def _native_ok(p: torch.Tensor) -> bool:
+    """Whether the native path can read this parameter (CPU, float32, contiguous, dense)."""
+    return (
+        p.device.type == "cpu"
+        and p.dtype is torch.float32
+        and p.is_contiguous()
+        and not p.is_sparse
+        and p.numel() > 0
+    )
 
 
 class StepProbe:
@@ -128,6 +142,8 @@ class StepProbe:
             return
         dev = params[0].device
         numels = [p.numel() for p in params]
+        lib = _native.lib() if all(_native_ok(p) for p in params) else None
+        self._native = lib
         P, L = sum(numels), len(params)
         # Each layer starts on a multiple of the block size, so per-layer sums are one contiguous
         # reduction over blocks ([r, P] -> [r, nb]) and a tiny product with a block -> layer
@@ -143,10 +159,35 @@ class StepProbe:
         # Both buffers live in one [2, 3, size] tensor (slot ``self._ci`` is the current one), so
         # the five products of a step are one broadcast multiplication of the current buffer with
         # the pair (squares and products with the previous step).
-        self._store = torch.zeros(2 if self.dots else 1, 3, size, dtype=torch.float32, device=dev)
+        slots = 2 if self.dots and lib is None else 1
+        self._store = torch.zeros(slots, 3, size, dtype=torch.float32, device=dev)
         self._ci = 0
         self._cur = self._store[0]
-        self._prev = self._store[1] if self.dots else None
+        self._prev = self._store[1] if slots == 2 else None
+        self._L = L
+        if lib is not None:
+            # Native path: one pass per layer before the step (|g|^2, g . g_prev, |theta|^2,
+            # keeping g and theta) and one after it (u, |u|^2, u . u_prev, keeping u), in place
+            # in one buffer (rows g, theta, u): no swap, no product buffer.
+            base = self._store.data_ptr()
+            row = [[base + 4 * (r * size + o) for o in self._offsets] for r in range(3)]
+            arrs = [_native.ptrs(x) for x in row]
+            n_arr, w_arr = _native.ptrs(numels), _native.ptrs([p.data_ptr() for p in params])
+            g_arr = np.zeros(L, dtype=np.int64)
+            self._nat_keep = (arrs, n_arr, w_arr, g_arr)  # the arrays must outlive the calls
+            self._nat_w, self._nat_g = w_arr, g_arr
+            # addresses: counts, weights, gradients, kept g, kept theta, kept u
+            self._nat_addr = (
+                n_arr.ctypes.data, w_arr.ctypes.data, g_arr.ctypes.data,
+                *(a.ctypes.data for a in arrs),
+            )  # fmt: skip
+            self._nat_wptrs = [p.data_ptr() for p in params]
+            self._nat_out: tuple[torch.Tensor, int] | None = None
+            self._nat_views: tuple[torch.Tensor, ...] = ()
+            self._nat_next, self._nat_base = _OUT_CHUNK, 0
+            self._fused, self._group_spans, self._membership = False, None, None
+            self._slots = []
+            return
         self._blk = torch.zeros(5, nb_total, dtype=torch.float32, device=dev)  # scratch
         self._blk3, self._blk2 = self._blk[:3], self._blk[3:]
         layer_of_block = torch.repeat_interleave(torch.arange(L), torch.tensor(nblocks))
@@ -177,7 +218,6 @@ class StepProbe:
             self._prod = torch.empty(5 if self.dots else 3, size, dtype=torch.float32, device=dev)
             self._prod_blocks = self._prod.view(self._prod.shape[0], nb_total, block)
         self._slots = [self._make_views(i) for i in range(self._store.shape[0])]
-        self._L = L
         self._nan2 = torch.full((2, L), math.nan, dtype=torch.float32, device=dev)
 
     def _make_views(self, slot: int) -> tuple[Any, ...]:
@@ -218,6 +258,10 @@ class StepProbe:
             params = self._params
             if not params:
                 return None
+            native = self._native
+            if native is not None and not self._native_check():
+                self._rebuild()  # the parameters moved or changed type: the PyTorch path
+                native = self._native
             if self._prev is not None:  # the current buffer becomes the previous one
                 self._cur, self._prev = self._prev, self._cur
                 self._ci ^= 1
@@ -226,19 +270,28 @@ class StepProbe:
             if closure is None and len(args) > 1:
                 closure = args[1]
             if closure is None:
-                self._capture(True)
+                if native is not None:
+                    self._native_pre(native)
+                else:
+                    self._capture(True)
                 return None
             # The gradient is computed inside step() by the closure (Lightning, LBFGS): snapshot
             # the weights now and the gradient when the closure returns.
-            gw = self._slots[self._ci][0]
-            torch._foreach_copy_(gw[len(params) :], params)
+            if native is not None:
+                self._native_weights(native)
+            else:
+                gw = self._slots[self._ci][0]
+                torch._foreach_copy_(gw[len(params) :], params)
 
             def wrapped() -> Any:
                 out = closure()
                 mode = torch.is_grad_enabled()
                 torch._C._set_grad_enabled(False)
                 try:
-                    self._capture(False)
+                    if self._native is not None:
+                        self._native_grads(self._native)
+                    else:
+                        self._capture(False)
                 except Exception:  # noqa: BLE001
                     self.errors += 1
                     self._group_lists = []
@@ -255,6 +308,77 @@ class StepProbe:
         finally:
             torch._C._set_grad_enabled(grad_mode)
         return None
+
+    def _native_check(self) -> bool:
+        """Whether the parameters are where the native path's pointers say (checked per step:
+        ``model.to(...)`` or ``p.data = ...`` moves them)."""
+        params = self._params
+        w = [p.data_ptr() for p in params]
+        if w != self._nat_wptrs:
+            if not all(_native_ok(p) for p in params):
+                return False
+            self._nat_wptrs = w
+            self._nat_w[:] = w
+        return True
+
+    def _native_out(self) -> tuple[torch.Tensor, int]:
+        """This step's ``[5, L]`` output and its address: rows of a chunk allocated every
+        ``_OUT_CHUNK`` steps (a chunk lives while the scheduler holds any of its rows)."""
+        i = self._nat_next
+        if i == _OUT_CHUNK:
+            chunk = torch.empty(_OUT_CHUNK, 5, self._L, dtype=torch.float32)
+            self._nat_views, self._nat_base, i = chunk.unbind(0), chunk.data_ptr(), 0
+        self._nat_next = i + 1
+        out = (self._nat_views[i], self._nat_base + 20 * self._L * i)
+        self._nat_out = out
+        return out
+
+    def _native_weights(self, lib: Any) -> None:
+        """|theta|^2 per layer, and theta kept (native path, before a step with a closure)."""
+        n, w, _, _, wbuf, _ = self._nat_addr
+        lib.tl_weights(self._L, n, w, wbuf, self._native_out()[1])
+
+    def _native_grad_ptrs(self) -> list[Any]:
+        """The gradients' addresses into ``_nat_g`` (0 for a missing one); returns what must
+        stay alive through the call."""
+        grads: list[Any] = [p.grad for p in self._params]
+        try:
+            ptrs = [g.data_ptr() for g in grads if g.is_contiguous()]
+        except (AttributeError, RuntimeError, NotImplementedError):  # None, or a sparse grad
+            ptrs = []
+        if len(ptrs) == len(grads):  # the usual case: every gradient there and contiguous
+            self._nat_g[:] = ptrs
+            self._missing = []
+            return grads
+        missing: list[int] = []
+        for i, g in enumerate(grads):
+            if g is None:
+                missing.append(i)
+                self._nat_g[i] = 0
+                continue
+            if g.is_sparse or not g.is_contiguous() or g.dtype is not torch.float32:
+                grads[i] = g = g.to_dense().to(torch.float32).contiguous()  # an odd layout
+            self._nat_g[i] = g.data_ptr()
+        self._missing = missing
+        return grads
+
+    def _native_grads(self, lib: Any) -> None:
+        """|g|^2 and g . g_prev per layer, and g kept (native path, after a closure)."""
+        if self._nat_out is None:
+            return
+        keep = self._native_grad_ptrs()
+        n, _, g, gbuf, _, _ = self._nat_addr
+        lib.tl_grad(self._L, n, g, gbuf, int(self._has_prev), self._nat_out[1])
+        del keep
+        self._armed = True
+
+    def _native_pre(self, lib: Any) -> None:
+        """Weights and gradients in one pass (native path, a step without a closure)."""
+        keep = self._native_grad_ptrs()
+        n, w, g, gbuf, wbuf, _ = self._nat_addr
+        lib.tl_pre(self._L, n, w, g, wbuf, gbuf, int(self._has_prev), self._native_out()[1])
+        del keep
+        self._armed = True
 
     def _capture(self, weights: bool) -> None:
         """Copy the gradients (and, with ``weights``, the weights) into the current buffer
@@ -283,6 +407,16 @@ class StepProbe:
         grad_mode = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:
+            native = self._native
+            if native is not None:
+                if self._nat_out is None:
+                    return
+                stats, out = self._nat_out
+                self._nat_out = None
+                n, w, _, _, wbuf, ubuf = self._nat_addr
+                native.tl_update(self._L, n, w, wbuf, ubuf, int(self._has_prev), out)
+                self._finish(stats)
+                return
             _, u, w_row, u_row, blocks3, gu, prods = self._slots[self._ci]
             torch._foreach_copy_(u, self._params)
             u_row.sub_(w_row)
@@ -319,19 +453,22 @@ class StepProbe:
                     stats = self._per_layer(self._blk)
                 else:
                     stats = torch.cat([self._per_layer(self._blk3), self._nan2])
-            self._has_prev = self._prev is not None
-            present = None
-            if self._missing:
-                present = torch.ones(len(self._params), dtype=torch.bool)
-                present[self._missing] = False
-                present = present.to(stats.device, non_blocking=True)
-            self._pending = (stats, present)
-            self.steps_seen += 1
+            self._finish(stats)
         except Exception:  # noqa: BLE001
             self.errors += 1
             self._group_lists = []
         finally:
             torch._C._set_grad_enabled(grad_mode)
+
+    def _finish(self, stats: torch.Tensor) -> None:
+        self._has_prev = self.dots
+        present = None
+        if self._missing:
+            present = torch.ones(len(self._params), dtype=torch.bool)
+            present[self._missing] = False
+            present = present.to(stats.device, non_blocking=True)
+        self._pending = (stats, present)
+        self.steps_seen += 1
 
     # ------------------------------------------------------------------ reading
     def take(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
@@ -357,7 +494,7 @@ class StepProbe:
         them); everything else is plain Python.
         """
         prev = None
-        if self._has_prev and self._prev is not None and self._params:
+        if self._has_prev and self.dots and self._params:
             # after a step, the buffer that holds that step is ``_cur``
             prev = {"grad": self._cur[0].clone(), "update": self._cur[2].clone()}
         pending = None
@@ -394,9 +531,10 @@ class StepProbe:
         numels = [p.numel() for p in self._params]
         if prev is None or not self._params or state.get("layer_numels") != numels:
             return
-        if self._prev is None:
+        if not self.dots:
             return
-        # the next pre-hook swaps buffers, so the saved step goes into ``_cur``
+        # the next pre-hook swaps buffers (PyTorch path; the native path keeps one buffer), so
+        # the saved step goes into ``_cur``
         self._cur[0].copy_(prev["grad"])
         self._cur[2].copy_(prev["update"])
         self._has_prev = True

@@ -417,7 +417,7 @@ class ControllerScheduler:
         host_losses = iter(_losses_to_host(tensors)) if tensors else iter(())
         losses = [next(host_losses) if isinstance(r[0], torch.Tensor) else r[0] for r in rows]
         measured = [r[1] for r in rows if r[1] is not None]
-        per_unit: list[list[list[float]] | None] = [None] * len(self.units)
+        per_unit: list[np.ndarray | None] = [None] * len(self.units)
         if measured:
             stats = torch.stack([m[0] for m in measured])  # [n, 5, L]
             present = None
@@ -437,7 +437,7 @@ class ControllerScheduler:
                     p = None if present is None else present.index_select(1, idx)
                 out, u.prev_norms = summarise(s, p, u.prev_norms)
                 outs.append(out)
-            per_unit = [None if o is None else o.tolist() for o in outs]
+            per_unit = [None if o is None else o for o in outs]
         g_all = self.optimizer.param_groups
         n = len(rows)
         bfs = [r[5] for r in rows]
@@ -459,12 +459,14 @@ class ControllerScheduler:
             stats_u = per_unit[ui]
             if stats_u is None:  # no statistics for this unit: finite follows the loss only
                 cols["finite"] = [m and ok for m, ok in zip(is_measured, loss_ok)]
+            elif len(stats_u) == n:  # every row measured (the usual case): columns at once
+                by_col = stats_u.T.tolist()
+                for j, name in enumerate(_STAT_COLS):
+                    cols[name] = by_col[j]
+                cols["finite"] = [f != 0.0 and ok for f, ok in zip(by_col[-1], loss_ok)]
             else:
-                if len(stats_u) == n:  # every row measured (the usual case)
-                    per_row: list[Any] = stats_u
-                else:
-                    it = iter(stats_u)
-                    per_row = [next(it) if m else None for m in is_measured]
+                it = iter(stats_u.tolist())
+                per_row: list[Any] = [next(it) if m else None for m in is_measured]
                 for j, name in enumerate(_STAT_COLS):
                     cols[name] = [None if v is None else v[j] for v in per_row]
                 cols["finite"] = [

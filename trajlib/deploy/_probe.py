@@ -108,6 +108,7 @@ class StepProbe:
         self._armed = False
         self._missing: list[int] = []
         self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._native: Any = None  # the native kernels when the layout allows them (_rebuild)
         self._handles = [
             optimizer.register_step_pre_hook(self._pre),
             optimizer.register_step_post_hook(self._post),
@@ -138,6 +139,7 @@ class StepProbe:
         self.layer_groups = [gi for gi, g in enumerate(groups) for _ in g["params"]]
         self.layout_version += 1
         self._has_prev = False
+        self._native = None
         if not params:
             return
         dev = params[0].device
@@ -250,6 +252,18 @@ class StepProbe:
     # ------------------------------------------------------------------ hooks
     def _pre(self, opt: Any, args: Any, kwargs: Any) -> Any:
         self._armed = False
+        native = self._native
+        if native is not None and len(args) == 1 and not kwargs:
+            # fast path: native kernels, step() without a closure (no tensor ops, so grad mode
+            # does not matter)
+            try:
+                if not self._layout_changed() and self._native_check():
+                    self._native_pre(native)
+                    return None
+            except Exception:  # noqa: BLE001 - instrumentation never breaks the step it watches
+                self.errors += 1
+                self._group_lists = []
+                return None
         grad_mode = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)  # cheaper than torch.no_grad() per call
         try:
@@ -404,19 +418,22 @@ class StepProbe:
         if not self._armed:
             return
         self._armed = False
+        native = self._native
+        if native is not None:  # no tensor ops: grad mode does not matter
+            try:
+                if self._nat_out is not None:
+                    stats, out = self._nat_out
+                    self._nat_out = None
+                    n, w, _, _, wbuf, ubuf = self._nat_addr
+                    native.tl_update(self._L, n, w, wbuf, ubuf, int(self._has_prev), out)
+                    self._finish(stats)
+            except Exception:  # noqa: BLE001
+                self.errors += 1
+                self._group_lists = []
+            return
         grad_mode = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:
-            native = self._native
-            if native is not None:
-                if self._nat_out is None:
-                    return
-                stats, out = self._nat_out
-                self._nat_out = None
-                n, w, _, _, wbuf, ubuf = self._nat_addr
-                native.tl_update(self._L, n, w, wbuf, ubuf, int(self._has_prev), out)
-                self._finish(stats)
-                return
             _, u, w_row, u_row, blocks3, gu, prods = self._slots[self._ci]
             torch._foreach_copy_(u, self._params)
             u_row.sub_(w_row)

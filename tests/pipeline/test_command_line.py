@@ -156,3 +156,15 @@ def test_collect_with_a_controller_behaviour_uses_the_checkpoint(tiny_checkpoint
     recipe.write_text(body.replace("CKPT", str(tmp_path / "nope")))
     assert main(["collect", str(recipe), "--store", str(tmp_path / "s2"), "--quiet"]) == 2
     assert "behaviour.checkpoint" in capsys.readouterr().err
+
+
+def test_doctor_reports_versions_and_whether_the_native_kernels_are_used(capsys):
+    from trajlib import _native
+
+    assert main(["doctor", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["versions"]["torch"] and rep["versions"]["trajlib"]
+    assert rep["native_kernels"] is (_native.lib() is not None)
+    assert rep["native_status"] == _native.status()
+    assert main(["doctor"]) == 0
+    assert "native kernels" in capsys.readouterr().out

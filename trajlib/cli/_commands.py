@@ -1,4 +1,4 @@
-"""The pipeline commands: tasks, collect, fit, evaluate, demo."""
+"""The pipeline commands: tasks, doctor, collect, fit, evaluate, demo."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ def _positive_int(value: str) -> int:
 def add_main_commands(sub: Any) -> None:
     p = sub.add_parser("tasks", help="list the built-in tasks")
     p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser(
+        "doctor",
+        help="what trajlib runs on here: versions, threads, GPUs, native kernels (for bug reports)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("collect", help="run a collection recipe into a store")
     p.add_argument("recipe", help="path to a collectors/*.toml recipe")
@@ -129,6 +136,58 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         print(
             f"{name:22s} {t.family:16s} {t.optimizer:6s} lr={t.default_lr:<8g} budget={t.budget:<6d} {t.description}"
         )
+    return 0
+
+
+def doctor_report() -> dict[str, Any]:
+    """Versions, threads, accelerators and whether the native kernels load (compiling them if
+    needed)."""
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    from trajlib import _native
+
+    versions: dict[str, str | None] = {}
+    for dist in ("trajlib", "torch", "numpy", "polars", "pyarrow", "zarr", "lightgbm", "ray"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    if versions["trajlib"] is None:  # run from a checkout (PYTHONPATH=.)
+        import trajlib
+
+        versions["trajlib"] = f"{trajlib.__version__} (from {Path(trajlib.__file__).parent})"
+    t0 = time.perf_counter()
+    lib = _native.lib()
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if cuda
+        else [],
+        "native_kernels": lib is not None,
+        "native_status": _native.status(),
+        "native_load_s": round(time.perf_counter() - t0, 3),
+    }
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    rep = doctor_report()
+    if args.json:
+        print(json.dumps(rep))
+        return 0
+    print(f"python         {rep['python']} on {rep['platform']}")
+    for dist, v in rep["versions"].items():
+        print(f"{dist:14s} {v or '(not installed)'}")
+    print(f"torch threads  {rep['torch_threads']}")
+    print(f"cuda           {', '.join(rep['cuda']) or 'no GPU visible'}")
+    state = "used" if rep["native_kernels"] else "NOT used (PyTorch fallback: same numbers, slower)"
+    print(f"native kernels {state}: {rep['native_status']}")
     return 0
 
 

@@ -10,7 +10,20 @@ import numpy as np
 import pytest
 import torch
 
+from tests._native import require_native
+from trajlib import _native
 from trajlib.stepstats import STEP_STATS, step_stats
+
+
+@pytest.fixture(autouse=True, params=["native", "numpy"])
+def impl(request, monkeypatch):
+    """Every test runs on both implementations: the native kernel (float32 input, a compiler
+    present) and the NumPy reference."""
+    if request.param == "native":
+        require_native()
+    else:
+        monkeypatch.setattr(_native, "lib", lambda: None)
+    return request.param
 
 
 def _reference(sums: np.ndarray, prev, present) -> list[list[float]]:
@@ -52,13 +65,19 @@ def test_step_stats_equal_a_plain_loop(seed, with_present):
 
 def test_batch_dimensions_are_independent_members():
     rng = np.random.default_rng(0)
-    sums = rng.random((5, 5, 3, 4))  # [n, 5, K, L]
+    sums = rng.random((5, 5, 3, 4)).astype(np.float32)  # [n, 5, K, L]
     prev = rng.random((2, 3))
     got, _ = step_stats(sums, prev)
     assert got.shape == (5, 3, len(STEP_STATS))
     for k in range(3):
         one, _ = step_stats(sums[:, :, k], prev[:, k])
         np.testing.assert_allclose(got[:, k], one)
+    # with a layer mask and no previous step
+    present = rng.random((5, 4)) > 0.4
+    got, _ = step_stats(sums, None, present)
+    for k in range(3):
+        one, _ = step_stats(sums[:, :, k], None, present)
+        np.testing.assert_allclose(got[:, k], one, equal_nan=True)
 
 
 def test_no_steps_give_empty_rows_and_keep_the_previous_norms():

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trajlib import _native
 from trajlib import schema as S
 
 __all__ = ["RAW_LAYER_SUMS", "STEP_STATS", "step_stats"]
@@ -69,6 +70,11 @@ def step_stats(
         |u_l| / |w_l| aggregated over layers (mean, max, min, and the lower median); a NaN in
         any layer's ratio makes all four NaN.
     """
+    lib = _native.lib()
+    if lib is not None:
+        f32 = _host32(sums)
+        if f32 is not None and f32.shape[0] > 0 and f32.shape[-1] > 0:
+            return _native_stats(lib, f32, prev_norms, present)
     sums = _host(sums)
     batch = sums.shape[2:-1]
     prev = np.full((2, *batch), math.nan) if prev_norms is None else _host(prev_norms)
@@ -92,6 +98,42 @@ def step_stats(
         agg = _aggregate(ratio)
     out = np.stack([gn, wn, un, gcos, ucos, *agg], -1)
     return out, np.stack([gn[-1], un[-1]])
+
+
+def _host32(x: Any) -> np.ndarray | None:
+    """A float32 tensor or array as a C-contiguous float32 host array (else None: other dtypes
+    take the NumPy path, so nothing is rounded on the way)."""
+    if isinstance(x, torch.Tensor):
+        if x.dtype != torch.float32:
+            return None
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 3:
+        return None
+    return np.ascontiguousarray(x)
+
+
+def _native_stats(
+    lib: Any, sums: np.ndarray, prev_norms: Any | None, present: Any | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`step_stats` by the native kernel (same definitions, float64; one call)."""
+    n, L, batch = sums.shape[0], sums.shape[-1], sums.shape[2:-1]
+    B = math.prod(batch)
+    out = np.empty((n, *batch, len(STEP_STATS)))
+    last = np.empty((2, *batch))
+    prev = None
+    if prev_norms is not None:
+        prev = np.ascontiguousarray(_host(prev_norms).reshape(2, B))
+    mask = None
+    if present is not None:
+        mask = np.ascontiguousarray(_host(present).reshape(n, L) != 0, dtype=np.uint8)
+    scratch = np.empty(L)
+    lib.tl_step_stats(
+        n, B, L, sums.ctypes.data,
+        None if prev is None else prev.ctypes.data,
+        None if mask is None else mask.ctypes.data,
+        out.ctypes.data, last.ctypes.data, scratch.ctypes.data,
+    )  # fmt: skip
+    return out, last
 
 
 def _aggregate(ratio: np.ndarray) -> list[np.ndarray]:

@@ -58,6 +58,7 @@ _SIGNATURES = {
     "tl_weights": (_I, _P, _P, _P, _P),
     "tl_pre": (_I, _P, _P, _P, _P, _P, ctypes.c_int, _P),
     "tl_update": (_I, _P, _P, _P, _P, ctypes.c_int, _P),
+    "tl_step_stats": (_I, _I, _I, _P, _P, _P, _P, _P, _P),
 }
 
 

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define CHUNK 256
 
@@ -143,5 +144,73 @@ void tl_update(int64_t L, const int64_t *n, const float *const *w, const float *
         }
         out[2 * L + i] = (float)s;
         out[4 * L + i] = has_prev ? (float)d : NAN;
+    }
+}
+
+/* ------------------------------------------------------------------ step statistics
+ * trajlib.stepstats.step_stats from the per-layer sums, in float64 (same definitions as the
+ * NumPy reference there):
+ *   sums [n, 5, B, L] float32 (|g|^2, |w|^2, |u|^2, g . g_prev, u . u_prev per layer),
+ *   prev [2, B] float64 (gradient and update norm of the step before, or NULL: NaN),
+ *   present [n, L] uint8 (layers in the ratio aggregates, or NULL: all),
+ *   out [n, B, 9] float64: grad, weight and update norm, grad and update cosine, mean / max /
+ *   min / lower median over layers of |u_l| / |w_l| (NaN in any kept layer's ratio, or no layer
+ *   kept: all four NaN); last [2, B]: the norms of the last step.
+ * scratch: L doubles. */
+#define EPS 1e-30
+
+static double floor_eps(double x) { return isnan(x) ? x : (x > EPS ? x : EPS); }
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+void tl_step_stats(int64_t n, int64_t B, int64_t L, const float *sums, const double *prev,
+                   const uint8_t *present, double *out, double *last, double *scratch) {
+    for (int64_t b = 0; b < B; b++) {
+        double pg = prev ? prev[b] : NAN, pu = prev ? prev[B + b] : NAN;
+        for (int64_t t = 0; t < n; t++) {
+            const float *row = sums + t * 5 * B * L;
+            double tot[5];
+            for (int r = 0; r < 5; r++) {
+                const float *s = row + (r * B + b) * L;
+                double acc = 0.0;
+                for (int64_t l = 0; l < L; l++) acc += (double)s[l];
+                tot[r] = acc;
+            }
+            double gn = sqrt(tot[0]), wn = sqrt(tot[1]), un = sqrt(tot[2]);
+            double *o = out + (t * B + b) * 9;
+            o[0] = gn;
+            o[1] = wn;
+            o[2] = un;
+            o[3] = tot[3] / floor_eps(gn * pg);
+            o[4] = tot[4] / floor_eps(un * pu);
+            pg = gn;
+            pu = un;
+            const float *sw = row + (1 * B + b) * L, *su = row + (2 * B + b) * L;
+            const uint8_t *keep = present ? present + t * L : NULL;
+            int64_t k = 0;
+            int bad = 0;
+            double total = 0.0;
+            for (int64_t l = 0; l < L; l++) {
+                if (keep && !keep[l]) continue;
+                double r = sqrt((double)su[l]) / floor_eps(sqrt((double)sw[l]));
+                if (isnan(r)) bad = 1;
+                scratch[k++] = r;
+                total += r;
+            }
+            if (bad || k == 0) {
+                o[5] = o[6] = o[7] = o[8] = NAN;
+                continue;
+            }
+            qsort(scratch, (size_t)k, sizeof(double), cmp_double);
+            o[5] = total / (double)k;
+            o[6] = scratch[k - 1];
+            o[7] = scratch[0];
+            o[8] = scratch[(k - 1) / 2];
+        }
+        last[b] = pg;
+        last[B + b] = pu;
     }
 }

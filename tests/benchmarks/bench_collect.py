@@ -13,7 +13,8 @@
 
 Everything runs on one thread. Measurements are interleaved (A, B, A, B, ...) in short blocks and
 the minimum over the repeats is used (the least-disturbed estimate), because this machine is
-shared with other jobs. ``--quick`` shortens everything; ``--task`` measures another built-in
+shared with other jobs. The record uses the native kernels where they load (``native_kernels`` in
+the JSON; ``TRAJLIB_NATIVE=0`` measures the PyTorch record instead). ``--quick`` shortens everything; ``--task`` measures another built-in
 task (the targets are for mnist1d-mlp).
 """
 
@@ -26,6 +27,7 @@ import time
 import numpy as np
 import torch
 
+from trajlib import _native
 from trajlib.collect import Population
 from trajlib.tasks import get_task
 
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "task": task.name,
         "threads": torch.get_num_threads(),
+        "native_kernels": _native.lib() is not None,  # TRAJLIB_NATIVE=0: the PyTorch record
         "k1_step_us_bare": round(t_bare * 1e6, 1),
         "k1_step_us_recorded": round(t_rec * 1e6, 1),
         "logging_overhead": round(t_rec / t_bare, 3),

@@ -35,7 +35,12 @@ def test_record_kernel_equals_numpy_sums():
     out = np.full((5, S), -1.0, dtype=np.float32)
     n = _native.ptrs(SIZES)
     ptrs = [_addr(x) for x in (g, w, d, gp, dp)]
-    lib.tl_record(S, n.ctypes.data, *(p.ctypes.data for p in ptrs), out.ctypes.data)
+    loss, loss_out = np.array([0.5, -2.0], dtype=np.float32), np.zeros(2, dtype=np.float32)
+    lib.tl_record(
+        S, n.ctypes.data, *(p.ctypes.data for p in ptrs), out.ctypes.data,
+        2, loss.ctypes.data, loss_out.ctypes.data,
+    )  # fmt: skip
+    assert loss_out.tolist() == [0.5, -2.0]  # the members' losses are copied along
     for i in range(S):
         gg, ggp = _sums(g[i], gp[i])
         dd, ddp = _sums(d[i], dp[i])
@@ -114,6 +119,6 @@ def test_a_fresh_cache_compiles_and_loads(monkeypatch, tmp_path):
     out = np.zeros((5, 1), dtype=np.float32)
     a = np.array([3.0, 4.0], dtype=np.float32)
     p, n = _addr([a]), _native.ptrs([2])
-    lib.tl_record(1, n.ctypes.data, *([p.ctypes.data] * 5), out.ctypes.data)
+    lib.tl_record(1, n.ctypes.data, *([p.ctypes.data] * 5), out.ctypes.data, 0, None, None)
     assert out[:, 0].tolist() == [25.0, 25.0, 25.0, 25.0, 25.0]
     assert so.stat().st_size > 0

@@ -53,7 +53,7 @@ _STATUS = "not loaded"
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _SIGNATURES = {
-    "tl_record": (_I, _P, _P, _P, _P, _P, _P, _P),
+    "tl_record": (_I, _P, _P, _P, _P, _P, _P, _P, _I, _P, _P),
     "tl_grad": (_I, _P, _P, _P, ctypes.c_int, _P),
     "tl_weights": (_I, _P, _P, _P, _P),
     "tl_pre": (_I, _P, _P, _P, _P, _P, ctypes.c_int, _P),

@@ -33,10 +33,11 @@ static void sq_dot(const float *restrict a, const float *restrict b, int64_t n, 
 }
 
 /* Collector record of one step, read-only: for each of S segments, out[0..4][i] = |g|^2,
- * |w|^2, |d|^2, g . gp, d . dp (float32 [5, S]). */
+ * |w|^2, |d|^2, g . gp, d . dp (float32 [5, S]); and the K member losses copied to loss_out. */
 void tl_record(int64_t S, const int64_t *n, const float *const *g, const float *const *w,
                const float *const *d, const float *const *gp, const float *const *dp,
-               float *out) {
+               float *out, int64_t K, const float *loss, float *loss_out) {
+    for (int64_t k = 0; k < K; k++) loss_out[k] = loss[k];
     for (int64_t i = 0; i < S; i++) {
         double a, b, c, e, unused;
         sq_dot(g[i], gp[i], n[i], &a, &b);

@@ -257,6 +257,7 @@ class Population:
         small = K * P <= _SMALL_LIMIT
         native = _native.lib() if dev.type == "cpu" and store.dtype == torch.float32 else None
         self._native = native
+        self._rec_base, self._loss_base = self.rec_sums.data_ptr(), self.rec_loss.data_ptr()
         self._prod = torch.empty(0 if native else 5 if small else 2, K, P, device=dev)
         self._blocks = torch.empty(5 * K, nb, device=dev)
         self._rec_mode = "native" if native else "small" if small else "large"
@@ -470,7 +471,13 @@ class Population:
         mode = self._rec_mode
         if mode == "native":
             _, S, n, g, w, d, gp, dp = self._native_args[t % 2]
-            self._native.tl_record(S, n, g, w, d, gp, dp, self._rec_rows[t].data_ptr())
+            K = self.K
+            rows = self._rec_base + 4 * t * 5 * S  # rec_sums[t], contiguous [5, K, L]
+            if loss.dtype is torch.float32 and loss.is_contiguous():  # the loss copied too
+                dst = self._loss_base + 4 * t * K  # rec_loss[t]
+                self._native.tl_record(S, n, g, w, d, gp, dp, rows, K, loss.data_ptr(), dst)
+                return
+            self._native.tl_record(S, n, g, w, d, gp, dp, rows, 0, None, None)
         elif mode == "small":  # small populations: fewer ops beat less memory traffic
             cur, p3, cur02, prev02, p2, prod_blocks, mb = views[3:]
             torch.mul(cur, cur, out=p3)

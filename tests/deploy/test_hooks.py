@@ -272,3 +272,23 @@ def test_probe_follows_parameters_that_move_or_change_type():
         assert stats["update_norm"] == pytest.approx(float(u.norm()), rel=1e-4)
     assert probe.errors == 0
     assert probe._native is None  # float64 parameters: the PyTorch path
+
+
+def test_sparse_gradients_are_measured_as_their_dense_equivalent():
+    emb = nn.Embedding(10, 4, sparse=True)
+    opt = torch.optim.SGD(emb.parameters(), lr=0.1)
+    probe = StepProbe(opt)
+    prev = None
+    for t in range(3):
+        opt.zero_grad()
+        emb(torch.tensor([1, 2, 2, t])).sum().backward()
+        g = emb.weight.grad.to_dense().clone()
+        w = emb.weight.detach().clone()
+        opt.step()
+        stats, prev = _stats(probe, prev)
+        assert stats["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-6)
+        assert stats["weight_norm"] == pytest.approx(float(w.norm()), rel=1e-6)
+        assert stats["update_norm"] == pytest.approx(
+            float((emb.weight.detach() - w).norm()), rel=1e-5
+        )
+    assert probe.errors == 0

@@ -6,8 +6,12 @@ gradient), with ``torch.amp.GradScaler`` (a step the scaler skips never reaches 
 scheduler records it as not finite), and with ``step(closure)`` as Lightning calls it (the closure
 is wrapped so the gradient is read after the closure has computed it).
 
-Cost. Per optimizer step the probe does a handful of whole-model operations on flat float32
-buffers and nothing else: one ``_foreach_copy_`` of gradients and weights into a ``[3, P]``
+Cost. On CPU float32 parameters (the usual CPU case), when the native kernels load
+(:mod:`trajlib._native`), a step costs two one-pass C calls: before it, over each layer's gradient
+and weights (squared norms, the dot product with the previous gradient, keeping copies of both),
+and after it, over the new weights (the update, its squared norm and its dot product with the
+previous update) — plus reading each gradient's address. Otherwise (a GPU, other dtypes, no
+compiler) the probe does a handful of whole-model operations on flat float32 buffers: one ``_foreach_copy_`` of gradients and weights into a ``[3, P]``
 buffer (rows: g, theta, u) before the step, one of the new weights after it and a subtraction;
 then, by model size:
 

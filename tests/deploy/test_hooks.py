@@ -292,3 +292,31 @@ def test_sparse_gradients_are_measured_as_their_dense_equivalent():
             float((emb.weight.detach() - w).norm()), rel=1e-5
         )
     assert probe.errors == 0
+
+
+@pytest.mark.parametrize("path", ["native", "torch"])
+def test_without_dots_the_cosines_are_nan_and_the_norms_unchanged(path, monkeypatch):
+    """``dots=False`` (a feature set that reads no cosine) skips the dot products: NaN rows,
+    every other statistic as with them."""
+    if path == "native":
+        require_native()
+    else:
+        monkeypatch.setattr(_native, "lib", lambda: None)
+    got = {}
+    for dots in (True, False):
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        probe = StepProbe(opt, dots=dots)
+        rows = []
+        for t in range(3):
+            x, y = batch(t)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            stats, _ = probe.take()
+            rows.append(stats.clone())
+        got[dots] = torch.stack(rows)
+    assert (probe._native is not None) == (path == "native")
+    assert torch.isnan(got[False][:, 3:]).all()
+    assert torch.isfinite(got[True][1:, 3:]).all()
+    torch.testing.assert_close(got[False][:, :3], got[True][:, :3])

@@ -4,7 +4,10 @@ Both the collection engine (:mod:`trajlib.collect`) and the optimizer-hook probe
 :mod:`trajlib.deploy` reduce a step to five per-layer sums (:data:`RAW_LAYER_SUMS`) and derive the
 step-table statistics (:data:`STEP_STATS`, names as in :mod:`trajlib.schema`) from them with
 :func:`step_stats`, so the features a controller is trained on and the ones it sees when deployed
-are computed by the same code.
+are computed by the same code. For float32 sums it runs the native kernel (``tl_step_stats`` in
+:mod:`trajlib._native`) when that loads, else the NumPy code below, which is the reference
+definition (the tests hold both to a plain per-step loop; on one machine both sides take the same
+path).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def step_stats(
     prev_norms: Any | None = None,
     present: Any | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Statistics of ``n`` consecutive steps, on the host (NumPy, float64).
+    """Statistics of ``n`` consecutive steps, on the host (float64; native kernel or NumPy).
 
     The inputs are small (a decision interval of per-layer sums), so one host copy and NumPy are
     several times cheaper than a chain of tiny tensor operations, on any device.

@@ -464,9 +464,10 @@ class Population:
         self.t = t + 1
 
     def _record(self, t: int, loss: torch.Tensor, views: tuple[torch.Tensor, ...]) -> None:
-        """Raw per-layer sums of step t, no host sync: block sums of the squares of (g, w, d)
-        and of g * g_prev and d * d_prev, then one small product from blocks to layers. All
-        operands are views made once (:meth:`_alloc_record`)."""
+        """Raw per-layer sums of step t (|g|^2, |w|^2, |d|^2, g . g_prev, d . d_prev), no host
+        sync. On the CPU with the native kernels: one pass per (member, layer) that also copies
+        the losses. Otherwise block sums of the products, then one small product from blocks to
+        layers. All operands are views or addresses made once (:meth:`_alloc_record`)."""
         blocks = self._blocks
         mode = self._rec_mode
         if mode == "native":

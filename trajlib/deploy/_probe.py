@@ -362,7 +362,7 @@ class StepProbe:
         grads: list[Any] = [p.grad for p in self._params]
         try:
             ptrs = [g.data_ptr() for g in grads if g.is_contiguous()]
-        except (AttributeError, RuntimeError, NotImplementedError):  # None, or a sparse grad
+        except Exception:  # noqa: BLE001 - None, sparse or exotic gradients: the loop below
             ptrs = []
         if len(ptrs) == len(grads):  # the usual case: every gradient there and contiguous
             self._nat_g[:] = ptrs

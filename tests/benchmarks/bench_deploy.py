@@ -17,7 +17,8 @@ repetition. ``probe_overhead`` is the same ratio for a loop with only the optimi
 (:class:`StepProbe`, statistics taken each step and never read), which separates the cost of the
 hooks from the cost of features and decisions (that loop steps no scheduler at all, so it saves
 the baseline's ``LambdaLR.step``, ~7 us). ``deploy_overhead_of_min`` is the fastest controller
-repetition over the fastest baseline one. The hooks use the native kernels where they load
+repetition over the fastest baseline one; ``breakdown_us_per_step`` comes from one more,
+instrumented controller loop (``perf_counter`` around each hook and scheduler call). The hooks use the native kernels where they load
 (``native_kernels``; ``TRAJLIB_NATIVE=0`` measures the PyTorch probe). Without ``--checkpoint``
 a GBT controller is fitted from a tiny store collected first (about a minute).
 """
@@ -100,6 +101,7 @@ def run(
     x_val, y_val = data.x_val[:512], data.y_val[:512]
     ce = task.loss_value
     info: dict = {}
+    parts: dict[str, float] | None = None
     if mode == "baseline":
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     elif mode == "probe":
@@ -115,6 +117,27 @@ def run(
             spent[0] += time.perf_counter() - t0
 
         sched._decide = timed  # type: ignore[method-assign]
+        if mode == "breakdown":  # time each piece inside the loop (perf_counter adds ~0.5 us each)
+            parts = {"pre_hook": 0.0, "post_hook": 0.0, "observe": 0.0, "step": 0.0}
+            probe_ = sched._probe
+
+            def timing(name: str, fn):
+                def wrapper(*args):
+                    t0 = time.perf_counter()
+                    out = fn(*args)
+                    parts[name] += time.perf_counter() - t0
+                    return out
+
+                return wrapper
+
+            probe_.remove()
+            probe_._handles = [
+                opt.register_step_pre_hook(timing("pre_hook", probe_._pre)),
+                opt.register_step_post_hook(timing("post_hook", probe_._post)),
+            ]
+            sched.observe = timing("observe", sched.observe)  # type: ignore[method-assign]
+            sched.step = timing("step", sched.step)  # type: ignore[method-assign]
+            mode = "controller"
     t0 = time.perf_counter()
     for t in range(steps):
         b = idx[t]
@@ -138,6 +161,8 @@ def run(
     wall = time.perf_counter() - t0
     if mode == "controller":
         info = {"decide_s": spent[0], "events": dict(sched.events)}
+        if parts is not None:
+            info["parts"] = parts
         sched.close()
     elif mode == "probe":
         probe.remove()
@@ -192,6 +217,13 @@ def main() -> None:
             if i:
                 info = i
         print(f"rep {rep}: " + "  ".join(f"{m} {times[m][-1]:.3f}s" for m in order), flush=True)
+    # one more controller loop, instrumented, outside the ratios: where the time goes
+    _, bd = run(
+        "breakdown", a.steps, loaded, data, device=a.device, hidden=a.hidden, task_name=a.task
+    )
+    parts = {k: v / a.steps * 1e6 for k, v in bd["parts"].items()}
+    parts["step_without_decisions"] = parts.pop("step") - bd["decide_s"] / a.steps * 1e6
+    parts["decisions"] = bd["decide_s"] / a.steps * 1e6
     ratio = [c / b for c, b in zip(times["controller"], times["baseline"])]
     pratio = [p / b for p, b in zip(times["probe"], times["baseline"])]
     base_us = statistics.median(times["baseline"]) / a.steps * 1e6
@@ -211,6 +243,9 @@ def main() -> None:
         "decide_ms_per_decision": round(info["decide_s"] / decisions * 1e3, 3),
         "decide_us_per_step": round(info["decide_s"] / a.steps * 1e6, 1),
         "events": info["events"],
+        # one extra instrumented controller loop (not in the ratios), us per step: the probe's
+        # hooks, the scheduler's observe / step (without decisions) and the decisions
+        "breakdown_us_per_step": {k: round(v, 1) for k, v in parts.items()},
         "task": a.task,
         "hidden": a.hidden or 100,
         "device": a.device,

@@ -46,6 +46,7 @@ _FLAGS = (
     "-fno-signed-zeros",
     "-fno-trapping-math",
 )
+_LIBS = ("-lm",)  # after the source: libm for sqrt where the compiler does not inline it
 _LIB: ctypes.PyDLL | None = None
 _TRIED = False
 _STATUS = "not loaded"
@@ -86,7 +87,10 @@ def _compile(cc: str, flags: tuple[str, ...], out: Path) -> bool:
     os.close(fd)
     try:
         r = subprocess.run(
-            [cc, *flags, "-o", tmp, str(_SOURCE)], capture_output=True, text=True, timeout=120
+            [cc, *flags, "-o", tmp, str(_SOURCE), *_LIBS],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if r.returncode != 0:
             _log.debug("native kernels: %s failed: %s", cc, r.stderr.strip()[-2000:])
@@ -116,7 +120,7 @@ def _load() -> ctypes.PyDLL | None:
     src = _SOURCE.read_bytes()
     for flags in ((*_FLAGS, "-march=native"), _FLAGS):
         key = hashlib.sha256(
-            b"\0".join([src, " ".join(flags).encode(), _cpu_id().encode(), cc.encode()])
+            b"\0".join([src, " ".join((*flags, *_LIBS)).encode(), _cpu_id().encode(), cc.encode()])
         ).hexdigest()[:16]
         for d in (_cache_dir(), Path(tempfile.gettempdir()) / f"trajlib-{os.getuid()}"):
             path = d / f"layer_sums-{platform.machine()}-{key}.so"

@@ -150,6 +150,9 @@ class StepProbe:
         numels = [p.numel() for p in params]
         lib = _native.lib() if all(_native_ok(p) for p in params) else None
         self._native = lib
+        self._membership: torch.Tensor | None = None
+        self._group_spans: list[tuple[int, int, int]] | None = None
+        self._fused = False
         P, L = sum(numels), len(params)
         # Each layer starts on a multiple of the block size, so per-layer sums are one contiguous
         # reduction over blocks ([r, P] -> [r, nb]) and a tiny product with a block -> layer
@@ -191,7 +194,6 @@ class StepProbe:
             self._nat_out: tuple[torch.Tensor, int] | None = None
             self._nat_views: tuple[torch.Tensor, ...] = ()
             self._nat_next, self._nat_base = _OUT_CHUNK, 0
-            self._fused, self._group_spans, self._membership = False, None, None
             self._slots = []
             return
         self._blk = torch.zeros(5, nb_total, dtype=torch.float32, device=dev)  # scratch
@@ -200,9 +202,8 @@ class StepProbe:
         if sum(nblocks) * L <= _MEMBERSHIP_LIMIT:
             m = torch.zeros(sum(nblocks), L, dtype=torch.float32)
             m[torch.arange(sum(nblocks)), layer_of_block] = 1.0
-            self._membership: torch.Tensor | None = m.to(dev)
+            self._membership = m.to(dev)
         else:
-            self._membership = None
             ends = torch.tensor(nblocks).cumsum(0) - 1
             self._ends = ends.to(dev)
         # Models with a dense membership matrix: the products into one [5, size] buffer (two
@@ -211,7 +212,6 @@ class StepProbe:
         # Lean path: the consecutive-step dot products as one torch.dot per param group (its
         # layers are contiguous in the buffer), stored in the group's first layer: the statistics
         # only use their sums over a group (or the whole model).
-        self._group_spans: list[tuple[int, int, int]] | None = None
         if not self._fused and len(groups) <= _GROUP_DOTS_LIMIT:
             spans: dict[int, list[int]] = {}
             for layer, gi in enumerate(self.layer_groups):
@@ -460,9 +460,9 @@ class StepProbe:
                 if self._group_spans is not None:
                     stats = torch.empty(5, self._L, dtype=torch.float32, device=self._blk.device)
                     stats[:3] = self._per_layer(self._blk3)
-                    if has_prev:
+                    cur, prev = self._cur, self._prev
+                    if has_prev and prev is not None:
                         stats[3:].zero_()
-                        cur, prev = self._cur, self._prev
                         for a, b, first in self._group_spans:
                             torch.dot(cur[0, a:b], prev[0, a:b], out=stats[3, first])
                             torch.dot(cur[2, a:b], prev[2, a:b], out=stats[4, first])

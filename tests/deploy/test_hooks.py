@@ -3,6 +3,7 @@ gradient accumulation, zero_grad anywhere, GradScaler (skipped steps), torch.com
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests._native import require_native
+from tests._native import require_native, require_native_hooks
 from tests.deploy._helpers import batch, make_model, two_groups
 from trajlib import _native
 from trajlib.deploy import PROBE_COLUMNS, ControllerScheduler, StepProbe, summarise
@@ -191,12 +192,14 @@ def test_step_with_a_closure_measures_the_gradient_the_closure_computed():
     assert probe.errors == 0
 
 
-@pytest.mark.parametrize("path", ["native", "lean", "blocked"])
+@pytest.mark.parametrize("path", ["native", "native-python-hooks", "lean", "blocked"])
 def test_every_probe_path_gives_the_same_statistics(path, monkeypatch):
-    """CPU float32 models take the native one-pass kernels; otherwise small models take the fused
-    products path, larger ones the lean path (block norms, one dot product per param group) or,
-    with many groups, per-block dots. Same numbers, for the whole model and for each param
-    group (layer-wise units), with a layer left without grad."""
+    """CPU float32 models take the native one-pass kernels, from the C hooks (the CPython
+    extension) or, without Python headers, from the Python hooks; otherwise small models take
+    the fused products path, larger ones the lean path (block norms, one dot product per param
+    group) or, with many groups, per-block dots. Same numbers, for the whole model and for each
+    param group (layer-wise units), with a layer left without grad (the C hook hands that step
+    to the Python hook, and takes the next one back)."""
     import trajlib.deploy._probe as probe_mod
 
     def run() -> tuple[list[tuple[list, list]], str]:
@@ -222,16 +225,21 @@ def test_every_probe_path_gives_the_same_statistics(path, monkeypatch):
                 groups.append(r[0].tolist())
             out.append((row[0].tolist(), groups))
         if probe._native is not None:
-            return out, "native"
+            c_hooks = isinstance(probe._pre, functools.partial)
+            return out, "native" if c_hooks else "native-python-hooks"
         return out, "fused" if probe._fused else "lean" if probe._group_spans else "blocked"
 
-    if path == "native":
+    if path.startswith("native"):
         require_native()
+        if path == "native":
+            require_native_hooks()
+        else:
+            monkeypatch.setattr(_native, "hooks", lambda: None)
         got, got_path = run()
     monkeypatch.setattr(_native, "lib", lambda: None)  # the PyTorch paths from here on
     ref, ref_path = run()
     assert ref_path == "fused"  # this model is small
-    if path != "native":
+    if not path.startswith("native"):
         monkeypatch.setattr(probe_mod, "_FUSED_LIMIT", 0)
         if path == "blocked":
             monkeypatch.setattr(probe_mod, "_GROUP_DOTS_LIMIT", 0)

@@ -166,5 +166,8 @@ def test_doctor_reports_versions_and_whether_the_native_kernels_are_used(capsys)
     assert rep["versions"]["torch"] and rep["versions"]["trajlib"]
     assert rep["native_kernels"] is (_native.lib() is not None)
     assert rep["native_status"] == _native.status()
+    assert rep["native_hooks"] is (_native.hooks() is not None)
+    assert rep["native_hooks_status"] == _native.hooks_status()
     assert main(["doctor"]) == 0
-    assert "native kernels" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "native kernels" in out and "native hooks" in out

@@ -42,6 +42,7 @@ that step's per-layer update ratios (their per-layer ``present`` flag is 0).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -113,6 +114,14 @@ class StepProbe:
         self._missing: list[int] = []
         self._pending: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._native: Any = None  # the native kernels when the layout allows them (_rebuild)
+        # what the C hooks read (_native.hooks()): None, or the native path's tables (_rebuild)
+        self._fast: tuple[Any, ...] | None = None
+        ext = _native.hooks() if _native.lib() is not None else None
+        if ext is not None:  # the usual step in C; anything else calls _pre_py / _post_py
+            self._pre: Any = functools.partial(ext.pre_hook, self)
+            self._post: Any = functools.partial(ext.post_hook, self)
+        else:
+            self._pre, self._post = self._pre_py, self._post_py
         self._handles = [
             optimizer.register_step_pre_hook(self._pre),
             optimizer.register_step_post_hook(self._post),
@@ -144,6 +153,7 @@ class StepProbe:
         self.layout_version += 1
         self._has_prev = False
         self._native = None
+        self._fast = None
         if not params:
             return
         dev = params[0].device
@@ -195,6 +205,9 @@ class StepProbe:
             self._nat_views: tuple[torch.Tensor, ...] = ()
             self._nat_next, self._nat_base = _OUT_CHUNK, 0
             self._slots = []
+            # for the C hooks (trajlib/_native/hooks.c, same order there): parameters, layers,
+            # addresses of the counts, weights, gradients, kept g, kept theta, kept u; float32
+            self._fast = (tuple(params), L, *self._nat_addr, torch.float32)
             return
         self._blk = torch.zeros(5, nb_total, dtype=torch.float32, device=dev)  # scratch
         self._blk3, self._blk2 = self._blk[:3], self._blk[3:]
@@ -254,7 +267,8 @@ class StepProbe:
         return torch.diff(cs, dim=1, prepend=torch.zeros_like(cs[:, :1])).float()
 
     # ------------------------------------------------------------------ hooks
-    def _pre(self, opt: Any, args: Any, kwargs: Any) -> Any:
+    def _pre_py(self, opt: Any, args: Any, kwargs: Any) -> Any:
+        """The pre-hook in Python (every case; the C hook hands over all but the usual step)."""
         self._armed = False
         native = self._native
         if native is not None and len(args) == 1 and not kwargs:
@@ -418,7 +432,8 @@ class StepProbe:
         self._missing = missing
         self._armed = True
 
-    def _post(self, opt: Any, args: Any, kwargs: Any) -> None:
+    def _post_py(self, opt: Any, args: Any, kwargs: Any) -> None:
+        """The post-hook in Python (every case; the C hook hands over all but the usual step)."""
         if not self._armed:
             return
         self._armed = False

@@ -3,24 +3,31 @@ constant LR (``LambdaLR``).
 
 Prints human-readable lines, then one JSON object on the last line. One thread everywhere.
 
-    python tests/benchmarks/bench_deploy.py [--checkpoint PATH] [--steps 1500] [--reps 7] [--device cuda]
+    python tests/benchmarks/bench_deploy.py [--checkpoint PATH] [--steps 3000] [--reps 5] [--device cuda]
 
 The loop is task ``mnist1d-mlp`` (MLP 40-100-100-10, batch 128, SGD with momentum 0.9; ``--hidden N``
 widens it to 40-N-N-10 to show how the overhead scales with the work per step; ``--task`` runs
 another built-in task's model instead), on the CPU
 or, with ``--device cuda``, on a GPU.
 Both loops draw the same batches and validate every 100 steps; the controller loop also calls
-``observe`` / ``observe_validation`` / ``step`` of a :class:`ControllerScheduler`. Repetitions
-are interleaved (baseline, controller, probe-only, in rotating order) and the reported
-``deploy_overhead`` is the median over repetitions of controller time / baseline time of the same
-repetition. ``probe_overhead`` is the same ratio for a loop with only the optimizer hooks
-(:class:`StepProbe`, statistics taken each step and never read), which separates the cost of the
-hooks from the cost of features and decisions (that loop steps no scheduler at all, so it saves
-the baseline's ``LambdaLR.step``, ~7 us). ``deploy_overhead_of_min`` is the fastest controller
-repetition over the fastest baseline one; ``breakdown_us_per_step`` comes from one more,
-instrumented controller loop (``perf_counter`` around each hook and scheduler call). The hooks use the native kernels where they load
-(``native_kernels``; ``TRAJLIB_NATIVE=0`` measures the PyTorch probe). Without ``--checkpoint``
-a GBT controller is fitted from a tiny store collected first (about a minute).
+``observe`` / ``observe_validation`` / ``step`` of a :class:`ControllerScheduler`.
+
+How it is timed: this machine's speed drifts by 10-20 % over seconds, more than the overhead
+being measured, so whole loops timed one after the other disagree by that much. Instead, each
+repetition builds the three loops (baseline, controller, probe-only: same seed) and runs them
+**interleaved in blocks** of ``--block`` steps (default 50, one decision interval) in rotating
+order, so every block of one loop is timed within a few tens of milliseconds of a block of the
+others. ``deploy_overhead`` is the controller loop's total time / the baseline loop's total time
+(all blocks of all repetitions: a ratio of wall times of whole loops), with a 95 % bootstrap
+interval over block rounds; ``overhead_by_rep`` gives the same ratio per repetition.
+``probe_overhead`` is the same ratio for a loop with only the optimizer hooks
+(:class:`StepProbe`, statistics taken each step and never read; it steps the same ``LambdaLR``
+as the baseline), which separates the cost of the hooks from the cost of the scheduler's
+bookkeeping, features and decisions. ``breakdown_us_per_step`` comes from one more,
+instrumented controller loop (``perf_counter`` around each hook and scheduler call). The hooks
+use the native kernels (``native_kernels``) and the C hooks (``native_hooks``) where they load;
+``TRAJLIB_NATIVE=0`` measures the PyTorch probe. Without ``--checkpoint`` a GBT controller is
+fitted from a tiny store collected first (about a minute).
 """
 
 from __future__ import annotations
@@ -41,9 +48,10 @@ import argparse  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import statistics  # noqa: E402
+import random  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -74,52 +82,57 @@ def fit_checkpoint(root: Path) -> Path:
     return path
 
 
-def run(
-    mode: str,
-    steps: int,
-    loaded,
-    data,
-    seed: int = 0,
-    device: str = "cpu",
-    hidden: int | None = None,
-    task_name: str = "mnist1d-mlp",
-) -> tuple[float, dict]:
-    """One training loop; returns (wall seconds, info)."""
-    task = get_task(task_name)
-    torch.manual_seed(seed)
-    model = (task.make_model() if hidden is None else mlp(40, (hidden, hidden), 10)).to(device)
-    if task.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(
-            model.parameters(), lr=task.default_lr, weight_decay=task.weight_decay
+class Loop:
+    """One training loop (model, optimizer, batches and, by ``mode``, a scheduler or probe) that
+    can be run a block of steps at a time."""
+
+    def __init__(
+        self,
+        mode: str,
+        steps: int,
+        loaded,
+        data,
+        seed: int = 0,
+        device: str = "cpu",
+        hidden: int | None = None,
+        task_name: str = "mnist1d-mlp",
+    ) -> None:
+        task = get_task(task_name)
+        torch.manual_seed(seed)
+        self.model = (task.make_model() if hidden is None else mlp(40, (hidden, hidden), 10)).to(
+            device
         )
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=task.default_lr, momentum=0.9)
-    g = torch.Generator().manual_seed(seed)
-    n_tr, B = data.x_train.shape[0], task.batch_size
-    idx = torch.randint(0, n_tr, (steps, B), generator=g).to(device)
-    x_tr, y_tr = data.x_train, data.y_train
-    x_val, y_val = data.x_val[:512], data.y_val[:512]
-    ce = task.loss_value
-    info: dict = {}
-    parts: dict[str, float] | None = None
-    if mode == "baseline":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    elif mode == "probe":
-        probe = StepProbe(opt)
-    else:
-        sched = ControllerScheduler(opt, loaded, total_steps=steps)
+        if task.optimizer == "adamw":
+            self.opt: torch.optim.Optimizer = torch.optim.AdamW(
+                self.model.parameters(), lr=task.default_lr, weight_decay=task.weight_decay
+            )
+        else:
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=task.default_lr, momentum=0.9)
+        g = torch.Generator().manual_seed(seed)
+        self.idx = torch.randint(0, data.x_train.shape[0], (steps, task.batch_size), generator=g)
+        self.idx = self.idx.to(device)
+        self.data, self.loss_fn, self.device = data, task.loss_value, device
+        self.mode, self.t = mode, 0
+        self.parts: dict[str, float] | None = None
+        self.decide_s = 0.0
+        self.probe: StepProbe | None = None
+        if mode in ("baseline", "probe"):
+            self.sched: Any = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
+            if mode == "probe":
+                self.probe = StepProbe(self.opt)
+            return
+        sched = ControllerScheduler(self.opt, loaded, total_steps=steps)
+        self.sched = sched
         decide = sched._decide
-        spent = [0.0]
 
         def timed() -> None:
             t0 = time.perf_counter()
             decide()
-            spent[0] += time.perf_counter() - t0
+            self.decide_s += time.perf_counter() - t0
 
         sched._decide = timed  # type: ignore[method-assign]
         if mode == "breakdown":  # time each piece inside the loop (perf_counter adds ~0.5 us each)
-            parts = {"pre_hook": 0.0, "post_hook": 0.0, "observe": 0.0, "step": 0.0}
-            probe_ = sched._probe
+            parts = self.parts = {"pre_hook": 0.0, "post_hook": 0.0, "observe": 0.0, "step": 0.0}
 
             def timing(name: str, fn):
                 def wrapper(*args):
@@ -130,50 +143,69 @@ def run(
 
                 return wrapper
 
+            probe_ = sched._probe
+            pre, post = probe_._pre, probe_._post
             probe_.remove()
             probe_._handles = [
-                opt.register_step_pre_hook(timing("pre_hook", probe_._pre)),
-                opt.register_step_post_hook(timing("post_hook", probe_._post)),
+                self.opt.register_step_pre_hook(timing("pre_hook", pre)),
+                self.opt.register_step_post_hook(timing("post_hook", post)),
             ]
             sched.observe = timing("observe", sched.observe)  # type: ignore[method-assign]
             sched.step = timing("step", sched.step)  # type: ignore[method-assign]
-            mode = "controller"
-    t0 = time.perf_counter()
-    for t in range(steps):
-        b = idx[t]
-        loss = ce(model(x_tr[b]), y_tr[b])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if mode == "probe":
-            probe.take()
-            continue
-        if mode == "controller":
-            sched.observe(loss)
-        if (t + 1) % VAL_EVERY == 0:
-            with torch.no_grad():
-                vl = ce(model(x_val), y_val)
-            if mode == "controller":
-                sched.observe_validation(vl)
-        sched.step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
-    if mode == "controller":
-        info = {"decide_s": spent[0], "events": dict(sched.events)}
-        if parts is not None:
-            info["parts"] = parts
-        sched.close()
-    elif mode == "probe":
-        probe.remove()
-    return wall, info
+
+    def run(self, n: int) -> float:
+        """``n`` more steps; returns their wall time in seconds."""
+        model, opt, sched, probe, idx, ce = (
+            self.model, self.opt, self.sched, self.probe, self.idx, self.loss_fn
+        )  # fmt: skip
+        d = self.data
+        x_tr, y_tr, x_val, y_val = d.x_train, d.y_train, d.x_val[:512], d.y_val[:512]
+        ctrl = self.mode in ("controller", "breakdown")
+        t0 = time.perf_counter()
+        for t in range(self.t, self.t + n):
+            b = idx[t]
+            loss = ce(model(x_tr[b]), y_tr[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if probe is not None:
+                probe.take()
+            if ctrl:
+                sched.observe(loss)
+            if (t + 1) % VAL_EVERY == 0:
+                with torch.no_grad():
+                    vl = ce(model(x_val), y_val)
+                if ctrl:
+                    sched.observe_validation(vl)
+            sched.step()
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        self.t += n
+        return time.perf_counter() - t0
+
+
+def bootstrap_ratio_ci(
+    num: list[float], den: list[float], n: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of sum(num) / sum(den), resampling paired blocks."""
+    rng = random.Random(seed)
+    k = len(num)
+    ratios = []
+    for _ in range(n):
+        pick = [rng.randrange(k) for _ in range(k)]
+        ratios.append(sum(num[i] for i in pick) / sum(den[i] for i in pick))
+    ratios.sort()
+    return ratios[int(0.025 * n)], ratios[int(0.975 * n) - 1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=None)
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=3000, help="steps per loop and repetition")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument(
+        "--block", type=int, default=50, help="steps per timed block (the loops alternate)"
+    )
     ap.add_argument("--device", default="cpu", help="cpu | cuda (model, data and batches there)")
     ap.add_argument(
         "--task",
@@ -196,53 +228,63 @@ def main() -> None:
         ckpt = a.checkpoint or fit_checkpoint(Path(tmp))
         loaded = load_controller(ckpt)
     data = get_task(a.task).make_data().to(a.device)
-    for mode in ("baseline", "controller", "probe"):  # warm-up
-        run(mode, 200, loaded, data, device=a.device, hidden=a.hidden, task_name=a.task)
-    times: dict[str, list[float]] = {"baseline": [], "controller": [], "probe": []}
-    info: dict = {}
+    kw = dict(device=a.device, hidden=a.hidden, task_name=a.task)
     order = ["baseline", "controller", "probe"]
+    for mode in order:  # warm-up
+        Loop(mode, 200, loaded, data, **kw).run(200)
+    blocks: dict[str, list[float]] = {m: [] for m in order}
+    by_rep: list[float] = []
+    events: dict = {}
+    decide_s, decisions = 0.0, 0
     for rep in range(a.reps):
-        for mode in order[rep % 3 :] + order[: rep % 3]:
-            wall, i = run(
-                mode,
-                a.steps,
-                loaded,
-                data,
-                seed=rep,
-                device=a.device,
-                hidden=a.hidden,
-                task_name=a.task,
-            )
-            times[mode].append(wall)
-            if i:
-                info = i
-        print(f"rep {rep}: " + "  ".join(f"{m} {times[m][-1]:.3f}s" for m in order), flush=True)
+        loops = {m: Loop(m, a.steps, loaded, data, seed=rep, **kw) for m in order}
+        first = {m: len(blocks[m]) for m in order}
+        done, k = 0, 0
+        while done < a.steps:
+            n = min(a.block, a.steps - done)
+            for m in order[k % 3 :] + order[: k % 3]:
+                blocks[m].append(loops[m].run(n))
+            done, k = done + n, k + 1
+        tot = {m: sum(blocks[m][first[m] :]) for m in order}
+        by_rep.append(tot["controller"] / tot["baseline"])
+        ctrl = loops["controller"]
+        events = dict(ctrl.sched.events)
+        decide_s += ctrl.decide_s
+        decisions += events["decisions"] + events["held_nonfinite"]
+        ctrl.sched.close()
+        print(
+            f"rep {rep}: controller / baseline {by_rep[-1]:.4f}, probe / baseline "
+            f"{tot['probe'] / tot['baseline']:.4f} (baseline {tot['baseline'] / a.steps * 1e6:.0f}"
+            " us/step)",
+            flush=True,
+        )
     # one more controller loop, instrumented, outside the ratios: where the time goes
-    _, bd = run(
-        "breakdown", a.steps, loaded, data, device=a.device, hidden=a.hidden, task_name=a.task
-    )
-    parts = {k: v / a.steps * 1e6 for k, v in bd["parts"].items()}
-    parts["step_without_decisions"] = parts.pop("step") - bd["decide_s"] / a.steps * 1e6
-    parts["decisions"] = bd["decide_s"] / a.steps * 1e6
-    ratio = [c / b for c, b in zip(times["controller"], times["baseline"])]
-    pratio = [p / b for p, b in zip(times["probe"], times["baseline"])]
-    base_us = statistics.median(times["baseline"]) / a.steps * 1e6
-    ctrl_us = statistics.median(times["controller"]) / a.steps * 1e6
-    probe_us = statistics.median(times["probe"]) / a.steps * 1e6
-    decisions = max(1, info["events"]["decisions"] + info["events"]["held_nonfinite"])
+    bd = Loop("breakdown", a.steps, loaded, data, **kw)
+    bd.run(a.steps)
+    assert bd.parts is not None
+    parts = {k: v / a.steps * 1e6 for k, v in bd.parts.items()}
+    parts["step_without_decisions"] = parts.pop("step") - bd.decide_s / a.steps * 1e6
+    parts["decisions"] = bd.decide_s / a.steps * 1e6
+    total = {m: sum(blocks[m]) for m in order}
+    n_steps = a.steps * a.reps
+    lo, hi = bootstrap_ratio_ci(blocks["controller"], blocks["baseline"])
+    plo, phi = bootstrap_ratio_ci(blocks["probe"], blocks["baseline"])
+    base_us, ctrl_us, probe_us = (total[m] / n_steps * 1e6 for m in order)
     out = {
-        "deploy_overhead": round(statistics.median(ratio), 4),
-        "probe_overhead": round(statistics.median(pratio), 4),
-        # fastest controller loop / fastest baseline loop: less sensitive to a busy machine
-        "deploy_overhead_of_min": round(min(times["controller"]) / min(times["baseline"]), 4),
+        "deploy_overhead": round(total["controller"] / total["baseline"], 4),
+        "deploy_overhead_ci95": [round(lo, 4), round(hi, 4)],
+        "probe_overhead": round(total["probe"] / total["baseline"], 4),
+        "probe_overhead_ci95": [round(plo, 4), round(phi, 4)],
+        "overhead_by_rep": [round(r, 4) for r in by_rep],
+        "overhead_us_per_step": round(ctrl_us - base_us, 1),
         "native_kernels": _native.lib() is not None,  # TRAJLIB_NATIVE=0: the PyTorch probe
-        "overhead_ratios": [round(r, 4) for r in ratio],
+        "native_hooks": _native.hooks() is not None,  # no Python headers: the Python hooks
         "baseline_step_us": round(base_us, 1),
         "controller_step_us": round(ctrl_us, 1),
         "probe_step_us": round(probe_us, 1),
-        "decide_ms_per_decision": round(info["decide_s"] / decisions * 1e3, 3),
-        "decide_us_per_step": round(info["decide_s"] / a.steps * 1e6, 1),
-        "events": info["events"],
+        "decide_ms_per_decision": round(decide_s / max(1, decisions) * 1e3, 3),
+        "decide_us_per_step": round(decide_s / n_steps * 1e6, 1),
+        "events": events,
         # one extra instrumented controller loop (not in the ratios), us per step: the probe's
         # hooks, the scheduler's observe / step (without decisions) and the decisions
         "breakdown_us_per_step": {k: round(v, 1) for k, v in parts.items()},
@@ -251,14 +293,16 @@ def main() -> None:
         "device": a.device,
         "steps": a.steps,
         "reps": a.reps,
+        "block": a.block,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.machine(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     print(
-        f"overhead {out['deploy_overhead']:.3f}x (hooks alone {out['probe_overhead']:.3f}x); "
-        f"baseline {base_us:.0f} us/step, controller {ctrl_us:.0f} us/step"
+        f"overhead {out['deploy_overhead']:.3f}x (95% CI {lo:.3f}-{hi:.3f}; hooks alone "
+        f"{out['probe_overhead']:.3f}x); baseline {base_us:.0f} us/step, controller "
+        f"{ctrl_us:.0f} us/step"
     )
     print(json.dumps(out))
 

@@ -278,7 +278,7 @@ class ControllerScheduler:
         return self.units[self._unit_of_group[0]].mult
 
     def observe(self, loss: torch.Tensor | float | None) -> None:
-        """The training loss of the current step (a tensor is not synchronised to the host).
+        """The training loss of the current step (a GPU tensor is not synchronised to the host).
 
         With gradient accumulation, call it for every micro-batch: the step's loss is their mean.
         ``None`` means "no loss for this step". A tensor with more than one element is an error
@@ -294,7 +294,9 @@ class ControllerScheduler:
                     f"a tensor of shape {tuple(loss.shape)}",
                     "reduce it first, e.g. loss.mean()",
                 )
-            value: torch.Tensor | float = loss.detach()
+            # on the CPU a host float now (cheaper than detach(), and nothing to stack at the
+            # decision); elsewhere the tensor stays on its device (no synchronisation per step)
+            value: torch.Tensor | float = loss.item() if loss.is_cpu else loss.detach()
         else:
             try:
                 value = float(loss)

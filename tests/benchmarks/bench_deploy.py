@@ -14,8 +14,8 @@ Both loops draw the same batches and validate every 100 steps; the controller lo
 
 How it is timed: this machine's speed drifts by 10-20 % over seconds, more than the overhead
 being measured, so whole loops timed one after the other disagree by that much. Instead, each
-repetition builds the three loops (baseline, controller, probe-only: same seed) and runs them
-**interleaved in blocks** of ``--block`` steps (default 50, one decision interval) in rotating
+repetition builds the loops (baseline, controller, probe-only, kernels-only; same seed) and runs
+them **interleaved in blocks** of ``--block`` steps (default 50, one decision interval) in rotating
 order, so every block of one loop is timed within a few tens of milliseconds of a block of the
 others. ``deploy_overhead`` is the controller loop's total time / the baseline loop's total time
 (all blocks of all repetitions: a ratio of wall times of whole loops), with a 95 % bootstrap
@@ -23,7 +23,9 @@ interval over block rounds; ``overhead_by_rep`` gives the same ratio per repetit
 ``probe_overhead`` is the same ratio for a loop with only the optimizer hooks
 (:class:`StepProbe`, statistics taken each step and never read; it steps the same ``LambdaLR``
 as the baseline), which separates the cost of the hooks from the cost of the scheduler's
-bookkeeping, features and decisions. ``breakdown_us_per_step`` comes from one more,
+bookkeeping, features and decisions; ``kernels_overhead`` (CPU, native kernels) is the same
+ratio for a loop whose hooks only call the probe's two C kernels with addresses fixed once: the
+floor of measuring every step this way. ``breakdown_us_per_step`` comes from one more,
 instrumented controller loop (``perf_counter`` around each hook and scheduler call). The hooks
 use the native kernels (``native_kernels``) and the C hooks (``native_hooks``) where they load;
 ``TRAJLIB_NATIVE=0`` measures the PyTorch probe. Without ``--checkpoint`` a GBT controller is
@@ -116,10 +118,12 @@ class Loop:
         self.parts: dict[str, float] | None = None
         self.decide_s = 0.0
         self.probe: StepProbe | None = None
-        if mode in ("baseline", "probe"):
+        if mode in ("baseline", "probe", "kernels"):
             self.sched: Any = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
             if mode == "probe":
                 self.probe = StepProbe(self.opt)
+            if mode == "kernels":
+                self._kernels_only()
             return
         sched = ControllerScheduler(self.opt, loaded, total_steps=steps)
         self.sched = sched
@@ -152,6 +156,27 @@ class Loop:
             ]
             sched.observe = timing("observe", sched.observe)  # type: ignore[method-assign]
             sched.step = timing("step", sched.step)  # type: ignore[method-assign]
+
+    def _kernels_only(self) -> None:
+        """The floor of the native probe: optimizer hooks that only call its two kernels
+        (``tl_pre`` before the step, ``tl_update`` after it) with addresses fixed once, no Python
+        around them. The weights stand in for the gradient (the same bytes to read; the real
+        gradient's address changes every step and reading it is the probe's work)."""
+        lib = _native.lib()
+        params = list(self.model.parameters())
+        if lib is None or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
+            raise SystemExit("the kernels-only loop needs the native kernels and CPU float32")
+        bufs = [torch.zeros(p.numel()) for p in params for _ in range(3)]  # kept g, theta, u
+        n = _native.ptrs([p.numel() for p in params])
+        w = _native.ptrs([p.data_ptr() for p in params])
+        kept = [_native.ptrs([b.data_ptr() for b in bufs[i::3]]) for i in range(3)]
+        out = torch.zeros(5, len(params))
+        self._keep = (bufs, n, w, kept, out)  # alive as long as the loop
+        L, o = len(params), out.data_ptr()
+        g_, w_, kg, kw, ku = (a.ctypes.data for a in (w, w, *kept))
+        pre, upd = lib.tl_pre, lib.tl_update
+        self.opt.register_step_pre_hook(lambda *_: pre(L, n.ctypes.data, w_, g_, kw, kg, 1, o))
+        self.opt.register_step_post_hook(lambda *_: upd(L, n.ctypes.data, w_, kw, ku, 1, o))
 
     def run(self, n: int) -> float:
         """``n`` more steps; returns their wall time in seconds."""
@@ -230,6 +255,8 @@ def main() -> None:
     data = get_task(a.task).make_data().to(a.device)
     kw = dict(device=a.device, hidden=a.hidden, task_name=a.task)
     order = ["baseline", "controller", "probe"]
+    if _native.lib() is not None and a.device == "cpu":
+        order.append("kernels")
     for mode in order:  # warm-up
         Loop(mode, 200, loaded, data, **kw).run(200)
     blocks: dict[str, list[float]] = {m: [] for m in order}
@@ -242,7 +269,7 @@ def main() -> None:
         done, k = 0, 0
         while done < a.steps:
             n = min(a.block, a.steps - done)
-            for m in order[k % 3 :] + order[: k % 3]:
+            for m in order[k % len(order) :] + order[: k % len(order)]:
                 blocks[m].append(loops[m].run(n))
             done, k = done + n, k + 1
         tot = {m: sum(blocks[m][first[m] :]) for m in order}
@@ -253,9 +280,9 @@ def main() -> None:
         decisions += events["decisions"] + events["held_nonfinite"]
         ctrl.sched.close()
         print(
-            f"rep {rep}: controller / baseline {by_rep[-1]:.4f}, probe / baseline "
-            f"{tot['probe'] / tot['baseline']:.4f} (baseline {tot['baseline'] / a.steps * 1e6:.0f}"
-            " us/step)",
+            f"rep {rep}: / baseline: "
+            + ", ".join(f"{m} {tot[m] / tot['baseline']:.4f}" for m in order[1:])
+            + f" (baseline {tot['baseline'] / a.steps * 1e6:.0f} us/step)",
             flush=True,
         )
     # one more controller loop, instrumented, outside the ratios: where the time goes
@@ -269,12 +296,16 @@ def main() -> None:
     n_steps = a.steps * a.reps
     lo, hi = bootstrap_ratio_ci(blocks["controller"], blocks["baseline"])
     plo, phi = bootstrap_ratio_ci(blocks["probe"], blocks["baseline"])
-    base_us, ctrl_us, probe_us = (total[m] / n_steps * 1e6 for m in order)
+    base_us, ctrl_us, probe_us = (total[m] / n_steps * 1e6 for m in order[:3])
     out = {
         "deploy_overhead": round(total["controller"] / total["baseline"], 4),
         "deploy_overhead_ci95": [round(lo, 4), round(hi, 4)],
         "probe_overhead": round(total["probe"] / total["baseline"], 4),
         "probe_overhead_ci95": [round(plo, 4), round(phi, 4)],
+        # the floor of the native probe: its two kernels alone, fixed addresses, no Python
+        "kernels_overhead": round(total["kernels"] / total["baseline"], 4)
+        if "kernels" in total
+        else None,
         "overhead_by_rep": [round(r, 4) for r in by_rep],
         "overhead_us_per_step": round(ctrl_us - base_us, 1),
         "native_kernels": _native.lib() is not None,  # TRAJLIB_NATIVE=0: the PyTorch probe

@@ -302,6 +302,31 @@ def test_sparse_gradients_are_measured_as_their_dense_equivalent():
     assert probe.errors == 0
 
 
+def test_a_non_contiguous_gradient_is_read_in_its_own_layout():
+    """A gradient assigned as a transposed view (non-contiguous) is measured as the tensor it is,
+    not as its memory read in order (the C hook hands such a step to Python, which copies it)."""
+    lin = nn.Linear(3, 5, bias=False)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    probe = StepProbe(opt)
+    prev = None
+    for t in range(4):
+        # alternately contiguous and a transposed view: read in memory order, the dot product
+        # with the previous gradient (other layout) would be wrong
+        g = torch.randn(5, 3) if t % 2 == 0 else torch.randn(3, 5).t()
+        assert g.is_contiguous() == (t % 2 == 0)
+        prev_g = None if t == 0 else lin.weight.grad.contiguous().clone()
+        lin.weight.grad = g
+        w = lin.weight.detach().clone()
+        opt.step()
+        stats, prev = _stats(probe, prev)
+        assert stats["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-6)
+        assert stats["update_norm"] == pytest.approx(float((lin.weight.detach() - w).norm()), rel=1e-5)
+        if prev_g is not None:
+            cos = float((g * prev_g).sum() / (g.norm() * prev_g.norm()))
+            assert stats["grad_cos"] == pytest.approx(cos, rel=1e-5, abs=1e-6)
+    assert probe.errors == 0
+
+
 @pytest.mark.parametrize("path", ["native", "torch"])
 def test_without_dots_the_cosines_are_nan_and_the_norms_unchanged(path, monkeypatch):
     """``dots=False`` (a feature set that reads no cosine) skips the dot products: NaN rows,

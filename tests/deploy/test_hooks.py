@@ -320,7 +320,9 @@ def test_a_non_contiguous_gradient_is_read_in_its_own_layout():
         opt.step()
         stats, prev = _stats(probe, prev)
         assert stats["grad_norm"] == pytest.approx(float(g.norm()), rel=1e-6)
-        assert stats["update_norm"] == pytest.approx(float((lin.weight.detach() - w).norm()), rel=1e-5)
+        assert stats["update_norm"] == pytest.approx(
+            float((lin.weight.detach() - w).norm()), rel=1e-5
+        )
         if prev_g is not None:
             cos = float((g * prev_g).sum() / (g.norm() * prev_g.norm()))
             assert stats["grad_cos"] == pytest.approx(cos, rel=1e-5, abs=1e-6)

@@ -122,7 +122,15 @@ static PyObject *next_out(PyObject *probe, Py_ssize_t L) {
     Py_ssize_t i = PyLong_AsSsize_t(o);
     Py_DECREF(o);
     if (i == -1 && PyErr_Occurred()) return NULL;
-    if (i >= OUT_CHUNK) return PyObject_CallMethodNoArgs(probe, s_native_out);
+    if (i >= OUT_CHUNK) { /* a new chunk, from Python */
+        PyObject *r = PyObject_CallMethodNoArgs(probe, s_native_out);
+        if (r && !(PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2)) {
+            Py_DECREF(r);
+            PyErr_SetString(PyExc_TypeError, "trajlib probe: _native_out() is not (view, address)");
+            return NULL;
+        }
+        return r;
+    }
     PyObject *views = PyObject_GetAttr(probe, s_nat_views);
     PyObject *base = PyObject_GetAttr(probe, s_nat_base);
     PyObject *out = NULL;
@@ -177,7 +185,8 @@ static PyObject *pre_hook(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
             const int64_t *n = addr_of(fast, F_N);
             const float *const *w = addr_of(fast, F_W), *const *g = addr_of(fast, F_G);
             float *const *gbuf = addr_of(fast, F_GBUF), *const *wbuf = addr_of(fast, F_WBUF);
-            int missing = truth(probe, s_missing); /* left from a step that lacked some */
+            /* a list left by a step that lacked some gradient: emptied for this one */
+            int missing = PyErr_Occurred() ? -1 : truth(probe, s_missing);
             PyObject *none_missing = missing == 1 ? PyList_New(0) : NULL;
             if (missing == 0 || (none_missing && !PyObject_SetAttr(probe, s_missing, none_missing))) {
                 tl_pre(L, n, w, g, wbuf, gbuf, has_prev, dst);
@@ -276,7 +285,8 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_trajlib_hooks", NULL, -1, methods};
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, .m_name = "_trajlib_hooks", .m_size = -1, .m_methods = methods};
 
 PyMODINIT_FUNC PyInit__trajlib_hooks(void) {
 #define INTERN(var, text) \

@@ -23,6 +23,7 @@ headers the probe's Python hooks call the same kernels through :mod:`ctypes`.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -33,9 +34,10 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 import numpy as np
 
@@ -57,12 +59,9 @@ _FLAGS = (
     "-fno-trapping-math",
 )
 _LIBS = ("-lm",)  # after the source: libm for sqrt where the compiler does not inline it
-_LIB: ctypes.PyDLL | None = None
-_TRIED = False
 _STATUS = "not loaded"
-_HOOKS: ModuleType | None = None
-_HOOKS_TRIED = False
 _HOOKS_STATUS = "not loaded"
+_T = TypeVar("_T")
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -201,15 +200,16 @@ def _load_hooks() -> ModuleType | None:
     return None
 
 
+def _logged(obj: _T, what: str, why: Callable[[], str]) -> _T:
+    if obj is None:
+        _log.info("trajlib native %s not used: %s", what, why())
+    return obj
+
+
+@functools.cache
 def lib() -> ctypes.PyDLL | None:
     """The compiled kernels (compiled and cached on first call), or ``None`` when unavailable."""
-    global _LIB, _TRIED
-    if not _TRIED:
-        _TRIED = True
-        _LIB = _load()
-        if _LIB is None:
-            _log.info("trajlib native kernels not used: %s", _STATUS)
-    return _LIB
+    return _logged(_load(), "kernels", status)
 
 
 def status() -> str:
@@ -217,16 +217,11 @@ def status() -> str:
     return _STATUS
 
 
+@functools.cache
 def hooks() -> ModuleType | None:
     """The probe's hooks as a CPython extension (compiled and cached on first call), or ``None``
     (no native kernels, no Python headers, or the build failed: the Python hooks run)."""
-    global _HOOKS, _HOOKS_TRIED
-    if not _HOOKS_TRIED:
-        _HOOKS_TRIED = True
-        _HOOKS = _load_hooks()
-        if _HOOKS is None:
-            _log.info("trajlib native hooks not used: %s", _HOOKS_STATUS)
-    return _HOOKS
+    return _logged(_load_hooks(), "hooks", hooks_status)
 
 
 def hooks_status() -> str:

@@ -173,10 +173,10 @@ class Loop:
         out = torch.zeros(5, len(params))
         self._keep = (bufs, n, w, kept, out)  # alive as long as the loop
         L, o = len(params), out.data_ptr()
-        g_, w_, kg, kw, ku = (a.ctypes.data for a in (w, w, *kept))
+        n_, g_, w_, kg, kw, ku = (a.ctypes.data for a in (n, w, w, *kept))  # once, not per step
         pre, upd = lib.tl_pre, lib.tl_update
-        self.opt.register_step_pre_hook(lambda *_: pre(L, n.ctypes.data, w_, g_, kw, kg, 1, o))
-        self.opt.register_step_post_hook(lambda *_: upd(L, n.ctypes.data, w_, kw, ku, 1, o))
+        self.opt.register_step_pre_hook(lambda *_: pre(L, n_, w_, g_, kw, kg, 1, o))
+        self.opt.register_step_post_hook(lambda *_: upd(L, n_, w_, kw, ku, 1, o))
 
     def run(self, n: int) -> float:
         """``n`` more steps; returns their wall time in seconds."""

@@ -44,9 +44,9 @@ def test_gradient_accumulation_measures_the_accumulated_gradient(tiny_checkpoint
     acc = _flat([p.grad for p in model.parameters()]).clone()
     before = _flat([p.detach() for p in model.parameters()]).clone()
     opt.step()
-    assert sched.state_dict()["rows"]["loss"] == []  # the step is still open
+    assert sched.state_dict()["trajlib"]["rows"]["loss"] == []  # the step is still open
     sched.step()
-    rows = sched.state_dict()["rows"]
+    rows = sched.state_dict()["trajlib"]["rows"]
     # the gradient the hooks saw is the accumulated one; the step's loss is the micro-batch mean
     st = rows["stats"][0]  # [5, L]: squared norms of grad, weight, update; dots
     assert float(st[0].sum().sqrt()) == pytest.approx(float(acc.norm()), rel=1e-5)
@@ -105,7 +105,7 @@ def test_grad_scaler_skipped_steps_are_recorded_as_not_finite(tiny_checkpoint):
             sched.observe(loss)
             sched.step()
             # the hooks saw the unscaled gradient (row 0 of the per-layer stats: squared norms)
-            last = sched.state_dict()["rows"]["stats"][-1]
+            last = sched.state_dict()["trajlib"]["rows"]["stats"][-1]
             assert float(last[0].sum().sqrt()) == pytest.approx(float(g.norm()), rel=1e-5)
             continue
         scaler.step(opt)
@@ -114,7 +114,9 @@ def test_grad_scaler_skipped_steps_are_recorded_as_not_finite(tiny_checkpoint):
         sched.step()
     assert sched.events["skipped_steps"] == len(skipped)
     assert sched.events["errors"] == 0
-    assert sched.state_dict()["rows"]["measured"] == [t not in skipped for t in range(20, 30)]
+    assert sched.state_dict()["trajlib"]["rows"]["measured"] == [
+        t not in skipped for t in range(20, 30)
+    ]
     feats = sched.units[0].features.values_dict()
     assert feats["nonfinite_frac"] == pytest.approx(len(skipped) / 20)
 

@@ -86,7 +86,7 @@ def test_lightning_gradient_accumulation_and_checkpoint_state(tiny_checkpoint, t
     torch.save(state, path)
     cb2 = TrajlibLRCallback(tiny_checkpoint, every=5)
     cb2.load_state_dict(torch.load(path, weights_only=True))
-    assert cb2.state_dict()["scheduler"]["step_count"] == 12
+    assert cb2.state_dict()["scheduler"]["last_epoch"] == 12
 
 
 def test_lightning_lr_in_force_is_trajlibs_golden(tiny_checkpoint):

@@ -57,16 +57,39 @@ def test_adam_beta1_and_weight_decay(tiny_checkpoint):
     train(model, opt, sched, 0, 100, val_every=5)
     assert opt.param_groups[0]["betas"] == (0.5, 0.99)  # beta1 down to its bound, beta2 kept
     sched.close()
-    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    opt2 = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     sched = ControllerScheduler(opt2, _loaded(tiny_checkpoint, 4), total_steps=200, every=10)
     wds = []
     for t in range(0, 60, 10):
         train(model, opt2, sched, t, t + 10, val_every=5)
         wds.append(opt2.param_groups[0]["weight_decay"])
-    # 0 is below the bounds: the first move clamps to 1e-5 then steps x10, capped at 1e-2
-    assert wds[0] == pytest.approx(1e-4)
+    # x10 per decision, capped at the bound 1e-2
+    assert wds[0] == pytest.approx(1e-3)
     assert wds[-1] == pytest.approx(1e-2)
     assert all(1e-5 <= w <= 1e-2 for w in wds)
+
+
+def test_hyperparameters_the_user_switched_off_stay_off(tiny_checkpoint):
+    """Weight decay 0 and momentum 0 are the user's choice: a controller that moves them leaves
+    them at 0 (an RMSprop with momentum 0 never made a momentum buffer: raising it made
+    ``optimizer.step()`` raise KeyError)."""
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = ControllerScheduler(opt, _loaded(tiny_checkpoint, 4), total_steps=200, every=10)
+    train(model, opt, sched, 0, 40, val_every=5)
+    assert sched.events["decisions"] == 4 and opt.param_groups[0]["weight_decay"] == 0.0
+    for make in (
+        lambda p: torch.optim.SGD(p, lr=0.05),
+        lambda p: torch.optim.RMSprop(p, lr=1e-3),
+        lambda p: torch.optim.Adam(p, lr=1e-3, betas=(0.0, 0.99)),
+    ):
+        model = make_model()
+        opt = make(model.parameters())
+        sched = ControllerScheduler(opt, _loaded(tiny_checkpoint, 2), total_steps=200, every=10)
+        train(model, opt, sched, 0, 40, val_every=5)  # raises if a momentum buffer is missing
+        assert sched.events["decisions"] == 4 and sched.events["errors"] == 0
+        g = opt.param_groups[0]
+        assert (g["betas"][0] if "betas" in g else g["momentum"]) == 0.0
 
 
 def test_lr_multiplier_is_clamped_to_the_checkpoint_bounds(tiny_checkpoint):
@@ -81,10 +104,19 @@ def test_lr_multiplier_is_clamped_to_the_checkpoint_bounds(tiny_checkpoint):
             assert base * 0.25 * (1 - 1e-9) <= lr <= base * 4.0 * (1 + 1e-9)
 
 
-def test_momentum_checkpoint_with_an_optimizer_without_momentum_fails_up_front(tiny_checkpoint):
-    opt = torch.optim.Adagrad(make_model().parameters(), lr=0.01)
-    with pytest.raises(ValueError, match=r"(?s)Adagrad.*momentum|momentum.*Adagrad"):
-        ControllerScheduler(opt, _loaded(tiny_checkpoint, 0), total_steps=100)
+def test_an_optimizer_without_momentum_gets_lr_only_control(tiny_checkpoint):
+    """Adagrad has no momentum: a momentum move acts as "keep", the LR moves are applied."""
+    model = make_model()
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.01)
+    sched = ControllerScheduler(opt, _loaded(tiny_checkpoint, 2), total_steps=200, every=10)
+    train(model, opt, sched, 0, 40, val_every=5)
+    assert sched.events["decisions"] == 4 and sched.lr_multipliers == [1.0]
+    assert "momentum" not in opt.param_groups[0] and "betas" not in opt.param_groups[0]
+    model = make_model()
+    opt = torch.optim.Adagrad(model.parameters(), lr=0.01)
+    sched = ControllerScheduler(opt, _loaded(tiny_checkpoint, 1), total_steps=200, every=10)
+    lrs, _ = train(model, opt, sched, 0, 40, val_every=5)
+    assert sched.lr_multipliers == [4.0] and lrs[-1] == [pytest.approx(0.04)]
 
 
 def test_checkpoint_moving_an_unsettable_hyperparameter_fails_up_front(tiny_checkpoint):

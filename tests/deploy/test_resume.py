@@ -58,16 +58,18 @@ def test_resume_gives_identical_lrs_losses_and_features(checkpoints, kind, layer
     assert lrs_a + lrs_b == lrs_straight
     assert losses_a + losses_b == losses_straight
     end_resumed = sched.state_dict()
-    for u_s, u_r in zip(end_straight["units"], end_resumed["units"], strict=True):
+    for u_s, u_r in zip(
+        end_straight["trajlib"]["units"], end_resumed["trajlib"]["units"], strict=True
+    ):
         assert u_r["features"] == u_s["features"]  # the cosines after the resume are not NaN
         assert u_r["mult"] == u_s["mult"]
         cs_s, cs_r = u_s["controller_state"], u_r["controller_state"]
         if kind == "gru":  # hidden state carried across the resume
             assert torch.equal(cs_s["ndarray"], cs_r["ndarray"])
             assert cs_s["ndarray"].abs().sum() > 0
-    assert end_resumed["events"] == end_straight["events"]
+    assert end_resumed["trajlib"]["events"] == end_straight["trajlib"]["events"]
     assert sched.events["decisions"] > 0 and sched.events["errors"] == 0
-    assert end_resumed["actions_taken"] == end_straight["actions_taken"]
+    assert end_resumed["trajlib"]["actions_taken"] == end_straight["trajlib"]["actions_taken"]
     if kind == "scripted":  # the LR really moved, before and after the resume point
         changes = [t for t in range(1, TOTAL) if lrs_straight[t] != lrs_straight[t - 1]]
         assert any(t < N for t in changes) and any(t > N for t in changes)
@@ -92,7 +94,8 @@ def test_state_dict_is_plain_python_plus_tensors(tiny_checkpoint):
             assert o is None or isinstance(o, bool | int | float | str | torch.Tensor), (path, o)
 
     walk(state)
-    assert state["version"] == 2
+    assert state["trajlib"]["version"] == 3
+    assert state["last_epoch"] == 30 and state["_step_count"] == 31  # torch's own bookkeeping
     # taking the state twice changes nothing
     assert str(sched.state_dict()) == str(state)
 
@@ -103,7 +106,7 @@ def test_load_state_dict_rejects_other_versions_and_settings(tiny_checkpoint):
     sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=100)
     state = sched.state_dict()
     with pytest.raises(ValueError, match="version"):
-        sched.load_state_dict({**state, "version": 1})
+        sched.load_state_dict({**state, "trajlib": {**state["trajlib"], "version": 2}})
     lw = ControllerScheduler(
         two_groups(make_model()), tiny_checkpoint, total_steps=100, layerwise=True
     )

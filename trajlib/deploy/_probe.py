@@ -513,6 +513,11 @@ class StepProbe:
         return out
 
     @property
+    def device(self) -> torch.device:
+        """Where the probe's buffers live (the parameters' device; the CPU before a first step)."""
+        return self._cur.device if self._params else torch.device("cpu")
+
+    @property
     def has_pending(self) -> bool:
         """Whether an optimizer step was measured and not yet taken."""
         return self._pending is not None

@@ -1,4 +1,4 @@
-"""ControllerScheduler: a learned controller as a drop-in ``torch.optim.lr_scheduler`` scheduler."""
+"""ControllerScheduler: a learned controller as a ``torch.optim.lr_scheduler.LRScheduler``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from trajlib.controllers import LoadedController, load_controller
 from trajlib.deploy._probe import PROBE_COLUMNS, StepProbe, summarise
@@ -19,8 +20,9 @@ from trajlib.space import HyperParam, base_factor
 
 __all__ = ["ControllerScheduler", "STATE_VERSION"]
 
-#: Version of :meth:`ControllerScheduler.state_dict`; :meth:`load_state_dict` accepts this one only.
-STATE_VERSION = 2
+#: Version of the trajlib part of :meth:`ControllerScheduler.state_dict` (``state["trajlib"]``);
+#: :meth:`~ControllerScheduler.load_state_dict` accepts this one only.
+STATE_VERSION = 3
 #: Hyperparameters a ControllerScheduler can set on a torch optimizer.
 SETTABLE = ("lr", "momentum", "weight_decay")
 #: Bounds used when a checkpoint's action space moves a hyperparameter its hp space lacks.
@@ -29,10 +31,13 @@ _FALLBACK_BOUNDS = {
     "weight_decay": HyperParam("weight_decay", 1e-8, 1.0, "log"),
 }
 _STAT_COLS = PROBE_COLUMNS[:-1]  # everything but "finite" (set from the loss too)
+#: The keys of torch's own ``LRScheduler`` bookkeeping that ``state_dict`` carries.
+_TORCH_KEYS = ("base_lrs", "last_epoch", "_step_count", "_last_lr")
 
 
 def _hp_get(group: dict[str, Any], name: str) -> float | None:
-    """Momentum (SGD ``momentum`` / Adam-style ``betas[0]``) or ``weight_decay`` of a group."""
+    """Momentum (SGD/RMSprop ``momentum`` / Adam-style ``betas[0]``) or ``weight_decay`` of a
+    group; None where the optimizer has no such hyperparameter."""
     if name == "momentum":
         if "betas" in group:
             return float(group["betas"][0])
@@ -40,6 +45,14 @@ def _hp_get(group: dict[str, Any], name: str) -> float | None:
     if name == "weight_decay":
         return float(group["weight_decay"]) if "weight_decay" in group else None
     return None
+
+
+def _hp_movable(group: dict[str, Any], name: str) -> bool:
+    """Whether the scheduler may move ``name`` in this group: the optimizer has it and the user
+    has it switched on (a value > 0). Momentum 0 stays 0 (an RMSprop that never made a momentum
+    buffer, a plain SGD), as does weight decay 0."""
+    v = _hp_get(group, name)
+    return v is not None and math.isfinite(v) and v > 0.0
 
 
 def _hp_set(group: dict[str, Any], name: str, value: float) -> None:
@@ -67,36 +80,58 @@ class _Unit:
     prev_norms: np.ndarray | None = None
 
 
-class ControllerScheduler:
-    """Sets the learning rate (and momentum / weight decay when the controller moves them) of
-    ``optimizer`` from a learned controller checkpoint, every ``every`` steps.
+@dataclass(slots=True)
+class _Row:
+    """One closed optimizer step, buffered until the next decision (read in one host transfer)."""
 
-    Use it like any torch scheduler: call ``step()`` once after each ``optimizer.step()``. Give it
-    the training loss of the step with ``observe(loss)`` and, when you validate, the validation loss
-    with ``observe_validation(val_loss)`` — both *before* ``step()``. Gradient, weight and update
-    statistics come from optimizer step hooks (:class:`~trajlib.deploy.StepProbe`), with no host
-    synchronisation per step: rows are buffered on the device and read once per decision.
+    loss: torch.Tensor | float | None
+    stats: tuple[torch.Tensor, torch.Tensor | None] | None  # ([5, L] sums, present [L] | None)
+    val_loss: float | None
+    val_acc: float | None
+    step: int
+    base_factor: float
+
+
+class ControllerScheduler(LRScheduler):
+    """A learned controller as a torch LR scheduler: sets the learning rate (and momentum / weight
+    decay where the controller moves them) of ``optimizer`` every ``every`` steps.
+
+    It *is* a :class:`torch.optim.lr_scheduler.LRScheduler`: call ``step()`` once after each
+    ``optimizer.step()``; ``get_last_lr()``, ``last_epoch``, ``base_lrs``, the order warning and
+    ``state_dict`` are torch's own. It composes with :class:`~torch.optim.lr_scheduler.SequentialLR`
+    (e.g. a ``LinearLR`` warm-up, then the controller: its clock starts at the milestone, so give
+    it the remaining steps as ``total_steps``) and with
+    :class:`~torch.optim.lr_scheduler.ChainedScheduler` (like torch's chainable schedulers, a
+    factor another scheduler applies to a group's LR between two steps is kept).
+
+    Give it the training loss of the step with ``observe(loss)`` and, when you validate, the
+    validation loss with ``observe_validation(val_loss)`` — both *before* ``step()``. Validation is
+    optional for the scheduler; a controller trained with validation features that never gets one
+    holds its decisions and warns once, saying so. Gradient, weight and update statistics come from
+    optimizer step hooks (:class:`~trajlib.deploy.StepProbe`), with no host synchronisation per
+    step: rows are buffered and read once per decision.
 
     LR of param group ``g``: ``initial_lr_g * base(t / total_steps) * m``, where ``m`` is the
-    controller's multiplier (clamped to the checkpoint's ``lr`` bounds, which are relative to the
-    initial LR) and ``base`` the checkpoint's base schedule (constant in free mode, cosine / WSD in
-    residual mode). Momentum (SGD ``momentum``, Adam/AdamW ``betas[0]``) and ``weight_decay`` are
-    moved only when the checkpoint's action space moves them, each group's own value by the same
-    step in the hyperparameter's scale, clamped to the checkpoint's bounds.
+    controller's multiplier (clamped to the checkpoint's ``lr`` bounds, relative to the initial LR)
+    and ``base`` the checkpoint's base schedule (constant in free mode, cosine / WSD in residual
+    mode). Momentum (SGD/RMSprop ``momentum``, Adam-style ``betas[0]``) and ``weight_decay`` move
+    only where the checkpoint's action space moves them **and** the optimizer has them switched on
+    (a value > 0): momentum 0 stays 0, weight decay 0 stays 0, and an optimizer without momentum
+    (Adagrad, Adadelta, Rprop, ASGD, Adafactor, ...) gets LR-only control (a momentum move acts as
+    "keep"). Each group's own value moves by the same step in the hyperparameter's scale, clamped
+    to the checkpoint's bounds.
 
     **Layer-wise mode** (``layerwise=True``): one feature stream, one multiplier and one controller
-    state per param group. A group's features read its *own* gradient / weight / update statistics
-    (norms, cosines, update ratios of its layers) instead of the whole model's, plus the shared
-    loss and validation; the same controller is asked once per group and each group gets its own
-    multiplier. The shipped controllers were fitted on whole-model features, so layer-wise use is an
-    extrapolation unless the controller was fitted on per-layer data.
+    state per param group, each reading its *own* gradient / weight / update statistics plus the
+    shared loss and validation. The shipped controllers were fitted on whole-model features, so
+    layer-wise use is an extrapolation unless the controller was fitted on per-layer data.
 
     Safety: a non-finite feature that the controller never saw non-finite in training, a
     non-finite controller output, or any exception in the decision path keeps the current values
     and is counted in ``events``; ``step()``, ``observe_validation()`` and the hooks never raise
     for a runtime condition. Misuse fails up front: a wrong optimizer, ``total_steps <= 0``, a
-    checkpoint that moves a hyperparameter the optimizer lacks, ``observe()`` of a non-scalar
-    tensor; stepping the scheduler before the optimizer ever stepped warns once.
+    checkpoint that moves a hyperparameter no torch optimizer has, ``observe()`` of a non-scalar
+    tensor.
 
     Args:
         optimizer: the optimizer whose ``param_groups`` the scheduler drives.
@@ -123,11 +158,11 @@ class ControllerScheduler:
                 type(optimizer).__name__,
                 "pass the optimizer itself (for a wrapped one, its .optimizer)",
             )
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int | np.integer):
-            raise ConfigError(
-                "total_steps", "a positive integer (the budget in steps)", total_steps
-            )
-        if total_steps <= 0:
+        if (
+            isinstance(total_steps, bool)
+            or not isinstance(total_steps, int | np.integer)
+            or total_steps <= 0
+        ):
             raise ConfigError(
                 "total_steps", "a positive integer (the budget in steps)", total_steps
             )
@@ -135,7 +170,6 @@ class ControllerScheduler:
             isinstance(every, bool) or not isinstance(every, int | np.integer) or every <= 0
         ):
             raise ConfigError("every", "a positive integer (steps between decisions)", every)
-        self.optimizer = optimizer
         self.loaded = (
             controller if isinstance(controller, LoadedController) else load_controller(controller)
         )
@@ -164,9 +198,6 @@ class ControllerScheduler:
             [(n, float(d), self._bounds[n]) for n, d in a.moves.items()]
             for a in self.actions.actions
         ]
-        for g in optimizer.param_groups:
-            g.setdefault("initial_lr", g["lr"])
-        self.base_lrs = [float(g["initial_lr"]) for g in optimizer.param_groups]
         names = list(self.loaded.feature_names)
         nan_frac = self.loaded.manifest.get("training_data", {}).get("feature_nan_fraction", {})
         self._nan_ok = np.array([nan_frac.get(n, 1.0) > 0 for n in names], dtype=bool)
@@ -174,13 +205,6 @@ class ControllerScheduler:
         self._dots = bool(cols & {"grad_cos", "update_cos"})
         lr_bounds = self._bounds.get("lr")
         self._mult0 = lr_bounds.clamp(1.0) if lr_bounds is not None else 1.0
-        self.units: list[_Unit] = []
-        n_units = len(optimizer.param_groups) if self.layerwise else 1
-        for i in range(n_units):
-            self.units.append(self._new_unit([i] if self.layerwise else None))
-        self._unit_of_group = self._map_groups()
-        self.step_count = 0  # optimizer steps completed (rows closed)
-        self.last_epoch = -1  # torch's name: index of the last completed step
         self.events = {
             "decisions": 0,
             "held_nonfinite": 0,
@@ -193,15 +217,26 @@ class ControllerScheduler:
         self._loss: torch.Tensor | float | None = None
         self._loss_n = 0
         self._val: tuple[float | None, float | None] | None = None
-        # buffered rows: [loss, (stats [5, L], present [L] | None) | None, val_loss, val_acc, step,
-        # base factor]
         self._bf_memo: tuple[int, int, float] = (-1, 0, 1.0)
-        self._rows: list[list[Any]] = []
-        self._probe = StepProbe(optimizer, dots=self._dots)
+        self._rows: list[_Row] = []
         self._rows_layout = -1
         self._layer_groups: list[int] = []
         self._warned: set[str] = set()
-        self._apply_lr()
+        # torch's own set-up: initial_lr, base_lrs, last_epoch, the optimizer.step patch that
+        # detects a wrong call order, and the initial step (which sets the LRs through get_lr)
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        self.units: list[_Unit] = []
+        n_units = len(optimizer.param_groups) if self.layerwise else 1
+        for i in range(n_units):
+            self.units.append(self._new_unit([i] if self.layerwise else None))
+        self._unit_of_group = self._map_groups(len(optimizer.param_groups))
+        # the controller's own LR of each group as last applied (a group LR that differs from it
+        # at the next step carries a factor somebody else applied: kept, as chainable torch
+        # schedulers keep each other's factors)
+        self._targets: list[float] = [float(g["initial_lr"]) for g in optimizer.param_groups]
+        self._probe = StepProbe(optimizer, dots=self._dots)
+        super().__init__(optimizer)
 
     # ----------------------------------------------------------------- construction helpers
     def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -217,27 +252,16 @@ class ControllerScheduler:
                 )
             if name == "lr":
                 continue
-            for gi, g in enumerate(optimizer.param_groups):
-                if _hp_get(g, name) is None:
-                    what = "momentum or betas" if name == "momentum" else name
-                    raise ConfigError(
-                        "optimizer",
-                        f"an optimizer with {what!r} in every param group, because checkpoint "
-                        f"{src} moves {name!r}",
-                        f"{type(optimizer).__name__} (param group {gi} has no {what!r})",
-                        "use SGD/Adam/AdamW, or a checkpoint whose actions move only the LR",
-                    )
             bound = self.space[name] if name in self.space else None
-            if bound is not None:
-                vals = [_hp_get(g, name) for g in optimizer.param_groups]
-                out = [v for v in vals if v is not None and not bound.low <= v <= bound.high]
-                if out:
-                    warnings.warn(
-                        f"ControllerScheduler: {name} {out[0]} is outside the checkpoint's bounds "
-                        f"[{bound.low}, {bound.high}]; the controller's first move clamps it",
-                        UserWarning,
-                        stacklevel=3,
-                    )
+            vals = [_hp_get(g, name) for g in optimizer.param_groups if _hp_movable(g, name)]
+            out = [v for v in vals if bound is not None and not bound.low <= v <= bound.high]
+            if out and bound is not None:
+                warnings.warn(
+                    f"ControllerScheduler: {name} {out[0]} is outside the checkpoint's bounds "
+                    f"[{bound.low}, {bound.high}]; the controller's first move clamps it",
+                    UserWarning,
+                    stacklevel=3,
+                )
 
     def _new_unit(self, groups: list[int] | None) -> _Unit:
         return _Unit(
@@ -247,10 +271,10 @@ class ControllerScheduler:
             ctrl_state=self.loaded.controller.initial_state(),
         )
 
-    def _map_groups(self) -> list[int]:
+    def _map_groups(self, n_groups: int) -> list[int]:
         if not self.layerwise:
-            return [0] * len(self.optimizer.param_groups)
-        return [u.groups[0] for u in self.units]  # type: ignore[index]
+            return [0] * n_groups
+        return [u.groups[0] for u in self.units if u.groups is not None]
 
     def _sync_groups(self) -> None:
         """Adopt param groups added with ``optimizer.add_param_group`` after construction."""
@@ -258,14 +282,52 @@ class ControllerScheduler:
         for g in groups[len(self.base_lrs) :]:
             g.setdefault("initial_lr", g["lr"])
             self.base_lrs.append(float(g["initial_lr"]))
+            self._targets.append(float(g["initial_lr"]))
             if self.layerwise:
                 self.units.append(self._new_unit([len(self.units)]))
-        self._unit_of_group = self._map_groups()
+        self._unit_of_group = self._map_groups(len(groups))
 
-    # ----------------------------------------------------------------- torch scheduler protocol
-    def get_last_lr(self) -> list[float]:
-        """LR of each param group as set by the last ``step()`` (what the next step will use)."""
-        return list(self._last_lr)
+    # ----------------------------------------------------------------- torch's LRScheduler
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        """Each group's LR for the next step: ``initial_lr * base(t / total_steps) * m``, times
+        whatever factor another scheduler (or you) applied to the group since the last step."""
+        targets = self._lr_targets()
+        out = []
+        for g, new, prev in zip(self.optimizer.param_groups, targets, self._targets):
+            cur = g["lr"]
+            if isinstance(cur, torch.Tensor) or prev <= 0.0 or cur == prev:
+                out.append(new)
+            else:
+                out.append(float(cur) / prev * new)
+        self._targets = targets
+        return out
+
+    def _get_closed_form_lr(self) -> list[float]:
+        """The controller's LRs at ``last_epoch`` alone (torch calls it on a restart at an
+        explicit epoch, e.g. ``SequentialLR`` handing over at its milestone)."""
+        self._targets = self._lr_targets()
+        return list(self._targets)
+
+    def _update_lr(self, epoch: int | None = None) -> None:
+        if len(self.optimizer.param_groups) != len(self.base_lrs):
+            self._sync_groups()
+        if epoch is not None:
+            # a restart (SequentialLR's milestone): what was observed so far belongs to steps
+            # another scheduler ran; the controller's clock and rows start here
+            self._loss, self._loss_n, self._val = None, 0, None
+            self._probe.take()
+            self._rows = []
+        super()._update_lr(epoch)
+
+    def _lr_targets(self) -> list[float]:
+        f = self._base_factor(max(self.last_epoch, 0))
+        units = self.units
+        return [base * f * units[u].mult for base, u in zip(self.base_lrs, self._unit_of_group)]
+
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps this scheduler has closed (torch's ``last_epoch``, from 0)."""
+        return max(self.last_epoch, 0)
 
     @property
     def lr_multipliers(self) -> list[float]:
@@ -330,7 +392,7 @@ class ControllerScheduler:
             return
         # reported after step(): attach to the last closed row
         if self._rows:
-            self._rows[-1][2], self._rows[-1][3] = vl, va
+            self._rows[-1].val_loss, self._rows[-1].val_acc = vl, va
             return
         self.events["late_validation"] += 1
         self._warn_once(
@@ -339,58 +401,56 @@ class ControllerScheduler:
             "late for that decision; call observe_validation() before step()",
         )
 
-    def step(self, epoch: None = None) -> None:
-        """Close the current step's record; every ``every`` steps, ask the controller."""
+    def step(self, epoch: None = None) -> None:  # type: ignore[override]
+        """Close the current step's record; every ``every`` steps, ask the controller; then set
+        the next step's LRs (torch's ``LRScheduler.step``)."""
         if epoch is not None:
             raise ConfigError("epoch", "None (ControllerScheduler counts optimizer steps)", epoch)
+        if not self._is_initial:
+            try:
+                self._close_step()
+            except Exception:  # noqa: BLE001 - a deployed controller never crashes its training
+                self._count_error()
+                self._rows = self._rows[-self.every :]  # bounded even if decisions keep failing
         try:
-            probe = self._probe
-            if probe.steps_seen == 0 and "order" not in self._warned:
-                self._warn_once(
-                    "order",
-                    "Detected call of `scheduler.step()` before `optimizer.step()`. Call "
-                    "`optimizer.step()` first, then `scheduler.step()` (with a GradScaler, a "
-                    "skipped first step also shows this warning).",
-                    UserWarning,
-                )
-            taken = probe.take()
-            if taken is None:
-                self.events["skipped_steps"] += 1
-            elif probe.layout_version != self._rows_layout:
-                self._flush()
-                self._rows_layout = probe.layout_version
-                self._layer_groups = list(probe.layer_groups)
-                if len(self.optimizer.param_groups) != len(self.base_lrs):
-                    self._sync_groups()
-            loss = self._loss
-            if loss is None:
-                self.events["missing_loss"] += 1
-            elif self._loss_n > 1:
-                loss = loss / self._loss_n
-            val = self._val
-            self._rows.append(
-                [
-                    loss,
-                    taken,
-                    val[0] if val else None,
-                    val[1] if val else None,
-                    self.step_count,
-                    self._base_factor(self.step_count),
-                ]
-            )
-            self._loss, self._loss_n, self._val = None, 0, None
-            self.step_count += 1
-            self.last_epoch = self.step_count - 1
-            if self.step_count % self.every == 0 and self.step_count < self.total_steps:
-                self._decide()
-            # every step, as torch schedulers do: the values hold even if something else (another
-            # scheduler, a framework) wrote param_groups in between
-            self._apply_lr()
-        except Exception:  # noqa: BLE001 - a deployed controller never crashes the training it serves
+            super().step()
+        except Exception:  # noqa: BLE001
             self._count_error()
-            self._rows = self._rows[-self.every :]  # bounded even if decisions keep failing
 
     # ----------------------------------------------------------------- internals
+    def _close_step(self) -> None:
+        probe = self._probe
+        step = max(self.last_epoch, 0)  # index of the step just performed
+        taken = probe.take()
+        if taken is None:
+            self.events["skipped_steps"] += 1
+        elif probe.layout_version != self._rows_layout:
+            self._flush()
+            self._rows_layout = probe.layout_version
+            self._layer_groups = list(probe.layer_groups)
+            if len(self.optimizer.param_groups) != len(self.base_lrs):
+                self._sync_groups()
+        loss = self._loss
+        if loss is None:
+            self.events["missing_loss"] += 1
+        elif self._loss_n > 1:
+            loss = loss / self._loss_n
+        val = self._val
+        self._rows.append(
+            _Row(
+                loss,
+                taken,
+                val[0] if val else None,
+                val[1] if val else None,
+                step,
+                self._base_factor(step),
+            )
+        )
+        self._loss, self._loss_n, self._val = None, 0, None
+        closed = step + 1
+        if closed % self.every == 0 and closed < self.total_steps:
+            self._decide(closed)
+
     def _warn_once(self, key: str, msg: str, cat: type[Warning] = RuntimeWarning) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -415,39 +475,21 @@ class ControllerScheduler:
         if not self._rows:
             return
         rows, self._rows = self._rows, []
-        tensors = [r[0] for r in rows if isinstance(r[0], torch.Tensor)]
+        tensors = [r.loss for r in rows if isinstance(r.loss, torch.Tensor)]
         host_losses = iter(_losses_to_host(tensors)) if tensors else iter(())
-        losses = [next(host_losses) if isinstance(r[0], torch.Tensor) else r[0] for r in rows]
-        measured = [r[1] for r in rows if r[1] is not None]
-        per_unit: list[np.ndarray | None] = [None] * len(self.units)
-        if measured:
-            stats = torch.stack([m[0] for m in measured])  # [n, 5, L]
-            present = None
-            if any(m[1] is not None for m in measured):
-                ones = torch.ones(stats.shape[-1], dtype=torch.bool, device=stats.device)
-                present = torch.stack([ones if m[1] is None else m[1] for m in measured])
-            outs: list[np.ndarray | None] = []
-            for u in self.units:
-                layers = self._unit_layers(u)
-                s, p = stats, present
-                if layers is not None:
-                    if not layers:
-                        outs.append(None)
-                        continue
-                    idx = torch.tensor(layers, device=stats.device)
-                    s = stats.index_select(2, idx)
-                    p = None if present is None else present.index_select(1, idx)
-                out, u.prev_norms = summarise(s, p, u.prev_norms)
-                outs.append(out)
-            per_unit = [None if o is None else o for o in outs]
+        losses = [next(host_losses) if isinstance(r.loss, torch.Tensor) else r.loss for r in rows]
+        per_unit = self._unit_stats([r.stats for r in rows if r.stats is not None])
         g_all = self.optimizer.param_groups
         n = len(rows)
-        bfs = [r[5] for r in rows]
+        bfs = [r.base_factor for r in rows]
         loss_ok = [v is None or math.isfinite(v) for v in losses]
-        is_measured = [r[1] is not None for r in rows]
-        common = {"loss": losses, "base_factor": bfs}
-        common["val_loss"] = [r[2] for r in rows]
-        common["val_acc"] = [r[3] for r in rows]
+        is_measured = [r.stats is not None for r in rows]
+        common: dict[str, Any] = {
+            "loss": losses,
+            "base_factor": bfs,
+            "val_loss": [r.val_loss for r in rows],
+            "val_acc": [r.val_acc for r in rows],
+        }
         for ui, u in enumerate(self.units):
             g0 = u.groups[0] if u.groups is not None else 0
             group = g_all[g0] if g0 < len(g_all) else g_all[0]
@@ -456,7 +498,8 @@ class ControllerScheduler:
             cols: dict[str, Any] = dict(common)
             cols["lr"] = [base * bf * mult for bf in bfs]
             cols["lr_mult"] = (mult,) * n
-            cols["momentum"] = (_hp_get(group, "momentum"),) * n
+            # an optimizer without momentum runs as momentum 0 (what it does)
+            cols["momentum"] = (_hp_get(group, "momentum") or 0.0,) * n
             cols["weight_decay"] = (_hp_get(group, "weight_decay"),) * n
             stats_u = per_unit[ui]
             if stats_u is None:  # no statistics for this unit: finite follows the loss only
@@ -476,42 +519,88 @@ class ControllerScheduler:
                 ]
             u.features.update_many(cols, n)
 
-    def _decide(self) -> None:
+    def _unit_stats(
+        self, measured: list[tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> list[np.ndarray | None]:
+        """Each unit's step-table statistics of the measured rows (one batch on the device)."""
+        if not measured:
+            return [None] * len(self.units)
+        stats = torch.stack([m[0] for m in measured])  # [n, 5, L]
+        present = None
+        if any(m[1] is not None for m in measured):
+            ones = torch.ones(stats.shape[-1], dtype=torch.bool, device=stats.device)
+            present = torch.stack([ones if m[1] is None else m[1] for m in measured])
+        outs: list[np.ndarray | None] = []
+        for u in self.units:
+            layers = self._unit_layers(u)
+            s, p = stats, present
+            if layers is not None:
+                if not layers:
+                    outs.append(None)
+                    continue
+                idx = torch.tensor(layers, device=stats.device)
+                s = stats.index_select(2, idx)
+                p = None if present is None else present.index_select(1, idx)
+            out, u.prev_norms = summarise(s, p, u.prev_norms)
+            outs.append(out)
+        return outs
+
+    def _decide(self, step: int) -> None:
         self._flush()
         for ui, u in enumerate(self.units):
             try:
-                self._decide_unit(ui, u)
+                self._decide_unit(ui, u, step)
             except Exception:  # noqa: BLE001
                 self._count_error()
 
-    def _decide_unit(self, ui: int, u: _Unit) -> None:
+    def _hold(self, why: str) -> None:
+        self.events["held_nonfinite"] += 1
+        self._warn_once(
+            "held",
+            f"ControllerScheduler: holding the current values at a decision: {why} "
+            "(counted in scheduler.events['held_nonfinite']; further holds are not reported)",
+        )
+
+    def _decide_unit(self, ui: int, u: _Unit, step: int) -> None:
         x = u.features.values()
         bad = ~np.isfinite(x) & ~(np.isnan(x) & self._nan_ok)
         if bad.any():
-            self.events["held_nonfinite"] += 1
+            names = [n for n, b in zip(self.loaded.feature_names, bad) if b]
+            if all(n.startswith("val_") for n in names):
+                self._hold(
+                    f"no validation reported ({', '.join(names)} undefined); this controller "
+                    "was trained with validation: call observe_validation() before step() every "
+                    "so often, or use a validation-optional checkpoint"
+                )
+            else:
+                more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+                self._hold(
+                    f"features {', '.join(names[:4])}{more} are not finite, which they never "
+                    "were in training (a non-finite loss or gradient?)"
+                )
             return
         values, state = self.loaded.controller.decide_values(x, u.ctrl_state)
         v = np.asarray(values, dtype=np.float64).reshape(-1)
         if v.shape[0] != len(self.actions) or not np.isfinite(v).all():
-            self.events["held_nonfinite"] += 1
+            self._hold("the controller's output is not finite")
             return
         if isinstance(state, np.ndarray) and not np.isfinite(state).all():
-            self.events["held_nonfinite"] += 1
+            self._hold("the controller's state is not finite")
             return
         a = int(v.argmax())
         u.ctrl_state = state
         self.events["decisions"] += 1
-        self.actions_taken.append((self.step_count, ui, a))
+        self.actions_taken.append((step, ui, a))
         groups = range(len(self.optimizer.param_groups)) if u.groups is None else u.groups
         for name, delta, hp in self._moves[a]:
             if name == "lr":
                 u.mult = hp.move(u.mult, delta) if hp else u.mult * math.exp(delta)
-            else:
-                for gi in groups:
-                    g = self.optimizer.param_groups[gi]
-                    cur = _hp_get(g, name)
-                    if cur is not None and hp is not None:
-                        _hp_set(g, name, hp.move(cur, delta))
+                continue
+            for gi in groups:
+                g = self.optimizer.param_groups[gi]
+                # never a hyperparameter the optimizer lacks or the user switched off
+                if hp is not None and _hp_movable(g, name):
+                    _hp_set(g, name, hp.move(_hp_get(g, name), delta))  # type: ignore[arg-type]
 
     def _base_factor(self, step: int) -> float:
         """The base schedule's factor at ``step`` (the last value is kept: every step asks for
@@ -524,29 +613,22 @@ class ControllerScheduler:
         self._bf_memo = (step, self.total_steps, f)
         return f
 
-    def _apply_lr(self) -> None:
-        f = self._base_factor(self.step_count)
-        units, ug = self.units, self._unit_of_group
-        groups = self.optimizer.param_groups
-        if len(groups) != len(self.base_lrs):
-            self._sync_groups()
-            ug = self._unit_of_group
-        lrs = [base * f * units[u].mult for base, u in zip(self.base_lrs, ug)]
-        for g, lr in zip(groups, lrs):
-            g["lr"] = lr
-        self._last_lr = lrs
-
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Explicit, versioned state: plain Python values plus a few tensors (the buffered rows'
-        per-layer statistics, the probe's previous gradient and update). ``torch.save`` it and
-        read it back with ``torch.load(..., weights_only=True)``.
+        """torch's scheduler state (``last_epoch``, ``base_lrs``, ``_step_count``,
+        ``_last_lr``) plus trajlib's, versioned, under ``"trajlib"``: plain Python values and a
+        few tensors (the buffered rows' per-layer statistics, the probe's previous gradient and
+        update). ``torch.save`` it and read it back with ``torch.load(..., weights_only=True)``.
 
         Taking the state does not change what the scheduler will do: buffered rows are saved as
         they are, not fed to the features early.
         """
+        torch_state = {k: v for k, v in super().state_dict().items() if k in _TORCH_KEYS}
+        return {**torch_state, "trajlib": self._trajlib_state()}
+
+    def _trajlib_state(self) -> dict[str, Any]:
         rows = self._rows
-        measured = [r[1] for r in rows if r[1] is not None]
+        measured = [r.stats for r in rows if r.stats is not None]
         present = None
         if measured and any(m[1] is not None for m in measured):
             L = measured[0][0].shape[-1]
@@ -557,11 +639,9 @@ class ControllerScheduler:
             "version": STATE_VERSION,
             "feature_set_hash": self.loaded.feature_set_hash,
             "layerwise": self.layerwise,
-            "step_count": self.step_count,
-            "last_epoch": self.last_epoch,
             "total_steps": self.total_steps,
             "every": self.every,
-            "base_lrs": list(self.base_lrs),
+            "targets": list(self._targets),
             "hp": [
                 {n: _hp_get(g, n) for n in ("momentum", "weight_decay")}
                 for g in self.optimizer.param_groups
@@ -581,11 +661,11 @@ class ControllerScheduler:
             "events": dict(self.events),
             "actions_taken": [list(a) for a in self.actions_taken],
             "rows": {
-                "loss": [_loss_out(r[0]) for r in rows],
-                "val_loss": [r[2] for r in rows],
-                "val_acc": [r[3] for r in rows],
-                "step": [r[4] for r in rows],
-                "measured": [r[1] is not None for r in rows],
+                "loss": [_loss_out(r.loss) for r in rows],
+                "val_loss": [r.val_loss for r in rows],
+                "val_acc": [r.val_acc for r in rows],
+                "step": [r.step for r in rows],
+                "measured": [r.stats is not None for r in rows],
                 "stats": torch.stack([m[0] for m in measured]).cpu() if measured else None,
                 "present": present,
                 "layer_groups": list(self._layer_groups),
@@ -596,34 +676,35 @@ class ControllerScheduler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (into a scheduler built with the same checkpoint)."""
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            got = state.get("version") if isinstance(state, dict) else type(state).__name__
+        t = state.get("trajlib") if isinstance(state, dict) else None
+        if not isinstance(t, dict) or t.get("version") != STATE_VERSION:
+            got = t.get("version") if isinstance(t, dict) else "no 'trajlib' entry"
             raise ConfigError(
-                "state_dict.version",
+                "state_dict['trajlib'].version",
                 f"{STATE_VERSION}",
                 got,
                 "this state was written by another trajlib version",
             )
-        if state.get("feature_set_hash") != self.loaded.feature_set_hash:
+        if t.get("feature_set_hash") != self.loaded.feature_set_hash:
             raise FeatureSetMismatchError(
-                f"scheduler state was saved with feature set hash {state.get('feature_set_hash')}, "
+                f"scheduler state was saved with feature set hash {t.get('feature_set_hash')}, "
                 f"this controller uses {self.loaded.feature_set_hash}"
             )
-        if bool(state["layerwise"]) != self.layerwise:
-            raise ConfigError("layerwise", f"{bool(state['layerwise'])} (as saved)", self.layerwise)
+        if bool(t["layerwise"]) != self.layerwise:
+            raise ConfigError("layerwise", f"{bool(t['layerwise'])} (as saved)", self.layerwise)
         if len(state["base_lrs"]) != len(self.optimizer.param_groups):
             raise ConfigError(
                 "optimizer.param_groups",
                 f"{len(state['base_lrs'])} param groups (as when the state was saved)",
                 len(self.optimizer.param_groups),
             )
-        self.step_count = int(state["step_count"])
-        self.last_epoch = int(state["last_epoch"])
-        self.total_steps = int(state["total_steps"])
-        self.every = int(state["every"])
-        self.base_lrs = [float(x) for x in state["base_lrs"]]
+        super().load_state_dict({k: state[k] for k in _TORCH_KEYS if k in state})
+        self.base_lrs = [float(x) for x in self.base_lrs]
+        self.total_steps = int(t["total_steps"])
+        self.every = int(t["every"])
+        self._targets = [float(x) for x in t["targets"]]
         self.units = []
-        for d in state["units"]:
+        for d in t["units"]:
             u = self._new_unit(None if d["groups"] is None else [int(g) for g in d["groups"]])
             u.mult = float(d["mult"])
             u.features.load_state_dict(d["features"])
@@ -631,18 +712,25 @@ class ControllerScheduler:
             pn = d["prev_norms"]
             u.prev_norms = None if pn is None else torch.as_tensor(pn).double().numpy()
             self.units.append(u)
-        self._unit_of_group = self._map_groups()
-        self.events = {**self.events, **{k: int(v) for k, v in state["events"].items()}}
-        self.actions_taken = [(int(a), int(b), int(c)) for a, b, c in state["actions_taken"]]
-        for g, hp in zip(self.optimizer.param_groups, state["hp"]):
+        self._unit_of_group = self._map_groups(len(self.optimizer.param_groups))
+        self.events = {**self.events, **{k: int(v) for k, v in t["events"].items()}}
+        self.actions_taken = [(int(a), int(b), int(c)) for a, b, c in t["actions_taken"]]
+        for g, hp in zip(self.optimizer.param_groups, t["hp"]):
             for name, v in hp.items():
                 if v is not None and _hp_get(g, name) is not None:
                     _hp_set(g, name, float(v))
-        self._probe.load_state_dict(state["probe"])
-        dev = self._probe._cur.device if self._probe._params else torch.device("cpu")
-        r = state["rows"]
-        stats = r["stats"]
-        present = r["present"]
+        self._probe.load_state_dict(t["probe"])
+        self._load_rows(t["rows"])
+        o = t["open"]
+        self._loss, self._loss_n = o["loss"], int(o["loss_n"])
+        self._val = None if o["val"] is None else (o["val"][0], o["val"][1])
+        for g, base, lr in zip(self.optimizer.param_groups, self.base_lrs, self._last_lr):
+            g["initial_lr"] = base
+            g["lr"] = lr
+
+    def _load_rows(self, r: dict[str, Any]) -> None:
+        dev = self._probe.device
+        stats, present = r["stats"], r["present"]
         self._rows = []
         k = 0
         for loss, vl, va, step, measured in zip(
@@ -655,15 +743,9 @@ class ControllerScheduler:
                     m = present[k].to(dev)
                 taken = (stats[k].to(dev), m)
                 k += 1
-            self._rows.append([loss, taken, vl, va, int(step), self._base_factor(int(step))])
+            self._rows.append(_Row(loss, taken, vl, va, int(step), self._base_factor(int(step))))
         self._layer_groups = [int(x) for x in r["layer_groups"]]
         self._rows_layout = self._probe.layout_version
-        o = state["open"]
-        self._loss, self._loss_n = o["loss"], int(o["loss_n"])
-        self._val = None if o["val"] is None else tuple(o["val"])  # type: ignore[assignment]
-        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["initial_lr"] = base
-        self._apply_lr()
 
     def close(self) -> None:
         """Remove the optimizer hooks (the scheduler stops measuring)."""

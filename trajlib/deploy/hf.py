@@ -173,6 +173,12 @@ class TrajlibTrainerCallback(TrainerCallback):
         if self.scheduler is not None and self._step_pending:
             self._step_pending = False
             self._loss_seen = False
+            # the Trainer's own (constant) scheduler wrote its LR after the step: "constant"
+            # means "keep what trajlib set", so put trajlib's back before it steps (a factor found
+            # on a group at step() would otherwise be kept, as in a torch ChainedScheduler)
+            groups = self.scheduler.optimizer.param_groups
+            for g, lr in zip(groups, self.scheduler.get_last_lr()):
+                g["lr"] = lr
             self.scheduler.step()
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

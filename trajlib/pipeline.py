@@ -78,13 +78,14 @@ def check_held_out(recipe: Recipe, tasks: Sequence[str]) -> None:
 def controller_policy(recipe: Recipe) -> Callable[[], DecisionPolicy] | None:
     """The policy factory for a recipe whose behaviour includes ``controller``, else ``None``.
 
-    The factory builds a :class:`~trajlib.controllers.ControllerPolicy` on the checkpoint named
+    The factory builds a :class:`~trajlib.controllers._policy.ControllerPolicy` on the checkpoint named
     by ``behaviour.checkpoint`` in each worker; the checkpoint is verified here first (ConfigError
     naming ``behaviour.checkpoint`` when it is missing or fails verification).
     """
     if "controller" not in recipe.behaviour.kinds:
         return None
-    from trajlib.controllers import ControllerPolicy, verify_checkpoint
+    from trajlib.controllers import verify_checkpoint
+    from trajlib.controllers._policy import ControllerPolicy
 
     ckpt = recipe.behaviour.checkpoint
     if not ckpt or not Path(ckpt).is_dir():

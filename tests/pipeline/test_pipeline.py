@@ -8,7 +8,7 @@ import math
 import pytest
 
 from trajlib.collect import parse_recipe
-from trajlib.controllers import ControllerPolicy
+from trajlib.controllers._policy import ControllerPolicy
 from trajlib.errors import ConfigError, UnknownNameError
 from trajlib.pipeline import (
     RoundResult,

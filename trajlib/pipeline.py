@@ -57,7 +57,7 @@ def _recipe(recipe: Recipe | PathLike) -> Recipe:
     from trajlib.collect import load_recipe
 
     if isinstance(recipe, str | os.PathLike):
-        return load_recipe(recipe)
+        return load_recipe(os.fspath(recipe))
     return recipe
 
 
@@ -290,7 +290,7 @@ def iterate(
         )
         rep = collect_into(rec, store, workers=workers, progress=progress)
         ckpt, metrics = fit_store(
-            store, kind=kind, labels=labels, out=out / f"round-{r}", overwrite=True
+            os.fspath(store), kind=kind, labels=labels, out=out / f"round-{r}", overwrite=True
         )
         res = run_evaluation(
             [controller_method(ckpt)],

@@ -106,7 +106,7 @@ def main() -> int:
                 print(f"eval {i + 1}/{len(jobs)} ({time.time() - t0:.0f} s)", file=sys.stderr)
     import polars as pl
 
-    from trajlib.evaluate import bootstrap_ci
+    from trajlib.evaluate._report import bootstrap_ci
 
     df = pl.DataFrame(rows)
     df.write_csv(out / "ablation_runs.csv")

@@ -132,7 +132,7 @@ def test_c_hooks_take_the_usual_step_and_hand_the_rest_to_python():
     to the Python hooks, which the statistics then come from; nothing is counted as an error."""
     import torch
 
-    from trajlib.deploy import StepProbe
+    from trajlib.deploy._probe import StepProbe
 
     require_native_hooks()
     torch.manual_seed(0)
@@ -178,7 +178,7 @@ def test_c_hooks_take_the_usual_step_and_hand_the_rest_to_python():
 _LEAK_CHECK = """
 import gc, sys
 import torch
-from trajlib.deploy import StepProbe
+from trajlib.deploy._probe import StepProbe
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))

@@ -60,7 +60,8 @@ import torch  # noqa: E402
 from tests._tiny import TINY_RECIPE  # noqa: E402
 from trajlib import _native  # noqa: E402
 from trajlib.controllers import load_controller  # noqa: E402
-from trajlib.deploy import ControllerScheduler, StepProbe  # noqa: E402
+from trajlib.deploy import ControllerScheduler  # noqa: E402
+from trajlib.deploy._probe import StepProbe  # noqa: E402
 from trajlib.tasks import get_task  # noqa: E402
 from trajlib.tasks._builtin import mlp  # noqa: E402
 

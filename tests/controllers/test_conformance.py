@@ -18,12 +18,8 @@ from ctl_synth import (
 )
 from sklearn.base import clone
 
-from trajlib.controllers import (
-    get_controller_kind,
-    load_controller,
-    offline_metrics,
-    save_controller,
-)
+from trajlib.controllers import get_controller_kind, load_controller, save_controller
+from trajlib.controllers._metrics import offline_metrics
 from trajlib.errors import FeatureSetMismatchError, NotFittedError
 
 pytestmark = pytest.mark.parametrize("kind", ALL_KINDS)

@@ -11,13 +11,8 @@ import pytest
 from ctl_synth import FAST_PARAMS, FEATURES, KEEP, MULTS, Synth, make_controller, save_kwargs
 
 from trajlib import schema as S
-from trajlib.controllers import (
-    controller_kinds,
-    fit_from_table,
-    infer_keep_index,
-    load_controller,
-    save_controller,
-)
+from trajlib.controllers import controller_kinds, load_controller, save_controller
+from trajlib.controllers._fit import fit_from_table, infer_keep_index
 from trajlib.errors import ConfigError
 from trajlib.labels import make_labels
 from trajlib.space import Action, ActionSpace, HyperParam, HyperparameterSpace

@@ -93,7 +93,7 @@ def test_wrong_arguments_fail_up_front(tiny_checkpoint):
 
 
 def test_probe_statistics_match_a_direct_computation():
-    from trajlib.deploy import PROBE_COLUMNS, StepProbe, summarise
+    from trajlib.deploy._probe import PROBE_COLUMNS, StepProbe, summarise
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))

@@ -14,7 +14,8 @@ from torch import nn
 from tests._native import require_native, require_native_hooks
 from tests.deploy._helpers import batch, make_model, two_groups
 from trajlib import _native
-from trajlib.deploy import PROBE_COLUMNS, ControllerScheduler, StepProbe, summarise
+from trajlib.deploy import ControllerScheduler
+from trajlib.deploy._probe import PROBE_COLUMNS, StepProbe, summarise
 
 
 def _flat(ts):

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from trajlib.errors import ConfigError
-from trajlib.evaluate import HypergradientLR, hypergradient_method, train_task
+from trajlib.evaluate import train_task
+from trajlib.evaluate._hypergradient import HypergradientLR
+from trajlib.evaluate._schedules import hypergradient_method
 from trajlib.tasks import get_task
 
 

@@ -5,18 +5,15 @@ from __future__ import annotations
 import pytest
 
 from trajlib.errors import ConfigError
-from trajlib.evaluate import (
+from trajlib.evaluate import HELD_OUT_TASKS, quick_methods, standard_methods, standard_strategies
+from trajlib.evaluate._protocol import (
     HELD_OUT_FAMILIES,
-    HELD_OUT_TASKS,
     STATIC_BASELINES,
     TARGET_METHOD,
     TRAINING_FAMILIES,
     TRAINING_TASKS,
     check_held_out,
-    quick_methods,
     split_of,
-    standard_methods,
-    standard_strategies,
 )
 from trajlib.tasks import get_task, list_tasks
 

@@ -12,17 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trajlib.errors import ConfigError
-from trajlib.evaluate import (
-    TARGET_METHOD,
-    GridSearch,
-    Trace,
-    bootstrap_ci,
-    constant_method,
-    cosine_method,
-    run_evaluation,
-    summarize,
-    write_report,
-)
+from trajlib.evaluate import Trace, constant_method, cosine_method, run_evaluation, write_report
+from trajlib.evaluate._protocol import TARGET_METHOD
+from trajlib.evaluate._report import bootstrap_ci, summarize
+from trajlib.evaluate._strategies import GridSearch
 
 
 def _trace(method: str, seed: int, val: list[float], *, steps: list[int] | None = None, budget: int = 100,

@@ -9,15 +9,12 @@ import pytest
 import schedulefree
 import torch
 
-from trajlib.evaluate import (
-    Method,
-    constant_method,
-    cosine_method,
+from trajlib.evaluate import Method, constant_method, cosine_method, train_task
+from trajlib.evaluate._schedules import (
     one_cycle_method,
     plateau_method,
     schedule_free_method,
     step_decay_method,
-    train_task,
     warmup_cosine_method,
 )
 from trajlib.tasks import get_task

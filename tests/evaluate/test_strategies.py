@@ -9,16 +9,10 @@ import pytest
 from conftest import linear_task
 
 from trajlib.errors import ConfigError
-from trajlib.evaluate import (
-    T1T2,
-    GridSearch,
-    OptunaSearch,
-    RayPBT,
-    SuccessiveHalving,
-    cosine_method,
-    lr_grid,
-    train_task,
-)
+from trajlib.evaluate import cosine_method, train_task
+from trajlib.evaluate._pbt import RayPBT
+from trajlib.evaluate._strategies import GridSearch, OptunaSearch, SuccessiveHalving, lr_grid
+from trajlib.evaluate._t1t2 import T1T2
 from trajlib.tasks import get_task
 
 

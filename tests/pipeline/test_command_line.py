@@ -171,3 +171,34 @@ def test_doctor_reports_versions_and_whether_the_native_kernels_are_used(capsys)
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "native kernels" in out and "native hooks" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["store", "compact"],  # a sub-sub-command without its argument
+        ["model", "info"],
+        ["export", "tensorboard", "only-one-arg"],
+        ["store", "gc", "d", "--bogus"],
+    ],
+)
+def test_nested_usage_errors_exit_2_with_one_line(capsys, argv):
+    assert main(argv) == 2
+    err = _err(capsys)
+    assert err.startswith("trajlib: error: ") and "\n" not in err
+
+
+def test_pipeline_keyword_errors_name_the_flag(tmp_path, capsys):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[collect]\ntasks = ["digits-mlp"]\n')
+    out = ["--store", str(tmp_path / "s"), "--out", str(tmp_path / "o")]
+    assert main(["iterate", str(recipe), *out, "--epsilon", "1.5"]) == 2
+    assert "`--epsilon` must be a probability in [0, 1]; got 1.5" in _err(capsys)
+    assert (
+        main(
+            ["demo", "--recipe", str(recipe), "--out", str(tmp_path / "d"), "--tasks", "digits-mlp"]
+        )
+        == 2
+    )
+    assert "`--tasks` must be tasks the recipe does not collect from" in _err(capsys)
+    assert list(tmp_path.iterdir()) == [recipe]

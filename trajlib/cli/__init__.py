@@ -8,11 +8,25 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from trajlib import __version__
 from trajlib.errors import TrajlibError
 
 __all__ = ["main", "build_parser"]
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors raise instead of exiting, so :func:`main` prints
+    them as one line and returns 2. Sub-commands are built with the same class (argparse's
+    ``add_subparsers`` defaults ``parser_class`` to the parent's type)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     from trajlib.cli._model_cmds import add_model_commands
     from trajlib.cli._store_cmds import add_store_commands
 
-    p = argparse.ArgumentParser(prog="trajlib", description="Learned hyperparameter controllers.")
+    p = _Parser(prog="trajlib", description="Learned hyperparameter controllers.")
     p.add_argument("--version", action="version", version=f"trajlib {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -32,24 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class _UsageError(Exception):
-    pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     parser = build_parser()
-
-    def _error(message: str) -> None:  # argparse usage errors: exit 2 with one line, no traceback
-        raise _UsageError(message)
-
-    parser.error = _error  # type: ignore[method-assign]
-    for action in parser._subparsers._group_actions if parser._subparsers else []:  # noqa: SLF001
-        for sp in getattr(action, "choices", {}).values():
-            sp.error = _error  # type: ignore[method-assign]
-            for a2 in sp._subparsers._group_actions if sp._subparsers else []:  # noqa: SLF001
-                for sp2 in getattr(a2, "choices", {}).values():
-                    sp2.error = _error  # type: ignore[method-assign]
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
         return int(args.func(args) or 0)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from trajlib.errors import ConfigError
-
-REPO_COLLECTORS = Path(__file__).resolve().parents[2] / "collectors"
-DEMO_HELD_OUT = ("synth-classification", "char-lm")
+from trajlib.pipeline import DEMO_HELD_OUT, QUICKSTART_RECIPE
 
 
 def _csv(value: str) -> list[str]:
@@ -118,7 +117,7 @@ def add_main_commands(sub: Any) -> None:
 
     p = sub.add_parser("demo", help="the whole pipeline on collectors/quickstart.toml")
     p.add_argument("--out", default="runs/demo", help="output directory (store/, model/, report/)")
-    p.add_argument("--recipe", default=str(REPO_COLLECTORS / "quickstart.toml"))
+    p.add_argument("--recipe", default=str(QUICKSTART_RECIPE))
     p.add_argument(
         "--tasks", type=_csv, default=list(DEMO_HELD_OUT), help="held-out evaluation tasks"
     )
@@ -197,31 +196,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from trajlib.collect import collect, load_recipe
-    from trajlib.store import create_store, open_store
+    from trajlib.pipeline import collect_into
+    from trajlib.store import open_store
 
-    recipe = load_recipe(args.recipe)  # validated before anything runs or is written
-    policy_factory = None
-    if "controller" in recipe.behaviour.kinds:
-        from trajlib.controllers import ControllerPolicy, verify_checkpoint
-
-        ckpt = recipe.behaviour.checkpoint
-        if not ckpt or not Path(ckpt).is_dir():
-            raise ConfigError("behaviour.checkpoint", "a controller checkpoint directory", ckpt)
-        problems = verify_checkpoint(ckpt)
-        if problems:
-            raise ConfigError("behaviour.checkpoint", "a valid checkpoint", ckpt, problems[0])
-        policy_factory = functools.partial(ControllerPolicy, ckpt)
-    create_store(args.store, exist_ok=True)
-    report = collect(
-        recipe,
-        functools.partial(open_store, args.store),
+    report = collect_into(
+        args.recipe,
+        args.store,
         executor=args.executor,
         workers=args.workers,
         address=args.address,
         device=args.device,
         progress=not args.quiet,
-        policy_factory=policy_factory,
     )
     print(
         f"collected {report.committed} runs ({report.skipped} already there, {report.diverged} diverged, "
@@ -281,147 +266,56 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _as_flags(*names: str) -> Iterator[None]:
+    """Re-raise a pipeline's ConfigError about keyword ``name`` as one about the flag ``--name``."""
+    try:
+        yield
+    except ConfigError as e:
+        if e.field not in names:
+            raise
+        raise ConfigError(f"--{e.field}", e.expected, e.got) from None
+
+
 def cmd_iterate(args: argparse.Namespace) -> int:
-    import dataclasses
-    import math
+    from trajlib.pipeline import iterate, iterate_markdown
 
-    from trajlib.collect import collect, load_recipe
-    from trajlib.controllers import ControllerPolicy, fit_store
-    from trajlib.evaluate import controller_method, run_evaluation
-    from trajlib.store import create_store, open_store
-    from trajlib.tasks import get_task
-
-    if not 0 <= args.epsilon <= 1:
-        raise ConfigError("--epsilon", "a probability in [0, 1]", args.epsilon)
-    for t in args.tasks:
-        get_task(t)
-    base = load_recipe(args.recipe)
-    held = set(args.tasks) & set(base.collect.tasks)
-    if held:
-        raise ConfigError(
-            "--tasks", "tasks the recipe does not collect from (held out)", sorted(held)
-        )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    create_store(args.store, exist_ok=True)
-    rows = []
-    ckpt: Path | None = None
-    for r in range(args.rounds):
-        recipe = base
-        policy_factory = None
-        if r > 0 and ckpt is not None:
-            recipe = dataclasses.replace(
-                base,
-                name=f"{base.name}-round{r}",
-                collect=dataclasses.replace(base.collect, seed=base.collect.seed + 1000 * r),
-                behaviour=dataclasses.replace(
-                    base.behaviour, kind="controller", epsilon=args.epsilon, checkpoint=str(ckpt)
-                ),
-            )
-            policy_factory = functools.partial(ControllerPolicy, str(ckpt))
-        print(
-            f"[round {r}] collect ({recipe.behaviour.kinds[0]}{'' if r == 0 else f', epsilon {args.epsilon}'})"
-        )
-        rep = collect(
-            recipe,
-            functools.partial(open_store, args.store),
+    with _as_flags("tasks", "epsilon"):
+        rounds = iterate(
+            args.recipe,
+            store=args.store,
+            out=args.out,
+            rounds=args.rounds,
+            kind=args.kind,
+            labels=args.labels,
+            epsilon=args.epsilon,
+            tasks=args.tasks,
+            seeds=args.seeds,
+            budget=args.budget,
             workers=args.workers,
             progress=not args.quiet,
-            policy_factory=policy_factory,
+            log=print,
         )
-        ckpt, metrics = fit_store(
-            args.store, kind=args.kind, labels=args.labels, out=out / f"round-{r}", overwrite=True
-        )
-        res = run_evaluation(
-            [controller_method(ckpt)],
-            args.tasks,
-            list(range(args.seeds)),
-            budget=args.budget,
-            progress=False,
-        )
-        losses = [t.final_val_loss for t in res.traces]
-        finite = [v for v in losses if math.isfinite(v)]
-        row = {
-            "round": r,
-            "runs": rep.committed + rep.skipped,
-            "new_runs": rep.committed,
-            "regret": metrics.get("regret", math.nan),
-            "regret_keep": metrics.get("regret_keep", math.nan),
-            "agreement": metrics.get("agreement", math.nan),
-            "held_out_final_val_loss": sum(finite) / len(finite) if finite else math.nan,
-        }
-        rows.append(row)
-        print(
-            f"[round {r}] regret {row['regret']:.4f} (keep {row['regret_keep']:.4f}), held-out final val loss "
-            f"{row['held_out_final_val_loss']:.4f}"
-        )
-    md = [
-        "| round | new runs | offline regret | regret of keep | agreement | held-out final val loss |",
-        "|---|---|---|---|---|---|",
-    ]
-    md += [
-        f"| {x['round']} | {x['new_runs']} | {x['regret']:.4f} | {x['regret_keep']:.4f} | {x['agreement']:.3f} "
-        f"| {x['held_out_final_val_loss']:.4f} |"
-        for x in rows
-    ]
-    (out / "iterate.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    print(iterate_markdown(rounds), end="")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from trajlib.collect import collect, load_recipe
-    from trajlib.controllers import fit_store
-    from trajlib.evaluate import run_evaluation_parallel, write_report
-    from trajlib.store import create_store, open_store
+    from trajlib.pipeline import demo
 
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    recipe = load_recipe(args.recipe)
-    held = set(args.tasks) & set(recipe.collect.tasks)
-    if held:
-        raise ConfigError(
-            "--tasks", "tasks the recipe does not collect from (held out)", sorted(held)
+    with _as_flags("tasks"):
+        res = demo(
+            args.out,
+            recipe=args.recipe,
+            tasks=args.tasks,
+            seeds=args.seeds,
+            workers=args.workers,
+            progress=not args.quiet,
+            log=print,
         )
-    store_dir, model_dir, report_dir = out / "store", out / "model", out / "report"
-    print(f"[1/3] collect {args.recipe} -> {store_dir}")
-    create_store(store_dir, exist_ok=True)
-    rep = collect(
-        recipe,
-        functools.partial(open_store, store_dir),
-        workers=args.workers,
-        progress=not args.quiet,
-    )
-    print(
-        f"      {rep.committed} new runs, {rep.skipped} already there, {rep.steps:,} steps + "
-        f"{rep.branch_steps:,} branch steps, {rep.wall_time_s:.0f} s"
-    )
-    print(f"[2/3] fit gbt controller -> {model_dir}")
-    ckpt, metrics = fit_store(store_dir, kind="gbt", labels="greedy", out=model_dir, overwrite=True)
-    print(
-        "      offline: "
-        + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-    )
-    print(
-        f"[3/3] evaluate on held-out tasks {', '.join(args.tasks)} x {args.seeds} seeds -> {report_dir}"
-    )
-    res = run_evaluation_parallel(
-        args.tasks,
-        list(range(args.seeds)),
-        baselines="demo",
-        checkpoints=[ckpt],
-        workers=args.workers,
-        progress=not args.quiet,
-    )
-    path = write_report(
-        res,
-        report_dir,
-        title="trajlib demo: held-out evaluation",
-        preamble=f"Recipe `{args.recipe}`; controller `{ckpt}` (gbt, greedy labels); "
-        f"held-out tasks never collected from.\n",
-    )
     print()
-    print(res.markdown())
-    print(f"report: {path}  (plots: {', '.join(p.name for p in sorted(report_dir.glob('*.png')))})")
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    print(res.evaluation.markdown())
+    plots = ", ".join(p.name for p in sorted(res.report.parent.glob("*.png")))
+    print(f"report: {res.report}  (plots: {plots})")
+    print(f"demo finished in {res.wall_time_s:.0f} s")
     return 0

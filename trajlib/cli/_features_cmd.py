@@ -36,7 +36,7 @@ def add_features_command(subparsers: argparse._SubParsersAction) -> None:  # typ
 def run_features_command(args: argparse.Namespace) -> int:
     """Build the decision table of ``args.store`` and write it to ``args.out`` (atomically)."""
     from trajlib.features import decision_table, get_feature_set
-    from trajlib.store import open_store  # type: ignore[import-not-found]
+    from trajlib.store import open_store
 
     fs = get_feature_set(args.feature_set)
     st = open_store(args.store)

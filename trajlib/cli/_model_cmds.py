@@ -12,7 +12,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-from trajlib.controllers import read_manifest, verify_checkpoint
+from trajlib.controllers import verify_checkpoint
+from trajlib.controllers._checkpoint import read_manifest
 
 __all__ = ["add_model_commands", "cmd_model_info", "cmd_model_verify"]
 

@@ -6,27 +6,23 @@ estimator contract: ``fit(X, targets, groups) -> self``, ``predict_values(X) -> 
 fast single-row ``decide(x, state) -> (action, state)``. Add a kind by subclassing
 :class:`Controller` and decorating it with :func:`register_controller_kind`.
 
-Checkpoints (:func:`save_controller`, :func:`load_controller`, :func:`verify_checkpoint`) are
-folders of JSON, safetensors and LightGBM text, with sha256 of every file; never pickle.
+:func:`fit_store` fits a kind on a store's decision table and writes a checkpoint. Checkpoints
+(:func:`save_controller`, :func:`load_controller`, :func:`verify_checkpoint`) are folders of JSON,
+safetensors and LightGBM text, with sha256 of every file; never pickle. The engine underneath
+(the training table, offline metrics, the collection policy) lives in the private modules.
 """
 
 from trajlib.controllers._base import Controller, ControllerState
 from trajlib.controllers._checkpoint import (
-    FORMAT,
-    FORMAT_VERSION,
     LoadedController,
     load_controller,
-    read_manifest,
     save_controller,
     verify_checkpoint,
 )
-from trajlib.controllers._fit import fit_from_table, infer_keep_index
-from trajlib.controllers._from_store import fit_store, training_table
+from trajlib.controllers._from_store import fit_store
 from trajlib.controllers._gbt import GBTController
 from trajlib.controllers._gru import GRUController
-from trajlib.controllers._metrics import offline_metrics
 from trajlib.controllers._mlp import MLPController
-from trajlib.controllers._policy import ControllerPolicy
 from trajlib.controllers._registry import (
     controller_kinds,
     get_controller_kind,
@@ -35,24 +31,16 @@ from trajlib.controllers._registry import (
 
 __all__ = [
     "Controller",
-    "ControllerPolicy",
     "ControllerState",
     "GBTController",
-    "MLPController",
     "GRUController",
-    "get_controller_kind",
+    "LoadedController",
+    "MLPController",
     "controller_kinds",
+    "fit_store",
+    "get_controller_kind",
+    "load_controller",
     "register_controller_kind",
     "save_controller",
-    "load_controller",
     "verify_checkpoint",
-    "read_manifest",
-    "LoadedController",
-    "FORMAT",
-    "FORMAT_VERSION",
-    "fit_from_table",
-    "fit_store",
-    "training_table",
-    "infer_keep_index",
-    "offline_metrics",
 ]

@@ -15,7 +15,8 @@ import polars as pl
 
 from trajlib import schema as S
 from trajlib.controllers._checkpoint import LoadedController, load_controller
-from trajlib.features import derive_arrays, get_feature_set
+from trajlib.features import get_feature_set
+from trajlib.features._offline import derive_arrays
 
 __all__ = ["ControllerPolicy"]
 

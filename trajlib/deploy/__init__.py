@@ -2,10 +2,10 @@
 
 :class:`ControllerScheduler` behaves like a ``torch.optim.lr_scheduler`` scheduler; it computes the
 online features from optimizer hooks and the losses you give it, and asks the controller every N
-steps.
+steps. Adapters for Lightning and Hugging Face live in :mod:`trajlib.deploy.lightning` and
+:mod:`trajlib.deploy.hf`; the measurement probe is internal (``trajlib.deploy._probe``).
 """
 
-from trajlib.deploy._probe import LAYER_ROWS, PROBE_COLUMNS, StepProbe, summarise
 from trajlib.deploy._scheduler import ControllerScheduler
 
-__all__ = ["ControllerScheduler", "StepProbe", "summarise", "PROBE_COLUMNS", "LAYER_ROWS"]
+__all__ = ["ControllerScheduler"]

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from trajlib.errors import ConfigError
-from trajlib.tasks import Task, TaskData, batch_slot, epoch_order
+from trajlib.tasks import Task, TaskData
+from trajlib.tasks._base import batch_slot, epoch_order
 
 __all__ = [
     "Method",

@@ -36,7 +36,7 @@ from trajlib.features._library import (
     WeightNormGrowth,
     default_features,
 )
-from trajlib.features._offline import N_MISSING, derive, derive_arrays
+from trajlib.features._offline import derive
 from trajlib.features._online import OnlineFeatures
 from trajlib.features._set import (
     FeatureSet,
@@ -53,10 +53,8 @@ __all__ = [
     "register_feature_set",
     "list_feature_sets",
     "derive",
-    "derive_arrays",
     "OnlineFeatures",
     "decision_table",
-    "N_MISSING",
     "default_features",
     # the feature classes (build your own sets from them)
     "Progress",

@@ -4,26 +4,23 @@
 ``best_action`` and ``adv_<a>`` = log(loss_keep) - log(loss_a) for every action ``a``. A strategy
 decides what "loss" means (end of horizon, after a cool-down, or a combination); add your own by
 subclassing :class:`LabelStrategy` and decorating it with :func:`register_label_strategy`.
+Column-name helpers (``adv_column``, ``BEST_ACTION``...) live in ``trajlib.labels._make``.
 """
 
 from trajlib.labels._annealed import AnnealedLabels
 from trajlib.labels._base import LabelStrategy
 from trajlib.labels._greedy import GreedyLabels
 from trajlib.labels._long import LongHorizonLabels
-from trajlib.labels._make import BEST_ACTION, N_VALID, adv_column, adv_columns, make_labels
+from trajlib.labels._make import make_labels
 from trajlib.labels._registry import get_label_strategy, label_strategies, register_label_strategy
 
 __all__ = [
-    "LabelStrategy",
-    "GreedyLabels",
     "AnnealedLabels",
+    "GreedyLabels",
+    "LabelStrategy",
     "LongHorizonLabels",
-    "make_labels",
     "get_label_strategy",
     "label_strategies",
+    "make_labels",
     "register_label_strategy",
-    "adv_column",
-    "adv_columns",
-    "BEST_ACTION",
-    "N_VALID",
 ]

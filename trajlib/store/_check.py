@@ -12,14 +12,14 @@ run's layer names and ``LAYER_STATS`` in its attributes. Files of uncommitted ru
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import polars as pl
 
 from trajlib import schema as S
 from trajlib.errors import StoreError
 from trajlib.store._coerce import STATUSES
-from trajlib.store._compact import run_counts
+from trajlib.store._commit import SCHEMAS, run_counts
 from trajlib.store._layout import (
     BRANCHES,
     DECISIONS,
@@ -30,9 +30,6 @@ from trajlib.store._layout import (
     snapshot,
 )
 from trajlib.store._manifest import read_manifest
-
-if TYPE_CHECKING:
-    from trajlib.store._store import Store
 
 
 def _schema_diff(got: dict[str, pl.DataType], want: dict[str, pl.DataType]) -> str:
@@ -46,11 +43,9 @@ def _schema_diff(got: dict[str, pl.DataType], want: dict[str, pl.DataType]) -> s
     return "; ".join(parts)
 
 
-def validate(store: Store) -> list[str]:
-    """Return a list of problems, each naming the file or run concerned; empty means consistent."""
-    from trajlib.store._store import SCHEMAS
-
-    root = store.path
+def validate(root: Path) -> list[str]:
+    """Problems of the store at ``root``, each naming the file or run concerned; empty means
+    consistent."""
     try:
         read_manifest(root)
         snap = snapshot(root)
@@ -169,16 +164,16 @@ def validate(store: Store) -> list[str]:
         shape = counts.get(rid, {}).get("layers")
         if shape is None:
             continue
-        problems += _check_layers(store, rid, list(shape), steps_done[rid], layer_names[rid])
+        problems += _check_layers(root, rid, list(shape), steps_done[rid], layer_names[rid])
     return problems
 
 
 def _check_layers(
-    store: Store, rid: str, shape: list[int], done: int, names_json: str | None
+    root: Path, rid: str, shape: list[int], done: int, names_json: str | None
 ) -> list[str]:
     import zarr
 
-    path = store.path / LAYERS_DIR / rid
+    path = root / LAYERS_DIR / rid
     if not (path / "zarr.json").exists():
         return [f"run {rid!r}: layer array {LAYERS_DIR}/{rid} is missing (recorded shape {shape})"]
     try:

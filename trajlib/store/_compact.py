@@ -23,13 +23,13 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import polars as pl
 
 from trajlib import schema as S
 from trajlib.errors import StoreError
 from trajlib.store import _claims
+from trajlib.store._commit import SCHEMAS, run_counts
 from trajlib.store._layout import (
     COMPACT_OWNER,
     COUNTS_KEY,
@@ -52,9 +52,6 @@ from trajlib.store._layout import (
     write_parquet,
 )
 
-if TYPE_CHECKING:
-    from trajlib.store._store import Store
-
 _HOOK: Callable[[str], None] | None = None  # test hook, called with the name of each phase done
 
 
@@ -63,12 +60,12 @@ def _phase(name: str) -> None:
         _HOOK(name)
 
 
-def recover(store: Store) -> list[str]:
-    """Finish (all new files present) or undo (otherwise) an interrupted compaction.
+def recover(root: Path) -> list[str]:
+    """Finish (all new files present) or undo (otherwise) an interrupted compaction of the store
+    at ``root``.
 
     The caller must hold the compaction claim. Returns the relative paths removed.
     """
-    root = store.path
     journal = read_journal(root)
     if journal is None:
         return []
@@ -87,15 +84,6 @@ def recover(store: Store) -> list[str]:
     return removed
 
 
-def run_counts(path: Path) -> dict:
-    """The ``trajlib.counts`` metadata of a runs file (run fragment: one dict; part: id -> dict)."""
-    meta = pl.read_parquet_metadata(path)
-    raw = meta.get(COUNTS_KEY)
-    if raw is None:
-        raise StoreError(f"{path}: lacks the {COUNTS_KEY!r} metadata written by write_run")
-    return json.loads(raw)
-
-
 def _batches(ids: list[str], steps_done: dict[str, int], rows_per_file: int) -> list[list[str]]:
     batches: list[list[str]] = [[]]
     rows = 0
@@ -108,8 +96,9 @@ def _batches(ids: list[str], steps_done: dict[str, int], rows_per_file: int) -> 
     return [b for b in batches if b]
 
 
-def compact(store: Store, *, rows_per_file: int = 4_000_000) -> dict:
-    """Merge the per-run fragments of committed runs into part files (see module docstring).
+def compact(root: Path, *, rows_per_file: int = 4_000_000, durable: bool = True) -> dict:
+    """Merge the per-run fragments of the committed runs of the store at ``root`` into part files
+    (see module docstring); ``durable`` fsyncs each part before the journal.
 
     Returns ``{"runs", "parts_written", "files_before", "files_after", "recovered",
     "seconds"}``. Raises StoreError if another live process is compacting this store.
@@ -119,17 +108,15 @@ def compact(store: Store, *, rows_per_file: int = 4_000_000) -> dict:
 
         raise ConfigError("rows_per_file", "a positive integer", rows_per_file)
     t0 = time.perf_counter()
-    locks = store.path / LOCKS_DIR
+    locks = root / LOCKS_DIR
     token = _claims.try_claim(locks, COMPACT_OWNER)
     if token is None:
         info = _claims.live_claim(locks, COMPACT_OWNER)
-        raise StoreError(
-            f"{store.path}: another compaction is running ({info}); wait for it to finish"
-        )
+        raise StoreError(f"{root}: another compaction is running ({info}); wait for it to finish")
     try:
-        recovered = recover(store)
+        recovered = recover(root)
         return {
-            **_compact_locked(store, rows_per_file),
+            **_compact_locked(root, rows_per_file, durable),
             "recovered": recovered,
             "seconds": round(time.perf_counter() - t0, 3),
         }
@@ -137,8 +124,7 @@ def compact(store: Store, *, rows_per_file: int = 4_000_000) -> dict:
         _claims.release(locks, COMPACT_OWNER, token)
 
 
-def _compact_locked(store: Store, rows_per_file: int) -> dict:
-    root = store.path
+def _compact_locked(root: Path, rows_per_file: int, durable: bool) -> dict:
     snap = snapshot(root)
     files_before = sum(len(snap.fragments[t]) + len(snap.parts[t]) for t in TABLES)
     ids = sorted(snap.fragments[RUNS])
@@ -169,8 +155,6 @@ def _compact_locked(store: Store, rows_per_file: int) -> dict:
                     meta = {COUNTS_KEY: json.dumps({rid: counts[rid] for rid in batch})}
                     write_parquet(df, tmp, metadata=meta)
                 else:
-                    from trajlib.store._store import SCHEMAS
-
                     pl.scan_parquet(paths, schema=SCHEMAS[table]).sink_parquet(
                         tmp,
                         compression=PARQUET_COMPRESSION,
@@ -178,7 +162,7 @@ def _compact_locked(store: Store, rows_per_file: int) -> dict:
                         row_group_size=ROW_GROUP_ROWS,
                         maintain_order=True,
                     )
-                if store.durable:
+                if durable:
                     fsync_file(tmp)
                 replaces.extend(rels)
         _phase("written")

@@ -12,10 +12,10 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from trajlib.errors import ConfigError
 from trajlib.store import _claims
+from trajlib.store._commit import CommitIndex
 from trajlib.store._compact import recover
 from trajlib.store._layout import (
     COMPACT_OWNER,
@@ -26,9 +26,6 @@ from trajlib.store._layout import (
     snapshot,
     temp_owner,
 )
-
-if TYPE_CHECKING:
-    from trajlib.store._store import Store
 
 
 def _entries(directory: Path) -> list[str]:
@@ -57,9 +54,9 @@ def _older_than(path: Path, seconds: float) -> bool:
         return False
 
 
-def gc(store: Store) -> list[str]:
-    """Remove garbage; return the removed paths relative to the store, sorted."""
-    root = store.path
+def gc(root: Path) -> list[str]:
+    """Remove the garbage of the store at ``root``; return the removed paths relative to it,
+    sorted."""
     locks = root / LOCKS_DIR
     removed: list[str] = []
 
@@ -73,7 +70,7 @@ def gc(store: Store) -> list[str]:
     token = _claims.try_claim(locks, COMPACT_OWNER)
     if token is not None:
         try:
-            removed += recover(store)
+            removed += recover(root)
             for d in (root, root / LAYERS_DIR, *(root / t for t in TABLES)):
                 for name in _entries(d):
                     owner = temp_owner(name)
@@ -86,7 +83,8 @@ def gc(store: Store) -> list[str]:
 
     # 3. per-run leftovers: fragments of uncommitted runs, layer arrays, temporaries
     snap = snapshot(root)
-    committed = store._committed(snap)
+    index = CommitIndex(root)
+    committed = index.committed(snap)
     owned: dict[str, list[Path]] = {}
     for table in TABLES:
         for rid, rel in snap.fragments[table].items():
@@ -111,15 +109,16 @@ def gc(store: Store) -> list[str]:
         except ConfigError:  # no writer can own this name: plain garbage
             removed += [str(p.relative_to(root)) for p in paths if _remove(p)]
             continue
-        if not store.claim(rid):
-            continue  # a live process is writing this run
+        token = _claims.try_claim(locks, rid)
+        if token is None:
+            continue  # a live process (this one included) is writing this run
         try:
-            still_committed = store.is_committed(rid)
+            still_committed = index.is_committed(rid)
             for p in paths:
                 if still_committed and temp_owner(p.name) is None:
                     continue  # a committed run's own files: never touched
                 if _remove(p):
                     removed.append(str(p.relative_to(root)))
         finally:
-            store.release(rid)
+            _claims.release(locks, rid, token)
     return sorted(removed)

@@ -17,13 +17,15 @@ import polars as pl
 from trajlib import schema as S
 from trajlib.errors import StoreError
 from trajlib.store import _claims
+from trajlib.store._check import validate
 from trajlib.store._coerce import coerce_all
+from trajlib.store._commit import SCHEMAS, CommitIndex
+from trajlib.store._compact import compact
+from trajlib.store._gc import gc
 from trajlib.store._layout import (
     BRANCHES,
     COUNTS_KEY,
     DECISIONS,
-    EPOCH,
-    JOURNAL,
     LAYER_CHUNK_STEPS,
     LAYERS_DIR,
     LOCKS_DIR,
@@ -40,13 +42,6 @@ from trajlib.store._layout import (
     temp_path,
 )
 from trajlib.store._manifest import read_manifest, write_manifest_once
-
-SCHEMAS: dict[str, dict[str, pl.DataType]] = {
-    RUNS: S.RUN_SCHEMA,
-    STEPS: S.STEP_SCHEMA,
-    DECISIONS: S.DECISION_SCHEMA,
-    BRANCHES: S.BRANCH_SCHEMA,
-}
 
 Filter = str | Iterable[str] | None
 
@@ -73,8 +68,7 @@ class Store:
         self.manifest = read_manifest(self.path)
         self.durable = durable
         self._held: dict[str, str] = {}  # run id -> claim token held by this object
-        self._part_ids: dict[str, frozenset[str]] = {}
-        self._parts_cache: tuple[tuple[int, int] | None, list[str]] | None = None
+        self._index = CommitIndex(self.path)
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -85,47 +79,14 @@ class Store:
 
     def part_run_ids(self, rel: str) -> frozenset[str]:
         """Run ids held by one compacted file (cached: part files are immutable)."""
-        ids = self._part_ids.get(rel)
-        if ids is None:
-            col = pl.read_parquet(self.path / rel, columns=[S.RUN_ID])[S.RUN_ID]
-            ids = frozenset(col.unique().to_list())
-            self._part_ids[rel] = ids
-        return ids
+        return self._index.part_run_ids(rel)
 
     def _committed(self, snap: Snapshot) -> set[str]:
-        ids = set(snap.fragments[RUNS])
-        for rel in snap.parts[RUNS]:
-            ids |= self.part_run_ids(rel)
-        return ids
+        return self._index.committed(snap)
 
     def is_committed(self, run_id: str) -> bool:
         """True once the run's ``runs/`` fragment (or a compacted runs file holding it) exists."""
-        check_run_id(run_id, "run_id")
-        if (self.path / RUNS / f"{run_id}.parquet").exists():
-            return True
-        return any(run_id in self.part_run_ids(rel) for rel in self._runs_parts())
-
-    def _runs_parts(self) -> list[str]:
-        """Compacted runs files, cached until ``compaction.epoch`` changes.
-
-        Listing ``runs/`` costs O(committed runs); this keeps ``is_committed`` O(1) for writers.
-        The epoch is read before listing and replaced by compaction only after its swap, so a
-        stale cache is never kept.
-        """
-        root = self.path
-        if (root / JOURNAL).exists():
-            return snapshot(root, (RUNS,)).parts[RUNS]
-        try:
-            st = os.stat(root / EPOCH)
-            key: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
-        except FileNotFoundError:
-            key = None
-        if self._parts_cache is not None and self._parts_cache[0] == key:
-            return self._parts_cache[1]
-        parts = snapshot(root, (RUNS,)).parts[RUNS]
-        if not (root / JOURNAL).exists():
-            self._parts_cache = (key, parts)
-        return parts
+        return self._index.is_committed(run_id)
 
     def committed_run_ids(self) -> set[str]:
         """Ids of every committed run."""
@@ -418,21 +379,17 @@ class Store:
 
     def validate(self) -> list[str]:
         """Problems found (empty list = consistent). See :func:`trajlib.store._check.validate`."""
-        from trajlib.store._check import validate
-
-        return validate(self)
+        return validate(self.path)
 
     def gc(self) -> list[str]:
-        """Remove what unfinished runs and compactions left; return the paths removed."""
-        from trajlib.store._gc import gc
+        """Remove what unfinished runs and compactions left; return the paths removed.
 
-        return gc(self)
+        A run this object has claimed (:meth:`claim`) counts as under a live claim: left alone."""
+        return gc(self.path)
 
     def compact(self, *, rows_per_file: int = 4_000_000) -> dict:
         """Merge per-run fragments into sorted part files; return statistics."""
-        from trajlib.store._compact import compact
-
-        return compact(self, rows_per_file=rows_per_file)
+        return compact(self.path, rows_per_file=rows_per_file, durable=self.durable)
 
 
 def create_store(

@@ -6,26 +6,10 @@ returning a :class:`Task`, named as ``module:function``.
 """
 
 from trajlib.tasks import _builtin  # noqa: F401  (registers the built-in tasks; defines, no work)
-from trajlib.tasks._base import (
-    LOSSES,
-    OPTIMIZERS,
-    Task,
-    TaskData,
-    batch_slot,
-    epoch_order,
-    get_task,
-    list_tasks,
-    register_task,
-)
+from trajlib.tasks._base import Task, TaskData, get_task, list_tasks, register_task
 
-__all__ = [
-    "Task",
-    "TaskData",
-    "batch_slot",
-    "epoch_order",
-    "get_task",
-    "list_tasks",
-    "register_task",
-    "LOSSES",
-    "OPTIMIZERS",
-]
+__all__ = ["Task", "TaskData", "get_task", "list_tasks", "register_task"]
+
+# Not public (the engines' batching helpers, in trajlib.tasks._base): kept in this namespace only
+# while trajlib.collect._engine imports them from here.
+from trajlib.tasks._base import batch_slot, epoch_order  # noqa: E402, F401

@@ -20,7 +20,7 @@ from trajlib.collect._behaviour import (
 )
 from trajlib.collect._engine import REC_COLUMNS, FlatSpec, Population
 from trajlib.collect._executor import CollectReport, RunSink, collect, run_unit, work_units
-from trajlib.collect._recipe import Recipe, RunSpec, build_action_space, load_recipe, parse_recipe
+from trajlib.collect._recipe import Recipe, build_action_space, load_recipe, parse_recipe
 from trajlib.collect._runner import RunResult, run_population
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "Recipe",
     "RunResult",
     "RunSink",
-    "RunSpec",
     "build_action_space",
     "collect",
     "draw_params",

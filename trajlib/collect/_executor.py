@@ -25,8 +25,9 @@ import polars as pl
 
 from trajlib import schema as S
 from trajlib.collect._behaviour import DecisionPolicy
-from trajlib.collect._recipe import Recipe, RunSpec
+from trajlib.collect._recipe import Recipe
 from trajlib.errors import ConfigError, TrajlibError
+from trajlib.spec import RunConfig
 
 __all__ = ["RunSink", "CollectReport", "collect", "work_units"]
 
@@ -78,17 +79,17 @@ class CollectReport:
         self.errors.extend(other.get("errors", []))
 
 
-def work_units(recipe: Recipe) -> list[list[RunSpec]]:
+def work_units(recipe: Recipe) -> list[list[RunConfig]]:
     """Group the recipe's runs into populations (same task, up to ``collect.population`` each)."""
-    by_task: dict[str, list[RunSpec]] = {}
-    for spec in recipe.run_specs():
-        by_task.setdefault(spec.entry["task"], []).append(spec)
+    by_task: dict[str, list[RunConfig]] = {}
+    for config in recipe.run_configs():
+        by_task.setdefault(config.task, []).append(config)
     k = recipe.collect.population
-    return [specs[i : i + k] for specs in by_task.values() for i in range(0, len(specs), k)]
+    return [configs[i : i + k] for configs in by_task.values() for i in range(0, len(configs), k)]
 
 
 def run_unit(
-    specs: Sequence[RunSpec],
+    configs: Sequence[RunConfig],
     sink_factory: Callable[[], RunSink],
     device: str = "cpu",
     divergence_factor: float = 1e3,
@@ -113,14 +114,14 @@ def run_unit(
         "steps": 0,
         "branch_steps": 0,
         "errors": [],
-        "runs": len(specs),
+        "runs": len(configs),
     }
     todo = []
-    for spec in specs:
-        if sink.is_committed(spec.run_id) or not sink.claim(spec.run_id):
+    for config in configs:
+        if sink.is_committed(config.run_id) or not sink.claim(config.run_id):
             out["skipped"] += 1
         else:
-            todo.append(spec)
+            todo.append(config)
     try:
         if todo:
             try:
@@ -131,11 +132,11 @@ def run_unit(
             except (
                 Exception
             ) as exc:  # a run that crashes is recorded as failed; the collection goes on
-                for spec in todo:
-                    row = failed_result(spec, exc)
+                for config in todo:
+                    row = failed_result(config, exc)
                     sink.write_run(row, S.empty_frame(S.STEP_SCHEMA))
                     out["failed"] += 1
-                    out["errors"].append(f"{spec.run_id}: {row['error']}")
+                    out["errors"].append(f"{config.run_id}: {row['error']}")
             else:
                 for res in results:
                     if sink.write_run(
@@ -152,8 +153,8 @@ def run_unit(
                     else:
                         out["skipped"] += 1
     finally:
-        for spec in todo:
-            sink.release(spec.run_id)
+        for config in todo:
+            sink.release(config.run_id)
         torch.set_num_threads(old_threads)
     return out
 
@@ -176,7 +177,7 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def _iter_local(
-    units: list[list[RunSpec]],
+    units: list[list[RunConfig]],
     sink_factory: Callable[[], RunSink],
     workers: int,
     device: str,
@@ -200,7 +201,7 @@ def _iter_local(
 
 
 def _iter_ray(
-    units: list[list[RunSpec]],
+    units: list[list[RunConfig]],
     sink_factory: Callable[[], RunSink],
     workers: int,
     device: str,

@@ -34,15 +34,13 @@ import torch
 from trajlib import schema as S
 from trajlib.collect._behaviour import DecisionContext, DecisionPolicy, make_behaviour
 from trajlib.collect._engine import Population
-from trajlib.collect._recipe import RunSpec
 from trajlib.space import (
     Action,
     ActionSpace,
-    HyperParam,
     HyperparameterSpace,
     base_factor,
-    lr_action_space,
 )
+from trajlib.spec import RunConfig
 from trajlib.tasks import get_task
 
 __all__ = ["RunResult", "run_population"]
@@ -156,45 +154,29 @@ def _branch(
     }
 
 
-def _spaces(e0: dict[str, Any]) -> tuple[ActionSpace, HyperparameterSpace]:
-    actions = (
-        ActionSpace.from_dict(e0["action_space"])
-        if "action_space" in e0
-        else lr_action_space(e0["actions"])
-    )
-    if "hp_space" in e0:
-        space = HyperparameterSpace.from_dict(e0["hp_space"])
-    else:
-        sp = e0["space"]
-        space = HyperparameterSpace((HyperParam("lr", sp["lr_min"], sp["lr_max"], "log"),))
-    return actions, space
-
-
 def _walk_layer_lr(
-    entry: dict[str, Any], mult: np.ndarray, step: int, space: HyperparameterSpace
+    config: RunConfig, mult: np.ndarray, step: int, space: HyperparameterSpace
 ) -> np.ndarray:
     """The per-layer LR multipliers after the decision at ``step``: each takes a log-space step of
     std ``hp0.layer_lr_walk``, clamped to the layer_lr bounds. A pure function of the run's
     ``layer_lr_seed`` and ``step`` (so a member moves the same in any population)."""
-    hp0 = entry.get("hp0", {})
-    sigma = float(hp0.get("layer_lr_walk", 0.0))
+    sigma = config.start.layer_lr_walk
     if sigma <= 0:
         return mult
-    rng = np.random.default_rng([int(hp0.get("layer_lr_seed", 0)), int(step)])
+    rng = np.random.default_rng([config.start.layer_lr_seed, int(step)])
     vals = mult * np.exp(sigma * rng.standard_normal(mult.shape[0]))
     if "layer_lr" in space:
         vals = np.array([space["layer_lr"].clamp(float(v)) for v in vals])
     return vals
 
 
-def _layer_lr(entry: dict[str, Any], n_layers: int, space: HyperparameterSpace) -> np.ndarray:
+def _layer_lr(config: RunConfig, n_layers: int, space: HyperparameterSpace) -> np.ndarray:
     """Per-layer LR multipliers of a run: log-uniform in [1/r, r] (r = hp0.layer_lr_range),
     clamped to the layer_lr bounds; all ones when r = 1."""
-    hp0 = entry.get("hp0", {})
-    r = float(hp0.get("layer_lr_range", 1.0))
+    r = config.start.layer_lr_range
     if r <= 1:
         return np.ones(n_layers)
-    rng = np.random.default_rng(int(hp0.get("layer_lr_seed", 0)))
+    rng = np.random.default_rng(config.start.layer_lr_seed)
     vals = np.exp(rng.uniform(-math.log(r), math.log(r), size=n_layers))
     if "layer_lr" in space:
         vals = np.array([space["layer_lr"].clamp(float(v)) for v in vals])
@@ -202,7 +184,7 @@ def _layer_lr(entry: dict[str, Any], n_layers: int, space: HyperparameterSpace) 
 
 
 def run_population(
-    specs: Sequence[RunSpec],
+    specs: Sequence[RunConfig],
     *,
     device: str = "cpu",
     divergence_factor: float = 1e3,
@@ -210,40 +192,34 @@ def run_population(
 ) -> list[RunResult]:
     """Train the runs in ``specs`` (same task, budget and settings) together; one result per run.
 
-    Each member has its own start hyperparameters (``entry["lr0"]``, ``entry["hp0"]``), its own
-    behaviour (``entry["behaviour"]``) and per-layer LR multipliers. ``policy`` is the injected
+    Each member has its own start hyperparameters (``lr0``, ``start``), its own behaviour
+    (``behaviour``) and per-layer LR multipliers. ``policy`` is the injected
     :class:`DecisionPolicy` of ``behaviour.kind = "controller"`` runs.
 
     Host reads happen only at decision points and chunk ends (losses for divergence, features for
     behaviours that need them); per step, only device work is queued.
     """
-    e0 = specs[0].entry
-    task = get_task(e0["task"])
-    budget, every, val_every = int(e0["budget"]), int(e0["every"]), int(e0["val_every"])
-    branch = e0["branch"]
-    schedule = e0["space"]["base_schedule"]
-    actions, space = _spaces(e0)
+    c0 = specs[0]
+    task = get_task(c0.task)
+    budget, every, val_every = c0.budget, c0.every, c0.val_every
+    branch = c0.branch
+    schedule = c0.decision.base_schedule
+    actions, space = c0.decision.action_space, c0.decision.hp_space
     keep = actions.keep_index
     lr_factors = np.array([a.lr_factor() for a in actions])
     K = len(specs)
-    seeds = [int(s.entry["seed"]) for s in specs]
-    lr0 = np.array([float(s.entry["lr0"]) for s in specs])
-    hp0 = [s.entry.get("hp0", {}) for s in specs]
+    seeds = [s.seed for s in specs]
+    lr0 = np.array([s.lr0 for s in specs])
 
     def start(name: str, default: float) -> np.ndarray:
-        return np.array([float(h.get(name, default)) for h in hp0])
+        vals = [getattr(s.start, name) for s in specs]
+        return np.array([default if v is None else float(v) for v in vals])
 
     behaviours = []
     for s in specs:
-        b = s.entry["behaviour"]
+        b = s.behaviour
         behaviours.append(
-            make_behaviour(
-                b["kind"],
-                float(b.get("p_move", 0.6)),
-                params=b.get("params"),
-                epsilon=float(b.get("epsilon", 0.1)),
-                policy=policy,
-            )
+            make_behaviour(b.kind, b.p_move, params=b.params, epsilon=b.epsilon, policy=policy)
         )
     hyper = _Hyper(
         mult=np.array([space["lr"].clamp(b.initial_mult()) for b in behaviours]),
@@ -251,7 +227,7 @@ def run_population(
         weight_decay=start("weight_decay", task.weight_decay),
     )
     l2, noise = start("l2", 0.0), start("input_noise", 0.0)
-    rngs = [np.random.default_rng([int(s.entry["seed"]), 7]) for s in specs]
+    rngs = [np.random.default_rng([s.seed, 7]) for s in specs]
     data = task.make_data().to(device)
     t_start = time.perf_counter()
     pop = Population(
@@ -269,10 +245,10 @@ def run_population(
         capacity=budget,
     )
     n_layers = pop.spec.n_layers
-    layer_lr = np.stack([_layer_lr(s.entry, n_layers, space) for s in specs])
+    layer_lr = np.stack([_layer_lr(s, n_layers, space) for s in specs])
     layer_lr0 = layer_lr.copy()
     pop.set_hparams(layer_lr=layer_lr)
-    walks = [float(s.entry.get("hp0", {}).get("layer_lr_walk", 0.0)) > 0 for s in specs]
+    walks = [s.start.layer_lr_walk > 0 for s in specs]
     layer_path: list[list[list[Any]]] = [[] for _ in range(K)]  # [step, multipliers] per move
     alive = np.ones(K, dtype=bool)
     diverged_at = np.full(K, -1)
@@ -299,10 +275,10 @@ def run_population(
                 # continues with the same new values
                 for i in live:
                     if walks[i]:
-                        layer_lr[i] = _walk_layer_lr(specs[i].entry, layer_lr[i], s, space)
+                        layer_lr[i] = _walk_layer_lr(specs[i], layer_lr[i], s, space)
                         layer_path[i].append([s, [float(v) for v in layer_lr[i]]])
                 pop.set_hparams(layer_lr=layer_lr)
-            if branch["enabled"]:
+            if branch.enabled:
                 out = _branch(
                     pop,
                     live,
@@ -312,8 +288,8 @@ def run_population(
                     space,
                     schedule,
                     budget,
-                    int(branch["horizon"]),
-                    int(branch["cooldown"]),
+                    branch.horizon,
+                    branch.cooldown,
                 )
                 for row, i in enumerate(live):
                     for a in range(len(actions)):
@@ -432,13 +408,13 @@ def run_population(
         )
         ok = diverged_at[i] < 0
         last_val = steps.filter(pl.col(S.VAL_LOSS).is_not_null()).tail(1)
-        entry = {**spec.entry, "layer_lr": [float(v) for v in layer_lr0[i]]}
+        entry = {**spec.to_dict(), "layer_lr": [float(v) for v in layer_lr0[i]]}
         if walks[i]:
             entry["layer_lr_path"] = layer_path[i]
         run = {
             S.RUN_ID: spec.run_id,
             S.TASK: task.name,
-            S.SEED: int(spec.entry["seed"]),
+            S.SEED: spec.seed,
             S.STATUS: S.STATUS_COMPLETE if ok else S.STATUS_DIVERGED,
             S.STEPS_DONE: n,
             S.BUDGET: budget,
@@ -447,9 +423,9 @@ def run_population(
             S.FINAL_VAL_ACC: _opt(last_val[S.VAL_ACC][0]) if ok and len(last_val) else None,
             S.FINAL_TEST_LOSS: _opt(test_loss[i]) if ok else None,
             S.FINAL_TEST_ACC: _opt(test_acc[i]) if ok else None,
-            S.RECIPE: spec.entry.get("recipe", ""),
+            S.RECIPE: spec.recipe,
             S.ENTRY: json.dumps(entry, sort_keys=True),
-            S.BEHAVIOUR: spec.entry["behaviour"]["kind"],
+            S.BEHAVIOUR: spec.behaviour.kind,
             S.BASE_SCHEDULE: schedule,
             S.OPTIMIZER: task.optimizer,
             S.EVERY: every,
@@ -482,17 +458,17 @@ def _opt(x: Any) -> float | None:
     return None if x is None or not math.isfinite(float(x)) else float(x)
 
 
-def failed_result(spec: RunSpec, exc: BaseException) -> dict[str, Any]:
+def failed_result(spec: RunConfig, exc: BaseException) -> dict[str, Any]:
     """The runs-table row of a run whose training raised."""
     return {
         S.RUN_ID: spec.run_id,
-        S.TASK: spec.entry.get("task"),
-        S.SEED: int(spec.entry.get("seed", -1)),
+        S.TASK: spec.task,
+        S.SEED: spec.seed,
         S.STATUS: S.STATUS_FAILED,
         S.STEPS_DONE: 0,
-        S.BUDGET: int(spec.entry.get("budget", 0)),
-        S.RECIPE: spec.entry.get("recipe", ""),
-        S.ENTRY: json.dumps(spec.entry, sort_keys=True),
+        S.BUDGET: spec.budget,
+        S.RECIPE: spec.recipe,
+        S.ENTRY: json.dumps(spec.to_dict(), sort_keys=True),
         S.ERROR: "".join(traceback.format_exception_only(type(exc), exc)).strip()[:2000],
         S.CREATED: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

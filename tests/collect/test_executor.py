@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from trajlib import schema as S
-from trajlib.collect import collect, parse_recipe, work_units
+from trajlib.collect import collect, parse_recipe
+from trajlib.collect._executor import work_units
 from trajlib.store import Store, create_store, open_store
 
 

@@ -13,15 +13,8 @@ import polars as pl
 import pytest
 
 from trajlib import schema as S
-from trajlib.collect import (
-    BEHAVIOURS,
-    DecisionContext,
-    draw_params,
-    make_behaviour,
-    parse_recipe,
-    run_population,
-    target_multiplier,
-)
+from trajlib.collect import BEHAVIOURS, DecisionContext, parse_recipe, run_population
+from trajlib.collect._behaviour import draw_params, make_behaviour, target_multiplier
 
 
 def _recipe(**sections):
@@ -281,3 +274,17 @@ def test_layer_lr_walk_moves_per_layer_multipliers_at_decisions_within_bounds():
 def test_layer_lr_walk_out_of_range_is_a_config_error():
     with pytest.raises(Exception, match="space.layer_lr_walk"):
         _recipe(space={"layer_lr_walk": 3.0})
+
+
+def test_a_population_refuses_runs_of_different_settings():
+    from trajlib.errors import ConfigError
+
+    a = _recipe().run_configs()[0]
+    with pytest.raises(ConfigError) as e:
+        run_population([a, replace(a, budget=a.budget + 20)])
+    assert e.value.field == "configs.budget"
+    with pytest.raises(ConfigError) as e:
+        run_population([a, replace(a, decision=replace(a.decision, every=7))])
+    assert e.value.field == "configs.decision"
+    with pytest.raises(ConfigError, match="at least one run config"):
+        run_population([])

@@ -26,6 +26,7 @@ import polars as pl
 from trajlib import schema as S
 from trajlib.collect._behaviour import DecisionPolicy
 from trajlib.collect._recipe import Recipe
+from trajlib.collect._results import RunResult
 from trajlib.errors import ConfigError, TrajlibError
 from trajlib.spec import RunConfig
 
@@ -139,24 +140,27 @@ def run_unit(
                     out["errors"].append(f"{config.run_id}: {row['error']}")
             else:
                 for res in results:
-                    if sink.write_run(
-                        res.run, res.steps, res.decisions, res.branches, res.layers, res.layer_names
-                    ):
-                        out["committed"] += 1
-                        out["steps"] += res.run["steps_done"]
-                        out["branch_steps"] += (
-                            int(res.branches["horizon"].sum() + res.branches["cooldown"].sum())
-                            if len(res.branches)
-                            else 0
-                        )
-                        out["diverged"] += res.run["status"] == "diverged"
-                    else:
-                        out["skipped"] += 1
+                    _commit(sink, res, out)
     finally:
         for config in todo:
             sink.release(config.run_id)
         torch.set_num_threads(old_threads)
     return out
+
+
+def _commit(sink: RunSink, res: RunResult, out: dict[str, Any]) -> None:
+    """Write one finished run into the sink and count it in ``out``."""
+    if not sink.write_run(
+        res.run, res.steps, res.decisions, res.branches, res.layers, res.layer_names
+    ):
+        out["skipped"] += 1
+        return
+    out["committed"] += 1
+    out["steps"] += res.run["steps_done"]
+    if len(res.branches):
+        lengths = res.branches.select(pl.col("horizon").sum() + pl.col("cooldown").sum())
+        out["branch_steps"] += int(lengths.item())
+    out["diverged"] += res.run["status"] == "diverged"
 
 
 def _worker_init() -> None:
@@ -238,6 +242,20 @@ def _iter_ray(
             ray.shutdown()
 
 
+def _check_options(kind: str, workers: int, device: str) -> None:
+    if kind not in ("local", "ray"):
+        raise ConfigError("executor", "'local' or 'ray'", kind)
+    if workers < 1:
+        raise ConfigError("workers", "a positive integer", workers)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "device", "a device this machine has", device, "torch.cuda.is_available() is False"
+            )
+
+
 def collect(
     recipe: Recipe,
     sink_factory: Callable[[], RunSink],
@@ -267,17 +285,7 @@ def collect(
     kind = executor or recipe.executor.kind
     n_workers = workers or recipe.executor.workers
     dev = device or recipe.collect.device
-    if kind not in ("local", "ray"):
-        raise ConfigError("executor", "'local' or 'ray'", kind)
-    if n_workers < 1:
-        raise ConfigError("workers", "a positive integer", n_workers)
-    if dev.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "device", "a device this machine has", dev, "torch.cuda.is_available() is False"
-            )
+    _check_options(kind, n_workers, dev)
     units = work_units(recipe)
     report = CollectReport(total=sum(len(u) for u in units))
     t0 = time.perf_counter()

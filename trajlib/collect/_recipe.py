@@ -332,48 +332,13 @@ def parse_recipe(data: dict[str, Any], *, name: str = "recipe", source: str = ""
     if "collect" not in data:
         raise ConfigError("collect", "a [collect] table", None)
     collect: CollectSection = _section("collect", data["collect"])
-    if not collect.tasks:
-        raise ConfigError("collect.tasks", "a non-empty list of task names", list(collect.tasks))
-    for t in collect.tasks:
-        try:
-            get_task(t)
-        except TrajlibError as e:
-            raise ConfigError(
-                "collect.tasks", "known task names or 'module:function'", t, str(e)
-            ) from None
-    _positive("collect.runs_per_task", collect.runs_per_task)
-    _positive("collect.every", collect.every)
-    _positive("collect.population", collect.population)
-    if collect.budget is not None:
-        _positive("collect.budget", collect.budget)
-    if collect.val_every is not None:
-        _positive("collect.val_every", collect.val_every)
-    if collect.device not in ("cpu", "cuda") and not collect.device.startswith("cuda:"):
-        raise ConfigError("collect.device", "'cpu', 'cuda' or 'cuda:N'", collect.device)
-    if not collect.divergence_factor > 1:
-        raise ConfigError("collect.divergence_factor", "> 1", collect.divergence_factor)
-
+    _check_collect(collect)
     space: SpaceConfig = _section("space", data.get("space", {}))
     _check_space(space)
     actions: ActionsSection = _section("actions", data.get("actions", {}))
     _check_actions(actions, set(data.get("actions", {})))
-
     behaviour: BehaviourSection = _section("behaviour", data.get("behaviour", {}))
-    if not behaviour.kinds:
-        raise ConfigError("behaviour.kind", "a string or a non-empty list of strings", [])
-    for kind in behaviour.kinds:
-        if kind not in BEHAVIOURS:
-            raise ConfigError("behaviour.kind", f"one of {BEHAVIOURS}", kind)
-    if "controller" in behaviour.kinds and not behaviour.checkpoint:
-        raise ConfigError(
-            "behaviour.checkpoint",
-            "a controller checkpoint path when behaviour.kind includes 'controller'",
-            behaviour.checkpoint,
-        )
-    if not 0 <= behaviour.p_move <= 1:
-        raise ConfigError("behaviour.p_move", "a probability in [0, 1]", behaviour.p_move)
-    if not 0 <= behaviour.epsilon <= 1:
-        raise ConfigError("behaviour.epsilon", "a probability in [0, 1]", behaviour.epsilon)
+    _check_behaviour(behaviour)
     branch: BranchConfig = _section("branch", data.get("branch", {}))
     _positive("branch.horizon", branch.horizon)
     if not (isinstance(branch.cooldown, int) and branch.cooldown >= 0):
@@ -399,6 +364,47 @@ def parse_recipe(data: dict[str, Any], *, name: str = "recipe", source: str = ""
         description=str(data.get("description", "")),
         source=source,
     )
+
+
+def _check_collect(collect: CollectSection) -> None:
+    if not collect.tasks:
+        raise ConfigError("collect.tasks", "a non-empty list of task names", list(collect.tasks))
+    for t in collect.tasks:
+        try:
+            get_task(t)
+        except TrajlibError as e:
+            raise ConfigError(
+                "collect.tasks", "known task names or 'module:function'", t, str(e)
+            ) from None
+    _positive("collect.runs_per_task", collect.runs_per_task)
+    _positive("collect.every", collect.every)
+    _positive("collect.population", collect.population)
+    if collect.budget is not None:
+        _positive("collect.budget", collect.budget)
+    if collect.val_every is not None:
+        _positive("collect.val_every", collect.val_every)
+    if collect.device not in ("cpu", "cuda") and not collect.device.startswith("cuda:"):
+        raise ConfigError("collect.device", "'cpu', 'cuda' or 'cuda:N'", collect.device)
+    if not collect.divergence_factor > 1:
+        raise ConfigError("collect.divergence_factor", "> 1", collect.divergence_factor)
+
+
+def _check_behaviour(behaviour: BehaviourSection) -> None:
+    if not behaviour.kinds:
+        raise ConfigError("behaviour.kind", "a string or a non-empty list of strings", [])
+    for kind in behaviour.kinds:
+        if kind not in BEHAVIOURS:
+            raise ConfigError("behaviour.kind", f"one of {BEHAVIOURS}", kind)
+    if "controller" in behaviour.kinds and not behaviour.checkpoint:
+        raise ConfigError(
+            "behaviour.checkpoint",
+            "a controller checkpoint path when behaviour.kind includes 'controller'",
+            behaviour.checkpoint,
+        )
+    if not 0 <= behaviour.p_move <= 1:
+        raise ConfigError("behaviour.p_move", "a probability in [0, 1]", behaviour.p_move)
+    if not 0 <= behaviour.epsilon <= 1:
+        raise ConfigError("behaviour.epsilon", "a probability in [0, 1]", behaviour.epsilon)
 
 
 def _range(where: str, v: float) -> None:

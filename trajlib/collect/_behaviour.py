@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from trajlib.errors import ConfigError, UnknownNameError
+from trajlib.spec import DEFAULT_EPSILON, DEFAULT_P_MOVE
 
 __all__ = [
     "BEHAVIOURS",
@@ -113,7 +114,7 @@ class RandomWalk(BehaviourPolicy):
 
     name = "random-walk"
 
-    def __init__(self, p_move: float = 0.6) -> None:
+    def __init__(self, p_move: float = DEFAULT_P_MOVE) -> None:
         self.p_move = p_move
 
     def probabilities(self, ctx: DecisionContext) -> np.ndarray:
@@ -181,7 +182,9 @@ def target_multiplier(kind: str, params: Mapping[str, Any], progress: float) -> 
 class ScheduleTracker(BehaviourPolicy):
     """A classic schedule shape (random parameters), tracked on the action grid."""
 
-    def __init__(self, kind: str, params: Mapping[str, Any], epsilon: float = 0.1) -> None:
+    def __init__(
+        self, kind: str, params: Mapping[str, Any], epsilon: float = DEFAULT_EPSILON
+    ) -> None:
         self.name, self.params, self.epsilon = kind, dict(params), epsilon
 
     def initial_mult(self) -> float:
@@ -199,7 +202,7 @@ class PlateauTracker(BehaviourPolicy):
     name = "reduce-on-plateau"
     needs_history = True
 
-    def __init__(self, params: Mapping[str, Any], epsilon: float = 0.1) -> None:
+    def __init__(self, params: Mapping[str, Any], epsilon: float = DEFAULT_EPSILON) -> None:
         self.factor = float(params["factor"])
         self.patience = int(params["patience"])
         self.threshold = float(params.get("threshold", 1e-3))
@@ -280,10 +283,10 @@ def draw_params(kind: str, rng: np.random.Generator) -> dict[str, Any]:
 
 def make_behaviour(
     kind: str,
-    p_move: float = 0.6,
+    p_move: float = DEFAULT_P_MOVE,
     *,
     params: Mapping[str, Any] | None = None,
-    epsilon: float = 0.1,
+    epsilon: float = DEFAULT_EPSILON,
     policy: DecisionPolicy | None = None,
 ) -> BehaviourPolicy:
     """The behaviour policy of one run from its spec (``params`` from :func:`draw_params`)."""

@@ -185,3 +185,7 @@ def test_shipped_checkpoint_loads_with_its_spec():
     assert loaded.every == manifest["every"] and loaded.mode == manifest["mode"]
     assert loaded.feature_names == manifest["feature_set"]["names"]
     assert loaded.feature_set_hash == manifest["feature_set"]["hash"]
+    with pytest.raises(AttributeError):  # read-only views of the spec
+        loaded.every = 1  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        loaded.spec = replace(loaded.spec, every=1)  # type: ignore[misc]

@@ -159,9 +159,8 @@ class DecisionSpec:
             action_space=ActionSpace.from_dict(d["action_space"]),
             hp_space=HyperparameterSpace.from_dict(d["hp_space"]),
             every=d["every"],
-            mode=d.get("mode", "free"),
-            base_schedule=d.get("base_schedule", "constant"),
             feature_set=None if fs is None else FeatureSetRef.from_dict(fs),
+            **{k: d[k] for k in ("mode", "base_schedule") if k in d},
         )
 
 

@@ -195,8 +195,8 @@ def test_controller_behaviour_uses_the_injected_policy_with_epsilon_exploration(
     )
     seen = []
 
-    def policy(steps: dict[str, np.ndarray]) -> np.ndarray:
-        seen.append({k: len(v) for k, v in steps.items()})
+    def policy(ctx: DecisionContext) -> np.ndarray:
+        seen.append({**{k: len(v) for k, v in ctx.history().items()}, "ctx": ctx})
         p = np.zeros(5)
         p[4] = 1.0  # always x2
         return p
@@ -204,7 +204,13 @@ def test_controller_behaviour_uses_the_injected_policy_with_epsilon_exploration(
     results = run_population(r.run_configs(), policy=policy)
     assert len(seen) == 4
     assert seen[0][S.LOSS] == 20 and seen[0][S.LR] == 20 and seen[1][S.GRAD_NORM] == 20
-    assert seen[-1][S.LOSS] == 40 and seen[0]["budget"] == 1
+    assert seen[-1][S.LOSS] == 40
+    assert [(d["ctx"].step, d["ctx"].budget, d["ctx"].every) for d in seen] == [
+        (20, 60, 20),
+        (20, 60, 20),
+        (40, 60, 20),
+        (40, 60, 20),
+    ]
     for res in results:
         p = res.decisions[S.PROPENSITY].to_numpy()
         a = res.decisions[S.ACTION].to_numpy()

@@ -60,13 +60,14 @@ BEHAVIOURS = ("random-walk", "keep", *SCHEDULE_FAMILIES, "reduce-on-plateau", "c
 class DecisionPolicy(Protocol):
     """A policy the caller injects for ``behaviour.kind = "controller"``.
 
-    Called once per member per decision with the run's step table so far (rows ``0 .. s-1``):
-    a dict of trajlib.schema step column names -> arrays [s] (``val_loss``/``val_acc`` NaN where
-    not measured), plus ``"budget"``, ``"every"`` and ``"step"`` as 1-element arrays. Returns
-    the probabilities [n_actions] of the recipe's actions (non-negative; normalised here).
+    Called once per member per decision with that member's :class:`DecisionContext`:
+    ``ctx.step``, ``ctx.budget``, ``ctx.every``, and ``ctx.history()``, the run's step table so
+    far (rows ``0 .. step-1``: trajlib.schema step column names -> arrays [step], ``val_loss`` /
+    ``val_acc`` NaN where not measured). Returns the probabilities [n_actions] of the recipe's
+    actions (non-negative; normalised here).
     """
 
-    def __call__(self, run_steps_so_far: dict[str, np.ndarray]) -> np.ndarray: ...
+    def __call__(self, ctx: DecisionContext) -> np.ndarray: ...
 
 
 @dataclass
@@ -234,11 +235,7 @@ class ControllerExploration(BehaviourPolicy):
         self.policy, self.epsilon = policy, epsilon
 
     def probabilities(self, ctx: DecisionContext) -> np.ndarray:
-        hist = dict(ctx.history())
-        hist["budget"] = np.array([ctx.budget])
-        hist["every"] = np.array([ctx.every])
-        hist["step"] = np.array([ctx.step])
-        p = np.asarray(self.policy(hist), dtype=np.float64).reshape(-1)
+        p = np.asarray(self.policy(ctx), dtype=np.float64).reshape(-1)
         n = len(ctx.lr_factors)
         if p.shape != (n,) or not np.all(np.isfinite(p)) or (p < 0).any() or p.sum() <= 0:
             p = np.zeros(n)  # a policy that misbehaves falls back to keep (plus exploration)

@@ -189,3 +189,26 @@ def test_shipped_checkpoint_loads_with_its_spec():
         loaded.every = 1  # type: ignore[misc]
     with pytest.raises(AttributeError):
         loaded.spec = replace(loaded.spec, every=1)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "name, n, digest",
+    [
+        ("quickstart", 24, "36209bd903f948f2"),
+        ("full", 80, "a7735269f85f831e"),
+        ("full-residual", 80, "c47e2fedd9b21736"),
+    ],
+)
+def test_shipped_recipes_keep_their_run_ids(name, n, digest):
+    """sha256 of every run id of the shipped recipes, as computed before the typed contract: a
+    store collected then resumes now instead of collecting everything again."""
+    import hashlib
+
+    from trajlib.collect import load_recipe
+
+    path = ROOT / "collectors" / f"{name}.toml"
+    if not path.exists():
+        pytest.skip(f"{name}.toml not in this checkout")
+    ids = [c.run_id for c in load_recipe(path).run_configs()]
+    assert len(ids) == n
+    assert hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16] == digest

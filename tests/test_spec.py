@@ -212,3 +212,27 @@ def test_shipped_recipes_keep_their_run_ids(name, n, digest):
     ids = [c.run_id for c in load_recipe(path).run_configs()]
     assert len(ids) == n
     assert hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16] == digest
+
+
+def test_shipped_checkpoint_saved_again_has_the_same_manifest(tmp_path):
+    """load -> save through the DecisionSpec writes the manifest it was read from (same keys in
+    the same order, same payload hashes): the checkpoint format did not change."""
+    from trajlib.controllers import save_controller
+
+    path = ROOT / "models" / "trajlib-lr-v1" / "checkpoint"
+    if not path.exists():
+        pytest.skip("no shipped checkpoint in this checkout")
+    before = json.loads((path / "manifest.json").read_text())
+    loaded = load_controller(path)
+    again = save_controller(
+        loaded.controller,
+        tmp_path / "again",
+        spec=loaded.spec,
+        label_strategy=before["label_strategy"],
+        training_data=before["training_data"],
+        offline_metrics=before["offline_metrics"],
+    )
+    after = json.loads((again / "manifest.json").read_text())
+    before.pop("trajlib_version"), after.pop("trajlib_version")
+    assert list(after) == list(before)
+    assert after == before

@@ -140,15 +140,14 @@ class DecisionSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (the decision fields of a checkpoint's ``manifest.json``)."""
-        d: dict[str, Any] = {
-            "action_space": self.action_space.to_dict(),
-            "hp_space": self.hp_space.to_dict(),
-            "every": self.every,
-            "mode": self.mode,
-            "base_schedule": self.base_schedule,
-        }
+        d: dict[str, Any] = {}
         if self.feature_set is not None:
             d["feature_set"] = self.feature_set.to_dict()
+        d["action_space"] = self.action_space.to_dict()
+        d["hp_space"] = self.hp_space.to_dict()
+        d["mode"] = self.mode
+        d["base_schedule"] = self.base_schedule
+        d["every"] = self.every
         return d
 
     @classmethod

@@ -175,12 +175,39 @@ def save_controller(
     The folder is written under a temporary name next to ``path`` and renamed into place, so a
     reader never sees half a checkpoint. ``spec`` is the controller's decision spec, with the
     feature set it was fitted on (:meth:`DecisionSpec.with_feature_set`). ``label_strategy`` is a
-    name or
-    ``LabelStrategy.to_dict()``; ``training_data`` a JSON-able summary (``n_rows``, ``n_runs``,
+    name or ``LabelStrategy.to_dict()``; ``training_data`` a JSON-able summary (``n_rows``, ``n_runs``,
     ``tasks``, ``store``); ``offline_metrics`` a dict of numbers (non-finite stored as null).
     Raises :class:`ConfigError` on inconsistent arguments, :class:`NotFittedError` when the
     controller is not fitted.
     """
+    _check_savable(controller, spec)
+    files, state = controller._payload()
+    files = dict(files)
+    if MODEL_STATE in files or MANIFEST in files:
+        raise ConfigError("payload", f"no file named {MODEL_STATE} or {MANIFEST}", list(files))
+    files[MODEL_STATE] = json.dumps(
+        _jsonable("model_state", state), indent=1, sort_keys=True, allow_nan=False
+    ).encode()
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": type(controller).kind,
+        "trajlib_version": trajlib.__version__,
+        **spec.to_dict(),  # feature_set, action_space, hp_space, mode, base_schedule, every
+        "label_strategy": _jsonable("label_strategy", label_strategy),
+        "training_data": _jsonable(
+            "training_data",
+            {"n_rows": None, "n_runs": None, "tasks": None, "store": None, **dict(training_data)},
+        ),
+        "offline_metrics": _metrics(offline_metrics),
+        "params": _jsonable("params", controller.get_params(deep=False)),
+        "files": {name: _sha256(data) for name, data in sorted(files.items())},
+    }
+    return _write_folder(Path(path), files, manifest, overwrite)
+
+
+def _check_savable(controller: Controller, spec: DecisionSpec) -> None:
+    """A fitted controller of a registered kind, and a spec that matches its widths."""
     if not isinstance(controller, Controller):
         raise ConfigError("controller", "a fitted trajlib Controller", type(controller).__name__)
     controller._check_fitted()
@@ -211,30 +238,11 @@ def save_controller(
             len(spec.action_space),
         )
 
-    files, state = controller._payload()
-    files = dict(files)
-    if MODEL_STATE in files or MANIFEST in files:
-        raise ConfigError("payload", f"no file named {MODEL_STATE} or {MANIFEST}", list(files))
-    files[MODEL_STATE] = json.dumps(
-        _jsonable("model_state", state), indent=1, sort_keys=True, allow_nan=False
-    ).encode()
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "kind": kind,
-        "trajlib_version": trajlib.__version__,
-        **spec.to_dict(),  # feature_set, action_space, hp_space, every, mode, base_schedule
-        "label_strategy": _jsonable("label_strategy", label_strategy),
-        "training_data": _jsonable(
-            "training_data",
-            {"n_rows": None, "n_runs": None, "tasks": None, "store": None, **dict(training_data)},
-        ),
-        "offline_metrics": _metrics(offline_metrics),
-        "params": _jsonable("params", controller.get_params(deep=False)),
-        "files": {name: _sha256(data) for name, data in sorted(files.items())},
-    }
 
-    dest = Path(path)
+def _write_folder(
+    dest: Path, files: Mapping[str, bytes], manifest: Mapping[str, Any], overwrite: bool
+) -> Path:
+    """Write the payload files and the manifest under a temporary name, then rename into place."""
     if dest.exists() and not overwrite:
         raise ConfigError(
             "path", "a folder that does not exist yet", str(dest), hint="pass overwrite=True"

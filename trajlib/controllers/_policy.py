@@ -10,14 +10,17 @@ collect sits left of features and controllers; the caller injects it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from trajlib import schema as S
-from trajlib.collect import DecisionContext
 from trajlib.controllers._checkpoint import LoadedController, load_controller
 from trajlib.features import derive_arrays, get_feature_set
+
+if TYPE_CHECKING:  # collect's protocol; importing collect here would load its engine
+    from trajlib.collect import DecisionContext
 
 __all__ = ["ControllerPolicy"]
 

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from trajlib.collect import Population
+from trajlib.collect._engine import Population
 from trajlib.tasks import get_task, list_tasks
 
 

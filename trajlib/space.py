@@ -23,9 +23,12 @@ __all__ = [
     "base_factor",
     "default_space",
     "lr_action_space",
+    "DEFAULT_LR_MULTIPLIERS",
 ]
 
 SCALES = ("log", "linear", "logit")
+# The default LR action grid: x{0.5, 0.7, 1, 1.4, 2} (about +-sqrt(2) steps around keep).
+DEFAULT_LR_MULTIPLIERS: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0)
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ class ActionSpace:
         )
 
 
-def lr_action_space(multipliers: Sequence[float] = (0.5, 0.7, 1.0, 1.4, 2.0)) -> ActionSpace:
+def lr_action_space(multipliers: Sequence[float] = DEFAULT_LR_MULTIPLIERS) -> ActionSpace:
     """Multiplicative LR actions, e.g. x{0.5, 0.7, 1, 1.4, 2}."""
     bad = [
         m for m in multipliers if not (isinstance(m, int | float) and m > 0 and math.isfinite(m))

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from trajlib import _native
-from trajlib.collect import Population
+from trajlib.collect._engine import Population
 from trajlib.tasks import get_task
 
 TARGETS = {

@@ -11,7 +11,8 @@ from torch import nn
 
 from tests._native import require_native
 from trajlib import _native
-from trajlib.collect import Population, _engine
+from trajlib.collect import _engine
+from trajlib.collect._engine import Population
 from trajlib.tasks import Task, get_task
 
 STEPS = 25

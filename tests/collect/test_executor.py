@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from trajlib import schema as S
-from trajlib.collect import collect, parse_recipe, work_units
+from trajlib.collect import collect, parse_recipe
+from trajlib.collect._executor import work_units
 from trajlib.store import Store, create_store, open_store
 
 
@@ -39,7 +40,7 @@ def _recipe(runs: int = 4, population: int = 2):
 def test_work_units_are_populations_of_one_task():
     units = work_units(_recipe(runs=5, population=2))
     assert [len(u) for u in units] == [2, 2, 1, 2, 2, 1]
-    assert all(len({s.entry["task"] for s in u}) == 1 for u in units)
+    assert all(len({s.task for s in u}) == 1 for u in units)
 
 
 def test_local_collection_commits_every_run_with_its_tables(tmp_path):

@@ -68,7 +68,7 @@ def test_shipped_recipes_parse(name):
     if not path.exists():
         pytest.skip(f"{name} not in this checkout")
     r = load_recipe(path)
-    specs = r.run_specs()
+    specs = r.run_configs()
     assert len(specs) == len(r.collect.tasks) * r.collect.runs_per_task
     assert len({s.run_id for s in specs}) == len(specs)
 
@@ -89,18 +89,18 @@ def test_run_ids_and_start_values_are_deterministic_and_within_ranges():
             "weight_decay_range": 10.0,
         },
     }
-    a, b = parse_recipe(data).run_specs(), parse_recipe(data).run_specs()
+    a, b = parse_recipe(data).run_configs(), parse_recipe(data).run_configs()
     assert [s.run_id for s in a] == [s.run_id for s in b]
     for s in a:
-        task = get_task(s.entry["task"])
+        task = get_task(s.task)
         center = task.best_lr or task.default_lr
-        assert abs(math.log(s.entry["lr0"] / center)) <= math.log(30.0) + 1e-9
-        one_minus = 1 - s.entry["hp0"]["momentum"]
+        assert abs(math.log(s.lr0 / center)) <= math.log(30.0) + 1e-9
+        one_minus = 1 - s.start.momentum
         assert abs(math.log(one_minus / (1 - task.momentum))) <= math.log(3.0) + 1e-6
-        assert s.entry["hp0"]["weight_decay"] > 0
-    lrs = [s.entry["lr0"] for s in a if s.entry["task"] == "digits-mlp"]
+        assert s.start.weight_decay > 0
+    lrs = [s.lr0 for s in a if s.task == "digits-mlp"]
     assert max(lrs) / min(lrs) > 10  # a wide range: too high and too low starts
-    changed = parse_recipe({**data, "collect": {**data["collect"], "seed": 1}}).run_specs()
+    changed = parse_recipe({**data, "collect": {**data["collect"], "seed": 1}}).run_configs()
     assert not {s.run_id for s in changed} & {s.run_id for s in a}
 
 
@@ -108,10 +108,10 @@ def test_old_recipes_keep_their_defaults():
     r = parse_recipe(GOOD)
     assert r.space.lr_center == "default" and r.space.momentum_range == 1.0
     assert r.action_space.labels == ["lr x0.5", "lr x0.7", "lr x1", "lr x1.4", "lr x2"]
-    s = r.run_specs()[0]
+    s = r.run_configs()[0]
     task = get_task("digits-mlp")
-    assert s.entry["hp0"]["momentum"] == task.momentum
-    assert s.entry["hp0"]["weight_decay"] == task.weight_decay
+    assert s.start.momentum == task.momentum
+    assert s.start.weight_decay == task.weight_decay
 
 
 def test_action_space_union_and_product():
@@ -121,3 +121,37 @@ def test_action_space_union_and_product():
     prod = parse_recipe({**base, "actions": {**base["actions"], "combine": "product"}})
     assert len(prod.action_space) == 9
     assert prod.action_space[prod.action_space.keep_index].moves == {}
+
+
+@pytest.mark.parametrize(
+    "data, key, expected, got",
+    [
+        (_with("space", "momentum_range", "wide"), "space.momentum_range", "a number", "wide"),
+        (_with("space", "l2", True), "space.l2", "a number", True),
+        (_with("collect", "runs_per_task", 2.5), "collect.runs_per_task", "an integer", 2.5),
+        (_with("collect", "budget", "long"), "collect.budget", "an integer", "long"),
+        (_with("collect", "tasks", "digits-mlp"), "collect.tasks", "a list of strings", None),
+        (_with("branch", "enabled", "yes"), "branch.enabled", "true or false", "yes"),
+        (_with("executor", "address", 3), "executor.address", "a string", 3),
+        (_with("actions", "lr", [0.5, "x", 1.0]), "actions.lr", "a list of numbers", None),
+        (_with("behaviour", "kind", 3), "behaviour.kind", "a string or a list of strings", 3),
+        (_with("behaviour", "kind", []), "behaviour.kind", "a string or a non-empty list", []),
+        ({"collect": {"runs_per_task": 2}}, "collect.tasks", "present", None),
+        (_with("space", "lr_rnage", 3.0), "space.lr_rnage", "one of the keys", "lr_rnage"),
+    ],
+)
+def test_type_errors_are_one_line_and_say_field_expected_and_got(data, key, expected, got):
+    with pytest.raises(ConfigError) as e:
+        parse_recipe(data)
+    assert e.value.field == key
+    assert e.value.expected.startswith(expected)
+    if got is not None:
+        assert e.value.got == got
+    assert str(e.value).startswith(f"`{key}` must be {expected}") and "\n" not in str(e.value)
+
+
+def test_numbers_keep_their_float_type():
+    """An integer where a number is expected is accepted as a float (run ids hash the JSON)."""
+    r = parse_recipe({**GOOD, "space": {"lr_range": 10}, "actions": {"lr": [0.5, 1, 2]}})
+    assert r.space.lr_range == 10.0 and isinstance(r.space.lr_range, float)
+    assert r.actions == (0.5, 1.0, 2.0) and all(isinstance(m, float) for m in r.actions)

@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
 import pytest
 
 from trajlib import schema as S
-from trajlib.collect import (
-    BEHAVIOURS,
-    DecisionContext,
-    draw_params,
-    make_behaviour,
-    parse_recipe,
-    run_population,
-    target_multiplier,
-)
+from trajlib.collect import BEHAVIOURS, DecisionContext, parse_recipe, run_population
+from trajlib.collect._behaviour import draw_params, make_behaviour, target_multiplier
 
 
 def _recipe(**sections):
@@ -42,7 +36,7 @@ def test_branch_keep_equals_main_trajectory_validation():
         behaviour={"kind": "keep"},
         branch={"enabled": True, "horizon": 20, "cooldown": 0},
     )
-    results = run_population(r.run_specs())
+    results = run_population(r.run_configs())
     keep = r.action_space.keep_index
     checked = 0
     for res in results:
@@ -69,8 +63,8 @@ def test_divergence_stops_only_the_diverged_member():
         branch={"enabled": False},
         behaviour={"kind": "keep"},
     )
-    specs = r.run_specs()
-    specs[1].entry["lr0"] = 1e4  # a huge LR
+    specs = r.run_configs()
+    specs[1] = replace(specs[1], lr0=1e4)  # a huge LR
     results = run_population(specs)
     bad = results[1].run
     assert bad[S.STATUS] == S.STATUS_DIVERGED
@@ -108,7 +102,7 @@ def test_hyperparameters_move_within_bounds():
         behaviour={"kind": "random-walk", "p_move": 1.0},
         branch={"enabled": False},
     )
-    results = run_population(r.run_specs())
+    results = run_population(r.run_configs())
     moved = {"mult": set(), "mom": set(), "wd": set()}
     for res in results:
         st = res.steps
@@ -176,7 +170,7 @@ def test_behaviour_families_are_recorded_with_spec_seed_and_propensities():
         behaviour={"kind": kinds, "epsilon": 0.2},
         branch={"enabled": False},
     )
-    results = run_population(r.run_specs())
+    results = run_population(r.run_configs())
     n_actions = len(r.action_space)
     for kind, res in zip(kinds, results):
         entry = json.loads(res.run[S.ENTRY])
@@ -201,16 +195,22 @@ def test_controller_behaviour_uses_the_injected_policy_with_epsilon_exploration(
     )
     seen = []
 
-    def policy(steps: dict[str, np.ndarray]) -> np.ndarray:
-        seen.append({k: len(v) for k, v in steps.items()})
+    def policy(ctx: DecisionContext) -> np.ndarray:
+        seen.append({**{k: len(v) for k, v in ctx.history().items()}, "ctx": ctx})
         p = np.zeros(5)
         p[4] = 1.0  # always x2
         return p
 
-    results = run_population(r.run_specs(), policy=policy)
+    results = run_population(r.run_configs(), policy=policy)
     assert len(seen) == 4
     assert seen[0][S.LOSS] == 20 and seen[0][S.LR] == 20 and seen[1][S.GRAD_NORM] == 20
-    assert seen[-1][S.LOSS] == 40 and seen[0]["budget"] == 1
+    assert seen[-1][S.LOSS] == 40
+    assert [(d["ctx"].step, d["ctx"].budget, d["ctx"].every) for d in seen] == [
+        (20, 60, 20),
+        (20, 60, 20),
+        (40, 60, 20),
+        (40, 60, 20),
+    ]
     for res in results:
         p = res.decisions[S.PROPENSITY].to_numpy()
         a = res.decisions[S.ACTION].to_numpy()
@@ -222,7 +222,7 @@ def test_controller_behaviour_without_a_policy_is_a_config_error():
 
     r = _recipe(behaviour={"kind": "controller", "checkpoint": "x"}, branch={"enabled": False})
     with pytest.raises(ConfigError, match="behaviour.kind"):
-        run_population(r.run_specs())
+        run_population(r.run_configs())
 
 
 def test_layer_lr_walk_moves_per_layer_multipliers_at_decisions_within_bounds():
@@ -240,10 +240,10 @@ def test_layer_lr_walk_moves_per_layer_multipliers_at_decisions_within_bounds():
         branch={"enabled": True, "horizon": 10, "cooldown": 0},
     )
     # a walk-free recipe's entries (so its run ids) are what they were before the key existed
-    assert "layer_lr_walk" not in fixed.run_specs()[0].entry["hp0"]
-    assert "layer_lr_walk" not in fixed.run_specs()[0].entry["space"]
-    runs = run_population(walk.run_specs())
-    again = run_population(walk.run_specs()[1:2])  # the same member trained alone
+    assert "layer_lr_walk" not in fixed.run_configs()[0].to_dict()["hp0"]
+    assert "layer_lr_walk" not in fixed.run_configs()[0].to_dict()["space"]
+    runs = run_population(walk.run_configs())
+    again = run_population(walk.run_configs()[1:2])  # the same member trained alone
     for res in runs:
         entry = json.loads(res.run[S.ENTRY])
         path = entry["layer_lr_path"]
@@ -267,12 +267,11 @@ def test_layer_lr_walk_moves_per_layer_multipliers_at_decisions_within_bounds():
     np.testing.assert_allclose(
         again[0].steps[S.LOSS].to_numpy(), runs[1].steps[S.LOSS].to_numpy(), rtol=1e-4
     )
-    assert "layer_lr_path" not in json.loads(run_population(fixed.run_specs())[0].run[S.ENTRY])
+    assert "layer_lr_path" not in json.loads(run_population(fixed.run_configs())[0].run[S.ENTRY])
     # the moves are applied: without the walk the same run matches up to the first decision only
-    spec = walk.run_specs()[1]
-    entry = json.loads(json.dumps(spec.entry))
-    del entry["hp0"]["layer_lr_walk"]
-    still = run_population([type(spec)(spec.run_id, entry)])[0].steps[S.LOSS].to_numpy()
+    spec = walk.run_configs()[1]
+    no_walk = replace(spec, start=replace(spec.start, layer_lr_walk=0.0))
+    still = run_population([no_walk])[0].steps[S.LOSS].to_numpy()
     moved = runs[1].steps[S.LOSS].to_numpy()
     np.testing.assert_allclose(still[:21], moved[:21], rtol=1e-5)
     assert not np.allclose(still[21:], moved[21:], rtol=1e-4)
@@ -281,3 +280,17 @@ def test_layer_lr_walk_moves_per_layer_multipliers_at_decisions_within_bounds():
 def test_layer_lr_walk_out_of_range_is_a_config_error():
     with pytest.raises(Exception, match="space.layer_lr_walk"):
         _recipe(space={"layer_lr_walk": 3.0})
+
+
+def test_a_population_refuses_runs_of_different_settings():
+    from trajlib.errors import ConfigError
+
+    a = _recipe().run_configs()[0]
+    with pytest.raises(ConfigError) as e:
+        run_population([a, replace(a, budget=a.budget + 20)])
+    assert e.value.field == "configs.budget"
+    with pytest.raises(ConfigError) as e:
+        run_population([a, replace(a, decision=replace(a.decision, every=7))])
+    assert e.value.field == "configs.decision"
+    with pytest.raises(ConfigError, match="at least one run config"):
+        run_population([])

@@ -15,6 +15,7 @@ import polars as pl
 from trajlib import schema as S
 from trajlib.controllers import Controller, controller_kinds, get_controller_kind
 from trajlib.space import HyperParam, HyperparameterSpace, lr_action_space
+from trajlib.spec import DecisionSpec, FeatureSetRef
 
 MULTS = (0.5, 0.7, 1.0, 1.4, 2.0)
 KEEP = 2
@@ -105,17 +106,24 @@ def lr_space() -> HyperparameterSpace:
     return HyperparameterSpace((HyperParam("lr", 1e-5, 1.0, "log"),))
 
 
-def save_kwargs(n_features: int = len(FEATURES)) -> dict:
-    return dict(
-        feature_set_name="core",
-        feature_set_version="1",
-        feature_set_hash="abc123",
-        feature_names=FEATURES[:n_features],
+def decision_spec(names: list[str] | None = None, **changes) -> DecisionSpec:
+    """The decision spec the synthetic controllers are saved with (``changes`` replace fields)."""
+    fields = dict(
         action_space=lr_action_space(MULTS),
         hp_space=lr_space(),
         every=50,
         mode="free",
         base_schedule="constant",
+        feature_set=FeatureSetRef(
+            name="core", version="1", hash="abc123", names=tuple(names or FEATURES)
+        ),
+    )
+    return DecisionSpec(**{**fields, **changes})
+
+
+def save_kwargs(n_features: int = len(FEATURES)) -> dict:
+    return dict(
+        spec=decision_spec(FEATURES[:n_features]),
         label_strategy={"name": "greedy", "params": {"tie_tol": 1e-3}},
         training_data={"n_rows": 100, "n_runs": 4, "tasks": ["t"], "store": "data/x"},
         offline_metrics={"agreement": 0.5, "regret": float("nan")},

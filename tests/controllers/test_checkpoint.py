@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from ctl_synth import MULTS, save_kwargs
+from ctl_synth import MULTS, decision_spec, save_kwargs
 
 from trajlib.controllers import (
     GBTController,
@@ -121,18 +122,23 @@ def test_path_traversal_in_files_refused(ckpt: Path) -> None:
 def test_save_validates_arguments(fitted, tmp_path: Path) -> None:
     ctl = fitted("gbt")
     kw = save_kwargs()
+    spec = kw["spec"]
     with pytest.raises(ConfigError, match="feature_names"):
-        save_controller(ctl, tmp_path / "a", **{**kw, "feature_names": ["x"]})
+        save_controller(ctl, tmp_path / "a", **{**kw, "spec": decision_spec(["x"])})
     with pytest.raises(ConfigError, match="action_space"):
-        save_controller(ctl, tmp_path / "a", **{**kw, "action_space": lr_action_space((0.5, 1.0))})
+        bad = replace(spec, action_space=lr_action_space((0.5, 1.0)))
+        save_controller(ctl, tmp_path / "a", **{**kw, "spec": bad})
+    # a spec with a bad field cannot be built, so it never reaches save_controller
     with pytest.raises(ConfigError, match="`every` must be a positive integer; got 0"):
-        save_controller(ctl, tmp_path / "a", **{**kw, "every": 0})
+        save_controller(ctl, tmp_path / "a", **{**kw, "spec": replace(spec, every=0)})
     with pytest.raises(ConfigError, match="mode"):
-        save_controller(ctl, tmp_path / "a", **{**kw, "mode": "both"})
+        save_controller(ctl, tmp_path / "a", **{**kw, "spec": replace(spec, mode="both")})
+    with pytest.raises(ConfigError, match="spec.feature_set"):
+        save_controller(ctl, tmp_path / "a", **{**kw, "spec": replace(spec, feature_set=None)})
     path = save_controller(ctl, tmp_path / "a", **kw)
     with pytest.raises(ConfigError, match="overwrite=True"):
         save_controller(ctl, path, **kw)
-    save_controller(ctl, path, **{**kw, "every": 25}, overwrite=True)
+    save_controller(ctl, path, **{**kw, "spec": replace(spec, every=25)}, overwrite=True)
     assert load_controller(path).every == 25
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
 

@@ -99,11 +99,13 @@ def test_save_load_identical(kind: str, synth: Synth, fitted, tmp_path: Path) ->
     assert a1 == a2
     np.testing.assert_array_equal(v1, v2)
     assert loaded.controller.get_params() == ctl.get_params()
-    assert loaded.feature_names == save_kwargs()["feature_names"]
+    spec = save_kwargs()["spec"]
+    assert loaded.spec == spec
+    assert loaded.feature_names == list(spec.feature_set.names)
     assert loaded.feature_set_hash == "abc123"
     assert loaded.every == 50 and loaded.mode == "free" and loaded.base_schedule == "constant"
-    assert loaded.action_space == save_kwargs()["action_space"]
-    assert loaded.hp_space == save_kwargs()["hp_space"]
+    assert loaded.action_space == spec.action_space
+    assert loaded.hp_space == spec.hp_space
     m = json.loads((path / "manifest.json").read_text())
     assert m["format"] == "trajlib-controller" and m["format_version"] == 1 and m["kind"] == kind
     assert m["offline_metrics"] == {"agreement": 0.5, "regret": None}

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
-from ctl_synth import FAST_PARAMS, FEATURES, KEEP, MULTS, Synth, make_controller, save_kwargs
+from ctl_synth import (
+    FAST_PARAMS,
+    FEATURES,
+    KEEP,
+    MULTS,
+    Synth,
+    decision_spec,
+    make_controller,
+    save_kwargs,
+)
 
 from trajlib import schema as S
 from trajlib.controllers import controller_kinds, load_controller, save_controller
@@ -124,8 +134,8 @@ def test_lr_and_momentum_action_space(kind: str, tmp_path: Path) -> None:
     assert np.mean(chosen == best) > 0.6
     assert {1, 2, 3, 4} <= set(chosen.tolist())  # it moves both hyperparameters
 
-    kw = {**save_kwargs(4), "action_space": actions, "hp_space": hps}
-    kw["feature_names"] = ["lr_gap", "momentum_gap", "noise_a", "noise_b"]
+    names = ["lr_gap", "momentum_gap", "noise_a", "noise_b"]
+    kw = {**save_kwargs(4), "spec": decision_spec(names, action_space=actions, hp_space=hps)}
     path = save_controller(ctl, tmp_path / "ckpt", **kw)
     loaded = load_controller(path)
     assert loaded.action_space == actions and loaded.hp_space == hps
@@ -136,5 +146,7 @@ def test_lr_and_momentum_action_space(kind: str, tmp_path: Path) -> None:
 
     no_momentum = HyperparameterSpace((HyperParam("lr", 1e-5, 1.0, "log"),))
     with pytest.raises(ConfigError, match=r"hp_space.*\['momentum'\]"):
-        save_controller(ctl, tmp_path / "bad", **{**kw, "hp_space": no_momentum})
+        save_controller(
+            ctl, tmp_path / "bad", **{**kw, "spec": replace(kw["spec"], hp_space=no_momentum)}
+        )
     assert len(MULTS) == 5

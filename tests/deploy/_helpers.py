@@ -85,9 +85,10 @@ def with_policy(
         return v, state
 
     ctrl.decide_values = decide_values  # type: ignore[method-assign]
-    changes: dict[str, Any] = {"controller": ctrl}
+    spec_changes: dict[str, Any] = {}
     if actions is not None:
-        changes["action_space"] = actions
+        spec_changes["action_space"] = actions
     if hp_space is not None:
-        changes["hp_space"] = hp_space
-    return dataclasses.replace(loaded, **changes)
+        spec_changes["hp_space"] = hp_space
+    spec = dataclasses.replace(loaded.spec, **spec_changes)
+    return dataclasses.replace(loaded, controller=ctrl, spec=spec)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from trajlib.collect import Population
+from trajlib.collect._engine import Population
 from trajlib.errors import ConfigError, UnknownNameError
 from trajlib.tasks import Task, get_task, list_tasks
 

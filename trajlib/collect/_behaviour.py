@@ -35,6 +35,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from trajlib.errors import ConfigError, UnknownNameError
+from trajlib.spec import DEFAULT_EPSILON, DEFAULT_P_MOVE
 
 __all__ = [
     "BEHAVIOURS",
@@ -59,13 +60,14 @@ BEHAVIOURS = ("random-walk", "keep", *SCHEDULE_FAMILIES, "reduce-on-plateau", "c
 class DecisionPolicy(Protocol):
     """A policy the caller injects for ``behaviour.kind = "controller"``.
 
-    Called once per member per decision with the run's step table so far (rows ``0 .. s-1``):
-    a dict of trajlib.schema step column names -> arrays [s] (``val_loss``/``val_acc`` NaN where
-    not measured), plus ``"budget"``, ``"every"`` and ``"step"`` as 1-element arrays. Returns
-    the probabilities [n_actions] of the recipe's actions (non-negative; normalised here).
+    Called once per member per decision with that member's :class:`DecisionContext`:
+    ``ctx.step``, ``ctx.budget``, ``ctx.every``, and ``ctx.history()``, the run's step table so
+    far (rows ``0 .. step-1``: trajlib.schema step column names -> arrays [step], ``val_loss`` /
+    ``val_acc`` NaN where not measured). Returns the probabilities [n_actions] of the recipe's
+    actions (non-negative; normalised here).
     """
 
-    def __call__(self, run_steps_so_far: dict[str, np.ndarray]) -> np.ndarray: ...
+    def __call__(self, ctx: DecisionContext) -> np.ndarray: ...
 
 
 @dataclass
@@ -113,7 +115,7 @@ class RandomWalk(BehaviourPolicy):
 
     name = "random-walk"
 
-    def __init__(self, p_move: float = 0.6) -> None:
+    def __init__(self, p_move: float = DEFAULT_P_MOVE) -> None:
         self.p_move = p_move
 
     def probabilities(self, ctx: DecisionContext) -> np.ndarray:
@@ -181,7 +183,9 @@ def target_multiplier(kind: str, params: Mapping[str, Any], progress: float) -> 
 class ScheduleTracker(BehaviourPolicy):
     """A classic schedule shape (random parameters), tracked on the action grid."""
 
-    def __init__(self, kind: str, params: Mapping[str, Any], epsilon: float = 0.1) -> None:
+    def __init__(
+        self, kind: str, params: Mapping[str, Any], epsilon: float = DEFAULT_EPSILON
+    ) -> None:
         self.name, self.params, self.epsilon = kind, dict(params), epsilon
 
     def initial_mult(self) -> float:
@@ -199,7 +203,7 @@ class PlateauTracker(BehaviourPolicy):
     name = "reduce-on-plateau"
     needs_history = True
 
-    def __init__(self, params: Mapping[str, Any], epsilon: float = 0.1) -> None:
+    def __init__(self, params: Mapping[str, Any], epsilon: float = DEFAULT_EPSILON) -> None:
         self.factor = float(params["factor"])
         self.patience = int(params["patience"])
         self.threshold = float(params.get("threshold", 1e-3))
@@ -231,11 +235,7 @@ class ControllerExploration(BehaviourPolicy):
         self.policy, self.epsilon = policy, epsilon
 
     def probabilities(self, ctx: DecisionContext) -> np.ndarray:
-        hist = dict(ctx.history())
-        hist["budget"] = np.array([ctx.budget])
-        hist["every"] = np.array([ctx.every])
-        hist["step"] = np.array([ctx.step])
-        p = np.asarray(self.policy(hist), dtype=np.float64).reshape(-1)
+        p = np.asarray(self.policy(ctx), dtype=np.float64).reshape(-1)
         n = len(ctx.lr_factors)
         if p.shape != (n,) or not np.all(np.isfinite(p)) or (p < 0).any() or p.sum() <= 0:
             p = np.zeros(n)  # a policy that misbehaves falls back to keep (plus exploration)
@@ -280,10 +280,10 @@ def draw_params(kind: str, rng: np.random.Generator) -> dict[str, Any]:
 
 def make_behaviour(
     kind: str,
-    p_move: float = 0.6,
+    p_move: float = DEFAULT_P_MOVE,
     *,
     params: Mapping[str, Any] | None = None,
-    epsilon: float = 0.1,
+    epsilon: float = DEFAULT_EPSILON,
     policy: DecisionPolicy | None = None,
 ) -> BehaviourPolicy:
     """The behaviour policy of one run from its spec (``params`` from :func:`draw_params`)."""

@@ -39,7 +39,7 @@ from trajlib.collect._mlp import StackedMLP, mlp_plan
 from trajlib.stepstats import RAW_LAYER_SUMS, STEP_STATS, step_stats
 from trajlib.tasks import Task, TaskData, batch_slot, epoch_order
 
-__all__ = ["ALIGN", "FlatSpec", "Population", "REC_COLUMNS", "RAW_SUMS"]
+__all__ = ["ALIGN", "FlatSpec", "MemberState", "Population", "REC_COLUMNS", "RAW_SUMS"]
 
 ALIGN = 128  # floats; every layer starts at a multiple of this in the flat vector
 _KEY_MASK = (1 << 63) - 1  # noise keys are non-negative 63-bit seeds
@@ -141,6 +141,57 @@ def _noise(keys: list[int], shape: tuple[int, ...], gen: torch.Generator) -> tor
     return out
 
 
+@dataclass
+class MemberState:
+    """The state of K members, each tensor [K, ...] on the device: what a fork copies."""
+
+    seeds: list[int]  # initialisation, data order and input noise of each member
+    theta: torch.Tensor  # parameters [K, P]
+    m1: torch.Tensor  # momentum buffer (SGD) / first moment (AdamW) [K, P]
+    m2: torch.Tensor | None  # second moment (AdamW) [K, P]
+    adam_steps: torch.Tensor  # [K]
+    hp: dict[str, torch.Tensor]  # hyperparameter name -> [K]
+    on: dict[str, bool]  # hyperparameter name -> non-zero for some member (its work is done)
+    layer_lr: np.ndarray  # per-layer LR multipliers [K, L]
+    lr_scale: torch.Tensor | None  # layer_lr expanded to [K, P]; None when all ones
+    last_loss: torch.Tensor  # training losses of the last step [K]
+
+    @classmethod
+    def initial(
+        cls, theta: torch.Tensor, seeds: list[int], n_layers: int, task: Task
+    ) -> MemberState:
+        """Members at step 0 with parameters ``theta`` (hyperparameters still to be set)."""
+        K = len(seeds)
+        return cls(
+            seeds=seeds,
+            theta=theta,
+            m1=torch.zeros_like(theta),
+            m2=torch.zeros_like(theta) if task.optimizer == "adamw" else None,
+            adam_steps=torch.zeros(K, device=theta.device),
+            hp={},
+            on={},
+            layer_lr=np.ones((K, n_layers)),
+            lr_scale=None,
+            last_loss=torch.zeros(K, device=theta.device),
+        )
+
+    def take(self, index: np.ndarray) -> MemberState:
+        """Copies of the members ``index`` (repeats allowed)."""
+        idx = torch.as_tensor(index, device=self.theta.device)
+        return MemberState(
+            seeds=[self.seeds[i] for i in index],
+            theta=self.theta[idx],
+            m1=self.m1[idx],
+            m2=self.m2[idx] if self.m2 is not None else None,
+            adam_steps=self.adam_steps[idx],
+            hp={k: v[idx] for k, v in self.hp.items()},
+            on=dict(self.on),
+            layer_lr=self.layer_lr[index],
+            lr_scale=self.lr_scale[idx] if self.lr_scale is not None else None,
+            last_loss=self.last_loss[idx],
+        )
+
+
 class Population:
     """K members of one task, trained in lock step.
 
@@ -169,25 +220,19 @@ class Population:
         capacity: int | None = None,
         fast: bool = True,
     ) -> None:
-        self.task, self.data, self.device = task, data, torch.device(device)
-        self.seeds = [int(s) for s in seeds]
-        self.K = len(self.seeds)
-        torch.manual_seed(self.seeds[0])
-        self.module = task.make_model().to(self.device)
-        self.spec = FlatSpec.from_module(self.module)
+        dev = torch.device(device)
+        member_seeds = [int(s) for s in seeds]
+        torch.manual_seed(member_seeds[0])
+        module = task.make_model().to(dev)
+        spec = FlatSpec.from_module(module)
         flats = []
-        for s in self.seeds:
+        for s in member_seeds:
             torch.manual_seed(s)
-            flats.append(self.spec.flatten(task.make_model().to(self.device)))
-        self.theta = torch.stack(flats)  # [K, P]
-        self.t = 0
-        self.adam_steps = torch.zeros(self.K, device=self.device)
-        self.m1 = torch.zeros_like(self.theta)  # momentum buffer (SGD) / first moment (AdamW)
-        self.m2 = torch.zeros_like(self.theta) if task.optimizer == "adamw" else None
-        self.hp: dict[str, torch.Tensor] = {}
-        self._on: dict[str, bool] = {}
-        self._lr_scale: torch.Tensor | None = None  # [K, P] when any layer multiplier != 1
-        self.layer_lr = np.ones((self.K, self.spec.n_layers))
+            flats.append(spec.flatten(task.make_model().to(dev)))
+        members = MemberState.initial(torch.stack(flats), member_seeds, spec.n_layers, task)
+        self._assemble(
+            task, data, module, spec, members, t=0, record=record, capacity=capacity, fast=fast
+        )
         defaults = {
             "lr": task.default_lr,
             "momentum": task.momentum,
@@ -199,14 +244,61 @@ class Population:
         for k, v in (hps or {}).items():
             init[k] = v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)
         self.set_hparams(**init)
-        self.record = record
-        self.capacity = capacity or task.budget
-        self.fast = fast
-        self._alloc_record()
+
+    def _assemble(
+        self,
+        task: Task,
+        data: TaskData,
+        module: nn.Module,
+        spec: FlatSpec,
+        members: MemberState,
+        *,
+        t: int,
+        record: bool,
+        capacity: int | None,
+        fast: bool,
+    ) -> None:
+        """Every attribute of a population, set in one place (a new one and a fork alike)."""
+        # what the members share: the task, its data, the model's structure
+        self.task, self.data, self.device = task, data, members.theta.device
+        self.module, self.spec, self.fast = module, spec, fast
+        # the members' state (see MemberState)
+        self.seeds = members.seeds
+        self.K = len(members.seeds)
+        self.theta = members.theta
+        self.m1, self.m2, self.adam_steps = members.m1, members.m2, members.adam_steps
+        self.hp: dict[str, torch.Tensor] = members.hp
+        self._on: dict[str, bool] = members.on
+        self.layer_lr = members.layer_lr
+        self._lr_scale: torch.Tensor | None = members.lr_scale
+        self._last_loss = members.last_loss
+        self.t = t
+        # batches: the permutation of the current epoch; input noise; gradient scratch space
         self._perm_epoch = -1
         self._perms: torch.Tensor | None = None
+        self._noise_gen: torch.Generator | None = None
+        self._gbuf: torch.Tensor | None = None
+        self._pad_cache: list[torch.Tensor | None] | None = None
+        # the record (record=False: the bare training loop, for benchmarks and branches)
+        self.record = record
+        self.capacity = capacity or task.budget
         self.step_times: list[float] = []  # host wall time of each recorded step
+        self._alloc_record()
         self._build_fns()
+
+    def _members(self) -> MemberState:
+        return MemberState(
+            seeds=self.seeds,
+            theta=self.theta,
+            m1=self.m1,
+            m2=self.m2,
+            adam_steps=self.adam_steps,
+            hp=self.hp,
+            on=self._on,
+            layer_lr=self.layer_lr,
+            lr_scale=self._lr_scale,
+            last_loss=self._last_loss,
+        )
 
     # ------------------------------------------------------------------ hyperparameters
     def set_hparams(self, **values: object) -> None:
@@ -375,13 +467,13 @@ class Population:
     def _grad_buffer(self) -> torch.Tensor:
         """A persistent [K, P] gradient buffer whose alignment gaps stay zero (populations that
         do not record, e.g. branches)."""
-        buf = getattr(self, "_gbuf", None)
+        buf = self._gbuf
         if buf is None or buf.shape[0] != self.K:
             buf = self._gbuf = torch.zeros(self.K, self.spec.n_params, device=self.device)
         return buf
 
     def _pads(self) -> list[torch.Tensor | None]:
-        pads = getattr(self, "_pad_cache", None)
+        pads = self._pad_cache
         if (
             pads is None
             or (pads and pads[0] is not None and pads[0].shape[0] != self.K)
@@ -411,7 +503,7 @@ class Population:
         x = xs.index_select(0, flat).view(*idx.shape, *xs.shape[1:])
         y = ys.index_select(0, flat).view(*idx.shape, *ys.shape[1:])
         if self._on["input_noise"] and x.is_floating_point():
-            gen = getattr(self, "_noise_gen", None)
+            gen = self._noise_gen
             if gen is None:
                 gen = self._noise_gen = torch.Generator(device=self.device)
             z = _noise(
@@ -558,40 +650,22 @@ class Population:
         return out
 
     # ------------------------------------------------------------------ branching
-    def _clone_shell(self, K: int) -> Population:
-        child = Population.__new__(Population)
-        child.task, child.data, child.device = self.task, self.data, self.device
-        child.module, child.spec, child.fast = self.module, self.spec, self.fast
-        child._out, child._vloss, child._veval = self._out, self._vloss, self._veval
-        child._mlp = (
-            StackedMLP(self._mlp.layers, self._mlp.where, self.task.loss)
-            if (self._mlp is not None)
-            else None
-        )
-        child.K = K
-        child.t = self.t
-        child.record, child.capacity = False, self.capacity
-        child.rec_loss = child.rec_sums = child.rec_val = None
-        child._perm_epoch, child._perms = -1, None
-        child.step_times = []
-        child._on = dict(self._on)
-        return child
-
     def take(self, index: torch.Tensor | np.ndarray | list[int]) -> Population:
         """A new, non-recording population of the members ``index`` (repeats allowed), each a
         copy of that member's full state (parameters, optimizer, hyperparameters, seed)."""
-        idx_np = np.asarray(index, dtype=np.int64)
-        idx = torch.as_tensor(idx_np, device=self.device)
-        child = self._clone_shell(len(idx_np))
-        child.seeds = [self.seeds[i] for i in idx_np]
-        child.theta = self.theta[idx]
-        child.adam_steps = self.adam_steps[idx]
-        child.m1 = self.m1[idx]
-        child.m2 = self.m2[idx] if self.m2 is not None else None
-        child.hp = {k: v[idx] for k, v in self.hp.items()}
-        child.layer_lr = self.layer_lr[idx_np]
-        child._lr_scale = self._lr_scale[idx] if self._lr_scale is not None else None
-        child._last_loss = getattr(self, "_last_loss", torch.zeros(self.K, device=self.device))[idx]
+        members = self._members().take(np.asarray(index, dtype=np.int64))
+        child = Population.__new__(Population)
+        child._assemble(
+            self.task,
+            self.data,
+            self.module,
+            self.spec,
+            members,
+            t=self.t,
+            record=False,
+            capacity=self.capacity,
+            fast=self.fast,
+        )
         return child
 
     def fork(self, repeats: int) -> Population:

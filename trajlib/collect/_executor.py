@@ -25,8 +25,10 @@ import polars as pl
 
 from trajlib import schema as S
 from trajlib.collect._behaviour import DecisionPolicy
-from trajlib.collect._recipe import Recipe, RunSpec
+from trajlib.collect._recipe import Recipe
+from trajlib.collect._results import RunResult
 from trajlib.errors import ConfigError, TrajlibError
+from trajlib.spec import RunConfig
 
 __all__ = ["RunSink", "CollectReport", "collect", "work_units"]
 
@@ -78,17 +80,17 @@ class CollectReport:
         self.errors.extend(other.get("errors", []))
 
 
-def work_units(recipe: Recipe) -> list[list[RunSpec]]:
+def work_units(recipe: Recipe) -> list[list[RunConfig]]:
     """Group the recipe's runs into populations (same task, up to ``collect.population`` each)."""
-    by_task: dict[str, list[RunSpec]] = {}
-    for spec in recipe.run_specs():
-        by_task.setdefault(spec.entry["task"], []).append(spec)
+    by_task: dict[str, list[RunConfig]] = {}
+    for config in recipe.run_configs():
+        by_task.setdefault(config.task, []).append(config)
     k = recipe.collect.population
-    return [specs[i : i + k] for specs in by_task.values() for i in range(0, len(specs), k)]
+    return [configs[i : i + k] for configs in by_task.values() for i in range(0, len(configs), k)]
 
 
 def run_unit(
-    specs: Sequence[RunSpec],
+    configs: Sequence[RunConfig],
     sink_factory: Callable[[], RunSink],
     device: str = "cpu",
     divergence_factor: float = 1e3,
@@ -113,14 +115,14 @@ def run_unit(
         "steps": 0,
         "branch_steps": 0,
         "errors": [],
-        "runs": len(specs),
+        "runs": len(configs),
     }
     todo = []
-    for spec in specs:
-        if sink.is_committed(spec.run_id) or not sink.claim(spec.run_id):
+    for config in configs:
+        if sink.is_committed(config.run_id) or not sink.claim(config.run_id):
             out["skipped"] += 1
         else:
-            todo.append(spec)
+            todo.append(config)
     try:
         if todo:
             try:
@@ -131,31 +133,34 @@ def run_unit(
             except (
                 Exception
             ) as exc:  # a run that crashes is recorded as failed; the collection goes on
-                for spec in todo:
-                    row = failed_result(spec, exc)
+                for config in todo:
+                    row = failed_result(config, exc)
                     sink.write_run(row, S.empty_frame(S.STEP_SCHEMA))
                     out["failed"] += 1
-                    out["errors"].append(f"{spec.run_id}: {row['error']}")
+                    out["errors"].append(f"{config.run_id}: {row['error']}")
             else:
                 for res in results:
-                    if sink.write_run(
-                        res.run, res.steps, res.decisions, res.branches, res.layers, res.layer_names
-                    ):
-                        out["committed"] += 1
-                        out["steps"] += res.run["steps_done"]
-                        out["branch_steps"] += (
-                            int(res.branches["horizon"].sum() + res.branches["cooldown"].sum())
-                            if len(res.branches)
-                            else 0
-                        )
-                        out["diverged"] += res.run["status"] == "diverged"
-                    else:
-                        out["skipped"] += 1
+                    _commit(sink, res, out)
     finally:
-        for spec in todo:
-            sink.release(spec.run_id)
+        for config in todo:
+            sink.release(config.run_id)
         torch.set_num_threads(old_threads)
     return out
+
+
+def _commit(sink: RunSink, res: RunResult, out: dict[str, Any]) -> None:
+    """Write one finished run into the sink and count it in ``out``."""
+    if not sink.write_run(
+        res.run, res.steps, res.decisions, res.branches, res.layers, res.layer_names
+    ):
+        out["skipped"] += 1
+        return
+    out["committed"] += 1
+    out["steps"] += res.run["steps_done"]
+    if len(res.branches):
+        lengths = res.branches.select(pl.col("horizon").sum() + pl.col("cooldown").sum())
+        out["branch_steps"] += int(lengths.item())
+    out["diverged"] += res.run["status"] == "diverged"
 
 
 def _worker_init() -> None:
@@ -176,7 +181,7 @@ def _progress(total: int, enabled: bool) -> Any:
 
 
 def _iter_local(
-    units: list[list[RunSpec]],
+    units: list[list[RunConfig]],
     sink_factory: Callable[[], RunSink],
     workers: int,
     device: str,
@@ -200,7 +205,7 @@ def _iter_local(
 
 
 def _iter_ray(
-    units: list[list[RunSpec]],
+    units: list[list[RunConfig]],
     sink_factory: Callable[[], RunSink],
     workers: int,
     device: str,
@@ -237,6 +242,20 @@ def _iter_ray(
             ray.shutdown()
 
 
+def _check_options(kind: str, workers: int, device: str) -> None:
+    if kind not in ("local", "ray"):
+        raise ConfigError("executor", "'local' or 'ray'", kind)
+    if workers < 1:
+        raise ConfigError("workers", "a positive integer", workers)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "device", "a device this machine has", device, "torch.cuda.is_available() is False"
+            )
+
+
 def collect(
     recipe: Recipe,
     sink_factory: Callable[[], RunSink],
@@ -266,17 +285,7 @@ def collect(
     kind = executor or recipe.executor.kind
     n_workers = workers or recipe.executor.workers
     dev = device or recipe.collect.device
-    if kind not in ("local", "ray"):
-        raise ConfigError("executor", "'local' or 'ray'", kind)
-    if n_workers < 1:
-        raise ConfigError("workers", "a positive integer", n_workers)
-    if dev.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "device", "a device this machine has", dev, "torch.cuda.is_available() is False"
-            )
+    _check_options(kind, n_workers, dev)
     units = work_units(recipe)
     report = CollectReport(total=sum(len(u) for u in units))
     t0 = time.perf_counter()

@@ -2,42 +2,55 @@
 
 Every key is checked: an unknown key, a value of the wrong type or out of range, or an unknown task
 is a :class:`~trajlib.errors.ConfigError` naming the key (``section.key``), what was expected and
-what was found.
+what was found. Types and unknown keys are checked by pydantic (strict mode, against each section's
+dataclass); ranges and cross-field rules by the checks below. A recipe expands into
+:class:`~trajlib.spec.RunConfig` objects, one per run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import math
 import tomllib
-from dataclasses import MISSING, asdict, dataclass, field
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydantic
 
 from trajlib.collect._behaviour import BEHAVIOURS, draw_params
 from trajlib.errors import ConfigError, TrajlibError
-from trajlib.space import (
-    BASE_SCHEDULES,
-    Action,
-    ActionSpace,
-    HyperParam,
-    HyperparameterSpace,
+from trajlib.space import BASE_SCHEDULES, Action, ActionSpace, HyperparameterSpace
+from trajlib.spec import (
+    DEFAULT_EPSILON,
+    DEFAULT_EVERY,
+    DEFAULT_LR_MULTIPLIERS,
+    DEFAULT_P_MOVE,
+    INPUT_NOISE_BOUNDS,
+    L2_BOUNDS,
+    MODES,
+    BehaviourConfig,
+    BranchConfig,
+    DecisionSpec,
+    RunConfig,
+    SpaceConfig,
+    StartValues,
 )
 from trajlib.tasks import get_task
 
-__all__ = ["Recipe", "RunSpec", "load_recipe", "parse_recipe", "build_action_space", "BEHAVIOURS"]
+__all__ = ["Recipe", "load_recipe", "parse_recipe", "build_action_space", "BEHAVIOURS"]
 
-MODES = ("free", "residual")
 EXECUTORS = ("local", "ray")
 LR_CENTERS = ("default", "best")
 ACTION_COMBINE = ("union", "product")
 # Weight decay a task with weight_decay = 0 is randomized around (when weight_decay_range > 1).
 TYPICAL_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 1e-2}
-L2_BOUNDS = (1e-8, 1.0)  # log scale
-INPUT_NOISE_BOUNDS = (0.0, 2.0)  # linear scale, in units of the (standardised) input
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,7 @@ class CollectSection:
     runs_per_task: int = 4
     seed: int = 0
     budget: int | None = None  # None: each task's own budget
-    every: int = 50
+    every: int = DEFAULT_EVERY
     val_every: int | None = None  # None: each task's own
     population: int = 1
     device: str = "cpu"
@@ -54,48 +67,26 @@ class CollectSection:
 
 
 @dataclass(frozen=True)
-class SpaceSection:
-    """Start-value ranges and bounds of each hyperparameter (see ``Recipe.hp_space``)."""
+class ActionsSection:
+    """``lr``: LR multipliers; ``momentum``: logit-space deltas; ``weight_decay``: multipliers;
+    ``combine``: ``union`` or ``product``."""
 
-    lr_center: str = "default"  # start LRs are drawn around the task's default_lr or best_lr
-    lr_range: float = 30.0
-    lr_min: float = 1e-3
-    lr_max: float = 1e2
-    mode: str = "free"
-    base_schedule: str = "constant"
-    momentum_range: float = 1.0
-    momentum_min: float = 0.5
-    momentum_max: float = 0.999
-    weight_decay_range: float = 1.0
-    weight_decay_min: float = 1e-6
-    weight_decay_max: float = 0.3
-    l2: float = 0.0
-    l2_range: float = 1.0
-    input_noise: float = 0.0
-    input_noise_range: float = 1.0
-    layer_lr_range: float = 1.0
-    layer_lr_min: float = 0.1
-    layer_lr_max: float = 10.0
-    layer_lr_walk: float = 0.0  # log-space std of each layer multiplier's step per decision
+    lr: tuple[float, ...] = DEFAULT_LR_MULTIPLIERS
+    momentum: tuple[float, ...] = ()
+    weight_decay: tuple[float, ...] = ()
+    combine: str = "union"
 
 
 @dataclass(frozen=True)
 class BehaviourSection:
     kind: str | tuple[str, ...] = "random-walk"
-    p_move: float = 0.6
-    epsilon: float = 0.1
+    p_move: float = DEFAULT_P_MOVE
+    epsilon: float = DEFAULT_EPSILON
     checkpoint: str = ""
 
     @property
     def kinds(self) -> tuple[str, ...]:
         return (self.kind,) if isinstance(self.kind, str) else tuple(self.kind)
-
-
-@dataclass(frozen=True)
-class BranchSection:
-    enabled: bool = True
-    horizon: int = 50
-    cooldown: int = 10
 
 
 @dataclass(frozen=True)
@@ -117,10 +108,10 @@ class Recipe:
 
     name: str
     collect: CollectSection
-    space: SpaceSection = field(default_factory=SpaceSection)
-    actions: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    actions: tuple[float, ...] = DEFAULT_LR_MULTIPLIERS
     behaviour: BehaviourSection = field(default_factory=BehaviourSection)
-    branch: BranchSection = field(default_factory=BranchSection)
+    branch: BranchConfig = field(default_factory=BranchConfig)
     executor: ExecutorSection = field(default_factory=ExecutorSection)
     description: str = ""
     source: str = ""
@@ -136,34 +127,30 @@ class Recipe:
 
     @property
     def hp_space(self) -> HyperparameterSpace:
-        """Bounds and scales. ``lr`` bounds are multipliers of each run's start LR; ``layer_lr``
-        bounds hold for every layer's LR multiplier."""
-        sp = self.space
-        return HyperparameterSpace(
-            (
-                HyperParam("lr", sp.lr_min, sp.lr_max, "log"),
-                HyperParam("momentum", sp.momentum_min, sp.momentum_max, "logit"),
-                HyperParam("weight_decay", sp.weight_decay_min, sp.weight_decay_max, "log"),
-                HyperParam("l2", *L2_BOUNDS, "log"),
-                HyperParam("input_noise", *INPUT_NOISE_BOUNDS, "linear"),
-                HyperParam("layer_lr", sp.layer_lr_min, sp.layer_lr_max, "log"),
-            )
+        """Bounds and scales (see :attr:`SpaceConfig.hp_space`)."""
+        return self.space.hp_space
+
+    @property
+    def decision_spec(self) -> DecisionSpec:
+        """The decision settings every run of this recipe shares (no feature set yet)."""
+        return DecisionSpec(
+            action_space=self.action_space,
+            hp_space=self.hp_space,
+            every=self.collect.every,
+            mode=self.space.mode,
+            base_schedule=self.space.base_schedule,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = dataclasses.asdict(self)
         d.pop("source", None)
         return d
 
-    def run_specs(self) -> list[RunSpec]:
+    def run_configs(self) -> list[RunConfig]:
         """Every run this recipe asks for, with deterministic ids and start values."""
-        space_entry = asdict(self.space)
-        if not space_entry["layer_lr_walk"]:  # the run ids of walk-free recipes stay as they were
-            del space_entry["layer_lr_walk"]
-        out = []
+        decision = self.decision_spec
         kinds = self.behaviour.kinds
-        space = self.hp_space
-        action_space = self.action_space
+        out = []
         for task_name in self.collect.tasks:
             task = get_task(task_name)
             for i in range(self.collect.runs_per_task):
@@ -171,32 +158,34 @@ class Recipe:
                 h = hashlib.sha256(f"{self.collect.seed}/{task_name}/{i}".encode()).digest()
                 rng = np.random.default_rng(int.from_bytes(h[:8], "big"))
                 kind = kinds[i % len(kinds)]
-                entry = {
-                    "recipe": self.name,
-                    "task": task_name,
-                    "index": i,
-                    "seed": seed,
-                    "lr0": self._start_lr(task, rng),
-                    "hp0": self._start_hps(task, space, rng),
-                    "budget": self.collect.budget or task.budget,
-                    "every": self.collect.every,
-                    "val_every": self.collect.val_every or task.val_every,
-                    "behaviour": {
-                        "kind": kind,
-                        "p_move": self.behaviour.p_move,
-                        "epsilon": self.behaviour.epsilon,
-                        "checkpoint": self.behaviour.checkpoint,
-                        "params": draw_params(kind, rng),
-                        "seed": seed,  # the choices use numpy default_rng([seed, 7])
-                    },
-                    "space": space_entry,
-                    "hp_space": space.to_dict(),
-                    "actions": list(self.actions),
-                    "action_space": action_space.to_dict(),
-                    "branch": asdict(self.branch),
-                }
-                digest = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:10]
-                out.append(RunSpec(f"{task_name}-{i:04d}-{digest}", entry))
+                # the draws happen in this order (lr0, hp0, behaviour params): keep it
+                lr0 = self._start_lr(task, rng)
+                start = self._start_values(task, decision.hp_space, rng)
+                behaviour = BehaviourConfig(
+                    kind=kind,
+                    p_move=self.behaviour.p_move,
+                    epsilon=self.behaviour.epsilon,
+                    checkpoint=self.behaviour.checkpoint,
+                    params=draw_params(kind, rng),
+                    seed=seed,
+                )
+                out.append(
+                    RunConfig(
+                        recipe=self.name,
+                        task=task_name,
+                        index=i,
+                        seed=seed,
+                        lr0=lr0,
+                        start=start,
+                        budget=self.collect.budget or task.budget,
+                        val_every=self.collect.val_every or task.val_every,
+                        decision=decision,
+                        lr_actions=self.actions,
+                        space=self.space,
+                        behaviour=behaviour,
+                        branch=self.branch,
+                    )
+                )
         return out
 
     def _start_lr(self, task: Any, rng: np.random.Generator) -> float:
@@ -206,9 +195,9 @@ class Recipe:
         r = math.log(self.space.lr_range)
         return float(center * math.exp(rng.uniform(-r, r)))
 
-    def _start_hps(
+    def _start_values(
         self, task: Any, space: HyperparameterSpace, rng: np.random.Generator
-    ) -> dict[str, Any]:
+    ) -> StartValues:
         sp = self.space
 
         def logu(center: float, r: float) -> float:
@@ -227,23 +216,15 @@ class Recipe:
             if sp.input_noise > 0
             else 0.0
         )
-        hp0 = {
-            "momentum": float(mom),
-            "weight_decay": float(wd),
-            "l2": float(l2),
-            "input_noise": float(noise),
-            "layer_lr_range": sp.layer_lr_range,
-            "layer_lr_seed": int(rng.integers(2**31)),
-        }
-        if sp.layer_lr_walk > 0:  # only then: run ids of recipes without a walk stay as they were
-            hp0["layer_lr_walk"] = sp.layer_lr_walk
-        return hp0
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    run_id: str
-    entry: dict[str, Any]
+        return StartValues(
+            momentum=float(mom),
+            weight_decay=float(wd),
+            l2=float(l2),
+            input_noise=float(noise),
+            layer_lr_range=sp.layer_lr_range,
+            layer_lr_seed=int(rng.integers(2**31)),
+            layer_lr_walk=sp.layer_lr_walk,
+        )
 
 
 def build_action_space(
@@ -271,63 +252,69 @@ def build_action_space(
 
 _SECTIONS: dict[str, type] = {
     "collect": CollectSection,
-    "space": SpaceSection,
+    "space": SpaceConfig,
+    "actions": ActionsSection,
     "behaviour": BehaviourSection,
-    "branch": BranchSection,
+    "branch": BranchConfig,
     "executor": ExecutorSection,
 }
-_TOP = {"name", "description", "collect", "space", "actions", "behaviour", "branch", "executor"}
+_TOP = {"name", "description", *_SECTIONS}
 
 
-def _typed(section: str, key: str, value: Any, default: Any, annotation: str) -> Any:
-    where = f"{section}.{key}"
-    if "str | tuple" in annotation:
-        if isinstance(value, str):
-            return value
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise ConfigError(where, "a string or a non-empty list of strings", value)
-        return tuple(value)
-    if "int" in annotation and "float" not in annotation:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(where, "an integer", value)
-    elif "float" in annotation:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(where, "a number", value)
-        value = float(value)
-    elif "bool" in annotation:
-        if not isinstance(value, bool):
-            raise ConfigError(where, "true or false", value)
-    elif "tuple" in annotation:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(where, "a list of strings", value)
-        value = tuple(value)
-    elif "str" in annotation and not isinstance(value, str):
-        raise ConfigError(where, "a string", value)
-    return value
+@functools.cache
+def _validator(cls: type) -> type[pydantic.BaseModel]:
+    """A strict pydantic model with ``cls``'s fields, annotations and defaults (no unknown keys;
+    no bool for a number, no number for a string; ints are accepted for floats)."""
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            fields[f.name] = (hints[f.name], f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            fields[f.name] = (hints[f.name], f.default_factory())
+        else:
+            fields[f.name] = (hints[f.name], ...)
+    config = pydantic.ConfigDict(extra="forbid", strict=True)
+    model: type[pydantic.BaseModel] = pydantic.create_model(
+        cls.__name__, __config__=config, **fields
+    )
+    return model
+
+
+def _describe(tp: Any) -> str:
+    """What a value of annotation ``tp`` is, in words ("an integer", "a list of strings")."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if typing.get_origin(tp) is tuple:
+        return {str: "a list of strings", float: "a list of numbers"}.get(args[0], "a list")
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return words.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _section(name: str, raw: Any) -> Any:
+    """Validate the table ``[name]`` into its section dataclass; a ConfigError names the key."""
     cls = _SECTIONS[name]
     if not isinstance(raw, dict):
         raise ConfigError(name, "a table", raw)
-    fields = cls.__dataclass_fields__
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{name}.{unknown[0]}", f"one of the keys {sorted(fields)}", unknown[0], "unknown key"
-        )
-    kwargs = {k: _typed(name, k, v, fields[k].default, str(fields[k].type)) for k, v in raw.items()}
     try:
-        return cls(**kwargs)
-    except TypeError as e:
-        missing = [
-            k
-            for k, f in fields.items()
-            if f.default is MISSING and f.default_factory is MISSING and k not in raw
-        ]
-        raise ConfigError(
-            f"{name}.{missing[0] if missing else '?'}", "present", None, str(e)
-        ) from None
+        model = _validator(cls).model_validate_json(json.dumps(raw))
+    except (TypeError, ValueError) as e:  # pydantic's ValidationError is a ValueError
+        errors = e.errors() if isinstance(e, pydantic.ValidationError) else []
+        if not errors:
+            raise ConfigError(name, "a table of TOML values", raw, str(e)) from None
+        first = min(errors, key=lambda er: er["type"] != "extra_forbidden")
+        key = str(first["loc"][0])
+        if first["type"] == "extra_forbidden":
+            keys = sorted(f.name for f in dataclasses.fields(cls))
+            raise ConfigError(
+                f"{name}.{key}", f"one of the keys {keys}", key, "unknown key"
+            ) from None
+        if first["type"] == "missing":
+            raise ConfigError(f"{name}.{key}", "present", None, first["msg"]) from None
+        expected = _describe(typing.get_type_hints(cls)[key])
+        raise ConfigError(f"{name}.{key}", expected, raw.get(key)) from None
+    return cls(**{k: getattr(model, k) for k in model.model_fields_set})
 
 
 def _positive(where: str, v: Any) -> None:
@@ -345,6 +332,41 @@ def parse_recipe(data: dict[str, Any], *, name: str = "recipe", source: str = ""
     if "collect" not in data:
         raise ConfigError("collect", "a [collect] table", None)
     collect: CollectSection = _section("collect", data["collect"])
+    _check_collect(collect)
+    space: SpaceConfig = _section("space", data.get("space", {}))
+    _check_space(space)
+    actions: ActionsSection = _section("actions", data.get("actions", {}))
+    _check_actions(actions, set(data.get("actions", {})))
+    behaviour: BehaviourSection = _section("behaviour", data.get("behaviour", {}))
+    _check_behaviour(behaviour)
+    branch: BranchConfig = _section("branch", data.get("branch", {}))
+    _positive("branch.horizon", branch.horizon)
+    if not (isinstance(branch.cooldown, int) and branch.cooldown >= 0):
+        raise ConfigError("branch.cooldown", "an integer >= 0", branch.cooldown)
+    executor: ExecutorSection = _section("executor", data.get("executor", {}))
+    if executor.kind not in EXECUTORS:
+        raise ConfigError("executor.kind", f"one of {EXECUTORS}", executor.kind)
+    _positive("executor.workers", executor.workers)
+    rname = data.get("name", name)
+    if not isinstance(rname, str) or not rname:
+        raise ConfigError("name", "a non-empty string", rname)
+    return Recipe(
+        name=rname,
+        collect=collect,
+        space=space,
+        actions=actions.lr,
+        momentum_actions=actions.momentum,
+        weight_decay_actions=actions.weight_decay,
+        action_combine=actions.combine,
+        behaviour=behaviour,
+        branch=branch,
+        executor=executor,
+        description=str(data.get("description", "")),
+        source=source,
+    )
+
+
+def _check_collect(collect: CollectSection) -> None:
     if not collect.tasks:
         raise ConfigError("collect.tasks", "a non-empty list of task names", list(collect.tasks))
     for t in collect.tasks:
@@ -366,11 +388,10 @@ def parse_recipe(data: dict[str, Any], *, name: str = "recipe", source: str = ""
     if not collect.divergence_factor > 1:
         raise ConfigError("collect.divergence_factor", "> 1", collect.divergence_factor)
 
-    space: SpaceSection = _section("space", data.get("space", {}))
-    _check_space(space)
-    lr_acts, mom_acts, wd_acts, combine = _parse_actions(data.get("actions"))
 
-    behaviour: BehaviourSection = _section("behaviour", data.get("behaviour", {}))
+def _check_behaviour(behaviour: BehaviourSection) -> None:
+    if not behaviour.kinds:
+        raise ConfigError("behaviour.kind", "a string or a non-empty list of strings", [])
     for kind in behaviour.kinds:
         if kind not in BEHAVIOURS:
             raise ConfigError("behaviour.kind", f"one of {BEHAVIOURS}", kind)
@@ -384,31 +405,6 @@ def parse_recipe(data: dict[str, Any], *, name: str = "recipe", source: str = ""
         raise ConfigError("behaviour.p_move", "a probability in [0, 1]", behaviour.p_move)
     if not 0 <= behaviour.epsilon <= 1:
         raise ConfigError("behaviour.epsilon", "a probability in [0, 1]", behaviour.epsilon)
-    branch: BranchSection = _section("branch", data.get("branch", {}))
-    _positive("branch.horizon", branch.horizon)
-    if not (isinstance(branch.cooldown, int) and branch.cooldown >= 0):
-        raise ConfigError("branch.cooldown", "an integer >= 0", branch.cooldown)
-    executor: ExecutorSection = _section("executor", data.get("executor", {}))
-    if executor.kind not in EXECUTORS:
-        raise ConfigError("executor.kind", f"one of {EXECUTORS}", executor.kind)
-    _positive("executor.workers", executor.workers)
-    rname = data.get("name", name)
-    if not isinstance(rname, str) or not rname:
-        raise ConfigError("name", "a non-empty string", rname)
-    return Recipe(
-        name=rname,
-        collect=collect,
-        space=space,
-        actions=lr_acts,
-        momentum_actions=mom_acts,
-        weight_decay_actions=wd_acts,
-        action_combine=combine,
-        behaviour=behaviour,
-        branch=branch,
-        executor=executor,
-        description=str(data.get("description", "")),
-        source=source,
-    )
 
 
 def _range(where: str, v: float) -> None:
@@ -416,7 +412,7 @@ def _range(where: str, v: float) -> None:
         raise ConfigError(where, "a finite factor >= 1 (1 = no randomization)", v)
 
 
-def _check_space(space: SpaceSection) -> None:
+def _check_space(space: SpaceConfig) -> None:
     if space.lr_center not in LR_CENTERS:
         raise ConfigError("space.lr_center", f"one of {LR_CENTERS}", space.lr_center)
     for key in ("lr_range", "momentum_range", "weight_decay_range", "l2_range"):
@@ -470,51 +466,25 @@ def _check_space(space: SpaceSection) -> None:
         )
 
 
-def _numbers(where: str, v: Any, positive: bool, must_hold: float) -> tuple[float, ...]:
-    ok = (
-        isinstance(v, list)
-        and v
-        and all(
-            isinstance(m, int | float)
-            and not isinstance(m, bool)
-            and math.isfinite(m)
-            and (m > 0 or not positive)
-            for m in v
-        )
-    )
-    if not ok:
+def _numbers(where: str, v: tuple[float, ...], positive: bool, must_hold: float) -> None:
+    if not v or not all(math.isfinite(m) and (m > 0 or not positive) for m in v):
         kind = "positive numbers" if positive else "finite numbers"
-        raise ConfigError(where, f"a non-empty list of {kind}", v)
+        raise ConfigError(where, f"a non-empty list of {kind}", list(v))
     if must_hold not in v:
-        raise ConfigError(where, f"a list that contains {must_hold:g} (the keep action)", v)
-    return tuple(float(m) for m in v)
+        raise ConfigError(where, f"a list that contains {must_hold:g} (the keep action)", list(v))
 
 
-def _parse_actions(raw: Any) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], str]:
-    if raw is None:
-        raw = {"lr": [0.5, 0.7, 1.0, 1.4, 2.0]}
-    keys = {"lr", "momentum", "weight_decay", "combine"}
-    if not isinstance(raw, dict):
-        raise ConfigError("actions", "a table with keys " + ", ".join(sorted(keys)), raw)
-    unknown = sorted(set(raw) - keys)
-    if unknown:
-        raise ConfigError(
-            f"actions.{unknown[0]}", f"one of the keys {sorted(keys)}", unknown[0], "unknown key"
-        )
-    lr = _numbers("actions.lr", raw.get("lr", [0.5, 0.7, 1.0, 1.4, 2.0]), True, 1.0)
-    mom = _numbers("actions.momentum", raw["momentum"], False, 0.0) if "momentum" in raw else ()
-    wd = (
-        _numbers("actions.weight_decay", raw["weight_decay"], True, 1.0)
-        if "weight_decay" in raw
-        else ()
-    )
-    combine = raw.get("combine", "union")
-    if combine not in ACTION_COMBINE:
-        raise ConfigError("actions.combine", f"one of {ACTION_COMBINE}", combine)
-    n = len(lr) * max(len(mom), 1) * max(len(wd), 1)
-    if combine == "product" and n > 64:
+def _check_actions(actions: ActionsSection, given: set[str]) -> None:
+    _numbers("actions.lr", actions.lr, True, 1.0)
+    if "momentum" in given:
+        _numbers("actions.momentum", actions.momentum, False, 0.0)
+    if "weight_decay" in given:
+        _numbers("actions.weight_decay", actions.weight_decay, True, 1.0)
+    if actions.combine not in ACTION_COMBINE:
+        raise ConfigError("actions.combine", f"one of {ACTION_COMBINE}", actions.combine)
+    n = len(actions.lr) * max(len(actions.momentum), 1) * max(len(actions.weight_decay), 1)
+    if actions.combine == "product" and n > 64:
         raise ConfigError("actions", "at most 64 actions in product mode", n)
-    return lr, mom, wd, combine
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -36,7 +36,8 @@ from trajlib.errors import (
     FeatureSetMismatchError,
     UnknownNameError,
 )
-from trajlib.space import BASE_SCHEDULES, ActionSpace, HyperparameterSpace
+from trajlib.space import ActionSpace, HyperparameterSpace
+from trajlib.spec import MODES, DecisionSpec, FeatureSetRef
 
 __all__ = [
     "FORMAT",
@@ -53,7 +54,6 @@ FORMAT = "trajlib-controller"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MODEL_STATE = "model_state.json"
-MODES = ("free", "residual")
 _REQUIRED = (
     "format",
     "format_version",
@@ -69,22 +69,57 @@ _REQUIRED = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadedController:
-    """A verified checkpoint: the fitted controller and everything needed to deploy it."""
+    """A verified checkpoint: the fitted controller, its decision spec (with the feature set it
+    reads) and the manifest. The decision fields are read-only views of ``spec``."""
 
     controller: Controller
     manifest: dict[str, Any]
-    action_space: ActionSpace
-    hp_space: HyperparameterSpace
-    feature_names: list[str]
-    feature_set_hash: str
-    every: int
-    mode: str
-    base_schedule: str
-    feature_set_name: str = ""
-    feature_set_version: str = ""
+    spec: DecisionSpec
     path: Path = field(default_factory=Path)
+
+    @property
+    def _feature_set(self) -> FeatureSetRef:
+        if self.spec.feature_set is None:  # load_controller always sets it
+            raise CheckpointError(f"{self.path}: the decision spec names no feature set")
+        return self.spec.feature_set
+
+    @property
+    def action_space(self) -> ActionSpace:
+        return self.spec.action_space
+
+    @property
+    def hp_space(self) -> HyperparameterSpace:
+        return self.spec.hp_space
+
+    @property
+    def every(self) -> int:
+        return self.spec.every
+
+    @property
+    def mode(self) -> str:
+        return self.spec.mode
+
+    @property
+    def base_schedule(self) -> str:
+        return self.spec.base_schedule
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self._feature_set.names)
+
+    @property
+    def feature_set_hash(self) -> str:
+        return self._feature_set.hash
+
+    @property
+    def feature_set_name(self) -> str:
+        return self._feature_set.name
+
+    @property
+    def feature_set_version(self) -> str:
+        return self._feature_set.version
 
 
 def _sha256(data: bytes) -> str:
@@ -129,15 +164,7 @@ def save_controller(
     controller: Controller,
     path: str | os.PathLike[str],
     *,
-    feature_set_name: str,
-    feature_set_version: str | int,
-    feature_set_hash: str,
-    feature_names: list[str],
-    action_space: ActionSpace,
-    hp_space: HyperparameterSpace,
-    every: int,
-    mode: str = "free",
-    base_schedule: str = "constant",
+    spec: DecisionSpec,
     label_strategy: str | Mapping[str, Any],
     training_data: Mapping[str, Any],
     offline_metrics: Mapping[str, Any],
@@ -146,12 +173,41 @@ def save_controller(
     """Write a fitted ``controller`` to the folder ``path``; returns the folder's path.
 
     The folder is written under a temporary name next to ``path`` and renamed into place, so a
-    reader never sees half a checkpoint. ``label_strategy`` is a name or
-    ``LabelStrategy.to_dict()``; ``training_data`` a JSON-able summary (``n_rows``, ``n_runs``,
+    reader never sees half a checkpoint. ``spec`` is the controller's decision spec, with the
+    feature set it was fitted on (:meth:`DecisionSpec.with_feature_set`). ``label_strategy`` is a
+    name or ``LabelStrategy.to_dict()``; ``training_data`` a JSON-able summary (``n_rows``, ``n_runs``,
     ``tasks``, ``store``); ``offline_metrics`` a dict of numbers (non-finite stored as null).
     Raises :class:`ConfigError` on inconsistent arguments, :class:`NotFittedError` when the
     controller is not fitted.
     """
+    _check_savable(controller, spec)
+    files, state = controller._payload()
+    files = dict(files)
+    if MODEL_STATE in files or MANIFEST in files:
+        raise ConfigError("payload", f"no file named {MODEL_STATE} or {MANIFEST}", list(files))
+    files[MODEL_STATE] = json.dumps(
+        _jsonable("model_state", state), indent=1, sort_keys=True, allow_nan=False
+    ).encode()
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": type(controller).kind,
+        "trajlib_version": trajlib.__version__,
+        **spec.to_dict(),  # feature_set, action_space, hp_space, mode, base_schedule, every
+        "label_strategy": _jsonable("label_strategy", label_strategy),
+        "training_data": _jsonable(
+            "training_data",
+            {"n_rows": None, "n_runs": None, "tasks": None, "store": None, **dict(training_data)},
+        ),
+        "offline_metrics": _metrics(offline_metrics),
+        "params": _jsonable("params", controller.get_params(deep=False)),
+        "files": {name: _sha256(data) for name, data in sorted(files.items())},
+    }
+    return _write_folder(Path(path), files, manifest, overwrite)
+
+
+def _check_savable(controller: Controller, spec: DecisionSpec) -> None:
+    """A fitted controller of a registered kind, and a spec that matches its widths."""
     if not isinstance(controller, Controller):
         raise ConfigError("controller", "a fitted trajlib Controller", type(controller).__name__)
     controller._check_fitted()
@@ -166,71 +222,27 @@ def save_controller(
             kind,
             hint="decorate the class with register_controller_kind",
         ) from e
-    names = [str(n) for n in feature_names]
+    if not isinstance(spec, DecisionSpec):
+        raise ConfigError("spec", "a DecisionSpec", type(spec).__name__)
+    if spec.feature_set is None:
+        raise ConfigError("spec.feature_set", "the feature set the controller was fitted on", None)
+    names = spec.feature_set.names
     if len(names) != controller.n_features_in_:
         raise ConfigError(
             "feature_names", f"{controller.n_features_in_} names (the fitted width)", len(names)
         )
-    if len(set(names)) != len(names):
-        raise ConfigError("feature_names", "unique names", names)
-    if not isinstance(action_space, ActionSpace) or len(action_space) != controller.n_actions_:
+    if len(spec.action_space) != controller.n_actions_:
         raise ConfigError(
             "action_space",
             f"an ActionSpace with {controller.n_actions_} actions (the fitted width)",
-            len(action_space) if isinstance(action_space, ActionSpace) else action_space,
+            len(spec.action_space),
         )
-    if not isinstance(hp_space, HyperparameterSpace):
-        raise ConfigError("hp_space", "a HyperparameterSpace", type(hp_space).__name__)
-    unknown = [h for h in action_space.hyperparameters if h not in hp_space]
-    if unknown:
-        raise ConfigError(
-            "hp_space",
-            f"bounds for every hyperparameter the actions move {unknown}",
-            hp_space.names,
-        )
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ConfigError("every", "a positive integer", every)
-    if mode not in MODES:
-        raise ConfigError("mode", f"one of {MODES}", mode)
-    if base_schedule not in BASE_SCHEDULES:
-        raise ConfigError("base_schedule", f"one of {BASE_SCHEDULES}", base_schedule)
-    if not (isinstance(feature_set_hash, str) and feature_set_hash):
-        raise ConfigError("feature_set_hash", "a non-empty hex string", feature_set_hash)
 
-    files, state = controller._payload()
-    files = dict(files)
-    if MODEL_STATE in files or MANIFEST in files:
-        raise ConfigError("payload", f"no file named {MODEL_STATE} or {MANIFEST}", list(files))
-    files[MODEL_STATE] = json.dumps(
-        _jsonable("model_state", state), indent=1, sort_keys=True, allow_nan=False
-    ).encode()
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "kind": kind,
-        "trajlib_version": trajlib.__version__,
-        "feature_set": {
-            "name": str(feature_set_name),
-            "version": str(feature_set_version),
-            "hash": feature_set_hash,
-            "names": names,
-        },
-        "action_space": action_space.to_dict(),
-        "hp_space": hp_space.to_dict(),
-        "mode": mode,
-        "base_schedule": base_schedule,
-        "every": every,
-        "label_strategy": _jsonable("label_strategy", label_strategy),
-        "training_data": _jsonable(
-            "training_data",
-            {"n_rows": None, "n_runs": None, "tasks": None, "store": None, **dict(training_data)},
-        ),
-        "offline_metrics": _metrics(offline_metrics),
-        "params": _jsonable("params", controller.get_params(deep=False)),
-        "files": {name: _sha256(data) for name, data in sorted(files.items())},
-    }
 
-    dest = Path(path)
+def _write_folder(
+    dest: Path, files: Mapping[str, bytes], manifest: Mapping[str, Any], overwrite: bool
+) -> Path:
+    """Write the payload files and the manifest under a temporary name, then rename into place."""
     if dest.exists() and not overwrite:
         raise ConfigError(
             "path", "a folder that does not exist yet", str(dest), hint="pass overwrite=True"
@@ -375,40 +387,21 @@ def load_controller(
         raise CheckpointError(f"{d / MANIFEST}: params do not fit kind {cls.kind!r} ({e})") from e
     controller = cls._from_payload(params, files, state)
     try:
-        action_space = ActionSpace.from_dict(manifest["action_space"])
-        hp_space = HyperparameterSpace.from_dict(manifest["hp_space"])
+        spec = DecisionSpec.from_dict(manifest)
     except (ConfigError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{d / MANIFEST}: bad action_space or hp_space ({e})") from e
-    names = [str(n) for n in fs["names"]]
+        raise CheckpointError(f"{d / MANIFEST}: bad decision spec ({e})") from e
+    names = spec.feature_set.names if spec.feature_set is not None else ()
     if len(names) != controller.n_features_in_:
         raise CheckpointError(
             f"{d / MANIFEST}: {len(names)} feature names but the model takes "
             f"{controller.n_features_in_} features"
         )
-    if len(action_space) != controller.n_actions_:
+    if len(spec.action_space) != controller.n_actions_:
         raise CheckpointError(
-            f"{d / MANIFEST}: {len(action_space)} actions but the model scores "
+            f"{d / MANIFEST}: {len(spec.action_space)} actions but the model scores "
             f"{controller.n_actions_}"
         )
-    every, mode, base = manifest["every"], manifest["mode"], manifest["base_schedule"]
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise CheckpointError(f"{d / MANIFEST}: every must be a positive integer; got {every!r}")
-    if mode not in MODES or base not in BASE_SCHEDULES:
-        raise CheckpointError(f"{d / MANIFEST}: bad mode {mode!r} or base_schedule {base!r}")
-    return LoadedController(
-        controller=controller,
-        manifest=manifest,
-        action_space=action_space,
-        hp_space=hp_space,
-        feature_names=names,
-        feature_set_hash=str(fs["hash"]),
-        every=every,
-        mode=mode,
-        base_schedule=base,
-        feature_set_name=str(fs.get("name", "")),
-        feature_set_version=str(fs.get("version", "")),
-        path=d,
-    )
+    return LoadedController(controller=controller, manifest=manifest, spec=spec, path=d)
 
 
 def verify_checkpoint(path: str | os.PathLike[str]) -> list[str]:

@@ -16,7 +16,7 @@ from trajlib.controllers._fit import fit_from_table
 from trajlib.errors import ConfigError
 from trajlib.features import derive, get_feature_set
 from trajlib.labels import get_label_strategy, make_labels
-from trajlib.space import ActionSpace, HyperParam, HyperparameterSpace, lr_action_space
+from trajlib.spec import DecisionSpec, FeatureSetRef, RunConfig
 from trajlib.store import open_store
 
 __all__ = ["fit_store", "training_table"]
@@ -35,13 +35,22 @@ def _one(values: list[Any], field: str) -> Any:
 
 def training_table(
     store: Any, feature_set: str = "default", labels: str = "greedy", tasks: list[str] | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, Any]]:
-    """Decision table (features), labels and the collection settings of a store.
+) -> tuple[pl.DataFrame, pl.DataFrame, DecisionSpec]:
+    """Decision table (features), labels and the decision spec shared by a store's runs.
 
-    Returns ``(table, labels, settings)``; ``table`` has ``run_id``, ``step``, ``task`` and the
-    feature columns; ``labels`` comes from :func:`trajlib.labels.make_labels`; ``settings`` holds
-    the action space, hyperparameter bounds, decision interval and mode shared by all runs.
+    Returns ``(table, labels, spec)``; ``table`` has ``run_id``, ``step``, ``task`` and the
+    feature columns; ``labels`` comes from :func:`trajlib.labels.make_labels`; ``spec`` holds
+    the action space, hyperparameter bounds, decision interval, mode and base schedule shared by
+    all runs, and the feature set the table was derived with.
     """
+    table, lab, spec, _ = _training_data(store, feature_set, labels, tasks)
+    return table, lab, spec
+
+
+def _training_data(
+    store: Any, feature_set: str, labels: str, tasks: list[str] | None
+) -> tuple[pl.DataFrame, pl.DataFrame, DecisionSpec, pl.DataFrame]:
+    """:func:`training_table` plus the runs frame."""
     st = open_store(store) if not hasattr(store, "steps") else store
     runs = st.runs(task=tasks).collect()
     if runs.height == 0:
@@ -54,45 +63,25 @@ def training_table(
             "runs collected with branching on (labels come from branch outcomes)",
             "no branch rows",
         )
-    entries = [json.loads(e) for e in runs[S.ENTRY].to_list() if e]
-    actions = _one(
-        [e.get("action_space") or lr_action_space(e["actions"]).to_dict() for e in entries],
-        "actions",
-    )
-    every = _one([e["every"] for e in entries], "every")
-    space = _one(
-        [
-            {k: e["space"][k] for k in ("lr_min", "lr_max", "mode", "base_schedule")}
-            for e in entries
-        ],
-        "space",
-    )
-    hp_space = _one(
-        [
-            e.get("hp_space")
-            or [HyperParam("lr", space["lr_min"], space["lr_max"], "log").to_dict()]
-            for e in entries
-        ],
-        "hp_space",
-    )
+    specs = [RunConfig.from_dict(json.loads(e)).decision for e in runs[S.ENTRY].to_list() if e]
+    _one([d.action_space.to_dict() for d in specs], "actions")
+    _one([d.every for d in specs], "every")
+    _one([[d.mode, d.base_schedule] for d in specs], "space")
+    _one([d.hp_space.to_dict() for d in specs], "hp_space")
     fs = get_feature_set(feature_set)
+    spec = specs[0].with_feature_set(
+        FeatureSetRef(name=fs.name, version=str(fs.version), hash=fs.hash, names=tuple(fs.names))
+    )
     points = decisions.select(S.RUN_ID, S.STEP).unique().sort(S.RUN_ID, S.STEP)
     table = derive(st.steps(task=tasks), points, runs.select(S.RUN_ID, S.BUDGET), fs)
     table = table.join(runs.select(S.RUN_ID, S.TASK), on=S.RUN_ID, how="left")
-    action_space = ActionSpace.from_dict(actions)
     lab = make_labels(
-        branches, labels, keep_index=action_space.keep_index, n_actions=len(action_space)
+        branches,
+        labels,
+        keep_index=spec.action_space.keep_index,
+        n_actions=len(spec.action_space),
     )
-    settings = {
-        "action_space": action_space,
-        "hp_space": HyperparameterSpace.from_dict(hp_space),
-        "every": int(every),
-        "mode": space["mode"],
-        "base_schedule": space["base_schedule"],
-        "feature_set": fs,
-        "runs": runs,
-    }
-    return table, lab, settings
+    return table, lab, spec, runs
 
 
 def fit_store(
@@ -113,21 +102,20 @@ def fit_store(
     controller is then refit on every row. Returns ``(checkpoint path, metrics)``.
     """
     get_label_strategy(labels)  # unknown name -> clear error before any work
-    table, lab, cfg = training_table(store, feature_set, labels, tasks)
-    fs = cfg["feature_set"]
+    table, lab, spec, runs = _training_data(store, feature_set, labels, tasks)
+    names = list(spec.feature_set.names) if spec.feature_set else []
     controller, metrics = fit_from_table(
         table,
         lab,
-        list(fs.names),
+        names,
         kind,
         params,
-        keep_index=cfg["action_space"].keep_index,
+        keep_index=spec.action_space.keep_index,
         random_state=random_state,
         refit=True,
     )
-    feats = table.select(fs.names).to_numpy().astype(np.float64)
-    nan_fraction = {n: float(np.mean(~np.isfinite(feats[:, i]))) for i, n in enumerate(fs.names)}
-    runs = cfg["runs"]
+    feats = table.select(names).to_numpy().astype(np.float64)
+    nan_fraction = {n: float(np.mean(~np.isfinite(feats[:, i]))) for i, n in enumerate(names)}
     best = lab["best_action"].to_numpy()
     training_data = {
         "store": str(store),
@@ -135,22 +123,14 @@ def fit_store(
         "n_runs": int(runs.height),
         "tasks": sorted(set(runs[S.TASK].to_list())),
         "best_action_share": {
-            str(a): float(np.mean(best == a)) for a in range(len(cfg["action_space"]))
+            str(a): float(np.mean(best == a)) for a in range(len(spec.action_space))
         },
         "feature_nan_fraction": nan_fraction,
     }
     path = save_controller(
         controller,
         out,
-        feature_set_name=fs.name,
-        feature_set_version=fs.version,
-        feature_set_hash=fs.hash,
-        feature_names=list(fs.names),
-        action_space=cfg["action_space"],
-        hp_space=cfg["hp_space"],
-        every=cfg["every"],
-        mode=cfg["mode"],
-        base_schedule=cfg["base_schedule"],
+        spec=spec,
         label_strategy=labels,
         training_data=training_data,
         offline_metrics=metrics,

@@ -1,14 +1,16 @@
 """A fitted controller as a collection behaviour (for collect -> fit -> collect again).
 
-:class:`ControllerPolicy` implements collect's ``DecisionPolicy`` protocol: given one run's step
-table so far it returns the probabilities of the recipe's actions — all mass on the controller's
-choice; the collector adds the recipe's epsilon-exploration. It lives here, not in collect, because
+:class:`ControllerPolicy` implements collect's ``DecisionPolicy`` protocol: given the
+``DecisionContext`` of one run at a decision point (step, budget, decision interval, the step
+table so far) it returns the probabilities of the recipe's actions — all mass on the
+controller's choice; the collector adds the recipe's epsilon-exploration. It lives here, not in collect, because
 collect sits left of features and controllers; the caller injects it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -17,6 +19,9 @@ from trajlib import schema as S
 from trajlib.controllers._checkpoint import LoadedController, load_controller
 from trajlib.features import get_feature_set
 from trajlib.features._offline import derive_arrays
+
+if TYPE_CHECKING:  # collect's protocol; importing collect here would load its engine
+    from trajlib.collect import DecisionContext
 
 __all__ = ["ControllerPolicy"]
 
@@ -46,14 +51,12 @@ class ControllerPolicy:
                 )
         return self._loaded
 
-    def __call__(self, run_steps_so_far: dict[str, np.ndarray]) -> np.ndarray:
+    def __call__(self, ctx: DecisionContext) -> np.ndarray:
         lc = self.loaded
-        s = int(run_steps_so_far["step"][0])
-        budget = int(run_steps_so_far["budget"][0])
-        every = int(run_steps_so_far["every"][0])
+        s, budget, every = ctx.step, ctx.budget, ctx.every
         cols = {
             c: np.asarray(v)[:s]
-            for c, v in run_steps_so_far.items()
+            for c, v in ctx.history().items()
             if c in S.STEP_SCHEMA and c not in (S.RUN_ID, S.STEP)
         }
         frame = pl.DataFrame({S.RUN_ID: ["r"] * s, S.STEP: np.arange(s, dtype=np.int32), **cols})

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from tests._native import require_native
-from trajlib import _native
+from tests.measure._require import require_native
 from trajlib.collect import Population, _engine
+from trajlib.measure import _native
 from trajlib.tasks import Task, get_task
 
 STEPS = 25

@@ -34,9 +34,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from trajlib import _native
 from trajlib.collect._mlp import StackedMLP, mlp_plan
-from trajlib.stepstats import RAW_LAYER_SUMS, STEP_STATS, step_stats
+from trajlib.measure import RAW_LAYER_SUMS, STEP_STATS, _native, step_stats
 from trajlib.tasks import Task, TaskData, batch_slot, epoch_order
 
 __all__ = ["ALIGN", "FlatSpec", "Population", "REC_COLUMNS", "RAW_SUMS"]

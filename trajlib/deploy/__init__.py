@@ -5,7 +5,14 @@ online features from optimizer hooks and the losses you give it, and asks the co
 steps.
 """
 
-from trajlib.deploy._probe import LAYER_ROWS, PROBE_COLUMNS, StepProbe, summarise
+from trajlib.deploy._probe import LAYER_ROWS, PROBE_COLUMNS, STRIDED, StepProbe, summarise
 from trajlib.deploy._scheduler import ControllerScheduler
 
-__all__ = ["ControllerScheduler", "StepProbe", "summarise", "PROBE_COLUMNS", "LAYER_ROWS"]
+__all__ = [
+    "ControllerScheduler",
+    "StepProbe",
+    "STRIDED",
+    "summarise",
+    "PROBE_COLUMNS",
+    "LAYER_ROWS",
+]

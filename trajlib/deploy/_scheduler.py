@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from trajlib.controllers import LoadedController, load_controller
-from trajlib.deploy._probe import PROBE_COLUMNS, StepProbe, summarise
+from trajlib.deploy._probe import PROBE_COLUMNS, STRIDED, StepProbe, summarise
 from trajlib.errors import ConfigError, FeatureSetMismatchError
 from trajlib.features import OnlineFeatures, get_feature_set
 from trajlib.space import HyperParam, base_factor
@@ -197,7 +197,7 @@ class ControllerScheduler:
         # base factor]
         self._bf_memo: tuple[int, int, float] = (-1, 0, 1.0)
         self._rows: list[list[Any]] = []
-        self._probe = StepProbe(optimizer, dots=self._dots)
+        self._probe = StepProbe(optimizer, dots=self._dots, stats_every=fs.stats_every)
         self._rows_layout = -1
         self._layer_groups: list[int] = []
         self._warned: set[str] = set()
@@ -418,7 +418,7 @@ class ControllerScheduler:
         tensors = [r[0] for r in rows if isinstance(r[0], torch.Tensor)]
         host_losses = iter(_losses_to_host(tensors)) if tensors else iter(())
         losses = [next(host_losses) if isinstance(r[0], torch.Tensor) else r[0] for r in rows]
-        measured = [r[1] for r in rows if r[1] is not None]
+        measured = [r[1] for r in rows if isinstance(r[1], tuple)]
         per_unit: list[np.ndarray | None] = [None] * len(self.units)
         if measured:
             stats = torch.stack([m[0] for m in measured])  # [n, 5, L]
@@ -444,7 +444,9 @@ class ControllerScheduler:
         n = len(rows)
         bfs = [r[5] for r in rows]
         loss_ok = [v is None or math.isfinite(v) for v in losses]
-        is_measured = [r[1] is not None for r in rows]
+        is_measured = [isinstance(r[1], tuple) for r in rows]
+        # a step left out by the feature set's stats_every: no statistics, finite unknown (None)
+        strided = [r[1] is STRIDED for r in rows]
         common = {"loss": losses, "base_factor": bfs}
         common["val_loss"] = [r[2] for r in rows]
         common["val_acc"] = [r[3] for r in rows]
@@ -460,7 +462,9 @@ class ControllerScheduler:
             cols["weight_decay"] = (_hp_get(group, "weight_decay"),) * n
             stats_u = per_unit[ui]
             if stats_u is None:  # no statistics for this unit: finite follows the loss only
-                cols["finite"] = [m and ok for m, ok in zip(is_measured, loss_ok)]
+                cols["finite"] = [
+                    None if s else m and ok for s, m, ok in zip(strided, is_measured, loss_ok)
+                ]
             elif len(stats_u) == n:  # every row measured (the usual case): columns at once
                 by_col = stats_u.T.tolist()
                 for j, name in enumerate(_STAT_COLS):
@@ -472,7 +476,8 @@ class ControllerScheduler:
                 for j, name in enumerate(_STAT_COLS):
                     cols[name] = [None if v is None else v[j] for v in per_row]
                 cols["finite"] = [
-                    v is not None and bool(v[-1]) and ok for v, ok in zip(per_row, loss_ok)
+                    None if s else v is not None and bool(v[-1]) and ok
+                    for s, v, ok in zip(strided, per_row, loss_ok)
                 ]
             u.features.update_many(cols, n)
 
@@ -546,7 +551,7 @@ class ControllerScheduler:
         they are, not fed to the features early.
         """
         rows = self._rows
-        measured = [r[1] for r in rows if r[1] is not None]
+        measured = [r[1] for r in rows if isinstance(r[1], tuple)]
         present = None
         if measured and any(m[1] is not None for m in measured):
             L = measured[0][0].shape[-1]
@@ -585,7 +590,8 @@ class ControllerScheduler:
                 "val_loss": [r[2] for r in rows],
                 "val_acc": [r[3] for r in rows],
                 "step": [r[4] for r in rows],
-                "measured": [r[1] is not None for r in rows],
+                "measured": [isinstance(r[1], tuple) for r in rows],
+                "strided": [r[1] is STRIDED for r in rows],
                 "stats": torch.stack([m[0] for m in measured]).cpu() if measured else None,
                 "present": present,
                 "layer_groups": list(self._layer_groups),
@@ -639,16 +645,17 @@ class ControllerScheduler:
                 if v is not None and _hp_get(g, name) is not None:
                     _hp_set(g, name, float(v))
         self._probe.load_state_dict(state["probe"])
-        dev = self._probe._cur.device if self._probe._params else torch.device("cpu")
+        dev = self._probe.device
         r = state["rows"]
         stats = r["stats"]
         present = r["present"]
         self._rows = []
         k = 0
-        for loss, vl, va, step, measured in zip(
-            r["loss"], r["val_loss"], r["val_acc"], r["step"], r["measured"]
+        strided = r.get("strided") or [False] * len(r["measured"])
+        for loss, vl, va, step, measured, st in zip(
+            r["loss"], r["val_loss"], r["val_acc"], r["step"], r["measured"], strided
         ):
-            taken = None
+            taken: Any = STRIDED if st else None
             if measured:
                 m = None
                 if present is not None and not bool(present[k].all()):

@@ -118,6 +118,7 @@ class StepProbe:
         self._group_lists: list[Any] = []
         self._params: list[torch.Tensor] = []
         self._sums: LayerSums | None = None
+        self._present_cache: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
         self._index = 0  # the step in flight (takes so far)
         self._skip = False  # the step in flight is left out by the stride
         self._armed = False
@@ -165,6 +166,7 @@ class StepProbe:
         self._params = [p for g in groups for p in g["params"]]
         self.layer_groups = [gi for gi, g in enumerate(groups) for _ in g["params"]]
         self.layout_version += 1
+        self._present_cache = {}
         self._sums = None
         if self._params:
             self._sums = layer_sums(self._params, dots=self.dots, backend=self.backend)
@@ -249,14 +251,23 @@ class StepProbe:
             self.steps_seen += 1
             present = None
             if self._missing:
-                present = torch.ones(len(self._params), dtype=torch.bool)
-                present[self._missing] = False
-                present = present.to(stats.device, non_blocking=True)
+                present = self._present(tuple(self._missing), stats.device)
             self._pending = (stats, present)
         except Exception:  # noqa: BLE001
             self._failed()
         finally:
             torch._C._set_grad_enabled(grad_mode)
+
+    def _present(self, missing: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """The ``present`` flags for these missing layers, made once per pattern and device (no
+        host-to-device copy on later steps; nobody writes them)."""
+        key = (missing, device)
+        flags = self._present_cache.get(key)
+        if flags is None:
+            cpu = torch.ones(len(self._params), dtype=torch.bool)
+            cpu[list(missing)] = False
+            flags = self._present_cache[key] = cpu.to(device)
+        return flags
 
     def _failed(self) -> None:
         self.errors += 1

@@ -82,3 +82,21 @@ def test_strided_rows_survive_a_state_dict_round_trip(tiny_checkpoint):
     a, b = sched.state_dict()["rows"], sched2.state_dict()["rows"]
     assert a["strided"] == b["strided"]
     torch.testing.assert_close(a["stats"], b["stats"], equal_nan=True)
+
+
+def test_next_step_aligns_the_stride_with_a_schedulers_count():
+    """The stride counts ``take()`` calls unless told otherwise: after ``next_step = 5`` the next
+    steps are 5, 6, 7, 8 (measured: 7 and 8 with the cosines' step before)."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    probe = StepProbe(opt, stats_every=4)
+    assert probe.next_step == 0
+    probe.next_step = 5
+    got = []
+    for t in range(4):
+        x, y = batch(t)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        got.append(isinstance(probe.take(), tuple))
+    assert got == [False, False, True, True] and probe.next_step == 9

@@ -283,6 +283,17 @@ class StepProbe:
         return out
 
     @property
+    def next_step(self) -> int:
+        """Index of the next optimizer step the hooks will see: what ``stats_every`` counts.
+        Each :meth:`take` advances it; set it to align the probe with a scheduler's own count of
+        steps (e.g. after a restart at another step)."""
+        return self._index
+
+    @next_step.setter
+    def next_step(self, value: int) -> None:
+        self._index = int(value)
+
+    @property
     def has_pending(self) -> bool:
         """Whether an optimizer step ran (measured or strided) and was not yet taken."""
         return self._pending is not None

@@ -27,8 +27,8 @@ import time
 import numpy as np
 import torch
 
-from trajlib import _native
 from trajlib.collect._engine import Population
+from trajlib.measure import _native
 from trajlib.tasks import get_task
 
 TARGETS = {

@@ -1,5 +1,4 @@
-"""Deploy benchmark: wall time of a training loop driven by a controller / the same loop with a
-constant LR (``LambdaLR``).
+"""Deploy benchmark: wall time of a training loop driven by a controller / the same loop without it.
 
 Prints human-readable lines, then one JSON object on the last line. One thread everywhere.
 
@@ -7,29 +6,34 @@ Prints human-readable lines, then one JSON object on the last line. One thread e
 
 The loop is task ``mnist1d-mlp`` (MLP 40-100-100-10, batch 128, SGD with momentum 0.9; ``--hidden N``
 widens it to 40-N-N-10 to show how the overhead scales with the work per step; ``--task`` runs
-another built-in task's model instead), on the CPU
-or, with ``--device cuda``, on a GPU.
-Both loops draw the same batches and validate every 100 steps; the controller loop also calls
-``observe`` / ``observe_validation`` / ``step`` of a :class:`ControllerScheduler`.
+another built-in task's model instead), on the CPU or, with ``--device cuda``, on a GPU. Every loop
+draws the same batches and validates every 100 steps. The baseline loop is that and nothing else;
+the controller loops are the same loop plus ``observe`` / ``observe_validation`` / ``step`` of a
+:class:`ControllerScheduler` — the controller is the only difference.
+
+Loops (each where it can run): ``baseline``; ``controller/<backend>`` — the scheduler with its
+probe on a measurement backend (``native``: the C kernels, CPU float32; ``torch``: the reference
+backend), statistics every step; ``controller-s4/<backend>`` — the same scheduler whose probe
+measures with stride 4 (``stats_every=4``: the probe is replaced right after the scheduler is built,
+because no controller is fitted on a strided feature set yet: the shipped controller then decides
+on features of strided statistics — the decision path costs what it costs, the decisions are not
+meant to be good); ``probe/<backend>`` — the optimizer hooks alone (:class:`StepProbe`, every
+step, ``take()`` each step, nothing else); ``kernels`` (native kernels loaded, CPU) — hooks that
+only read the gradients' addresses and call the two native kernels (``tl_pre`` on the real
+gradient and weights, ``tl_update``), the floor of measuring every step that way.
 
 How it is timed: this machine's speed drifts by 10-20 % over seconds, more than the overhead
 being measured, so whole loops timed one after the other disagree by that much. Instead, each
-repetition builds the loops (baseline, controller, probe-only, kernels-only; same seed) and runs
-them **interleaved in blocks** of ``--block`` steps (default 50, one decision interval) in rotating
-order, so every block of one loop is timed within a few tens of milliseconds of a block of the
-others. ``deploy_overhead`` is the controller loop's total time / the baseline loop's total time
-(all blocks of all repetitions: a ratio of wall times of whole loops), with a 95 % bootstrap
-interval over block rounds; ``overhead_by_rep`` gives the same ratio per repetition.
-``probe_overhead`` is the same ratio for a loop with only the optimizer hooks
-(:class:`StepProbe`, statistics taken each step and never read; it steps the same ``LambdaLR``
-as the baseline), which separates the cost of the hooks from the cost of the scheduler's
-bookkeeping, features and decisions; ``kernels_overhead`` (CPU, native kernels) is the same
-ratio for a loop whose hooks only call the probe's two C kernels with addresses fixed once: the
-floor of measuring every step this way. ``breakdown_us_per_step`` comes from one more,
-instrumented controller loop (``perf_counter`` around each hook and scheduler call). The hooks
-use the native kernels (``native_kernels``) and the C hooks (``native_hooks``) where they load;
-``TRAJLIB_NATIVE=0`` measures the PyTorch probe. Without ``--checkpoint`` a GBT controller is
-fitted from a tiny store collected first (about a minute).
+repetition builds every loop (same seed) and runs them **interleaved in blocks** of ``--block``
+steps (default 50, one decision interval) in rotating order, so every block of one loop is timed
+within a short time of a block of the others. Each ``*_overhead`` is that loop's total time / the
+baseline's total time in the same run (all blocks of all repetitions), with a 95 % bootstrap
+interval over block rounds. ``deploy_overhead`` / ``deploy_overhead_s4`` are those of the backend
+the scheduler picks by itself (native where the kernels load and the parameters are CPU float32,
+else torch); ``by_backend`` has every backend's. ``breakdown_us_per_step`` comes from one more,
+instrumented controller loop (default backend; ``perf_counter`` around each hook and scheduler
+call). Without ``--checkpoint`` a GBT controller is fitted from a tiny store collected first
+(about a minute).
 """
 
 from __future__ import annotations
@@ -58,10 +62,10 @@ from typing import Any  # noqa: E402
 import torch  # noqa: E402
 
 from tests._tiny import TINY_RECIPE  # noqa: E402
-from trajlib import _native  # noqa: E402
 from trajlib.controllers import load_controller  # noqa: E402
 from trajlib.deploy import ControllerScheduler  # noqa: E402
 from trajlib.deploy._probe import StepProbe  # noqa: E402
+from trajlib.measure import _native  # noqa: E402
 from trajlib.tasks import get_task  # noqa: E402
 from trajlib.tasks._builtin import mlp  # noqa: E402
 
@@ -87,7 +91,8 @@ def fit_checkpoint(root: Path) -> Path:
 
 class Loop:
     """One training loop (model, optimizer, batches and, by ``mode``, a scheduler or probe) that
-    can be run a block of steps at a time."""
+    can be run a block of steps at a time. ``mode``: ``baseline``, ``kernels``, ``breakdown``, or
+    ``controller/<backend>``, ``controller-s4/<backend>``, ``probe/<backend>``."""
 
     def __init__(
         self,
@@ -119,14 +124,25 @@ class Loop:
         self.parts: dict[str, float] | None = None
         self.decide_s = 0.0
         self.probe: StepProbe | None = None
-        if mode in ("baseline", "probe", "kernels"):
-            self.sched: Any = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0)
-            if mode == "probe":
-                self.probe = StepProbe(self.opt)
-            if mode == "kernels":
-                self._kernels_only()
+        self.sched: Any = None
+        kind, _, backend = mode.partition("/")
+        if kind == "baseline":
+            return
+        if kind == "probe":
+            self.probe = StepProbe(self.opt, backend=backend)
+            return
+        if kind == "kernels":
+            self._kernels_only()
             return
         sched = ControllerScheduler(self.opt, loaded, total_steps=steps)
+        if backend or kind == "controller-s4":
+            # the same scheduler, its probe on this backend / with stride 4 (see the docstring)
+            dots = sched._probe.dots
+            sched._probe.remove()
+            stride = 4 if kind == "controller-s4" else 1
+            sched._probe = StepProbe(
+                self.opt, dots=dots, stats_every=stride, backend=backend or "auto"
+            )
         self.sched = sched
         decide = sched._decide
 
@@ -159,10 +175,11 @@ class Loop:
             sched.step = timing("step", sched.step)  # type: ignore[method-assign]
 
     def _kernels_only(self) -> None:
-        """The floor of the native probe: optimizer hooks that only call its two kernels
-        (``tl_pre`` before the step, ``tl_update`` after it) with addresses fixed once, no Python
-        around them. The weights stand in for the gradient (the same bytes to read; the real
-        gradient's address changes every step and reading it is the probe's work)."""
+        """The floor of the native backend: optimizer hooks that read the gradients' addresses
+        (they change every step: ``zero_grad`` frees the gradients) and call its two kernels
+        (``tl_pre`` on the real gradient and weights before the step, ``tl_update`` after it),
+        every other address fixed once; no checks, no missing-gradient handling, no output
+        rows."""
         lib = _native.lib()
         params = list(self.model.parameters())
         if lib is None or any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
@@ -170,13 +187,19 @@ class Loop:
         bufs = [torch.zeros(p.numel()) for p in params for _ in range(3)]  # kept g, theta, u
         n = _native.ptrs([p.numel() for p in params])
         w = _native.ptrs([p.data_ptr() for p in params])
+        g = _native.ptrs([0] * len(params))
         kept = [_native.ptrs([b.data_ptr() for b in bufs[i::3]]) for i in range(3)]
         out = torch.zeros(5, len(params))
-        self._keep = (bufs, n, w, kept, out)  # alive as long as the loop
+        self._keep = (bufs, n, w, g, kept, out)  # alive as long as the loop
         L, o = len(params), out.data_ptr()
-        n_, g_, w_, kg, kw, ku = (a.ctypes.data for a in (n, w, w, *kept))  # once, not per step
+        n_, w_, g_, kg, kw, ku = (a.ctypes.data for a in (n, w, g, *kept))  # once, not per step
         pre, upd = lib.tl_pre, lib.tl_update
-        self.opt.register_step_pre_hook(lambda *_: pre(L, n_, w_, g_, kw, kg, 1, o))
+
+        def pre_hook(*_: Any) -> None:
+            g[:] = [p.grad.data_ptr() for p in params]  # type: ignore[union-attr]
+            pre(L, n_, w_, g_, kw, kg, 1, o)
+
+        self.opt.register_step_pre_hook(pre_hook)
         self.opt.register_step_post_hook(lambda *_: upd(L, n_, w_, kw, ku, 1, o))
 
     def run(self, n: int) -> float:
@@ -186,7 +209,7 @@ class Loop:
         )  # fmt: skip
         d = self.data
         x_tr, y_tr, x_val, y_val = d.x_train, d.y_train, d.x_val[:512], d.y_val[:512]
-        ctrl = self.mode in ("controller", "breakdown")
+        ctrl = sched is not None
         t0 = time.perf_counter()
         for t in range(self.t, self.t + n):
             b = idx[t]
@@ -203,7 +226,8 @@ class Loop:
                     vl = ce(model(x_val), y_val)
                 if ctrl:
                     sched.observe_validation(vl)
-            sched.step()
+            if ctrl:
+                sched.step()
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         self.t += n
@@ -255,13 +279,18 @@ def main() -> None:
         loaded = load_controller(ckpt)
     data = get_task(a.task).make_data().to(a.device)
     kw = dict(device=a.device, hidden=a.hidden, task_name=a.task)
-    order = ["baseline", "controller", "probe"]
-    if _native.lib() is not None and a.device == "cpu":
+    native = _native.lib() is not None and a.device == "cpu"
+    backends = ["native", "torch"] if native else ["torch"]
+    default = backends[0]  # what the scheduler picks by itself here
+    order = ["baseline"]
+    for kind in ("controller", "controller-s4", "probe"):
+        order += [f"{kind}/{b}" for b in backends]
+    if native:
         order.append("kernels")
     for mode in order:  # warm-up
         Loop(mode, 200, loaded, data, **kw).run(200)
     blocks: dict[str, list[float]] = {m: [] for m in order}
-    by_rep: list[float] = []
+    used: dict[str, str | None] = {}
     events: dict = {}
     decide_s, decisions = 0.0, 0
     for rep in range(a.reps):
@@ -274,18 +303,26 @@ def main() -> None:
                 blocks[m].append(loops[m].run(n))
             done, k = done + n, k + 1
         tot = {m: sum(blocks[m][first[m] :]) for m in order}
-        by_rep.append(tot["controller"] / tot["baseline"])
-        ctrl = loops["controller"]
+        for m, lp in loops.items():  # the backend each loop's probe really used
+            probe = lp.probe if lp.probe is not None else getattr(lp.sched, "_probe", None)
+            if probe is not None:
+                used[m] = probe.backend_name
+        ctrl = loops[f"controller/{default}"]
         events = dict(ctrl.sched.events)
         decide_s += ctrl.decide_s
         decisions += events["decisions"] + events["held_nonfinite"]
-        ctrl.sched.close()
+        for lp in loops.values():
+            if lp.sched is not None:
+                lp.sched.close()
         print(
             f"rep {rep}: / baseline: "
             + ", ".join(f"{m} {tot[m] / tot['baseline']:.4f}" for m in order[1:])
             + f" (baseline {tot['baseline'] / a.steps * 1e6:.0f} us/step)",
             flush=True,
         )
+    mismatch = {m: b for m, b in used.items() if "/" in m and m.split("/")[1] != b}
+    if mismatch:
+        raise SystemExit(f"loops measured on another backend than named: {mismatch}")
     # one more controller loop, instrumented, outside the ratios: where the time goes
     bd = Loop("breakdown", a.steps, loaded, data, **kw)
     bd.run(a.steps)
@@ -295,25 +332,38 @@ def main() -> None:
     parts["decisions"] = bd.decide_s / a.steps * 1e6
     total = {m: sum(blocks[m]) for m in order}
     n_steps = a.steps * a.reps
-    lo, hi = bootstrap_ratio_ci(blocks["controller"], blocks["baseline"])
-    plo, phi = bootstrap_ratio_ci(blocks["probe"], blocks["baseline"])
-    base_us, ctrl_us, probe_us = (total[m] / n_steps * 1e6 for m in order[:3])
+    base = blocks["baseline"]
+
+    def ratio(m: str) -> dict[str, Any]:
+        lo, hi = bootstrap_ratio_ci(blocks[m], base)
+        return {
+            "overhead": round(total[m] / total["baseline"], 4),
+            "ci95": [round(lo, 4), round(hi, 4)],
+            "us_per_step": round((total[m] - total["baseline"]) / n_steps * 1e6, 1),
+        }
+
+    by_backend = {
+        b: {
+            "deploy_overhead": ratio(f"controller/{b}"),
+            "deploy_overhead_s4": ratio(f"controller-s4/{b}"),
+            "probe_overhead": ratio(f"probe/{b}"),
+        }
+        for b in backends
+    }
+    d = by_backend[default]
+    base_us = total["baseline"] / n_steps * 1e6
     out = {
-        "deploy_overhead": round(total["controller"] / total["baseline"], 4),
-        "deploy_overhead_ci95": [round(lo, 4), round(hi, 4)],
-        "probe_overhead": round(total["probe"] / total["baseline"], 4),
-        "probe_overhead_ci95": [round(plo, 4), round(phi, 4)],
-        # the floor of the native probe: its two kernels alone, fixed addresses, no Python
-        "kernels_overhead": round(total["kernels"] / total["baseline"], 4)
-        if "kernels" in total
-        else None,
-        "overhead_by_rep": [round(r, 4) for r in by_rep],
-        "overhead_us_per_step": round(ctrl_us - base_us, 1),
-        "native_kernels": _native.lib() is not None,  # TRAJLIB_NATIVE=0: the PyTorch probe
-        "native_hooks": _native.hooks() is not None,  # no Python headers: the Python hooks
+        "deploy_overhead": d["deploy_overhead"]["overhead"],
+        "deploy_overhead_ci95": d["deploy_overhead"]["ci95"],
+        "deploy_overhead_s4": d["deploy_overhead_s4"]["overhead"],
+        "deploy_overhead_s4_ci95": d["deploy_overhead_s4"]["ci95"],
+        "probe_overhead": d["probe_overhead"]["overhead"],
+        "default_backend": default,
+        "by_backend": by_backend,
+        # the floor of the native backend: reading the gradients' addresses and its two kernels
+        "kernels_overhead": ratio("kernels") if "kernels" in total else None,
+        "native_kernels": _native.lib() is not None,  # TRAJLIB_NATIVE=0: torch only
         "baseline_step_us": round(base_us, 1),
-        "controller_step_us": round(ctrl_us, 1),
-        "probe_step_us": round(probe_us, 1),
         "decide_ms_per_decision": round(decide_s / max(1, decisions) * 1e3, 3),
         "decide_us_per_step": round(decide_s / n_steps * 1e6, 1),
         "events": events,
@@ -331,11 +381,15 @@ def main() -> None:
         "machine": platform.machine(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
-    print(
-        f"overhead {out['deploy_overhead']:.3f}x (95% CI {lo:.3f}-{hi:.3f}; hooks alone "
-        f"{out['probe_overhead']:.3f}x); baseline {base_us:.0f} us/step, controller "
-        f"{ctrl_us:.0f} us/step"
-    )
+    for b, r in by_backend.items():
+        print(
+            f"{b:6s}: controller {r['deploy_overhead']['overhead']:.3f}x "
+            f"(95% CI {r['deploy_overhead']['ci95'][0]:.3f}-{r['deploy_overhead']['ci95'][1]:.3f})"
+            f", stride 4 {r['deploy_overhead_s4']['overhead']:.3f}x "
+            f"({r['deploy_overhead_s4']['ci95'][0]:.3f}-{r['deploy_overhead_s4']['ci95'][1]:.3f})"
+            f", hooks alone {r['probe_overhead']['overhead']:.3f}x"
+        )
+    print(f"baseline {base_us:.0f} us/step")
     print(json.dumps(out))
 
 

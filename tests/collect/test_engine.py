@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from tests._native import require_native
-from trajlib import _native
-from trajlib.collect import _engine
+from tests.measure._require import require_native
 from trajlib.collect._engine import Population
+from trajlib.measure import _native, _population
 from trajlib.tasks import Task, get_task
 
 STEPS = 25
@@ -139,12 +138,12 @@ def test_derived_record_equals_direct_computation(seeds, fast, record, monkeypat
     else:
         monkeypatch.setattr(_native, "lib", lambda: None)
         if record == "large":
-            monkeypatch.setattr(_engine, "_SMALL_LIMIT", 0)
+            monkeypatch.setattr(_population, "_SMALL_LIMIT", 0)
     task = get_task("digits-mlp")
     data = task.make_data()
     lrs = [0.02, 0.05][: len(seeds)]
     pop = Population(task, data, seeds, {"lr": lrs}, capacity=10, fast=fast)
-    assert pop._rec_mode == record
+    assert pop._sums.mode == record
     thetas, grads = [pop.theta.clone()], []
     lr = torch.tensor(lrs)
     for _ in range(6):

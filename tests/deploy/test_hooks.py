@@ -3,7 +3,6 @@ gradient accumulation, zero_grad anywhere, GradScaler (skipped steps), torch.com
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -11,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from tests._native import require_native, require_native_hooks
 from tests.deploy._helpers import batch, make_model, two_groups
-from trajlib import _native
+from tests.measure._require import require_native
 from trajlib.deploy import ControllerScheduler
 from trajlib.deploy._probe import PROBE_COLUMNS, StepProbe, summarise
+from trajlib.measure import _native
 
 
 def _flat(ts):
@@ -195,20 +194,19 @@ def test_step_with_a_closure_measures_the_gradient_the_closure_computed():
     assert probe.errors == 0
 
 
-@pytest.mark.parametrize("path", ["native", "native-python-hooks", "lean", "blocked"])
+@pytest.mark.parametrize("path", ["native", "torch-cumsum"])
 def test_every_probe_path_gives_the_same_statistics(path, monkeypatch):
-    """CPU float32 models take the native one-pass kernels, from the C hooks (the CPython
-    extension) or, without Python headers, from the Python hooks; otherwise small models take
-    the fused products path, larger ones the lean path (block norms, one dot product per param
-    group) or, with many groups, per-block dots. Same numbers, for the whole model and for each
-    param group (layer-wise units), with a layer left without grad (the C hook hands that step
-    to the Python hook, and takes the next one back)."""
-    import trajlib.deploy._probe as probe_mod
+    """CPU float32 models take the native one-pass kernels where they load; otherwise the torch
+    backend (block sums and a block -> layer membership product, or, for models where that matrix
+    would be large, a cumulative sum over blocks). Same numbers as the torch backend with the
+    membership product, for the whole model and for each param group (layer-wise units), with a
+    layer left without grad."""
+    import trajlib.measure._torch as torch_mod
 
-    def run() -> tuple[list[tuple[list, list]], str]:
+    def run(backend: str) -> tuple[list[tuple[list, list]], str]:
         model = make_model()
         opt = two_groups(model)
-        probe = StepProbe(opt)
+        probe = StepProbe(opt, backend=backend)
         out, prev_all, prev_grp = [], None, [None, None]
         for t in range(4):
             x, y = batch(t)
@@ -227,26 +225,19 @@ def test_every_probe_path_gives_the_same_statistics(path, monkeypatch):
                 r, prev_grp[g] = summarise(stats[None][:, :, idx], pg, prev_grp[g])
                 groups.append(r[0].tolist())
             out.append((row[0].tolist(), groups))
-        if probe._native is not None:
-            c_hooks = isinstance(probe._pre, functools.partial)
-            return out, "native" if c_hooks else "native-python-hooks"
-        return out, "fused" if probe._fused else "lean" if probe._group_spans else "blocked"
+        name = probe.backend_name
+        if name == "torch" and probe._sums._membership is None:  # type: ignore[union-attr]
+            name = "torch-cumsum"
+        return out, name
 
-    if path.startswith("native"):
+    ref, ref_path = run("torch")
+    assert ref_path == "torch"  # this model is small: the membership product
+    if path == "native":
         require_native()
-        if path == "native":
-            require_native_hooks()
-        else:
-            monkeypatch.setattr(_native, "hooks", lambda: None)
-        got, got_path = run()
-    monkeypatch.setattr(_native, "lib", lambda: None)  # the PyTorch paths from here on
-    ref, ref_path = run()
-    assert ref_path == "fused"  # this model is small
-    if not path.startswith("native"):
-        monkeypatch.setattr(probe_mod, "_FUSED_LIMIT", 0)
-        if path == "blocked":
-            monkeypatch.setattr(probe_mod, "_GROUP_DOTS_LIMIT", 0)
-        got, got_path = run()
+        got, got_path = run("native")
+    else:
+        monkeypatch.setattr(torch_mod, "_MEMBERSHIP_LIMIT", 0)
+        got, got_path = run("torch")
     assert got_path == path
     for (a, ga), (b, gb) in zip(ref, got):
         np.testing.assert_allclose(b, a, rtol=2e-5, equal_nan=True)
@@ -282,7 +273,7 @@ def test_probe_follows_parameters_that_move_or_change_type():
         assert stats["weight_norm"] == pytest.approx(float(w.norm()), rel=1e-5)
         assert stats["update_norm"] == pytest.approx(float(u.norm()), rel=1e-4)
     assert probe.errors == 0
-    assert probe._native is None  # float64 parameters: the PyTorch path
+    assert probe.backend_name == "torch"  # float64 parameters: the torch backend
 
 
 def test_sparse_gradients_are_measured_as_their_dense_equivalent():
@@ -354,7 +345,7 @@ def test_without_dots_the_cosines_are_nan_and_the_norms_unchanged(path, monkeypa
             stats, _ = probe.take()
             rows.append(stats.clone())
         got[dots] = torch.stack(rows)
-    assert (probe._native is not None) == (path == "native")
+    assert probe.backend_name == path
     assert torch.isnan(got[False][:, 3:]).all()
     assert torch.isfinite(got[True][1:, 3:]).all()
     torch.testing.assert_close(got[False][:, :3], got[True][:, :3])

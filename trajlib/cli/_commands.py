@@ -139,14 +139,14 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def doctor_report() -> dict[str, Any]:
-    """Versions, threads, accelerators and whether the native kernels and the probe's C hooks
-    load (compiling them if needed)."""
+    """Versions, threads, accelerators and whether the native measurement kernels load
+    (compiling them if needed)."""
     import importlib.metadata as md
     import platform
 
     import torch
 
-    from trajlib import _native
+    from trajlib.measure import _native
 
     versions: dict[str, str | None] = {}
     for dist in ("trajlib", "torch", "numpy", "polars", "pyarrow", "zarr", "lightgbm", "ray"):
@@ -160,7 +160,6 @@ def doctor_report() -> dict[str, Any]:
         versions["trajlib"] = f"{trajlib.__version__} (from {Path(trajlib.__file__).parent})"
     t0 = time.perf_counter()
     lib = _native.lib()
-    hooks = _native.hooks()
     cuda = torch.cuda.is_available()
     return {
         "python": platform.python_version(),
@@ -172,8 +171,6 @@ def doctor_report() -> dict[str, Any]:
         else [],
         "native_kernels": lib is not None,
         "native_status": _native.status(),
-        "native_hooks": hooks is not None,
-        "native_hooks_status": _native.hooks_status(),
         "native_load_s": round(time.perf_counter() - t0, 3),
     }
 
@@ -190,8 +187,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"cuda           {', '.join(rep['cuda']) or 'no GPU visible'}")
     state = "used" if rep["native_kernels"] else "NOT used (PyTorch fallback: same numbers, slower)"
     print(f"native kernels {state}: {rep['native_status']}")
-    state = "used" if rep["native_hooks"] else "NOT used (Python hooks: same numbers, slower)"
-    print(f"native hooks   {state}: {rep['native_hooks_status']}")
     return 0
 
 

@@ -13,9 +13,10 @@ momentum, AdamW) are written on the stacked tensors with per-member hyperparamet
 per-member, per-layer LR multipliers ``[K, L]``.
 
 Instrumentation keeps the per-step work minimal: gradient, parameters and update of the last two
-steps live in two rotating ``[3, K, P]`` buffers, so the raw per-layer sums
-``[|g|^2, |w|^2, |u|^2, g.g_prev, u.u_prev]`` (``[5, K, L]``) are two elementwise products and one
-block reduction; they and the loss ``[K]`` are written into device-side buffers; norms, cosines and update ratios are derived for a whole chunk at once by
+steps live in two rotating ``[3, K, P]`` buffers, from which the measurement contract's
+population record (:class:`trajlib.measure._population.PopulationSums`) writes the raw per-layer sums
+``[|g|^2, |w|^2, |u|^2, g.g_prev, u.u_prev]`` (``[5, K, L]``) and the loss ``[K]`` into
+device-side buffers; norms, cosines and update ratios are derived for a whole chunk at once by
 :meth:`Population.columns` (at decision points / run end). No host transfer happens per step.
 
 Batches (and input noise) are a deterministic function of (member seed, step), so a branch forked
@@ -27,24 +28,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from trajlib import _native
 from trajlib.collect._mlp import StackedMLP, mlp_plan
-from trajlib.stepstats import RAW_LAYER_SUMS, STEP_STATS, step_stats
+from trajlib.measure import RAW_LAYER_SUMS, STEP_STATS, step_stats
+from trajlib.measure._population import PopulationSums
 from trajlib.tasks import Task, TaskData, batch_slot, epoch_order
 
 __all__ = ["ALIGN", "FlatSpec", "MemberState", "Population", "REC_COLUMNS", "RAW_SUMS"]
 
 ALIGN = 128  # floats; every layer starts at a multiple of this in the flat vector
 _KEY_MASK = (1 << 63) - 1  # noise keys are non-negative 63-bit seeds
-#: Largest K * P recorded with one product buffer (fewer ops); above it, norms and two products.
-_SMALL_LIMIT = 1 << 18
 
 # Raw per-layer sums kept per step: [step, 5, K, L].
 RAW_SUMS = RAW_LAYER_SUMS
@@ -332,70 +330,24 @@ class Population:
         self.rec_loss = torch.full((n, K), nan, device=dev)  # [step, K]
         self.rec_sums = torch.full((n, 5, K, L), nan, device=dev)  # [step, 5, K, L]
         self.rec_val = torch.full((n, 2, K), nan, device=dev)  # [step, (loss, acc), K]
-        P, A = self.spec.n_params, self.spec.align
-        nb = P // A
+        P = self.spec.n_params
         # Two rotating [3, K, P] buffers (one [2, 3, K, P] tensor) hold (gradient, parameters,
-        # -update) of steps t and t - 1, so the five products of a step are elementwise ops.
+        # -update) of steps t and t - 1: the optimizer writes them, the record reads them.
         store = torch.zeros(2, 3, K, P, device=dev)
         self._bufs = (store[0], store[1])
         self._bufs[0][1].copy_(self.theta)
         self.theta = self._bufs[0][1]
-        self._Mb_t = self.spec.block_membership(dev).t().contiguous()  # [L, P / align]
-        Mb = self._Mb_t.t()  # [P / align, L]
-        self._rec_rows = self.rec_sums.view(n, 5 * K, L)
-        # Views used every step, made once per buffer parity: (gradient out, -update out,
-        # next parameters out, record args).
-        self._views: list[tuple[torch.Tensor, ...]] = []
-        small = K * P <= _SMALL_LIMIT
-        native = _native.lib() if dev.type == "cpu" and store.dtype == torch.float32 else None
-        self._native = native
-        self._rec_base, self._loss_base = self.rec_sums.data_ptr(), self.rec_loss.data_ptr()
-        self._prod = torch.empty(0 if native else 5 if small else 2, K, P, device=dev)
-        self._blocks = torch.empty(5 * K, nb, device=dev)
-        self._rec_mode = "native" if native else "small" if small else "large"
-        self._native_args: list[tuple[Any, ...]] = []
-        for par in (0, 1):
-            cur, prev = self._bufs[par], self._bufs[1 - par]
-            rec_args: tuple[torch.Tensor, ...]
-            if native is not None:
-                # one pass per (member, layer) segment: pointers made once per buffer parity
-                rec_args = ()
-                seg = [
-                    [
-                        buf.data_ptr() + 4 * (row * K * P + k * P + off)
-                        for k in range(K)
-                        for off in self.spec.offsets
-                    ]
-                    for buf, row in ((cur, 0), (cur, 1), (cur, 2), (prev, 0), (prev, 2))
-                ]
-                arrs = [_native.ptrs(x) for x in seg]
-                numels = _native.ptrs(list(self.spec.numels) * K)
-                keep = (arrs, numels)  # the arrays must outlive the calls
-                self._native_args.append(
-                    (keep, K * L, numels.ctypes.data, *(a.ctypes.data for a in arrs))
-                )
-            elif small:
-                rec_args = (
-                    cur,
-                    self._prod[:3],
-                    cur[0::2],
-                    prev[0::2],
-                    self._prod[3:],
-                    self._prod.view(5 * K, -1, A),
-                    Mb,
-                )
-            else:
-                rec_args = (
-                    cur.view(3 * K, -1, A),
-                    self._blocks[: 3 * K],
-                    cur[0::2],
-                    prev[0::2],
-                    self._prod,
-                    self._prod.view(2 * K, -1, A),
-                    self._blocks[3 * K :],
-                    Mb,
-                )
-            self._views.append((cur[0], cur[2], prev[1], *rec_args))
+        # the measurement contract's population record (trajlib.measure)
+        self._sums = PopulationSums(
+            store,
+            self.spec.offsets,
+            self.spec.numels,
+            self.spec.align,
+            self.rec_sums,
+            self.rec_loss,
+        )
+        # outputs of a step, per buffer parity: gradient, -update, next parameters
+        self._views = [(store[par][0], store[par][2], store[1 - par][1]) for par in (0, 1)]
 
     # ------------------------------------------------------------------ functional pieces
     def _build_fns(self) -> None:
@@ -549,42 +501,11 @@ class Population:
                 d.add_((lr_c * self.hp["weight_decay"][:, None]) * theta)
         new = torch.sub(theta, d, out=views[2] if views is not None else None)
         if views is not None:
-            self._record(t, loss, views)
+            self._sums.record(t, loss)  # row t of the record: no host sync
             self.step_times.append(time.perf_counter() - t0)
         self._last_loss = loss
         self.theta = new
         self.t = t + 1
-
-    def _record(self, t: int, loss: torch.Tensor, views: tuple[torch.Tensor, ...]) -> None:
-        """Raw per-layer sums of step t (|g|^2, |w|^2, |d|^2, g . g_prev, d . d_prev), no host
-        sync. On the CPU with the native kernels: one pass per (member, layer) that also copies
-        the losses. Otherwise block sums of the products, then one small product from blocks to
-        layers. All operands are views or addresses made once (:meth:`_alloc_record`)."""
-        blocks = self._blocks
-        mode = self._rec_mode
-        if mode == "native":
-            _, S, n, g, w, d, gp, dp = self._native_args[t % 2]
-            K = self.K
-            rows = self._rec_base + 4 * t * 5 * S  # rec_sums[t], contiguous [5, K, L]
-            if loss.dtype is torch.float32 and loss.is_contiguous():  # the loss copied too
-                dst = self._loss_base + 4 * t * K  # rec_loss[t]
-                self._native.tl_record(S, n, g, w, d, gp, dp, rows, K, loss.data_ptr(), dst)
-                return
-            self._native.tl_record(S, n, g, w, d, gp, dp, rows, 0, None, None)
-        elif mode == "small":  # small populations: fewer ops beat less memory traffic
-            cur, p3, cur02, prev02, p2, prod_blocks, mb = views[3:]
-            torch.mul(cur, cur, out=p3)
-            torch.mul(cur02, prev02, out=p2)
-            torch.sum(prod_blocks, dim=-1, out=blocks)
-            torch.mm(blocks, mb, out=self._rec_rows[t])
-        else:
-            cur_blocks, b3, cur02, prev02, p, p_blocks, b2, mb = views[3:]
-            torch.linalg.vector_norm(cur_blocks, dim=-1, out=b3)
-            b3.square_()
-            torch.mul(cur02, prev02, out=p)  # [2, K, P]
-            torch.sum(p_blocks, dim=-1, out=b2)
-            torch.mm(blocks, mb, out=self._rec_rows[t])
-        self.rec_loss[t] = loss
 
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
@@ -628,7 +549,7 @@ class Population:
         (bool), ``loss``, ``val_loss``/``val_acc`` (NaN where not measured). Also ``layers``:
         [n, K, L, 3] per-layer (grad_norm, weight_norm, update_norm).
         """
-        if self.rec_sums is None:
+        if self.rec_sums is None or self.rec_loss is None or self.rec_val is None:
             raise RuntimeError("this population does not record (record=False)")
         stop = min(self.t, self.capacity) if stop is None else stop
         sums = self.rec_sums[start:stop].cpu().numpy()  # [n, 5, K, L], one transfer

@@ -13,7 +13,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from trajlib.controllers import LoadedController, load_controller
-from trajlib.deploy._probe import PROBE_COLUMNS, StepProbe, summarise
+from trajlib.deploy._probe import PROBE_COLUMNS, STRIDED, StepProbe, summarise
 from trajlib.errors import ConfigError, FeatureSetMismatchError
 from trajlib.features import OnlineFeatures, get_feature_set
 from trajlib.space import HyperParam, base_factor
@@ -85,7 +85,9 @@ class _Row:
     """One closed optimizer step, buffered until the next decision (read in one host transfer)."""
 
     loss: torch.Tensor | float | None
-    stats: tuple[torch.Tensor, torch.Tensor | None] | None  # ([5, L] sums, present [L] | None)
+    #: ([5, L] sums, present [L] | None); STRIDED for a step the feature set's ``stats_every``
+    #: leaves out; None when no optimizer step ran
+    stats: Any
     val_loss: float | None
     val_acc: float | None
     step: int
@@ -235,7 +237,7 @@ class ControllerScheduler(LRScheduler):
         # at the next step carries a factor somebody else applied: kept, as chainable torch
         # schedulers keep each other's factors)
         self._targets: list[float] = [float(g["initial_lr"]) for g in optimizer.param_groups]
-        self._probe = StepProbe(optimizer, dots=self._dots)
+        self._probe = StepProbe(optimizer, dots=self._dots, stats_every=fs.stats_every)
         super().__init__(optimizer)
 
     # ----------------------------------------------------------------- construction helpers
@@ -316,6 +318,7 @@ class ControllerScheduler(LRScheduler):
             # another scheduler ran; the controller's clock and rows start here
             self._loss, self._loss_n, self._val = None, 0, None
             self._probe.take()
+            self._probe.next_step = epoch  # the stride counts the controller's own steps
             self._rows = []
         super()._update_lr(epoch)
 
@@ -478,12 +481,14 @@ class ControllerScheduler(LRScheduler):
         tensors = [r.loss for r in rows if isinstance(r.loss, torch.Tensor)]
         host_losses = iter(_losses_to_host(tensors)) if tensors else iter(())
         losses = [next(host_losses) if isinstance(r.loss, torch.Tensor) else r.loss for r in rows]
-        per_unit = self._unit_stats([r.stats for r in rows if r.stats is not None])
+        per_unit = self._unit_stats([r.stats for r in rows if isinstance(r.stats, tuple)])
         g_all = self.optimizer.param_groups
         n = len(rows)
         bfs = [r.base_factor for r in rows]
         loss_ok = [v is None or math.isfinite(v) for v in losses]
-        is_measured = [r.stats is not None for r in rows]
+        is_measured = [isinstance(r.stats, tuple) for r in rows]
+        # a step left out by the feature set's stats_every: no statistics, finite unknown (None)
+        strided = [r.stats is STRIDED for r in rows]
         common: dict[str, Any] = {
             "loss": losses,
             "base_factor": bfs,
@@ -503,7 +508,9 @@ class ControllerScheduler(LRScheduler):
             cols["weight_decay"] = (_hp_get(group, "weight_decay"),) * n
             stats_u = per_unit[ui]
             if stats_u is None:  # no statistics for this unit: finite follows the loss only
-                cols["finite"] = [m and ok for m, ok in zip(is_measured, loss_ok)]
+                cols["finite"] = [
+                    None if s else m and ok for s, m, ok in zip(strided, is_measured, loss_ok)
+                ]
             elif len(stats_u) == n:  # every row measured (the usual case): columns at once
                 by_col = stats_u.T.tolist()
                 for j, name in enumerate(_STAT_COLS):
@@ -515,7 +522,8 @@ class ControllerScheduler(LRScheduler):
                 for j, name in enumerate(_STAT_COLS):
                     cols[name] = [None if v is None else v[j] for v in per_row]
                 cols["finite"] = [
-                    v is not None and bool(v[-1]) and ok for v, ok in zip(per_row, loss_ok)
+                    None if s else v is not None and bool(v[-1]) and ok
+                    for s, v, ok in zip(strided, per_row, loss_ok)
                 ]
             u.features.update_many(cols, n)
 
@@ -628,7 +636,7 @@ class ControllerScheduler(LRScheduler):
 
     def _trajlib_state(self) -> dict[str, Any]:
         rows = self._rows
-        measured = [r.stats for r in rows if r.stats is not None]
+        measured = [r.stats for r in rows if isinstance(r.stats, tuple)]
         present = None
         if measured and any(m[1] is not None for m in measured):
             L = measured[0][0].shape[-1]
@@ -665,7 +673,8 @@ class ControllerScheduler(LRScheduler):
                 "val_loss": [r.val_loss for r in rows],
                 "val_acc": [r.val_acc for r in rows],
                 "step": [r.step for r in rows],
-                "measured": [r.stats is not None for r in rows],
+                "measured": [isinstance(r.stats, tuple) for r in rows],
+                "strided": [r.stats is STRIDED for r in rows],
                 "stats": torch.stack([m[0] for m in measured]).cpu() if measured else None,
                 "present": present,
                 "layer_groups": list(self._layer_groups),
@@ -733,10 +742,11 @@ class ControllerScheduler(LRScheduler):
         stats, present = r["stats"], r["present"]
         self._rows = []
         k = 0
-        for loss, vl, va, step, measured in zip(
-            r["loss"], r["val_loss"], r["val_acc"], r["step"], r["measured"]
+        strided = r.get("strided") or [False] * len(r["measured"])
+        for loss, vl, va, step, measured, st in zip(
+            r["loss"], r["val_loss"], r["val_acc"], r["step"], r["measured"], strided
         ):
-            taken = None
+            taken: Any = STRIDED if st else None
             if measured:
                 m = None
                 if present is not None and not bool(present[k].all()):

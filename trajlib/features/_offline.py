@@ -40,6 +40,7 @@ from trajlib.features._prims import (
     beta_of,
 )
 from trajlib.features._set import FeatureSet, get_feature_set
+from trajlib.measure import STEP_STATS, stride_masks
 
 __all__ = ["derive", "derive_arrays"]
 
@@ -583,6 +584,23 @@ def _layout(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str], np.ndarray]:
     return df, names, lengths
 
 
+def _stride(df: pl.DataFrame, fs: FeatureSet) -> pl.DataFrame:
+    """The rows a strided feature set reads statistics from (:func:`trajlib.measure.stride_masks`):
+    elsewhere the statistics are null and ``finite`` unknown (null: only the loss can make such a
+    row bad), as the deployed probe leaves those steps unmeasured."""
+    k = fs.stats_every
+    if k == 1 or df.height == 0:
+        return df
+    measured, cos_ok = stride_masks(df.get_column("step").to_numpy(), k, fs.reads_cosines)
+    keep = {"m": pl.Series(measured), "c": pl.Series(cos_ok)}
+    cos = (schema.GRAD_COS, schema.UPDATE_COS)
+    cols = [c for c in (*STEP_STATS, schema.FINITE) if c in df.columns]
+    return df.with_columns(
+        pl.when(keep["c"] if c in cos else keep["m"]).then(pl.col(c)).otherwise(None).alias(c)
+        for c in cols
+    )
+
+
 def _contiguous(step: np.ndarray, starts: np.ndarray) -> bool:
     """Every run's rows are exactly the steps 0, 1, ..., n-1."""
     if len(step) == 0:
@@ -620,6 +638,7 @@ def derive_arrays(
     if not isinstance(points, pl.DataFrame) or not {"run_id", "step"} <= set(points.columns):
         raise ConfigError("points", "a DataFrame[run_id: str, step: int]", type(points).__name__)
     df, names, lengths = _layout(_prepare_steps(steps, fs.columns))
+    df = _stride(df, fs)
     tab = _Table(df, lengths)
     P = points.height
     runs = pl.DataFrame(

@@ -31,11 +31,20 @@ class FeatureSet:
     """A named, versioned, ordered list of :class:`Feature` objects.
 
     ``hash`` is the sha256 (hex) of a canonical JSON document holding the set's name and version and,
-    per feature in order, its class name, name, per-feature version and parameters. It is the same in
-    every process; controller checkpoints record it and refuse features from a different set.
+    per feature in order, its class name, name, per-feature version and parameters (and
+    ``stats_every`` when it is not 1). It is the same in every process; controller checkpoints
+    record it and refuse features from a different set.
+
+    ``stats_every = k`` is the set's statistics stride: the gradient / weight / update statistics
+    are taken only at the steps :func:`trajlib.measure.is_measured` names (every k-th step, and the
+    step before it when the set reads a cosine) — online the deployed probe measures only those,
+    offline :func:`~trajlib.features.derive` reads only those rows of a dense record; the loss and
+    the hyperparameters are read every step.
     """
 
-    def __init__(self, name: str, version: int, features: Sequence[Feature]) -> None:
+    def __init__(
+        self, name: str, version: int, features: Sequence[Feature], *, stats_every: int = 1
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigError("feature_set.name", "a non-empty string", name)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
@@ -49,9 +58,12 @@ class FeatureSet:
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigError("feature_set.features", "features with unique names", dup)
+        if isinstance(stats_every, bool) or not isinstance(stats_every, int) or stats_every < 1:
+            raise ConfigError("feature_set.stats_every", "a positive integer", stats_every)
         self._name = name
         self._version = version
         self._features = tuple(features)
+        self._stats_every = stats_every
         self._hash = hashlib.sha256(self.spec_json().encode("utf-8")).hexdigest()
 
     @property
@@ -70,6 +82,18 @@ class FeatureSet:
     def names(self) -> list[str]:
         """Feature column names, in order."""
         return [f.name for f in self._features]
+
+    @property
+    def stats_every(self) -> int:
+        """The statistics stride k (1: every step)."""
+        return self._stats_every
+
+    @property
+    def reads_cosines(self) -> bool:
+        """Whether a feature reads ``grad_cos`` or ``update_cos`` (the probe then keeps the
+        previous step for the dot products)."""
+        cols = {getattr(p, "col", None) for f in self._features for p in f.requires()}
+        return bool(cols & {"grad_cos", "update_cos"})
 
     @property
     def hash(self) -> str:
@@ -97,8 +121,9 @@ class FeatureSet:
         return out
 
     def spec(self) -> dict[str, Any]:
-        """The document the hash is computed over."""
-        return {
+        """The document the hash is computed over (``stats_every`` only when it is not 1, so the
+        hash of an every-step set is what it was before strides existed)."""
+        doc: dict[str, Any] = {
             "name": self._name,
             "version": self._version,
             "features": [
@@ -111,6 +136,9 @@ class FeatureSet:
                 for f in self._features
             ],
         }
+        if self._stats_every != 1:
+            doc["stats_every"] = self._stats_every
+        return doc
 
     def spec_json(self) -> str:
         return json.dumps(self.spec(), sort_keys=True, separators=(",", ":"))
@@ -122,7 +150,11 @@ class FeatureSet:
         return iter(self._features)
 
     def __repr__(self) -> str:
-        return f"FeatureSet({self._name!r}, version={self._version}, n={len(self)}, hash={self._hash[:12]})"
+        k = f", stats_every={self._stats_every}" if self._stats_every != 1 else ""
+        return (
+            f"FeatureSet({self._name!r}, version={self._version}, n={len(self)}{k}, "
+            f"hash={self._hash[:12]})"
+        )
 
 
 _REGISTRY: dict[str, FeatureSet] = {}
@@ -166,3 +198,5 @@ def _ensure_builtin() -> None:
     from trajlib.features._library import default_features
 
     _REGISTRY["default"] = FeatureSet("default", 1, default_features())
+    # the default features with statistics every 4th step (no controller is fitted on it yet)
+    _REGISTRY["default-s4"] = FeatureSet("default-s4", 1, default_features(), stats_every=4)

@@ -5,7 +5,7 @@ Both the collection engine (:mod:`trajlib.collect`) and the optimizer-hook probe
 step-table statistics (:data:`STEP_STATS`, names as in :mod:`trajlib.schema`) from them with
 :func:`step_stats`, so the features a controller is trained on and the ones it sees when deployed
 are computed by the same code. For float32 sums it runs the native kernel (``tl_step_stats`` in
-:mod:`trajlib._native`) when that loads, else the NumPy code below, which is the reference
+:mod:`trajlib.measure._native`) when that loads, else the NumPy code below, which is the reference
 definition (the tests hold both to a plain per-step loop; on one machine both sides take the same
 path).
 """
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from trajlib import _native
 from trajlib import schema as S
+from trajlib.measure import _native
 
 __all__ = ["RAW_LAYER_SUMS", "STEP_STATS", "step_stats"]
 

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from trajlib import _native
+from trajlib.measure import _native
 
 
 def require_native():
@@ -21,15 +21,3 @@ def require_native():
             pytest.skip("native kernels disabled by TRAJLIB_NATIVE=0")
         pytest.fail(f"native kernels did not load: {_native.status()}")
     return lib
-
-
-def require_native_hooks():
-    """The probe's C hooks (a CPython extension); a failure where the kernels load and the Python
-    headers are installed but the extension did not build, skipped where there are no headers."""
-    require_native()
-    mod = _native.hooks()
-    if mod is None:
-        if "no Python headers" in _native.hooks_status():
-            pytest.skip(_native.hooks_status())
-        pytest.fail(f"native hooks did not load: {_native.hooks_status()}")
-    return mod

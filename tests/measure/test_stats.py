@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests._native import require_native
-from trajlib import _native
-from trajlib.stepstats import STEP_STATS, step_stats
+from tests.measure._require import require_native
+from trajlib.measure import STEP_STATS, _native, step_stats
 
 
 @pytest.fixture(autouse=True, params=["native", "numpy"])

@@ -4,13 +4,11 @@ simply not used, with the reason in ``status()``."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
-from tests._native import require_native, require_native_hooks
-from trajlib import _native
+from tests.measure._require import require_native
+from trajlib.measure import _native
 
 SIZES = [1, 7, 256, 257, 1000, 40]  # chunk boundaries (256) included
 
@@ -124,106 +122,3 @@ def test_a_fresh_cache_compiles_and_loads(monkeypatch, tmp_path):
     lib.tl_record(1, n.ctypes.data, *([p.ctypes.data] * 5), out.ctypes.data, 0, None, None)
     assert out[:, 0].tolist() == [25.0, 25.0, 25.0, 25.0, 25.0]
     assert so.stat().st_size > 0
-
-
-def test_c_hooks_take_the_usual_step_and_hand_the_rest_to_python():
-    """The probe's C hooks measure a plain ``step()`` themselves and hand every other step (the
-    first, before the pointer tables exist; a closure; a missing gradient; parameters that moved)
-    to the Python hooks, which the statistics then come from; nothing is counted as an error."""
-    import torch
-
-    from trajlib.deploy._probe import StepProbe
-
-    require_native_hooks()
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    probe = StepProbe(opt)
-    calls: list[str] = []
-    pre_py, post_py = probe._pre_py, probe._post_py
-    probe._pre_py = lambda *a: (calls.append("pre"), pre_py(*a))[1]  # type: ignore[method-assign]
-    probe._post_py = lambda *a: (calls.append("post"), post_py(*a))[1]  # type: ignore[method-assign]
-    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-
-    def loss() -> torch.Tensor:
-        opt.zero_grad()
-        out = torch.nn.functional.cross_entropy(model(x), y)
-        out.backward()
-        return out
-
-    def step(kind: str) -> list[str]:
-        calls.clear()
-        if kind == "closure":
-            opt.step(loss)
-        else:
-            loss()
-            if kind == "missing":
-                model[2].bias.grad = None
-            if kind == "moved":
-                model[0].weight.data = model[0].weight.data.clone()
-            opt.step()
-        assert probe.take() is not None
-        return list(calls)
-
-    assert step("plain") == ["pre"]  # the first builds the tables in Python; C takes the update
-    assert step("plain") == [] and step("plain") == []
-    assert step("closure") == ["pre"]  # the C post hook takes the update
-    assert step("missing") == ["pre", "post"]
-    assert step("plain") == []
-    assert step("moved") == ["pre"]  # Python re-points the table; C takes the update
-    assert step("plain") == []
-    assert probe.errors == 0 and probe.steps_seen == 8
-
-
-_LEAK_CHECK = """
-import gc, sys
-import torch
-from trajlib.deploy._probe import StepProbe
-
-torch.manual_seed(0)
-model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
-opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-probe = StepProbe(opt)
-x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
-
-def steps(n):
-    for t in range(n):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        if t % 10 == 3:
-            model[2].bias.grad = None
-        opt.step()
-        probe.take()
-
-def counts():
-    gc.collect()
-    return [sys.getrefcount(o) for o in [*model.parameters(), probe, opt, True, False]]
-
-steps(64 * 3)  # past output-chunk boundaries
-before = counts()
-steps(3000)
-print(before == counts(), type(probe._pre).__name__, probe.errors, probe.steps_seen)
-"""
-
-
-def test_c_hooks_leak_no_references():
-    """The C hooks own no reference after a call: the parameters', the probe's, the optimizer's
-    and True's / False's reference counts are the same after 3,000 steps (a step handed to
-    Python every tenth step, a missing gradient included). In a fresh interpreter: nothing else
-    touches those counts there."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    require_native_hooks()
-    root = Path(__file__).resolve().parents[1]
-    r = subprocess.run(
-        [sys.executable, "-c", _LEAK_CHECK],
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["True", "partial", "0", str(64 * 3 + 3000)]

@@ -1,6 +1,6 @@
 /* Fused per-layer sums for trajlib's step statistics (see trajlib/_native/__init__.py).
  *
- * One pass over each layer's float32 values accumulates what trajlib.stepstats needs, instead
+ * One pass over each layer's float32 values accumulates what trajlib.measure needs, instead
  * of a chain of whole-model tensor operations. Sums are taken in float32 over chunks of CHUNK
  * elements (vectorised) and added up in float64. A segment is one layer (of one member).
  */
@@ -149,7 +149,7 @@ void tl_update(int64_t L, const int64_t *n, const float *const *w, const float *
 }
 
 /* ------------------------------------------------------------------ step statistics
- * trajlib.stepstats.step_stats from the per-layer sums, in float64 (same definitions as the
+ * trajlib.measure.step_stats from the per-layer sums, in float64 (same definitions as the
  * NumPy reference there):
  *   sums [n, 5, B, L] float32 (|g|^2, |w|^2, |u|^2, g . g_prev, u . u_prev per layer),
  *   prev [2, B] float64 (gradient and update norm of the step before, or NULL: NaN),

@@ -117,7 +117,8 @@ class _Block:
             if tf == "id":
                 v, f = x, self.finite(col)
             elif tf == "sq":
-                v = x * x
+                with np.errstate(over="ignore"):
+                    v = x * x
                 f = np.isfinite(v)
             else:  # log(x) for finite x > 0, else NaN -- math.log, the scalar definition
                 v = np.array(
@@ -135,6 +136,12 @@ class _Block:
         if key not in self._list:
             self._list[key] = self.source(col, tf)[0].tolist()
         return self._list[key]
+
+    def spread(self, before: float, per_finite: list[float], col: str, tf: str) -> list[float]:
+        """Per row, the entry of ``per_finite`` (one value per finite row of the source) of the
+        last finite row up to and including it; ``before`` until the first finite row."""
+        pos = np.cumsum(self.source(col, tf)[1])
+        return np.array([before, *per_finite], dtype=np.float64)[pos].tolist()  # type: ignore[no-any-return]
 
     def kept(self, col: str, tf: str) -> list[float]:
         """The finite values of a source, in row order, as Python floats."""
@@ -189,12 +196,19 @@ class _EmaUpdater(_Updater):
                 m = a * x + b * m
             self.m = m
             return
-        after: list[float] = []  # m after each row
-        append = after.append
-        for x in blk.values(self.col, self.tf):  # NaN where the source is not finite
-            if x - x == 0.0:
-                m = x if m != m else a * x + b * m
+        xs = blk.kept(self.col, self.tf)
+        out: list[float] = []  # m after each finite row
+        append = out.append
+        it = iter(xs)
+        if m != m:
+            for x in it:
+                m = x
+                append(m)
+                break
+        for x in it:
+            m = a * x + b * m
             append(m)
+        after = out if len(out) == blk.n else blk.spread(self.m, out, self.col, self.tf)
         if self.want_before:
             self.before = [self.m, *after[:-1]]
         if self.keep:
@@ -221,19 +235,21 @@ class _LastUpdater(_Updater):
     def __init__(self, col: str, keep: int = 0) -> None:
         self.col = col
         self.keep = keep
+        self.want_prev = False  # track the value before the last (PrevLast)
         self.last = self.step = self.prev = _nan
         self.tail: list[float] = [_nan] * keep
 
     def update(self, blk: _Block) -> None:
-        xs = blk.values(self.col, "id")
         if self.keep:
-            after: list[float] = []
-            append, last = after.append, self.last
-            for x in xs:
-                if x - x == 0.0:
-                    last = x
-                append(last)
+            kept = blk.kept(self.col, "id")
+            after = kept if len(kept) == blk.n else blk.spread(self.last, kept, self.col, "id")
             self.tail = (self.tail + after)[-self.keep :]
+        if not self.want_prev:  # the usual case: the block's last row is finite
+            x = float(blk.col(self.col)[-1])
+            if x - x == 0.0:
+                self.last, self.step = x, float(blk.t0 + blk.n - 1)
+                return
+        xs = blk.values(self.col, "id")
         found = 0
         for i in range(len(xs) - 1, -1, -1):  # from the end: usually the last row is finite
             x = xs[i]
@@ -242,7 +258,11 @@ class _LastUpdater(_Updater):
                     self.prev = x
                     return
                 found = 1
-                self.prev, self.last, self.step = self.last, x, float(blk.t0 + i)
+                if self.want_prev:
+                    self.prev = self.last
+                self.last, self.step = x, float(blk.t0 + i)
+                if not self.want_prev:
+                    return
 
     def lagged(self, lag: int) -> float:
         return self.tail[len(self.tail) - 1 - lag]
@@ -490,6 +510,9 @@ class _Plan:
                 win["bad"] = max(win.get("bad", 0), p.window)
         self.emas = {k: _EmaUpdater(k[0], k[2], k[1], keep) for k, keep in ema_keep.items()}
         self.lasts = {c: _LastUpdater(c, keep) for c, keep in last_keep.items()}
+        for p in self.prims:
+            if isinstance(p, PrevLast):
+                self.lasts[p.col].want_prev = True
         self.firsts = {p.col: _FirstUpdater(p.col) for p in self.prims if isinstance(p, First)}
         self.changes = {
             p.col: _ChangeUpdater(p.col) for p in self.prims if isinstance(p, ChangeStep)
@@ -592,7 +615,7 @@ class OnlineFeatures:
     @property
     def steps_seen(self) -> int:
         """Rows given to :meth:`update` so far (the ``s`` of the next :meth:`values`)."""
-        return self._rows_done + len(self._rows) + self._n_blocked
+        return self._rows_done + self._n_rows + self._n_blocked
 
     def reset(self) -> None:
         """Forget every row (start of a new run)."""
@@ -603,7 +626,8 @@ class OnlineFeatures:
             get if len(self._cols) != 1 else (lambda row: (get(row),))
         )
         self._rows_done = 0
-        self._rows: list[tuple[Any, ...]] = []  # buffered single rows (raw cells)
+        self._flat: list[Any] = []  # buffered single rows' cells (raw), row after row
+        self._n_rows = 0  # rows in self._flat
         self._blocks: list[np.ndarray] = []  # buffered blocks, float64 [n_cols, n]
         self._n_blocked = 0  # rows in self._blocks
         pos = {p: i for i, p in enumerate(self._plan.prims)}
@@ -617,10 +641,11 @@ class OnlineFeatures:
         when features are asked for (so :meth:`amend` can still change the last one).
         """
         try:
-            self._rows.append(self._get(row))
+            self._flat.extend(self._get(row))
         except KeyError:  # a column missing from this row: null
-            self._rows.append(tuple(map(row.get, self._cols)))
-        if len(self._rows) >= _MAX_BUFFER:
+            self._flat.extend(map(row.get, self._cols))
+        self._n_rows += 1
+        if self._n_rows >= _MAX_BUFFER:
             self._fold(keep_last=True)
 
     def update_many(self, columns: Mapping[str, Any], n: int) -> None:
@@ -653,7 +678,7 @@ class OnlineFeatures:
 
     def amend(self, key: str, value: Any) -> None:
         """Set ``key`` on the last row given to :meth:`update` (allowed until the next update/values)."""
-        if not self._rows and not self._blocks:
+        if not self._n_rows and not self._blocks:
             raise ConfigError(
                 "amend",
                 "called after update() and before the next values()",
@@ -663,10 +688,8 @@ class OnlineFeatures:
         i = self._plan.col_index.get(key)
         if i is None:  # a column this feature set does not read
             return
-        if self._rows:  # the last row given came through update()
-            last = list(self._rows[-1])
-            last[i] = value
-            self._rows[-1] = tuple(last)
+        if self._n_rows:  # the last row given came through update()
+            self._flat[len(self._flat) - len(self._cols) + i] = value
         else:
             self._blocks[-1][i, -1] = _to_float(value)
 
@@ -692,8 +715,8 @@ class OnlineFeatures:
         """Everything needed to resume bit-exactly (plain Python types only)."""
         self._fold(keep_last=True)
         pending = None
-        if self._rows:
-            pending = _plain([_to_float(x) for x in self._rows[0]])
+        if self._n_rows:
+            pending = _plain([_to_float(x) for x in self._flat])
         elif self._blocks:
             pending = _plain(self._blocks[0][:, 0])
         return {
@@ -738,16 +761,16 @@ class OnlineFeatures:
     # ------------------------------------------------------------------ internals
     def _rows_to_block(self) -> None:
         """Turn the buffered single rows into a block (keeps the order with update_many)."""
-        if not self._rows:
+        if not self._n_rows:
             return
-        rows, self._rows = self._rows, []
+        flat, n = self._flat, self._n_rows
+        self._flat, self._n_rows = [], 0
         try:
-            blk = np.array(rows, dtype=np.float64).reshape(len(rows), len(self._cols)).T
+            blk = np.array(flat, dtype=np.float64)
         except (TypeError, ValueError):  # an odd cell: convert one by one
-            blk = np.array([[_to_float(x) for x in r] for r in rows], dtype=np.float64)
-            blk = blk.reshape(len(rows), len(self._cols)).T
-        self._blocks.append(np.ascontiguousarray(blk))
-        self._n_blocked += len(rows)
+            blk = np.array([_to_float(x) for x in flat], dtype=np.float64)
+        self._blocks.append(np.ascontiguousarray(blk.reshape(n, len(self._cols)).T))
+        self._n_blocked += n
 
     def _fold(self, keep_last: bool = False) -> None:
         """Run the updaters over the buffered rows (``keep_last``: all but the last one)."""
@@ -763,7 +786,6 @@ class OnlineFeatures:
         if not n:
             return
         blk = _Block(self._rows_done, dict(zip(self._cols, data, strict=True)), n)
-        with np.errstate(invalid="ignore", over="ignore"):
-            for u in self._plan.updaters:
-                u.update(blk)
+        for u in self._plan.updaters:
+            u.update(blk)
         self._rows_done += n

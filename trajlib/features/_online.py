@@ -59,9 +59,9 @@ _MAX_BUFFER = 4096
 
 
 def _plain(a: Any) -> list[Any]:
-    """A float array (or sequence) as a list of Python floats, every NaN the one ``math.nan``
-    object (so that two equal states compare equal as lists)."""
-    return [_nan if x != x else x for x in np.asarray(a, dtype=np.float64).reshape(-1).tolist()]
+    """A sequence of numbers as a list of Python floats, every NaN the one ``math.nan`` object (so
+    that two equal states compare equal as lists)."""
+    return [_nan if x != x else float(x) for x in a]
 
 
 def _to_float(x: Any) -> float:
@@ -74,88 +74,79 @@ def _to_float(x: Any) -> float:
         return _nan
 
 
+def _column(col: Any, n: int) -> list[float]:
+    """A column of ``n`` cells as Python floats (a missing column or a None cell: NaN)."""
+    if col is None:
+        return [_nan] * n
+    if n > 16:  # numpy converts long columns faster
+        try:
+            return np.asarray(col, dtype=np.float64).reshape(n).tolist()  # type: ignore[no-any-return]
+        except (TypeError, ValueError):
+            pass
+    try:
+        return [_nan if x is None else float(x) for x in col]
+    except (TypeError, ValueError):
+        return [_to_float(x) for x in col]
+
+
 # ---------------------------------------------------------------------------------------- block
 class _Block:
-    """``n`` consecutive rows (row indices ``t0 .. t0 + n - 1``) as float64 columns.
+    """``n`` consecutive rows (row indices ``t0 .. t0 + n - 1``) as columns of Python floats.
 
-    A null cell is NaN; the ``finite`` flag column is 1.0 / 0.0 / NaN (null: unknown).
-    Transformed sources are computed once per block and shared by the updaters that read them.
+    A null cell is NaN; the ``finite`` flag column is 1.0 / 0.0 / NaN (null: unknown). Transformed
+    sources are computed once per block and shared by the updaters that read them. "Finite" is
+    tested as ``x - x == 0.0`` (False for NaN and +-inf).
     """
 
-    def __init__(self, t0: int, cols: Mapping[str, np.ndarray], n: int) -> None:
+    def __init__(self, t0: int, cols: Mapping[str, list[float]], n: int) -> None:
         self.t0 = t0
         self.n = n
         self._cols = cols
-        self._t: np.ndarray | None = None
-        self._fin: dict[str, np.ndarray] = {}
-        self._src: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._src: dict[tuple[str, str], list[float]] = {}
         self._kept: dict[tuple[str, str], list[float]] = {}
-        self._list: dict[tuple[str, str], list[float]] = {}
 
-    @property
-    def t(self) -> np.ndarray:
-        """Row indices as float64."""
-        if self._t is None:
-            self._t = np.arange(self.t0, self.t0 + self.n, dtype=np.float64)
-        return self._t
-
-    def col(self, name: str) -> np.ndarray:
+    def col(self, name: str) -> list[float]:
         c = self._cols.get(name)
-        return np.full(self.n, _nan) if c is None else c
+        return [_nan] * self.n if c is None else c
 
-    def finite(self, name: str) -> np.ndarray:
-        """Bool mask: the cell is not null, NaN or +-inf."""
-        if name not in self._fin:
-            self._fin[name] = np.isfinite(self.col(name))
-        return self._fin[name]
-
-    def source(self, col: str, tf: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(values, finite mask)`` of a column after a transform (``id``, ``sq``, ``log``)."""
+    def values(self, col: str, tf: str) -> list[float]:
+        """A source: the column after a transform (``id``; ``sq`` = x * x; ``log`` = log(x) for
+        finite x > 0, else NaN), one value per row."""
         key = (col, tf)
         if key not in self._src:
             x = self.col(col)
             if tf == "id":
-                v, f = x, self.finite(col)
+                v = x
             elif tf == "sq":
-                with np.errstate(over="ignore"):
-                    v = x * x
-                f = np.isfinite(v)
-            else:  # log(x) for finite x > 0, else NaN -- math.log, the scalar definition
-                v = np.array(
-                    [_log(a) if a > 0.0 and a - a == 0.0 else _nan for a in x.tolist()],
-                    dtype=np.float64,
-                )
-                f = np.isfinite(v)
-            self._src[key] = (v, f)
+                v = [a * a for a in x]  # a float product never raises (overflow: inf)
+            else:
+                v = [_log(a) if a > 0.0 and a - a == 0.0 else _nan for a in x]
+            self._src[key] = v
         return self._src[key]
 
-    def values(self, col: str, tf: str) -> list[float]:
-        """A source's values as Python floats (NaN where not finite for ``log``; ``id`` and ``sq``
-        may hold +-inf: test ``x - x == 0.0``)."""
-        key = (col, tf)
-        if key not in self._list:
-            self._list[key] = self.source(col, tf)[0].tolist()
-        return self._list[key]
-
-    def spread(self, before: float, per_finite: list[float], col: str, tf: str) -> list[float]:
-        """Per row, the entry of ``per_finite`` (one value per finite row of the source) of the
-        last finite row up to and including it; ``before`` until the first finite row."""
-        pos = np.cumsum(self.source(col, tf)[1])
-        return np.array([before, *per_finite], dtype=np.float64)[pos].tolist()  # type: ignore[no-any-return]
-
     def kept(self, col: str, tf: str) -> list[float]:
-        """The finite values of a source, in row order, as Python floats."""
+        """The finite values of a source, in row order."""
         key = (col, tf)
         if key not in self._kept:
-            v, f = self.source(col, tf)
-            self._kept[key] = v[f].tolist()
+            self._kept[key] = [x for x in self.values(col, tf) if x - x == 0.0]
         return self._kept[key]
+
+    def spread(self, before: float, per_finite: list[float], col: str, tf: str) -> list[float]:
+        """Per row: the entry of ``per_finite`` (one per finite row of the source, in order) of the
+        last finite row up to and including it; ``before`` until the first finite row."""
+        out: list[float] = []
+        append, cur, it = out.append, before, iter(per_finite)
+        for x in self.values(col, tf):
+            if x - x == 0.0:
+                cur = next(it)
+            append(cur)
+        return out
 
 
 # ---------------------------------------------------------------------------------------- updaters
 class _Updater(ABC):
-    """Streaming state of one primitive (or of one family sharing a state), updated a block at a
-    time. ``state()`` / ``load()`` give and take it as plain Python floats."""
+    """Streaming state of one primitive (or of one family sharing a state), updated a block of
+    rows at a time. ``state()`` / ``load()`` give and take it as plain Python floats."""
 
     @abstractmethod
     def update(self, blk: _Block) -> None:
@@ -168,6 +159,13 @@ class _Updater(ABC):
     @abstractmethod
     def load(self, state: Sequence[Any]) -> None:
         """Restore :meth:`state`."""
+
+
+def _tail(state: Any, length: int, what: str) -> list[float]:
+    tail = _plain(state)
+    if len(tail) != length:
+        raise ConfigError("state_dict.state", f"{length} {what}", len(tail))
+    return tail
 
 
 class _EmaUpdater(_Updater):
@@ -188,18 +186,16 @@ class _EmaUpdater(_Updater):
     def update(self, blk: _Block) -> None:
         a, b = self.alpha, self.beta
         m = self.m
-        if not (self.keep or self.want_before):  # only the last value: loop over finite rows
-            it = iter(blk.kept(self.col, self.tf))
+        it = iter(blk.kept(self.col, self.tf))
+        if not (self.keep or self.want_before):  # only the last value
             if m != m:
                 m = next(it, _nan)
             for x in it:
                 m = a * x + b * m
             self.m = m
             return
-        xs = blk.kept(self.col, self.tf)
         out: list[float] = []  # m after each finite row
         append = out.append
-        it = iter(xs)
         if m != m:
             for x in it:
                 m = x
@@ -212,7 +208,8 @@ class _EmaUpdater(_Updater):
         if self.want_before:
             self.before = [self.m, *after[:-1]]
         if self.keep:
-            self.tail = (self.tail + after)[-self.keep :]
+            self.tail.extend(after)
+            del self.tail[: -self.keep]
         self.m = m
 
     def lagged(self, lag: int) -> float:
@@ -223,46 +220,40 @@ class _EmaUpdater(_Updater):
 
     def load(self, state: Sequence[Any]) -> None:
         self.m = float(state[0])
-        self.tail = _plain(state[1])
-        if len(self.tail) != self.keep:
-            raise ConfigError("state_dict.state", f"{self.keep} lagged EMA values", len(self.tail))
+        self.tail = _tail(state[1], self.keep, "lagged EMA values")
 
 
 class _LastUpdater(_Updater):
-    """Last finite value of a column, its row, the finite value before it; ``keep`` > 0 keeps the
-    last finite value after each of the last ``keep`` rows (for a lag)."""
+    """Last finite value of a column and its row; with ``want_prev`` the finite value before it;
+    ``keep`` > 0 keeps the last finite value after each of the last ``keep`` rows (for a lag)."""
 
     def __init__(self, col: str, keep: int = 0) -> None:
         self.col = col
         self.keep = keep
-        self.want_prev = False  # track the value before the last (PrevLast)
+        self.want_prev = False
         self.last = self.step = self.prev = _nan
         self.tail: list[float] = [_nan] * keep
 
     def update(self, blk: _Block) -> None:
+        xs = blk.col(self.col)
         if self.keep:
             kept = blk.kept(self.col, "id")
             after = kept if len(kept) == blk.n else blk.spread(self.last, kept, self.col, "id")
-            self.tail = (self.tail + after)[-self.keep :]
-        if not self.want_prev:  # the usual case: the block's last row is finite
-            x = float(blk.col(self.col)[-1])
-            if x - x == 0.0:
-                self.last, self.step = x, float(blk.t0 + blk.n - 1)
-                return
-        xs = blk.values(self.col, "id")
-        found = 0
+            self.tail.extend(after)
+            del self.tail[: -self.keep]
+        found = False
         for i in range(len(xs) - 1, -1, -1):  # from the end: usually the last row is finite
             x = xs[i]
             if x - x == 0.0:
                 if found:
                     self.prev = x
                     return
-                found = 1
                 if self.want_prev:
                     self.prev = self.last
                 self.last, self.step = x, float(blk.t0 + i)
                 if not self.want_prev:
                     return
+                found = True
 
     def lagged(self, lag: int) -> float:
         return self.tail[len(self.tail) - 1 - lag]
@@ -272,9 +263,7 @@ class _LastUpdater(_Updater):
 
     def load(self, state: Sequence[Any]) -> None:
         self.last, self.step, self.prev = (float(s) for s in state[:3])
-        self.tail = _plain(state[3])
-        if len(self.tail) != self.keep:
-            raise ConfigError("state_dict.state", f"{self.keep} lagged values", len(self.tail))
+        self.tail = _tail(state[3], self.keep, "lagged values")
 
 
 class _FirstUpdater(_Updater):
@@ -287,9 +276,10 @@ class _FirstUpdater(_Updater):
     def update(self, blk: _Block) -> None:
         if self.first == self.first:
             return
-        idx = np.flatnonzero(blk.finite(self.col))
-        if len(idx):
-            self.first = float(blk.col(self.col)[idx[0]])
+        for x in blk.col(self.col):
+            if x - x == 0.0:
+                self.first = x
+                return
 
     def state(self) -> list[Any]:
         return _plain([self.first])
@@ -307,7 +297,7 @@ class _ChangeUpdater(_Updater):
         self.prev = self.change = _nan
 
     def update(self, blk: _Block) -> None:
-        xs = blk.values(self.col, "id")
+        xs = blk.col(self.col)
         prev, change = self.prev, self.change
         if prev == prev and xs.count(prev) == len(xs):  # the usual case: no change in the block
             if change != change:
@@ -329,32 +319,40 @@ class _ChangeUpdater(_Updater):
         self.prev, self.change = float(state[0]), float(state[1])
 
 
-class _Terms(ABC):
-    """Per-row terms of one windowed primitive: ``width`` numbers per row (0 where the row does
-    not count), summed cumulatively by a :class:`_WindowBank`; a window is then one subtraction."""
+class _WindowSums(_Updater):
+    """Cumulative sums of ``width`` per-row terms, with their values after each of the last
+    ``window + 1`` rows (zeros before the first row), so the sums over the last ``w <= window``
+    rows are ``tail[-1] - tail[-1 - w]``; the sums run row by row (``((c + a_0) + a_1) + ...``)."""
 
     width = 1
 
     def __init__(self, window: int) -> None:
         self.window = window
-        self.offset = 0  # first row of these terms in the bank
+        self.tail: list[tuple[float, ...]] = [(0.0,) * self.width] * (window + 1)
 
-    @abstractmethod
-    def fill(self, blk: _Block, out: np.ndarray) -> None:
-        """Write the block's terms into ``out`` (``[width, n]``)."""
+    def _extend(self, rows: list[tuple[float, ...]]) -> None:
+        self.tail.extend(rows)
+        del self.tail[: -(self.window + 1)]
+
+    def sums(self, w: int) -> tuple[float, ...]:
+        """Sums over the last ``w`` rows (``w = 0``: over all rows)."""
+        end = self.tail[-1]
+        if w == 0:
+            return end
+        return tuple(map(operator.sub, end, self.tail[len(self.tail) - 1 - w]))
 
     def state(self) -> list[Any]:
-        """Own state beyond the sums (none by default)."""
-        return []
+        return [_plain(r) for r in self.tail]
 
     def load(self, state: Sequence[Any]) -> None:
-        """Restore :meth:`state`."""
-        if len(state):
-            raise ConfigError("state_dict.state", "no state for these window terms", len(state))
+        tail = [tuple(_tail(r, self.width, "sums per row")) for r in state]
+        if len(tail) != self.window + 1:
+            raise ConfigError("state_dict.state", f"{self.window + 1} rows of sums", len(tail))
+        self.tail = tail
 
 
-class _LogLsTerms(_Terms):
-    """``(1, t, t^2, y, t*y)`` at rows with finite ``y = log(col)`` (least-squares sums)."""
+class _LogLsSums(_WindowSums):
+    """``(n, sum t, sum t^2, sum y, sum t*y)`` over rows with finite ``y = log(col)``."""
 
     width = 5
 
@@ -362,19 +360,24 @@ class _LogLsTerms(_Terms):
         super().__init__(window)
         self.col = col
 
-    def fill(self, blk: _Block, out: np.ndarray) -> None:
-        y, f = blk.source(self.col, "log")
-        t = blk.t
-        out[0] = f  # 1.0 / 0.0; x * 1.0 == x and x * 0.0 == 0.0 exactly for finite x
-        np.multiply(t, out[0], out=out[1])
-        np.multiply(out[1], t, out=out[2])
-        out[3] = 0.0
-        np.copyto(out[3], y, where=f)
-        np.multiply(t, out[3], out=out[4])
+    def update(self, blk: _Block) -> None:
+        n, st, stt, sy, sty = self.tail[-1]
+        rows: list[tuple[float, ...]] = []
+        append, t = rows.append, blk.t0
+        for y in blk.values(self.col, "log"):
+            if y == y:  # log values are finite or NaN
+                n += 1.0
+                st += t
+                stt += t * t
+                sy += y
+                sty += t * y
+            append((n, st, stt, sy, sty))
+            t += 1
+        self._extend(rows)
 
 
-class _LogDiffTerms(_Terms):
-    """``(1, d, d^2)`` of ``d_t = y_t - y_{t-1}`` at rows where both logs are finite."""
+class _LogDiffSums(_WindowSums):
+    """``(n, sum d, sum d^2)`` of ``d_t = y_t - y_{t-1}`` over rows where both logs are finite."""
 
     width = 3
 
@@ -383,25 +386,31 @@ class _LogDiffTerms(_Terms):
         self.col = col
         self.prev = _nan  # y of the row before the block
 
-    def fill(self, blk: _Block, out: np.ndarray) -> None:
-        y, f = blk.source(self.col, "log")
-        prev = np.concatenate(([self.prev], y[:-1]))
-        ok = f & (prev == prev)  # y is NaN wherever it is not finite
-        out[0] = ok
-        out[1] = 0.0
-        np.subtract(y, prev, out=out[1], where=ok)
-        np.multiply(out[1], out[1], out=out[2])
-        self.prev = float(y[-1])
+    def update(self, blk: _Block) -> None:
+        n, sd, sdd = self.tail[-1]
+        rows: list[tuple[float, ...]] = []
+        append, prev = rows.append, self.prev
+        for y in blk.values(self.col, "log"):
+            if y == y and prev == prev:
+                d = y - prev
+                n += 1.0
+                sd += d
+                sdd += d * d
+            prev = y
+            append((n, sd, sdd))
+        self.prev = prev
+        self._extend(rows)
 
     def state(self) -> list[Any]:
-        return _plain([self.prev])
+        return [*_plain([self.prev]), super().state()]
 
     def load(self, state: Sequence[Any]) -> None:
         self.prev = float(state[0])
+        super().load(state[1])
 
 
-class _SpikeTerms(_Terms):
-    """1 at rows whose finite value exceeds ``factor`` times the EMA of the rows before it."""
+class _SpikeCount(_WindowSums):
+    """Rows whose finite value exceeds ``factor`` times the EMA of the rows before it."""
 
     def __init__(self, ema: _EmaUpdater, factor: float, window: int) -> None:
         super().__init__(window)
@@ -409,70 +418,30 @@ class _SpikeTerms(_Terms):
         self.factor = float(factor)
         ema.want_before = True
 
-    def fill(self, blk: _Block, out: np.ndarray) -> None:
-        # reads the EMA's values before each row: EMAs are updated before the bank (see _Plan)
-        k = self.factor
-        out[0] = [
-            1.0 if (x - x == 0.0 and m == m and x > k * m) else 0.0
-            for x, m in zip(blk.values(self.ema.col, "id"), self.ema.before, strict=True)
-        ]
+    def update(self, blk: _Block) -> None:
+        # reads the EMA's values before each row: EMAs are updated first (see _Plan)
+        (c,) = self.tail[-1]
+        rows: list[tuple[float, ...]] = []
+        append, k = rows.append, self.factor
+        for x, m in zip(blk.values(self.ema.col, "id"), self.ema.before, strict=True):
+            if x - x == 0.0 and m == m and x > k * m:
+                c += 1.0
+            append((c,))
+        self._extend(rows)
 
 
-class _BadTerms(_Terms):
-    """1 at rows whose ``finite`` flag is false or whose loss is not finite."""
-
-    def fill(self, blk: _Block, out: np.ndarray) -> None:
-        np.logical_or(blk.col("finite") == 0.0, ~blk.finite("loss"), out=out[0], casting="unsafe")
-
-
-class _WindowBank(_Updater):
-    """Cumulative sums of every windowed primitive's terms, one ``[rows, window + 1]`` array: the
-    sums after each of the last ``window + 1`` rows (before the first row: 0), so the sums over the
-    last ``w`` rows are ``tail[:, -1] - tail[:, -1 - w]``. One cumulative sum per block for all
-    of them; the sums are sequential (``((c + a_0) + a_1) + ...``), as row by row."""
-
-    def __init__(self, members: Sequence[_Terms]) -> None:
-        self.members = list(members)
-        off = 0
-        for m in self.members:
-            m.offset = off
-            off += m.width
-        self.width = off
-        self.window = max((m.window for m in self.members), default=0)
-        self.tail = np.zeros((self.width, self.window + 1))
-        self._diff: dict[int, list[float]] = {}
+class _BadCount(_WindowSums):
+    """Rows whose ``finite`` flag is false or whose loss is not finite."""
 
     def update(self, blk: _Block) -> None:
-        out = np.empty((self.width, blk.n))
-        for m in self.members:
-            m.fill(blk, out[m.offset : m.offset + m.width])
-        out[:, 0] += self.tail[:, -1]
-        cs = np.cumsum(out, axis=1)
-        k = self.window + 1
-        if blk.n >= k:
-            self.tail = cs[:, blk.n - k :].copy()
-        else:
-            self.tail = np.concatenate((self.tail[:, blk.n :], cs), axis=1)
-        self._diff = {}
-
-    def sums(self, w: int) -> list[float]:
-        """Every row's sum over the last ``w`` rows (``w = 0``: over all rows)."""
-        if w not in self._diff:
-            end = self.tail[:, -1]
-            self._diff[w] = (end if w == 0 else end - self.tail[:, -1 - w]).tolist()
-        return self._diff[w]
-
-    def state(self) -> list[Any]:
-        return [[_plain(r) for r in self.tail], [m.state() for m in self.members]]
-
-    def load(self, state: Sequence[Any]) -> None:
-        tail = np.asarray(state[0], dtype=np.float64)
-        if tail.shape != self.tail.shape:
-            raise ConfigError("state_dict.state", f"window sums {self.tail.shape}", tail.shape)
-        self.tail = tail
-        for m, st in zip(self.members, state[1], strict=True):
-            m.load(st)
-        self._diff = {}
+        (c,) = self.tail[-1]
+        rows: list[tuple[float, ...]] = []
+        append = rows.append
+        for flag, x in zip(blk.col("finite"), blk.col("loss"), strict=True):
+            if flag == 0.0 or not x - x == 0.0:
+                c += 1.0
+            append((c,))
+        self._extend(rows)
 
 
 # ---------------------------------------------------------------------------------------- plan
@@ -517,26 +486,24 @@ class _Plan:
         self.changes = {
             p.col: _ChangeUpdater(p.col) for p in self.prims if isinstance(p, ChangeStep)
         }
-        self.windows: dict[Any, _Terms] = {}
+        self.windows: dict[Any, _WindowSums] = {}
         for k, w in win.items():
             if k == "bad":
-                self.windows[k] = _BadTerms(w)
+                self.windows[k] = _BadCount(w)
             elif k[0] == "spike":
-                self.windows[k] = _SpikeTerms(self.emas[(k[1], k[2], "id")], k[3], w)
+                self.windows[k] = _SpikeCount(self.emas[(k[1], k[2], "id")], k[3], w)
             elif k[0] == "WinLogLs":
-                self.windows[k] = _LogLsTerms(k[1], w)
+                self.windows[k] = _LogLsSums(k[1], w)
             else:
-                self.windows[k] = _LogDiffTerms(k[1], w)
-        self.bank = _WindowBank(list(self.windows.values()))
-        # EMAs first: spike terms read the EMA before each row of the block
+                self.windows[k] = _LogDiffSums(k[1], w)
+        # EMAs first: spike counts read the EMA before each row of the block
         self.updaters: list[_Updater] = [
             *self.emas.values(),
             *self.lasts.values(),
             *self.firsts.values(),
             *self.changes.values(),
+            *self.windows.values(),
         ]
-        if self.windows:
-            self.updaters.append(self.bank)
 
     def reader(self, p: Prim, eng: OnlineFeatures) -> Callable[[], Any]:
         """A closure returning the current value of primitive ``p``."""
@@ -564,20 +531,19 @@ class _Plan:
         if isinstance(p, ChangeStep):
             ch = self.changes[p.col]
             return lambda: ch.change
-        bank = self.bank
         if isinstance(p, WinLogLs | WinLogDiff):
             ws = self.windows[(type(p).__name__, p.col)]
-            a, b, w = ws.offset, ws.offset + ws.width, p.window
-            return lambda: tuple(bank.sums(w)[a:b])
+            w = p.window
+            return lambda: ws.sums(w)
         if isinstance(p, WinSpike | WinBad):
             if isinstance(p, WinSpike):
                 cnt = self.windows[("spike", p.col, float(p.half_life), float(p.factor))]
             else:
                 cnt = self.windows["bad"]
-            i, w = cnt.offset, p.window
+            w = p.window
             if w == 0:
-                return lambda: (bank.sums(0)[i], float(eng._rows_done))
-            return lambda: (bank.sums(w)[i], float(min(w, eng._rows_done)))
+                return lambda: (cnt.sums(0)[0], float(eng._rows_done))
+            return lambda: (cnt.sums(w)[0], float(min(w, eng._rows_done)))
         raise ConfigError("primitive", "a known primitive kind", type(p).__name__)
 
 
@@ -628,7 +594,8 @@ class OnlineFeatures:
         self._rows_done = 0
         self._flat: list[Any] = []  # buffered single rows' cells (raw), row after row
         self._n_rows = 0  # rows in self._flat
-        self._blocks: list[np.ndarray] = []  # buffered blocks, float64 [n_cols, n]
+        # buffered blocks: (n, one list of n floats per column read)
+        self._blocks: list[tuple[int, list[list[float]]]] = []
         self._n_blocked = 0  # rows in self._blocks
         pos = {p: i for i, p in enumerate(self._plan.prims)}
         self._readers = [self._plan.reader(p, self) for p in self._plan.prims]
@@ -660,19 +627,11 @@ class OnlineFeatures:
                 raise ConfigError(f"columns[{key!r}]", f"{n} values", len(col))
         if not n:
             return
-        blk = np.empty((len(self._cols), int(n)))
-        for i, key in enumerate(self._cols):
-            col = columns.get(key)
-            if col is None:
-                blk[i] = _nan
-                continue
-            try:
-                blk[i] = np.asarray(col, dtype=np.float64)
-            except (TypeError, ValueError):
-                blk[i] = [_to_float(x) for x in col]
+        n = int(n)
+        cols = [_column(columns.get(key), n) for key in self._cols]
         self._rows_to_block()
-        self._blocks.append(blk)
-        self._n_blocked += int(n)
+        self._blocks.append((n, cols))
+        self._n_blocked += n
         if self._n_blocked >= _MAX_BUFFER:
             self._fold(keep_last=True)
 
@@ -691,7 +650,7 @@ class OnlineFeatures:
         if self._n_rows:  # the last row given came through update()
             self._flat[len(self._flat) - len(self._cols) + i] = value
         else:
-            self._blocks[-1][i, -1] = _to_float(value)
+            self._blocks[-1][1][i][-1] = _to_float(value)
 
     def values(self) -> np.ndarray:
         """Features for a decision at ``s`` = rows seen: float64 array ``[len(feature_set)]``."""
@@ -714,11 +673,8 @@ class OnlineFeatures:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-exactly (plain Python types only)."""
         self._fold(keep_last=True)
-        pending = None
-        if self._n_rows:
-            pending = _plain([_to_float(x) for x in self._flat])
-        elif self._blocks:
-            pending = _plain(self._blocks[0][:, 0])
+        # after the fold, at most the last row is left, as a block of one row
+        pending = _plain([c[0] for c in self._blocks[0][1]]) if self._blocks else None
         return {
             "format": _STATE_FORMAT,
             "feature_set": self._fs.name,
@@ -755,7 +711,7 @@ class OnlineFeatures:
         self._budget = int(d["budget"])
         self._rows_done = int(d["rows"])
         if pending is not None:
-            self._blocks.append(np.asarray(pending, dtype=np.float64).reshape(-1, 1))
+            self._blocks.append((1, [[float(x)] for x in pending]))
             self._n_blocked = 1
 
     # ------------------------------------------------------------------ internals
@@ -769,7 +725,7 @@ class OnlineFeatures:
             blk = np.array(flat, dtype=np.float64)
         except (TypeError, ValueError):  # an odd cell: convert one by one
             blk = np.array([_to_float(x) for x in flat], dtype=np.float64)
-        self._blocks.append(np.ascontiguousarray(blk.reshape(n, len(self._cols)).T))
+        self._blocks.append((n, blk.reshape(n, len(self._cols)).T.tolist()))
         self._n_blocked += n
 
     def _fold(self, keep_last: bool = False) -> None:
@@ -777,15 +733,18 @@ class OnlineFeatures:
         self._rows_to_block()
         if not self._blocks:
             return
-        data = self._blocks[0] if len(self._blocks) == 1 else np.concatenate(self._blocks, axis=1)
+        if len(self._blocks) == 1:
+            n, cols = self._blocks[0]
+        else:
+            n = self._n_blocked
+            cols = [[x for _, b in self._blocks for x in b[i]] for i in range(len(self._cols))]
         self._blocks, self._n_blocked = [], 0
         if keep_last:
-            data, rest = data[:, :-1], data[:, -1:]
-            self._blocks, self._n_blocked = [rest.copy()], 1
-        n = data.shape[1]
+            self._blocks, self._n_blocked = [(1, [[c.pop()] for c in cols])], 1
+            n -= 1
         if not n:
             return
-        blk = _Block(self._rows_done, dict(zip(self._cols, data, strict=True)), n)
+        blk = _Block(self._rows_done, dict(zip(self._cols, cols, strict=True)), n)
         for u in self._plan.updaters:
             u.update(blk)
         self._rows_done += n

@@ -2,17 +2,17 @@
 
 The engine keeps only the primitives its feature set needs (:mod:`trajlib.features._prims`), each in
 a small *updater* object written as plain code: an EMA, the last/first finite value of a column,
-the row of the last change of a column, and cumulative window sums (least-squares sums, squared
-log differences, spike and bad-row counts) with the tail of their per-row values, so that a window
-or a lag is one subtraction or one index at a decision.
+the row of the last change of a column, and cumulative window sums (least-squares sums, log
+differences, spike and bad-row counts) with their values after each of the last ``window + 1``
+rows, so that a window or a lag is one subtraction or one index at a decision.
 
-Rows are buffered as they arrive (:meth:`OnlineFeatures.update` copies the columns the set reads,
+Rows are buffered as they arrive (:meth:`OnlineFeatures.update` copies the cells the set reads,
 :meth:`OnlineFeatures.update_many` takes whole columns) and folded into the updaters a block at a
-time when features are asked for: each updater then makes one pass over the block's column (numpy
-for sums and masks, a tight float loop for a recursion), so the cost per row is a few array
-elements per primitive, not a Python call per primitive per row. Every updater reproduces the
-row-by-row recursion bit for bit (sequential cumulative sums, ``alpha * x + beta * m`` in float64,
-``math.log``), so how rows are grouped into blocks never changes a number.
+time when features are asked for: numpy converts the buffered cells to float columns once, then
+each updater makes one tight float loop over its column(s) -- one Python call per primitive per
+block, not per row. Every updater reproduces the row-by-row recursion bit for bit (sums in row
+order, ``alpha * x + beta * m``, ``math.log``), so how rows are grouped into blocks never changes
+a number.
 
 The last row given stays buffered until features are asked for, so :meth:`OnlineFeatures.amend`
 can still change it (validation is reported after the step).

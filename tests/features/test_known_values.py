@@ -120,23 +120,24 @@ CASES: list[tuple[str, Feature, dict[str, list[Any]], int, int, float]] = [
         10,
         log(1.875),
     ),
-    # EMA_1 before each row: -, 1, 1, 2, 1.5, 1.25; spikes (> 2x) at rows 2 (3 > 2) and 5
-    # (5 > 2.5); a window of 4 (rows 2..5) holds both
+    # EMA_1 before each row: -, 1, 1, 2, 1.5, 1.25; a spike is > 2x: row 2 (3 > 2) is one, row 5
+    # is exactly 2x (2.5 = 2 * 1.25) and is not. A window of 4 (rows 2..5) holds the spike, a
+    # window of 3 (rows 3..5) does not.
     (
         "loss_spike_frac",
         LossSpikeFrac(4, 2.0, 1),
-        {"loss": [1.0, 1.0, 3.0, 1.0, 1.0, 5.0]},
+        {"loss": [1.0, 1.0, 3.0, 1.0, 1.0, 2.5]},
         6,
         10,
-        2 / 4,
+        1 / 4,
     ),
     (
         "loss_spike_frac_window",
         LossSpikeFrac(3, 2.0, 1),
-        {"loss": [1.0, 1.0, 3.0, 1.0, 1.0, 5.0]},
+        {"loss": [1.0, 1.0, 3.0, 1.0, 1.0, 2.5]},
         6,
         10,
-        1 / 3,
+        0.0,
     ),
     # bad rows: 1 (NaN loss) and 2 (finite = False); finite = None is unknown, not bad
     (

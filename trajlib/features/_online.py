@@ -128,7 +128,9 @@ class _Block:
         """The finite values of a source, in row order."""
         key = (col, tf)
         if key not in self._kept:
-            self._kept[key] = [x for x in self.values(col, tf) if x - x == 0.0]
+            v = self.values(col, tf)
+            total = sum(v)  # finite only if every value is (NaN and +-inf propagate)
+            self._kept[key] = v if total - total == 0.0 else [x for x in v if x - x == 0.0]
         return self._kept[key]
 
     def spread(self, before: float, per_finite: list[float], col: str, tf: str) -> list[float]:

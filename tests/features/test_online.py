@@ -74,3 +74,16 @@ def test_the_engine_is_plain_code() -> None:
     """No generated source: nothing compiled or exec-ed at run time."""
     src = inspect.getsource(_online)
     assert "exec(" not in src and "compile(" not in src
+
+
+def test_rows_are_read_with_get_so_a_defaultdict_invents_nothing() -> None:
+    from collections import defaultdict
+
+    rows = make_rows(TrajSpec(40, 6))
+    a, b = OnlineFeatures(budget=40), OnlineFeatures(budget=40)
+    for r in rows:
+        plain = {k: v for k, v in r.items() if k != "val_loss"}
+        a.update(plain)
+        b.update(defaultdict(float, plain))  # val_loss missing: null, not 0.0
+    np.testing.assert_array_equal(a.values(), b.values())
+    assert np.isnan(b.values_dict()["val_gap"])

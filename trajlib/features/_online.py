@@ -609,9 +609,12 @@ class OnlineFeatures:
         Only the columns the feature set reads are copied; the rows are folded into the state
         when features are asked for (so :meth:`amend` can still change the last one).
         """
-        try:
-            self._flat.extend(self._get(row))
-        except KeyError:  # a column missing from this row: null
+        if type(row) is dict:  # the usual row: all columns at once (a missing one: KeyError)
+            try:
+                self._flat.extend(self._get(row))
+            except KeyError:
+                self._flat.extend(map(row.get, self._cols))
+        else:  # any other mapping (a defaultdict must not invent values): .get, as documented
             self._flat.extend(map(row.get, self._cols))
         self._n_rows += 1
         if self._n_rows >= _MAX_BUFFER:

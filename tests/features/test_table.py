@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 
 import numpy as np
 import polars as pl
+from pytest import approx
 
-from tests.features._gen import TrajSpec, make_rows, to_frame
-from trajlib.features import decision_table, derive, get_feature_set
+from tests.features._gen import TrajSpec, close, make_rows, to_frame
+from tests.features.reference import ATOL, reference
+from trajlib.features import decision_table, get_feature_set
 
 FS = get_feature_set("default")
+RUN_ROWS = {"a": make_rows(TrajSpec(200, 1, val_every=50)), "b": make_rows(TrajSpec(150, 2))}
+BUDGETS = {"a": 200, "b": 150}
 
 
 def _store_frames() -> tuple[pl.DataFrame, ...]:
-    runs_rows = {"a": make_rows(TrajSpec(200, 1, val_every=50)), "b": make_rows(TrajSpec(150, 2))}
+    runs_rows = RUN_ROWS
     steps = to_frame(runs_rows)
     runs = pl.DataFrame(
         {"run_id": ["a", "b"], "budget": [200, 150]},
@@ -74,10 +79,20 @@ def test_decision_table_columns_and_values() -> None:
     row = t.row(1, named=True)
     assert row["action"] == 2 and row["val_loss_a3"] == 103.0
     assert t.row(2, named=True)["val_loss_a0"] is None  # a@150 not branched
-    want = derive(steps, t.select("run_id", "step"), {"a": 200, "b": 150})
-    assert np.allclose(
-        t.select(FS.names).to_numpy(), want.select(FS.names).to_numpy(), equal_nan=True
-    )
+    # features against the slow plain-Python reference (no code shared with derive), and every
+    # row's behaviour columns against the decisions frame it came from
+    actions = {(r, s): (a, p) for r, s, a, p, _ in dec.iter_rows()}
+    for got in t.iter_rows(named=True):
+        rid, s = got["run_id"], got["step"]
+        want = reference(RUN_ROWS[rid], s, BUDGETS[rid])
+        bad = [
+            (n, got[n], want[n])
+            for n in FS.names
+            if not close(np.nan if got[n] is None else got[n], want[n], 1e-6, ATOL.get(n, 1e-9))
+        ]
+        assert not bad, f"{rid}@{s}: {bad}"
+        assert got["n_missing"] == sum(math.isnan(want[n]) for n in FS.names)
+        assert (got["action"], got["propensity"]) == (actions[(rid, s)][0], approx(0.2))
 
 
 def test_decision_table_without_branches() -> None:

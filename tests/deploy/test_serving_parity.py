@@ -38,6 +38,7 @@ from torch import nn
 from trajlib.controllers import Controller, register_controller_kind, save_controller
 from trajlib.deploy import ControllerScheduler
 from trajlib.features import derive, get_feature_set
+from trajlib.spec import FeatureSetRef, RunConfig
 from trajlib.tasks import batch_slot, epoch_order, get_task
 
 BUDGET, EVERY, VAL_EVERY = 150, 25, 25
@@ -120,7 +121,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {
         "recipe": recipe,
         "run": run,
-        "entry": json.loads(run["entry"]),
+        "config": RunConfig.from_dict(json.loads(run["entry"])),
         "steps": store.steps().collect().sort("step"),
         "decisions": store.decisions().collect().sort("step"),
     }
@@ -128,19 +129,19 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _replay(collected: dict[str, Any], ckpt: Path) -> tuple[ControllerScheduler, list[float]]:
     """Train the collected run again with plain torch and a scheduler replaying its actions."""
-    run, entry = collected["run"], collected["entry"]
+    run, cfg = collected["run"], collected["config"]
     task = get_task(run["task"])
     assert task.optimizer == "sgd" and task.loss == "cross_entropy"
     data = task.make_data()
-    hp0 = entry["hp0"]
-    assert hp0["l2"] == 0.0 and hp0["input_noise"] == 0.0  # the plain loop has neither
+    hp0 = cfg.start
+    assert hp0.l2 == 0.0 and hp0.input_noise == 0.0  # the plain loop has neither
     torch.manual_seed(run["seed"])  # the collector's member initialisation
     model = task.make_model()
     opt = torch.optim.SGD(
         model.parameters(),
-        lr=entry["lr0"],
-        momentum=hp0["momentum"],
-        weight_decay=hp0["weight_decay"],
+        lr=cfg.lr0,
+        momentum=hp0.momentum,
+        weight_decay=hp0.weight_decay,
     )
     sched = ControllerScheduler(opt, str(ckpt), total_steps=BUDGET)
     n, bs = data.x_train.shape[0], task.batch_size
@@ -168,24 +169,21 @@ def test_deployed_features_equal_derive_on_the_collected_run(
     collected: dict[str, Any], tmp_path: Path
 ) -> None:
     fs = get_feature_set("default")
-    recipe, dec = collected["recipe"], collected["decisions"]
+    spec, dec = collected["config"].decision, collected["decisions"]
     actions = tuple(int(a) for a in dec["action"])
     decision_steps = dec["step"].to_list()
     assert decision_steps == list(range(EVERY, BUDGET, EVERY))
-    n_actions = len(recipe.action_space)
-    assert len(set(actions) - {recipe.action_space.keep_index}) >= 2  # the LR really moved
+    assert spec.every == EVERY
+    n_actions = len(spec.action_space)
+    assert len(set(actions) - {spec.action_space.keep_index}) >= 2  # the LR really moved
 
     ctl = ReplayController(actions).fit(np.zeros((2, len(fs))), np.zeros((2, n_actions)))
     ckpt = save_controller(
         ctl,
         tmp_path / "replay",
-        feature_set_name=fs.name,
-        feature_set_version=fs.version,
-        feature_set_hash=fs.hash,
-        feature_names=fs.names,
-        action_space=recipe.action_space,
-        hp_space=recipe.hp_space,
-        every=EVERY,
+        spec=spec.with_feature_set(
+            FeatureSetRef(name=fs.name, version=str(fs.version), hash=fs.hash, names=fs.names)
+        ),
         label_strategy="greedy",
         training_data={},  # no feature NaN fractions: the scheduler lets NaN features through
         offline_metrics={},

@@ -25,6 +25,7 @@ import re
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -397,7 +398,6 @@ class RemoteRoot(Root):
             # our own bounded retry (counted); botocore's and s3fs's would hide the errors
             kwargs.update(
                 use_listings_cache=False,
-                retries=1,
                 config_kwargs={
                     "retries": {"max_attempts": 1, "mode": "standard"},
                     "connect_timeout": 5,
@@ -407,10 +407,13 @@ class RemoteRoot(Root):
             endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             if endpoint:
                 kwargs["endpoint_url"] = endpoint
+        self._fs_kwargs = kwargs
         try:
             fs, base = fsspec.url_to_fs(url, **kwargs)
         except (ImportError, ValueError) as exc:
             raise StoreError(f"{self.display}: cannot open this URL ({_describe(exc)})") from None
+        if hasattr(fs, "retries"):
+            fs.retries = 1  # s3fs's own silent retries off: ours below are bounded and counted
         self.fs = fs
         self.base = base.rstrip("/")
 
@@ -584,8 +587,8 @@ class RemoteRoot(Root):
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             opts["aws_region"] = region
-        # max_retries is polars' own bounded retry of cloud reads
-        return {"storage_options": opts, "retries": self.retries} if opts else {}
+        opts["max_retries"] = self.retries  # polars' own bounded retry of cloud reads
+        return {"storage_options": opts}
 
     def open_read(self, rel: str) -> Any:
         return io.BytesIO(self.read_bytes(rel))
@@ -593,12 +596,11 @@ class RemoteRoot(Root):
     def zarr_store(self, rel: str, *, read_only: bool) -> Any:
         from zarr.storage import FsspecStore
 
-        fs = self.fs
-        if not getattr(fs, "async_impl", False):
-            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
-
-            fs = AsyncFileSystemWrapper(fs)
-        return FsspecStore(fs, path=self._key(rel), read_only=read_only)
+        opts = {k: v for k, v in self._fs_kwargs.items() if k != "skip_instance_cache"}
+        with warnings.catch_warnings():
+            # zarr warns about sync filesystems wrapped for async use (memory://); it works
+            warnings.simplefilter("ignore")
+            return FsspecStore.from_url(self.loc(rel), storage_options=opts, read_only=read_only)
 
     def write_tree(self, rel: str, owner: str, durable: bool, fill: Callable[[Any], None]) -> None:
         # no rename on object storage: write in place (invisible until the run's marker exists)

@@ -61,6 +61,7 @@ class CollectReport:
     branch_steps: int = 0
     wall_time_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    retries: int = 0  # transient store errors retried (object storage), all workers together
 
     @property
     def steps_per_s(self) -> float:
@@ -73,7 +74,7 @@ class CollectReport:
         return self.branch_steps / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
     def add(self, other: dict[str, Any]) -> None:
-        for k in ("committed", "skipped", "failed", "diverged", "steps", "branch_steps"):
+        for k in ("committed", "skipped", "failed", "diverged", "steps", "branch_steps", "retries"):
             setattr(self, k, getattr(self, k) + int(other.get(k, 0)))
         self.errors.extend(other.get("errors", []))
 
@@ -105,6 +106,7 @@ def run_unit(
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     sink = sink_factory()
+    retries0 = int(getattr(sink, "retries", 0))
     out: dict[str, Any] = {
         "committed": 0,
         "skipped": 0,
@@ -155,6 +157,7 @@ def run_unit(
         for spec in todo:
             sink.release(spec.run_id)
         torch.set_num_threads(old_threads)
+        out["retries"] = int(getattr(sink, "retries", 0)) - retries0
     return out
 
 

@@ -69,7 +69,7 @@ class Store:
         root = as_root(path)
         self.root: Root = root
         #: the directory of a local store; the URL (credentials redacted) of a remote one
-        self.path: Path = root.path if root.path is not None else Path(root.display)
+        self.path: Path | str = root.path if root.path is not None else root.display
         self.url: str = root.display
         try:
             self.manifest = read_manifest(root)

@@ -24,6 +24,7 @@ from polars.testing import assert_frame_equal
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
+pytestmark = pytest.mark.s3
 
 from tests._s3server import FlakyProxy, S3Server, use_env  # noqa: E402
 from trajlib import schema as S  # noqa: E402
@@ -286,35 +287,35 @@ def test_four_concurrent_writer_processes_commit_each_run_once(s3, url):
 
 @pytest.mark.slow
 def test_sigkilled_writer_loses_nothing_committed_and_resumes(s3, url):
-    n, steps = 30, 120
-    cmd = [sys.executable, str(STORE_TESTS / "_crash_writer.py"), url, str(n), str(steps)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_child_env())
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    n, steps = 12, 120
+    script = str(ROOT / "tests" / "_s3_kill_writer.py")
+    # create_store PUTs layers.zarr/zarr.json; each run then PUTs steps, decisions, branches, its
+    # layer array and last its marker: the 15th such PUT is r004's decisions, so the writer dies
+    # with r004's steps on the server and no marker
+    cmd = [sys.executable, script, url, str(n), str(steps), "15"]
+    died = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=240)
+    assert died.returncode == -signal.SIGKILL, died.stderr[-2000:]
     store = open_store(url)
-    deadline = time.monotonic() + 120
-    while len(store.committed_run_ids()) < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.13)  # a moment inside a commit (each is ~8 requests)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
     committed = store.committed_run_ids()
-    assert 4 <= len(committed) < n
+    assert committed == {"r000", "r001", "r002", "r003"}
+    assert {"r004.parquet"} <= set(store.root.listdir("steps"))  # half a commit is there ...
+    assert "r004" not in set(store.steps().collect()[S.RUN_ID].unique().to_list())  # ... unseen
     assert store.validate() == []
     expected = {rid: make_run(rid, n_steps=steps, n_layers=2) for rid in run_ids(n)}
     for rid in sorted(committed):
         _check_run(store, expected[rid])
     # resume: the dead writer's claim is taken over, the rest is committed, nothing is redone
+    cmd[-1] = "0"
     out = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     final = open_store(url)
     assert final.committed_run_ids() == set(run_ids(n))
     assert final.validate() == []
-    for rid in sorted(committed):
+    for rid in run_ids(n):
         _check_run(final, expected[rid])
     final.gc()
-    assert final.validate() == [] and not [
-        n for n in final.root.listdir("locks") if n.endswith(".claim")
-    ]
+    assert final.validate() == []
+    assert not [c for c in final.root.listdir("locks") if c.endswith(".claim")]
 
 
 @pytest.mark.slow

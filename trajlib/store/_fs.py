@@ -380,7 +380,12 @@ class RemoteRoot(Root):
     path = None
 
     def __init__(self, url: str, retries: int | None = None) -> None:
-        import fsspec
+        try:
+            import fsspec
+        except ImportError:
+            raise StoreError(
+                f"{redact(url)}: store URLs need fsspec; install it with: pip install 'trajlib[s3]'"
+            ) from None
 
         url = url.rstrip("/")
         self.url = url
@@ -410,7 +415,12 @@ class RemoteRoot(Root):
         self._fs_kwargs = kwargs
         try:
             fs, base = fsspec.url_to_fs(url, **kwargs)
-        except (ImportError, ValueError) as exc:
+        except ImportError as exc:
+            raise StoreError(
+                f"{self.display}: this URL needs a package that is not installed ({exc}); "
+                "for s3:// install it with: pip install 'trajlib[s3]'"
+            ) from None
+        except ValueError as exc:
             raise StoreError(f"{self.display}: cannot open this URL ({_describe(exc)})") from None
         if hasattr(fs, "retries"):
             fs.retries = 1  # s3fs's own silent retries off: ours below are bounded and counted

@@ -36,6 +36,7 @@ from trajlib.store._layout import (
     check_run_id,
     dir_size,
     encode_parquet,
+    new_token,
     put_parquet,
     snapshot,
 )
@@ -412,8 +413,9 @@ def create_store(path: Location, exist_ok: bool = True, *, durable: bool = True)
         if p.exists() and not p.is_dir():
             raise StoreError(f"{p}: exists and is not a directory")
         p.mkdir(parents=True, exist_ok=True)
-    elif not root.is_local:
+    else:
         root.check_reachable()  # the bucket exists and the credentials are accepted
+        _check_conditional_writes(root)
     where = root.display
     created = False
     if not root.exists(MANIFEST):
@@ -432,6 +434,23 @@ def create_store(path: Location, exist_ok: bool = True, *, durable: bool = True)
     root.mkdirs(*TABLES, LOCKS_DIR)
     _ensure_layers_group(root)
     return store
+
+
+def _check_conditional_writes(root: Root) -> None:
+    """Refuse an object store that ignores create-if-absent (``If-None-Match: *``): there two
+    writers could both claim, and both commit, one run."""
+    rel = f"{LOCKS_DIR}/.probe.{new_token()}"
+    try:
+        first = root.put_new(rel, b"1", "_probe")
+        second = root.put_new(rel, b"2", "_probe")
+    finally:
+        root.remove(rel)
+    if not first or second:
+        raise StoreError(
+            f"{root.display}: this object store does not honour conditional writes "
+            "(PUT with If-None-Match: *), which claims and commit markers rely on; use AWS S3, "
+            "MinIO or another server that supports them"
+        )
 
 
 def _ensure_layers_group(root: Root) -> None:

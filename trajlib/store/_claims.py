@@ -160,7 +160,7 @@ def remove_if_stale(where: Root | Path, owner: str | None = None) -> bool:
             again = read_claim(root, owner)  # it may have been taken over meanwhile
             if again is None or again[0] != first[0] or not claim_is_stale(root, owner, again):
                 return False
-            return root.remove(rel)
+            return root.remove(rel, tree=False)
     # object storage: one taker per stale claim wins the marker named after its token
     marker = f"{LOCKS_DIR}/{TAKEOVER_PREFIX}{_token_of(first)}"
     if not root.put_new(marker, json.dumps({"owner": owner, "at": time.time()}).encode(), owner):
@@ -168,7 +168,7 @@ def remove_if_stale(where: Root | Path, owner: str | None = None) -> bool:
     again = read_claim(root, owner)
     if again is None or again[0] != first[0]:
         return False
-    return root.remove(rel)
+    return root.remove(rel, tree=False)
 
 
 def try_claim(where: Root | Path, owner: str) -> str | None:
@@ -208,7 +208,7 @@ def release(where: Root | Path, owner: str, token: str) -> None:
     """Remove the claim if (and only if) it is still ours."""
     root = _root(where)
     if holds(root, owner, token):
-        root.remove(_rel(owner))
+        root.remove(_rel(owner), tree=False)
 
 
 def live_claim(where: Root | Path, owner: str) -> dict | None:

@@ -201,7 +201,7 @@ def _compact_locked(root: Root, rows_per_file: int, durable: bool) -> dict:
     _fsync_tables(root)
     _phase("renamed")
     for rel in replaces:
-        root.remove(rel)
+        root.remove(rel, tree=False)
     _fsync_tables(root)
     _phase("deleted")
     bump_epoch(root, token)
@@ -264,10 +264,10 @@ def _compact_remote(root: Root, rows_per_file: int, durable: bool) -> dict:
             put_parquet(root, final, df, COMPACT_OWNER, durable=durable)
     _phase("renamed")
     for rel in replaces:
-        root.remove(rel)
+        root.remove(rel, tree=False)
     _phase("deleted")
     bump_epoch(root, token)
-    root.remove(JOURNAL)
+    root.remove(JOURNAL, tree=False)
     after = snapshot(root)
     return {
         "runs": len(ids),

@@ -123,8 +123,10 @@ class Root:
         """Create ``rel`` holding ``data`` unless it exists (atomically); True if this call did."""
         raise NotImplementedError
 
-    def remove(self, rel: str) -> bool:
-        """Remove file or tree ``rel``; True if something was removed."""
+    def remove(self, rel: str, *, tree: bool | None = None) -> bool:
+        """Remove file or tree ``rel``; True if something was removed. ``tree`` says which it is
+        when the caller knows (saves a request on object storage, where a file's removal then
+        reports True whether or not it existed)."""
         raise NotImplementedError
 
     def mtime(self, rel: str) -> float | None:
@@ -241,7 +243,7 @@ class LocalRoot(Root):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
-    def remove(self, rel: str) -> bool:
+    def remove(self, rel: str, *, tree: bool | None = None) -> bool:
         p = self._dir / rel
         try:
             if p.is_dir() and not p.is_symlink():
@@ -491,6 +493,9 @@ class RemoteRoot(Root):
         return self.call(f"listing {rel or '/'}", ls)
 
     def exists(self, rel: str) -> bool:
+        """Whether object ``rel`` exists (a file; directories are prefixes, see :meth:`is_dir`)."""
+        if self.protocol in ("s3", "s3a"):
+            return self._info(rel) is not None
         key = self._key(rel)
         return self.call(f"checking {rel}", lambda: bool(self.fs.exists(key)))
 
@@ -523,12 +528,17 @@ class RemoteRoot(Root):
         # re-reads the object and recognises its own token (claims do)
         return self.call(f"creating {rel}", create)
 
-    def remove(self, rel: str) -> bool:
+    def remove(self, rel: str, *, tree: bool | None = None) -> bool:
         key = self._key(rel)
 
         def rm() -> bool:
             try:
-                if self.fs.isdir(key):
+                if tree is False:
+                    self.fs.rm_file(key)
+                    return True
+                if tree or self.fs.isdir(key):
+                    if not self.fs.find(key):
+                        return False
                     self.fs.rm(key, recursive=True)
                     return True
                 self.fs.rm_file(key)
@@ -539,9 +549,16 @@ class RemoteRoot(Root):
         return self.call(f"removing {rel}", rm)
 
     def _info(self, rel: str) -> dict | None:
+        """Metadata of object ``rel`` (one HEAD on S3), None if there is none."""
         key = self._key(rel)
 
         def info() -> dict | None:
+            if self.protocol in ("s3", "s3a"):
+                bucket, _, path = key.partition("/")
+                try:
+                    return dict(self.fs.call_s3("head_object", Bucket=bucket, Key=path))
+                except FileNotFoundError:
+                    return None
             try:
                 return dict(self.fs.info(key, refresh=True))
             except FileNotFoundError:
@@ -613,13 +630,13 @@ class RemoteRoot(Root):
             return FsspecStore.from_url(self.loc(rel), storage_options=opts, read_only=read_only)
 
     def write_tree(self, rel: str, owner: str, durable: bool, fill: Callable[[Any], None]) -> None:
-        # no rename on object storage: write in place (invisible until the run's marker exists)
-        self.remove(rel)
+        # no rename on object storage: write in place (invisible until the run's marker exists);
+        # the caller removed what an earlier attempt left
         try:
             self.call(f"writing {rel}", lambda: fill(self.zarr_store(rel, read_only=False)))
         except BaseException:
             with contextlib.suppress(Exception):
-                self.remove(rel)
+                self.remove(rel, tree=True)
             raise
 
 

@@ -207,7 +207,7 @@ class Store:
                 rel = f"{table}/{run_id}.parquet"
                 if df is None or df.height == 0:
                     # leftovers of an earlier, unfinished attempt must not become part of this run
-                    root.remove(rel)
+                    root.remove(rel, tree=False)
                     continue
                 put_parquet(root, rel, df, run_id, durable=durable)
                 written.append(rel)
@@ -224,14 +224,14 @@ class Store:
             if not self._index.is_committed(run_id) if not root.is_local else True:
                 for rel in written:
                     try:
-                        root.remove(rel)
+                        root.remove(rel, tree=False)
                     except Exception:  # noqa: BLE001 - best effort; gc removes the rest
                         pass
             raise
 
     def _write_layers(self, run_id: str, lay: tuple[np.ndarray, list[str]] | None) -> None:
         rel = f"{LAYERS_DIR}/{run_id}"
-        self.root.remove(rel)  # leftover of an unfinished attempt (we hold the claim)
+        self.root.remove(rel, tree=True)  # leftover of an unfinished attempt (we hold the claim)
         if lay is None:
             return
         import zarr
@@ -444,7 +444,7 @@ def _check_conditional_writes(root: Root) -> None:
         first = root.put_new(rel, b"1", "_probe")
         second = root.put_new(rel, b"2", "_probe")
     finally:
-        root.remove(rel)
+        root.remove(rel, tree=False)
     if not first or second:
         raise StoreError(
             f"{root.display}: this object store does not honour conditional writes "

@@ -8,9 +8,11 @@ polars' own reader (scans), with credentials only in the environment, as on AWS.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing as mp
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,6 +96,22 @@ def test_memory_url_commits_validates_compacts_and_collects_garbage():
         _check_run(open_store(url), kw)
 
 
+def test_claims_of_other_hosts_expire_on_object_storage_only(monkeypatch, tmp_path):
+    import json
+
+    monkeypatch.setenv("TRAJLIB_CLAIM_TTL_S", "3600")
+    for where in (f"memory://trajlib-test/{time.time_ns()}", str(tmp_path / "st")):
+        store = create_store(where)
+        for rid, age in (("old", 7200.0), ("new", 60.0)):
+            body = {"pid": 1, "host": "another-host", "token": "t" + rid, "start": None}
+            body["created"] = time.time() - age
+            store.root.put_atomic(f"locks/{rid}.claim", json.dumps(body).encode(), rid)
+        remote = not store.root.is_local
+        assert store.claim("old") is remote  # a dead host's claim: taken over after the TTL
+        assert not store.claim("new")  # a recent claim of another host is live
+        store.release("old")
+
+
 def test_file_url_is_the_local_directory(tmp_path):
     store = create_store(f"file://{tmp_path / 'st'}")
     assert store.root.is_local and store.path == tmp_path / "st"
@@ -170,6 +188,10 @@ def test_missing_bucket_is_one_line_naming_the_url(s3, capsys):
     assert len(err.splitlines()) == 1 and url in err and "bucket does not exist" in err
     with pytest.raises(StoreError, match="bucket does not exist"):
         create_store(url)
+    recipe = str(ROOT / "collectors" / "quickstart.toml")
+    assert main(["collect", recipe, "--store", url, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and url in err and "bucket does not exist" in err
 
 
 def test_refused_credentials_are_one_line_and_never_shown(s3, url, capsys):
@@ -342,3 +364,43 @@ def test_ray_collection_into_an_s3_store_validates(s3, url, tmp_path):
     assert store.branches().collect().height > 0
     for blob in (out.stdout, out.stderr):
         assert s3.secret not in blob
+
+
+# --------------------------------------------------------------------------- the docs
+def _section(title: str) -> str:
+    text = (ROOT / "docs" / "store.md").read_text(encoding="utf-8")
+    start = text.index(f"## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]
+
+
+def test_docs_trajlib_lines_parse_against_the_cli():
+    import shlex
+
+    from trajlib.cli import build_parser
+
+    block = re.findall(r"```bash\n(.*?)```", _section("Collect on many machines"), flags=re.S)
+    lines = [
+        ln.split("#")[0].strip()
+        for b in block
+        for ln in b.splitlines()
+        if ln.startswith("trajlib ")
+    ]
+    assert len(lines) >= 4 and any("--executor ray" in ln and "s3://" in ln for ln in lines)
+    for line in lines:
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert any(str(v).startswith("s3://") for v in vars(args).values()), line
+
+
+def test_docs_python_block_reads_an_s3_store(s3):
+    code = re.findall(r"```python\n(.*?)```", _section("Collect on many machines"), flags=re.S)
+    assert len(code) == 1 and "s3://my-bucket/trajlib/demo" in code[0]
+    with contextlib.suppress(Exception):
+        s3.client().create_bucket(Bucket="my-bucket")
+    store = create_store("s3://my-bucket/trajlib/demo")
+    kw = make_run("doc1", n_steps=50, every=25, task="digits-mlp")
+    store.write_run(**kw)
+    ns: dict[str, object] = {}
+    exec(compile(code[0], "docs/store.md", "exec"), ns)  # noqa: S102
+    assert ns["losses"].height == 50  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(ns["arr"], kw["layers"])

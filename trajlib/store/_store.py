@@ -180,8 +180,7 @@ class Store:
         try:
             if self.is_committed(run_id):  # committed by another process before our claim
                 return False
-            self._write_fragments(run_id, run_df, steps_df, dec_df, br_df, lay)
-            return True
+            return self._write_fragments(run_id, run_df, steps_df, dec_df, br_df, lay)
         finally:
             self.release(run_id)
 
@@ -193,7 +192,7 @@ class Store:
         dec_df: pl.DataFrame | None,
         br_df: pl.DataFrame | None,
         lay: tuple[np.ndarray, list[str]] | None,
-    ) -> None:
+    ) -> bool:
         root, durable = self.root, self.durable
         counts: dict[str, object] = {
             STEPS: steps_df.height,
@@ -216,18 +215,24 @@ class Store:
             meta = {COUNTS_KEY: json.dumps(counts)}
             if root.is_local:
                 put_parquet(root, marker, run_df, run_id, durable=durable, metadata=meta)
-            elif not root.put_new(marker, bytes(encode_parquet(run_df, meta)), run_id):
-                # the marker is a conditional PUT: a writer whose claim expired never commits twice
-                raise StoreError(f"{self.url}: run {run_id!r} was committed by another writer")
+            else:
+                # a conditional PUT: a writer whose claim was taken over never commits twice
+                payload = bytes(encode_parquet(run_df, meta))
+                if not root.put_new(marker, payload, run_id) and (
+                    root.read_bytes(marker) != payload  # not our own PUT, retried after landing
+                ):
+                    return False  # committed by another writer (its claim outlived ours)
         except BaseException:
-            # not committed: remove what this attempt wrote (gc would do it otherwise)
-            if not self._index.is_committed(run_id) if not root.is_local else True:
-                for rel in written:
-                    try:
+            # not committed: remove what this attempt wrote (gc would do it otherwise); on object
+            # storage another writer's commit may own these names by now: leave them then
+            try:
+                if root.is_local or not self._index.is_committed(run_id):
+                    for rel in written:
                         root.remove(rel, tree=False)
-                    except Exception:  # noqa: BLE001 - best effort; gc removes the rest
-                        pass
+            except Exception:  # noqa: BLE001 - best effort (the store may be unreachable): gc
+                pass
             raise
+        return True
 
     def _write_layers(self, run_id: str, lay: tuple[np.ndarray, list[str]] | None) -> None:
         rel = f"{LAYERS_DIR}/{run_id}"

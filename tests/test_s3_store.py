@@ -404,3 +404,25 @@ def test_docs_python_block_reads_an_s3_store(s3):
     exec(compile(code[0], "docs/store.md", "exec"), ns)  # noqa: S102
     assert ns["losses"].height == 50  # type: ignore[attr-defined]
     np.testing.assert_array_equal(ns["arr"], kw["layers"])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_store_error_in_a_ray_worker_is_one_line(s3, monkeypatch):
+    pytest.importorskip("ray")
+    import functools
+
+    from trajlib.collect import collect, parse_recipe
+
+    monkeypatch.setenv("PYTHONPATH", _child_env()["PYTHONPATH"])
+    recipe = parse_recipe(
+        {"collect": {"tasks": ["teacher-student"], "runs_per_task": 1, "budget": 20, "every": 10}},
+        name="s3-ray-error",
+    )
+    url = "s3://no-such-bucket-trajlib/x"
+    with pytest.raises(StoreError) as exc:
+        collect(
+            recipe, functools.partial(open_store, url), executor="ray", workers=1, progress=False
+        )
+    msg = str(exc.value)
+    assert len(msg.splitlines()) == 1 and url in msg and "bucket does not exist" in msg

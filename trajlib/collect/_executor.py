@@ -234,7 +234,13 @@ def _iter_ray(
         ]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:  # a store error in a worker: its own line
+                if isinstance(exc.cause, TrajlibError):
+                    raise exc.cause from None
+                raise
+            yield result
     finally:
         if started:
             ray.shutdown()

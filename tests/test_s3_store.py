@@ -266,6 +266,31 @@ def test_dropped_connection_is_retried_counted_then_one_line(s3):
         proxy.down()
 
 
+def test_retries_are_counted_in_the_collection_report(s3):
+    import functools
+
+    from trajlib.collect import collect, parse_recipe
+
+    recipe = parse_recipe(
+        {"collect": {"tasks": ["teacher-student"], "runs_per_task": 1, "budget": 20, "every": 10}},
+        name="s3-retries",
+    )
+    proxy = FlakyProxy(s3.port)
+    try:
+        with use_env(s3.env(proxy.endpoint)):
+            url = f"s3://{s3.bucket()}/retried"
+            create_store(url)
+            proxy.down()
+            timer = _later(0.7, proxy.up)  # the outage ends while the worker retries
+            rep = collect(recipe, functools.partial(open_store, url), workers=1, progress=False)
+            timer.join()
+            assert (rep.committed, rep.failed) == (1, 0), rep.errors
+            assert rep.retries >= 1
+            assert open_store(url).validate() == []
+    finally:
+        proxy.down()
+
+
 def _later(delay: float, fn) -> object:
     import threading
 

@@ -67,6 +67,7 @@ class Store:
     """
 
     def __init__(self, path: Location | Root, *, durable: bool = True) -> None:
+        self._retries0 = retry_count()
         root = as_root(path)
         self.root: Root = root
         #: the directory of a local store; the URL (credentials redacted) of a remote one
@@ -87,8 +88,9 @@ class Store:
 
     @property
     def retries(self) -> int:
-        """Transient object-store errors retried by this process so far (0 on disk)."""
-        return retry_count()
+        """Transient object-store errors retried since this object was opened (its opening
+        included; by any store object of this thread meanwhile); always 0 on disk."""
+        return retry_count() - self._retries0
 
     # ------------------------------------------------------------------ which runs are committed
     def _locks(self) -> Root:

@@ -240,7 +240,7 @@ def test_dropped_connection_is_retried_counted_then_one_line(s3):
             kw = make_run("d1", n_steps=40, every=20)
             before = store.retries
             proxy.down()
-            threading_up = _later(1.0, proxy.up)  # the outage ends while write_run retries
+            threading_up = _up_after_a_retry(proxy)  # the outage ends while write_run retries
             assert store.write_run(**kw)
             threading_up.join()
             assert store.retries > before  # each retry counted
@@ -281,7 +281,7 @@ def test_retries_are_counted_in_the_collection_report(s3):
             url = f"s3://{s3.bucket()}/retried"
             create_store(url)
             proxy.down()
-            timer = _later(0.7, proxy.up)  # the outage ends while the worker retries
+            timer = _up_after_a_retry(proxy)  # the outage ends while the worker retries
             rep = collect(recipe, functools.partial(open_store, url), workers=1, progress=False)
             timer.join()
             assert (rep.committed, rep.failed) == (1, 0), rep.errors
@@ -291,10 +291,21 @@ def test_retries_are_counted_in_the_collection_report(s3):
         proxy.down()
 
 
-def _later(delay: float, fn) -> object:
+def _up_after_a_retry(proxy: FlakyProxy):  # noqa: ANN202 - a started thread
+    """Bring ``proxy`` back once this process has retried a request (the outage was seen)."""
     import threading
 
-    t = threading.Timer(delay, fn)
+    from trajlib.store._fs import retry_count
+
+    start = retry_count()
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while retry_count() == start and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proxy.up()
+
+    t = threading.Thread(target=watch, daemon=True)
     t.start()
     return t
 

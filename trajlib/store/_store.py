@@ -287,7 +287,7 @@ class Store:
         self, table: str, task: Filter, status: Filter, run_ids: Filter
     ) -> pl.LazyFrame:
         schema = SCHEMAS[table]
-        snap = snapshot(self.root)
+        snap = snapshot(self.root, (RUNS, table))  # runs first: see snapshot()
         committed = self._committed(snap)
         wanted: set[str] | None = None
         if task is not None or status is not None:

@@ -362,7 +362,10 @@ def test_sigkilled_writer_loses_nothing_committed_and_resumes(s3, url):
     expected = {rid: make_run(rid, n_steps=steps, n_layers=2) for rid in run_ids(n)}
     for rid in sorted(committed):
         _check_run(store, expected[rid])
-    # resume: the dead writer's claim is taken over, the rest is committed, nothing is redone
+    # gc removes the half commit and the dead writer's claim, nothing committed
+    assert {"steps/r004.parquet", "locks/r004.claim"} <= set(store.gc())
+    assert store.committed_run_ids() == committed and store.validate() == []
+    # resume: the rest is committed, nothing committed is redone
     cmd[-1] = "0"
     out = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]

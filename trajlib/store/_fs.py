@@ -464,7 +464,10 @@ class RemoteRoot(Root):
 
         def probe() -> None:
             try:
-                self.fs.ls(self.base.split("/")[0] if self.protocol in ("s3", "s3a") else self.base)
+                if self.protocol in ("s3", "s3a"):  # one HEAD, however big the bucket
+                    self.fs.call_s3("head_bucket", Bucket=self.base.split("/")[0])
+                else:
+                    self.fs.ls(self.base)
             except FileNotFoundError as exc:
                 if self.protocol in ("s3", "s3a") or self._not_found_is_bucket(exc):
                     raise StoreError(

@@ -403,6 +403,9 @@ def test_ray_collection_into_an_s3_store_validates(s3, url, tmp_path):
     assert store.branches().collect().height > 0
     for blob in (out.stdout, out.stderr):
         assert s3.secret not in blob
+    # then fit straight from the URL, as docs/store.md shows
+    assert main(["fit", url, "--kind", "gbt", "--out", str(tmp_path / "model")]) == 0
+    assert (tmp_path / "model" / "manifest.json").exists()
 
 
 # --------------------------------------------------------------------------- the docs

@@ -63,6 +63,7 @@ class CollectReport:
     branch_steps: int = 0
     wall_time_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    retries: int = 0  # transient store errors retried (object storage), all workers together
 
     @property
     def steps_per_s(self) -> float:
@@ -75,7 +76,7 @@ class CollectReport:
         return self.branch_steps / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
     def add(self, other: dict[str, Any]) -> None:
-        for k in ("committed", "skipped", "failed", "diverged", "steps", "branch_steps"):
+        for k in ("committed", "skipped", "failed", "diverged", "steps", "branch_steps", "retries"):
             setattr(self, k, getattr(self, k) + int(other.get(k, 0)))
         self.errors.extend(other.get("errors", []))
 
@@ -145,6 +146,7 @@ def run_unit(
         for config in todo:
             sink.release(config.run_id)
         torch.set_num_threads(old_threads)
+        out["retries"] = int(getattr(sink, "retries", 0))  # transient store errors retried
     return out
 
 
@@ -236,7 +238,13 @@ def _iter_ray(
         ]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:  # a store error in a worker: its own line
+                if isinstance(exc.cause, TrajlibError):
+                    raise exc.cause from None
+                raise
+            yield result
     finally:
         if started:
             ray.shutdown()

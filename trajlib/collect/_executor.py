@@ -200,8 +200,13 @@ def _iter_local(
             pool.submit(run_unit, u, sink_factory, device, divergence_factor, 1, policy_factory)
             for u in units
         ]
-        for f in cf.as_completed(futs):
-            yield f.result()
+        try:
+            for f in cf.as_completed(futs):
+                # a worker's TrajlibError arrives as itself (trajlib errors survive pickling)
+                yield f.result()
+        finally:  # an error (or the caller stopping): do not start the units still queued
+            for f in futs:
+                f.cancel()
 
 
 def _iter_ray(

@@ -160,6 +160,10 @@ def test_dropout_masks_differ_between_steps_and_members():
     for p in pops:
         p.step(lr)
     assert not torch.allclose(pops[0].last_losses(), pops[1].last_losses())
+    for p in pops:  # both engines update each member's BatchNorm statistics in place
+        assert p.buffers["1.num_batches_tracked"].tolist() == [1, 1]
+        assert (p.buffers["1.running_mean"] != 0).all()
+        assert not torch.equal(p.buffers["1.running_mean"][0], p.buffers["1.running_mean"][1])
 
 
 class _ItemModel(nn.Module):

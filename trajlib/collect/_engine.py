@@ -164,7 +164,11 @@ def _dropout_key(seed: int, t: int) -> int:
 
 def _random_modules(module: nn.Module) -> list[str]:
     """Names of the submodules whose training forward is random (dropout of any kind)."""
-    return [n for n, m in module.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    return [
+        f"{n} ({type(m).__name__})"
+        for n, m in module.named_modules()
+        if isinstance(m, nn.modules.dropout._DropoutNd)
+    ]
 
 
 @dataclass

@@ -275,7 +275,15 @@ def _iter_ray(
         ]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+            try:
+                res = ray.get(done[0])
+            except ray.exceptions.RayTaskError as e:
+                # a worker's TrajlibError reaches the caller as itself (its one line), not as
+                # Ray's wrapper with the remote traceback
+                if isinstance(e.cause, TrajlibError):
+                    raise e.cause from None
+                raise
+            yield res
     finally:
         if started:
             ray.shutdown()

@@ -448,8 +448,8 @@ class Population:
                 f"the model's forward is random ({', '.join(random[:4])}): members run one at a "
                 "time, each with its own RNG seeded from (seed, step)",
             )
-        # Try vmap on two copies of member 0 and two training examples, without touching the
-        # members' state or the global RNG.
+        # Try vmap on two copies of member 0 and one batch, without touching the members' state
+        # or the global RNG.
         spec, dev = self.spec, self.device
         try:
             with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -459,8 +459,9 @@ class Population:
                     for n, o, k, sh in zip(spec.names, spec.offsets, spec.numels, spec.shapes)
                 }
                 bufs = {n: b[:1].expand(2, *b.shape[1:]).clone() for n, b in self.buffers.items()}
-                x = self.data.x_train[:2].unsqueeze(0).expand(2, *self.data.x_train[:2].shape)
-                y = self.data.y_train[:2].unsqueeze(0).expand(2, *self.data.y_train[:2].shape)
+                xs, ys = self.data.x_train[: self.task.batch_size], self.data.y_train
+                x = xs.unsqueeze(0).expand(2, *xs.shape)
+                y = ys[: xs.shape[0]].unsqueeze(0).expand(2, *ys[: xs.shape[0]].shape)
                 with torch.enable_grad():
                     loss = self._vloss(params, bufs, x, y)
                     torch.autograd.grad(loss.sum(), list(params.values()), allow_unused=True)

@@ -276,14 +276,12 @@ def _iter_ray(
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             try:
-                res = ray.get(done[0])
-            except ray.exceptions.RayTaskError as e:
-                # a worker's TrajlibError reaches the caller as itself (its one line), not as
-                # Ray's wrapper with the remote traceback
-                if isinstance(e.cause, TrajlibError):
-                    raise e.cause from None
+                result = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:  # a store error in a worker: its own line
+                if isinstance(exc.cause, TrajlibError):
+                    raise exc.cause from None
                 raise
-            yield res
+            yield result
     finally:
         if started:
             ray.shutdown()

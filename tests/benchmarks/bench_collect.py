@@ -23,7 +23,9 @@
 
 Everything runs on one thread. Measurements are interleaved (A, B, A, B, ...) in short blocks and
 the minimum over the repeats is used (the least-disturbed estimate), because this machine is
-shared with other jobs. The record uses the native kernels where they load (``native_kernels`` in
+shared with other jobs; ``logging_overhead_paired_median`` (the median over repeats of each
+recorded loop's time over the bare loop timed just before it) is the estimate to read when the
+machine is busy throughout (``load_avg_1m``). The record uses the native kernels where they load (``native_kernels`` in
 the JSON; ``TRAJLIB_NATIVE=0`` measures the PyTorch record instead). ``--quick`` shortens everything; ``--task`` measures another built-in
 task (the targets are for mnist1d-mlp).
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -190,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         "logging_overhead": round(t_rec / t_bare, 3),
         "logging_overhead_vs_alloc_bare": round(t_rec / min(bare_alloc), 3),
         "logging_overhead_record_only": round(t_rec_only / t_bare, 3),  # no derived columns
+        # the median of the ratios of adjacent (recorded, bare) pairs: robust to sustained load
+        "logging_overhead_paired_median": round(
+            float(np.median(np.array(rec) / np.array(bare))), 3
+        ),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "population_k": K,
         "population_model_steps_per_s": round(pop_rate, 1),
         "population_model_steps_per_s_unrecorded": round(pop_rate_bare, 1),

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from tests.deploy._helpers import with_policy
 from trajlib.controllers import load_controller
 from trajlib.deploy import ControllerScheduler
+from trajlib.space import HyperParam, HyperparameterSpace
 from trajlib.tasks import get_task
 
 
@@ -47,12 +49,23 @@ def test_controller_decides_every_n_steps_and_lr_stays_in_bounds(tiny_checkpoint
     _, opt, sched, lrs, _ = _loop(lambda o: ControllerScheduler(o, loaded, total_steps=120))
     assert sched.events["decisions"] == 120 // loaded.every - (120 % loaded.every == 0)
     assert sched.events["errors"] == 0
-    lo, hi = loaded.hp_space["lr"].low * 0.02, loaded.hp_space["lr"].high * 0.02
-    assert all(lo * (1 - 1e-6) <= v <= hi * (1 + 1e-6) for v in lrs)
     # the LR only changes at decision points
     changes = [t for t in range(1, len(lrs)) if lrs[t] != lrs[t - 1]]
     assert all(t % loaded.every == 0 for t in changes)
     assert sched.get_last_lr() == [opt.param_groups[0]["lr"]]
+    # a controller that always doubles runs into the checkpoint's upper bound and stays there,
+    # and one that always halves into the lower bound (decisions at the validations)
+    space = HyperparameterSpace((HyperParam("lr", 0.25, 4.0, "log"),))
+    for action, bound in ((4, 4.0), (0, 0.25)):
+        scripted = with_policy(loaded, lambda x, a=action: a, hp_space=space)
+        _, _, sched, lrs, _ = _loop(
+            lambda o, c=scripted: ControllerScheduler(o, c, total_steps=400, every=25),
+            steps=80,
+        )
+        factor = 2.0 if action == 4 else 0.5
+        expected = [0.02 * min(max(factor ** (t // 25), 0.25), 4.0) for t in range(80)]
+        assert lrs == pytest.approx(expected, rel=1e-12)
+        assert sched.lr_multipliers == [bound] and lrs[-1] == pytest.approx(0.02 * bound)
 
 
 def test_an_exception_in_the_controller_holds_the_lr_and_never_reaches_training(tiny_checkpoint):

@@ -121,6 +121,13 @@ class LoadedController:
     def feature_set_version(self) -> str:
         return self._feature_set.version
 
+    @property
+    def feature_nan_fraction(self) -> dict[str, float]:
+        """Per feature, the share of training rows where it was missing (a feature absent here
+        was never recorded: treat it as possibly missing)."""
+        d = self.manifest.get("training_data", {}).get("feature_nan_fraction") or {}
+        return {str(k): float(v) for k, v in d.items()}
+
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -175,7 +175,7 @@ class ControllerScheduler(LRScheduler):
         self.loaded = (
             controller if isinstance(controller, LoadedController) else load_controller(controller)
         )
-        fs = get_feature_set(self.loaded.manifest["feature_set"]["name"])
+        fs = get_feature_set(self.loaded.feature_set_name)
         if fs.hash != self.loaded.feature_set_hash:
             raise FeatureSetMismatchError(
                 f"checkpoint was trained on feature set {fs.name!r} hash "
@@ -201,7 +201,7 @@ class ControllerScheduler(LRScheduler):
             for a in self.actions.actions
         ]
         names = list(self.loaded.feature_names)
-        nan_frac = self.loaded.manifest.get("training_data", {}).get("feature_nan_fraction", {})
+        nan_frac = self.loaded.feature_nan_fraction
         self._nan_ok = np.array([nan_frac.get(n, 1.0) > 0 for n in names], dtype=bool)
         cols = {getattr(p, "col", None) for f in fs.features for p in f.requires()}
         self._dots = bool(cols & {"grad_cos", "update_cos"})

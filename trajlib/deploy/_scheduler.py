@@ -35,6 +35,27 @@ _STAT_COLS = PROBE_COLUMNS[:-1]  # everything but "finite" (set from the loss to
 _TORCH_KEYS = ("base_lrs", "last_epoch", "_step_count", "_last_lr")
 
 
+def _check_arguments(optimizer: Any, total_steps: Any, every: Any) -> None:
+    """Misuse fails up front, with one line naming the argument."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(
+            "optimizer",
+            "a torch.optim.Optimizer",
+            type(optimizer).__name__,
+            "pass the optimizer itself (for a wrapped one, its .optimizer)",
+        )
+    if (
+        isinstance(total_steps, bool)
+        or not isinstance(total_steps, int | np.integer)
+        or total_steps <= 0
+    ):
+        raise ConfigError("total_steps", "a positive integer (the budget in steps)", total_steps)
+    if every is not None and (
+        isinstance(every, bool) or not isinstance(every, int | np.integer) or every <= 0
+    ):
+        raise ConfigError("every", "a positive integer (steps between decisions)", every)
+
+
 def _hp_get(group: dict[str, Any], name: str) -> float | None:
     """Momentum (SGD/RMSprop ``momentum`` / Adam-style ``betas[0]``) or ``weight_decay`` of a
     group; None where the optimizer has no such hyperparameter."""
@@ -153,25 +174,7 @@ class ControllerScheduler(LRScheduler):
         every: int | None = None,
         layerwise: bool = False,
     ) -> None:
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ConfigError(
-                "optimizer",
-                "a torch.optim.Optimizer",
-                type(optimizer).__name__,
-                "pass the optimizer itself (for a wrapped one, its .optimizer)",
-            )
-        if (
-            isinstance(total_steps, bool)
-            or not isinstance(total_steps, int | np.integer)
-            or total_steps <= 0
-        ):
-            raise ConfigError(
-                "total_steps", "a positive integer (the budget in steps)", total_steps
-            )
-        if every is not None and (
-            isinstance(every, bool) or not isinstance(every, int | np.integer) or every <= 0
-        ):
-            raise ConfigError("every", "a positive integer (steps between decisions)", every)
+        _check_arguments(optimizer, total_steps, every)
         self.loaded = (
             controller if isinstance(controller, LoadedController) else load_controller(controller)
         )

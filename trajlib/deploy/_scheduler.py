@@ -13,9 +13,12 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from trajlib.controllers import LoadedController, load_controller
-from trajlib.deploy._probe import PROBE_COLUMNS, STRIDED, StepProbe, summarise
 from trajlib.errors import ConfigError, FeatureSetMismatchError
 from trajlib.features import OnlineFeatures, get_feature_set
+from trajlib.measure import PROBE_COLUMNS, STRIDED, StepProbe, summarise
+from trajlib.optim_hp import hp_get as _hp_get
+from trajlib.optim_hp import hp_movable as _hp_movable
+from trajlib.optim_hp import hp_set as _hp_set
 from trajlib.space import HyperParam, base_factor
 
 __all__ = ["ControllerScheduler", "STATE_VERSION"]
@@ -33,40 +36,6 @@ _FALLBACK_BOUNDS = {
 _STAT_COLS = PROBE_COLUMNS[:-1]  # everything but "finite" (set from the loss too)
 #: The keys of torch's own ``LRScheduler`` bookkeeping that ``state_dict`` carries.
 _TORCH_KEYS = ("base_lrs", "last_epoch", "_step_count", "_last_lr")
-
-
-def _hp_get(group: dict[str, Any], name: str) -> float | None:
-    """Momentum (SGD/RMSprop ``momentum`` / Adam-style ``betas[0]``) or ``weight_decay`` of a
-    group; None where the optimizer has no such hyperparameter."""
-    if name == "momentum":
-        if "betas" in group:
-            return float(group["betas"][0])
-        return float(group["momentum"]) if "momentum" in group else None
-    if name == "weight_decay":
-        return float(group["weight_decay"]) if "weight_decay" in group else None
-    return None
-
-
-def _hp_movable(group: dict[str, Any], name: str) -> bool:
-    """Whether the scheduler may move ``name`` in this group: the optimizer has it and the user
-    has it switched on (a value > 0). Momentum 0 stays 0 (an RMSprop that never made a momentum
-    buffer, a plain SGD), as does weight decay 0."""
-    v = _hp_get(group, name)
-    return v is not None and math.isfinite(v) and v > 0.0
-
-
-def _hp_set(group: dict[str, Any], name: str, value: float) -> None:
-    if name == "momentum":
-        if "betas" in group:
-            b = group["betas"]
-            if isinstance(b, torch.Tensor):
-                b[0] = value
-            else:
-                group["betas"] = (value, *tuple(b)[1:])
-        elif "momentum" in group:
-            group["momentum"] = value
-    elif name == "weight_decay":
-        group["weight_decay"] = value
 
 
 @dataclass

@@ -6,6 +6,7 @@ the names this package offers for each::
 
     tasks        what to train                    trajlib.tasks.get_task, Task
     collect      recipe -> instrumented runs      load_recipe, collect_into
+                 your own loop -> runs            record (a Recorder)
     store        runs on disk, read lazily        open_store
     features     trajectories -> features         derive, get_feature_set
     labels       branches -> per-action targets   trajlib.labels.make_labels
@@ -53,6 +54,7 @@ _LAZY: dict[str, str] = {
     "load_controller": "trajlib.controllers",
     "load_recipe": "trajlib.collect",
     "open_store": "trajlib.store",
+    "record": "trajlib.pipeline",
     "run_evaluation": "trajlib.evaluate",
 }
 # the stages and contracts, importable as attributes too (``trajlib.evaluate`` after ``import

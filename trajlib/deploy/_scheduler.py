@@ -224,7 +224,11 @@ class ControllerScheduler(LRScheduler):
             if name == "lr":
                 continue
             bound = self.space[name] if name in self.space else None
-            vals = [_hp_get(g, name) for g in optimizer.param_groups if _hp_movable(g, name)]
+            vals = [
+                v
+                for g in optimizer.param_groups
+                if _hp_movable(g, name) and (v := _hp_get(g, name)) is not None
+            ]
             out = [v for v in vals if bound is not None and not bound.low <= v <= bound.high]
             if out and bound is not None:
                 warnings.warn(

@@ -92,6 +92,7 @@ from trajlib.spec import (
 
 __all__ = ["Recorder", "sanitise_run_id"]
 
+_STATE_FORMAT = "trajlib-recorder/1"
 _STAT_COLS = PROBE_COLUMNS[:-1]  # the probe's statistics without "finite"
 _BAD_ID_CHARS = re.compile(r"[^A-Za-z0-9_.=+-]+")
 Validate = Callable[[], Any]
@@ -167,6 +168,9 @@ class Recorder:
         backend: the measuring backend (:func:`trajlib.measure.layer_sums`).
         divergence_factor: a loss above this times the first loss (or not finite) marks the run
             ``diverged`` at that step (the recorder does not stop the user's training).
+        chunk_every: commit the rows every C steps as a chunk (the sink's ``write_chunk``), so a
+            killed recording keeps them; the run stays *incomplete* (never read as a run) until
+            :meth:`close` commits it. :meth:`state_dict` commits a chunk too.
     """
 
     def __init__(
@@ -193,6 +197,7 @@ class Recorder:
         recipe: str = "recorder",
         backend: str = "auto",
         divergence_factor: float = 1e3,
+        chunk_every: int | None = None,
     ) -> None:
         for name in ("write_run", "is_committed"):
             if not callable(getattr(sink, name, None)):
@@ -221,6 +226,15 @@ class Recorder:
             raise ConfigError(
                 "model", "the model train_step trains", None, "branches snapshot and restore it"
             )
+        if chunk_every is not None:
+            _check_int("chunk_every", chunk_every)
+            if not callable(getattr(sink, "write_chunk", None)):
+                raise ConfigError(
+                    "chunk_every",
+                    "None for a sink without write_chunk",
+                    chunk_every,
+                    "trajlib.store.Store commits chunks",
+                )
         if not (isinstance(divergence_factor, int | float) and divergence_factor > 1):
             raise ConfigError("divergence_factor", "a number > 1", divergence_factor)
         lr0 = self._start_lr(optimizer)
@@ -305,6 +319,8 @@ class Recorder:
         self._loss_n = 0
         self._first_loss: float | None = None
         self.diverged_at: int | None = None
+        self.chunk_every = chunk_every
+        self._chunk_stop = 0  # rows committed as chunks
         self._feeding = False  # batches() is driving the loop (it runs the decision points)
         self._decision_due = False
         self._t_start = time.perf_counter()
@@ -397,6 +413,8 @@ class Recorder:
             return
         try:
             self._close_row()
+            if self.chunk_every and self.t % self.chunk_every == 0:
+                self._commit_chunk()
             if self.t % self.every == 0 and self.t < self.total_steps:
                 if self._feeding and self.config.branch.enabled:
                     self._decision_due = True  # batches() branches, then decides
@@ -788,27 +806,37 @@ class Recorder:
             return math.nan
 
     # ------------------------------------------------------------------ results
-    def frames(self) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-        """The run row and the step, decision and branch frames recorded so far (the columns of
-        ``trajlib.schema``: RUN_SCHEMA, STEP_SCHEMA, DECISION_SCHEMA, BRANCH_SCHEMA)."""
-        self._flush()
-        cols = {k: list(v) for k, v in self._cols.items()}
+    def _step_frame(self, start: int = 0, stop: int | None = None) -> pl.DataFrame:
+        """Rows ``start .. stop - 1`` of the step table (``trajlib.schema.STEP_SCHEMA``)."""
+        cols = {k: v[start:stop] for k, v in self._cols.items()}
+        vl, va = list(cols[S.VAL_LOSS]), list(cols[S.VAL_ACC])
         for t, (v, a) in self._val.items():
-            if t < len(cols[S.VAL_LOSS]):
-                cols[S.VAL_LOSS][t] = v if math.isfinite(v) else None
-                cols[S.VAL_ACC][t] = a if math.isfinite(a) else None
-        steps = (
+            if start <= t < start + len(vl):
+                vl[t - start] = v if math.isfinite(v) else None
+                va[t - start] = a if math.isfinite(a) else None
+        cols[S.VAL_LOSS], cols[S.VAL_ACC] = vl, va
+        return (
             pl.DataFrame(cols, schema=S.STEP_SCHEMA, strict=False)
             .with_columns(pl.col(S.GRAD_COS, S.UPDATE_COS).fill_nan(None))
             .select(list(S.STEP_SCHEMA))
         )
-        decisions = (
-            pl.DataFrame(self._decisions, schema=S.DECISION_SCHEMA, orient="row")
-            if self._decisions
-            else S.empty_frame(S.DECISION_SCHEMA)
-        )
-        branches = (
-            pl.DataFrame(self._branches)
+
+    def _decision_frame(self, start: int = 0, stop: int | None = None) -> pl.DataFrame:
+        rows = [
+            r for r in self._decisions if start <= r[S.STEP] and (stop is None or r[S.STEP] < stop)
+        ]
+        if not rows:
+            return S.empty_frame(S.DECISION_SCHEMA)
+        return pl.DataFrame(rows, schema=S.DECISION_SCHEMA, orient="row")
+
+    def _branch_frame(self, start: int = 0, stop: int | None = None) -> pl.DataFrame:
+        rows = [
+            r for r in self._branches if start <= r[S.STEP] and (stop is None or r[S.STEP] < stop)
+        ]
+        if not rows:
+            return S.empty_frame(S.BRANCH_SCHEMA)
+        return (
+            pl.DataFrame(rows)
             .cast(dict(S.BRANCH_SCHEMA))  # type: ignore[arg-type]
             .select(list(S.BRANCH_SCHEMA))
             .with_columns(
@@ -820,10 +848,40 @@ class Recorder:
                     S.BRANCH_VAL_ACC,
                 ).fill_nan(None)
             )
-            if self._branches
-            else S.empty_frame(S.BRANCH_SCHEMA)
         )
-        return self._run_row(steps), steps, decisions, branches
+
+    def frames(self) -> tuple[dict[str, Any], pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+        """The run row and the step, decision and branch frames recorded so far (the columns of
+        ``trajlib.schema``: RUN_SCHEMA, STEP_SCHEMA, DECISION_SCHEMA, BRANCH_SCHEMA)."""
+        self._flush()
+        steps = self._step_frame()
+        return self._run_row(steps), steps, self._decision_frame(), self._branch_frame()
+
+    def _commit_chunk(self) -> None:
+        """Commit the rows since the last chunk (steps, decisions and branches in that range,
+        the per-layer rows) through the sink's ``write_chunk``."""
+        self._flush()
+        start, stop = self._chunk_stop, self.t
+        if stop <= start:
+            return
+        steps = self._step_frame(start, stop)
+        run = self._run_row(self._step_frame())
+        run[S.STATUS] = "incomplete"
+        layers = None
+        if self._n_layers not in (None, -1) and len(self._layers) >= stop:
+            layers = np.stack(self._layers[start:stop])
+        self.sink.write_chunk(  # type: ignore[attr-defined]
+            self.run_id,
+            start,
+            stop,
+            run=run,
+            steps=steps,
+            decisions=self._decision_frame(start, stop),
+            branches=self._branch_frame(start, stop),
+            layers=layers,
+            layer_names=self._layer_names,
+        )
+        self._chunk_stop = stop
 
     def _run_row(self, steps: pl.DataFrame, error: str | None = None) -> dict[str, Any]:
         n = steps.height
@@ -891,6 +949,11 @@ class Recorder:
         if layers is not None and layers.shape[1] != len(self._layer_names):
             layers, names = None, None
         self.committed = bool(self.sink.write_run(run, steps, decisions, branches, layers, names))
+        if self.committed and self.chunk_every:
+            try:
+                self.sink.drop_chunks(self.run_id)  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001 - the run is committed; chunks are garbage
+                self._error(exc)
         if not self.committed:
             warnings.warn(
                 f"trajlib Recorder: the sink already holds run {self.run_id!r}; nothing written "
@@ -899,6 +962,91 @@ class Recorder:
                 stacklevel=2,
             )
         return self.committed
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume this recording from the user's own checkpoint: counters,
+        the behaviour's and the probe's state, the RNG, and the rows so far (plain Python,
+        NumPy-free: ``torch.save`` / ``torch.load(weights_only=True)`` read it). With
+        ``chunk_every`` the rows so far are committed as a chunk first, so the store and the
+        checkpoint agree."""
+        if self.chunk_every:
+            try:
+                self._commit_chunk()
+            except Exception as exc:  # noqa: BLE001
+                self._error(exc)
+        self._flush()
+        behaviour = {
+            k: v
+            for k, v in vars(self.behaviour).items()
+            if isinstance(v, int | float | str | bool) and not isinstance(v, np.generic)
+        }
+        layers = None
+        if self._n_layers not in (None, -1) and self._layers:
+            layers = torch.from_numpy(np.stack(self._layers))
+        return {
+            "format": _STATE_FORMAT,
+            "run_id": self.run_id,
+            "t": self.t,
+            "mult": self.mult,
+            "rng": self.rng.bit_generator.state,
+            "behaviour": behaviour,
+            "probe": self._probe.state_dict(),
+            "events": dict(self.events),
+            "first_loss": self._first_loss,
+            "diverged_at": self.diverged_at,
+            "prev_norms": None if self._prev_norms is None else self._prev_norms.tolist(),
+            "val": {t: list(v) for t, v in self._val.items()},
+            "cols": {k: list(v) for k, v in self._cols.items() if k != S.RUN_ID},
+            "layers": layers,
+            "n_layers": self._n_layers,
+            "decisions": [dict(r) for r in self._decisions],
+            "branches": [dict(r) for r in self._branches],
+            "wall_time_s": time.perf_counter() - self._t_start,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`state_dict` (call it after restoring the model and optimizer from
+        the same checkpoint). Chunks the sink holds beyond the checkpoint's step (committed by
+        the run that was killed after it) are dropped."""
+        fmt = state.get("format") if isinstance(state, Mapping) else None
+        if fmt != _STATE_FORMAT:
+            raise ConfigError("state_dict.format", repr(_STATE_FORMAT), fmt)
+        if state["run_id"] != self.run_id:
+            raise ConfigError(
+                "state_dict.run_id",
+                f"this recorder's run id {self.run_id!r}",
+                state["run_id"],
+                "make the Recorder with the same arguments (or run_id=) as the checkpointed one",
+            )
+        self._rows = []
+        self.t = int(state["t"])
+        self.mult = float(state["mult"])
+        self.rng.bit_generator.state = state["rng"]
+        for k, v in state["behaviour"].items():
+            setattr(self.behaviour, k, v)
+        self._probe.load_state_dict(state["probe"])
+        self._probe.next_step = self.t
+        self.events = {k: int(v) for k, v in state["events"].items()}
+        self._first_loss = state["first_loss"]
+        self.diverged_at = state["diverged_at"]
+        pn = state["prev_norms"]
+        self._prev_norms = None if pn is None else np.asarray(pn, dtype=np.float64)
+        self._val = {int(t): (float(v[0]), float(v[1])) for t, v in state["val"].items()}
+        self._cols = {k: list(state["cols"][k]) for k in S.STEP_SCHEMA if k != S.RUN_ID}
+        self._cols[S.RUN_ID] = [self.run_id] * len(self._cols[S.STEP])
+        layers = state["layers"]
+        self._layers = [] if layers is None else list(layers.numpy())
+        self._n_layers = state["n_layers"]
+        self._decisions = [dict(r) for r in state["decisions"]]
+        self._branches = [dict(r) for r in state["branches"]]
+        self._t_start = time.perf_counter() - float(state["wall_time_s"])
+        self._t_last = time.perf_counter()
+        self._loss_sum, self._loss_n = None, 0
+        if self.chunk_every:
+            self._chunk_stop = self.t
+            self.sink.drop_chunks(self.run_id, from_step=self.t)  # type: ignore[attr-defined]
+        self._apply_lr(self.t)
 
     def __enter__(self) -> Recorder:
         return self

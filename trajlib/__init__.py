@@ -93,6 +93,7 @@ __all__ = [
     "load_controller",
     "load_recipe",
     "open_store",
+    "record",
     "run_evaluation",
 ]
 
@@ -104,7 +105,7 @@ if TYPE_CHECKING:
     from trajlib.errors import TrajlibError
     from trajlib.evaluate import run_evaluation
     from trajlib.features import derive, get_feature_set
-    from trajlib.pipeline import collect_into, demo, iterate
+    from trajlib.pipeline import collect_into, demo, iterate, record
     from trajlib.spec import DecisionSpec, RunConfig
     from trajlib.store import open_store
 

@@ -246,3 +246,19 @@ def test_trajlib_record_opens_a_store_path(tmp_path):
     assert runs[S.RUN_ID].to_list() == [rec.run_id]
     assert math.isclose(open_store(tmp_path / "new").steps().collect()[S.MOMENTUM][0], 0.9,
                         rel_tol=1e-6)  # fmt: skip
+
+
+def test_load_state_dict_refuses_another_recordings_state(tmp_path):
+    store = create_store(tmp_path / "s")
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = Recorder(store, opt, total_steps=10, every=2).state_dict()
+    other = Recorder(store, opt, total_steps=10, every=5)
+    with pytest.raises(ConfigError, match="`state_dict.config`"):
+        other.load_state_dict(state)
+    with pytest.raises(ConfigError, match="`state_dict.format`"):
+        other.load_state_dict({"format": "something else"})
+    with pytest.raises(ConfigError, match="`chunk_every`"):
+        Recorder(object.__new__(type("Sink", (), {"write_run": lambda *a: True,
+                                                  "is_committed": lambda *a: False})),
+                 opt, total_steps=10, chunk_every=5)  # fmt: skip

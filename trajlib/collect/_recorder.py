@@ -987,6 +987,8 @@ class Recorder:
         return {
             "format": _STATE_FORMAT,
             "run_id": self.run_id,
+            "config": self.config.to_dict(),
+            "base_lrs": list(self.base_lrs),
             "t": self.t,
             "mult": self.mult,
             "rng": self.rng.bit_generator.state,
@@ -1012,13 +1014,18 @@ class Recorder:
         fmt = state.get("format") if isinstance(state, Mapping) else None
         if fmt != _STATE_FORMAT:
             raise ConfigError("state_dict.format", repr(_STATE_FORMAT), fmt)
-        if state["run_id"] != self.run_id:
+        saved = RunConfig.from_dict(state["config"])
+        if _identity(saved) != _identity(self.config):
             raise ConfigError(
-                "state_dict.run_id",
-                f"this recorder's run id {self.run_id!r}",
+                "state_dict.config",
+                "the configuration of this recorder (start LR and momentum aside)",
                 state["run_id"],
-                "make the Recorder with the same arguments (or run_id=) as the checkpointed one",
+                "make the Recorder with the same arguments as the checkpointed one",
             )
+        # the checkpoint is the truth: the optimizer may have been restored (moved LRs) before
+        # this recorder was made
+        self.config, self.run_id = saved, str(state["run_id"])
+        self.base_lrs = [float(v) for v in state["base_lrs"]]
         self._rows = []
         self.t = int(state["t"])
         self.mult = float(state["mult"])
@@ -1048,6 +1055,12 @@ class Recorder:
             self.sink.drop_chunks(self.run_id, from_step=self.t)  # type: ignore[attr-defined]
         self._apply_lr(self.t)
 
+    def remove(self) -> None:
+        """Stop recording without committing: remove the optimizer hooks (a run with committed
+        chunks stays incomplete, as if the process had died)."""
+        self._closed = True
+        self._probe.remove()
+
     def __enter__(self) -> Recorder:
         return self
 
@@ -1063,6 +1076,15 @@ class Recorder:
         if not self._warned:
             self._warned = True
             warnings.warn(f"trajlib Recorder: {msg}", RuntimeWarning, stacklevel=3)
+
+
+def _identity(config: RunConfig) -> dict[str, Any]:
+    """What must agree between a checkpointed recorder and the one resuming it: the run's
+    configuration without its start values (read from an optimizer that may have moved)."""
+    d = config.to_dict()
+    d.pop("lr0", None)
+    d.pop("hp0", None)
+    return d
 
 
 def _opt(x: Any) -> float | None:

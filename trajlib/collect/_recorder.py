@@ -141,7 +141,8 @@ class Recorder:
 
     Args:
         sink: where the run goes: a :class:`~trajlib.collect.RunSink`, e.g. a
-            :class:`trajlib.store.Store` (``trajlib.record(path, ...)`` opens one for you).
+            :class:`trajlib.store.Store` (``trajlib.record(path, ...)`` opens one for you);
+            None: apply the schedule, record nothing (the other ranks of a distributed run).
         optimizer: any ``torch.optim`` optimizer; its hyperparameters are what the behaviour sets.
         total_steps: optimizer steps the run is planned for (the budget; progress = t / it).
         behaviour: a family of ``trajlib.collect.BEHAVIOURS`` or a
@@ -171,11 +172,15 @@ class Recorder:
         chunk_every: commit the rows every C steps as a chunk (the sink's ``write_chunk``), so a
             killed recording keeps them; the run stays *incomplete* (never read as a run) until
             :meth:`close` commits it. :meth:`state_dict` commits a chunk too.
+        src_rank: under ``torch.distributed`` (world size > 1), the rank whose behaviour decides:
+            at each decision point its action is broadcast, so every rank applies the same
+            schedule (make a Recorder on every rank, ``sink=None`` on all but one, and call
+            ``step()`` on every rank at every optimizer step: the broadcast is a collective).
     """
 
     def __init__(
         self,
-        sink: RunSink,
+        sink: RunSink | None,
         optimizer: torch.optim.Optimizer,
         *,
         total_steps: int,
@@ -198,9 +203,10 @@ class Recorder:
         backend: str = "auto",
         divergence_factor: float = 1e3,
         chunk_every: int | None = None,
+        src_rank: int = 0,
     ) -> None:
         for name in ("write_run", "is_committed"):
-            if not callable(getattr(sink, name, None)):
+            if sink is not None and not callable(getattr(sink, name, None)):
                 raise ConfigError(
                     "sink",
                     "a RunSink (a trajlib.store.Store)",
@@ -228,13 +234,21 @@ class Recorder:
             )
         if chunk_every is not None:
             _check_int("chunk_every", chunk_every)
-            if not callable(getattr(sink, "write_chunk", None)):
+            if sink is not None and not callable(getattr(sink, "write_chunk", None)):
                 raise ConfigError(
                     "chunk_every",
                     "None for a sink without write_chunk",
                     chunk_every,
                     "trajlib.store.Store commits chunks",
                 )
+        _check_int("src_rank", src_rank, minimum=0)
+        if train_step is not None and _world_size() > 1:
+            raise ConfigError(
+                "train_step",
+                "None under torch.distributed (no branches across ranks)",
+                "a callable",
+                "record branches in a single-process run",
+            )
         if not (isinstance(divergence_factor, int | float) and divergence_factor > 1):
             raise ConfigError("divergence_factor", "a number > 1", divergence_factor)
         lr0 = self._start_lr(optimizer)
@@ -319,7 +333,8 @@ class Recorder:
         self._loss_n = 0
         self._first_loss: float | None = None
         self.diverged_at: int | None = None
-        self.chunk_every = chunk_every
+        self.chunk_every = chunk_every if sink is not None else None
+        self.src_rank = src_rank
         self._chunk_stop = 0  # rows committed as chunks
         self._feeding = False  # batches() is driving the loop (it runs the decision points)
         self._decision_due = False
@@ -641,7 +656,7 @@ class Recorder:
         if buffer is not None and buffer:
             self._branch(step, buffer)
         ctx = self._context(step)
-        a, p = self.behaviour.choose(self.rng, ctx)
+        a, p = self._agree(*self.behaviour.choose(self.rng, ctx))
         g0 = self.optimizer.param_groups[0]
         lr_before = self._rows[-1].lr if self._rows else float(self._cols[S.LR][-1])
         self._decisions.append(
@@ -660,6 +675,18 @@ class Recorder:
         self.events["decisions"] += 1
         m, groups = self._after(a)
         self._set_hps(m, groups, step)
+
+    def _agree(self, a: int, p: float) -> tuple[int, float]:
+        """Under torch.distributed, every rank takes the recording rank's action (and logs its
+        propensity), so all ranks train with the same schedule."""
+        if _world_size() <= 1:
+            return a, p
+        dist = torch.distributed
+        nccl = dist.get_backend() == "nccl"
+        dev = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        buf = torch.tensor([float(a), p], dtype=torch.float64, device=dev)
+        dist.broadcast(buf, src=self.src_rank)
+        return int(buf[0].item()), float(buf[1].item())
 
     # ------------------------------------------------------------------ branches
     def _snapshot(self) -> dict[str, Any]:
@@ -747,14 +774,13 @@ class Recorder:
         cooldown = min(cfg.cooldown, len(buffer) - H)
         snap = self._snapshot()
         rows = []
-        try:
-            for a in range(len(self.actions)):
+        for a in range(len(self.actions)):
+            try:
                 m, groups = self._after(a)
                 self._set_hps(m, groups, step)
                 rows.append(self._run_branch(step, a, buffer, H, cooldown))
-                self._restore(snap)
-        finally:
-            self._restore(snap)
+            finally:
+                self._restore(snap)  # after every branch, also one that raised
         self._branches.extend(rows)
 
     def _run_branch(
@@ -870,7 +896,7 @@ class Recorder:
         layers = None
         if self._n_layers not in (None, -1) and len(self._layers) >= stop:
             layers = np.stack(self._layers[start:stop])
-        self.sink.write_chunk(  # type: ignore[attr-defined]
+        self._chunks.write_chunk(
             self.run_id,
             start,
             stop,
@@ -940,6 +966,9 @@ class Recorder:
             return bool(self.committed)
         self._closed = True
         self._probe.remove()
+        if self.sink is None:  # a rank that applies the schedule and does not record
+            self.committed = False
+            return False
         run, steps, decisions, branches = self.frames()
         if error is not None:
             msg = f"{type(error).__name__}: {error}"[:2000]
@@ -951,7 +980,7 @@ class Recorder:
         self.committed = bool(self.sink.write_run(run, steps, decisions, branches, layers, names))
         if self.committed and self.chunk_every:
             try:
-                self.sink.drop_chunks(self.run_id)  # type: ignore[attr-defined]
+                self._chunks.drop_chunks(self.run_id)
             except Exception as exc:  # noqa: BLE001 - the run is committed; chunks are garbage
                 self._error(exc)
         if not self.committed:
@@ -964,6 +993,12 @@ class Recorder:
         return self.committed
 
     # ------------------------------------------------------------------ resume
+    @property
+    def _chunks(self) -> Any:
+        """The sink, as a store that commits chunks (``write_chunk`` / ``drop_chunks``; checked
+        in ``__init__`` when ``chunk_every`` is set)."""
+        return self.sink
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume this recording from the user's own checkpoint: counters,
         the behaviour's and the probe's state, the RNG, and the rows so far (plain Python,
@@ -1052,7 +1087,7 @@ class Recorder:
         self._loss_sum, self._loss_n = None, 0
         if self.chunk_every:
             self._chunk_stop = self.t
-            self.sink.drop_chunks(self.run_id, from_step=self.t)  # type: ignore[attr-defined]
+            self._chunks.drop_chunks(self.run_id, from_step=self.t)
         self._apply_lr(self.t)
 
     def remove(self) -> None:
@@ -1076,6 +1111,11 @@ class Recorder:
         if not self._warned:
             self._warned = True
             warnings.warn(f"trajlib Recorder: {msg}", RuntimeWarning, stacklevel=3)
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _identity(config: RunConfig) -> dict[str, Any]:

@@ -104,3 +104,46 @@ def test_the_branch_of_the_action_taken_equals_the_main_trajectory(both):
     at = br.filter(pl.col(S.STEP) == dec[S.STEP][0])
     assert at[S.BRANCH_VAL_LOSS].n_unique() > 1
     assert (at[S.COOLDOWN] <= COOL).all() and at[S.BRANCH_VAL_LOSS_COOLED].is_not_null().all()
+
+
+def _epoch_end_run(path, branching: bool):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    ds = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    data = torch.utils.data.DataLoader(
+        ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )  # 8 batches per epoch: every other decision point falls on an epoch's last batch
+
+    def train_step(batch):
+        x, y = batch
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    rec = Recorder(
+        create_store(path), opt, total_steps=24, every=4, model=model, seed=5,
+        branch=BranchConfig(horizon=3, cooldown=0),
+        train_step=train_step if branching else None,
+    )  # fmt: skip
+    with rec:
+        for _ in range(3):
+            for batch in rec.batches(data):
+                rec.observe(train_step(batch))
+                rec.step()
+    return rec, model
+
+
+def test_a_decision_on_an_epochs_last_batch_branches_on_the_next_epoch(tmp_path):
+    rec_off, model_off = _epoch_end_run(tmp_path / "off", branching=False)
+    rec_on, model_on = _epoch_end_run(tmp_path / "on", branching=True)
+    for a, b in zip(model_off.state_dict().values(), model_on.state_dict().values()):
+        assert torch.equal(a, b)
+    _, steps_off, dec_off, _ = rec_off.frames()
+    _, steps_on, dec_on, br = rec_on.frames()
+    assert steps_off.drop(S.RUN_ID, S.STEP_TIME_S).equals(steps_on.drop(S.RUN_ID, S.STEP_TIME_S))
+    assert dec_on[S.STEP].to_list() == [4, 8, 12, 16, 20]
+    assert dec_off.drop(S.RUN_ID).equals(dec_on.drop(S.RUN_ID))
+    assert br.height == 5 * 5 and (br[S.HORIZON] == 3).all()  # 8 and 16 included

@@ -341,6 +341,7 @@ class Recorder:
         self._t_start = time.perf_counter()
         self._t_last = self._t_start
         self._created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        self._scheduled = base_schedule != "constant"
         self._layer_names = self._names(optimizer, model)
         self._probe = StepProbe(optimizer, dots=True, backend=backend)
         self._apply_lr(0)
@@ -435,26 +436,32 @@ class Recorder:
                     self._decision_due = True  # batches() branches, then decides
                 else:
                     self._decision_point(None)
-            self._apply_lr(self.t)
+            if self._scheduled:  # a constant base moves the LR only at decisions
+                self._apply_lr(self.t)
         except Exception as exc:  # noqa: BLE001
             self._error(exc)
 
     def batches(self, source: Iterable[Any]) -> Iterator[Any]:
         """Yield the batches of ``source`` (one pass), running the branches of each decision
-        point on the batches that follow it (buffered once, then yielded to the main loop)."""
+        point on the batches that follow it (buffered once, then yielded to the main loop).
+
+        A decision point that falls on the last batch of ``source`` (the end of an epoch) is
+        taken when the next ``batches(...)`` call starts, on that call's first batches."""
         self._feeding = True
         it = iter(source)
         buffer: list[Any] = []
         try:
             while True:
                 if self._decision_due:
-                    self._decision_due = False
                     need = self.config.branch.horizon + self.config.branch.cooldown
                     while len(buffer) < need:
                         try:
                             buffer.append(next(it))
                         except StopIteration:
                             break
+                    if not buffer:
+                        return  # the end of the source: decide on the next one's batches
+                    self._decision_due = False
                     try:
                         self._decision_point(buffer)
                     except Exception as exc:  # noqa: BLE001
@@ -499,6 +506,8 @@ class Recorder:
         self.events["steps"] += 1
 
     def _base_factor(self, t: int) -> float:
+        if not self._scheduled:
+            return 1.0
         return base_factor(self.config.decision.base_schedule, t / self.total_steps)
 
     def _apply_lr(self, t: int) -> None:
@@ -550,29 +559,28 @@ class Recorder:
             else:  # the parameter layout changed inside this chunk: no statistics for it
                 self._warn("the optimizer's parameters changed; per-layer statistics stop")
                 self._n_layers = -1
-        for i, r in enumerate(rows):
-            t = start + i
-            loss = losses[i]
-            lf = None if loss is None else float(loss)
-            self._cols[S.RUN_ID].append(self.run_id)
-            self._cols[S.STEP].append(t)
-            self._cols[S.LOSS].append(lf)
-            self._cols[S.LR].append(r.lr)
-            self._cols[S.MOMENTUM].append(r.momentum)
-            self._cols[S.WEIGHT_DECAY].append(r.weight_decay)
-            self._cols[S.L2].append(0.0)
-            self._cols[S.INPUT_NOISE].append(0.0)
-            self._cols[S.LR_MULT].append(r.lr_mult)
-            self._cols[S.BASE_FACTOR].append(r.base_factor)
-            for name in _STAT_COLS:
-                self._cols[name].append(stats_cols[name][i])
-            self._cols[S.STEP_TIME_S].append(r.step_time_s)
-            ok = finite[i] and (lf is None or math.isfinite(lf))
-            self._cols[S.FINITE].append(ok)
-            self._cols[S.VAL_LOSS].append(None)
-            self._cols[S.VAL_ACC].append(None)
-            self._check_divergence(t, lf)
-            self._add_layers(layers[i])
+        lfs = [None if v is None else float(v) for v in losses]
+        dst = self._cols
+        dst[S.RUN_ID].extend([self.run_id] * n)
+        dst[S.STEP].extend(range(start, start + n))
+        dst[S.LOSS].extend(lfs)
+        dst[S.LR].extend([r.lr for r in rows])
+        dst[S.MOMENTUM].extend([r.momentum for r in rows])
+        dst[S.WEIGHT_DECAY].extend([r.weight_decay for r in rows])
+        dst[S.L2].extend([0.0] * n)
+        dst[S.INPUT_NOISE].extend([0.0] * n)
+        dst[S.LR_MULT].extend([r.lr_mult for r in rows])
+        dst[S.BASE_FACTOR].extend([r.base_factor for r in rows])
+        for name in _STAT_COLS:
+            dst[name].extend(stats_cols[name])
+        dst[S.STEP_TIME_S].extend([r.step_time_s for r in rows])
+        dst[S.FINITE].extend([f and (v is None or math.isfinite(v)) for f, v in zip(finite, lfs)])
+        dst[S.VAL_LOSS].extend([None] * n)
+        dst[S.VAL_ACC].extend([None] * n)
+        for i, v in enumerate(lfs):
+            self._check_divergence(start + i, v)
+        for lay in layers:
+            self._add_layers(lay)
 
     def _add_layers(self, lay: np.ndarray | None) -> None:
         if self._n_layers == -1:
@@ -675,6 +683,7 @@ class Recorder:
         self.events["decisions"] += 1
         m, groups = self._after(a)
         self._set_hps(m, groups, step)
+        self._flush()  # one host transfer per decision interval keeps device memory bounded
 
     def _agree(self, a: int, p: float) -> tuple[int, float]:
         """Under torch.distributed, every rank takes the recording rank's action (and logs its

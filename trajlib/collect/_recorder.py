@@ -344,7 +344,12 @@ class Recorder:
         self._scheduled = base_schedule != "constant"
         self._layer_names = self._names(optimizer, model)
         self._probe = StepProbe(optimizer, dots=True, backend=backend)
+        self._lr_in_force: Any = None  # the first group's LR at the last optimizer step
+        self._lr_hook = optimizer.register_step_pre_hook(self._on_step)
         self._apply_lr(0)
+
+    def _on_step(self, opt: Any, args: Any, kwargs: Any) -> None:
+        self._lr_in_force = opt.param_groups[0]["lr"]  # a reference: no host read per step
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
@@ -489,11 +494,13 @@ class Recorder:
             loss = self._loss_sum / self._loss_n if self._loss_n > 1 else self._loss_sum  # type: ignore[operator]
         self._loss_sum, self._loss_n = None, 0
         g0 = self.optimizer.param_groups[0]
+        lr = g0["lr"] if self._lr_in_force is None else self._lr_in_force
+        self._lr_in_force = None
         self._rows.append(
             _Row(
                 loss=loss,
                 stats=taken if isinstance(taken, tuple) else None,
-                lr=float(g0["lr"]),
+                lr=float(lr),
                 lr_mult=self.mult,
                 momentum=hp_get(g0, "momentum") or 0.0,
                 weight_decay=hp_get(g0, "weight_decay") or 0.0,
@@ -975,6 +982,7 @@ class Recorder:
             return bool(self.committed)
         self._closed = True
         self._probe.remove()
+        self._lr_hook.remove()
         if self.sink is None:  # a rank that applies the schedule and does not record
             self.committed = False
             return False
@@ -1104,6 +1112,16 @@ class Recorder:
         chunks stays incomplete, as if the process had died)."""
         self._closed = True
         self._probe.remove()
+        self._lr_hook.remove()
+
+    def restore_lr(self) -> None:
+        """Set the learning rates the behaviour wants for the next step again (after a
+        framework's own LR scheduler wrote its values over them, e.g. the Hugging Face
+        Trainer's constant schedule)."""
+        try:
+            self._apply_lr(self.t)
+        except Exception as exc:  # noqa: BLE001
+            self._error(exc)
 
     def __enter__(self) -> Recorder:
         return self

@@ -16,13 +16,24 @@ _NAMESPACE: dict[str, object] = {}
 def test_the_page_has_its_sections():
     text = DOC.read_text()
     assert text.startswith("# Record your own training")
-    for title in ("## A plain loop", "## With branches", "## Long runs", "## Read it back"):
+    for title in (
+        "## A plain loop",
+        "## With branches",
+        "## Long runs",
+        "## PyTorch Lightning",
+        "## Hugging Face Trainer",
+        "## Read it back",
+    ):
         assert title in text
-    assert len(BLOCKS) == 4
+    assert len(BLOCKS) == 6
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_doc_block_runs(index, tmp_path_factory, monkeypatch):
+    if "lightning" in BLOCKS[index]:
+        pytest.importorskip("lightning.pytorch")
+    if "transformers" in BLOCKS[index]:
+        pytest.importorskip("transformers")
     monkeypatch.chdir(_workdir(tmp_path_factory))
     code = compile(BLOCKS[index], f"{DOC.name}[block {index}]", "exec")
     exec(code, _NAMESPACE)  # noqa: S102 - the point of the test

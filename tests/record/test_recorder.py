@@ -17,6 +17,7 @@ from tests.record._loops import SmallCNN, loader, validator
 from trajlib import schema as S
 from trajlib.collect import Recorder
 from trajlib.errors import ConfigError
+from trajlib.spec import BehaviourConfig
 from trajlib.store import create_store, open_store
 
 
@@ -262,3 +263,32 @@ def test_load_state_dict_refuses_another_recordings_state(tmp_path):
         Recorder(object.__new__(type("Sink", (), {"write_run": lambda *a: True,
                                                   "is_committed": lambda *a: False})),
                  opt, total_steps=10, chunk_every=5)  # fmt: skip
+
+
+def test_a_controller_behaviour_sees_the_history_and_logs_its_propensities(tmp_path):
+    seen = []
+
+    def policy(ctx):
+        hist = ctx.history()
+        seen.append((ctx.step, len(hist[S.LOSS]), bool(np.isfinite(hist[S.GRAD_NORM]).all())))
+        p = np.zeros(5)
+        p[4] = 1.0  # always "lr x2"
+        return p
+
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    rec = Recorder(create_store(tmp_path / "s"), opt, total_steps=12, every=4,
+                   behaviour=BehaviourConfig(kind="controller", epsilon=0.0),
+                   policy=policy)  # fmt: skip
+    with rec:
+        for _ in range(12):
+            opt.zero_grad()
+            loss = model(torch.randn(4, 3)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            rec.observe(loss)
+            rec.step()
+    assert seen == [(4, 4, True), (8, 8, True)]
+    dec = rec.frames()[2]
+    assert dec[S.ACTION].to_list() == [4, 4] and dec[S.PROPENSITY].to_list() == [1.0, 1.0]
+    assert opt.param_groups[0]["lr"] == pytest.approx(4e-3)

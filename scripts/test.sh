@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 .venv/bin/python -m ruff check trajlib tests scripts
+.venv/bin/python -m mypy trajlib
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -2,9 +2,17 @@
 
 Every user-facing error is a :class:`TrajlibError`; leaves also subclass the builtin that fits, so
 ``except ValueError`` keeps working. Messages name the field, what was expected and what was got.
+
+Every error survives pickling (a process-pool or Ray worker's error reaches the caller as itself,
+with its message and fields): :meth:`TrajlibError.__reduce__` rebuilds it without calling
+``__init__``, from its ``args`` and attributes; an attribute that cannot be pickled travels as its
+``repr``.
 """
 
 from __future__ import annotations
+
+import pickle
+from typing import Any
 
 __all__ = [
     "TrajlibError",
@@ -20,6 +28,37 @@ __all__ = [
 
 class TrajlibError(Exception):
     """Base class of every error trajlib raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's default reduce calls ``cls(*args)``, which fails for leaves whose
+        # ``__init__`` takes fields (ConfigError, UnknownNameError): rebuild from state instead.
+        state = _picklable(self.__dict__)
+        if isinstance(self, OSError):  # OSError keeps these outside __dict__ and args
+            for key in ("filename", "filename2"):
+                if getattr(self, key) is not None:
+                    state[key] = getattr(self, key)
+        return (_rebuild, (type(self), self.args, state))
+
+
+def _picklable(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every value that cannot be pickled replaced by its ``repr``."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        try:
+            pickle.dumps(value)
+        except Exception:  # any failure to pickle: keep a readable stand-in
+            value = repr(value)
+        out[key] = value
+    return out
+
+
+def _rebuild(cls: type[TrajlibError], args: tuple[Any, ...], state: dict[str, Any]) -> TrajlibError:
+    """Inverse of :meth:`TrajlibError.__reduce__`."""
+    err = cls.__new__(cls, *args)
+    err.args = args
+    for key, value in state.items():
+        setattr(err, key, value)
+    return err
 
 
 class ConfigError(TrajlibError, ValueError):

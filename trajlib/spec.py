@@ -7,7 +7,10 @@ and :mod:`trajlib.errors`), so every stage can use it.
 
 ``to_dict`` / ``from_dict`` give the JSON forms stored in a run's ``entry`` column and in a
 checkpoint's ``manifest.json``. A run's id is ``<task>-<index:04d>-<sha256 of RunConfig.to_dict()
-as sorted JSON, first 10 hex digits>``; every field of the id is listed in ``to_dict``. Fields
+as sorted JSON, first 10 hex digits>``; every field of the id is listed in ``to_dict``. A task name
+with characters a file name cannot hold (a user task ``mypkg.tasks:make_task``) enters the id
+readable, each such character as ``-`` (``mypkg.tasks-make_task-0000-...``); the hash still covers
+the exact name, and the names of built-in tasks are their own id prefix, unchanged. Fields
 added after the first format (``layer_lr_walk``) are written only when set away from their
 default, so the ids of runs collected before they existed stay as they were.
 """
@@ -18,6 +21,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -45,12 +49,27 @@ __all__ = [
     "RunConfig",
     "SpaceConfig",
     "StartValues",
+    "task_id_part",
 ]
 
 MODES = ("free", "residual")
 DEFAULT_EVERY = 50  # steps between decision points
 DEFAULT_P_MOVE = 0.6  # random-walk behaviour: probability of moving at a decision point
 DEFAULT_EPSILON = 0.1  # controller behaviour: exploration around the controller's choice
+# Run ids are file names in a store: [A-Za-z0-9_.=+-], starting with a letter or digit, <= 200.
+_NOT_IN_ID = re.compile(r"[^A-Za-z0-9_.=+-]")
+_TASK_IN_ID_MAX = 160  # characters of the task name kept in an id (room for "-0000-<10 hex>")
+
+
+def task_id_part(task: str) -> str:
+    """The task name as it appears in run ids: characters a store's file names cannot hold
+    become ``-`` (``mypkg.tasks:make_task`` -> ``mypkg.tasks-make_task``), a leading character
+    that is not a letter or digit gets a ``t`` before it, and it is cut to 160 characters. A
+    built-in task's name is returned as it is."""
+    part = _NOT_IN_ID.sub("-", task)[:_TASK_IN_ID_MAX]
+    if not part[:1].isascii() or not part[:1].isalnum():
+        part = "t" + part[: _TASK_IN_ID_MAX - 1]
+    return part
 
 
 def _positive_int(where: str, v: Any) -> int:
@@ -376,10 +395,11 @@ class RunConfig:
 
     @functools.cached_property
     def run_id(self) -> str:
-        """``<task>-<index:04d>-<10 hex digits of sha256 of to_dict()>``; deterministic."""
+        """``<task>-<index:04d>-<10 hex digits of sha256 of to_dict()>``; deterministic. The task
+        part is :func:`task_id_part` of the task name (built-in names unchanged)."""
         text = json.dumps(self.to_dict(), sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:10]
-        return f"{self.task}-{self.index:04d}-{digest}"
+        return f"{task_id_part(self.task)}-{self.index:04d}-{digest}"
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form stored in the run's ``entry`` column; every key enters the run id."""

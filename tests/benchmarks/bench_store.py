@@ -12,6 +12,11 @@
 Data are trajectory-like (smooth curves + noise, piecewise-constant schedules, sparse validation),
 generated before the clock starts. Prints one line per figure, then one JSON object on the last line.
 Usage: ``python tests/benchmarks/bench_store.py [--runs-per-proc 250] [--steps 2000]``
+
+Object storage: ``--url s3://bucket/prefix`` (an empty prefix; credentials and endpoint from the AWS
+environment) or ``--url s3://local`` (starts moto's S3 server on a loopback port, as the tests do)
+measures the same figures there *and* on local disk in the same run, with their ratios
+(``url_vs_local``). Object-storage figures use the uncompacted and the compacted layout alike.
 """
 
 from __future__ import annotations
@@ -93,6 +98,69 @@ def _best_scan(store, repeats: int = 5) -> tuple[float, int]:
     return best, rows
 
 
+def _measure(location: str, runs_per_proc: int, n_steps: int, durable: bool) -> dict:
+    """Write, scan (fragments), compact, scan again, validate: the figures of one store."""
+    from trajlib.schema import STEP_SCHEMA
+    from trajlib.store import create_store
+
+    create_store(location)
+    seconds, committed, cpu_s = _write(location, runs_per_proc, n_steps, durable)  # type: ignore[arg-type]
+    n_values = committed * n_steps * len(STEP_SCHEMA)
+    store = create_store(location)
+    frag_s, rows = _best_scan(store, 3)
+    stats = store.compact()
+    comp_s, rows2 = _best_scan(store, 3)
+    problems = store.validate()
+    if rows != rows2 or rows != committed * n_steps or problems:
+        print(f"CONSISTENCY FAILURE at {location}: {rows} / {rows2} rows, {problems[:3]}")
+    return {
+        "write_values_per_s": round(n_values / seconds),
+        "scan_rows_per_s": round(rows2 / comp_s),
+        "scan_rows_per_s_fragments": round(rows / frag_s),
+        "write_seconds": round(seconds, 3),
+        "write_values_per_cpu_s": round(n_values / cpu_s),
+        "compact_seconds": stats["seconds"],
+        "runs": committed,
+        "rows": rows,
+        "validate_problems": len(problems),
+        "retries": store.retries,
+    }
+
+
+def _compare(url: str, args: argparse.Namespace) -> int:
+    """``--url``: the same figures on the URL and on local disk, measured in this run."""
+    server = None
+    saved = dict(os.environ)
+    if url == "s3://local":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        from tests._s3server import S3Server
+
+        server = S3Server()
+        os.environ.update(server.env())
+        url = f"s3://{server.bucket('bench')}/store"
+    tmp = Path(tempfile.mkdtemp(prefix="bench_store_"))
+    try:
+        durable = not args.no_durable
+        local = _measure(str(tmp / "store"), args.runs_per_proc, args.steps, durable)
+        remote = _measure(url, args.runs_per_proc, args.steps, durable)
+        out = {"url": url, "local": local, "url_figures": remote, "url_vs_local": {}}
+        for key in ("write_values_per_s", "scan_rows_per_s", "scan_rows_per_s_fragments"):
+            ratio = remote[key] / local[key]
+            out["url_vs_local"][key] = round(ratio, 3)
+            print(f"{key:28s} url {remote[key]:>14,}  local {local[key]:>14,}  ratio {ratio:6.3f}")
+        out["load_avg_1min"] = round(os.getloadavg()[0], 2)
+        out["processes"] = N_PROC
+        out["durable"] = durable
+        print(json.dumps(out))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.environ.clear()
+        os.environ.update(saved)
+        if server is not None:
+            server.stop()
+    return 0
+
+
 def _bytes(path: Path, *subdirs: str) -> int:
     return sum(f.stat().st_size for d in subdirs for f in (path / d).iterdir() if f.is_file())
 
@@ -104,7 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--no-durable", action="store_true", help="skip fsync (process-crash safe only)"
     )
+    ap.add_argument(
+        "--url",
+        help="also measure a store at this URL (s3://bucket/prefix; s3://local starts a local "
+        "S3 server) and print the ratios to local disk",
+    )
     args = ap.parse_args(argv)
+    if args.url:
+        return _compare(args.url, args)
 
     from trajlib.schema import STEP_SCHEMA
     from trajlib.store import create_store

@@ -12,6 +12,7 @@ import pytest
 from trajlib import schema as S
 from trajlib.collect import collect, parse_recipe
 from trajlib.collect._executor import work_units
+from trajlib.errors import StoreError
 from trajlib.store import Store, create_store, open_store
 
 
@@ -118,3 +119,25 @@ def test_failed_run_is_recorded_and_collection_goes_on(tmp_path, monkeypatch):
     assert set(runs[S.STATUS]) == {S.STATUS_FAILED}
     assert all("model exploded" in e for e in runs[S.ERROR])
     assert store.validate() == []
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_workers_trajlib_error_reaches_the_caller_as_itself(tmp_path, executor, monkeypatch):
+    """Workers open the sink themselves: a store that is not there is a StoreError raised in the
+    worker, which reaches the caller as that error (its one line), on a real pool and on Ray."""
+    if executor == "ray":
+        ray = pytest.importorskip("ray")
+        path = [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in path if p))
+    missing = tmp_path / "no-store"
+    factory = functools.partial(open_store, str(missing))
+    try:
+        with pytest.raises(StoreError) as info:
+            collect(_recipe(), factory, executor=executor, workers=2, progress=False)
+    finally:
+        if executor == "ray" and ray.is_initialized():
+            ray.shutdown()
+    assert type(info.value) is StoreError
+    assert (
+        str(info.value) == f"{missing}: no such directory; create a store with create_store(path)"
+    )

@@ -56,6 +56,61 @@ def test_numpy_gru_equals_torch_gru(synth: Synth, fitted) -> None:
         np.testing.assert_allclose(got[seq], head * ctl.target_scale_, rtol=1e-4, atol=1e-6)
 
 
+def test_numpy_mlp_equals_a_torch_mlp_built_from_the_checkpoint(
+    synth: Synth, fitted, tmp_path
+) -> None:
+    """The MLP decides and predicts in numpy; a torch ``nn.Sequential`` loaded from the saved
+    checkpoint's tensors (torch layout), with the input standardisation written in torch, gives
+    the same values on rows with NaN and inf, row by row and in a batch."""
+    from ctl_synth import save_kwargs
+    from safetensors.torch import load_file
+
+    from trajlib.controllers import load_controller, save_controller
+
+    ctl = fitted("mlp")
+    path = save_controller(ctl, tmp_path / "ckpt", **save_kwargs())
+    t = load_file(str(path / "model.safetensors"))
+    n_lin = len([k for k in t if k.startswith("linear.") and k.endswith(".weight")])
+    mods: list[torch.nn.Module] = []
+    for i in range(n_lin):
+        w = t[f"linear.{i}.weight"]
+        lin = torch.nn.Linear(w.shape[1], w.shape[0]).double()
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            lin.bias.copy_(t[f"linear.{i}.bias"])
+        mods += [lin, torch.nn.ReLU()]
+    net = torch.nn.Sequential(*mods[:-1])
+    mean, inv_std = t["input.mean"].double(), t["input.inv_std"].double()
+    missing = t["input.missing_cols"].long()
+    assert missing.numel() > 0, "the synthetic table has NaN features: indicators are exercised"
+
+    def reference(X: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(X).double()
+        finite = torch.isfinite(x)
+        z = ((x - mean) * inv_std).clamp(-10.0, 10.0)
+        z = torch.where(finite, z, torch.zeros_like(z))
+        z = torch.cat([z, (~finite[:, missing]).double()], dim=1)
+        with torch.no_grad():
+            return (net(z) * t["target.scale"].double()).numpy()
+
+    _, test = split_runs(synth)
+    X = synth.X[test].copy()
+    X[::7, 0] = np.inf
+    X[3::11, 4] = -np.inf
+    X[5::13] = np.nan
+    want = reference(X)
+    loaded = load_controller(path).controller
+    for c in (ctl, loaded):
+        np.testing.assert_allclose(c.predict_values(X), want, rtol=1e-4, atol=1e-5)
+        state = c.initial_state()
+        rows = np.stack([c.decide_values(x, state)[0] for x in X])
+        np.testing.assert_allclose(rows, want, rtol=1e-4, atol=1e-5)
+        top2 = np.sort(want, axis=1)[:, -2:]
+        clear = np.flatnonzero(top2[:, 1] - top2[:, 0] > 1e-3 * np.abs(want).max())
+        assert len(clear) > len(X) // 2
+        assert [c.decide(X[i], state)[0] for i in clear] == list(want[clear].argmax(1))
+
+
 def test_sequences_group_and_order() -> None:
     groups = np.array(["b", "a", "b", "a", "c"])
     order = np.array([20, 10, 10, 5, 1])

@@ -48,7 +48,7 @@ def test_strided_rows_are_neither_skipped_nor_nonfinite(tiny_checkpoint):
     feats = sched.units[0].features.values_dict()
     assert feats["nonfinite_frac"] == 0.0 and feats["nonfinite_frac_50"] == 0.0
     assert np.isfinite(feats["grad_norm_cv_100"]) and np.isfinite(feats["grad_cos_ema_50"])
-    rows = sched.state_dict()["rows"]
+    rows = sched.state_dict()["trajlib"]["rows"]
     measured, _ = stride_masks(np.array(rows["step"]), 4, sched._probe.dots)
     assert rows["measured"] == measured.tolist() and len(rows["step"]) == 7
     assert rows["strided"] == (~measured).tolist()
@@ -72,15 +72,17 @@ def test_strided_rows_survive_a_state_dict_round_trip(tiny_checkpoint):
     sched2 = _strided(opt2, tiny_checkpoint, 300)
     sched2.load_state_dict(state)
     again = sched2.state_dict()
-    assert again["rows"]["strided"] == state["rows"]["strided"]
-    assert again["rows"]["measured"] == state["rows"]["measured"]
-    assert again["probe"]["index"] == state["probe"]["index"] == sched.every + 6
+    assert again["trajlib"]["rows"]["strided"] == state["trajlib"]["rows"]["strided"]
+    assert again["trajlib"]["rows"]["measured"] == state["trajlib"]["rows"]["measured"]
+    assert (
+        again["trajlib"]["probe"]["index"] == state["trajlib"]["probe"]["index"] == sched.every + 6
+    )
     # both continue identically: same rows, same decisions
     steps = range(sched.every + 6, 2 * sched.every + 3)
     _train(model, opt, sched, steps)
     _train(model2, opt2, sched2, steps)
     assert sched.actions_taken == sched2.actions_taken
-    a, b = sched.state_dict()["rows"], sched2.state_dict()["rows"]
+    a, b = sched.state_dict()["trajlib"]["rows"], sched2.state_dict()["trajlib"]["rows"]
     assert a["strided"] == b["strided"]
     torch.testing.assert_close(a["stats"], b["stats"], equal_nan=True)
 

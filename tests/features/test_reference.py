@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.features._gen import TrajSpec, close, make_rows, to_frame
-from tests.features.reference import reference
+from tests.features.reference import ATOL, reference
 from trajlib.features import derive, get_feature_set
 
 FS = get_feature_set("default")
@@ -22,10 +22,6 @@ specs = st.builds(
     val_every=st.sampled_from([0, 1, 7, 50]),
     lr_changes=st.integers(0, 3),
 )
-
-# the reference's direct sums / exact stdev are better conditioned than cumulative sums: allow for
-# the cancellation error of sqrt(E[x^2] - E[x]^2) style formulas (absolute ~1e-8)
-ATOL = {"loss_volatility_50": 1e-7, "grad_norm_cv_100": 1e-6}
 
 
 def test_reference_covers_default_set() -> None:

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import math
 
 import numpy as np
 import polars as pl
+from pytest import approx
 
-from tests.features._gen import TrajSpec, make_rows, to_frame
-from trajlib.features import decision_table, derive, get_feature_set
+from tests.features._gen import TrajSpec, close, make_rows, to_frame
+from tests.features.reference import ATOL, reference
+from trajlib.features import decision_table, get_feature_set
 
 FS = get_feature_set("default")
+RUN_ROWS = {"a": make_rows(TrajSpec(200, 1, val_every=50)), "b": make_rows(TrajSpec(150, 2))}
+BUDGETS = {"a": 200, "b": 150}
 
 
 def _store_frames() -> tuple[pl.DataFrame, ...]:
-    runs_rows = {"a": make_rows(TrajSpec(200, 1, val_every=50)), "b": make_rows(TrajSpec(150, 2))}
+    runs_rows = RUN_ROWS
     steps = to_frame(runs_rows)
     runs = pl.DataFrame(
         {"run_id": ["a", "b"], "budget": [200, 150]},
@@ -74,10 +78,20 @@ def test_decision_table_columns_and_values() -> None:
     row = t.row(1, named=True)
     assert row["action"] == 2 and row["val_loss_a3"] == 103.0
     assert t.row(2, named=True)["val_loss_a0"] is None  # a@150 not branched
-    want = derive(steps, t.select("run_id", "step"), {"a": 200, "b": 150})
-    assert np.allclose(
-        t.select(FS.names).to_numpy(), want.select(FS.names).to_numpy(), equal_nan=True
-    )
+    # features against the slow plain-Python reference (no code shared with derive), and every
+    # row's behaviour columns against the decisions frame it came from
+    actions = {(r, s): (a, p) for r, s, a, p, _ in dec.iter_rows()}
+    for got in t.iter_rows(named=True):
+        rid, s = got["run_id"], got["step"]
+        want = reference(RUN_ROWS[rid], s, BUDGETS[rid])
+        bad = [
+            (n, got[n], want[n])
+            for n in FS.names
+            if not close(np.nan if got[n] is None else got[n], want[n], 1e-6, ATOL.get(n, 1e-9))
+        ]
+        assert not bad, f"{rid}@{s}: {bad}"
+        assert got["n_missing"] == sum(math.isnan(want[n]) for n in FS.names)
+        assert (got["action"], got["propensity"]) == (actions[(rid, s)][0], approx(0.2))
 
 
 def test_decision_table_without_branches() -> None:
@@ -96,38 +110,36 @@ def test_cli_parser_registers() -> None:
     assert args.func is run_features_command
 
 
-def test_cli_command_on_a_fake_store(tmp_path, monkeypatch) -> None:
-    """run_features_command against the store API (runs/steps/decisions/branches LazyFrames)."""
-    import sys
-    import types
+def test_cli_command_on_a_real_store(tiny_store, tmp_path, capsys) -> None:
+    """``trajlib features STORE --out FILE`` on a collected store: one row per stored decision
+    with its action and propensity, every branch's outcome in its action's column, features
+    computed from the store's own step table."""
+    import pytest
 
-    from trajlib.cli._features_cmd import run_features_command
+    from trajlib.cli import main
+    from trajlib.store import open_store
 
-    runs, steps, dec, br = _store_frames()
-
-    class FakeStore:
-        def runs(self) -> pl.LazyFrame:
-            return runs.lazy()
-
-        def steps(self) -> pl.LazyFrame:
-            return steps.lazy()
-
-        def decisions(self) -> pl.LazyFrame:
-            return dec.lazy()
-
-        def branches(self) -> pl.LazyFrame:
-            return br.lazy()
-
-    fake = types.ModuleType("trajlib.store")
-    fake.open_store = lambda path: FakeStore()  # type: ignore[attr-defined]
-    if importlib.util.find_spec("trajlib.store") is None:
-        monkeypatch.setitem(sys.modules, "trajlib.store", fake)
-    else:  # the real package exists: patch its open_store only
-        import trajlib.store as real
-
-        monkeypatch.setattr(real, "open_store", fake.open_store)
     out = tmp_path / "sub" / "table.parquet"
-    args = argparse.Namespace(store="ignored", feature_set="default", out=str(out))
-    assert run_features_command(args) == 0
+    assert main(["features", str(tiny_store), "--out", str(out)]) == 0
     t = pl.read_parquet(out)
-    assert t.height == dec.height and "val_loss_a4" in t.columns and "propensity" in t.columns
+    assert f"wrote {t.height} decision rows" in capsys.readouterr().err
+    st = open_store(tiny_store)
+    dec = st.decisions().collect().sort("run_id", "step")
+    assert t.height == dec.height > 0
+    assert t.select("run_id", "step").rows() == dec.select("run_id", "step").rows()
+    assert t["action"].to_list() == dec["action"].to_list()
+    assert t["propensity"].to_list() == dec["propensity"].to_list()
+    row_of = {key: i for i, key in enumerate(t.select("run_id", "step").rows())}
+    br = st.branches().collect()
+    assert br.height > 0
+    for b in br.iter_rows(named=True):
+        got = t[f"val_loss_a{b['action']}"][row_of[(b["run_id"], b["step"])]]
+        assert got == pytest.approx(b["val_loss"], nan_ok=True), b
+    # known answers from the store's steps: progress = step / budget; momentum in force at s - 1
+    budget = dict(st.runs().select("run_id", "budget").collect().rows())
+    steps = st.steps().collect()
+    mom = {(r, s): m for r, s, m in steps.select("run_id", "step", "momentum").rows()}
+    for r, s, prog, m in t.select("run_id", "step", "progress", "momentum").rows():
+        assert prog == pytest.approx(s / budget[r])
+        assert m == pytest.approx(mom[(r, s - 1)], rel=1e-6)
+    assert t.select(FS.names).to_numpy().shape == (dec.height, len(FS))

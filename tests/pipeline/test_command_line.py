@@ -140,7 +140,7 @@ def test_collect_then_compact_keeps_every_row_and_validates(tmp_path, capsys):
 def test_collect_with_a_controller_behaviour_uses_the_checkpoint(tiny_checkpoint, tmp_path, capsys):
     recipe = tmp_path / "r.toml"
     body = (
-        '[collect]\ntasks = ["digits-mlp"]\nruns_per_task = 2\nbudget = 75\nevery = 25\n'
+        '[collect]\ntasks = ["digits-mlp", "teacher-student"]\nruns_per_task = 3\nbudget = 200\nevery = 25\n'
         "val_every = 25\n[branch]\nenabled = false\n[executor]\nworkers = 1\n"
         '[behaviour]\nkind = "controller"\nepsilon = 0.0\ncheckpoint = "CKPT"\n'
     )
@@ -149,10 +149,26 @@ def test_collect_with_a_controller_behaviour_uses_the_checkpoint(tiny_checkpoint
     assert main(["collect", str(recipe), "--store", str(store), "--quiet"]) == 0
     from trajlib.store import open_store
 
-    dec = open_store(store).decisions().collect()
+    st = open_store(store)
+    dec = st.decisions().collect().sort("run_id", "step")
     assert (
-        dec.height == 4 and dec["propensity"].to_list() == [1.0] * 4
-    )  # greedy: the controller's pick
+        dec.height >= 36 and dec["propensity"].to_list() == [1.0] * dec.height
+    )  # epsilon 0: all mass on one action
+    # ... and that action is the checkpoint's own decision on the features of the stored run
+    import numpy as np
+
+    from trajlib.controllers import load_controller
+    from trajlib.features import decision_table
+
+    lc = load_controller(tiny_checkpoint)
+    table = decision_table(st.runs(), st.steps(), st.decisions(), None, lc.feature_set_name)
+    values = lc.controller.predict_values(table.select(lc.feature_names).to_numpy())
+    want = [
+        int(np.argmax(v)) if np.all(np.isfinite(v)) else lc.action_space.keep_index for v in values
+    ]
+    assert table.select("run_id", "step").rows() == dec.select("run_id", "step").rows()
+    assert dec["action"].to_list() == want
+    assert len(set(want)) > 1, want  # a policy that always picks one action would not pass
     recipe.write_text(body.replace("CKPT", str(tmp_path / "nope")))
     assert main(["collect", str(recipe), "--store", str(tmp_path / "s2"), "--quiet"]) == 2
     assert "behaviour.checkpoint" in capsys.readouterr().err

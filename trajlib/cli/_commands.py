@@ -45,7 +45,11 @@ def add_main_commands(sub: Any) -> None:
 
     p = sub.add_parser("collect", help="run a collection recipe into a store")
     p.add_argument("recipe", help="path to a collectors/*.toml recipe")
-    p.add_argument("--store", required=True, help="store directory (created if missing)")
+    p.add_argument(
+        "--store",
+        required=True,
+        help="store directory or URL such as s3://bucket/prefix (created if missing)",
+    )
     p.add_argument("--executor", choices=("local", "ray"), help="override the recipe's executor")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray cluster)")
     p.add_argument("--workers", type=_positive_int, help="worker processes (override the recipe)")
@@ -59,7 +63,7 @@ def add_main_commands(sub: Any) -> None:
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("fit", help="fit a controller on a store")
-    p.add_argument("store", help="store directory")
+    p.add_argument("store", help="store directory or URL (s3://bucket/prefix)")
     p.add_argument("--kind", default="gbt", help="controller kind: gbt | mlp | gru")
     p.add_argument("--labels", default="greedy", help="label strategy: greedy | annealed | long")
     p.add_argument("--set", dest="feature_set", default="default", help="feature set name")
@@ -192,7 +196,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from trajlib.pipeline import collect_into
-    from trajlib.store import open_store
+    from trajlib.store import open_store, redact_location
 
     report = collect_into(
         args.recipe,
@@ -206,7 +210,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     print(
         f"collected {report.committed} runs ({report.skipped} already there, {report.diverged} diverged, "
         f"{report.failed} failed) of {report.total}: {report.steps:,} steps + {report.branch_steps:,} branch "
-        f"steps in {report.wall_time_s:.1f} s into {args.store}"
+        f"steps in {report.wall_time_s:.1f} s into {redact_location(args.store)}"
+        + (f" ({report.retries} transient store errors retried)" if report.retries else "")
     )
     for e in report.errors[:5]:
         print(f"  failed: {e}", file=sys.stderr)

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+STORE_HELP = "store directory or URL (s3://bucket/prefix; credentials from the AWS environment)"
+
 
 def add_store_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``store`` (info, validate, gc, compact) and ``export`` (tensorboard)."""
@@ -18,20 +20,20 @@ def add_store_commands(subparsers: argparse._SubParsersAction) -> None:
     ssub.required = True
 
     p = ssub.add_parser("info", help="runs by task and status, steps, decisions, size on disk")
-    p.add_argument("dir", metavar="DIR", help="store directory")
+    p.add_argument("dir", metavar="DIR", help=STORE_HELP)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_store_info)
 
     p = ssub.add_parser("validate", help="check every committed run; exit 1 listing problems")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help=STORE_HELP)
     p.set_defaults(func=cmd_store_validate)
 
     p = ssub.add_parser("gc", help="remove unfinished runs' files, temp files and stale claims")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help=STORE_HELP)
     p.set_defaults(func=cmd_store_gc)
 
     p = ssub.add_parser("compact", help="merge per-run fragments into sorted part files")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help=STORE_HELP)
     p.add_argument(
         "--rows-per-file",
         type=int,
@@ -44,7 +46,7 @@ def add_store_commands(subparsers: argparse._SubParsersAction) -> None:
     esub = export.add_subparsers(dest="export_command", metavar="FORMAT")
     esub.required = True
     p = esub.add_parser("tensorboard", help="TensorBoard event files, one directory per run")
-    p.add_argument("store", metavar="STORE", help="store directory")
+    p.add_argument("store", metavar="STORE", help=STORE_HELP)
     p.add_argument("outdir", metavar="OUTDIR", help="log directory to write")
     p.add_argument(
         "--run",
@@ -82,11 +84,12 @@ def cmd_store_info(args: argparse.Namespace) -> int:
 def cmd_store_validate(args: argparse.Namespace) -> int:
     from trajlib.store import open_store
 
-    problems = open_store(args.dir).validate()
+    store = open_store(args.dir)
+    problems = store.validate()
     if not problems:
-        print(f"{args.dir}: ok")
+        print(f"{store.url}: ok")
         return 0
-    print(f"{args.dir}: {len(problems)} problem(s)", file=sys.stderr)
+    print(f"{store.url}: {len(problems)} problem(s)", file=sys.stderr)
     for p in problems:
         print(f"  - {p}", file=sys.stderr)
     return 1

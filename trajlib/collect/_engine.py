@@ -8,9 +8,18 @@ Gradients: for plain MLPs, a hand-written batched forward and backward
 (:class:`trajlib.collect._mlp.StackedMLP`: batched GEMMs into buffers allocated once, each layer's
 gradient written straight into its slice of the flat gradient); for other models one batched
 forward (``vmap`` of ``functional_call``) and one backward of the summed member losses: members
-are independent, so the gradient of the sum is each member's own gradient. The optimizers (SGD with
-momentum, AdamW) are written on the stacked tensors with per-member hyperparameters ``[K]`` and
-per-member, per-layer LR multipliers ``[K, L]``.
+are independent, so the gradient of the sum is each member's own gradient. Buffers (BatchNorm's
+running statistics) are stacked per member, ``[K, ...]``, and updated in place by the batched
+forward. A model whose forward is random (dropout) or that ``vmap`` cannot run trains its members
+one at a time (:attr:`Population.engine` ``"loop"``, the reason in :attr:`Population.engine_reason`):
+each member's forward draws from the global RNG re-seeded from (member seed, step), so a member's
+dropout masks are the same in any population as alone, and a run is deterministic given its seed.
+Evaluation runs the model in eval mode (running statistics, no dropout).
+
+The optimizers (:data:`trajlib.tasks.OPTIMIZERS`: SGD with momentum, Nesterov SGD, Adam, AdamW,
+RMSprop; the same update as ``Task.make_optimizer``'s ``torch.optim`` one) are written on the
+stacked tensors with per-member hyperparameters ``[K]`` and per-member, per-layer LR multipliers
+``[K, L]``.
 
 Instrumentation keeps the per-step work minimal: gradient, parameters and update of the last two
 steps live in two rotating ``[3, K, P]`` buffers, from which the measurement contract's
@@ -39,7 +48,7 @@ from trajlib.measure import RAW_LAYER_SUMS, STEP_STATS, step_stats
 from trajlib.measure._population import PopulationSums
 from trajlib.tasks import Task, TaskData, batch_slot, epoch_order
 
-__all__ = ["ALIGN", "FlatSpec", "MemberState", "Population", "REC_COLUMNS", "RAW_SUMS"]
+__all__ = ["ALIGN", "ENGINES", "FlatSpec", "MemberState", "Population", "REC_COLUMNS", "RAW_SUMS"]
 
 ALIGN = 128  # floats; every layer starts at a multiple of this in the flat vector
 _KEY_MASK = (1 << 63) - 1  # noise keys are non-negative 63-bit seeds
@@ -51,6 +60,15 @@ RAW_SUMS = RAW_LAYER_SUMS
 REC_COLUMNS = ("loss", *STEP_STATS, "finite", "val_loss", "val_acc")
 HP_NAMES = ("lr", "momentum", "weight_decay", "l2", "input_noise")
 _EPS = 1e-30
+# How a population computes its members' gradients: the hand-written MLP backward, one vmapped
+# forward, or a loop over members (random forwards, models vmap cannot run).
+ENGINES = ("mlp", "vmap", "loop")
+# Optimizer constants (torch.optim's defaults); beta1 of Adam/AdamW is the momentum hyperparameter.
+ADAM_BETA2 = 0.999
+ADAM_EPS = 1e-8
+RMSPROP_ALPHA = 0.99
+RMSPROP_EPS = 1e-8
+_SECOND_MOMENT = ("adam", "adamw", "rmsprop")  # optimizers with a second-moment buffer
 
 
 @dataclass(frozen=True)
@@ -139,24 +157,44 @@ def _noise(keys: list[int], shape: tuple[int, ...], gen: torch.Generator) -> tor
     return out
 
 
+def _dropout_key(seed: int, t: int) -> int:
+    """The RNG seed of member ``seed``'s forward at step ``t`` (loop engine)."""
+    return ((int(seed) * 1_000_003 + int(t)) * 31 + 17) & _KEY_MASK
+
+
+def _random_modules(module: nn.Module) -> list[str]:
+    """Names of the submodules whose training forward is random (dropout of any kind)."""
+    return [
+        f"{n} ({type(m).__name__})"
+        for n, m in module.named_modules()
+        if isinstance(m, nn.modules.dropout._DropoutNd)
+    ]
+
+
 @dataclass
 class MemberState:
     """The state of K members, each tensor [K, ...] on the device: what a fork copies."""
 
     seeds: list[int]  # initialisation, data order and input noise of each member
     theta: torch.Tensor  # parameters [K, P]
-    m1: torch.Tensor  # momentum buffer (SGD) / first moment (AdamW) [K, P]
-    m2: torch.Tensor | None  # second moment (AdamW) [K, P]
+    m1: torch.Tensor  # momentum buffer (SGD, RMSprop) / first moment (Adam, AdamW) [K, P]
+    m2: torch.Tensor | None  # second moment (Adam, AdamW) / square average (RMSprop) [K, P]
     adam_steps: torch.Tensor  # [K]
     hp: dict[str, torch.Tensor]  # hyperparameter name -> [K]
     on: dict[str, bool]  # hyperparameter name -> non-zero for some member (its work is done)
     layer_lr: np.ndarray  # per-layer LR multipliers [K, L]
     lr_scale: torch.Tensor | None  # layer_lr expanded to [K, P]; None when all ones
     last_loss: torch.Tensor  # training losses of the last step [K]
+    buffers: dict[str, torch.Tensor]  # the model's buffers (BatchNorm statistics), each [K, ...]
 
     @classmethod
     def initial(
-        cls, theta: torch.Tensor, seeds: list[int], n_layers: int, task: Task
+        cls,
+        theta: torch.Tensor,
+        seeds: list[int],
+        n_layers: int,
+        task: Task,
+        buffers: dict[str, torch.Tensor] | None = None,
     ) -> MemberState:
         """Members at step 0 with parameters ``theta`` (hyperparameters still to be set)."""
         K = len(seeds)
@@ -164,13 +202,14 @@ class MemberState:
             seeds=seeds,
             theta=theta,
             m1=torch.zeros_like(theta),
-            m2=torch.zeros_like(theta) if task.optimizer == "adamw" else None,
+            m2=torch.zeros_like(theta) if task.optimizer in _SECOND_MOMENT else None,
             adam_steps=torch.zeros(K, device=theta.device),
             hp={},
             on={},
             layer_lr=np.ones((K, n_layers)),
             lr_scale=None,
             last_loss=torch.zeros(K, device=theta.device),
+            buffers=dict(buffers or {}),
         )
 
     def take(self, index: np.ndarray) -> MemberState:
@@ -187,6 +226,7 @@ class MemberState:
             layer_lr=self.layer_lr[index],
             lr_scale=self.lr_scale[idx] if self.lr_scale is not None else None,
             last_loss=self.last_loss[idx],
+            buffers={k: v[idx] for k, v in self.buffers.items()},
         )
 
 
@@ -204,6 +244,9 @@ class Population:
         capacity: steps the record buffers hold (default: the task's budget).
         fast: use the hand-written backward for plain MLPs (same numbers as the generic autograd
             path up to float rounding).
+
+    ``engine`` says how the members' gradients are computed (:data:`ENGINES`); ``engine_reason``
+    why a population runs its members one at a time (empty otherwise).
     """
 
     def __init__(
@@ -223,11 +266,16 @@ class Population:
         torch.manual_seed(member_seeds[0])
         module = task.make_model().to(dev)
         spec = FlatSpec.from_module(module)
-        flats = []
+        flats, bufs = [], []
         for s in member_seeds:
             torch.manual_seed(s)
-            flats.append(spec.flatten(task.make_model().to(dev)))
-        members = MemberState.initial(torch.stack(flats), member_seeds, spec.n_layers, task)
+            model = task.make_model().to(dev)
+            flats.append(spec.flatten(model))
+            bufs.append({n: b.detach() for n, b in model.named_buffers()})
+        buffers = {n: torch.stack([b[n] for b in bufs]) for n in bufs[0]}
+        members = MemberState.initial(
+            torch.stack(flats), member_seeds, spec.n_layers, task, buffers
+        )
         self._assemble(
             task, data, module, spec, members, t=0, record=record, capacity=capacity, fast=fast
         )
@@ -255,8 +303,10 @@ class Population:
         record: bool,
         capacity: int | None,
         fast: bool,
+        engine: tuple[str, str] | None = None,
     ) -> None:
-        """Every attribute of a population, set in one place (a new one and a fork alike)."""
+        """Every attribute of a population, set in one place (a new one and a fork alike).
+        ``engine``: (engine, reason) known from the parent (a fork); None: find it out."""
         # what the members share: the task, its data, the model's structure
         self.task, self.data, self.device = task, data, members.theta.device
         self.module, self.spec, self.fast = module, spec, fast
@@ -270,6 +320,7 @@ class Population:
         self.layer_lr = members.layer_lr
         self._lr_scale: torch.Tensor | None = members.lr_scale
         self._last_loss = members.last_loss
+        self.buffers: dict[str, torch.Tensor] = members.buffers
         self.t = t
         # batches: the permutation of the current epoch; input noise; gradient scratch space
         self._perm_epoch = -1
@@ -282,7 +333,7 @@ class Population:
         self.capacity = capacity or task.budget
         self.step_times: list[float] = []  # host wall time of each recorded step
         self._alloc_record()
-        self._build_fns()
+        self._build_fns(engine)
 
     def _members(self) -> MemberState:
         return MemberState(
@@ -296,6 +347,7 @@ class Population:
             layer_lr=self.layer_lr,
             lr_scale=self._lr_scale,
             last_loss=self._last_loss,
+            buffers=self.buffers,
         )
 
     # ------------------------------------------------------------------ hyperparameters
@@ -350,14 +402,16 @@ class Population:
         self._views = [(store[par][0], store[par][2], store[1 - par][1]) for par in (0, 1)]
 
     # ------------------------------------------------------------------ functional pieces
-    def _build_fns(self) -> None:
+    def _build_fns(self, engine: tuple[str, str] | None = None) -> None:
         task, module, spec = self.task, self.module, self.spec
 
-        def out_fn(flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return functional_call(module, spec.views(flat), (x,))
+        def out_fn(flat: torch.Tensor, bufs: dict[str, torch.Tensor], x: torch.Tensor):
+            return functional_call(module, {**spec.views(flat), **bufs}, (x,))
 
-        def eval_fn(flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
-            out = out_fn(flat, x)
+        def eval_fn(
+            flat: torch.Tensor, bufs: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            out = out_fn(flat, bufs, x)
             loss = task.loss_value(out, y)
             if task.is_classification:
                 acc = (out.argmax(-1) == y).float().mean()
@@ -365,14 +419,56 @@ class Population:
                 acc = torch.full((), float("nan"), device=out.device)
             return loss, acc
 
+        def loss_fn(
+            p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+        ) -> torch.Tensor:
+            return task.loss_value(functional_call(module, {**p, **b}, (x,)), y)
+
         self._out = out_fn
-        self._vloss = vmap(lambda p, x, y: task.loss_value(functional_call(module, p, (x,)), y))
-        self._veval = vmap(eval_fn, in_dims=(0, None, None))
+        self._eval_one = eval_fn
+        self._loss_one = loss_fn
+        self._vloss = vmap(loss_fn)
+        self._veval = vmap(eval_fn, in_dims=(0, 0, None, None))
         plan = mlp_plan(module) if self.fast else None
         if task.loss == "mse" and self.data.y_train.dim() != 2:
             plan = None  # the hand-written MSE expects [n, d] targets; autograd handles the rest
         where = {n: (o, sh) for n, o, sh in zip(spec.names, spec.offsets, spec.shapes)}
         self._mlp = StackedMLP(plan, where, task.loss) if plan is not None else None
+        if engine is None:
+            engine = ("mlp", "") if self._mlp is not None else self._choose_engine()
+        self.engine, self.engine_reason = engine
+
+    def _choose_engine(self) -> tuple[str, str]:
+        """("vmap", "") when one vmapped forward and backward runs this model; otherwise
+        ("loop", why)."""
+        random = _random_modules(self.module)
+        if random:
+            return (
+                "loop",
+                f"the model's forward is random ({', '.join(random[:4])}): members run one at a "
+                "time, each with its own RNG seeded from (seed, step)",
+            )
+        # Try vmap on two copies of member 0 and one batch, without touching the members' state
+        # or the global RNG.
+        spec, dev = self.spec, self.device
+        try:
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                flat = self.theta[:1].detach().expand(2, -1).clone()
+                params = {
+                    n: flat[:, o : o + k].view(2, *sh).requires_grad_(True)
+                    for n, o, k, sh in zip(spec.names, spec.offsets, spec.numels, spec.shapes)
+                }
+                bufs = {n: b[:1].expand(2, *b.shape[1:]).clone() for n, b in self.buffers.items()}
+                xs, ys = self.data.x_train[: self.task.batch_size], self.data.y_train
+                x = xs.unsqueeze(0).expand(2, *xs.shape)
+                y = ys[: xs.shape[0]].unsqueeze(0).expand(2, *ys[: xs.shape[0]].shape)
+                with torch.enable_grad():
+                    loss = self._vloss(params, bufs, x, y)
+                    torch.autograd.grad(loss.sum(), list(params.values()), allow_unused=True)
+        except Exception as exc:  # whatever vmap cannot run: the members run one at a time
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            return "loop", f"vmap cannot run this model ({type(exc).__name__}: {first})"
+        return "vmap", ""
 
     def _grad(
         self, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor | None = None
@@ -397,13 +493,16 @@ class Population:
             for o, k, s in zip(spec.offsets, spec.numels, spec.shapes)
         ]
         params = dict(zip(spec.names, leaves))
+        self.module.train()
         with torch.enable_grad():
-            if K == 1:
+            if self.engine == "loop":
+                loss = self._loop_loss(params, x, y)
+            elif K == 1:
                 one = {n: v[0] for n, v in params.items()}
-                pred = functional_call(self.module, one, (x[0],))
-                loss = self.task.loss_value(pred, y[0]).reshape(1)
+                bufs = {n: b[0] for n, b in self.buffers.items()}
+                loss = self._loss_one(one, bufs, x[0], y[0]).reshape(1)
             else:
-                loss = self._vloss(params, x, y)
+                loss = self._vloss(params, self.buffers, x, y)
             total = loss.sum()
             if self._on["l2"]:
                 sq = sum((v * v).flatten(1).sum(1) for v in leaves)
@@ -415,6 +514,21 @@ class Population:
             if pad is not None:
                 pieces.append(pad)
         return torch.cat(pieces, dim=1, out=out), loss.detach()
+
+    def _loop_loss(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """Member losses [K], one member at a time; member k's forward draws from the global RNG
+        seeded with ``_dropout_key(seed_k, t)`` (the RNG is restored afterwards)."""
+        dev = self.device
+        losses = []
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            for k, seed in enumerate(self.seeds):
+                torch.manual_seed(_dropout_key(seed, self.t))
+                one = {n: v[k] for n, v in params.items()}
+                bufs = {n: b[k] for n, b in self.buffers.items()}
+                losses.append(self._loss_one(one, bufs, x[k], y[k]))
+        return torch.stack(losses)
 
     def _grad_buffer(self) -> torch.Tensor:
         """A persistent [K, P] gradient buffer whose alignment gaps stay zero (populations that
@@ -479,25 +593,39 @@ class Population:
         lr_c = lr[:, None] if self._lr_scale is None else lr[:, None] * self._lr_scale
         mom = self.hp["momentum"][:, None]
         d_out = views[1] if views is not None else None  # d = -update = theta_t - theta_{t+1}
-        if self.task.optimizer == "sgd":
+        opt = self.task.optimizer
+        if opt in ("sgd", "nesterov"):
             dg = g + self.hp["weight_decay"][:, None] * theta if self._on["weight_decay"] else g
             if t == 0:
                 self.m1.copy_(dg)
             else:
                 torch.addcmul(dg, self.m1, mom, out=self.m1)  # m1 = mom * m1 + dg, one pass
+            if opt == "nesterov":  # torch.optim.SGD(nesterov=True): step along dg + mom * m1
+                d = torch.mul(torch.addcmul(dg, self.m1, mom), lr_c, out=d_out)
+            else:
+                d = torch.mul(self.m1, lr_c, out=d_out)
+        elif opt == "rmsprop":  # torch.optim.RMSprop(alpha=0.99, eps=1e-8, momentum=mom)
+            if self.m2 is None:
+                raise RuntimeError("RMSprop state missing its square average")
+            dg = g + self.hp["weight_decay"][:, None] * theta if self._on["weight_decay"] else g
+            self.m2.mul_(RMSPROP_ALPHA).addcmul_(dg, dg, value=1 - RMSPROP_ALPHA)
+            avg = self.m2.sqrt().add_(RMSPROP_EPS)
+            self.m1.mul_(mom).addcdiv_(dg, avg)  # momentum 0: m1 = dg / avg
             d = torch.mul(self.m1, lr_c, out=d_out)
-        else:  # adamw, decoupled weight decay; beta1 = momentum, beta2 = 0.999
+        else:  # adam (L2 weight decay) / adamw (decoupled); beta1 = momentum, beta2 = 0.999
             self.adam_steps += 1
-            b2 = 0.999
+            b2 = ADAM_BETA2
+            if opt == "adam" and self._on["weight_decay"]:
+                g = g + self.hp["weight_decay"][:, None] * theta
             self.m1.mul_(mom).add_((1 - mom) * g)
             if self.m2 is None:
-                raise RuntimeError("AdamW state missing its second moment")
+                raise RuntimeError("Adam state missing its second moment")
             self.m2.mul_(b2).addcmul_(g, g, value=1 - b2)
             bc1 = 1 - mom ** self.adam_steps[:, None]
             bc2 = 1 - b2 ** self.adam_steps[:, None]
-            direction = (self.m1 / bc1) / ((self.m2 / bc2).sqrt() + 1e-8)
+            direction = (self.m1 / bc1) / ((self.m2 / bc2).sqrt() + ADAM_EPS)
             d = torch.mul(direction, lr_c, out=d_out)
-            if self._on["weight_decay"]:
+            if opt == "adamw" and self._on["weight_decay"]:
                 d.add_((lr_c * self.hp["weight_decay"][:, None]) * theta)
         new = torch.sub(theta, d, out=views[2] if views is not None else None)
         if views is not None:
@@ -524,7 +652,17 @@ class Population:
             else:
                 acc = torch.full_like(loss, float("nan"))
             return loss, acc
-        return self._veval(self.theta, x, y)
+        self.module.eval()  # running statistics, no dropout
+        try:
+            if self.engine == "loop":
+                pairs = [
+                    self._eval_one(self.theta[k], {n: b[k] for n, b in self.buffers.items()}, x, y)
+                    for k in range(self.K)
+                ]
+                return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            return self._veval(self.theta, self.buffers, x, y)
+        finally:
+            self.module.train()
 
     def record_validation(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Evaluate on val and store it in the row of the last completed step."""
@@ -586,6 +724,7 @@ class Population:
             record=False,
             capacity=self.capacity,
             fast=self.fast,
+            engine=(self.engine, self.engine_reason),
         )
         return child
 

@@ -11,6 +11,7 @@ started again skips what is committed.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -63,6 +64,7 @@ class CollectReport:
     branch_steps: int = 0
     wall_time_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+    retries: int = 0  # transient store errors retried (object storage), all workers together
 
     @property
     def steps_per_s(self) -> float:
@@ -75,7 +77,7 @@ class CollectReport:
         return self.branch_steps / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
     def add(self, other: dict[str, Any]) -> None:
-        for k in ("committed", "skipped", "failed", "diverged", "steps", "branch_steps"):
+        for k in ("committed", "skipped", "failed", "diverged", "steps", "branch_steps", "retries"):
             setattr(self, k, getattr(self, k) + int(other.get(k, 0)))
         self.errors.extend(other.get("errors", []))
 
@@ -102,7 +104,7 @@ def run_unit(
     of ``behaviour.kind = "controller"`` runs inside the worker."""
     import torch
 
-    from trajlib.collect._runner import failed_result, run_population
+    from trajlib.collect._runner import run_population
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -127,17 +129,35 @@ def run_unit(
         if todo:
             try:
                 policy = policy_factory() if policy_factory is not None else None
+            except Exception as exc:  # no policy, no runs: every run of the unit failed
+                for config in todo:
+                    _fail(sink, config, exc, out)
+                return out
+            try:
                 results = run_population(
                     todo, device=device, divergence_factor=divergence_factor, policy=policy
                 )
-            except (
-                Exception
-            ) as exc:  # a run that crashes is recorded as failed; the collection goes on
-                for config in todo:
-                    row = failed_result(config, exc)
-                    sink.write_run(row, S.empty_frame(S.STEP_SCHEMA))
-                    out["failed"] += 1
-                    out["errors"].append(f"{config.run_id}: {row['error']}")
+            except Exception as exc:  # a crash: find the runs that crash, record them as failed
+                if len(todo) == 1:
+                    _fail(sink, todo[0], exc, out)
+                    return out
+                why = f"its population of {len(todo)} raised {_one_line(exc)}; it ran alone"
+                for config in todo:  # each alone: only the runs that crash alone fail
+                    try:
+                        (res,) = run_population(
+                            [config],
+                            device=device,
+                            divergence_factor=divergence_factor,
+                            policy=policy,
+                        )
+                    except Exception as exc1:
+                        _fail(sink, config, exc1, out)
+                    else:
+                        entry = json.loads(res.run[S.ENTRY])
+                        res.run[S.ENTRY] = json.dumps(
+                            {**entry, "population_error": why}, sort_keys=True
+                        )
+                        _commit(sink, res, out)
             else:
                 for res in results:
                     _commit(sink, res, out)
@@ -145,7 +165,23 @@ def run_unit(
         for config in todo:
             sink.release(config.run_id)
         torch.set_num_threads(old_threads)
+        out["retries"] = int(getattr(sink, "retries", 0))  # transient store errors retried
     return out
+
+
+def _one_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _fail(sink: RunSink, config: RunConfig, exc: BaseException, out: dict[str, Any]) -> None:
+    """Record ``config``'s run as failed with the error ``exc``, and count it in ``out``."""
+    from trajlib.collect._runner import failed_result
+
+    row = failed_result(config, exc)
+    sink.write_run(row, S.empty_frame(S.STEP_SCHEMA))
+    out["failed"] += 1
+    out["errors"].append(f"{config.run_id}: {row['error']}")
 
 
 def _commit(sink: RunSink, res: RunResult, out: dict[str, Any]) -> None:
@@ -200,8 +236,13 @@ def _iter_local(
             pool.submit(run_unit, u, sink_factory, device, divergence_factor, 1, policy_factory)
             for u in units
         ]
-        for f in cf.as_completed(futs):
-            yield f.result()
+        try:
+            for f in cf.as_completed(futs):
+                # a worker's TrajlibError arrives as itself (trajlib errors survive pickling)
+                yield f.result()
+        finally:  # an error (or the caller stopping): do not start the units still queued
+            for f in futs:
+                f.cancel()
 
 
 def _iter_ray(
@@ -236,7 +277,13 @@ def _iter_ray(
         ]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+            try:
+                result = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:  # a store error in a worker: its own line
+                if isinstance(exc.cause, TrajlibError):
+                    raise exc.cause from None
+                raise
+            yield result
     finally:
         if started:
             ray.shutdown()

@@ -50,7 +50,7 @@ EXECUTORS = ("local", "ray")
 LR_CENTERS = ("default", "best")
 ACTION_COMBINE = ("union", "product")
 # Weight decay a task with weight_decay = 0 is randomized around (when weight_decay_range > 1).
-TYPICAL_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 1e-2}
+TYPICAL_WEIGHT_DECAY = {"sgd": 5e-4, "nesterov": 5e-4, "adam": 1e-4, "adamw": 1e-2, "rmsprop": 1e-4}
 
 
 @dataclass(frozen=True)

@@ -136,6 +136,9 @@ def _run_row(
     entry = {**config.to_dict(), "layer_lr": [float(v) for v in rollout.layer_lr0[i]]}
     if rollout.walks[i]:
         entry["layer_lr_path"] = rollout.layer_path[i]
+    if rollout.pop.engine == "loop":  # why this task's members were trained one at a time
+        entry["engine"] = rollout.pop.engine
+        entry["engine_reason"] = rollout.pop.engine_reason
     return {
         S.RUN_ID: config.run_id,
         S.TASK: rollout.task.name,

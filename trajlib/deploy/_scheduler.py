@@ -224,11 +224,7 @@ class ControllerScheduler(LRScheduler):
             if name == "lr":
                 continue
             bound = self.space[name] if name in self.space else None
-            vals = [
-                v
-                for g in optimizer.param_groups
-                if _hp_movable(g, name) and (v := _hp_get(g, name)) is not None
-            ]
+            vals = [_hp_get(g, name) or 0.0 for g in optimizer.param_groups if _hp_movable(g, name)]
             out = [v for v in vals if bound is not None and not bound.low <= v <= bound.high]
             if out and bound is not None:
                 warnings.warn(
@@ -298,7 +294,9 @@ class ControllerScheduler(LRScheduler):
     def _lr_targets(self) -> list[float]:
         f = self._base_factor(max(self.last_epoch, 0))
         units = self.units
-        return [base * f * units[u].mult for base, u in zip(self.base_lrs, self._unit_of_group)]
+        return [
+            float(base) * f * units[u].mult for base, u in zip(self.base_lrs, self._unit_of_group)
+        ]
 
     @property
     def step_count(self) -> int:

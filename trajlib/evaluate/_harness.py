@@ -123,12 +123,8 @@ class Trace:
 
 
 def make_optimizer(task: Task, params: Any, lr: float) -> torch.optim.Optimizer:
-    """The task's default optimizer at learning rate ``lr``."""
-    if task.optimizer == "adamw":
-        return torch.optim.AdamW(
-            params, lr=lr, betas=(task.momentum, 0.999), weight_decay=task.weight_decay
-        )
-    return torch.optim.SGD(params, lr=lr, momentum=task.momentum, weight_decay=task.weight_decay)
+    """The task's default optimizer at learning rate ``lr`` (:meth:`Task.make_optimizer`)."""
+    return task.make_optimizer(params, lr)
 
 
 def _default_factory(task: Task, params: Any, lr: float, total_steps: int) -> torch.optim.Optimizer:

@@ -1,20 +1,29 @@
 """Online (streaming) features: O(1) work per training step, same numbers as :func:`derive`.
 
-The engine keeps only the primitives its feature set needs (:mod:`trajlib.features._prims`): EMA
-states, last/first values, cumulative window sums and a ring buffer of the cumulative sums (and of
-the lagged states) over the last ``max(window, lag) + 1`` steps. Per step it runs one straight-line
-function generated for the set (no loop over features), so the cost per step is a few dozen float
-operations; the features themselves are only combined in :meth:`OnlineFeatures.values`.
+The engine keeps only the primitives its feature set needs (:mod:`trajlib.features._prims`), each in
+a small *updater* object written as plain code: an EMA, the last/first finite value of a column,
+the row of the last change of a column, and cumulative window sums (least-squares sums, log
+differences, spike and bad-row counts) with their values after each of the last ``window + 1``
+rows, so that a window or a lag is one subtraction or one index at a decision.
 
-A row is processed when the *next* row arrives or when :meth:`OnlineFeatures.values` is called, so
-:meth:`OnlineFeatures.amend` can still change it (validation is reported after the step).
+Rows are buffered as they arrive (:meth:`OnlineFeatures.update` copies the cells the set reads,
+:meth:`OnlineFeatures.update_many` takes whole columns) and folded into the updaters a block at a
+time when features are asked for: numpy converts the buffered cells to float columns once, then
+each updater makes one tight float loop over its column(s) -- one Python call per primitive per
+block, not per row. Every updater reproduces the row-by-row recursion bit for bit (sums in row
+order, ``alpha * x + beta * m``, ``math.log``), so how rows are grouped into blocks never changes
+a number.
+
+The last row given stays buffered until features are asked for, so :meth:`OnlineFeatures.amend`
+can still change it (validation is reported after the step).
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Mapping
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -36,260 +45,511 @@ from trajlib.features._prims import (
     WinLogLs,
     WinSpike,
     beta_of,
+    prim_columns,
 )
 from trajlib.features._set import FeatureSet, get_feature_set
 
 __all__ = ["OnlineFeatures"]
 
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2
+_nan = math.nan
+_log = math.log
+#: rows buffered by :meth:`OnlineFeatures.update` before they are folded in without being asked
+_MAX_BUFFER = 4096
 
 
+def _plain(a: Any) -> list[Any]:
+    """A sequence of numbers as a list of Python floats, every NaN the one ``math.nan`` object (so
+    that two equal states compare equal as lists)."""
+    return [_nan if x != x else float(x) for x in a]
+
+
+def _to_float(x: Any) -> float:
+    """One cell as float64 (None and anything not convertible: NaN)."""
+    if x is None:
+        return _nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return _nan
+
+
+def _column(col: Any, n: int) -> list[float]:
+    """A column of ``n`` cells as Python floats (a missing column or a None cell: NaN)."""
+    if col is None:
+        return [_nan] * n
+    if n > 16:  # numpy converts long columns faster
+        try:
+            return np.asarray(col, dtype=np.float64).reshape(n).tolist()  # type: ignore[no-any-return]
+        except (TypeError, ValueError):
+            pass
+    try:
+        return [_nan if x is None else float(x) for x in col]
+    except (TypeError, ValueError):
+        return [_to_float(x) for x in col]
+
+
+# ---------------------------------------------------------------------------------------- block
+class _Block:
+    """``n`` consecutive rows (row indices ``t0 .. t0 + n - 1``) as columns of Python floats.
+
+    A null cell is NaN; the ``finite`` flag column is 1.0 / 0.0 / NaN (null: unknown). Transformed
+    sources are computed once per block and shared by the updaters that read them. "Finite" is
+    tested as ``x - x == 0.0`` (False for NaN and +-inf).
+    """
+
+    def __init__(self, t0: int, cols: Mapping[str, list[float]], n: int) -> None:
+        self.t0 = t0
+        self.n = n
+        self._cols = cols
+        self._src: dict[tuple[str, str], list[float]] = {}
+        self._kept: dict[tuple[str, str], list[float]] = {}
+
+    def col(self, name: str) -> list[float]:
+        c = self._cols.get(name)
+        return [_nan] * self.n if c is None else c
+
+    def values(self, col: str, tf: str) -> list[float]:
+        """A source: the column after a transform (``id``; ``sq`` = x * x; ``log`` = log(x) for
+        finite x > 0, else NaN), one value per row."""
+        key = (col, tf)
+        if key not in self._src:
+            x = self.col(col)
+            if tf == "id":
+                v = x
+            elif tf == "sq":
+                v = [a * a for a in x]  # a float product never raises (overflow: inf)
+            else:
+                v = [_log(a) if a > 0.0 and a - a == 0.0 else _nan for a in x]
+            self._src[key] = v
+        return self._src[key]
+
+    def kept(self, col: str, tf: str) -> list[float]:
+        """The finite values of a source, in row order."""
+        key = (col, tf)
+        if key not in self._kept:
+            v = self.values(col, tf)
+            total = sum(v)  # finite only if every value is (NaN and +-inf propagate)
+            self._kept[key] = v if total - total == 0.0 else [x for x in v if x - x == 0.0]
+        return self._kept[key]
+
+    def spread(self, before: float, per_finite: list[float], col: str, tf: str) -> list[float]:
+        """Per row: the entry of ``per_finite`` (one per finite row of the source, in order) of the
+        last finite row up to and including it; ``before`` until the first finite row."""
+        out: list[float] = []
+        append, cur, it = out.append, before, iter(per_finite)
+        for x in self.values(col, tf):
+            if x - x == 0.0:
+                cur = next(it)
+            append(cur)
+        return out
+
+
+# ---------------------------------------------------------------------------------------- updaters
+class _Updater(ABC):
+    """Streaming state of one primitive (or of one family sharing a state), updated a block of
+    rows at a time. ``state()`` / ``load()`` give and take it as plain Python floats."""
+
+    @abstractmethod
+    def update(self, blk: _Block) -> None:
+        """Fold the block's rows in."""
+
+    @abstractmethod
+    def state(self) -> list[Any]:
+        """The state as a list of floats (nested lists for per-row tails)."""
+
+    @abstractmethod
+    def load(self, state: Sequence[Any]) -> None:
+        """Restore :meth:`state`."""
+
+
+def _tail(state: Any, length: int, what: str) -> list[float]:
+    tail = _plain(state)
+    if len(tail) != length:
+        raise ConfigError("state_dict.state", f"{length} {what}", len(tail))
+    return tail
+
+
+class _EmaUpdater(_Updater):
+    """EMA of a source: ``m = x`` at the first finite row, then ``m = alpha * x + beta * m`` at each
+    later finite row. ``keep`` > 0 also keeps ``m`` after each of the last ``keep`` rows (for a lag),
+    and ``before`` (the value before each row of the last block) is kept when asked for (spikes)."""
+
+    def __init__(self, col: str, tf: str, half_life: float, keep: int = 0) -> None:
+        self.col, self.tf = col, tf
+        self.beta = beta_of(half_life)
+        self.alpha = 1.0 - self.beta
+        self.keep = keep
+        self.want_before = False
+        self.m = _nan
+        self.tail: list[float] = [_nan] * keep
+        self.before: list[float] = []
+
+    def update(self, blk: _Block) -> None:
+        a, b = self.alpha, self.beta
+        m = self.m
+        it = iter(blk.kept(self.col, self.tf))
+        if not (self.keep or self.want_before):  # only the last value
+            if m != m:
+                m = next(it, _nan)
+            for x in it:
+                m = a * x + b * m
+            self.m = m
+            return
+        out: list[float] = []  # m after each finite row
+        append = out.append
+        if m != m:
+            for x in it:
+                m = x
+                append(m)
+                break
+        for x in it:
+            m = a * x + b * m
+            append(m)
+        after = out if len(out) == blk.n else blk.spread(self.m, out, self.col, self.tf)
+        if self.want_before:
+            self.before = [self.m, *after[:-1]]
+        if self.keep:
+            self.tail.extend(after)
+            del self.tail[: -self.keep]
+        self.m = m
+
+    def lagged(self, lag: int) -> float:
+        return self.tail[len(self.tail) - 1 - lag]
+
+    def state(self) -> list[Any]:
+        return [*_plain([self.m]), _plain(self.tail)]
+
+    def load(self, state: Sequence[Any]) -> None:
+        self.m = float(state[0])
+        self.tail = _tail(state[1], self.keep, "lagged EMA values")
+
+
+class _LastUpdater(_Updater):
+    """Last finite value of a column and its row; with ``want_prev`` the finite value before it;
+    ``keep`` > 0 keeps the last finite value after each of the last ``keep`` rows (for a lag)."""
+
+    def __init__(self, col: str, keep: int = 0) -> None:
+        self.col = col
+        self.keep = keep
+        self.want_prev = False
+        self.last = self.step = self.prev = _nan
+        self.tail: list[float] = [_nan] * keep
+
+    def update(self, blk: _Block) -> None:
+        xs = blk.col(self.col)
+        if self.keep:
+            kept = blk.kept(self.col, "id")
+            after = kept if len(kept) == blk.n else blk.spread(self.last, kept, self.col, "id")
+            self.tail.extend(after)
+            del self.tail[: -self.keep]
+        found = False
+        for i in range(len(xs) - 1, -1, -1):  # from the end: usually the last row is finite
+            x = xs[i]
+            if x - x == 0.0:
+                if found:
+                    self.prev = x
+                    return
+                if self.want_prev:
+                    self.prev = self.last
+                self.last, self.step = x, float(blk.t0 + i)
+                if not self.want_prev:
+                    return
+                found = True
+
+    def lagged(self, lag: int) -> float:
+        return self.tail[len(self.tail) - 1 - lag]
+
+    def state(self) -> list[Any]:
+        return [*_plain([self.last, self.step, self.prev]), _plain(self.tail)]
+
+    def load(self, state: Sequence[Any]) -> None:
+        self.last, self.step, self.prev = (float(s) for s in state[:3])
+        self.tail = _tail(state[3], self.keep, "lagged values")
+
+
+class _FirstUpdater(_Updater):
+    """First finite value of a column."""
+
+    def __init__(self, col: str) -> None:
+        self.col = col
+        self.first = _nan
+
+    def update(self, blk: _Block) -> None:
+        if self.first == self.first:
+            return
+        for x in blk.col(self.col):
+            if x - x == 0.0:
+                self.first = x
+                return
+
+    def state(self) -> list[Any]:
+        return _plain([self.first])
+
+    def load(self, state: Sequence[Any]) -> None:
+        self.first = float(state[0])
+
+
+class _ChangeUpdater(_Updater):
+    """Row of the last finite value that differs from the finite value before it (-1: values
+    seen, never changed; NaN: none seen)."""
+
+    def __init__(self, col: str) -> None:
+        self.col = col
+        self.prev = self.change = _nan
+
+    def update(self, blk: _Block) -> None:
+        xs = blk.col(self.col)
+        prev, change = self.prev, self.change
+        if prev == prev and xs.count(prev) == len(xs):  # the usual case: no change in the block
+            if change != change:
+                self.change = -1.0
+            return
+        for i, x in enumerate(xs):
+            if x - x == 0.0:
+                if prev == prev and x != prev:
+                    change = float(blk.t0 + i)
+                elif change != change:
+                    change = -1.0
+                prev = x
+        self.prev, self.change = prev, change
+
+    def state(self) -> list[Any]:
+        return _plain([self.prev, self.change])
+
+    def load(self, state: Sequence[Any]) -> None:
+        self.prev, self.change = float(state[0]), float(state[1])
+
+
+class _WindowSums(_Updater):
+    """Cumulative sums of ``width`` per-row terms, with their values after each of the last
+    ``window + 1`` rows (zeros before the first row), so the sums over the last ``w <= window``
+    rows are ``tail[-1] - tail[-1 - w]``; the sums run row by row (``((c + a_0) + a_1) + ...``)."""
+
+    width = 1
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.tail: list[tuple[float, ...]] = [(0.0,) * self.width] * (window + 1)
+
+    def _extend(self, rows: list[tuple[float, ...]]) -> None:
+        self.tail.extend(rows)
+        del self.tail[: -(self.window + 1)]
+
+    def sums(self, w: int) -> tuple[float, ...]:
+        """Sums over the last ``w`` rows (``w = 0``: over all rows)."""
+        end = self.tail[-1]
+        if w == 0:
+            return end
+        return tuple(map(operator.sub, end, self.tail[len(self.tail) - 1 - w]))
+
+    def state(self) -> list[Any]:
+        return [_plain(r) for r in self.tail]
+
+    def load(self, state: Sequence[Any]) -> None:
+        tail = [tuple(_tail(r, self.width, "sums per row")) for r in state]
+        if len(tail) != self.window + 1:
+            raise ConfigError("state_dict.state", f"{self.window + 1} rows of sums", len(tail))
+        self.tail = tail
+
+
+class _LogLsSums(_WindowSums):
+    """``(n, sum t, sum t^2, sum y, sum t*y)`` over rows with finite ``y = log(col)``."""
+
+    width = 5
+
+    def __init__(self, col: str, window: int) -> None:
+        super().__init__(window)
+        self.col = col
+
+    def update(self, blk: _Block) -> None:
+        n, st, stt, sy, sty = self.tail[-1]
+        rows: list[tuple[float, ...]] = []
+        append, t = rows.append, blk.t0
+        for y in blk.values(self.col, "log"):
+            if y == y:  # log values are finite or NaN
+                n += 1.0
+                st += t
+                stt += t * t
+                sy += y
+                sty += t * y
+            append((n, st, stt, sy, sty))
+            t += 1
+        self._extend(rows)
+
+
+class _LogDiffSums(_WindowSums):
+    """``(n, sum d, sum d^2)`` of ``d_t = y_t - y_{t-1}`` over rows where both logs are finite."""
+
+    width = 3
+
+    def __init__(self, col: str, window: int) -> None:
+        super().__init__(window)
+        self.col = col
+        self.prev = _nan  # y of the row before the block
+
+    def update(self, blk: _Block) -> None:
+        n, sd, sdd = self.tail[-1]
+        rows: list[tuple[float, ...]] = []
+        append, prev = rows.append, self.prev
+        for y in blk.values(self.col, "log"):
+            if y == y and prev == prev:
+                d = y - prev
+                n += 1.0
+                sd += d
+                sdd += d * d
+            prev = y
+            append((n, sd, sdd))
+        self.prev = prev
+        self._extend(rows)
+
+    def state(self) -> list[Any]:
+        return [*_plain([self.prev]), super().state()]
+
+    def load(self, state: Sequence[Any]) -> None:
+        self.prev = float(state[0])
+        super().load(state[1])
+
+
+class _SpikeCount(_WindowSums):
+    """Rows whose finite value exceeds ``factor`` times the EMA of the rows before it."""
+
+    def __init__(self, ema: _EmaUpdater, factor: float, window: int) -> None:
+        super().__init__(window)
+        self.ema = ema
+        self.factor = float(factor)
+        ema.want_before = True
+
+    def update(self, blk: _Block) -> None:
+        # reads the EMA's values before each row: EMAs are updated first (see _Plan)
+        (c,) = self.tail[-1]
+        rows: list[tuple[float, ...]] = []
+        append, k = rows.append, self.factor
+        for x, m in zip(blk.values(self.ema.col, "id"), self.ema.before, strict=True):
+            if x - x == 0.0 and m == m and x > k * m:
+                c += 1.0
+            append((c,))
+        self._extend(rows)
+
+
+class _BadCount(_WindowSums):
+    """Rows whose ``finite`` flag is false or whose loss is not finite."""
+
+    def update(self, blk: _Block) -> None:
+        (c,) = self.tail[-1]
+        rows: list[tuple[float, ...]] = []
+        append = rows.append
+        for flag, x in zip(blk.col("finite"), blk.col("loss"), strict=True):
+            if flag == 0.0 or not x - x == 0.0:
+                c += 1.0
+            append((c,))
+        self._extend(rows)
+
+
+# ---------------------------------------------------------------------------------------- plan
 class _Plan:
-    """Slot layout and the generated per-step function for one feature set."""
+    """The updaters a feature set needs, in update order, and a reader per primitive."""
 
     def __init__(self, fs: FeatureSet) -> None:
         self.prims = fs.prims()
-        self.n_slots = 1  # slot 0: rows seen (int)
-        self.init: list[float] = [0]
         self.cols: list[str] = []
-        self.srcs: list[tuple[str, str]] = []
-        self.ema: dict[tuple[str, float, str], int] = {}
-        self.last: dict[str, tuple[int, int, int]] = {}  # col -> (value, step, previous value)
-        self.first: dict[str, int] = {}
-        self.change: dict[str, tuple[int, int]] = {}  # col -> (previous value, change step)
-        self.ls: dict[str, int] = {}  # col -> first of 5 cumulative slots
-        self.diff: dict[str, tuple[int, int]] = {}  # col -> (previous y, first of 3 cumulative)
-        self.spike: dict[tuple[str, float, float], int] = {}
-        self.bad: int | None = None
-        self.hist_slots: list[int] = []
-        self.max_back = 0
         for p in self.prims:
-            self._add(p)
-        self.hist_size = self.max_back + 1
-        self.hist_index = {slot: i for i, slot in enumerate(self.hist_slots)}
-        self.source = self._generate()
-        namespace: dict[str, Any] = {"_nan": math.nan, "_log": math.log}
-        exec(compile(self.source, "<trajlib.features online step>", "exec"), namespace)  # noqa: S102
-        self.step: Callable[[list[Any], list[Any], tuple[Any, ...]], None] = namespace["_step"]
-        self.extract: Callable[[Mapping[str, Any]], tuple[Any, ...]] = namespace["_extract"]
-        #: ``update(st, hist, pending, row) -> new pending``: step the pending row, extract ``row``
-        self.update: Callable[
-            [list[Any], list[Any], tuple[Any, ...] | None, Mapping[str, Any]], tuple[Any, ...]
-        ] = namespace["_update"]
-        #: ``update_many(st, hist, pending, columns, n) -> new pending``: ``update`` for n rows
-        self.update_many: Callable[
-            [list[Any], list[Any], tuple[Any, ...] | None, Mapping[str, Any], int],
-            tuple[Any, ...] | None,
-        ] = namespace["_update_many"]
+            for c in prim_columns(p):
+                if c not in self.cols:
+                    self.cols.append(c)
         self.col_index = {c: i for i, c in enumerate(self.cols)}
-
-    # ------------------------------------------------------------------ layout
-    def _slot(self, init: float = math.nan, hist: bool = False) -> int:
-        i = self.n_slots
-        self.n_slots += 1
-        self.init.append(init)
-        if hist:
-            self.hist_slots.append(i)
-        return i
-
-    def _col(self, col: str) -> None:
-        if col not in self.cols:
-            self.cols.append(col)
-
-    def _src(self, col: str, tf: str) -> None:
-        self._col(col)
-        if (col, tf) not in self.srcs:
-            self.srcs.append((col, tf))
-
-    def _ema_slot(self, col: str, hl: float, tf: str) -> int:
-        key = (col, float(hl), tf)
-        if key not in self.ema:
-            self._src(col, tf)
-            self.ema[key] = self._slot()
-        return self.ema[key]
-
-    def _last_slots(self, col: str) -> tuple[int, int, int]:
-        if col not in self.last:
-            self._col(col)
-            self.last[col] = (self._slot(), self._slot(), self._slot())
-        return self.last[col]
-
-    def _mark_hist(self, slot: int) -> None:
-        if slot not in self.hist_slots:
-            self.hist_slots.append(slot)
-
-    def _add(self, p: Prim) -> None:
-        if isinstance(p, Steps | Budget):
-            return
-        if isinstance(p, Ema):
-            slot = self._ema_slot(p.col, p.half_life, p.transform)
-            if p.lag > 0:
-                self._mark_hist(slot)
-                self.max_back = max(self.max_back, p.lag)
-        elif isinstance(p, Last | LastStep | PrevLast):
-            v, _, _ = self._last_slots(p.col)
-            if isinstance(p, Last) and p.lag > 0:
-                self._mark_hist(v)
-                self.max_back = max(self.max_back, p.lag)
-        elif isinstance(p, First):
-            if p.col not in self.first:
-                self._col(p.col)
-                self.first[p.col] = self._slot()
-        elif isinstance(p, ChangeStep):
-            if p.col not in self.change:
-                self._col(p.col)
-                self.change[p.col] = (self._slot(), self._slot())
-        elif isinstance(p, WinLogLs):
-            if p.col not in self.ls:
-                self._src(p.col, "log")
-                self.ls[p.col] = self._slot(0.0, True)
-                for _ in range(4):
-                    self._slot(0.0, True)
-            self.max_back = max(self.max_back, p.window)
-        elif isinstance(p, WinLogDiff):
-            if p.col not in self.diff:
-                self._src(p.col, "log")
-                prev = self._slot()
-                c0 = self._slot(0.0, True)
-                self._slot(0.0, True)
-                self._slot(0.0, True)
-                self.diff[p.col] = (prev, c0)
-            self.max_back = max(self.max_back, p.window)
-        elif isinstance(p, WinSpike):
-            key = (p.col, float(p.half_life), float(p.factor))
-            if key not in self.spike:
-                self._ema_slot(p.col, p.half_life, "id")
-                self.spike[key] = self._slot(0.0, True)
-            self.max_back = max(self.max_back, p.window)
-        elif isinstance(p, WinBad):
-            if self.bad is None:
-                self._col("loss")
-                self._col("finite")
-                self.bad = self._slot(0.0, True)
-            self.max_back = max(self.max_back, p.window)
-        else:  # pragma: no cover - every Prim kind is handled above
-            raise ConfigError("primitive", "a known primitive kind", type(p).__name__)
-
-    # ------------------------------------------------------------------ code generation
-    def _generate(self) -> str:
-        cv = {c: f"x{i}" for i, c in enumerate(self.cols)}
-        L: list[str] = ["def _extract(row):", "    g = row.get"]
-        conv = []
-        for c, x in cv.items():
-            L.append(f"    {x} = g({c!r})")
-            if c == "finite":
-                conv.append(f"None if {x} is None else bool({x})")
+        # how far back each lag / window reaches, per state
+        ema_keep: dict[tuple[str, float, str], int] = {}
+        last_keep: dict[str, int] = {}
+        win: dict[Any, int] = {}
+        for p in self.prims:
+            if isinstance(p, Ema):
+                key = (p.col, float(p.half_life), p.transform)
+                ema_keep[key] = max(ema_keep.get(key, 0), p.lag + 1 if p.lag else 0)
+            elif isinstance(p, Last | LastStep | PrevLast):
+                lag = p.lag if isinstance(p, Last) else 0
+                last_keep[p.col] = max(last_keep.get(p.col, 0), lag + 1 if lag else 0)
+            elif isinstance(p, WinSpike):
+                key = (p.col, float(p.half_life), "id")
+                ema_keep.setdefault(key, 0)
+                k: Any = ("spike", p.col, float(p.half_life), float(p.factor))
+                win[k] = max(win.get(k, 0), p.window)
+            elif isinstance(p, WinLogLs | WinLogDiff):
+                k = (type(p).__name__, p.col)
+                win[k] = max(win.get(k, 0), p.window)
+            elif isinstance(p, WinBad):
+                win["bad"] = max(win.get("bad", 0), p.window)
+        self.emas = {k: _EmaUpdater(k[0], k[2], k[1], keep) for k, keep in ema_keep.items()}
+        self.lasts = {c: _LastUpdater(c, keep) for c, keep in last_keep.items()}
+        for p in self.prims:
+            if isinstance(p, PrevLast):
+                self.lasts[p.col].want_prev = True
+        self.firsts = {p.col: _FirstUpdater(p.col) for p in self.prims if isinstance(p, First)}
+        self.changes = {
+            p.col: _ChangeUpdater(p.col) for p in self.prims if isinstance(p, ChangeStep)
+        }
+        self.windows: dict[Any, _WindowSums] = {}
+        for k, w in win.items():
+            if k == "bad":
+                self.windows[k] = _BadCount(w)
+            elif k[0] == "spike":
+                self.windows[k] = _SpikeCount(self.emas[(k[1], k[2], "id")], k[3], w)
+            elif k[0] == "WinLogLs":
+                self.windows[k] = _LogLsSums(k[1], w)
             else:
-                conv.append(f"_nan if {x} is None else float({x})")
-        ret = f"({', '.join(conv)},)" if conv else "()"
-        L.append(f"    return {ret}")
-        body = self._step_body(cv)
-        L += ["", "def _step(st, hist, vals):", *body]
-        # update: step the pending row (if any), then extract the new one -- one call per row
-        L += ["", "def _update(st, hist, vals, row):", "    if vals is not None:"]
-        L += ["    " + ln for ln in body]
-        L.append("    g = row.get")
-        L += [f"    {x} = g({c!r})" for c, x in cv.items()]
-        L.append(f"    return {ret}")
-        # update_many: the same per row, reading columns (sequences of n values, None = missing)
-        L += ["", "def _update_many(st, hist, vals, _cols, _n):", "    _nn = None"]
-        for i, c in enumerate(cv):
-            L.append(f"    _c{i} = _cols.get({c!r})")
-            L.append(f"    if _c{i} is None:")
-            L.append("        _nn = _nn or (None,) * _n")
-            L.append(f"        _c{i} = _nn")
-        L.append("    for _i in range(_n):")
-        L.append("        if vals is not None:")
-        L += ["        " + ln for ln in body]
-        L += [f"        {x} = _c{i}[_i]" for i, x in enumerate(cv.values())]
-        L.append(f"        vals = {ret}")
-        L.append("    return vals")
-        return "\n".join(L) + "\n"
+                self.windows[k] = _LogDiffSums(k[1], w)
+        # EMAs first: spike counts read the EMA before each row of the block
+        self.updaters: list[_Updater] = [
+            *self.emas.values(),
+            *self.lasts.values(),
+            *self.firsts.values(),
+            *self.changes.values(),
+            *self.windows.values(),
+        ]
 
-    def _step_body(self, cv: dict[str, str]) -> list[str]:
-        """Lines of the per-row state update (``vals`` -> ``st``, ``hist``), indented 4."""
-        L = ["    t = st[0]", "    st[0] = t + 1"]
-        if cv:
-            L.append(f"    {', '.join(cv.values())}, = vals")
-        # one finiteness test per column (x - x == 0.0: False for NaN and +-inf)
-        fin = {c: f"k{x[1:]}" for c, x in cv.items() if c != "finite"}
-        for c, k in fin.items():
-            L.append(f"    {k} = {cv[c]} - {cv[c]} == 0.0")
-        sv: dict[tuple[str, str], tuple[str, str]] = {}
-        for i, (c, tf) in enumerate(self.srcs):
-            x, v, f = cv[c], f"v{i}", f"f{i}"
-            if tf == "id":
-                v, f = x, fin[c]
-            elif tf == "sq":
-                L.append(f"    {v} = {x} * {x}")
-                L.append(f"    {f} = {v} - {v} == 0.0")
-            else:  # log
-                L.append(f"    {f} = {x} > 0.0 and {fin[c]}")
-                L.append(f"    {v} = _log({x}) if {f} else _nan")
-            sv[(c, tf)] = (v, f)
-        if self.bad is not None:
-            xf = cv["finite"]
-            L.append(f"    if ({xf} is not None and not {xf}) or not {fin['loss']}:")
-            L.append(f"        st[{self.bad}] += 1.0")
-        for (c, hl, k), slot in self.spike.items():
-            v, f = sv[(c, "id")]
-            e = self.ema[(c, hl, "id")]
-            L.append(f"    if {f} and st[{e}] == st[{e}] and {v} > {k!r} * st[{e}]:")
-            L.append(f"        st[{slot}] += 1.0")
-        # EMAs of one source start together (at its first finite value): one emptiness test each
-        by_src: dict[tuple[str, str], list[tuple[int, float]]] = {}
-        for (c, hl, tf), e in self.ema.items():
-            by_src.setdefault((c, tf), []).append((e, beta_of(hl)))
-        for key, emas in by_src.items():
-            v, f = sv[key]
-            e0 = emas[0][0]
-            L.append(f"    if {f}:")
-            L.append(f"        if st[{e0}] == st[{e0}]:")
-            for e, b in emas:
-                L.append(f"            st[{e}] = {1.0 - b!r} * {v} + {b!r} * st[{e}]")
-            L.append("        else:")
-            L.append(f"            {' = '.join(f'st[{e}]' for e, _ in emas)} = {v}")
-        for c, c0 in self.ls.items():
-            v, f = sv[(c, "log")]
-            L.append(f"    if {f}:")
-            L.append(f"        st[{c0}] += 1.0")
-            L.append(f"        st[{c0 + 1}] += t")
-            L.append(f"        st[{c0 + 2}] += t * t")
-            L.append(f"        st[{c0 + 3}] += {v}")
-            L.append(f"        st[{c0 + 4}] += t * {v}")
-        for c, (prev, c0) in self.diff.items():
-            v, f = sv[(c, "log")]
-            L.append(f"    if {f} and st[{prev}] - st[{prev}] == 0.0:")
-            L.append(f"        d = {v} - st[{prev}]")
-            L.append(f"        st[{c0}] += 1.0")
-            L.append(f"        st[{c0 + 1}] += d")
-            L.append(f"        st[{c0 + 2}] += d * d")
-            L.append(f"    st[{prev}] = {v}")
-        for c, (prev, ch) in self.change.items():
-            x = cv[c]
-            L.append(f"    if {fin[c]}:")
-            L.append(f"        if st[{prev}] == st[{prev}] and {x} != st[{prev}]:")
-            L.append(f"            st[{ch}] = float(t)")
-            L.append(f"        elif st[{ch}] != st[{ch}]:")
-            L.append(f"            st[{ch}] = -1.0")
-            L.append(f"        st[{prev}] = {x}")
-        if self.last:
-            L.append("    ft = float(t)")
-        for c, (lv, lt, lp) in self.last.items():
-            x = cv[c]
-            L.append(f"    if {fin[c]}:")
-            L.append(f"        st[{lp}] = st[{lv}]")
-            L.append(f"        st[{lv}] = {x}")
-            L.append(f"        st[{lt}] = ft")
-        for c, fi in self.first.items():
-            L.append(f"    if {fin[c]} and st[{fi}] != st[{fi}]:")
-            L.append(f"        st[{fi}] = {cv[c]}")
-        if self.hist_slots:
-            items = ", ".join(f"st[{s}]" for s in self.hist_slots)
-            L.append(f"    hist[t % {self.hist_size}] = ({items},)")
-        return L
+    def reader(self, p: Prim, eng: OnlineFeatures) -> Callable[[], Any]:
+        """A closure returning the current value of primitive ``p``."""
+        if isinstance(p, Steps):
+            return lambda: float(eng._rows_done)
+        if isinstance(p, Budget):
+            return lambda: float(eng._budget)
+        if isinstance(p, Ema):
+            e = self.emas[(p.col, float(p.half_life), p.transform)]
+            lag = p.lag
+            return (lambda: e.m) if lag == 0 else (lambda: e.lagged(lag))
+        if isinstance(p, Last):
+            last = self.lasts[p.col]
+            lag = p.lag
+            return (lambda: last.last) if lag == 0 else (lambda: last.lagged(lag))
+        if isinstance(p, LastStep):
+            ls = self.lasts[p.col]
+            return lambda: ls.step
+        if isinstance(p, PrevLast):
+            lp = self.lasts[p.col]
+            return lambda: lp.prev
+        if isinstance(p, First):
+            fi = self.firsts[p.col]
+            return lambda: fi.first
+        if isinstance(p, ChangeStep):
+            ch = self.changes[p.col]
+            return lambda: ch.change
+        if isinstance(p, WinLogLs | WinLogDiff):
+            ws = self.windows[(type(p).__name__, p.col)]
+            w = p.window
+            return lambda: ws.sums(w)
+        if isinstance(p, WinSpike | WinBad):
+            if isinstance(p, WinSpike):
+                cnt = self.windows[("spike", p.col, float(p.half_life), float(p.factor))]
+            else:
+                cnt = self.windows["bad"]
+            w = p.window
+            if w == 0:
+                return lambda: (cnt.sums(0)[0], float(eng._rows_done))
+            return lambda: (cnt.sums(w)[0], float(min(w, eng._rows_done)))
+        raise ConfigError("primitive", "a known primitive kind", type(p).__name__)
 
 
+# ---------------------------------------------------------------------------------------- engine
 class OnlineFeatures:
     """Streaming features for one run: feed step-table rows, ask for features at decision points.
 
@@ -304,13 +564,7 @@ class OnlineFeatures:
             raise ConfigError("budget", "a positive integer (steps)", budget)
         self._fs = get_feature_set(feature_set)
         self._budget = int(budget)
-        self._plan = _Plan(self._fs)
-        self._update = self._plan.update
         self._features = self._fs.features
-        pos = {p: i for i, p in enumerate(self._plan.prims)}
-        self._getters = [self._getter(p) for p in self._plan.prims]
-        self._args = [[pos[q] for q in f.requires()] for f in self._features]
-        self._calls = [(f.compute, a) for f, a in zip(self._features, self._args, strict=True)]
         self.reset()
 
     # ------------------------------------------------------------------ public API
@@ -329,21 +583,42 @@ class OnlineFeatures:
     @property
     def steps_seen(self) -> int:
         """Rows given to :meth:`update` so far (the ``s`` of the next :meth:`values`)."""
-        return int(self._st[0]) + (self._pending is not None)
+        return self._rows_done + self._n_rows + self._n_blocked
 
     def reset(self) -> None:
         """Forget every row (start of a new run)."""
-        self._st: list[Any] = list(self._plan.init)
-        self._hist: list[Any] = [None] * self._plan.hist_size
-        self._pending: tuple[Any, ...] | None = None
+        self._plan = _Plan(self._fs)
+        self._cols = tuple(self._plan.cols)
+        get = operator.itemgetter(*self._cols) if self._cols else (lambda row: ())
+        self._get: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
+            get if len(self._cols) != 1 else (lambda row: (get(row),))
+        )
+        self._rows_done = 0
+        self._flat: list[Any] = []  # buffered single rows' cells (raw), row after row
+        self._n_rows = 0  # rows in self._flat
+        # buffered blocks: (n, one list of n floats per column read)
+        self._blocks: list[tuple[int, list[list[float]]]] = []
+        self._n_blocked = 0  # rows in self._blocks
+        pos = {p: i for i, p in enumerate(self._plan.prims)}
+        self._readers = [self._plan.reader(p, self) for p in self._plan.prims]
+        self._calls = [(f.compute, [pos[q] for q in f.requires()]) for f in self._features]
 
     def update(self, row: Mapping[str, Any]) -> None:
         """Add one step-table row (row ``t`` = step ``t``); missing keys and None mean null.
 
-        Only the columns the feature set reads are copied; the row is folded into the state when
-        the next row arrives or :meth:`values` is called (so :meth:`amend` can still change it).
+        Only the columns the feature set reads are copied; the rows are folded into the state
+        when features are asked for (so :meth:`amend` can still change the last one).
         """
-        self._pending = self._update(self._st, self._hist, self._pending, row)
+        if type(row) is dict:  # the usual row: all columns at once (a missing one: KeyError)
+            try:
+                self._flat.extend(self._get(row))
+            except KeyError:
+                self._flat.extend(map(row.get, self._cols))
+        else:  # any other mapping (a defaultdict must not invent values): .get, as documented
+            self._flat.extend(map(row.get, self._cols))
+        self._n_rows += 1
+        if self._n_rows >= _MAX_BUFFER:
+            self._fold(keep_last=True)
 
     def update_many(self, columns: Mapping[str, Any], n: int) -> None:
         """Add ``n`` rows given as columns: name -> a sequence of ``n`` values (a missing name
@@ -351,18 +626,23 @@ class OnlineFeatures:
         a mapping per row."""
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
             raise ConfigError("n", "a non-negative integer (rows)", n)
-        for key in self._plan.cols:
+        for key in self._cols:
             col = columns.get(key)
             if col is not None and len(col) != n:
                 raise ConfigError(f"columns[{key!r}]", f"{n} values", len(col))
-        if n:
-            self._pending = self._plan.update_many(
-                self._st, self._hist, self._pending, columns, int(n)
-            )
+        if not n:
+            return
+        n = int(n)
+        cols = [_column(columns.get(key), n) for key in self._cols]
+        self._rows_to_block()
+        self._blocks.append((n, cols))
+        self._n_blocked += n
+        if self._n_blocked >= _MAX_BUFFER:
+            self._fold(keep_last=True)
 
     def amend(self, key: str, value: Any) -> None:
         """Set ``key`` on the last row given to :meth:`update` (allowed until the next update/values)."""
-        if self._pending is None:
+        if not self._n_rows and not self._blocks:
             raise ConfigError(
                 "amend",
                 "called after update() and before the next values()",
@@ -372,14 +652,15 @@ class OnlineFeatures:
         i = self._plan.col_index.get(key)
         if i is None:  # a column this feature set does not read
             return
-        vals = list(self._pending)
-        vals[i] = self._plan.extract({key: value})[i]
-        self._pending = tuple(vals)
+        if self._n_rows:  # the last row given came through update()
+            self._flat[len(self._flat) - len(self._cols) + i] = value
+        else:
+            self._blocks[-1][1][i][-1] = _to_float(value)
 
     def values(self) -> np.ndarray:
         """Features for a decision at ``s`` = rows seen: float64 array ``[len(feature_set)]``."""
-        self._flush()
-        pv = [g() for g in self._getters]
+        self._fold()
+        pv = [r() for r in self._readers]
         out: list[float] = []
         append, ops, nan = out.append, FLOAT_OPS, math.nan
         for compute, args in self._calls:
@@ -396,14 +677,17 @@ class OnlineFeatures:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-exactly (plain Python types only)."""
+        self._fold(keep_last=True)
+        # after the fold, at most the last row is left, as a block of one row
+        pending = _plain([c[0] for c in self._blocks[0][1]]) if self._blocks else None
         return {
             "format": _STATE_FORMAT,
             "feature_set": self._fs.name,
             "feature_set_hash": self._fs.hash,
             "budget": self._budget,
-            "state": list(self._st),
-            "history": [None if h is None else list(h) for h in self._hist],
-            "pending": None if self._pending is None else list(self._pending),
+            "rows": self._rows_done,
+            "state": [u.state() for u in self._plan.updaters],
+            "pending": pending,
         }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
@@ -418,75 +702,54 @@ class OnlineFeatures:
                 f"(hash {str(d.get('feature_set_hash'))[:12]}); this engine uses {self._fs.name!r} "
                 f"(hash {self._fs.hash[:12]})"
             )
-        st, hist = list(d["state"]), list(d["history"])
-        if len(st) != len(self._plan.init) or len(hist) != self._plan.hist_size:
-            raise ConfigError("state_dict.state", f"{len(self._plan.init)} slots", len(st))
-        self._budget = int(d["budget"])
-        self._st = [int(st[0])] + [float(x) for x in st[1:]]
-        self._hist = [None if h is None else tuple(float(x) for x in h) for h in hist]
+        states = list(d["state"])
+        if len(states) != len(self._plan.updaters):
+            raise ConfigError(
+                "state_dict.state", f"{len(self._plan.updaters)} updaters", len(states)
+            )
         pending = d.get("pending")
-        if pending is not None and len(pending) != len(self._plan.cols):
-            raise ConfigError("state_dict.pending", f"{len(self._plan.cols)} values", len(pending))
-        self._pending = None if pending is None else tuple(pending)
+        if pending is not None and len(pending) != len(self._cols):
+            raise ConfigError("state_dict.pending", f"{len(self._cols)} values", len(pending))
+        self.reset()
+        for u, s in zip(self._plan.updaters, states, strict=True):
+            u.load(s)
+        self._budget = int(d["budget"])
+        self._rows_done = int(d["rows"])
+        if pending is not None:
+            self._blocks.append((1, [[float(x)] for x in pending]))
+            self._n_blocked = 1
 
     # ------------------------------------------------------------------ internals
-    def _flush(self) -> None:
-        if self._pending is not None:
-            self._plan.step(self._st, self._hist, self._pending)
-            self._pending = None
+    def _rows_to_block(self) -> None:
+        """Turn the buffered single rows into a block (keeps the order with update_many)."""
+        if not self._n_rows:
+            return
+        flat, n = self._flat, self._n_rows
+        self._flat, self._n_rows = [], 0
+        try:
+            blk = np.array(flat, dtype=np.float64)
+        except (TypeError, ValueError):  # an odd cell: convert one by one
+            blk = np.array([_to_float(x) for x in flat], dtype=np.float64)
+        self._blocks.append((n, blk.reshape(n, len(self._cols)).T.tolist()))
+        self._n_blocked += n
 
-    def _back(self, slot: int, k: int) -> float:
-        """State of ``slot`` after row ``s - k - 1`` (k < hist size); NaN before the first row."""
-        s = self._st[0]
-        if s - k - 1 < 0:
-            return math.nan
-        return self._hist[(s - k - 1) % self._plan.hist_size][self._plan.hist_index[slot]]
-
-    def _win(self, first_slot: int, n: int, window: int) -> tuple[float, ...]:
-        st, s = self._st, self._st[0]
-        end = st[first_slot : first_slot + n]
-        if s - window - 1 < 0:
-            return tuple(e - 0.0 for e in end)
-        h = self._hist[(s - window - 1) % self._plan.hist_size]
-        j = self._plan.hist_index[first_slot]
-        return tuple(map(operator.sub, end, h[j : j + n]))
-
-    def _getter(self, p: Prim) -> Callable[[], Any]:
-        """A closure returning the current value of primitive ``p`` (built once per engine)."""
-        plan = self._plan
-        if isinstance(p, Steps):
-            return lambda: float(self._st[0])
-        if isinstance(p, Budget):
-            return lambda: float(self._budget)
-        if isinstance(p, Ema | Last):
-            if isinstance(p, Ema):
-                slot = plan.ema[(p.col, float(p.half_life), p.transform)]
-            else:
-                slot = plan.last[p.col][0]
-            lag = p.lag
-            if lag == 0:
-                return lambda: self._st[slot]
-            return lambda: self._back(slot, lag)
-        if isinstance(p, LastStep | PrevLast):
-            slot = plan.last[p.col][1 if isinstance(p, LastStep) else 2]
-            return lambda: self._st[slot]
-        if isinstance(p, First):
-            slot = plan.first[p.col]
-            return lambda: self._st[slot]
-        if isinstance(p, ChangeStep):
-            slot = plan.change[p.col][1]
-            return lambda: self._st[slot]
-        if isinstance(p, WinLogLs | WinLogDiff):
-            first, n = (plan.ls[p.col], 5) if isinstance(p, WinLogLs) else (plan.diff[p.col][1], 3)
-            w = p.window
-            return lambda: self._win(first, n, w)
-        if isinstance(p, WinSpike | WinBad):
-            if isinstance(p, WinSpike):
-                slot = plan.spike[(p.col, float(p.half_life), float(p.factor))]
-            else:
-                slot = plan.bad  # type: ignore[assignment]
-            w = p.window
-            if w == 0:
-                return lambda: (self._st[slot], float(self._st[0]))
-            return lambda: (self._win(slot, 1, w)[0], float(min(w, self._st[0])))
-        raise ConfigError("primitive", "a known primitive kind", type(p).__name__)
+    def _fold(self, keep_last: bool = False) -> None:
+        """Run the updaters over the buffered rows (``keep_last``: all but the last one)."""
+        self._rows_to_block()
+        if not self._blocks:
+            return
+        if len(self._blocks) == 1:
+            n, cols = self._blocks[0]
+        else:
+            n = self._n_blocked
+            cols = [[x for _, b in self._blocks for x in b[i]] for i in range(len(self._cols))]
+        self._blocks, self._n_blocked = [], 0
+        if keep_last:
+            self._blocks, self._n_blocked = [(1, [[c.pop()] for c in cols])], 1
+            n -= 1
+        if not n:
+            return
+        blk = _Block(self._rows_done, dict(zip(self._cols, cols, strict=True)), n)
+        for u in self._plan.updaters:
+            u.update(blk)
+        self._rows_done += n

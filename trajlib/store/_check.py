@@ -12,7 +12,7 @@ run's layer names and ``LAYER_STATS`` in its attributes. Files of uncommitted ru
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import os
 
 import polars as pl
 
@@ -20,6 +20,7 @@ from trajlib import schema as S
 from trajlib.errors import StoreError
 from trajlib.store._coerce import STATUSES
 from trajlib.store._commit import SCHEMAS, run_counts
+from trajlib.store._fs import Root, as_root
 from trajlib.store._layout import (
     BRANCHES,
     DECISIONS,
@@ -43,9 +44,10 @@ def _schema_diff(got: dict[str, pl.DataType], want: dict[str, pl.DataType]) -> s
     return "; ".join(parts)
 
 
-def validate(root: Path) -> list[str]:
-    """Problems of the store at ``root``, each naming the file or run concerned; empty means
-    consistent."""
+def validate(location: Root | str | os.PathLike[str]) -> list[str]:
+    """Problems of the store at ``location`` (a directory, URL or Root), each naming the file or
+    run concerned; empty means consistent."""
+    root = as_root(location)
     try:
         read_manifest(root)
         snap = snapshot(root)
@@ -58,10 +60,9 @@ def validate(root: Path) -> list[str]:
     counts: dict[str, dict] = {}
     seen: dict[str, list[str]] = {}
     for rel in (*snap.fragments[RUNS].values(), *snap.parts[RUNS]):
-        path = root / rel
         try:
-            df = pl.read_parquet(path)
-            meta = run_counts(path)
+            df = pl.read_parquet(root.open_read(rel))
+            meta = run_counts(root, rel)
         except (StoreError, OSError, pl.exceptions.PolarsError, json.JSONDecodeError) as exc:
             problems.append(f"{rel}: unreadable runs file ({exc})")
             continue
@@ -70,7 +71,7 @@ def validate(root: Path) -> list[str]:
             problems.append(f"{rel}: not RUN_SCHEMA ({diff})")
             continue
         ids = df[S.RUN_ID].to_list()
-        rid = fragment_id(path.name)
+        rid = fragment_id(rel.rpartition("/")[2])
         if rid is not None:
             if ids != [rid]:
                 problems.append(f"{rel}: must hold exactly one row of run {rid!r}; got {ids[:5]}")
@@ -104,7 +105,9 @@ def validate(root: Path) -> list[str]:
         good: list[str] = []
         for rel in rels:
             try:
-                diff = _schema_diff(dict(pl.read_parquet_schema(root / rel)), SCHEMAS[table])
+                diff = _schema_diff(
+                    dict(pl.read_parquet_schema(root.open_read(rel))), SCHEMAS[table]
+                )
             except (OSError, pl.exceptions.PolarsError) as exc:
                 problems.append(f"{rel}: unreadable ({exc})")
                 continue
@@ -114,7 +117,9 @@ def validate(root: Path) -> list[str]:
                 good.append(rel)
         if good:
             agg = (
-                pl.scan_parquet([str(root / rel) for rel in good], include_file_paths="_file")
+                pl.scan_parquet(
+                    root.scan_source(good), include_file_paths="_file", **root.scan_options()
+                )
                 .group_by(S.RUN_ID)
                 .agg(
                     pl.len().alias("n"),
@@ -169,15 +174,15 @@ def validate(root: Path) -> list[str]:
 
 
 def _check_layers(
-    root: Path, rid: str, shape: list[int], done: int, names_json: str | None
+    root: Root, rid: str, shape: list[int], done: int, names_json: str | None
 ) -> list[str]:
     import zarr
 
-    path = root / LAYERS_DIR / rid
-    if not (path / "zarr.json").exists():
+    rel = f"{LAYERS_DIR}/{rid}"
+    if not root.exists(f"{rel}/zarr.json"):
         return [f"run {rid!r}: layer array {LAYERS_DIR}/{rid} is missing (recorded shape {shape})"]
     try:
-        arr = zarr.open_array(store=str(path), mode="r")
+        arr = zarr.open_array(store=root.zarr_store(rel, read_only=True), mode="r")
         attrs = dict(arr.attrs)
     except Exception as exc:  # noqa: BLE001 - any zarr failure is a problem to report
         return [f"run {rid!r}: layer array unreadable ({exc})"]

@@ -15,25 +15,25 @@ Layout (next to the tables; nothing else in the store reads it)::
     chunks/<run_id>/<start:09d>-<stop:09d>.layers.npy          float32 [stop-start, layer, stat]
     chunks/<run_id>/<start:09d>-<stop:09d>.json                the marker, written last
 
-Each file is written to a temporary name and renamed (atomic); a chunk exists once its marker
-(run row so far, layer names) is in place; files of a chunk without a marker are leftovers.
+Each file is put atomically through the store's :class:`~trajlib.store._fs.Root` (temp file +
+rename on a local disk, one PUT on object storage); a chunk exists once its marker (run row so
+far, layer names) is in place; files of a chunk without a marker are leftovers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import re
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from trajlib import schema as S
-from trajlib.store._layout import atomic_write_bytes, atomic_write_parquet, check_run_id
+from trajlib.errors import ConfigError
+from trajlib.store._fs import Root
+from trajlib.store._layout import check_run_id
 
 __all__ = [
     "CHUNKS_DIR",
@@ -46,6 +46,7 @@ __all__ = [
 
 CHUNKS_DIR = "chunks"
 _MARKER = re.compile(r"^(\d{9})-(\d{9})\.json$")
+_FILE = re.compile(r"^(\d{9})-(\d{9})\.")
 _TABLES = (
     ("steps", S.STEP_SCHEMA),
     ("decisions", S.DECISION_SCHEMA),
@@ -53,12 +54,18 @@ _TABLES = (
 )
 
 
-def _dir(root: Path, run_id: str) -> Path:
-    return root / CHUNKS_DIR / check_run_id(run_id)
+def _dir(run_id: str) -> str:
+    return f"{CHUNKS_DIR}/{check_run_id(run_id)}"
+
+
+def _parquet(df: pl.DataFrame) -> memoryview:
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="lz4", statistics=True)
+    return buf.getbuffer()
 
 
 def write_chunk(
-    root: Path,
+    root: Root,
     run_id: str,
     start: int,
     stop: int,
@@ -74,96 +81,84 @@ def write_chunk(
     """Commit rows ``start .. stop - 1`` of ``run_id`` (and its decisions / branches with steps
     in that range) as one chunk; a chunk with the same range is replaced."""
     if not 0 <= start < stop:
-        from trajlib.errors import ConfigError
-
         raise ConfigError("chunk", "0 <= start < stop", (start, stop))
-    d = _dir(root, run_id)
-    d.mkdir(parents=True, exist_ok=True)
-    stem = f"{start:09d}-{stop:09d}"
-    with contextlib.suppress(FileNotFoundError):
-        (d / f"{stem}.json").unlink()  # the old chunk of this range is gone before we write
+    d = _dir(run_id)
+    root.mkdirs(CHUNKS_DIR, d)
+    stem = f"{d}/{start:09d}-{stop:09d}"
+    root.remove(f"{stem}.json", tree=False)  # the old chunk of this range is gone first
     for name, df in (("steps", steps), ("decisions", decisions), ("branches", branches)):
         if df is not None and df.height:
-            atomic_write_parquet(df, d / f"{stem}.{name}.parquet", run_id, durable=durable)
+            root.put_atomic(f"{stem}.{name}.parquet", _parquet(df), run_id, durable=durable)
     if layers is not None:
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(layers, dtype=np.float32))
-        atomic_write_bytes(buf.getbuffer(), d / f"{stem}.layers.npy", run_id, durable=durable)
+        root.put_atomic(f"{stem}.layers.npy", buf.getbuffer(), run_id, durable=durable)
     marker = {"run": run, "layer_names": layer_names, "start": start, "stop": stop}
     data = json.dumps(marker, sort_keys=True, default=str).encode()
-    atomic_write_bytes(data, d / f"{stem}.json", run_id, durable=durable)
+    root.put_atomic(f"{stem}.json", data, run_id, durable=durable)
 
 
-def list_chunks(root: Path, run_id: str) -> list[tuple[int, int]]:
+def list_chunks(root: Root, run_id: str) -> list[tuple[int, int]]:
     """The committed chunks of ``run_id``: ``(start, stop)`` pairs, sorted."""
-    d = _dir(root, run_id)
-    if not d.is_dir():
-        return []
     out = []
-    for p in d.iterdir():
-        m = _MARKER.match(p.name)
+    for name in root.listdir(_dir(run_id)):
+        m = _MARKER.match(name)
         if m:
             out.append((int(m.group(1)), int(m.group(2))))
     return sorted(out)
 
 
-def read_chunks(root: Path, run_id: str, upto: int | None = None) -> dict[str, Any]:
+def read_chunks(root: Root, run_id: str, upto: int | None = None) -> dict[str, Any]:
     """What the committed chunks of ``run_id`` hold, for steps below ``upto`` (all if None):
     ``steps`` / ``decisions`` / ``branches`` frames (trajlib.schema), ``layers`` (float32
-    ``[step, layer, stat]`` or None), ``layer_names`` and ``run`` (the last chunk's run row)."""
-    d = _dir(root, run_id)
+    ``[step, layer, stat]`` or None), ``layer_names``, ``run`` (the last chunk's run row) and
+    ``stop`` (the first step not covered)."""
+    d = _dir(run_id)
+    names = set(root.listdir(d))
     frames: dict[str, list[pl.DataFrame]] = {name: [] for name, _ in _TABLES}
     layers: list[np.ndarray] = []
     last: dict[str, Any] = {}
-    expect = 0
+    expect, n_chunks = 0, 0
     for start, stop in list_chunks(root, run_id):
-        if upto is not None and stop > upto or start != expect:
+        if (upto is not None and stop > upto) or start != expect:
             break  # chunks are contiguous from step 0
         stem = f"{start:09d}-{stop:09d}"
-        last = json.loads((d / f"{stem}.json").read_text())
+        last = json.loads(root.read_bytes(f"{d}/{stem}.json"))
         for name, _schema in _TABLES:
-            p = d / f"{stem}.{name}.parquet"
-            if p.exists():
-                frames[name].append(pl.read_parquet(p))
-        p = d / f"{stem}.layers.npy"
-        if p.exists():
-            layers.append(np.load(p))
-        expect = stop
+            if f"{stem}.{name}.parquet" in names:
+                frames[name].append(
+                    pl.read_parquet(io.BytesIO(root.read_bytes(f"{d}/{stem}.{name}.parquet")))
+                )
+        if f"{stem}.layers.npy" in names:
+            layers.append(np.load(io.BytesIO(root.read_bytes(f"{d}/{stem}.layers.npy"))))
+        expect, n_chunks = stop, n_chunks + 1
     out: dict[str, Any] = {
         name: pl.concat(frames[name]) if frames[name] else S.empty_frame(schema)
         for name, schema in _TABLES
     }
-    out["layers"] = (
-        np.concatenate(layers) if layers and len(layers) == len(frames["steps"]) else None
-    )
+    out["layers"] = np.concatenate(layers) if layers and len(layers) == n_chunks else None
     out["layer_names"] = last.get("layer_names")
     out["run"] = last.get("run")
     out["stop"] = expect
     return out
 
 
-def drop_chunks(root: Path, run_id: str, from_step: int = 0) -> None:
+def drop_chunks(root: Root, run_id: str, from_step: int = 0) -> None:
     """Remove the chunks of ``run_id`` that start at ``from_step`` or later (all by default)."""
-    d = _dir(root, run_id)
-    if not d.is_dir():
-        return
+    d = _dir(run_id)
     if from_step <= 0:
-        shutil.rmtree(d, ignore_errors=True)
+        root.remove(d, tree=True)
         return
-    for p in list(d.iterdir()):
-        m = re.match(r"^(\d{9})-(\d{9})\.", p.name)
+    for name in root.listdir(d):
+        m = _FILE.match(name)
         if m and int(m.group(1)) >= from_step:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+            root.remove(f"{d}/{name}", tree=False)
 
 
-def incomplete_runs(root: Path, committed: set[str]) -> list[str]:
+def incomplete_runs(root: Root, committed: set[str]) -> list[str]:
     """Run ids with at least one committed chunk and no commit (sorted)."""
-    base = root / CHUNKS_DIR
-    if not base.is_dir():
-        return []
     return sorted(
-        p.name
-        for p in base.iterdir()
-        if p.is_dir() and p.name not in committed and list_chunks(root, p.name)
+        name
+        for name in root.listdir(CHUNKS_DIR)
+        if name not in committed and list_chunks(root, name)
     )

@@ -12,13 +12,12 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import polars as pl
 
 from trajlib import schema as S
 from trajlib.errors import StoreError
+from trajlib.store._fs import Root
 from trajlib.store._layout import (
     BRANCHES,
     COUNTS_KEY,
@@ -42,28 +41,30 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
 }
 
 
-def run_counts(path: Path) -> dict:
+def run_counts(root: Root, rel: str) -> dict:
     """The ``trajlib.counts`` metadata of a runs file (run fragment: one dict; part: id -> dict)."""
-    meta = pl.read_parquet_metadata(path)
+    meta = pl.read_parquet_metadata(root.open_read(rel))
     raw = meta.get(COUNTS_KEY)
     if raw is None:
-        raise StoreError(f"{path}: lacks the {COUNTS_KEY!r} metadata written by write_run")
+        raise StoreError(
+            f"{root.display}/{rel}: lacks the {COUNTS_KEY!r} metadata written by write_run"
+        )
     return json.loads(raw)
 
 
 class CommitIndex:
     """Which runs of the store at ``root`` are committed (see the module docstring)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Root) -> None:
         self.root = root
         self._part_ids: dict[str, frozenset[str]] = {}
-        self._parts_cache: tuple[tuple[int, int] | None, list[str]] | None = None
+        self._parts_cache: tuple[object, list[str]] | None = None
 
     def part_run_ids(self, rel: str) -> frozenset[str]:
         """Run ids held by one compacted file (cached: part files are immutable)."""
         ids = self._part_ids.get(rel)
         if ids is None:
-            col = pl.read_parquet(self.root / rel, columns=[S.RUN_ID])[S.RUN_ID]
+            col = pl.read_parquet(self.root.open_read(rel), columns=[S.RUN_ID])[S.RUN_ID]
             ids = frozenset(col.unique().to_list())
             self._part_ids[rel] = ids
         return ids
@@ -78,7 +79,7 @@ class CommitIndex:
     def is_committed(self, run_id: str) -> bool:
         """True once the run's ``runs/`` fragment (or a compacted runs file holding it) exists."""
         check_run_id(run_id, "run_id")
-        if (self.root / RUNS / f"{run_id}.parquet").exists():
+        if self.root.exists(f"{RUNS}/{run_id}.parquet"):
             return True
         return any(run_id in self.part_run_ids(rel) for rel in self.runs_parts())
 
@@ -90,16 +91,12 @@ class CommitIndex:
         stale cache is never kept.
         """
         root = self.root
-        if (root / JOURNAL).exists():
+        if root.exists(JOURNAL):
             return snapshot(root, (RUNS,)).parts[RUNS]
-        try:
-            st = os.stat(root / EPOCH)
-            key: tuple[int, int] | None = (st.st_ino, st.st_mtime_ns)
-        except FileNotFoundError:
-            key = None
+        key = root.stamp(EPOCH)
         if self._parts_cache is not None and self._parts_cache[0] == key:
             return self._parts_cache[1]
         parts = snapshot(root, (RUNS,)).parts[RUNS]
-        if not (root / JOURNAL).exists():
+        if not root.exists(JOURNAL):
             self._parts_cache = (key, parts)
         return parts

@@ -11,7 +11,9 @@ Phases (``_HOOK`` is called after each, for tests):
 4. ``deleted``: the replaced fragments are removed; then the journal is removed.
 
 A crash leaves at worst a journal: :func:`recover` (run by ``gc`` and the next ``compact``) rolls
-forward when every new file is in place and back otherwise. Layer arrays are written sharded (one
+forward when every new file is in place and back otherwise. On object storage (no rename) the
+journal is written first and each part is then PUT at its final name; readers hide the new names
+until all of them exist, exactly as during phase 3 on disk. Layer arrays are written sharded (one
 shard file per run) by ``write_run`` already, so compaction leaves ``layers.zarr`` as it is.
 """
 
@@ -30,22 +32,20 @@ from trajlib import schema as S
 from trajlib.errors import StoreError
 from trajlib.store import _claims
 from trajlib.store._commit import SCHEMAS, run_counts
+from trajlib.store._fs import Root, as_root, fsync_dir, fsync_file
 from trajlib.store._layout import (
     COMPACT_OWNER,
     COUNTS_KEY,
     JOURNAL,
-    LOCKS_DIR,
     PARQUET_COMPRESSION,
     PART_PREFIX,
     ROW_GROUP_ROWS,
     RUNS,
     TABLES,
-    atomic_write_json,
     bump_epoch,
-    fsync_dir,
-    fsync_file,
     journal_complete,
     new_token,
+    put_parquet,
     read_journal,
     snapshot,
     temp_path,
@@ -60,7 +60,13 @@ def _phase(name: str) -> None:
         _HOOK(name)
 
 
-def recover(root: Path) -> list[str]:
+def _fsync_tables(root: Root) -> None:
+    if root.path is not None:
+        for table in TABLES:
+            fsync_dir(root.path / table)
+
+
+def recover(root: Root) -> list[str]:
     """Finish (all new files present) or undo (otherwise) an interrupted compaction of the store
     at ``root``.
 
@@ -72,14 +78,13 @@ def recover(root: Path) -> list[str]:
     victims = journal["replaces"] if journal_complete(root, journal) else journal["new"]
     removed = []
     for rel in victims:
-        with contextlib.suppress(FileNotFoundError):
-            (root / rel).unlink()
+        if root.remove(rel):
             removed.append(rel)
-    for table in TABLES:
-        fsync_dir(root / table)
+    _fsync_tables(root)
     bump_epoch(root, str(journal.get("token", "recovered")))
-    (root / JOURNAL).unlink()
-    fsync_dir(root)
+    root.remove(JOURNAL)
+    if root.path is not None:
+        fsync_dir(root.path)
     removed.append(JOURNAL)
     return removed
 
@@ -96,9 +101,15 @@ def _batches(ids: list[str], steps_done: dict[str, int], rows_per_file: int) -> 
     return [b for b in batches if b]
 
 
-def compact(root: Path, *, rows_per_file: int = 4_000_000, durable: bool = True) -> dict:
-    """Merge the per-run fragments of the committed runs of the store at ``root`` into part files
-    (see module docstring); ``durable`` fsyncs each part before the journal.
+def compact(
+    location: Root | str | os.PathLike[str],
+    *,
+    rows_per_file: int = 4_000_000,
+    durable: bool = True,
+) -> dict:
+    """Merge the per-run fragments of the committed runs of the store at ``location`` (a directory,
+    URL or Root) into part files (see module docstring); ``durable`` fsyncs each part before the
+    journal.
 
     Returns ``{"runs", "parts_written", "files_before", "files_after", "recovered",
     "seconds"}``. Raises StoreError if another live process is compacting this store.
@@ -108,23 +119,28 @@ def compact(root: Path, *, rows_per_file: int = 4_000_000, durable: bool = True)
 
         raise ConfigError("rows_per_file", "a positive integer", rows_per_file)
     t0 = time.perf_counter()
-    locks = root / LOCKS_DIR
-    token = _claims.try_claim(locks, COMPACT_OWNER)
+    root = as_root(location)
+    token = _claims.try_claim(root, COMPACT_OWNER)
     if token is None:
-        info = _claims.live_claim(locks, COMPACT_OWNER)
-        raise StoreError(f"{root}: another compaction is running ({info}); wait for it to finish")
+        info = _claims.live_claim(root, COMPACT_OWNER)
+        raise StoreError(
+            f"{root.display}: another compaction is running ({info}); wait for it to finish"
+        )
     try:
         recovered = recover(root)
+        work = _compact_locked if root.path is not None else _compact_remote
         return {
-            **_compact_locked(root, rows_per_file, durable),
+            **work(root, rows_per_file, durable),
             "recovered": recovered,
             "seconds": round(time.perf_counter() - t0, 3),
         }
     finally:
-        _claims.release(locks, COMPACT_OWNER, token)
+        _claims.release(root, COMPACT_OWNER, token)
 
 
-def _compact_locked(root: Path, rows_per_file: int, durable: bool) -> dict:
+def _compact_locked(root: Root, rows_per_file: int, durable: bool) -> dict:
+    assert root.path is not None
+    base = root.path
     snap = snapshot(root)
     files_before = sum(len(snap.fragments[t]) + len(snap.parts[t]) for t in TABLES)
     ids = sorted(snap.fragments[RUNS])
@@ -135,7 +151,7 @@ def _compact_locked(root: Path, rows_per_file: int, durable: bool) -> dict:
             "files_before": files_before,
             "files_after": files_before,
         }
-    counts = {rid: run_counts(root / snap.fragments[RUNS][rid]) for rid in ids}
+    counts = {rid: run_counts(root, snap.fragments[RUNS][rid]) for rid in ids}
     steps_done = {rid: int(c["steps"]) for rid, c in counts.items()}
     token = new_token()
     staged: list[tuple[Path, Path]] = []  # (temporary, final)
@@ -146,10 +162,10 @@ def _compact_locked(root: Path, rows_per_file: int, durable: bool) -> dict:
                 rels = [snap.fragments[table][rid] for rid in batch if rid in snap.fragments[table]]
                 if not rels:
                     continue
-                final = root / table / f"{PART_PREFIX}{token}-{n:05d}.parquet"
+                final = base / table / f"{PART_PREFIX}{token}-{n:05d}.parquet"
                 tmp = temp_path(final, COMPACT_OWNER)
                 staged.append((tmp, final))
-                paths = [str(root / rel) for rel in rels]
+                paths = [str(base / rel) for rel in rels]
                 if table == RUNS:
                     df = pl.read_parquet(paths, schema=S.RUN_SCHEMA).sort(S.RUN_ID)
                     meta = {COUNTS_KEY: json.dumps({rid: counts[rid] for rid in batch})}
@@ -173,7 +189,7 @@ def _compact_locked(root: Path, rows_per_file: int, durable: bool) -> dict:
             "new": [f"{final.parent.name}/{final.name}" for _tmp, final in staged],
             "replaces": replaces,
         }
-        atomic_write_json(journal, root / JOURNAL, COMPACT_OWNER)
+        _write_journal(root, journal)
     except BaseException:
         for tmp, _final in staged:
             with contextlib.suppress(OSError):
@@ -182,22 +198,80 @@ def _compact_locked(root: Path, rows_per_file: int, durable: bool) -> dict:
     _phase("journal")
     for tmp, final in staged:
         os.replace(tmp, final)
-    for table in TABLES:
-        fsync_dir(root / table)
+    _fsync_tables(root)
     _phase("renamed")
     for rel in replaces:
-        with contextlib.suppress(FileNotFoundError):
-            (root / rel).unlink()
-    for table in TABLES:
-        fsync_dir(root / table)
+        root.remove(rel, tree=False)
+    _fsync_tables(root)
     _phase("deleted")
     bump_epoch(root, token)
-    (root / JOURNAL).unlink()
-    fsync_dir(root)
+    root.remove(JOURNAL)
+    fsync_dir(base)
     after = snapshot(root)
     return {
         "runs": len(ids),
         "parts_written": len(staged),
+        "files_before": files_before,
+        "files_after": sum(len(after.fragments[t]) + len(after.parts[t]) for t in TABLES),
+    }
+
+
+def _write_journal(root: Root, journal: dict) -> None:
+    text = json.dumps(journal, indent=2, sort_keys=True) + "\n"
+    root.put_atomic(JOURNAL, text.encode("utf-8"), COMPACT_OWNER)
+
+
+def _compact_remote(root: Root, rows_per_file: int, durable: bool) -> dict:
+    """Compaction on object storage: journal first, then each part PUT at its final name."""
+    snap = snapshot(root)
+    files_before = sum(len(snap.fragments[t]) + len(snap.parts[t]) for t in TABLES)
+    ids = sorted(snap.fragments[RUNS])
+    if not ids:
+        return {
+            "runs": 0,
+            "parts_written": 0,
+            "files_before": files_before,
+            "files_after": files_before,
+        }
+    counts = {rid: run_counts(root, snap.fragments[RUNS][rid]) for rid in ids}
+    steps_done = {rid: int(c["steps"]) for rid, c in counts.items()}
+    token = new_token()
+    plan: list[tuple[str, str, list[str], list[str]]] = []  # (table, final rel, fragments, ids)
+    for n, batch in enumerate(_batches(ids, steps_done, rows_per_file)):
+        for table in TABLES:
+            rels = [snap.fragments[table][rid] for rid in batch if rid in snap.fragments[table]]
+            if rels:
+                plan.append((table, f"{table}/{PART_PREFIX}{token}-{n:05d}.parquet", rels, batch))
+    replaces = [rel for _t, _f, rels, _b in plan for rel in rels]
+    journal = {
+        "token": token,
+        "created": time.time(),
+        "pid": os.getpid(),
+        "new": [final for _t, final, _r, _b in plan],
+        "replaces": replaces,
+    }
+    _write_journal(root, journal)
+    _phase("journal")
+    for table, final, rels, batch in plan:
+        src = root.scan_source(rels)
+        if table == RUNS:
+            lf = pl.scan_parquet(src, schema=S.RUN_SCHEMA, **root.scan_options())
+            df = lf.collect().sort(S.RUN_ID)
+            meta = {COUNTS_KEY: json.dumps({rid: counts[rid] for rid in batch})}
+            put_parquet(root, final, df, COMPACT_OWNER, durable=durable, metadata=meta)
+        else:
+            df = pl.scan_parquet(src, schema=SCHEMAS[table], **root.scan_options()).collect()
+            put_parquet(root, final, df, COMPACT_OWNER, durable=durable)
+    _phase("renamed")
+    for rel in replaces:
+        root.remove(rel, tree=False)
+    _phase("deleted")
+    bump_epoch(root, token)
+    root.remove(JOURNAL, tree=False)
+    after = snapshot(root)
+    return {
+        "runs": len(ids),
+        "parts_written": len(plan),
         "files_before": files_before,
         "files_after": sum(len(after.fragments[t]) + len(after.parts[t]) for t in TABLES),
     }

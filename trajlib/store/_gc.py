@@ -9,14 +9,13 @@ Nothing of a committed run or of a run under a live claim is ever removed.
 from __future__ import annotations
 
 import os
-import shutil
 import time
-from pathlib import Path
 
 from trajlib.errors import ConfigError
 from trajlib.store import _claims
 from trajlib.store._commit import CommitIndex
 from trajlib.store._compact import recover
+from trajlib.store._fs import Root, as_root
 from trajlib.store._layout import (
     COMPACT_OWNER,
     LAYERS_DIR,
@@ -27,98 +26,89 @@ from trajlib.store._layout import (
     temp_owner,
 )
 
-
-def _entries(directory: Path) -> list[str]:
-    try:
-        with os.scandir(directory) as it:
-            return [e.name for e in it]
-    except FileNotFoundError:
-        return []
+# an object-storage takeover marker older than this has done its job (see trajlib.store._claims)
+_TAKEOVER_MARKER_S = 600.0
 
 
-def _remove(path: Path) -> bool:
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    except FileNotFoundError:
-        return False
-    return True
+def _older_than(root: Root, rel: str, seconds: float) -> bool:
+    mtime = root.mtime(rel)
+    return mtime is not None and time.time() - mtime > seconds
 
 
-def _older_than(path: Path, seconds: float) -> bool:
-    try:
-        return time.time() - path.stat().st_mtime > seconds
-    except FileNotFoundError:
-        return False
+def _join(d: str, name: str) -> str:
+    return f"{d}/{name}" if d else name
 
 
-def gc(root: Path) -> list[str]:
-    """Remove the garbage of the store at ``root``; return the removed paths relative to it,
-    sorted."""
-    locks = root / LOCKS_DIR
+def gc(location: Root | str | os.PathLike[str]) -> list[str]:
+    """Remove the garbage of the store at ``location`` (a directory, URL or Root); return the
+    removed paths relative to it, sorted."""
+    root = as_root(location)
     removed: list[str] = []
 
     # 1. stale claims (their holders are dead), so their runs can be cleaned below
-    for claimant in _claims.claim_owners(locks):
-        path = locks / f"{claimant}{_claims.CLAIM_SUFFIX}"
-        if _claims.remove_if_stale(path):
-            removed.append(f"{LOCKS_DIR}/{path.name}")
+    for claimant in _claims.claim_owners(root):
+        if _claims.remove_if_stale(root, claimant):
+            removed.append(f"{LOCKS_DIR}/{claimant}{_claims.CLAIM_SUFFIX}")
+    if not root.is_local:
+        for rel in _claims.takeover_markers(root):
+            if _older_than(root, rel, _TAKEOVER_MARKER_S) and root.remove(rel):
+                removed.append(rel)
 
     # 2. an interrupted compaction, unless one is running now
-    token = _claims.try_claim(locks, COMPACT_OWNER)
+    token = _claims.try_claim(root, COMPACT_OWNER)
     if token is not None:
         try:
             removed += recover(root)
-            for d in (root, root / LAYERS_DIR, *(root / t for t in TABLES)):
-                for name in _entries(d):
+            for d in ("", LAYERS_DIR, *TABLES):
+                for name in root.listdir(d):
                     owner = temp_owner(name)
-                    if owner == "_manifest" and not _older_than(d / name, 60.0):
+                    rel = _join(d, name)
+                    if owner == "_manifest" and not _older_than(root, rel, 60.0):
                         continue  # maybe a create_store in progress
-                    if owner in (COMPACT_OWNER, "_manifest") and _remove(d / name):
-                        removed.append(str((d / name).relative_to(root)))
+                    if owner in (COMPACT_OWNER, "_manifest") and root.remove(rel):
+                        removed.append(rel)
         finally:
-            _claims.release(locks, COMPACT_OWNER, token)
+            _claims.release(root, COMPACT_OWNER, token)
 
     # 3. per-run leftovers: fragments of uncommitted runs, layer arrays, temporaries
     snap = snapshot(root)
     index = CommitIndex(root)
     committed = index.committed(snap)
-    owned: dict[str, list[Path]] = {}
+    owned: dict[str, list[str]] = {}
     for table in TABLES:
         for rid, rel in snap.fragments[table].items():
             if rid not in committed:
-                owned.setdefault(rid, []).append(root / rel)
-    for d in (*(root / t for t in TABLES), root / LAYERS_DIR, locks):
-        for name in _entries(d):
+                owned.setdefault(rid, []).append(rel)
+    for d in (*TABLES, LAYERS_DIR, LOCKS_DIR):
+        for name in root.listdir(d):
             owner = temp_owner(name)
+            rel = _join(d, name)
             if owner is not None and not owner.startswith("_"):
-                owned.setdefault(owner, []).append(d / name)
+                owned.setdefault(owner, []).append(rel)
             elif (
-                d.name == LAYERS_DIR
+                d == LAYERS_DIR
                 and owner is None
                 and name != "zarr.json"
-                and (d / name).is_dir()
                 and name not in committed
+                and root.is_dir(rel)
             ):
-                owned.setdefault(name, []).append(d / name)
-    for rid, paths in sorted(owned.items()):
+                owned.setdefault(name, []).append(rel)
+    for rid, rels in sorted(owned.items()):
         try:
             check_run_id(rid)
         except ConfigError:  # no writer can own this name: plain garbage
-            removed += [str(p.relative_to(root)) for p in paths if _remove(p)]
+            removed += [rel for rel in rels if root.remove(rel)]
             continue
-        token = _claims.try_claim(locks, rid)
+        token = _claims.try_claim(root, rid)
         if token is None:
             continue  # a live process (this one included) is writing this run
         try:
             still_committed = index.is_committed(rid)
-            for p in paths:
-                if still_committed and temp_owner(p.name) is None:
+            for rel in rels:
+                if still_committed and temp_owner(rel.rpartition("/")[2]) is None:
                     continue  # a committed run's own files: never touched
-                if _remove(p):
-                    removed.append(str(p.relative_to(root)))
+                if root.remove(rel):
+                    removed.append(rel)
         finally:
-            _claims.release(locks, rid, token)
+            _claims.release(root, rid, token)
     return sorted(removed)

@@ -33,6 +33,7 @@ from typing import Final
 import polars as pl
 
 from trajlib.errors import ConfigError, StoreError
+from trajlib.store._fs import Root, as_root, fsync_dir
 
 MANIFEST = "manifest.json"
 JOURNAL = "compaction.json"
@@ -90,22 +91,6 @@ def temp_owner(name: str) -> str | None:
     return None
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_parquet(
     df: pl.DataFrame,
     path: Path,
@@ -147,6 +132,32 @@ def atomic_write_parquet(
     atomic_write_bytes(buf.getbuffer(), final, owner, durable=durable)
 
 
+def encode_parquet(df: pl.DataFrame, metadata: dict[str, str] | None = None) -> memoryview:
+    """``df`` as parquet bytes with the store's settings (encoded in memory, written at once)."""
+    buf = io.BytesIO()
+    df.write_parquet(
+        buf,
+        compression=PARQUET_COMPRESSION,
+        statistics=True,
+        row_group_size=ROW_GROUP_ROWS,
+        metadata=metadata,
+    )
+    return buf.getbuffer()
+
+
+def put_parquet(
+    root: Root,
+    rel: str,
+    df: pl.DataFrame,
+    owner: str,
+    *,
+    durable: bool,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write ``df`` at ``rel`` of ``root`` atomically (temp + rename locally, one PUT remotely)."""
+    root.put_atomic(rel, encode_parquet(df, metadata), owner, durable=durable)
+
+
 def atomic_write_bytes(
     data: bytes | memoryview, final: Path, owner: str, *, durable: bool = True
 ) -> None:
@@ -177,23 +188,20 @@ def atomic_write_json(obj: object, final: Path, owner: str, *, durable: bool = T
     atomic_write_bytes(text.encode("utf-8"), final, owner, durable=durable)
 
 
-def list_parquet(directory: Path) -> list[str]:
-    """Names of visible parquet files in ``directory`` (temporary files excluded), sorted."""
-    try:
-        with os.scandir(directory) as it:
-            return sorted(
-                e.name for e in it if e.name.endswith(".parquet") and not e.name.startswith(".")
-            )
-    except FileNotFoundError:
-        return []
+def list_parquet(root: Root, table: str) -> list[str]:
+    """Names of visible parquet files in ``table`` (temporary files excluded), sorted."""
+    return sorted(
+        n for n in root.listdir(table) if n.endswith(".parquet") and not n.startswith(".")
+    )
 
 
-def bump_epoch(root: Path, token: str) -> None:
+def bump_epoch(root: Root, token: str) -> None:
     """Mark a change of the set of part files (readers cache that set until the epoch changes).
 
     Must be called after the change is complete and before the journal is removed.
     """
-    atomic_write_json({"token": token}, root / EPOCH, COMPACT_OWNER)
+    text = json.dumps({"token": token}, indent=2, sort_keys=True) + "\n"
+    root.put_atomic(EPOCH, text.encode("utf-8"), COMPACT_OWNER)
 
 
 def fragment_id(name: str) -> str | None:
@@ -203,26 +211,27 @@ def fragment_id(name: str) -> str | None:
     return name[: -len(".parquet")]
 
 
-def read_journal(root: Path) -> dict | None:
+def read_journal(root: Root) -> dict | None:
     try:
-        raw = (root / JOURNAL).read_text(encoding="utf-8")
+        raw = root.read_bytes(JOURNAL).decode("utf-8")
     except FileNotFoundError:
         return None
+    where = root.loc(JOURNAL) if root.is_local else f"{root.display}/{JOURNAL}"
     try:
         journal = json.loads(raw)
     except json.JSONDecodeError as exc:  # written by temp + rename, so this means tampering
-        raise StoreError(f"{root / JOURNAL}: compaction journal is not valid JSON ({exc})") from exc
+        raise StoreError(f"{where}: compaction journal is not valid JSON ({exc})") from exc
     if not isinstance(journal, dict) or not {"new", "replaces"} <= journal.keys():
-        raise StoreError(f"{root / JOURNAL}: compaction journal lacks 'new'/'replaces' lists")
+        raise StoreError(f"{where}: compaction journal lacks 'new'/'replaces' lists")
     return journal
 
 
-def journal_complete(root: Path, journal: dict, present: Iterable[str] | None = None) -> bool:
+def journal_complete(root: Root, journal: dict, present: Iterable[str] | None = None) -> bool:
     """True when every new file of the journal is in place (the swap has happened)."""
     if present is not None:
         have = set(present)
         return all(p in have for p in journal["new"])
-    return all((root / p).exists() for p in journal["new"])
+    return all(root.exists(p) for p in journal["new"])
 
 
 @dataclass
@@ -233,13 +242,13 @@ class Snapshot:
     ``parts[table]`` lists relative paths of compacted files.
     """
 
-    root: Path
+    root: Root
     fragments: dict[str, dict[str, str]] = field(default_factory=dict)
     parts: dict[str, list[str]] = field(default_factory=dict)
     journal: dict | None = None
 
 
-def snapshot(root: Path, tables: tuple[str, ...] = TABLES) -> Snapshot:
+def snapshot(root: Root | Path, tables: tuple[str, ...] = TABLES) -> Snapshot:
     """List the visible files of ``tables`` (default: all).
 
     ``runs/`` is listed before the other tables, so any run committed at that moment has its
@@ -247,14 +256,15 @@ def snapshot(root: Path, tables: tuple[str, ...] = TABLES) -> Snapshot:
     all of them are in place and the files they replace are hidden; before that, the new ones are
     hidden. Either way each committed run's rows are seen exactly once.
     """
+    root = as_root(root)
     for _attempt in range(20):
         j1 = read_journal(root)
-        listing = {t: list_parquet(root / t) for t in tables}
+        listing = {t: list_parquet(root, t) for t in tables}
         j2 = read_journal(root)
         if j1 == j2:
             break
     else:  # pragma: no cover - a journal changing 20 times in a row
-        raise StoreError(f"{root}: compaction journal kept changing while listing; retry")
+        raise StoreError(f"{root.display}: compaction journal kept changing while listing; retry")
     hidden: set[str] = set()
     if j1 is not None:
         present = None
@@ -279,12 +289,6 @@ def snapshot(root: Path, tables: tuple[str, ...] = TABLES) -> Snapshot:
     return snap
 
 
-def dir_size(root: Path) -> tuple[int, int]:
+def dir_size(root: Root) -> tuple[int, int]:
     """(bytes, files) under ``root``."""
-    total = files = 0
-    for dirpath, _dirs, names in os.walk(root):
-        for n in names:
-            with contextlib.suppress(OSError):
-                total += os.stat(os.path.join(dirpath, n)).st_size
-                files += 1
-    return total, files
+    return root.size()

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import os
 import platform
 import socket
-from pathlib import Path
 
 from trajlib import __version__
 from trajlib.errors import StoreError, StoreVersionError
 from trajlib.schema import SCHEMA_VERSION, STORE_FORMAT
-from trajlib.store._layout import MANIFEST, fsync_dir, temp_path
+from trajlib.store._fs import Root, fsync_dir
+from trajlib.store._layout import MANIFEST
 
 # Schema versions this trajlib can read. Bump together with trajlib.schema.SCHEMA_VERSION and add
 # a reader for the old layout if one is ever needed.
@@ -40,20 +39,21 @@ def new_manifest() -> dict:
     }
 
 
-def read_manifest(root: Path) -> dict:
+def read_manifest(root: Root) -> dict:
     """Read and check ``manifest.json``.
 
-    Raises StoreError when ``root`` is not a store (naming the path) and StoreVersionError when its
-    schema version cannot be read by this trajlib (naming both versions).
+    Raises StoreError when ``root`` is not a store (naming the path or URL) and StoreVersionError
+    when its schema version cannot be read by this trajlib (naming both versions).
     """
-    path = root / MANIFEST
-    if not root.is_dir():
-        raise StoreError(f"{root}: no such directory; create a store with create_store(path)")
+    where = root.display
+    path = root.loc(MANIFEST) if root.is_local else f"{where}/{MANIFEST}"
+    if root.is_local and not root.is_dir(""):
+        raise StoreError(f"{where}: no such directory; create a store with create_store(path)")
     try:
-        raw = path.read_text(encoding="utf-8")
+        raw = root.read_bytes(MANIFEST).decode("utf-8")
     except FileNotFoundError:
         raise StoreError(
-            f"{root}: not a trajlib store (no {MANIFEST}); create one with create_store(path)"
+            f"{where}: not a trajlib store (no {MANIFEST}); create one with create_store(path)"
         ) from None
     try:
         manifest = json.loads(raw)
@@ -73,31 +73,20 @@ def read_manifest(root: Path) -> dict:
             else "no reader for that old layout exists in this trajlib"
         )
         raise StoreVersionError(
-            f"{root}: store schema version {version}; this trajlib ({__version__}) reads schema "
+            f"{where}: store schema version {version}; this trajlib ({__version__}) reads schema "
             f"version {SCHEMA_VERSION} ({hint})"
         )
     return manifest
 
 
-def write_manifest_once(root: Path) -> bool:
-    """Create ``manifest.json`` unless it exists (atomic: temp file + ``os.link``).
+def write_manifest_once(root: Root) -> bool:
+    """Create ``manifest.json`` unless it exists (atomic: temp file + ``os.link`` on disk, a
+    conditional PUT on object storage).
 
     Returns True if this call created it. Safe when several processes create the same store.
     """
-    tmp = temp_path(root / MANIFEST, "_manifest")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(new_manifest(), fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    try:
-        os.link(tmp, root / MANIFEST)
-        created = True
-    except FileExistsError:
-        created = False
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    if created:
-        fsync_dir(root)
+    text = json.dumps(new_manifest(), indent=2, sort_keys=True) + "\n"
+    created = root.put_new(MANIFEST, text.encode("utf-8"), "_manifest", durable=True)
+    if created and root.path is not None:
+        fsync_dir(root.path)
     return created

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +20,7 @@ from trajlib.store._check import validate
 from trajlib.store._coerce import coerce_all
 from trajlib.store._commit import SCHEMAS, CommitIndex
 from trajlib.store._compact import compact
+from trajlib.store._fs import Root, as_root, retry_count
 from trajlib.store._gc import gc
 from trajlib.store._layout import (
     BRANCHES,
@@ -30,17 +29,17 @@ from trajlib.store._layout import (
     LAYER_CHUNK_STEPS,
     LAYERS_DIR,
     LOCKS_DIR,
+    MANIFEST,
     RUNS,
     STEPS,
     TABLES,
     Snapshot,
-    atomic_write_parquet,
     check_run_id,
     dir_size,
-    fsync_dir,
-    fsync_file,
+    encode_parquet,
+    new_token,
+    put_parquet,
     snapshot,
-    temp_path,
 )
 from trajlib.store._manifest import read_manifest, write_manifest_once
 
@@ -53,8 +52,12 @@ def _as_set(value: Filter) -> set[str] | None:
     return {value} if isinstance(value, str) else set(value)
 
 
+Location = str | os.PathLike[str]
+
+
 class Store:
-    """A trajectory store directory (see ``docs/store.md`` for the layout and guarantees).
+    """A trajectory store: a directory or an fsspec URL such as ``s3://bucket/prefix`` (see
+    ``docs/store.md`` for the layout and guarantees).
 
     Create one with :func:`create_store` or open one with :func:`open_store`. A ``Store`` object
     is cheap; it caches only the run ids of compacted files (which never change once written).
@@ -64,19 +67,35 @@ class Store:
     run survives a power loss, not only a killed process.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, durable: bool = True) -> None:
-        self.path = Path(path)
-        self.manifest = read_manifest(self.path)
+    def __init__(self, path: Location | Root, *, durable: bool = True) -> None:
+        self._retries0 = retry_count()
+        root = as_root(path)
+        self.root: Root = root
+        #: the directory of a local store; the URL (credentials redacted) of a remote one
+        self.path: Path | str = root.path if root.path is not None else root.display
+        self.url: str = root.display
+        try:
+            self.manifest = read_manifest(root)
+        except StoreError:
+            if not root.is_local:
+                root.check_reachable()  # a missing bucket or refused credential says so
+            raise
         self.durable = durable
         self._held: dict[str, str] = {}  # run id -> claim token held by this object
-        self._index = CommitIndex(self.path)
+        self._index = CommitIndex(root)
 
     def __repr__(self) -> str:
-        return f"Store({str(self.path)!r})"
+        return f"Store({self.url!r})"
+
+    @property
+    def retries(self) -> int:
+        """Transient object-store errors retried since this object was opened (its opening
+        included; by any store object of this thread meanwhile); always 0 on disk."""
+        return retry_count() - self._retries0
 
     # ------------------------------------------------------------------ which runs are committed
-    def _locks(self) -> Path:
-        return self.path / LOCKS_DIR
+    def _locks(self) -> Root:
+        return self.root
 
     def part_run_ids(self, rel: str) -> frozenset[str]:
         """Run ids held by one compacted file (cached: part files are immutable)."""
@@ -91,7 +110,7 @@ class Store:
 
     def committed_run_ids(self) -> set[str]:
         """Ids of every committed run."""
-        return self._committed(snapshot(self.path, (RUNS,)))
+        return self._committed(snapshot(self.root, (RUNS,)))
 
     # ------------------------------------------------------------------ claims
     def claim(self, run_id: str) -> bool:
@@ -164,8 +183,7 @@ class Store:
         try:
             if self.is_committed(run_id):  # committed by another process before our claim
                 return False
-            self._write_fragments(run_id, run_df, steps_df, dec_df, br_df, lay)
-            return True
+            return self._write_fragments(run_id, run_df, steps_df, dec_df, br_df, lay)
         finally:
             self.release(run_id)
 
@@ -177,44 +195,51 @@ class Store:
         dec_df: pl.DataFrame | None,
         br_df: pl.DataFrame | None,
         lay: tuple[np.ndarray, list[str]] | None,
-    ) -> None:
-        root, durable = self.path, self.durable
+    ) -> bool:
+        root, durable = self.root, self.durable
         counts: dict[str, object] = {
             STEPS: steps_df.height,
             DECISIONS: 0 if dec_df is None else dec_df.height,
             BRANCHES: 0 if br_df is None else br_df.height,
             "layers": None if lay is None else list(lay[0].shape),
         }
-        written: list[Path] = []
+        written: list[str] = []
         try:
             for table, df in ((STEPS, steps_df), (DECISIONS, dec_df), (BRANCHES, br_df)):
-                final = root / table / f"{run_id}.parquet"
+                rel = f"{table}/{run_id}.parquet"
                 if df is None or df.height == 0:
                     # leftovers of an earlier, unfinished attempt must not become part of this run
-                    with contextlib.suppress(FileNotFoundError):
-                        final.unlink()
+                    root.remove(rel, tree=False)
                     continue
-                atomic_write_parquet(df, final, run_id, durable=durable)
-                written.append(final)
+                put_parquet(root, rel, df, run_id, durable=durable)
+                written.append(rel)
             self._write_layers(run_id, lay)
-            atomic_write_parquet(
-                run_df,
-                root / RUNS / f"{run_id}.parquet",
-                run_id,
-                durable=durable,
-                metadata={COUNTS_KEY: json.dumps(counts)},
-            )
+            marker = f"{RUNS}/{run_id}.parquet"
+            meta = {COUNTS_KEY: json.dumps(counts)}
+            if root.is_local:
+                put_parquet(root, marker, run_df, run_id, durable=durable, metadata=meta)
+            else:
+                # a conditional PUT: a writer whose claim was taken over never commits twice
+                payload = bytes(encode_parquet(run_df, meta))
+                if not root.put_new(marker, payload, run_id) and (
+                    root.read_bytes(marker) != payload  # not our own PUT, retried after landing
+                ):
+                    return False  # committed by another writer (its claim outlived ours)
         except BaseException:
-            # not committed: remove what this attempt wrote (gc would do it otherwise)
-            for p in written:
-                with contextlib.suppress(OSError):
-                    p.unlink()
+            # not committed: remove what this attempt wrote (gc would do it otherwise); on object
+            # storage another writer's commit may own these names by now: leave them then
+            try:
+                if root.is_local or not self._index.is_committed(run_id):
+                    for rel in written:
+                        root.remove(rel, tree=False)
+            except Exception:  # noqa: BLE001 - best effort (the store may be unreachable): gc
+                pass
             raise
+        return True
 
     def _write_layers(self, run_id: str, lay: tuple[np.ndarray, list[str]] | None) -> None:
-        final = self.path / LAYERS_DIR / run_id
-        if final.exists():  # leftover of an unfinished attempt (we hold the claim)
-            shutil.rmtree(final)
+        rel = f"{LAYERS_DIR}/{run_id}"
+        self.root.remove(rel, tree=True)  # leftover of an unfinished attempt (we hold the claim)
         if lay is None:
             return
         import zarr
@@ -223,10 +248,10 @@ class Store:
         n, n_layers, n_stats = data.shape
         chunk = max(1, min(LAYER_CHUNK_STEPS, n))
         shard = max(chunk, math.ceil(n / chunk) * chunk)
-        tmp = temp_path(final, run_id)
-        try:
+
+        def fill(store: object) -> None:
             arr = zarr.create_array(
-                store=str(tmp),
+                store=store,  # type: ignore[arg-type]
                 shape=data.shape,
                 dtype="float32",
                 chunks=(chunk, max(1, n_layers), n_stats),
@@ -237,31 +262,17 @@ class Store:
             )
             if data.size:
                 arr[...] = data
-            if self.durable:
-                for dirpath, _d, files in os.walk(tmp):
-                    for f in files:
-                        fsync_file(Path(dirpath) / f)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if self.durable:
-            fsync_dir(final.parent)
+
+        self.root.write_tree(rel, run_id, self.durable, fill)
 
     # ------------------------------------------------------------------ reading
     def runs(self, task: Filter = None, status: Filter = None) -> pl.LazyFrame:
         """Lazy RUN_SCHEMA frame of the committed runs, optionally of some tasks / statuses."""
-        return self._scan_runs(snapshot(self.path, (RUNS,)), task, status)
+        return self._scan_runs(snapshot(self.root, (RUNS,)), task, status)
 
     def _scan_runs(self, snap: Snapshot, task: Filter, status: Filter) -> pl.LazyFrame:
-        files = [
-            str(self.path / rel) for rel in (*snap.fragments[RUNS].values(), *snap.parts[RUNS])
-        ]
-        lf = (
-            pl.scan_parquet(files, schema=S.RUN_SCHEMA)
-            if files
-            else pl.LazyFrame(schema=S.RUN_SCHEMA)
-        )
+        files = [*snap.fragments[RUNS].values(), *snap.parts[RUNS]]
+        lf = self._scan(files, S.RUN_SCHEMA) if files else pl.LazyFrame(schema=S.RUN_SCHEMA)
         tasks, statuses = _as_set(task), _as_set(status)
         if tasks is not None:
             lf = lf.filter(pl.col(S.TASK).is_in(sorted(tasks)))
@@ -269,11 +280,15 @@ class Store:
             lf = lf.filter(pl.col(S.STATUS).is_in(sorted(statuses)))
         return lf
 
+    def _scan(self, rels: list[str], schema: dict) -> pl.LazyFrame:
+        root = self.root
+        return pl.scan_parquet(root.scan_source(rels), schema=schema, **root.scan_options())
+
     def _scan_table(
         self, table: str, task: Filter, status: Filter, run_ids: Filter
     ) -> pl.LazyFrame:
         schema = SCHEMAS[table]
-        snap = snapshot(self.path)
+        snap = snapshot(self.root, (RUNS, table))  # runs first: see snapshot()
         committed = self._committed(snap)
         wanted: set[str] | None = None
         if task is not None or status is not None:
@@ -283,7 +298,7 @@ class Store:
         if ids is not None:
             wanted = ids if wanted is None else wanted & ids
         frags = [
-            str(self.path / rel)
+            rel
             for rid, rel in snap.fragments[table].items()
             if rid in committed and (wanted is None or rid in wanted)
         ]
@@ -292,9 +307,9 @@ class Store:
             parts = [rel for rel in parts if not self.part_run_ids(rel).isdisjoint(wanted)]
         frames = []
         if frags:
-            frames.append(pl.scan_parquet(frags, schema=schema))
+            frames.append(self._scan(frags, schema))
         if parts:
-            lf = pl.scan_parquet([str(self.path / rel) for rel in parts], schema=schema)
+            lf = self._scan(parts, schema)
             if wanted is not None:
                 lf = lf.filter(pl.col(S.RUN_ID).is_in(sorted(wanted)))
             frames.append(lf)
@@ -332,14 +347,14 @@ class Store:
         import zarr
 
         if not self.is_committed(run_id):
-            raise StoreError(f"{self.path}: run {run_id!r} is not committed")
-        path = self.path / LAYERS_DIR / run_id
-        if not (path / "zarr.json").exists():
+            raise StoreError(f"{self.url}: run {run_id!r} is not committed")
+        rel = f"{LAYERS_DIR}/{run_id}"
+        if not self.root.exists(f"{rel}/zarr.json"):
             raise StoreError(
-                f"{self.path}: run {run_id!r} has no per-layer array "
+                f"{self.url}: run {run_id!r} has no per-layer array "
                 "(it was written without `layers`)"
             )
-        arr = zarr.open_array(store=str(path), mode="r")
+        arr = zarr.open_array(store=self.root.zarr_store(rel, read_only=True), mode="r")
         attrs = dict(arr.attrs)
         names: list[str] = attrs["layer_names"]  # type: ignore[assignment]
         stats: list[str] = attrs["stats"]  # type: ignore[assignment]
@@ -353,7 +368,7 @@ class Store:
         ``steps``, ``decisions``, ``branches``, ``size_bytes``, ``files``, ``fragments`` (per-run
         step files), ``parts`` (compacted step files), ``compaction_pending``.
         """
-        snap = snapshot(self.path)
+        snap = snapshot(self.root)
         runs = self._scan_runs(snap, None, None).select(S.TASK, S.STATUS, S.STEPS_DONE).collect()
         by_task: dict[str, dict[str, int]] = {}
         for task, status, n in runs.group_by(S.TASK, S.STATUS).len().sort(S.TASK, S.STATUS).rows():
@@ -362,9 +377,9 @@ class Store:
         def count(table: str) -> int:
             return int(self._scan_table(table, None, None, None).select(pl.len()).collect().item())
 
-        size, files = dir_size(self.path)
+        size, files = dir_size(self.root)
         return {
-            "path": str(self.path),
+            "path": self.url,
             "schema_version": self.manifest["schema_version"],
             "runs": runs.height,
             "runs_by_task": by_task,
@@ -380,84 +395,105 @@ class Store:
 
     def validate(self) -> list[str]:
         """Problems found (empty list = consistent). See :func:`trajlib.store._check.validate`."""
-        return validate(self.path)
+        return validate(self.root)
 
     def gc(self) -> list[str]:
         """Remove what unfinished runs and compactions left; return the paths removed.
 
         A run this object has claimed (:meth:`claim`) counts as under a live claim: left alone."""
-        return gc(self.path)
+        return gc(self.root)
 
     def compact(self, *, rows_per_file: int = 4_000_000) -> dict:
         """Merge per-run fragments into sorted part files; return statistics."""
-        return compact(self.path, rows_per_file=rows_per_file, durable=self.durable)
+        return compact(self.root, rows_per_file=rows_per_file, durable=self.durable)
 
     # ------------------------------------------------------------------ chunks (trajlib.store._chunks)
     def write_chunk(self, run_id: str, start: int, stop: int, **tables: Any) -> None:
         """Commit rows ``start .. stop - 1`` of a run still being recorded (never visible as a
         run; see :mod:`trajlib.store._chunks`)."""
-        _chunks.write_chunk(self.path, run_id, start, stop, durable=self.durable, **tables)
+        _chunks.write_chunk(self.root, run_id, start, stop, durable=self.durable, **tables)
 
     def read_chunks(self, run_id: str, upto: int | None = None) -> dict[str, Any]:
         """What the committed chunks of an unfinished run hold (steps below ``upto``)."""
-        return _chunks.read_chunks(self.path, run_id, upto)
+        return _chunks.read_chunks(self.root, run_id, upto)
 
     def drop_chunks(self, run_id: str, from_step: int = 0) -> None:
         """Remove the chunks of ``run_id`` starting at ``from_step`` or later (all by default)."""
-        _chunks.drop_chunks(self.path, run_id, from_step)
+        _chunks.drop_chunks(self.root, run_id, from_step)
 
     def incomplete_runs(self) -> list[str]:
         """Runs with committed chunks and no commit (killed recordings), sorted."""
-        return _chunks.incomplete_runs(self.path, self.committed_run_ids())
+        return _chunks.incomplete_runs(self.root, self.committed_run_ids())
 
 
-def create_store(
-    path: str | os.PathLike[str], exist_ok: bool = True, *, durable: bool = True
-) -> Store:
-    """Create a store at ``path`` (or open it if it exists and ``exist_ok``) and return it.
+def create_store(path: Location, exist_ok: bool = True, *, durable: bool = True) -> Store:
+    """Create a store at ``path`` — a directory or an fsspec URL such as ``s3://bucket/prefix`` —
+    (or open it if it exists and ``exist_ok``) and return it.
 
-    Raises StoreError if ``path`` is a non-empty directory that is not a store, or a store
-    exists and ``exist_ok`` is False; StoreVersionError if it has another schema version.
+    Raises StoreError if ``path`` is a non-empty directory (or prefix) that is not a store, or a
+    store exists and ``exist_ok`` is False; StoreVersionError if it has another schema version.
     """
-    root = Path(path)
-    if root.exists() and not root.is_dir():
-        raise StoreError(f"{root}: exists and is not a directory")
-    root.mkdir(parents=True, exist_ok=True)
+    root = as_root(path)
+    if root.path is not None:
+        p = root.path
+        if p.exists() and not p.is_dir():
+            raise StoreError(f"{p}: exists and is not a directory")
+        p.mkdir(parents=True, exist_ok=True)
+    else:
+        root.check_reachable()  # the bucket exists and the credentials are accepted
+        _check_conditional_writes(root)
+    where = root.display
     created = False
-    if not (root / "manifest.json").exists():
-        others = [p.name for p in root.iterdir() if not p.name.startswith(".")]
+    if not root.exists(MANIFEST):
+        others = [n for n in root.listdir("") if not n.startswith(".")]
         # re-check: another process may have created the store while we listed
-        if others and not (root / "manifest.json").exists():
+        if others and not root.exists(MANIFEST):
             raise StoreError(
-                f"{root}: directory is not empty and not a trajlib store "
+                f"{where}: directory is not empty and not a trajlib store "
                 f"(found {', '.join(sorted(others)[:5])}); choose an empty path"
             )
         if not others:
             created = write_manifest_once(root)
     if not created and not exist_ok:
-        raise StoreError(f"{root}: a store already exists (pass exist_ok=True to open it)")
+        raise StoreError(f"{where}: a store already exists (pass exist_ok=True to open it)")
     store = Store(root, durable=durable)  # checks format and version
-    for sub in (*TABLES, LOCKS_DIR):
-        (root / sub).mkdir(exist_ok=True)
-    _ensure_layers_group(root / LAYERS_DIR)
+    root.mkdirs(*TABLES, LOCKS_DIR)
+    _ensure_layers_group(root)
     return store
 
 
-def _ensure_layers_group(path: Path) -> None:
-    if (path / "zarr.json").exists():
+def _check_conditional_writes(root: Root) -> None:
+    """Refuse an object store that ignores create-if-absent (``If-None-Match: *``): there two
+    writers could both claim, and both commit, one run."""
+    rel = f"{LOCKS_DIR}/.probe.{new_token()}"
+    try:
+        first = root.put_new(rel, b"1", "_probe")
+        second = root.put_new(rel, b"2", "_probe")
+    finally:
+        root.remove(rel, tree=False)
+    if not first or second:
+        raise StoreError(
+            f"{root.display}: this object store does not honour conditional writes "
+            "(PUT with If-None-Match: *), which claims and commit markers rely on; use AWS S3, "
+            "MinIO or another server that supports them"
+        )
+
+
+def _ensure_layers_group(root: Root) -> None:
+    rel = f"{LAYERS_DIR}/zarr.json"
+    if root.exists(rel):
         return
-    path.mkdir(exist_ok=True)
+    root.mkdirs(LAYERS_DIR)
     doc = {
         "zarr_format": 3,
         "node_type": "group",
         "attributes": {"stats": list(S.LAYER_STATS), "layout": "one array per run id"},
     }
-    tmp = temp_path(path / "zarr.json", "_manifest")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path / "zarr.json")
+    root.put_atomic(rel, (json.dumps(doc, indent=2) + "\n").encode("utf-8"), "_manifest")
 
 
-def open_store(path: str | os.PathLike[str], *, durable: bool = True) -> Store:
-    """Open an existing store; StoreError if ``path`` is not one, StoreVersionError if its schema
-    version is not readable by this trajlib."""
+def open_store(path: Location, *, durable: bool = True) -> Store:
+    """Open an existing store (a directory or an fsspec URL such as ``s3://bucket/prefix``);
+    StoreError if ``path`` is not one, StoreVersionError if its schema version is not readable by
+    this trajlib."""
     return Store(path, durable=durable)

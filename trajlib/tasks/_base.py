@@ -25,7 +25,10 @@ __all__ = [
 ]
 
 LOSSES = ("cross_entropy", "mse")
-OPTIMIZERS = ("sgd", "adamw")
+# The optimizers a task may name; Task.make_optimizer gives each as torch.optim (the collector's
+# populations implement the same updates on stacked parameters). Adam/AdamW's beta1 and RMSprop's
+# momentum are the task's ``momentum``; the other constants are torch.optim's defaults.
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "rmsprop")
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,9 @@ class Task:
     """A training problem.
 
     ``make_model()`` builds a freshly initialised ``nn.Module`` from torch's global RNG (the caller
-    seeds it); it must have no buffers that change in training (no BatchNorm running stats) and no
-    randomness in ``forward`` so that populations and branches are exact. ``make_data()`` returns
+    seeds it). BatchNorm (its running statistics are kept per run) and dropout (a run's masks are a
+    function of its seed and step) are fine; other randomness in ``forward`` should come from
+    torch's global RNG, so that populations and branches stay exact. ``make_data()`` returns
     the same splits every call. ``family`` groups related tasks for held-out evaluation.
     """
 
@@ -100,6 +104,30 @@ class Task:
         if self.loss == "mse":
             return ((out - y) ** 2).mean()
         return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+    def make_optimizer(
+        self,
+        params: Any,
+        lr: float,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
+    ) -> torch.optim.Optimizer:
+        """The task's optimizer as ``torch.optim`` over ``params`` at learning rate ``lr``
+        (``momentum`` / ``weight_decay``: the task's unless given). ``sgd``: SGD with momentum;
+        ``nesterov``: SGD(nesterov=True); ``adam``: Adam (L2 weight decay); ``adamw``: AdamW
+        (decoupled); ``rmsprop``: RMSprop. Adam/AdamW use ``betas=(momentum, 0.999)``."""
+        mom = self.momentum if momentum is None else float(momentum)
+        wd = self.weight_decay if weight_decay is None else float(weight_decay)
+        opt = self.optimizer
+        if opt in ("sgd", "nesterov"):
+            return torch.optim.SGD(
+                params, lr=lr, momentum=mom, weight_decay=wd, nesterov=opt == "nesterov"
+            )
+        if opt == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=(mom, 0.999), weight_decay=wd)
+        if opt == "adamw":
+            return torch.optim.AdamW(params, lr=lr, betas=(mom, 0.999), weight_decay=wd)
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.99, momentum=mom, weight_decay=wd)
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -181,6 +181,8 @@ class CNN2d(nn.Module):
 class TinyTransformerLM(nn.Module):
     """One-block causal transformer over characters (plain ops, so torch.func.vmap batches it)."""
 
+    mask: torch.Tensor  # causal mask (a non-persistent buffer)
+
     def __init__(
         self, vocab: int = 96, d: int = 48, heads: int = 4, context: int = CHAR_CONTEXT
     ) -> None:

@@ -75,3 +75,45 @@ def test_resuming_from_the_users_checkpoint_equals_an_uninterrupted_recording(ki
     lb, _, _ = full.layers(run[S.RUN_ID])
     assert (la == lb).all()
     assert pl.Series(a[S.LR]).n_unique() >= 1
+
+
+def test_chunks_on_an_fsspec_store_and_a_resume_in_process():
+    import torch
+    from torch import nn
+
+    from trajlib.collect import Recorder
+    from trajlib.store import create_store
+
+    st = create_store("memory://recorder-chunks")
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    xs = torch.randn(10, 4, 3)
+
+    def train(rec, steps):
+        for t in steps:
+            opt.zero_grad()
+            loss = model(xs[t]).pow(2).mean()
+            loss.backward()
+            opt.step()
+            rec.observe(loss)
+            rec.step()
+
+    rec = Recorder(st, opt, total_steps=10, every=2, chunk_every=3, behaviour="step")
+    train(rec, range(4))
+    saved = {"model": model.state_dict(), "opt": opt.state_dict(), "rec": rec.state_dict()}
+    saved = {k: {kk: (vv.clone() if torch.is_tensor(vv) else vv) for kk, vv in v.items()}
+             if k == "model" else v for k, v in saved.items()}  # fmt: skip
+    train(rec, range(4, 7))  # chunk 4..6 committed, then the process "dies"
+    rec.remove()
+    (run_id,) = st.incomplete_runs()
+    assert st.read_chunks(run_id)["stop"] == 6 and st.runs().collect().height == 0
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    rec = Recorder(st, opt, total_steps=10, every=2, chunk_every=3, behaviour="step")
+    rec.load_state_dict(saved["rec"])  # drops the chunk committed after the checkpoint
+    assert st.read_chunks(run_id)["stop"] == 4
+    train(rec, range(4, 10))
+    assert rec.close() and st.incomplete_runs() == [] and st.validate() == []
+    steps = st.steps().collect().sort(S.STEP)
+    assert steps[S.STEP].to_list() == list(range(10))

@@ -6,6 +6,7 @@ the names this package offers for each::
 
     tasks        what to train                    trajlib.tasks.get_task, Task
     collect      recipe -> instrumented runs      load_recipe, collect_into
+                 your own loop -> runs            record (a Recorder)
     store        runs on disk, read lazily        open_store
     features     trajectories -> features         derive, get_feature_set
     labels       branches -> per-action targets   trajlib.labels.make_labels
@@ -53,6 +54,7 @@ _LAZY: dict[str, str] = {
     "load_controller": "trajlib.controllers",
     "load_recipe": "trajlib.collect",
     "open_store": "trajlib.store",
+    "record": "trajlib.pipeline",
     "run_evaluation": "trajlib.evaluate",
 }
 # the stages and contracts, importable as attributes too (``trajlib.evaluate`` after ``import
@@ -91,6 +93,7 @@ __all__ = [
     "load_controller",
     "load_recipe",
     "open_store",
+    "record",
     "run_evaluation",
 ]
 
@@ -102,7 +105,7 @@ if TYPE_CHECKING:
     from trajlib.errors import TrajlibError
     from trajlib.evaluate import run_evaluation
     from trajlib.features import derive, get_feature_set
-    from trajlib.pipeline import collect_into, demo, iterate
+    from trajlib.pipeline import collect_into, demo, iterate, record
     from trajlib.spec import DecisionSpec, RunConfig
     from trajlib.store import open_store
 

@@ -2,6 +2,8 @@
 
 - :func:`collect_into` runs a recipe into a store (creating it), wiring the controller policy
   when the recipe's behaviour is ``controller``;
+- :func:`record` opens (or creates) a store and returns a :class:`~trajlib.collect.Recorder`
+  for the user's own training loop;
 - :func:`demo` collects ``collectors/quickstart.toml``, fits a GBT controller and evaluates it
   against the demo baselines on held-out tasks;
 - :func:`iterate` collects, fits, and collects again around the fitted controller, ``rounds``
@@ -26,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 from trajlib.errors import ConfigError
 
 if TYPE_CHECKING:
-    from trajlib.collect import CollectReport, DecisionPolicy, Recipe
+    import torch
+
+    from trajlib.collect import CollectReport, DecisionPolicy, Recipe, Recorder
     from trajlib.evaluate import EvalResult
 
 __all__ = [
@@ -38,6 +42,7 @@ __all__ = [
     "collect_into",
     "controller_policy",
     "demo",
+    "record",
     "iterate",
     "iterate_markdown",
 ]
@@ -94,6 +99,15 @@ def controller_policy(recipe: Recipe) -> Callable[[], DecisionPolicy] | None:
     if problems:
         raise ConfigError("behaviour.checkpoint", "a valid checkpoint", ckpt, problems[0])
     return functools.partial(ControllerPolicy, ckpt)
+
+
+def record(store: PathLike, optimizer: torch.optim.Optimizer, **kwargs: Any) -> Recorder:
+    """A :class:`~trajlib.collect.Recorder` of ``optimizer``'s training into the store at
+    ``store`` (created if missing); ``kwargs`` are the Recorder's (``total_steps`` required)."""
+    from trajlib.collect import Recorder
+    from trajlib.store import create_store
+
+    return Recorder(create_store(store, exist_ok=True), optimizer, **kwargs)
 
 
 def collect_into(

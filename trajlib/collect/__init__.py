@@ -3,7 +3,8 @@
 ``load_recipe`` validates a ``collectors/*.toml`` recipe into a :class:`Recipe`, whose
 ``run_configs()`` are the runs it asks for (:class:`trajlib.spec.RunConfig`); ``collect`` runs
 them into a store (any :class:`RunSink`) with the local process pool (default) or Ray;
-``run_population`` trains one population of runs in this process and returns their frames.
+``run_population`` trains one population of runs in this process and returns their frames;
+:class:`Recorder` records a user's own training loop (behaviour schedule, branches) into a sink.
 Behaviours of kind ``controller`` take a :class:`DecisionPolicy` injected by the caller (collect
 imports nothing to its right).
 
@@ -15,6 +16,7 @@ advance, divergence), ``_results`` (frames and the run row), ``_executor`` (work
 from trajlib.collect._behaviour import BEHAVIOURS, DecisionContext, DecisionPolicy
 from trajlib.collect._executor import CollectReport, RunSink, collect
 from trajlib.collect._recipe import Recipe, load_recipe, parse_recipe
+from trajlib.collect._recorder import Recorder
 from trajlib.collect._runner import RunResult, run_population
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "DecisionContext",
     "DecisionPolicy",
     "Recipe",
+    "Recorder",
     "RunResult",
     "RunSink",
     "collect",

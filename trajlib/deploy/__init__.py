@@ -3,7 +3,7 @@
 :class:`ControllerScheduler` behaves like a ``torch.optim.lr_scheduler`` scheduler; it computes the
 online features from optimizer hooks and the losses you give it, and asks the controller every N
 steps. Adapters for Lightning and Hugging Face live in :mod:`trajlib.deploy.lightning` and
-:mod:`trajlib.deploy.hf`; the measurement probe is internal (``trajlib.deploy._probe``).
+:mod:`trajlib.deploy.hf`; the measurement probe is :class:`trajlib.measure.StepProbe`.
 """
 
 from trajlib.deploy._scheduler import ControllerScheduler

@@ -13,9 +13,10 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from trajlib.controllers import LoadedController, load_controller
-from trajlib.deploy._probe import PROBE_COLUMNS, STRIDED, StepProbe, summarise
 from trajlib.errors import ConfigError, FeatureSetMismatchError
 from trajlib.features import OnlineFeatures, get_feature_set
+from trajlib.measure import PROBE_COLUMNS, STRIDED, StepProbe, summarise
+from trajlib.optim_hp import hp_get, hp_movable, hp_set
 from trajlib.space import HyperParam, base_factor
 
 __all__ = ["ControllerScheduler", "STATE_VERSION"]
@@ -54,40 +55,6 @@ def _check_arguments(optimizer: Any, total_steps: Any, every: Any) -> None:
         isinstance(every, bool) or not isinstance(every, int | np.integer) or every <= 0
     ):
         raise ConfigError("every", "a positive integer (steps between decisions)", every)
-
-
-def _hp_get(group: dict[str, Any], name: str) -> float | None:
-    """Momentum (SGD/RMSprop ``momentum`` / Adam-style ``betas[0]``) or ``weight_decay`` of a
-    group; None where the optimizer has no such hyperparameter."""
-    if name == "momentum":
-        if "betas" in group:
-            return float(group["betas"][0])
-        return float(group["momentum"]) if "momentum" in group else None
-    if name == "weight_decay":
-        return float(group["weight_decay"]) if "weight_decay" in group else None
-    return None
-
-
-def _hp_movable(group: dict[str, Any], name: str) -> bool:
-    """Whether the scheduler may move ``name`` in this group: the optimizer has it and the user
-    has it switched on (a value > 0). Momentum 0 stays 0 (an RMSprop that never made a momentum
-    buffer, a plain SGD), as does weight decay 0."""
-    v = _hp_get(group, name)
-    return v is not None and math.isfinite(v) and v > 0.0
-
-
-def _hp_set(group: dict[str, Any], name: str, value: float) -> None:
-    if name == "momentum":
-        if "betas" in group:
-            b = group["betas"]
-            if isinstance(b, torch.Tensor):
-                b[0] = value
-            else:
-                group["betas"] = (value, *tuple(b)[1:])
-        elif "momentum" in group:
-            group["momentum"] = value
-    elif name == "weight_decay":
-        group["weight_decay"] = value
 
 
 @dataclass
@@ -258,7 +225,7 @@ class ControllerScheduler(LRScheduler):
             if name == "lr":
                 continue
             bound = self.space[name] if name in self.space else None
-            vals = [_hp_get(g, name) or 0.0 for g in optimizer.param_groups if _hp_movable(g, name)]
+            vals = [hp_get(g, name) or 0.0 for g in optimizer.param_groups if hp_movable(g, name)]
             out = [v for v in vals if bound is not None and not bound.low <= v <= bound.high]
             if out and bound is not None:
                 warnings.warn(
@@ -509,8 +476,8 @@ class ControllerScheduler(LRScheduler):
             cols["lr"] = [base * bf * mult for bf in bfs]
             cols["lr_mult"] = (mult,) * n
             # an optimizer without momentum runs as momentum 0 (what it does)
-            cols["momentum"] = (_hp_get(group, "momentum") or 0.0,) * n
-            cols["weight_decay"] = (_hp_get(group, "weight_decay"),) * n
+            cols["momentum"] = (hp_get(group, "momentum") or 0.0,) * n
+            cols["weight_decay"] = (hp_get(group, "weight_decay"),) * n
             stats_u = per_unit[ui]
             if stats_u is None:  # no statistics for this unit: finite follows the loss only
                 cols["finite"] = [
@@ -612,8 +579,8 @@ class ControllerScheduler(LRScheduler):
             for gi in groups:
                 g = self.optimizer.param_groups[gi]
                 # never a hyperparameter the optimizer lacks or the user switched off
-                if hp is not None and _hp_movable(g, name):
-                    _hp_set(g, name, hp.move(_hp_get(g, name), delta))  # type: ignore[arg-type]
+                if hp is not None and hp_movable(g, name):
+                    hp_set(g, name, hp.move(hp_get(g, name), delta))  # type: ignore[arg-type]
 
     def _base_factor(self, step: int) -> float:
         """The base schedule's factor at ``step`` (the last value is kept: every step asks for
@@ -656,7 +623,7 @@ class ControllerScheduler(LRScheduler):
             "every": self.every,
             "targets": list(self._targets),
             "hp": [
-                {n: _hp_get(g, n) for n in ("momentum", "weight_decay")}
+                {n: hp_get(g, n) for n in ("momentum", "weight_decay")}
                 for g in self.optimizer.param_groups
             ],
             "units": [
@@ -731,8 +698,8 @@ class ControllerScheduler(LRScheduler):
         self.actions_taken = [(int(a), int(b), int(c)) for a, b, c in t["actions_taken"]]
         for g, hp in zip(self.optimizer.param_groups, t["hp"]):
             for name, v in hp.items():
-                if v is not None and _hp_get(g, name) is not None:
-                    _hp_set(g, name, float(v))
+                if v is not None and hp_get(g, name) is not None:
+                    hp_set(g, name, float(v))
         self._probe.load_state_dict(t["probe"])
         self._load_rows(t["rows"])
         o = t["open"]

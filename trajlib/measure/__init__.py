@@ -21,6 +21,10 @@ A backend is anything that follows :class:`LayerSums`. Two ship:
 :func:`layer_sums` picks one for a list of parameters. Adding a backend: a class with the methods
 of :class:`LayerSums`, an entry in :data:`BACKENDS`, and its case in the parity tests
 (``tests/measure/test_backends.py``).
+
+:class:`StepProbe` (:mod:`trajlib.measure._hooks`) hooks a user's optimizer (pre / post step
+hooks) and measures every real step with such a backend; the Recorder of :mod:`trajlib.collect` and
+the deployed scheduler of :mod:`trajlib.deploy` both use it.
 """
 
 from __future__ import annotations
@@ -40,14 +44,18 @@ __all__ = [
     "BACKENDS",
     "LayerSums",
     "NativeSums",
+    "PROBE_COLUMNS",
     "RAW_LAYER_SUMS",
     "STEP_STATS",
+    "STRIDED",
+    "StepProbe",
     "TorchSums",
     "is_measured",
     "layer_sums",
     "native_status",
     "step_stats",
     "stride_masks",
+    "summarise",
 ]
 
 
@@ -136,3 +144,7 @@ def native_status() -> str:
     """Whether the native kernels load here, and why not (compiles them on first call)."""
     _native.lib()
     return _native.status()
+
+
+# the hook layer builds on the names above (it imports layer_sums when it first measures)
+from trajlib.measure._hooks import PROBE_COLUMNS, STRIDED, StepProbe, summarise  # noqa: E402

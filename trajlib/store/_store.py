@@ -8,13 +8,14 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from trajlib import schema as S
 from trajlib.errors import StoreError
-from trajlib.store import _claims
+from trajlib.store import _chunks, _claims
 from trajlib.store._check import validate
 from trajlib.store._coerce import coerce_all
 from trajlib.store._commit import SCHEMAS, CommitIndex
@@ -405,6 +406,24 @@ class Store:
     def compact(self, *, rows_per_file: int = 4_000_000) -> dict:
         """Merge per-run fragments into sorted part files; return statistics."""
         return compact(self.root, rows_per_file=rows_per_file, durable=self.durable)
+
+    # ------------------------------------------------------------------ chunks (trajlib.store._chunks)
+    def write_chunk(self, run_id: str, start: int, stop: int, **tables: Any) -> None:
+        """Commit rows ``start .. stop - 1`` of a run still being recorded (never visible as a
+        run; see :mod:`trajlib.store._chunks`)."""
+        _chunks.write_chunk(self.root, run_id, start, stop, durable=self.durable, **tables)
+
+    def read_chunks(self, run_id: str, upto: int | None = None) -> dict[str, Any]:
+        """What the committed chunks of an unfinished run hold (steps below ``upto``)."""
+        return _chunks.read_chunks(self.root, run_id, upto)
+
+    def drop_chunks(self, run_id: str, from_step: int = 0) -> None:
+        """Remove the chunks of ``run_id`` starting at ``from_step`` or later (all by default)."""
+        _chunks.drop_chunks(self.root, run_id, from_step)
+
+    def incomplete_runs(self) -> list[str]:
+        """Runs with committed chunks and no commit (killed recordings), sorted."""
+        return _chunks.incomplete_runs(self.root, self.committed_run_ids())
 
 
 def create_store(path: Location, exist_ok: bool = True, *, durable: bool = True) -> Store:

@@ -119,6 +119,30 @@ def test_fit_store_on_outcome_labels(tiny_store: Path, tmp_path: Path, kind: str
     assert values.shape == (3, A) and np.isfinite(values).all()
 
 
+def test_fit_store_on_a_store_without_branches(unbranched_store: Path, tmp_path: Path) -> None:
+    """Runs recorded without branches train a controller with labels='outcome' only."""
+    from trajlib.controllers import fit_store
+    from trajlib.controllers._from_store import training_table
+    from trajlib.store import open_store
+
+    assert open_store(unbranched_store).branches().collect().height == 0
+    with pytest.raises(ConfigError, match="outcome"):
+        fit_store(unbranched_store, kind="gbt", labels="greedy", out=tmp_path / "g")
+    table, lab, spec = training_table(unbranched_store, labels="outcome")
+    adv = lab.select([f"adv_{i}" for i in range(A)]).to_numpy()
+    assert lab.height > 0 and (np.isfinite(adv).sum(axis=1) == 1).all()  # one known target a row
+    keep = spec.action_space.keep_index
+    assert (adv[:, keep][np.isfinite(adv[:, keep])] == 0).all()
+    path, metrics = fit_store(
+        unbranched_store,
+        kind="gbt",
+        labels="outcome",
+        out=tmp_path / "o",
+        params={"n_estimators": 10, "min_child_samples": 2},
+    )
+    assert path.exists() and metrics["n_test_rows"] > 0
+
+
 @pytest.fixture(scope="module")
 def branched_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real store big enough to compare labels: 2 tasks x 8 runs x 200 steps, all branched."""

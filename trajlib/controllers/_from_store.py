@@ -99,6 +99,10 @@ def fit_store(
 ) -> tuple[Path, dict[str, float]]:
     """Fit a ``kind`` controller on ``labels`` from the store and write a checkpoint to ``out``.
 
+    ``labels`` names a branch strategy (``greedy``, ``annealed``, ``long``: stores collected with
+    branches) or ``outcome`` (any store, e.g. runs recorded without branches: only the taken
+    action's target is known per decision, the others are NaN and masked by every kind).
+
     Offline metrics come from a split grouped by task (or by run with one task); the saved
     controller is then refit on every row. Returns ``(checkpoint path, metrics)``.
     """

@@ -34,7 +34,8 @@ def compare_labels(
     - ``argmax_agreement``: share of all points where both tables name the same best action (the
       outcome table can only name the taken action or keep, so this is bounded by how often the
       reference's best is one of those two);
-    - ``reachable_share``: share of points whose reference best is the taken action or keep;
+    - ``reachable_share``: share of points whose reference best is the taken action or keep, and
+      ``argmax_agreement_reachable``: the argmax agreement over those points only;
     - ``n_points`` and ``n_moves`` (points where the taken action is not keep).
     """
     need = [S.RUN_ID, S.STEP, "best_action"]
@@ -61,11 +62,15 @@ def compare_labels(
     moves = (a != keep_index) & np.isfinite(adv_o) & np.isfinite(adv_r)
     best_o = j["best_action"].to_numpy()
     best_r = j["best_action_ref"].to_numpy()
+    reach = (best_r == a) | (best_r == keep_index)
     out = {
         "n_points": float(j.height),
         "n_moves": float(moves.sum()),
         "argmax_agreement": float(np.mean(best_o == best_r)),
-        "reachable_share": float(np.mean((best_r == a) | (best_r == keep_index))),
+        "reachable_share": float(np.mean(reach)),
+        "argmax_agreement_reachable": (
+            float(np.mean(best_o[reach] == best_r[reach])) if reach.any() else float("nan")
+        ),
         "sign_agreement": float("nan"),
         "spearman": float("nan"),
     }

@@ -376,7 +376,9 @@ def _fan(
 
     fig, ax = plt.subplots(figsize=(12, 5.5))
     if val.height:
-        ax.plot(val[S.STEP], val[S.VAL_LOSS], "-", color="0.35", lw=1.5, zorder=1)
+        # a step's val_loss is measured on the weights after that step: draw it at step + 1, where
+        # the fans (decision at t, outcome after H updates) start and end
+        ax.plot(val[S.STEP] + 1, val[S.VAL_LOSS], "-", color="0.35", lw=1.5, zorder=1)
     all_y: list[float] = []
     for (t,), g in br.group_by(S.STEP, maintain_order=True):
         t = int(t)  # type: ignore[call-overload]

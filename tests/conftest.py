@@ -37,6 +37,25 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def unbranched_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real store recorded without branches: the tiny recipe, 2 runs per task, branching off."""
+    import copy
+
+    from trajlib.collect import collect, parse_recipe
+    from trajlib.store import create_store, open_store
+
+    recipe = copy.deepcopy(TINY_RECIPE)
+    recipe["collect"]["runs_per_task"] = 2
+    recipe["branch"] = {"enabled": False}
+    path = tmp_path_factory.mktemp("unbranched") / "store"
+    create_store(path)
+    threads = torch.get_num_threads()
+    collect(parse_recipe(recipe), functools.partial(open_store, path), workers=1, progress=False)
+    torch.set_num_threads(threads)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real GBT controller checkpoint fitted on ``tiny_store`` (greedy labels)."""
     from trajlib.controllers import fit_store

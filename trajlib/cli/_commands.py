@@ -65,7 +65,11 @@ def add_main_commands(sub: Any) -> None:
     p = sub.add_parser("fit", help="fit a controller on a store")
     p.add_argument("store", help="store directory or URL (s3://bucket/prefix)")
     p.add_argument("--kind", default="gbt", help="controller kind: gbt | mlp | gru")
-    p.add_argument("--labels", default="greedy", help="label strategy: greedy | annealed | long")
+    p.add_argument(
+        "--labels",
+        default="greedy",
+        help="label strategy: greedy | annealed | long (branches) | outcome (no branches)",
+    )
     p.add_argument("--set", dest="feature_set", default="default", help="feature set name")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--seed", type=int, default=0)
@@ -104,7 +108,11 @@ def add_main_commands(sub: Any) -> None:
     p.add_argument("recipe", help="path to a collectors/*.toml recipe (round 0 uses its behaviour)")
     p.add_argument("--rounds", type=_positive_int, default=2)
     p.add_argument("--kind", default="gbt", help="controller kind: gbt | mlp | gru")
-    p.add_argument("--labels", default="greedy", help="label strategy: greedy | annealed | long")
+    p.add_argument(
+        "--labels",
+        default="greedy",
+        help="label strategy: greedy | annealed | long (branches) | outcome (no branches)",
+    )
     p.add_argument("--store", required=True, help="store directory (all rounds collect into it)")
     p.add_argument(
         "--out", required=True, help="directory for round-<r>/ checkpoints and iterate.md"

@@ -1,4 +1,5 @@
-"""``trajlib store info|validate|gc|compact DIR`` and ``trajlib export tensorboard STORE OUTDIR``.
+"""``trajlib store info|validate|gc|compact DIR``, ``trajlib export tensorboard STORE OUTDIR`` and
+``trajlib plot STORE --out DIR``.
 
 Each handler takes the parsed ``args`` and returns an exit code; user errors are raised as
 :class:`~trajlib.errors.TrajlibError` for ``trajlib.cli.main`` to print as one line (exit 2).
@@ -56,6 +57,22 @@ def add_store_commands(subparsers: argparse._SubParsersAction) -> None:
         help="export only this run (repeatable; default: all committed runs)",
     )
     p.set_defaults(func=cmd_export_tensorboard)
+
+    p = subparsers.add_parser(
+        "plot",
+        help="PNG figures of a store: overview, per run loss/HP curves, layer heat map, branch fans",
+    )
+    p.add_argument("store", metavar="STORE", help=STORE_HELP)
+    p.add_argument("--out", required=True, metavar="DIR", help="directory to write the PNGs into")
+    p.add_argument(
+        "--run",
+        dest="run_ids",
+        action="append",
+        metavar="ID",
+        help="plot this run (repeatable; default: the first run of each task)",
+    )
+    p.add_argument("--no-overview", action="store_true", help="skip overview.png")
+    p.set_defaults(func=cmd_plot)
 
 
 def cmd_store_info(args: argparse.Namespace) -> int:
@@ -124,4 +141,14 @@ def cmd_export_tensorboard(args: argparse.Namespace) -> int:
 
     dirs = export_tensorboard(open_store(args.store), args.outdir, run_ids=args.run_ids)
     print(f"wrote {len(dirs)} run(s) to {args.outdir}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from trajlib.evaluate._plots import plot_store
+
+    paths = plot_store(args.store, args.out, run_ids=args.run_ids, overview=not args.no_overview)
+    for p in paths:
+        print(p)
+    print(f"wrote {len(paths)} figure(s) to {args.out}")
     return 0

@@ -15,7 +15,7 @@ from trajlib.controllers._checkpoint import save_controller
 from trajlib.controllers._fit import fit_from_table
 from trajlib.errors import ConfigError
 from trajlib.features import derive, get_feature_set
-from trajlib.labels import get_label_strategy, make_labels
+from trajlib.labels import get_label_strategy, make_labels, trajectory_labels
 from trajlib.spec import DecisionSpec, FeatureSetRef, RunConfig
 from trajlib.store import open_store
 
@@ -56,12 +56,14 @@ def _training_data(
     if runs.height == 0:
         raise ConfigError("STORE", "a store with committed runs", str(getattr(st, "path", store)))
     decisions = st.decisions(task=tasks).collect()
-    branches = st.branches(task=tasks).collect()
-    if branches.height == 0:
+    strat = get_label_strategy(labels)
+    branches = st.branches(task=tasks).collect() if strat.needs_branches else None
+    if branches is not None and branches.height == 0:
         raise ConfigError(
             "STORE",
             "runs collected with branching on (labels come from branch outcomes)",
             "no branch rows",
+            hint="label runs recorded without branches with labels='outcome'",
         )
     specs = [RunConfig.from_dict(json.loads(e)).decision for e in runs[S.ENTRY].to_list() if e]
     _one([d.action_space.to_dict() for d in specs], "actions")
@@ -75,12 +77,11 @@ def _training_data(
     points = decisions.select(S.RUN_ID, S.STEP).unique().sort(S.RUN_ID, S.STEP)
     table = derive(st.steps(task=tasks), points, runs.select(S.RUN_ID, S.BUDGET), fs)
     table = table.join(runs.select(S.RUN_ID, S.TASK), on=S.RUN_ID, how="left")
-    lab = make_labels(
-        branches,
-        labels,
-        keep_index=spec.action_space.keep_index,
-        n_actions=len(spec.action_space),
-    )
+    keep, n_act = spec.action_space.keep_index, len(spec.action_space)
+    if branches is None:  # labels from the trajectory and the logged propensities
+        lab = trajectory_labels(st.steps(task=tasks), decisions, keep, n_act, strat)
+    else:
+        lab = make_labels(branches, strat, keep_index=keep, n_actions=n_act)
     return table, lab, spec, runs
 
 
@@ -97,6 +98,10 @@ def fit_store(
     overwrite: bool = False,
 ) -> tuple[Path, dict[str, float]]:
     """Fit a ``kind`` controller on ``labels`` from the store and write a checkpoint to ``out``.
+
+    ``labels`` names a branch strategy (``greedy``, ``annealed``, ``long``: stores collected with
+    branches) or ``outcome`` (any store, e.g. runs recorded without branches: only the taken
+    action's target is known per decision, the others are NaN and masked by every kind).
 
     Offline metrics come from a split grouped by task (or by run with one task); the saved
     controller is then refit on every row. Returns ``(checkpoint path, metrics)``.

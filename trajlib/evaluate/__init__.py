@@ -6,7 +6,9 @@ initialisation and batches per seed. A :class:`Method` is one run with a schedul
 returns the one it would deploy, chosen on validation, scored on test, with its compute charged.
 :func:`run_evaluation` takes both and aggregates (:func:`run_evaluation_parallel` builds the
 methods from names and spreads task x seed over processes); :func:`write_report` writes
-``report.md``, ``summary.csv``, ``traces.json`` and PNG plots. :func:`standard_methods`,
+``report.md``, ``summary.csv``, ``traces.json`` and PNG plots; :func:`plot_store` draws a trajectory
+store (``trajlib plot``: overview, loss and hyperparameter curves, per-layer heat map, branch fans).
+:func:`standard_methods`,
 :func:`quick_methods` and :func:`standard_strategies` list the baselines; each baseline's
 constructor, the protocol's constants and the statistics live in the private modules
 (``_schedules``, ``_strategies``, ``_protocol``, ``_report``...).
@@ -37,6 +39,7 @@ from trajlib.evaluate._methods import (
     standard_strategies,
 )
 from trajlib.evaluate._parallel import run_evaluation_parallel
+from trajlib.evaluate._plots import plot_store, run_figure_names
 from trajlib.evaluate._protocol import HELD_OUT_TASKS
 from trajlib.evaluate._report import EvalResult, run_evaluation, write_report
 from trajlib.evaluate._strategies import Strategy
@@ -51,9 +54,11 @@ __all__ = [
     "controller_method",
     "controller_methods",
     "cosine_method",
+    "plot_store",
     "quick_methods",
     "run_evaluation",
     "run_evaluation_parallel",
+    "run_figure_names",
     "standard_methods",
     "standard_strategies",
     "train_task",

@@ -35,6 +35,8 @@ class LabelStrategy(ABC):
 
     name: ClassVar[str] = ""
     required_columns: ClassVar[tuple[str, ...]] = ()
+    #: False for strategies that label from the trajectory alone (runs recorded without branches)
+    needs_branches: ClassVar[bool] = True
 
     def __init__(self, tie_tol: float = 1e-3, diverged_penalty: float = 1.0) -> None:
         if not (isinstance(tie_tol, int | float) and math.isfinite(tie_tol) and tie_tol >= 0):

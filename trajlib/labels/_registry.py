@@ -9,6 +9,7 @@ from trajlib.labels._annealed import AnnealedLabels
 from trajlib.labels._base import LabelStrategy
 from trajlib.labels._greedy import GreedyLabels
 from trajlib.labels._long import LongHorizonLabels
+from trajlib.labels._outcome import OutcomeLabels
 
 __all__ = ["register_label_strategy", "get_label_strategy", "label_strategies"]
 
@@ -41,5 +42,5 @@ def label_strategies() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _cls in (GreedyLabels, AnnealedLabels, LongHorizonLabels):
+for _cls in (GreedyLabels, AnnealedLabels, LongHorizonLabels, OutcomeLabels):
     register_label_strategy(_cls)

@@ -85,6 +85,32 @@ def _new_token() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def atomic_write_bytes(
+    data: bytes | memoryview, final: Path, owner: str, *, durable: bool = True
+) -> None:
+    """Write ``data`` to a temporary next to ``final`` (``.<owner>.<token>.tmp``, fsynced when
+    ``durable``), rename it into place, then fsync the directory: a reader sees the old file or
+    the whole new one."""
+    tmp = final.parent / f".{owner}.{_new_token()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            view = memoryview(data)
+            while view.nbytes:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    if durable:
+        fsync_dir(final.parent)
+
+
 class Root:
     """A store location; paths passed to its methods are relative to the store root."""
 
@@ -204,25 +230,7 @@ class LocalRoot(Root):
     def put_atomic(
         self, rel: str, data: bytes | memoryview, owner: str, *, durable: bool = True
     ) -> None:
-        final = self._dir / rel
-        tmp = final.parent / f".{owner}.{_new_token()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            try:
-                view = memoryview(data)
-                while view.nbytes:
-                    view = view[os.write(fd, view) :]
-                if durable:
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        if durable:
-            fsync_dir(final.parent)
+        atomic_write_bytes(data, self._dir / rel, owner, durable=durable)
 
     def put_new(self, rel: str, data: bytes, owner: str, *, durable: bool = False) -> bool:
         final = self._dir / rel

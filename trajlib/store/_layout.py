@@ -19,10 +19,8 @@ directory of their final name, so garbage collection knows whose they are.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import re
 import uuid
 from collections.abc import Iterable
@@ -33,7 +31,7 @@ from typing import Final
 import polars as pl
 
 from trajlib.errors import ConfigError, StoreError
-from trajlib.store._fs import Root, as_root, fsync_dir
+from trajlib.store._fs import Root, as_root, atomic_write_bytes
 
 MANIFEST = "manifest.json"
 JOURNAL = "compaction.json"
@@ -156,31 +154,6 @@ def put_parquet(
 ) -> None:
     """Write ``df`` at ``rel`` of ``root`` atomically (temp + rename locally, one PUT remotely)."""
     root.put_atomic(rel, encode_parquet(df, metadata), owner, durable=durable)
-
-
-def atomic_write_bytes(
-    data: bytes | memoryview, final: Path, owner: str, *, durable: bool = True
-) -> None:
-    """Write ``data`` to a temporary next to ``final`` (fsynced when ``durable``), rename it into
-    place, then fsync the directory: a reader sees the old file or the whole new one."""
-    tmp = temp_path(final, owner)
-    try:
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        try:
-            view = memoryview(data)
-            while view.nbytes:
-                view = view[os.write(fd, view) :]
-            if durable:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if durable:
-        fsync_dir(final.parent)
 
 
 def atomic_write_json(obj: object, final: Path, owner: str, *, durable: bool = True) -> None:

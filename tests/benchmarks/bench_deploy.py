@@ -146,9 +146,9 @@ class Loop:
         self.sched = sched
         decide = sched._decide
 
-        def timed() -> None:
+        def timed(*args: Any) -> None:
             t0 = time.perf_counter()
-            decide()
+            decide(*args)
             self.decide_s += time.perf_counter() - t0
 
         sched._decide = timed  # type: ignore[method-assign]
@@ -309,6 +309,8 @@ def main() -> None:
                 used[m] = probe.backend_name
         ctrl = loops[f"controller/{default}"]
         events = dict(ctrl.sched.events)
+        if events["errors"]:  # a figure without the decisions it should include is no figure
+            raise SystemExit(f"bench_deploy: the controller loop counted errors: {events}")
         decide_s += ctrl.decide_s
         decisions += events["decisions"] + events["held_nonfinite"]
         for lp in loops.values():

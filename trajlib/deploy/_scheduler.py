@@ -290,7 +290,18 @@ class ControllerScheduler(LRScheduler):
             self._probe.take()
             self._probe.next_step = epoch  # the stride counts the controller's own steps
             self._rows = []
-        super()._update_lr(epoch)
+        groups = self.optimizer.param_groups
+        if epoch is not None or any(isinstance(g["lr"], torch.Tensor) for g in groups):
+            super()._update_lr(epoch)
+            return
+        # the usual step with float LRs: what torch's _update_lr does (next epoch, get_lr, write
+        # the groups, remember the last LRs) without its per-group generic helpers — it runs
+        # every optimizer step of the user's training
+        self.last_epoch += 1
+        values = self.get_lr()
+        for g, lr in zip(groups, values, strict=True):
+            g["lr"] = lr
+        self._last_lr = list(values)
 
     def _lr_targets(self) -> list[float]:
         f = self._base_factor(max(self.last_epoch, 0))

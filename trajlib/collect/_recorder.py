@@ -136,6 +136,71 @@ def _val_pair(v: Any) -> tuple[float, float]:
     return float(v), math.nan
 
 
+def _check_arguments(
+    *,
+    sink: Any,
+    optimizer: Any,
+    total_steps: Any,
+    every: Any,
+    seed: Any,
+    val_every: Any,
+    base_schedule: Any,
+    train_step: Any,
+    validate: Any,
+    model: Any,
+    chunk_every: Any,
+    src_rank: Any,
+    divergence_factor: Any,
+) -> None:
+    """The Recorder's arguments, checked up front: one line naming the argument."""
+    for name in ("write_run", "is_committed"):
+        if sink is not None and not callable(getattr(sink, name, None)):
+            raise ConfigError(
+                "sink",
+                "a RunSink (a trajlib.store.Store)",
+                type(sink).__name__,
+                "trajlib.record(path, optimizer, ...) opens a store path for you",
+            )
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError("optimizer", "a torch.optim.Optimizer", type(optimizer).__name__)
+    _check_int("total_steps", total_steps)
+    _check_int("every", every)
+    _check_int("seed", seed, minimum=0)
+    if val_every is not None:
+        _check_int("val_every", val_every)
+    if base_schedule not in BASE_SCHEDULES:
+        raise ConfigError("base_schedule", f"one of {BASE_SCHEDULES}", base_schedule)
+    if train_step is not None and not callable(train_step):
+        raise ConfigError("train_step", "a callable train_step(batch) -> loss", train_step)
+    if validate is not None and not callable(validate):
+        raise ConfigError("validate", "a callable validate() -> loss", validate)
+    if model is not None and not isinstance(model, torch.nn.Module):
+        raise ConfigError("model", "a torch.nn.Module", type(model).__name__)
+    if train_step is not None and model is None:
+        raise ConfigError(
+            "model", "the model train_step trains", None, "branches snapshot and restore it"
+        )
+    if chunk_every is not None:
+        _check_int("chunk_every", chunk_every)
+        if sink is not None and not callable(getattr(sink, "write_chunk", None)):
+            raise ConfigError(
+                "chunk_every",
+                "None for a sink without write_chunk",
+                chunk_every,
+                "trajlib.store.Store commits chunks",
+            )
+    _check_int("src_rank", src_rank, minimum=0)
+    if train_step is not None and _world_size() > 1:
+        raise ConfigError(
+            "train_step",
+            "None under torch.distributed (no branches across ranks)",
+            "a callable",
+            "record branches in a single-process run",
+        )
+    if not (isinstance(divergence_factor, int | float) and divergence_factor > 1):
+        raise ConfigError("divergence_factor", "a number > 1", divergence_factor)
+
+
 class Recorder:
     """Records a user's training loop into a trajectory store, under a behaviour schedule.
 
@@ -205,97 +270,39 @@ class Recorder:
         chunk_every: int | None = None,
         src_rank: int = 0,
     ) -> None:
-        for name in ("write_run", "is_committed"):
-            if sink is not None and not callable(getattr(sink, name, None)):
-                raise ConfigError(
-                    "sink",
-                    "a RunSink (a trajlib.store.Store)",
-                    type(sink).__name__,
-                    "trajlib.record(path, optimizer, ...) opens a store path for you",
-                )
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ConfigError("optimizer", "a torch.optim.Optimizer", type(optimizer).__name__)
-        _check_int("total_steps", total_steps)
-        _check_int("every", every)
-        _check_int("seed", seed, minimum=0)
-        if val_every is not None:
-            _check_int("val_every", val_every)
-        if base_schedule not in BASE_SCHEDULES:
-            raise ConfigError("base_schedule", f"one of {BASE_SCHEDULES}", base_schedule)
-        if train_step is not None and not callable(train_step):
-            raise ConfigError("train_step", "a callable train_step(batch) -> loss", train_step)
-        if validate is not None and not callable(validate):
-            raise ConfigError("validate", "a callable validate() -> loss", validate)
-        if model is not None and not isinstance(model, torch.nn.Module):
-            raise ConfigError("model", "a torch.nn.Module", type(model).__name__)
-        if train_step is not None and model is None:
-            raise ConfigError(
-                "model", "the model train_step trains", None, "branches snapshot and restore it"
-            )
-        if chunk_every is not None:
-            _check_int("chunk_every", chunk_every)
-            if sink is not None and not callable(getattr(sink, "write_chunk", None)):
-                raise ConfigError(
-                    "chunk_every",
-                    "None for a sink without write_chunk",
-                    chunk_every,
-                    "trajlib.store.Store commits chunks",
-                )
-        _check_int("src_rank", src_rank, minimum=0)
-        if train_step is not None and _world_size() > 1:
-            raise ConfigError(
-                "train_step",
-                "None under torch.distributed (no branches across ranks)",
-                "a callable",
-                "record branches in a single-process run",
-            )
-        if not (isinstance(divergence_factor, int | float) and divergence_factor > 1):
-            raise ConfigError("divergence_factor", "a number > 1", divergence_factor)
-        lr0 = self._start_lr(optimizer)
-        cfg = self._behaviour_config(behaviour, seed)
-        if cfg.kind == "controller" and policy is None:
-            raise ConfigError(
-                "behaviour", "'controller' only with a policy=", cfg.kind, "pass policy=..."
-            )
-        meta = dict(task_meta or {})
-        task = sanitise_run_id(str(meta.get("task", meta.get("name", "user"))))
-        space = SpaceConfig(
-            mode="free" if base_schedule == "constant" else "residual",
-            base_schedule=base_schedule,
-        )
-        decision = DecisionSpec(
-            action_space=actions if actions is not None else lr_action_space(),
-            hp_space=hp_space if hp_space is not None else space.hp_space,
+        _check_arguments(
+            sink=sink,
+            optimizer=optimizer,
+            total_steps=total_steps,
             every=every,
-            mode=space.mode,
-            base_schedule=base_schedule,
-        )
-        g0 = optimizer.param_groups[0]
-        branch_cfg = branch if branch is not None else BranchConfig()
-        if not isinstance(branch_cfg, BranchConfig):
-            raise ConfigError("branch", "a trajlib.spec.BranchConfig", type(branch).__name__)
-        _check_int("branch.horizon", branch_cfg.horizon)
-        _check_int("branch.cooldown", branch_cfg.cooldown, minimum=0)
-        self.config = RunConfig(
-            recipe=recipe,
-            task=task,
-            index=0,
             seed=seed,
-            lr0=lr0,
-            start=StartValues(
-                momentum=hp_get(g0, "momentum"), weight_decay=hp_get(g0, "weight_decay")
-            ),
-            budget=total_steps,
-            val_every=val_every or every,
-            decision=decision,
-            space=space,
-            behaviour=cfg,
-            branch=BranchConfig(
-                enabled=train_step is not None and branch_cfg.enabled,
-                horizon=branch_cfg.horizon,
-                cooldown=branch_cfg.cooldown,
-            ),
+            val_every=val_every,
+            base_schedule=base_schedule,
+            train_step=train_step,
+            validate=validate,
+            model=model,
+            chunk_every=chunk_every,
+            src_rank=src_rank,
+            divergence_factor=divergence_factor,
         )
+        meta = dict(task_meta or {})
+        self.config = self._run_config(
+            optimizer,
+            behaviour=behaviour,
+            seed=seed,
+            meta=meta,
+            base_schedule=base_schedule,
+            actions=actions,
+            hp_space=hp_space,
+            every=every,
+            total_steps=total_steps,
+            val_every=val_every,
+            branch=branch,
+            train_step=train_step,
+            recipe=recipe,
+            policy=policy,
+        )
+        decision, cfg = self.config.decision, self.config.behaviour
         self.run_id = self.config.run_id if run_id is None else str(run_id)
         self.task_meta = meta
         self.sink, self.optimizer, self.model = sink, optimizer, model
@@ -350,6 +357,70 @@ class Recorder:
 
     def _on_step(self, opt: Any, args: Any, kwargs: Any) -> None:
         self._lr_in_force = opt.param_groups[0]["lr"]  # a reference: no host read per step
+
+    def _run_config(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        behaviour: str | BehaviourConfig,
+        seed: int,
+        meta: dict[str, Any],
+        base_schedule: str,
+        actions: ActionSpace | None,
+        hp_space: HyperparameterSpace | None,
+        every: int,
+        total_steps: int,
+        val_every: int | None,
+        branch: BranchConfig | None,
+        train_step: Callable[[Any], Any] | None,
+        recipe: str,
+        policy: DecisionPolicy | None,
+    ) -> RunConfig:
+        """The run's typed config: its id, start values, decision spec, behaviour, branching."""
+        lr0 = self._start_lr(optimizer)
+        cfg = self._behaviour_config(behaviour, seed)
+        if cfg.kind == "controller" and policy is None:
+            raise ConfigError(
+                "behaviour", "'controller' only with a policy=", cfg.kind, "pass policy=..."
+            )
+        task = sanitise_run_id(str(meta.get("task", meta.get("name", "user"))))
+        space = SpaceConfig(
+            mode="free" if base_schedule == "constant" else "residual",
+            base_schedule=base_schedule,
+        )
+        decision = DecisionSpec(
+            action_space=actions if actions is not None else lr_action_space(),
+            hp_space=hp_space if hp_space is not None else space.hp_space,
+            every=every,
+            mode=space.mode,
+            base_schedule=base_schedule,
+        )
+        g0 = optimizer.param_groups[0]
+        branch_cfg = branch if branch is not None else BranchConfig()
+        if not isinstance(branch_cfg, BranchConfig):
+            raise ConfigError("branch", "a trajlib.spec.BranchConfig", type(branch).__name__)
+        _check_int("branch.horizon", branch_cfg.horizon)
+        _check_int("branch.cooldown", branch_cfg.cooldown, minimum=0)
+        return RunConfig(
+            recipe=recipe,
+            task=task,
+            index=0,
+            seed=seed,
+            lr0=lr0,
+            start=StartValues(
+                momentum=hp_get(g0, "momentum"), weight_decay=hp_get(g0, "weight_decay")
+            ),
+            budget=total_steps,
+            val_every=val_every or every,
+            decision=decision,
+            space=space,
+            behaviour=cfg,
+            branch=BranchConfig(
+                enabled=train_step is not None and branch_cfg.enabled,
+                horizon=branch_cfg.horizon,
+                cooldown=branch_cfg.cooldown,
+            ),
+        )
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod

@@ -18,6 +18,7 @@ Importing this module imports neither fsspec nor s3fs.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import io
 import os
@@ -111,7 +112,7 @@ def atomic_write_bytes(
         fsync_dir(final.parent)
 
 
-class Root:
+class Root(abc.ABC):
     """A store location; paths passed to its methods are relative to the store root."""
 
     #: where the store is, for messages (credentials redacted)
@@ -121,56 +122,56 @@ class Root:
     #: the directory of a local store; None for a remote one
     path: Path | None
 
+    @abc.abstractmethod
     def loc(self, rel: str = "") -> str:
         """The full path or URL of ``rel`` (for polars and zarr)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def listdir(self, rel: str) -> list[str]:
         """Names directly inside directory ``rel`` (files and sub-directories); [] if absent."""
-        raise NotImplementedError
 
-    def exists(self, rel: str) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def exists(self, rel: str) -> bool: ...
 
-    def is_dir(self, rel: str) -> bool:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def is_dir(self, rel: str) -> bool: ...
 
+    @abc.abstractmethod
     def read_bytes(self, rel: str) -> bytes:
         """The content of file ``rel``; FileNotFoundError if it does not exist."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def put_atomic(
         self, rel: str, data: bytes | memoryview, owner: str, *, durable: bool = True
     ) -> None:
         """Replace ``rel`` with ``data``: a reader sees the old object or the whole new one."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def put_new(self, rel: str, data: bytes, owner: str, *, durable: bool = False) -> bool:
         """Create ``rel`` holding ``data`` unless it exists (atomically); True if this call did."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def remove(self, rel: str, *, tree: bool | None = None) -> bool:
         """Remove file or tree ``rel``; True if something was removed. ``tree`` says which it is
         when the caller knows (saves a request on object storage, where a file's removal then
         reports True whether or not it existed)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def mtime(self, rel: str) -> float | None:
         """Modification time (epoch seconds), None if absent."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def stamp(self, rel: str) -> object:
         """A value that changes whenever ``rel`` is replaced; None if absent."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def size(self) -> tuple[int, int]:
         """(bytes, files) of the whole store."""
-        raise NotImplementedError
 
-    def mkdirs(self, *rels: str) -> None:
+    def mkdirs(self, *rels: str) -> None:  # noqa: B027 - a default: no-op unless overridden
         """Create directories (no-op on object storage, which has none)."""
 
-    def check_reachable(self) -> None:
+    def check_reachable(self) -> None:  # noqa: B027 - a default: no-op unless overridden
         """Raise StoreError naming the location when it cannot be reached (remote stores)."""
 
     def scan_source(self, rels: list[str]) -> Any:
@@ -185,13 +186,13 @@ class Root:
         """Something ``polars.read_parquet`` / ``read_parquet_metadata`` can read."""
         return self.loc(rel)
 
+    @abc.abstractmethod
     def zarr_store(self, rel: str, *, read_only: bool) -> Any:
         """A zarr v3 store rooted at ``rel``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def write_tree(self, rel: str, owner: str, durable: bool, fill: Callable[[Any], None]) -> None:
         """Have ``fill(zarr_store)`` write a zarr array, then make it appear at ``rel``."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.display!r})"
@@ -284,7 +285,7 @@ class LocalRoot(Root):
                     files += 1
         return total, files
 
-    def mkdirs(self, *rels: str) -> None:
+    def mkdirs(self, *rels: str) -> None:  # noqa: B027 - a default: no-op unless overridden
         for rel in rels:
             (self._dir / rel).mkdir(parents=True, exist_ok=True)
 
@@ -467,7 +468,7 @@ class RemoteRoot(Root):
         return "bucket" in str(exc).lower()
 
     # -------------------------------------------------------------- Root
-    def check_reachable(self) -> None:
+    def check_reachable(self) -> None:  # noqa: B027 - a default: no-op unless overridden
         """Raise StoreError naming the URL when the bucket is missing or access is refused."""
 
         def probe() -> None:

@@ -777,7 +777,8 @@ class Recorder:
 
     # ------------------------------------------------------------------ branches
     def _snapshot(self) -> dict[str, Any]:
-        assert self.model is not None  # checked in __init__ (branching needs the model)
+        if self.model is None:  # __init__ refuses branches without the model
+            raise ConfigError("model", "the model train_step trains", None)
         opt = self.optimizer
         snap: dict[str, Any] = {
             "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
@@ -804,7 +805,8 @@ class Recorder:
         return snap
 
     def _restore(self, snap: dict[str, Any]) -> None:
-        assert self.model is not None
+        if self.model is None:  # __init__ refuses branches without the model
+            raise ConfigError("model", "the model train_step trains", None)
         with torch.no_grad():
             for k, v in self.model.state_dict().items():
                 v.copy_(snap["model"][k])
@@ -853,7 +855,8 @@ class Recorder:
     def _branch(self, step: int, buffer: list[Any]) -> None:
         """Every action from a snapshot for ``horizon`` steps (then a cool-down) on ``buffer``;
         the outcome rows (``trajlib.schema.BRANCH_SCHEMA``)."""
-        assert self.train_step is not None
+        if self.train_step is None:  # branches run only when train_step was given
+            raise ConfigError("train_step", "a callable train_step(batch) -> loss", None)
         cfg = self.config.branch
         H = min(cfg.horizon, len(buffer), self.total_steps - step)
         if H < 1:
@@ -873,7 +876,8 @@ class Recorder:
     def _run_branch(
         self, step: int, a: int, buffer: list[Any], H: int, cooldown: int
     ) -> dict[str, Any]:
-        assert self.train_step is not None
+        if self.train_step is None:  # branches run only when train_step was given
+            raise ConfigError("train_step", "a callable train_step(batch) -> loss", None)
         losses: list[float] = []
         val_half = math.nan
         for j in range(H):
@@ -909,7 +913,8 @@ class Recorder:
         }
 
     def _branch_step(self, batch: Any) -> float:
-        assert self.train_step is not None
+        if self.train_step is None:  # branches run only when train_step was given
+            raise ConfigError("train_step", "a callable train_step(batch) -> loss", None)
         loss = self.train_step(batch)
         self._probe.take()  # the main trajectory's probe state is restored afterwards
         self.events["branch_steps"] += 1

@@ -334,14 +334,28 @@ class BehaviourConfig:
 @dataclass(frozen=True, kw_only=True)
 class BranchConfig:
     """Branching at decision points: try every action for ``horizon`` steps on the same batches,
-    then cool down linearly to LR 0 over ``cooldown`` steps."""
+    then cool down linearly to LR 0 over ``cooldown`` steps. ``stride`` k > 1 branches every
+    k-th decision point only (the 1st, k+1-th, ...; the others are decided without branches), a
+    branch budget for large collections."""
 
     enabled: bool = True
     horizon: int = 50
     cooldown: int = 10
+    stride: int = 1
+
+    def branches_at(self, decision_number: int) -> bool:
+        """Whether decision point number ``decision_number`` (0-based) is branched."""
+        return self.enabled and decision_number % self.stride == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "horizon": self.horizon, "cooldown": self.cooldown}
+        d: dict[str, Any] = {
+            "enabled": self.enabled,
+            "horizon": self.horizon,
+            "cooldown": self.cooldown,
+        }
+        if self.stride != 1:  # written only when set, so older run ids stay the same
+            d["stride"] = self.stride
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BranchConfig:

@@ -55,7 +55,7 @@ TYPICAL_WEIGHT_DECAY = {"sgd": 5e-4, "nesterov": 5e-4, "adam": 1e-4, "adamw": 1e
 
 @dataclass(frozen=True)
 class CollectSection:
-    tasks: tuple[str, ...]
+    tasks: tuple[str, ...] = ()
     runs_per_task: int = 4
     seed: int = 0
     budget: int | None = None  # None: each task's own budget
@@ -64,6 +64,22 @@ class CollectSection:
     population: int = 1
     device: str = "cpu"
     divergence_factor: float = 1e3
+    # generated tasks (trajlib.tasks._generated): ``generated`` tasks gen-<start>, gen-<start+1>...
+    # whose family is in ``generated_families`` (all when empty), appended to ``tasks``
+    generated: int = 0
+    generated_start: int = 0
+    generated_families: tuple[str, ...] = ()
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        """``tasks`` followed by the generated tasks' names."""
+        if not self.generated:
+            return self.tasks
+        from trajlib.tasks._generated import generated_tasks
+
+        fams = self.generated_families or None
+        gen = generated_tasks(self.generated, self.generated_start, fams)
+        return self.tasks + tuple(t.name for t in gen)
 
 
 @dataclass(frozen=True)
@@ -151,7 +167,7 @@ class Recipe:
         decision = self.decision_spec
         kinds = self.behaviour.kinds
         out = []
-        for task_name in self.collect.tasks:
+        for task_name in self.collect.task_names:
             task = get_task(task_name)
             for i in range(self.collect.runs_per_task):
                 seed = self.collect.seed * 100_003 + i
@@ -343,6 +359,7 @@ def parse_recipe(data: dict[str, Any], *, name: str = "recipe", source: str = ""
     _positive("branch.horizon", branch.horizon)
     if not (isinstance(branch.cooldown, int) and branch.cooldown >= 0):
         raise ConfigError("branch.cooldown", "an integer >= 0", branch.cooldown)
+    _positive("branch.stride", branch.stride)
     executor: ExecutorSection = _section("executor", data.get("executor", {}))
     if executor.kind not in EXECUTORS:
         raise ConfigError("executor.kind", f"one of {EXECUTORS}", executor.kind)
@@ -367,8 +384,23 @@ def parse_recipe(data: dict[str, Any], *, name: str = "recipe", source: str = ""
 
 
 def _check_collect(collect: CollectSection) -> None:
-    if not collect.tasks:
-        raise ConfigError("collect.tasks", "a non-empty list of task names", list(collect.tasks))
+    if not isinstance(collect.generated, int) or collect.generated < 0:
+        raise ConfigError("collect.generated", "an integer >= 0", collect.generated)
+    if not isinstance(collect.generated_start, int) or collect.generated_start < 0:
+        raise ConfigError("collect.generated_start", "an integer >= 0", collect.generated_start)
+    from trajlib.tasks._generated import GENERATED_FAMILIES
+
+    for fam in collect.generated_families:
+        if fam not in GENERATED_FAMILIES:
+            raise ConfigError(
+                "collect.generated_families", f"families among {list(GENERATED_FAMILIES)}", fam
+            )
+    if not collect.tasks and not collect.generated:
+        raise ConfigError(
+            "collect.tasks",
+            "a non-empty list of task names (or collect.generated > 0)",
+            list(collect.tasks),
+        )
     for t in collect.tasks:
         try:
             get_task(t)

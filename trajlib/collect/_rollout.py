@@ -283,7 +283,7 @@ class Rollout:
         """Walk the layer multipliers, branch, then decide, for every live member."""
         live = np.flatnonzero(self.alive)
         self.walk_layers(step, live)
-        if self.branching.enabled:
+        if self.branching.branches_at(step // self.every - 1):
             self.branch(step, live)
         self.decide(step, live)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,16 +182,27 @@ def list_tasks() -> list[str]:
 
 
 _CACHE: dict[str, Task] = {}
+_GENERATED = re.compile(r"^gen-(\d{1,6})$")
+
+
+def _generated_index(name: str) -> int | None:
+    m = _GENERATED.match(name)
+    return int(m.group(1)) if m else None
 
 
 def get_task(name: str) -> Task:
-    """A built-in task by name, or a user task given as ``module:function`` (returning a Task)."""
+    """A built-in task by name, a generated task ``gen-<i>`` (:mod:`trajlib.tasks._generated`), or
+    a user task given as ``module:function`` (returning a Task)."""
     if not isinstance(name, str) or not name:
         raise ConfigError("task", "a task name or 'module:function'", name)
     if name in _CACHE:
         return _CACHE[name]
     if name in _REGISTRY:
         task = _REGISTRY[name]()
+    elif _generated_index(name) is not None:
+        from trajlib.tasks._generated import generated_task
+
+        task = generated_task(_generated_index(name))  # type: ignore[arg-type]
     elif ":" in name:
         mod_name, _, fn_name = name.partition(":")
         try:

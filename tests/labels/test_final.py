@@ -17,6 +17,7 @@ from trajlib.errors import ConfigError
 from trajlib.labels import (
     FinalLabels,
     annealing_areas,
+    branch_areas,
     fit_annealing_law,
     get_label_strategy,
     label_strategies,
@@ -56,6 +57,25 @@ def test_areas_follow_the_double_sum_definition() -> None:
     # batched rows equal single rows
     both = annealing_areas(np.stack([eta, eta[::-1]]), lam)
     assert np.allclose(both[1][1], annealing_areas(eta[::-1], lam)[1])
+
+
+def test_branch_areas_equal_the_explicit_paths() -> None:
+    rng = np.random.default_rng(0)
+    T, c = 300, 30
+    lam = math.exp(-1 / (0.05 * T))
+    main = rng.uniform(0.2, 1.0, T)
+    tail = np.concatenate([rng.uniform(0.2, 1.0, T), np.linspace(0.5, 0.0, c, endpoint=False)])
+    start = rng.integers(1, T - 1, 50)
+    mult = rng.uniform(0.5, 2.0, 50)
+    at = np.minimum(start + rng.integers(1, 60, 50), T + c)
+    at[:10] = T + c
+    s1, s2 = branch_areas(main, tail, lam, start, mult, at)
+    t = np.arange(T + c)
+    paths = np.where(t[None, :] < start[:, None], np.pad(main, (0, c)), mult[:, None] * tail)
+    e1, e2 = annealing_areas(paths, lam)
+    rows = np.arange(50)
+    assert np.allclose(s1, e1[rows, at], rtol=1e-12, atol=1e-9)
+    assert np.allclose(s2, e2[rows, at], rtol=1e-12, atol=1e-9)
 
 
 def test_fit_recovers_a_law_generated_curve_and_extrapolates_another_schedule() -> None:

@@ -15,7 +15,13 @@ Column-name helpers (``adv_column``, ``BEST_ACTION``...) live in ``trajlib.label
 from trajlib.labels._annealed import AnnealedLabels
 from trajlib.labels._base import LabelStrategy
 from trajlib.labels._compare import compare_labels, rank_agreement
-from trajlib.labels._final import FinalLabels, LawFit, annealing_areas, fit_annealing_law
+from trajlib.labels._final import (
+    FinalLabels,
+    LawFit,
+    annealing_areas,
+    branch_areas,
+    fit_annealing_law,
+)
 from trajlib.labels._greedy import GreedyLabels
 from trajlib.labels._long import LongHorizonLabels
 from trajlib.labels._make import make_labels
@@ -27,6 +33,7 @@ __all__ = [
     "FinalLabels",
     "LawFit",
     "annealing_areas",
+    "branch_areas",
     "fit_annealing_law",
     "GreedyLabels",
     "LabelStrategy",

@@ -54,7 +54,7 @@ from trajlib.labels._base import LabelStrategy
 from trajlib.space import base_factor
 from trajlib.spec import RunConfig
 
-__all__ = ["FinalLabels", "LawFit", "annealing_areas", "fit_annealing_law"]
+__all__ = ["FinalLabels", "LawFit", "annealing_areas", "branch_areas", "fit_annealing_law"]
 
 _ANCHORS = ("ratio", "shift")
 _ALPHA_BOUNDS = (0.01, 3.0)
@@ -73,6 +73,43 @@ def annealing_areas(eta: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray
     mom = lfilter([1.0], [1.0, -lam], d, axis=-1)
     pad = [(0, 0)] * (eta.ndim - 1) + [(1, 0)]
     return np.pad(np.cumsum(eta, axis=-1), pad), np.pad(np.cumsum(mom, axis=-1), pad)
+
+
+def branch_areas(
+    main: np.ndarray,
+    tail: np.ndarray,
+    lam: float,
+    start: np.ndarray,
+    mult: np.ndarray,
+    at: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(S1, S2)`` after ``at[b]`` updates of the paths ``main[:start[b]]`` followed by
+    ``mult[b] * tail[start[b]:]``, for every branch ``b`` at once, in O(1) per branch.
+
+    Equal to :func:`annealing_areas` on the explicit paths (``1 <= start < at <= len(tail)``),
+    from prefix sums of ``main`` and ``tail``: the areas are linear in the LR drops, and a drop at
+    step ``j`` adds ``(1 - lam^(k - j)) / (1 - lam)`` to ``S2`` after ``k`` updates.
+    """
+    main = np.asarray(main, dtype=np.float64)
+    tail = np.asarray(tail, dtype=np.float64)
+    s, k = np.asarray(start, dtype=np.int64), np.asarray(at, dtype=np.int64)
+    m = np.asarray(mult, dtype=np.float64)
+    s1m, s2m = annealing_areas(main, lam)
+    d = np.zeros_like(main)
+    d[1:] = main[:-1] - main[1:]
+    mom = lfilter([1.0], [1.0, -lam], d)
+    g1 = np.concatenate([[0.0], np.cumsum(tail)])
+    dg = np.zeros_like(tail)
+    dg[1:] = tail[:-1] - tail[1:]
+    j = np.arange(tail.size)
+    r = np.concatenate([[0.0], np.cumsum(dg)])
+    q = np.concatenate([[0.0], np.cumsum(dg * lam ** (-j.astype(np.float64)))])
+    s1 = s1m[s] + m * (g1[k] - g1[s])
+    geo = (1.0 - lam ** (k - s)) / (1.0 - lam)
+    jump = lam * mom[s - 1] + main[s - 1] - m * tail[s]
+    rest = (r[k] - r[s + 1]) - lam ** k.astype(np.float64) * (q[k] - q[s + 1])
+    s2 = s2m[s] + jump * geo + m * rest / (1.0 - lam)
+    return s1, s2
 
 
 @dataclass(frozen=True)
@@ -162,23 +199,33 @@ def fit_annealing_law(
         pred = p[0] + p[1] * x1 ** (-p[2]) - p[3] * x2
         return np.log(np.maximum(pred, floor)) - ly
 
+    # no annealing in the fitted steps (a constant LR): C is not identifiable, hold it at 0
+    free_c = bool(np.ptp(x2) > 0)
     lower = np.array([0.0, 0.0, _ALPHA_BOUNDS[0], 0.0])
     upper = np.array([ymin, np.inf, _ALPHA_BOUNDS[1], np.inf])
     x0 = np.clip(x0, lower, np.where(np.isfinite(upper), upper, x0))
     x0[0] = min(x0[0], ymin * (1 - 1e-9))
+    # scales of the parameters: the loss, the start's A, alpha ~ 0.5, a C worth 10 % of the loss
+    c_scale = 0.1 * ymin / max(float(np.abs(x2).max()), 1e-12)
+    scale = np.array([ymin, max(x0[1], 1e-6 * ymin), 0.5, max(x0[3], c_scale)])
+    keep = slice(None) if free_c else slice(0, 3)
+
+    def full(q: np.ndarray) -> np.ndarray:
+        return q if free_c else np.append(q, 0.0)
+
     try:
         res = least_squares(
-            resid,
-            x0,
-            bounds=(lower, upper),
+            lambda q: resid(full(q)),
+            x0[keep],
+            bounds=(lower[keep], upper[keep]),
             loss="soft_l1",
             f_scale=0.05,
-            x_scale="jac",
-            max_nfev=200,
+            x_scale=scale[keep],
+            max_nfev=100,
         )
     except (ValueError, FloatingPointError):
         return None
-    p = res.x
+    p = full(res.x)
     r = resid(p)
     if not (np.all(np.isfinite(p)) and np.all(np.isfinite(r))):
         return None
@@ -259,8 +306,8 @@ class FinalLabels(LabelStrategy):
         diverged_penalty: float = 1.0,
     ) -> None:
         super().__init__(tie_tol=tie_tol, diverged_penalty=diverged_penalty)
-        if not (isinstance(tau, int | float) and math.isfinite(tau) and tau > 0):
-            raise ConfigError("tau", "a finite number > 0", tau)
+        if not (isinstance(tau, int | float) and math.isfinite(tau) and 0.005 <= tau):
+            raise ConfigError("tau", "a finite number >= 0.005 (a share of the budget)", tau)
         if not (isinstance(cooldown, int | float) and 0 <= cooldown <= 1):
             raise ConfigError("cooldown", "a share of the budget in [0, 1]", cooldown)
         if anchor not in _ANCHORS:
@@ -395,7 +442,7 @@ class FinalLabels(LabelStrategy):
         acts = g[S.ACTION].to_numpy()
         hor = g[S.HORIZON].to_numpy()
         v = g[S.BRANCH_VAL_LOSS].to_numpy()
-        ok = (ds >= 1) & (ds - 1 < n) & (acts < info.factors.size) & (ds + hor <= T)
+        ok = (ds >= 1) & (ds - 1 < n) & (acts < info.factors.size) & (hor >= 1) & (ds + hor <= T)
         m_prev = np.where(ok, mult_at[np.clip(ds - 1, 0, n - 1)], np.nan)
         ok &= np.isfinite(m_prev) & np.all(np.isfinite(eta[: max(int(ds.max()), 0)]))
         if not ok.any():
@@ -408,16 +455,13 @@ class FinalLabels(LabelStrategy):
         c = int(round(self.cooldown * T)) if base[-1] > 0.1 * peak else 0
         tail = np.concatenate([base, base[-1] * (1.0 - np.arange(c) / max(c, 1))])  # [T + c]
         # path of each branch: main LRs before its step, m_a * tail from it on
-        t = np.arange(T + c)
-        main = np.nan_to_num(eta[: T + c], nan=0.0)
-        main = np.pad(main, (0, T + c - main.size))
-        before = t[None, :] < ds[:, None]
-        paths = np.where(before, main[None, :], m_a[:, None] * tail[None, :])
-        s1, s2 = annealing_areas(paths, lam)
-        h = np.clip(ds + hor, 0, T)
-        rows = np.arange(ds.size)
-        at_h = fit.predict(s1[rows, h], s2[rows, h])
-        at_end = fit.predict(s1[:, -1], s2[:, -1])
+        main = np.nan_to_num(eta[:T], nan=0.0)
+        main = np.pad(main, (0, T - main.size))
+        h = np.clip(ds + hor, 1, T)
+        s1h, s2h = branch_areas(main, tail, lam, ds, m_a, h)
+        s1e, s2e = branch_areas(main, tail, lam, ds, m_a, np.full(ds.size, T + c))
+        at_h = fit.predict(s1h, s2h)
+        at_end = fit.predict(s1e, s2e)
         floor = max(1e-3 * fit.L0, 1e-9)
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.anchor == "ratio":

@@ -199,6 +199,15 @@ def fit_annealing_law(
         pred = p[0] + p[1] * x1 ** (-p[2]) - p[3] * x2
         return np.log(np.maximum(pred, floor)) - ly
 
+    lx1 = np.log(x1)
+
+    def jac(p: np.ndarray) -> np.ndarray:
+        pw = x1 ** (-p[2])
+        pred = p[0] + p[1] * pw - p[3] * x2
+        inv = np.where(pred > floor, 1.0 / np.maximum(pred, floor), 0.0)
+        cols = [np.ones_like(x1), pw, -p[1] * pw * lx1, -x2]
+        return np.stack(cols, axis=1) * inv[:, None]
+
     # no annealing in the fitted steps (a constant LR): C is not identifiable, hold it at 0
     free_c = bool(np.ptp(x2) > 0)
     lower = np.array([0.0, 0.0, _ALPHA_BOUNDS[0], 0.0])
@@ -217,6 +226,7 @@ def fit_annealing_law(
         res = least_squares(
             lambda q: resid(full(q)),
             x0[keep],
+            jac=lambda q: jac(full(q))[:, keep],
             bounds=(lower[keep], upper[keep]),
             loss="soft_l1",
             f_scale=0.05,

@@ -4,6 +4,8 @@
 ``best_action`` and ``adv_<a>`` = log(loss_keep) - log(loss_a) for every action ``a``. A strategy
 decides what "loss" means (end of horizon, after a cool-down, or a combination); add your own by
 subclassing :class:`LabelStrategy` and decorating it with :func:`register_label_strategy`.
+``final`` (:class:`FinalLabels`) extrapolates each branch to the end of the budget with the
+LR-annealing law fitted on its run's main trajectory; it also needs ``steps`` and ``runs``.
 Runs recorded without branches are labelled from their trajectory and logged propensities by
 ``outcome`` (:class:`OutcomeLabels`, :func:`trajectory_labels`): only the taken action's advantage
 is known, the others are NaN (masked by every controller kind).
@@ -12,7 +14,14 @@ Column-name helpers (``adv_column``, ``BEST_ACTION``...) live in ``trajlib.label
 
 from trajlib.labels._annealed import AnnealedLabels
 from trajlib.labels._base import LabelStrategy
-from trajlib.labels._compare import compare_labels
+from trajlib.labels._compare import compare_labels, rank_agreement
+from trajlib.labels._final import (
+    FinalLabels,
+    LawFit,
+    annealing_areas,
+    branch_areas,
+    fit_annealing_law,
+)
 from trajlib.labels._greedy import GreedyLabels
 from trajlib.labels._long import LongHorizonLabels
 from trajlib.labels._make import make_labels
@@ -21,6 +30,11 @@ from trajlib.labels._registry import get_label_strategy, label_strategies, regis
 
 __all__ = [
     "AnnealedLabels",
+    "FinalLabels",
+    "LawFit",
+    "annealing_areas",
+    "branch_areas",
+    "fit_annealing_law",
     "GreedyLabels",
     "LabelStrategy",
     "compare_labels",
@@ -29,6 +43,7 @@ __all__ = [
     "get_label_strategy",
     "label_strategies",
     "make_labels",
+    "rank_agreement",
     "register_label_strategy",
     "trajectory_labels",
 ]

@@ -37,6 +37,9 @@ class LabelStrategy(ABC):
     required_columns: ClassVar[tuple[str, ...]] = ()
     #: False for strategies that label from the trajectory alone (runs recorded without branches)
     needs_branches: ClassVar[bool] = True
+    #: True for branch strategies that also read each run's main trajectory and run row (``final``):
+    #: :func:`~trajlib.labels.make_labels` then needs its ``steps`` and ``runs`` arguments
+    needs_trajectory: ClassVar[bool] = False
 
     def __init__(self, tie_tol: float = 1e-3, diverged_penalty: float = 1.0) -> None:
         if not (isinstance(tie_tol, int | float) and math.isfinite(tie_tol) and tie_tol >= 0):
@@ -68,6 +71,18 @@ class LabelStrategy(ABC):
         Null means "not measured" (the action's advantage stays unknown); NaN or infinity means the
         branch blew up and is scored like a diverged one.
         """
+
+    def branch_log_outcomes(
+        self,
+        branches: pl.DataFrame,
+        steps: pl.DataFrame | pl.LazyFrame | None = None,
+        runs: pl.DataFrame | None = None,
+    ) -> pl.Series:
+        """Float64 log-outcome per row of ``branches``, in row order, with the meaning of
+        :meth:`log_outcome` (null = not measured, NaN / infinity = blew up). The default evaluates
+        :meth:`log_outcome`; strategies with ``needs_trajectory`` override it and read ``steps``
+        and ``runs`` too."""
+        return branches.select(self.log_outcome().cast(pl.Float64).alias("_lo")).to_series()
 
     def params(self) -> dict[str, Any]:
         """Constructor parameters (JSON-able), recorded in checkpoints."""

@@ -8,7 +8,7 @@ import polars as pl
 from trajlib import schema as S
 from trajlib.errors import ConfigError
 
-__all__ = ["compare_labels"]
+__all__ = ["compare_labels", "rank_agreement"]
 
 
 def _rank(x: np.ndarray) -> np.ndarray:
@@ -80,3 +80,57 @@ def compare_labels(
         if moves.sum() >= 3 and np.std(x) > 0 and np.std(y) > 0:
             out["spearman"] = float(np.corrcoef(_rank(x), _rank(y))[0, 1])
     return out
+
+
+def rank_agreement(labels: pl.DataFrame, reference: pl.DataFrame) -> dict[str, float]:
+    """How well each decision's action ranking in ``labels`` matches ``reference``'s.
+
+    Both are label tables (``run_id, step, best_action, adv_*``), e.g. a strategy's labels and
+    labels from branches run to the end of the budget. Over the decision points in both, with at
+    least 3 actions known in both and not all tied in either:
+
+    - ``spearman_mean`` / ``spearman_median``: the per-decision Spearman correlation of the
+      actions' advantages (ties averaged);
+    - ``top1``: share of decisions where both name the same best action;
+    - ``regret``: mean of ``reference adv[reference best] - reference adv[labels' best]`` (log-loss
+      given up at the end by following ``labels``; 0 is perfect);
+    - ``n_points``: decisions compared.
+    """
+    need = [S.RUN_ID, S.STEP, "best_action"]
+    for name, f in (("labels", labels), ("reference", reference)):
+        if any(c not in f.columns for c in need):
+            raise ConfigError(name, f"a labels frame with {need}", f.columns)
+    n_act = sum(1 for c in reference.columns if c.startswith("adv_"))
+    cols = [f"adv_{i}" for i in range(n_act)]
+    keys = [S.RUN_ID, S.STEP]
+
+    def norm(f: pl.DataFrame) -> pl.DataFrame:
+        return f.select(
+            pl.col(S.RUN_ID).cast(pl.String),
+            pl.col(S.STEP).cast(pl.Int64),
+            pl.col("best_action").cast(pl.Int64),
+            *[pl.col(c).cast(pl.Float64) for c in cols],
+        )
+
+    j = norm(labels).join(norm(reference), on=keys, suffix="_ref")
+    x = j.select(cols).to_numpy()
+    y = j.select([f"{c}_ref" for c in cols]).to_numpy()
+    both = np.isfinite(x) & np.isfinite(y)
+    rhos, top1, regret = [], [], []
+    for i in range(j.height):
+        m = both[i]
+        if m.sum() < 3 or np.ptp(x[i, m]) == 0 or np.ptp(y[i, m]) == 0:
+            continue
+        rhos.append(float(np.corrcoef(_rank(x[i, m]), _rank(y[i, m]))[0, 1]))
+        b, b_ref = int(j["best_action"][i]), int(j["best_action_ref"][i])
+        top1.append(b == b_ref)
+        if np.isfinite(y[i, b]) and np.isfinite(y[i, b_ref]):
+            regret.append(float(y[i, b_ref] - y[i, b]))
+    nan = float("nan")
+    return {
+        "n_points": float(len(rhos)),
+        "spearman_mean": float(np.mean(rhos)) if rhos else nan,
+        "spearman_median": float(np.median(rhos)) if rhos else nan,
+        "top1": float(np.mean(top1)) if top1 else nan,
+        "regret": float(np.mean(regret)) if regret else nan,
+    }

@@ -38,6 +38,7 @@ def make_labels(
     *,
     n_actions: int | None = None,
     runs: pl.DataFrame | None = None,
+    steps: pl.DataFrame | pl.LazyFrame | None = None,
 ) -> pl.DataFrame:
     """Per-decision labels from a branches table.
 
@@ -52,7 +53,11 @@ def make_labels(
     n_actions:
         Size of the action space; default ``max(action) + 1`` in ``branches``.
     runs:
-        Optional runs table; when given, its ``task`` column is joined onto the labels.
+        Optional runs table; when given, its ``task`` column is joined onto the labels. Required
+        (with ``run_id, budget, entry``) by strategies that read the trajectory (``final``).
+    steps:
+        The step table of the branches' runs (``STEP_SCHEMA``, a frame or a lazy scan); required
+        only by strategies with ``needs_trajectory`` (``final``), ignored otherwise.
 
     Returns
     -------
@@ -89,11 +94,23 @@ def make_labels(
     frame = branches.with_columns(
         [pl.lit(None, dtype=t).alias(c) for c, t in _OPTIONAL.items() if c not in branches.columns]
     )
-    frame = frame.select(
+    if strat.needs_trajectory:
+        if steps is None or runs is None:
+            raise ConfigError(
+                "steps/runs",
+                f"the step table and the runs table for label strategy {strat.name!r}",
+                "steps" if steps is None else "runs",
+                hint="make_labels(branches, strategy, keep, steps=store.steps(), "
+                "runs=store.runs().collect())",
+            )
+        outcome = strat.branch_log_outcomes(frame, steps, runs).alias("_lo")
+    else:
+        outcome = frame.select(strat.log_outcome().cast(pl.Float64).alias("_lo")).to_series()
+    frame = frame.with_columns(outcome.alias("_lo")).select(
         pl.col(S.RUN_ID).cast(pl.String),
         pl.col(S.STEP).cast(pl.Int32),
         pl.col(S.ACTION).cast(pl.Int64),
-        strat.log_outcome().alias("_lo"),
+        pl.col("_lo").cast(pl.Float64),
         pl.col(S.BRANCH_DIVERGED).fill_null(False).alias("_div"),
     )
     dup = frame.group_by(S.RUN_ID, S.STEP, S.ACTION).len().filter(pl.col("len") > 1)

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 from trajlib.errors import ConfigError, UnknownNameError
 from trajlib.labels._annealed import AnnealedLabels
 from trajlib.labels._base import LabelStrategy
+from trajlib.labels._final import FinalLabels
 from trajlib.labels._greedy import GreedyLabels
 from trajlib.labels._long import LongHorizonLabels
 from trajlib.labels._outcome import OutcomeLabels
@@ -42,5 +43,5 @@ def label_strategies() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _cls in (GreedyLabels, AnnealedLabels, LongHorizonLabels, OutcomeLabels):
+for _cls in (GreedyLabels, AnnealedLabels, LongHorizonLabels, FinalLabels, OutcomeLabels):
     register_label_strategy(_cls)

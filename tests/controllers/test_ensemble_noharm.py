@@ -190,4 +190,6 @@ def test_cli_fit_options(tiny_store: Path, tmp_path: Path, capsys: pytest.Captur
     lc = load_controller(out)
     assert lc.manifest["params"]["n_members"] == 2 and lc.manifest["params"]["val_withhold"] == 0.5
     assert lc.decision_rule == HarmRule(z=1.5, margin=0.01)
+    assert main(["model", "info", str(out)]) == 0
+    assert "act iff mean - 1.5 x std > 0.01; set by hand" in capsys.readouterr().out
     assert main(["fit", str(tiny_store), "--out", str(tmp_path / "y"), "--ensemble", "0"]) != 0

@@ -26,6 +26,15 @@ FAST_PARAMS: dict[str, dict] = {
     "mlp": {"hidden": 32, "epochs": 25, "batch_size": 128, "lr": 3e-3},
     "gru": {"hidden": 16, "epochs": 25, "batch_runs": 8, "lr": 1e-2},
 }
+# three bootstrap gbt members; column 3 (grad_cos here, noise_b in 4-feature tables) plays a
+# validation-derived feature (withheld from half of the runs, read through val_present)
+FAST_PARAMS["ensemble"] = {
+    "base": "gbt",
+    "base_params": FAST_PARAMS["gbt"],
+    "n_members": 3,
+    "val_columns": [3],
+    "val_withhold": 0.5,
+}
 
 
 @dataclass

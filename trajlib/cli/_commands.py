@@ -73,6 +73,37 @@ def add_main_commands(sub: Any) -> None:
     p.add_argument("--set", dest="feature_set", default="default", help="feature set name")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="K",
+        help="fit K members on bootstrap resamples of the runs (default 1; 5 with --no-harm)",
+    )
+    p.add_argument(
+        "--val-withhold",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="add a share F of runs again with validation masked (validation-optional; 0 = off)",
+    )
+    p.add_argument(
+        "--no-harm",
+        action="store_true",
+        help="store the do-no-harm rule: act only when the ensemble's lower bound of the best "
+        "action's advantage over keep exceeds the margin (z calibrated by task family)",
+    )
+    p.add_argument(
+        "--harm-z", type=float, metavar="Z", help="the rule's z, not calibrated (implies --no-harm)"
+    )
+    p.add_argument(
+        "--harm-margin", type=float, default=0.0, help="the rule's margin (advantage units)"
+    )
+    p.add_argument(
+        "--harm-precision",
+        type=float,
+        default=0.6,
+        help="calibration: smallest z whose held-out acted decisions are right this often",
+    )
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("evaluate", help="evaluate a controller against baselines on tasks")
@@ -239,6 +270,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         out=args.out,
         feature_set=args.feature_set,
         random_state=args.seed,
+        ensemble=args.ensemble,
+        val_withhold=args.val_withhold,
+        no_harm=args.no_harm,
+        harm_z=args.harm_z,
+        harm_margin=args.harm_margin,
+        harm_precision=args.harm_precision,
     )
     print(f"wrote {ckpt}")
     print(

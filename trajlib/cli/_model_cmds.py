@@ -66,6 +66,18 @@ def cmd_model_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
             f"{k}={v:.4g}" if isinstance(v, int | float) else f"{k}={v}" for k, v in metrics.items()
         )
         lines.append(f"offline        {shown}")
+    rule = m.get("decision_rule")
+    if isinstance(rule, dict):
+        cal = rule.get("calibration") or {}
+        how = (
+            f"calibrated by {cal.get('grouped_by')} ({cal.get('n_folds')} folds, "
+            f"precision >= {cal.get('min_precision')})"
+            if cal.get("table")
+            else "set by hand"
+        )
+        lines.append(
+            f"do no harm     act iff mean - {rule.get('z')} x std > {rule.get('margin')}; {how}"
+        )
     lines.append(f"files          {', '.join(sorted(m['files']))}")
     print("\n".join(lines), file=out)
     return 0

@@ -1,7 +1,9 @@
 """Controllers: models that score the actions of an action space from decision-point features.
 
 Kinds (``get_controller_kind(name)``): ``gbt`` (LightGBM, one regressor per action), ``mlp``
-(small torch MLP), ``gru`` (torch GRU over a run's decision points). All follow scikit-learn's
+(small torch MLP), ``gru`` (torch GRU over a run's decision points), ``ensemble`` (K members of
+another kind, a ``val_present`` input, validation withheld from a share of runs, and the spread
+that the do-no-harm :class:`HarmRule` reads). All follow scikit-learn's
 estimator contract: ``fit(X, targets, groups) -> self``, ``predict_values(X) -> [n, A]``, and a
 fast single-row ``decide(x, state) -> (action, state)``. Add a kind by subclassing
 :class:`Controller` and decorating it with :func:`register_controller_kind`.
@@ -19,9 +21,11 @@ from trajlib.controllers._checkpoint import (
     save_controller,
     verify_checkpoint,
 )
+from trajlib.controllers._ensemble import EnsembleController
 from trajlib.controllers._from_store import fit_store
 from trajlib.controllers._gbt import GBTController
 from trajlib.controllers._gru import GRUController
+from trajlib.controllers._harm import HarmRule
 from trajlib.controllers._mlp import MLPController
 from trajlib.controllers._registry import (
     controller_kinds,
@@ -32,8 +36,10 @@ from trajlib.controllers._registry import (
 __all__ = [
     "Controller",
     "ControllerState",
+    "EnsembleController",
     "GBTController",
     "GRUController",
+    "HarmRule",
     "LoadedController",
     "MLPController",
     "controller_kinds",

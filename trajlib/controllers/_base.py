@@ -90,6 +90,20 @@ class Controller(BaseEstimator, abc.ABC):
         o = self._check_1d(order, "order", Xa.shape[0])
         return self._predict_values(Xa, g, o)
 
+    def predict_spread(
+        self,
+        X: np.ndarray,
+        groups: np.ndarray | None = None,
+        order: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``([n, A] mean, [n, A] spread)`` of the predicted advantages; the spread is the
+        members' standard deviation for an ensemble, 0 for a single model."""
+        self._check_fitted()
+        Xa = self._check_X(X)
+        g = self._check_1d(groups, "groups", Xa.shape[0])
+        o = self._check_1d(order, "order", Xa.shape[0])
+        return self._predict_spread(Xa, g, o)
+
     def predict(self, X: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
         """``[n]`` chosen action index per row (argmax of :meth:`predict_values`)."""
         return self.predict_values(X, groups).argmax(axis=1)
@@ -116,6 +130,19 @@ class Controller(BaseEstimator, abc.ABC):
             )
         return self._decide_values(x, state)
 
+    def decide_spread(
+        self, x: np.ndarray, state: ControllerState = None
+    ) -> tuple[np.ndarray, np.ndarray, ControllerState]:
+        """Single-row ``([A] mean, [A] spread, next state)`` (spread 0 for a single model)."""
+        self._check_fitted()
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        if x.shape[0] != self.n_features_in_:
+            raise FeatureSetMismatchError(
+                f"decide got {x.shape[0]} features; this controller was fitted on "
+                f"{self.n_features_in_}"
+            )
+        return self._decide_spread(x, state)
+
     # ------------------------------------------------------------------ for subclasses
     @abc.abstractmethod
     def _fit(
@@ -133,6 +160,19 @@ class Controller(BaseEstimator, abc.ABC):
         self, x: np.ndarray, state: ControllerState
     ) -> tuple[np.ndarray, ControllerState]:
         return self._predict_values(x[None, :], None, None)[0], state
+
+    def _predict_spread(
+        self, X: np.ndarray, groups: np.ndarray | None, order: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        values = self._predict_values(X, groups, order)
+        return values, np.zeros_like(values)
+
+    def _decide_spread(
+        self, x: np.ndarray, state: ControllerState
+    ) -> tuple[np.ndarray, np.ndarray, ControllerState]:
+        values, state = self._decide_values(x, state)
+        v = np.asarray(values, dtype=np.float64)
+        return v, np.zeros_like(v), state
 
     @abc.abstractmethod
     def _payload(self) -> tuple[dict[str, bytes], dict[str, Any]]:

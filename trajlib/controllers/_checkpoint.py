@@ -29,6 +29,7 @@ from packaging.version import InvalidVersion, Version
 
 import trajlib
 from trajlib.controllers._base import Controller
+from trajlib.controllers._harm import HarmRule
 from trajlib.controllers._registry import get_controller_kind
 from trajlib.errors import (
     CheckpointError,
@@ -122,6 +123,13 @@ class LoadedController:
         return self._feature_set.version
 
     @property
+    def decision_rule(self) -> HarmRule | None:
+        """The do-no-harm rule the checkpoint was saved with (``decision_rule`` in the manifest);
+        ``None`` for a checkpoint without one (it acts on the argmax, as before)."""
+        d = self.manifest.get("decision_rule")
+        return None if d is None else HarmRule.from_dict(d)
+
+    @property
     def feature_nan_fraction(self) -> dict[str, float]:
         """Per feature, the share of training rows where it was missing (a feature absent here
         was never recorded: treat it as possibly missing)."""
@@ -176,6 +184,7 @@ def save_controller(
     training_data: Mapping[str, Any],
     offline_metrics: Mapping[str, Any],
     overwrite: bool = False,
+    decision_rule: HarmRule | None = None,
 ) -> Path:
     """Write a fitted ``controller`` to the folder ``path``; returns the folder's path.
 
@@ -185,9 +194,13 @@ def save_controller(
     name or ``LabelStrategy.to_dict()``; ``training_data`` a JSON-able summary (``n_rows``, ``n_runs``,
     ``tasks``, ``store``); ``offline_metrics`` a dict of numbers (non-finite stored as null).
     Raises :class:`ConfigError` on inconsistent arguments, :class:`NotFittedError` when the
-    controller is not fitted.
+    controller is not fitted. ``decision_rule`` (a :class:`HarmRule`) is stored as the manifest's
+    ``decision_rule``: deployment then acts only when the rule says the best action is
+    confidently better than keep.
     """
     _check_savable(controller, spec)
+    if decision_rule is not None and not isinstance(decision_rule, HarmRule):
+        raise ConfigError("decision_rule", "a HarmRule or None", type(decision_rule).__name__)
     files, state = controller._payload()
     files = dict(files)
     if MODEL_STATE in files or MANIFEST in files:
@@ -210,6 +223,8 @@ def save_controller(
         "params": _jsonable("params", controller.get_params(deep=False)),
         "files": {name: _sha256(data) for name, data in sorted(files.items())},
     }
+    if decision_rule is not None:
+        manifest["decision_rule"] = _jsonable("decision_rule", decision_rule.to_dict())
     return _write_folder(Path(path), files, manifest, overwrite)
 
 
@@ -408,7 +423,9 @@ def load_controller(
             f"{d / MANIFEST}: {len(spec.action_space)} actions but the model scores "
             f"{controller.n_actions_}"
         )
-    return LoadedController(controller=controller, manifest=manifest, spec=spec, path=d)
+    loaded = LoadedController(controller=controller, manifest=manifest, spec=spec, path=d)
+    _ = loaded.decision_rule  # a malformed rule fails here, not in the user's training loop
+    return loaded
 
 
 def verify_checkpoint(path: str | os.PathLike[str]) -> list[str]:

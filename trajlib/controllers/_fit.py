@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from trajlib.controllers._metrics import offline_metrics
 from trajlib.controllers._registry import get_controller_kind
 from trajlib.errors import ConfigError
 
-__all__ = ["fit_from_table", "infer_keep_index", "SPLITS"]
+__all__ = ["fit_from_table", "infer_keep_index", "join_table", "SPLITS"]
 
 SPLITS = ("auto", "task", "run")
 _BEST = "best_action"
@@ -49,46 +49,11 @@ def infer_keep_index(targets: np.ndarray) -> int:
     return zero[0]
 
 
-def fit_from_table(
-    table: pl.DataFrame,
-    labels: pl.DataFrame,
-    feature_names: list[str],
-    kind: str | Controller,
-    params: Mapping[str, Any] | None = None,
-    *,
-    keep_index: int | None = None,
-    split: str = "auto",
-    test_size: float = 0.25,
-    random_state: int = 0,
-    refit: bool = False,
-) -> tuple[Controller, dict[str, float]]:
-    """Join features with labels on ``(run_id, step)``, fit on a grouped split, measure the rest.
-
-    Parameters
-    ----------
-    table: decision table: ``run_id``, ``step``, the feature columns (optionally ``task``).
-    labels: output of :func:`trajlib.labels.make_labels` (``best_action``, ``adv_*``; optionally
-        ``task``).
-    feature_names: feature columns, in the order the controller will see them.
-    kind: registered kind name, or an unfitted controller instance to clone.
-    params: constructor parameters for ``kind`` (only with a name).
-    keep_index: keep action; inferred from the labels (the all-zero ``adv`` column) if omitted.
-    split: ``"task"`` holds out whole tasks, ``"run"`` whole runs; ``"auto"`` picks task when a
-        ``task`` column has at least two tasks, else run. No run is ever on both sides.
-    test_size: share of groups (tasks or runs) held out.
-    random_state: seed of the split.
-    refit: after measuring, refit on every row (the metrics still describe the held-out fit).
-
-    Returns
-    -------
-    (controller, metrics): metrics from :func:`offline_metrics` on the held-out rows plus
-    ``n_train_rows``, ``n_test_rows``, ``n_train_runs``, ``n_test_runs``, ``n_test_tasks`` and
-    ``split_by_task`` (1.0 / 0.0), all floats.
-    """
-    if split not in SPLITS:
-        raise ConfigError("split", f"one of {SPLITS}", split)
-    if not (isinstance(test_size, float | int) and 0 < test_size < 1):
-        raise ConfigError("test_size", "a fraction in (0, 1)", test_size)
+def join_table(
+    table: pl.DataFrame, labels: pl.DataFrame, feature_names: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Features joined with labels on ``(run_id, step)``, sorted by run and step:
+    ``(X [n, f], T [n, A], runs, steps, best action or None, tasks or None)``."""
     for name, frame in (("table", table), ("labels", labels)):
         missing = [c for c in (S.RUN_ID, S.STEP) if c not in frame.columns]
         if missing:
@@ -125,11 +90,59 @@ def fit_from_table(
     runs = joined[S.RUN_ID].to_numpy()
     steps = joined[S.STEP].to_numpy()
     best = joined[_BEST].to_numpy() if _BEST in joined.columns else None
+    tasks = joined[task_col].cast(pl.String).fill_null("").to_numpy() if task_col else None
+    return X, T, runs, steps, best, tasks
+
+
+def fit_from_table(
+    table: pl.DataFrame,
+    labels: pl.DataFrame,
+    feature_names: list[str],
+    kind: str | Controller,
+    params: Mapping[str, Any] | None = None,
+    *,
+    keep_index: int | None = None,
+    split: str = "auto",
+    test_size: float = 0.25,
+    random_state: int = 0,
+    refit: bool = False,
+    mask_columns: Sequence[int] | None = None,
+) -> tuple[Controller, dict[str, float]]:
+    """Join features with labels on ``(run_id, step)``, fit on a grouped split, measure the rest.
+
+    Parameters
+    ----------
+    table: decision table: ``run_id``, ``step``, the feature columns (optionally ``task``).
+    labels: output of :func:`trajlib.labels.make_labels` (``best_action``, ``adv_*``; optionally
+        ``task``).
+    feature_names: feature columns, in the order the controller will see them.
+    kind: registered kind name, or an unfitted controller instance to clone.
+    params: constructor parameters for ``kind`` (only with a name).
+    keep_index: keep action; inferred from the labels (the all-zero ``adv`` column) if omitted.
+    split: ``"task"`` holds out whole tasks, ``"run"`` whole runs; ``"auto"`` picks task when a
+        ``task`` column has at least two tasks, else run. No run is ever on both sides.
+    test_size: share of groups (tasks or runs) held out.
+    random_state: seed of the split.
+    refit: after measuring, refit on every row (the metrics still describe the held-out fit).
+    mask_columns: feature indices (the validation-derived ones) to set to NaN for a second
+        measurement on the held-out rows, reported with the prefix ``noval_`` (how the controller
+        does in a loop that never reports validation).
+
+    Returns
+    -------
+    (controller, metrics): metrics from :func:`offline_metrics` on the held-out rows plus
+    ``n_train_rows``, ``n_test_rows``, ``n_train_runs``, ``n_test_runs``, ``n_test_tasks`` and
+    ``split_by_task`` (1.0 / 0.0), all floats.
+    """
+    if split not in SPLITS:
+        raise ConfigError("split", f"one of {SPLITS}", split)
+    if not (isinstance(test_size, float | int) and 0 < test_size < 1):
+        raise ConfigError("test_size", "a fraction in (0, 1)", test_size)
+    X, T, runs, steps, best, tasks = join_table(table, labels, feature_names)
     keep = infer_keep_index(T) if keep_index is None else int(keep_index)
     if not 0 <= keep < T.shape[1]:
         raise ConfigError("keep_index", f"an action index in [0, {T.shape[1] - 1}]", keep_index)
 
-    tasks = joined[task_col].cast(pl.String).fill_null("").to_numpy() if task_col else None
     by_task = split == "task" or (
         split == "auto" and tasks is not None and len(np.unique(tasks)) >= 2
     )
@@ -161,6 +174,12 @@ def fit_from_table(
         n_test_tasks=float(len(np.unique(tasks[test]))) if tasks is not None else float("nan"),
         split_by_task=1.0 if by_task else 0.0,
     )
+    if mask_columns:
+        Xm = X[test].copy()
+        Xm[:, list(mask_columns)] = np.nan
+        pm = ctl.predict_values(Xm, groups=runs[test], order=steps[test])
+        noval = offline_metrics(pm, T[test], keep, None if best is None else best[test])
+        metrics.update({f"noval_{k}": v for k, v in noval.items()})
     if refit:
         ctl = clone(proto).fit(X, T, groups=runs, order=steps)
     return ctl, metrics

@@ -11,10 +11,23 @@ import numpy as np
 import polars as pl
 
 from trajlib import schema as S
+from trajlib.controllers._base import Controller
 from trajlib.controllers._checkpoint import save_controller
-from trajlib.controllers._fit import fit_from_table
+from trajlib.controllers._ensemble import (
+    EnsembleController,
+    withheld_share,
+    withhold_validation,
+)
+from trajlib.controllers._fit import fit_from_table, join_table
+from trajlib.controllers._harm import HarmRule, calibrate_rule, check_rule_values
+from trajlib.controllers._registry import get_controller_kind
 from trajlib.errors import ConfigError
-from trajlib.features import derive, get_feature_set
+from trajlib.features import (
+    VALIDATION_INDICATOR,
+    derive,
+    get_feature_set,
+    validation_feature_indices,
+)
 from trajlib.labels import get_label_strategy, make_labels, trajectory_labels
 from trajlib.spec import DecisionSpec, FeatureSetRef, RunConfig
 from trajlib.store import open_store
@@ -85,6 +98,74 @@ def _training_data(
     return table, lab, spec, runs
 
 
+#: Members of the ensemble when the do-no-harm rule is on and ``ensemble`` is not given.
+DEFAULT_HARM_MEMBERS = 5
+
+
+def _check_fit_options(
+    ensemble: Any,
+    val_withhold: Any,
+    no_harm: Any,
+    harm_z: Any,
+    harm_margin: Any,
+    harm_precision: Any,
+) -> int:
+    """ConfigError for a bad option; returns the number of ensemble members."""
+    if ensemble is not None and (
+        isinstance(ensemble, bool) or not isinstance(ensemble, int | np.integer) or ensemble < 1
+    ):
+        raise ConfigError("ensemble", "a positive integer (members of the ensemble)", ensemble)
+    if (
+        isinstance(val_withhold, bool)
+        or not isinstance(val_withhold, int | float)
+        or not 0.0 <= val_withhold <= 1.0
+    ):
+        raise ConfigError("val_withhold", "a share of runs in [0, 1]", val_withhold)
+    if not isinstance(no_harm, bool):
+        raise ConfigError("no_harm", "True or False", no_harm)
+    if harm_z is not None:
+        check_rule_values(harm_z, 0.0)
+    check_rule_values(0.0, harm_margin)
+    if (
+        isinstance(harm_precision, bool)
+        or not isinstance(harm_precision, int | float)
+        or not 0.0 < harm_precision <= 1.0
+    ):
+        raise ConfigError("harm_precision", "a share in (0, 1]", harm_precision)
+    rule = no_harm or harm_z is not None
+    k = int(ensemble) if ensemble is not None else (DEFAULT_HARM_MEMBERS if rule else 1)
+    if rule and k < 2:
+        raise ConfigError(
+            "ensemble", "at least 2 members with the do-no-harm rule (it reads their spread)", k
+        )
+    return k
+
+
+def _families(runs: pl.DataFrame) -> dict[str, str]:
+    """Task -> family: the recorded ``task_meta.family``, a registered task's family, else the
+    task's own name."""
+    from trajlib.tasks import get_task, list_tasks
+
+    known = set(list_tasks())
+    out: dict[str, str] = {}
+    for task, entry in zip(runs[S.TASK].to_list(), runs[S.ENTRY].to_list()):
+        if task in out:
+            continue
+        fam = None
+        try:
+            meta = (json.loads(entry) if entry else {}).get("task_meta") or {}
+            fam = meta.get("family")
+        except (json.JSONDecodeError, AttributeError):
+            fam = None
+        if not fam and task in known:
+            try:
+                fam = get_task(task).family
+            except Exception:  # noqa: BLE001 - a task that fails to build keeps its own name
+                fam = None
+        out[task] = str(fam or task)
+    return out
+
+
 def fit_store(
     store: str | Path,
     *,
@@ -96,6 +177,12 @@ def fit_store(
     random_state: int = 0,
     tasks: list[str] | None = None,
     overwrite: bool = False,
+    ensemble: int | None = None,
+    val_withhold: float = 0.0,
+    no_harm: bool = False,
+    harm_z: float | None = None,
+    harm_margin: float = 0.0,
+    harm_precision: float = 0.6,
 ) -> tuple[Path, dict[str, float]]:
     """Fit a ``kind`` controller on ``labels`` from the store and write a checkpoint to ``out``.
 
@@ -105,22 +192,94 @@ def fit_store(
 
     Offline metrics come from a split grouped by task (or by run with one task); the saved
     controller is then refit on every row. Returns ``(checkpoint path, metrics)``.
+
+    Validation-optional and do-no-harm fits (any of the options below away from its default)
+    write an ``ensemble`` checkpoint of ``kind`` members (:class:`EnsembleController`) that also
+    reads a ``val_present`` indicator:
+
+    - ``ensemble``: K members on bootstrap resamples of the runs, each with its own seed
+      (default 1; 5 with the do-no-harm rule).
+    - ``val_withhold``: share of runs (chosen by a hash of the run id) whose decision rows are
+      added again with every validation-derived feature NaN and ``val_present`` 0, so the
+      controller also decides in a loop that never reports validation; the metrics then include
+      ``noval_*`` (held-out rows with validation masked).
+    - ``no_harm``: store the do-no-harm rule (:class:`~trajlib.controllers._harm.HarmRule`): act
+      only when ``mean - z * std`` of the best action's advantage exceeds ``harm_margin``. ``z`` is
+      calibrated by cross-validation grouped by task family: the smallest ``z`` whose held-out
+      acted decisions are right (realized advantage > 0) in at least ``harm_precision`` of cases.
+    - ``harm_z``: use this ``z`` instead of calibrating (implies ``no_harm``).
     """
     get_label_strategy(labels)  # unknown name -> clear error before any work
+    k = _check_fit_options(ensemble, val_withhold, no_harm, harm_z, harm_margin, harm_precision)
+    use_rule = no_harm or harm_z is not None
+    wrapped = k > 1 or val_withhold > 0 or use_rule
     table, lab, spec, runs = _training_data(store, feature_set, labels, tasks)
     names = list(spec.feature_set.names) if spec.feature_set else []
+    val_cols = validation_feature_indices(feature_set)
+    if wrapped:
+        get_controller_kind(kind)  # unknown base kind -> clear error
+        model: str | Controller = EnsembleController(
+            base=kind,
+            base_params=dict(params or {}),
+            n_members=k,
+            val_columns=list(val_cols),
+            val_withhold=float(val_withhold),
+            random_state=int(random_state),
+        )
+        model_params = None
+    else:
+        model, model_params = kind, params
     controller, metrics = fit_from_table(
         table,
         lab,
         names,
-        kind,
-        params,
+        model,
+        model_params,
         keep_index=spec.action_space.keep_index,
         random_state=random_state,
         refit=True,
+        mask_columns=val_cols if wrapped and val_withhold > 0 else None,
     )
     feats = table.select(names).to_numpy().astype(np.float64)
+    if wrapped and val_withhold > 0:  # the rows the members saw, withheld copies included
+        idx, masked = withhold_validation(
+            feats, table[S.RUN_ID].cast(pl.String).to_numpy(), val_cols, float(val_withhold)
+        )
+        feats = feats[idx]
+        feats[np.ix_(masked, np.asarray(val_cols, dtype=np.intp))] = np.nan
     nan_fraction = {n: float(np.mean(~np.isfinite(feats[:, i]))) for i, n in enumerate(names)}
+    validation: dict[str, Any] | None = None
+    if wrapped:
+        run_ids_all = runs[S.RUN_ID].cast(pl.String).to_list()
+        validation = {
+            "indicator": VALIDATION_INDICATOR,
+            "features": [names[i] for i in val_cols],
+            "withhold": float(val_withhold),
+            "withheld_runs": sum(withheld_share(r) < val_withhold for r in run_ids_all),
+        }
+    rule: HarmRule | None = None
+    if use_rule:
+        keep = spec.action_space.keep_index
+        if harm_z is not None:
+            rule = HarmRule(z=float(harm_z), margin=float(harm_margin))
+        else:
+            X, T, run_ids, steps, _, task_arr = join_table(table, lab, names)
+            fam_of = _families(runs)
+            fams = np.array(
+                [fam_of.get(t, t) for t in (task_arr if task_arr is not None else run_ids)]
+            )
+            rule = calibrate_rule(
+                model if isinstance(model, Controller) else EnsembleController(),
+                X,
+                T,
+                run_ids,
+                steps,
+                fams,
+                keep,
+                margin=float(harm_margin),
+                min_precision=float(harm_precision),
+            )
+        metrics["harm_z"] = rule.z
     best = lab["best_action"].to_numpy()
     training_data = {
         "store": str(store),
@@ -131,6 +290,7 @@ def fit_store(
             str(a): float(np.mean(best == a)) for a in range(len(spec.action_space))
         },
         "feature_nan_fraction": nan_fraction,
+        **({"validation": validation} if validation is not None else {}),
     }
     path = save_controller(
         controller,
@@ -140,5 +300,6 @@ def fit_store(
         training_data=training_data,
         offline_metrics=metrics,
         overwrite=overwrite,
+        decision_rule=rule,
     )
     return Path(path), metrics

@@ -64,17 +64,19 @@ class ControllerPolicy:
             if c in frame.columns:
                 frame = frame.with_columns(pl.col(c).fill_nan(None))
         # every decision point so far (the GRU reads the whole sequence; others use the last row)
-        pts = (
-            np.arange(every, s + 1, every, dtype=np.int64)
-            if lc.controller.kind == "gru"
-            else np.array([s])
-        )
+        recurrent = lc.controller.kind == "gru" or getattr(lc.controller, "base", None) == "gru"
+        pts = np.arange(every, s + 1, every, dtype=np.int64) if recurrent else np.array([s])
         points = pl.DataFrame({S.RUN_ID: ["r"] * len(pts), S.STEP: pts})
         X, _ = derive_arrays(frame, points, {"r": budget}, lc.feature_set_name)
-        values = lc.controller.predict_values(X)[-1]
+        keep = lc.action_space.keep_index
+        rule = lc.decision_rule
+        mean, std = lc.controller.predict_spread(X)
+        values, spread = mean[-1], std[-1]
         p = np.zeros(len(lc.action_space))
-        if np.all(np.isfinite(values)):
-            p[int(np.argmax(values))] = 1.0
+        if not (np.all(np.isfinite(values)) and np.all(np.isfinite(spread))):
+            p[keep] = 1.0
+        elif rule is not None:  # the do-no-harm rule, as deployed
+            p[rule.choose(values, spread, keep)[0]] = 1.0
         else:
-            p[lc.action_space.keep_index] = 1.0
+            p[int(np.argmax(values))] = 1.0
         return p

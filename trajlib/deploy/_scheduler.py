@@ -116,6 +116,12 @@ class ControllerScheduler(LRScheduler):
     shared loss and validation. The shipped controllers were fitted on whole-model features, so
     layer-wise use is an extrapolation unless the controller was fitted on per-layer data.
 
+    Do no harm: a checkpoint saved with a ``decision_rule`` (an ensemble's lower bound
+    ``mean - z * std`` of the best action's advantage over keep must exceed a margin) keeps the
+    current values when the bound is not confidently positive; such decisions count in
+    ``events["decisions"]`` and, when the plain argmax would have moved, in
+    ``events["kept_by_rule"]`` (holds for non-finite input are ``events["held_nonfinite"]``).
+
     Safety: a non-finite feature that the controller never saw non-finite in training, a
     non-finite controller output, or any exception in the decision path keeps the current values
     and is counted in ``events``; ``step()``, ``observe_validation()`` and the hooks never raise
@@ -184,7 +190,11 @@ class ControllerScheduler(LRScheduler):
             "skipped_steps": 0,
             "missing_loss": 0,
             "late_validation": 0,
+            "kept_by_rule": 0,
         }
+        # the checkpoint's do-no-harm rule (None: act on the argmax, as before rules existed)
+        self._rule = self.loaded.decision_rule
+        self._keep = self.actions.keep_index
         self.actions_taken: list[tuple[int, int, int]] = []  # (step, unit, action index)
         self._loss: torch.Tensor | float | None = None
         self._loss_n = 0
@@ -561,7 +571,7 @@ class ControllerScheduler(LRScheduler):
                 self._hold(
                     f"no validation reported ({', '.join(names)} undefined); this controller "
                     "was trained with validation: call observe_validation() before step() every "
-                    "so often, or use a validation-optional checkpoint"
+                    "so often, or use a validation-optional checkpoint (trajlib fit --val-withhold)"
                 )
             else:
                 more = f" and {len(names) - 4} more" if len(names) > 4 else ""
@@ -570,15 +580,27 @@ class ControllerScheduler(LRScheduler):
                     "were in training (a non-finite loss or gradient?)"
                 )
             return
-        values, state = self.loaded.controller.decide_values(x, u.ctrl_state)
+        if self._rule is None:
+            values, state = self.loaded.controller.decide_values(x, u.ctrl_state)
+            spread = None
+        else:
+            values, spread, state = self.loaded.controller.decide_spread(x, u.ctrl_state)
         v = np.asarray(values, dtype=np.float64).reshape(-1)
         if v.shape[0] != len(self.actions) or not np.isfinite(v).all():
             self._hold("the controller's output is not finite")
             return
+        sd = None if spread is None else np.asarray(spread, dtype=np.float64).reshape(-1)
+        if sd is not None and (sd.shape != v.shape or not np.isfinite(sd).all()):
+            self._hold("the controller's spread is not finite")
+            return
         if isinstance(state, np.ndarray) and not np.isfinite(state).all():
             self._hold("the controller's state is not finite")
             return
-        a = int(v.argmax())
+        if self._rule is None or sd is None:
+            a = int(v.argmax())
+        else:  # do no harm: act only when the best action is confidently better than keep
+            a, kept = self._rule.choose(v, sd, self._keep)
+            self.events["kept_by_rule"] += int(kept)
         u.ctrl_state = state
         self.events["decisions"] += 1
         self.actions_taken.append((step, ui, a))

@@ -45,6 +45,13 @@ from trajlib.features._set import (
     register_feature_set,
 )
 from trajlib.features._table import decision_table
+from trajlib.features._validation import (
+    VALIDATION_COLUMNS,
+    VALIDATION_INDICATOR,
+    validation_feature_indices,
+    validation_feature_names,
+    validation_present,
+)
 
 __all__ = [
     "Feature",
@@ -56,6 +63,11 @@ __all__ = [
     "OnlineFeatures",
     "decision_table",
     "default_features",
+    "VALIDATION_COLUMNS",
+    "VALIDATION_INDICATOR",
+    "validation_feature_indices",
+    "validation_feature_names",
+    "validation_present",
     # the feature classes (build your own sets from them)
     "Progress",
     "LossEmaRatio",

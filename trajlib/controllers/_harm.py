@@ -1,0 +1,183 @@
+"""The do-no-harm rule: act only when the best action's advantage over keep is confidently > 0.
+
+With ``mean`` and ``std`` the ensemble's predicted advantages (``[A]``), the rule computes the
+lower bound ``lb = mean - z * std`` of every action but keep, takes the action with the highest
+bound and acts only if that bound exceeds ``margin``; otherwise it keeps. ``z = 0, margin = 0``
+is the plain argmax (keep's advantage is 0 by definition), so growing ``z`` only ever keeps more.
+
+:func:`calibrate_rule` picks ``z`` on the training data: members are refitted on folds grouped by
+task family, the held-out rows' advantages are predicted, and for each ``z`` of a grid it measures
+the acted share, the *precision* (share of acted decisions whose realized advantage is > 0) and
+the mean realized advantage per decision (keep counts 0). It chooses the smallest ``z`` whose
+precision reaches ``min_precision`` (or that never acts); when none does, the ``z`` with the
+highest mean realized advantage. The rule and its table go to the checkpoint manifest
+(``decision_rule``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.model_selection import GroupKFold
+
+from trajlib.controllers._base import Controller
+from trajlib.errors import CheckpointError, ConfigError
+
+__all__ = ["HarmRule", "Z_GRID", "calibrate_rule", "rule_actions", "rule_table"]
+
+#: The z values calibration tries (standard deviations of the members' spread).
+Z_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+RULE_KIND = "lower_bound"
+
+
+@dataclass(frozen=True)
+class HarmRule:
+    """``act iff max_{a != keep} (mean_a - z * std_a) > margin``; else keep."""
+
+    z: float
+    margin: float = 0.0
+    calibration: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_rule_values(self.z, self.margin)
+
+    def choose(self, mean: np.ndarray, std: np.ndarray, keep: int) -> tuple[int, bool]:
+        """``(action, kept_by_rule)``: ``kept_by_rule`` is True when the plain argmax would have
+        moved and the rule keeps instead."""
+        a = int(rule_actions(mean[None, :], std[None, :], keep, self.z, self.margin)[0])
+        plain = int(np.argmax(mean))
+        return a, a == keep and plain != keep
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": RULE_KIND,
+            "z": float(self.z),
+            "margin": float(self.margin),
+            "calibration": dict(self.calibration),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> HarmRule:
+        """Parse a manifest's ``decision_rule``; :class:`CheckpointError` when malformed."""
+        try:
+            if d.get("kind") != RULE_KIND:
+                raise ValueError(f"kind must be {RULE_KIND!r}, got {d.get('kind')!r}")
+            return cls(
+                z=float(d["z"]),
+                margin=float(d["margin"]),
+                calibration=dict(d.get("calibration") or {}),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError, ConfigError) as e:
+            raise CheckpointError(f"manifest.json: malformed decision_rule ({e})") from e
+
+
+def check_rule_values(z: Any, margin: Any) -> None:
+    """ConfigError unless ``z`` is a finite number >= 0 and ``margin`` a finite number."""
+    if isinstance(z, bool) or not isinstance(z, int | float) or not (math.isfinite(z) and z >= 0):
+        raise ConfigError("harm_z", "a finite number >= 0", z)
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not math.isfinite(margin):
+        raise ConfigError("harm_margin", "a finite number", margin)
+
+
+def rule_actions(
+    mean: np.ndarray, std: np.ndarray, keep: int, z: float, margin: float
+) -> np.ndarray:
+    """``[n]`` actions the rule takes for ``[n, A]`` means and spreads."""
+    lb = np.asarray(mean, dtype=np.float64) - float(z) * np.asarray(std, dtype=np.float64)
+    lb = np.where(np.isnan(lb), -np.inf, lb)
+    lb[:, keep] = -np.inf
+    best = lb.argmax(axis=1)
+    ok = lb[np.arange(lb.shape[0]), best] > float(margin)
+    return np.where(ok, best, keep)
+
+
+def rule_table(
+    mean: np.ndarray,
+    std: np.ndarray,
+    T: np.ndarray,
+    keep: int,
+    z_grid: Sequence[float] = Z_GRID,
+    margin: float = 0.0,
+) -> list[dict[str, float | None]]:
+    """Per ``z``: ``z``, ``acted_share``, ``precision``, ``mean_realized``, ``n_rows`` on rows
+    whose targets are known (``T`` ``[n, A]``, NaN = unknown; keep realises 0)."""
+    out: list[dict[str, float | None]] = []
+    for z in z_grid:
+        a = rule_actions(mean, std, keep, z, margin)
+        realized = np.where(a == keep, 0.0, T[np.arange(T.shape[0]), a])
+        known = ~np.isnan(realized)
+        acted = known & (a != keep)
+        n = int(known.sum())
+        out.append(
+            {
+                "z": float(z),
+                "n_rows": float(n),
+                "acted_share": float(acted.sum() / n) if n else None,
+                "precision": float((realized[acted] > 0).mean()) if acted.any() else None,
+                "mean_realized": float(realized[known].mean()) if n else None,
+            }
+        )
+    return out
+
+
+def choose_z(table: list[dict[str, float | None]], min_precision: float) -> float:
+    """The smallest ``z`` whose precision reaches ``min_precision`` or that never acts; when none
+    does, the ``z`` with the highest mean realized advantage (ties: the larger ``z``)."""
+    for row in table:
+        prec, acted = row["precision"], row["acted_share"]
+        if (acted is not None and acted == 0.0) or (prec is not None and prec >= min_precision):
+            return float(row["z"] or 0.0)
+    scored = [(r["mean_realized"] or -math.inf, r["z"] or 0.0) for r in table]
+    return float(max(scored)[1])
+
+
+def calibrate_rule(
+    proto: Controller,
+    X: np.ndarray,
+    T: np.ndarray,
+    runs: np.ndarray,
+    steps: np.ndarray,
+    families: np.ndarray,
+    keep: int,
+    *,
+    z_grid: Sequence[float] = Z_GRID,
+    margin: float = 0.0,
+    min_precision: float = 0.6,
+    n_folds: int = 5,
+) -> HarmRule:
+    """Calibrate ``z`` with cross-validation grouped by ``families`` (``[n]`` labels; by run when
+    there is only one family). Every fold refits a clone of ``proto`` (an unfitted ensemble) on
+    the other families and predicts the held-out rows' mean and spread."""
+    if not 0.0 < float(min_precision) <= 1.0:
+        raise ConfigError("harm_precision", "a share in (0, 1]", min_precision)
+    fam = np.asarray(families).astype(str)
+    group, by = (
+        (fam, "family") if len(np.unique(fam)) >= 2 else (np.asarray(runs).astype(str), "run")
+    )
+    k = min(int(n_folds), len(np.unique(group)))
+    if k < 2:
+        raise ConfigError("table", "at least 2 runs to calibrate the do-no-harm rule", k)
+    mean = np.full(T.shape, np.nan)
+    std = np.full(T.shape, np.nan)
+    for train, test in GroupKFold(n_splits=k).split(X, groups=group):
+        ctl = clone(proto).fit(X[train], T[train], groups=runs[train], order=steps[train])
+        m, s = ctl.predict_spread(X[test], groups=runs[test], order=steps[test])
+        mean[test], std[test] = m, s
+    table = rule_table(mean, std, T, keep, z_grid, margin)
+    z = choose_z(table, float(min_precision))
+    return HarmRule(
+        z=z,
+        margin=float(margin),
+        calibration={
+            "grouped_by": by,
+            "n_folds": k,
+            "n_groups": int(len(np.unique(group))),
+            "min_precision": float(min_precision),
+            "table": table,
+        },
+    )

@@ -44,11 +44,9 @@ Bad arguments raise :class:`~trajlib.errors.ConfigError` when the recorder is ma
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import json
 import math
-import random
 import re
 import time
 import warnings
@@ -61,6 +59,7 @@ import polars as pl
 import torch
 
 from trajlib import schema as S
+from trajlib._snapshot import replay_batches, restore_snapshot, take_snapshot
 from trajlib.collect._behaviour import (
     BEHAVIOURS,
     BehaviourPolicy,
@@ -524,34 +523,22 @@ class Recorder:
         A decision point that falls on the last batch of ``source`` (the end of an epoch) is
         taken when the next ``batches(...)`` call starts, on that call's first batches."""
         self._feeding = True
-        it = iter(source)
-        buffer: list[Any] = []
         try:
-            while True:
-                if self._decision_due:
-                    need = self.config.branch.horizon + self.config.branch.cooldown
-                    while len(buffer) < need:
-                        try:
-                            buffer.append(next(it))
-                        except StopIteration:
-                            break
-                    if not buffer:
-                        return  # the end of the source: decide on the next one's batches
-                    self._decision_due = False
-                    try:
-                        self._decision_point(buffer)
-                    except Exception as exc:  # noqa: BLE001
-                        self._error(exc)
-                if buffer:
-                    yield buffer.pop(0)
-                    continue
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    return
-                yield batch
+            yield from replay_batches(source, self._wanted, self._run_due)
         finally:
             self._feeding = False
+
+    def _wanted(self) -> int:
+        if not self._decision_due:
+            return 0
+        return self.config.branch.horizon + self.config.branch.cooldown
+
+    def _run_due(self, buffer: list[Any]) -> None:
+        self._decision_due = False
+        try:
+            self._decision_point(buffer)
+        except Exception as exc:  # noqa: BLE001
+            self._error(exc)
 
     # ------------------------------------------------------------------ rows
     def _close_row(self) -> None:
@@ -779,67 +766,15 @@ class Recorder:
     def _snapshot(self) -> dict[str, Any]:
         if self.model is None:  # __init__ refuses branches without the model
             raise ConfigError("model", "the model train_step trains", None)
-        opt = self.optimizer
-        snap: dict[str, Any] = {
-            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            "training": [m.training for m in self.model.modules()],
-            "opt_state": {
-                p: {
-                    k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
-                    for k, v in s.items()
-                }
-                for p, s in opt.state.items()
-            },
-            "groups": [
-                {k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
-                for g in opt.param_groups
-            ],
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-            "rng_np": np.random.get_state(),
-            "rng_py": random.getstate(),
-            "scaler": None if self.scaler is None else copy.deepcopy(self.scaler.state_dict()),
-            "probe": self._probe.state_dict(),
-            "mult": self.mult,
-        }
+        snap = take_snapshot(self.model, self.optimizer, self.scaler)
+        snap["probe"] = self._probe.state_dict()
+        snap["mult"] = self.mult
         return snap
 
     def _restore(self, snap: dict[str, Any]) -> None:
         if self.model is None:  # __init__ refuses branches without the model
             raise ConfigError("model", "the model train_step trains", None)
-        with torch.no_grad():
-            for k, v in self.model.state_dict().items():
-                v.copy_(snap["model"][k])
-        for m, training in zip(self.model.modules(), snap["training"]):
-            m.training = training
-        opt = self.optimizer
-        saved = snap["opt_state"]
-        for p in list(opt.state.keys()):
-            if p not in saved:
-                del opt.state[p]
-        for p, s in saved.items():
-            cur = opt.state[p]
-            for k in list(cur.keys()):
-                if k not in s:
-                    del cur[k]
-            for k, v in s.items():
-                if torch.is_tensor(v) and torch.is_tensor(cur.get(k)) and cur[k].shape == v.shape:
-                    cur[k].copy_(v)
-                else:
-                    cur[k] = v.clone() if torch.is_tensor(v) else copy.deepcopy(v)
-        for g, vals in zip(opt.param_groups, snap["groups"]):
-            for k, v in vals.items():
-                if torch.is_tensor(g.get(k)) and torch.is_tensor(v):
-                    g[k].copy_(v)
-                else:
-                    g[k] = copy.deepcopy(v)
-        torch.set_rng_state(snap["rng_cpu"])
-        if snap["rng_cuda"] is not None:
-            torch.cuda.set_rng_state_all(snap["rng_cuda"])
-        np.random.set_state(snap["rng_np"])
-        random.setstate(snap["rng_py"])
-        if self.scaler is not None and snap["scaler"] is not None:
-            self.scaler.load_state_dict(copy.deepcopy(snap["scaler"]))
+        restore_snapshot(snap, self.model, self.optimizer, self.scaler)
         self.mult = snap["mult"]
         self._probe.load_state_dict(snap["probe"])
 

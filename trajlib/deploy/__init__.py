@@ -2,10 +2,12 @@
 
 :class:`ControllerScheduler` behaves like a ``torch.optim.lr_scheduler`` scheduler; it computes the
 online features from optimizer hooks and the losses you give it, and asks the controller every N
-steps. Adapters for Lightning and Hugging Face live in :mod:`trajlib.deploy.lightning` and
+steps (optionally with a :class:`Lookahead`: the best candidates tried for a few steps on the next
+batches before each decision). Adapters for Lightning and Hugging Face live in :mod:`trajlib.deploy.lightning` and
 :mod:`trajlib.deploy.hf`; the measurement probe is :class:`trajlib.measure.StepProbe`.
 """
 
+from trajlib.deploy._lookahead import Lookahead, LookaheadDecision
 from trajlib.deploy._scheduler import ControllerScheduler
 
-__all__ = ["ControllerScheduler"]
+__all__ = ["ControllerScheduler", "Lookahead", "LookaheadDecision"]

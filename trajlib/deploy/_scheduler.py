@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from trajlib.features import OnlineFeatures, get_feature_set
 from trajlib.measure import PROBE_COLUMNS, STRIDED, StepProbe, summarise
 from trajlib.optim_hp import hp_get, hp_movable, hp_set
 from trajlib.space import HyperParam, base_factor
+
+if TYPE_CHECKING:
+    from trajlib.deploy._lookahead import Lookahead
 
 __all__ = ["ControllerScheduler", "STATE_VERSION"]
 
@@ -136,6 +140,9 @@ class ControllerScheduler(LRScheduler):
             ``step / total_steps``).
         every: decision interval in steps (default: the checkpoint's).
         layerwise: one decision per param group from that group's own statistics.
+        lookahead: a :class:`~trajlib.deploy.Lookahead`: at each decision point, try the
+            controller's top candidates for a few steps on the next batches (iterate them
+            through :meth:`batches`) and apply the best (docs/deploy.md, "Lookahead").
     """
 
     def __init__(
@@ -146,6 +153,7 @@ class ControllerScheduler(LRScheduler):
         *,
         every: int | None = None,
         layerwise: bool = False,
+        lookahead: Lookahead | None = None,
     ) -> None:
         _check_arguments(optimizer, total_steps, every)
         self.loaded = (
@@ -218,6 +226,9 @@ class ControllerScheduler(LRScheduler):
         # schedulers keep each other's factors)
         self._targets: list[float] = [float(g["initial_lr"]) for g in optimizer.param_groups]
         self._probe = StepProbe(optimizer, dots=self._dots, stats_every=fs.stats_every)
+        self.lookahead = lookahead
+        if lookahead is not None:
+            lookahead.attach(self)
         super().__init__(optimizer)
 
     # ----------------------------------------------------------------- construction helpers
@@ -547,6 +558,8 @@ class ControllerScheduler(LRScheduler):
         return outs
 
     def _decide(self, step: int) -> None:
+        if self.lookahead is not None and self.lookahead.defer(step):
+            return  # decided by the lookahead once batches() holds the next batches
         self._flush()
         for ui, u in enumerate(self.units):
             try:
@@ -602,6 +615,10 @@ class ControllerScheduler(LRScheduler):
             a, kept = self._rule.choose(v, sd, self._keep)
             self.events["kept_by_rule"] += int(kept)
         u.ctrl_state = state
+        self._apply_action(ui, u, a, step)
+
+    def _apply_action(self, ui: int, u: _Unit, a: int, step: int) -> None:
+        """Take action ``a`` for unit ``u`` at ``step`` (its multiplier and hyperparameters)."""
         self.events["decisions"] += 1
         self.actions_taken.append((step, ui, a))
         groups = range(len(self.optimizer.param_groups)) if u.groups is None else u.groups
@@ -765,6 +782,22 @@ class ControllerScheduler(LRScheduler):
     def close(self) -> None:
         """Remove the optimizer hooks (the scheduler stops measuring)."""
         self._probe.remove()
+
+    # ----------------------------------------------------------------- lookahead (opt-in)
+    def batches(self, source: Iterable[Any]) -> Iterator[Any]:
+        """Yield the batches of ``source``; with a :class:`~trajlib.deploy.Lookahead`, the
+        batches after each decision point are first tried by its candidate actions (then yielded
+        to your loop, unchanged). Without one, the batches pass straight through."""
+        if self.lookahead is None:
+            yield from source
+        else:
+            yield from self.lookahead.batches(source)
+
+    @property
+    def compute_ratio(self) -> float:
+        """Training compute relative to the run alone: ``1 + lookahead steps / main steps``."""
+        extra = self.events.get("lookahead_steps", 0)
+        return 1.0 + extra / max(self.step_count, 1)
 
 
 def _losses_to_host(tensors: list[torch.Tensor]) -> list[float]:

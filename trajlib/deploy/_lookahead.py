@@ -1,0 +1,344 @@
+"""Deploy-time lookahead: try the controller's best candidates for a few steps, keep the best.
+
+At a decision point of a :class:`~trajlib.deploy.ControllerScheduler` built with
+``lookahead=Lookahead(train_step, model, ...)``, and with the loop iterating
+``scheduler.batches(loader)``, the lookahead
+
+1. ranks the actions with the controller (its predicted advantage over "keep") and takes the
+   ``top_k`` best, plus "keep" always (actions with the same effect on this optimizer, e.g. a
+   momentum move on an optimizer without momentum, are tried once);
+2. snapshots the run (model parameters and buffers, optimizer state and hyperparameters,
+   GradScaler, global RNGs: :mod:`trajlib._snapshot`, the Recorder's machinery) and runs each
+   candidate for ``horizon`` steps (then ``cooldown`` steps with the LR annealed linearly to 0) on
+   the *same* next batches, restoring the snapshot exactly after each;
+3. scores each branch by its measured loss — ``validate()`` at the end of the branch when given,
+   else the mean training loss over the last quarter of the horizon (the last half of the
+   cool-down when there is one) — and applies the lowest; a candidate replaces the controller's
+   own first choice only when its score is lower by more than ``margin`` (relative), so a tie
+   keeps the controller's decision;
+4. yields the buffered batches to the loop, which trains on them under the chosen action: the
+   run is bitwise the run in which the controller had chosen that action (on the CPU).
+
+Why the measured loss and not the controller's prediction at the end of each branch: the
+controller predicts each action's advantage *over keep from one state*; its values from two
+different states (the ends of two branches) are not on a common scale, while the branches' losses
+are (same batches, same dropout draws: common random numbers). The controller's knowledge enters
+through the candidates it ranks first and the tie rule. The known limit is the short-horizon bias
+of a greedy look: over a few steps a lower LR usually lowers the loss first; ``cooldown`` (scoring
+each branch after annealing its LR) counters it at a cost.
+
+Cost: every branch step is a training step; ``scheduler.events["lookahead_steps"]`` counts them
+and ``scheduler.compute_ratio`` is ``1 + lookahead steps / main steps``. Any exception inside the
+lookahead restores the snapshot, falls back to the plain decision, is counted in
+``events["lookahead_errors"]`` and warned about once: it never raises into the training loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from trajlib._snapshot import replay_batches, restore_snapshot, take_snapshot
+from trajlib.errors import ConfigError
+from trajlib.optim_hp import MOVABLE, hp_get
+
+__all__ = ["Lookahead", "LookaheadDecision"]
+
+#: ``scheduler.events`` keys the lookahead adds.
+EVENTS = ("lookahead_decisions", "lookahead_steps", "lookahead_errors", "lookahead_skipped")
+
+
+@dataclass(frozen=True)
+class LookaheadDecision:
+    """One decision the lookahead took: the candidates tried and their scores (lower is better;
+    ``inf`` for a branch whose loss was not finite), the controller's choice and the applied one."""
+
+    step: int
+    candidates: tuple[int, ...]
+    scores: tuple[float, ...]
+    controller_choice: int
+    chosen: int
+    horizon: int
+
+
+def _positive_int(field: str, v: Any, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < minimum:
+        raise ConfigError(field, f"an integer >= {minimum}", v)
+    return int(v)
+
+
+class Lookahead:
+    """Opt-in lookahead for :class:`~trajlib.deploy.ControllerScheduler` (module docstring).
+
+    Args:
+        train_step: ``train_step(batch) -> loss``: one whole optimizer step of your loop
+            (``zero_grad``, forward, backward, ``optimizer.step()``, and the GradScaler's
+            ``update()`` if any) — without ``scheduler.observe`` / ``scheduler.step()``.
+        model: the model ``train_step`` trains (what the snapshot copies).
+        top_k: how many of the controller's best-ranked actions to try ("keep" is added).
+        horizon: steps each candidate runs.
+        cooldown: steps after the horizon with the LR annealed linearly to 0 (0: none).
+        validate: ``validate() -> loss`` (or ``(loss, accuracy)``) scored at each branch's end
+            instead of the training loss.
+        scaler: the loop's ``torch.amp.GradScaler`` (snapshotted with the model).
+        margin: relative loss gain a candidate needs over the controller's first choice to
+            replace it.
+    """
+
+    def __init__(
+        self,
+        train_step: Callable[[Any], Any],
+        model: torch.nn.Module,
+        *,
+        top_k: int = 2,
+        horizon: int = 20,
+        cooldown: int = 0,
+        validate: Callable[[], Any] | None = None,
+        scaler: Any | None = None,
+        margin: float = 0.0,
+    ) -> None:
+        if not callable(train_step):
+            raise ConfigError("train_step", "a callable train_step(batch) -> loss", train_step)
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(
+                "model", "the torch.nn.Module train_step trains", type(model).__name__
+            )
+        if validate is not None and not callable(validate):
+            raise ConfigError("validate", "a callable validate() -> loss, or None", validate)
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin < 1:
+            raise ConfigError("margin", "a number in [0, 1)", margin)
+        self.train_step, self.model, self.validate, self.scaler = (
+            train_step,
+            model,
+            validate,
+            scaler,
+        )
+        self.top_k = _positive_int("top_k", top_k)
+        self.horizon = _positive_int("horizon", horizon)
+        self.cooldown = _positive_int("cooldown", cooldown, minimum=0)
+        self.margin = float(margin)
+        #: every decision the lookahead took (:class:`LookaheadDecision`)
+        self.decisions: list[LookaheadDecision] = []
+        self._sched: Any = None
+        self._due: int | None = None
+        self._feeding = False
+        self._bypass = False
+
+    # ----------------------------------------------------------------- the scheduler's side
+    def attach(self, scheduler: Any) -> None:
+        """Called by the scheduler it is given to (one scheduler per lookahead)."""
+        if self._sched is not None and self._sched is not scheduler:
+            raise ConfigError("lookahead", "a Lookahead not given to another scheduler", self)
+        if scheduler.layerwise:
+            raise ConfigError(
+                "lookahead",
+                "None with layerwise=True (lookahead decides for the whole model)",
+                self,
+            )
+        self._sched = scheduler
+        for k in EVENTS:
+            scheduler.events.setdefault(k, 0)
+
+    def defer(self, step: int) -> bool:
+        """At a decision point: True when the lookahead will take it (the loop iterates
+        ``scheduler.batches``), False for the plain decision now."""
+        if self._bypass:
+            return False
+        if not self._feeding:
+            self._sched.events["lookahead_skipped"] += 1
+            self._sched._warn_once(
+                "lookahead_feed",
+                "ControllerScheduler: lookahead is on but the loop does not iterate "
+                "scheduler.batches(loader); deciding without it (events['lookahead_skipped'])",
+            )
+            return False
+        self._due = step
+        return True
+
+    def batches(self, source: Iterable[Any]) -> Iterator[Any]:
+        """``scheduler.batches(source)``: the batches, with each decision's lookahead run on the
+        ones that follow it. A decision due when ``source`` ends is taken without lookahead."""
+        self._feeding = True
+        try:
+            yield from replay_batches(source, self._wanted, self._run)
+        finally:
+            self._feeding = False
+            if self._due is not None:
+                self._run([])
+
+    # ----------------------------------------------------------------- a decision
+    def _wanted(self) -> int:
+        return 0 if self._due is None else self.horizon + self.cooldown
+
+    def _run(self, buffer: list[Any]) -> None:
+        """Take the due decision: with the lookahead on ``buffer``, else (nothing to look at, or
+        an error inside it) the plain decision. Never raises."""
+        step, self._due = self._due, None
+        if step is None:
+            return
+        s = self._sched
+        done = False
+        try:
+            done = self._decide(step, buffer)
+        except Exception as exc:  # noqa: BLE001 - never into the user's loop
+            s.events["lookahead_errors"] += 1
+            s._warn_once(
+                "lookahead_error",
+                f"ControllerScheduler: lookahead failed ({type(exc).__name__}: {exc}); the run "
+                "was restored and the plain decision taken (events['lookahead_errors'])",
+            )
+        try:
+            if not done:
+                self._bypass = True
+                try:
+                    s._decide(step)
+                finally:
+                    self._bypass = False
+            self._refresh_lr()
+        except Exception:  # noqa: BLE001
+            s._count_error()
+
+    def _decide(self, step: int, buffer: list[Any]) -> bool:
+        s = self._sched
+        s._flush()
+        if len(s.units) != 1:
+            return False
+        u = s.units[0]
+        x = u.features.values()
+        if (~np.isfinite(x) & ~(np.isnan(x) & s._nan_ok)).any():
+            return False  # the plain path holds and says why
+        values, state = s.loaded.controller.decide_values(x, u.ctrl_state)
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        if v.shape[0] != len(s.actions) or not np.isfinite(v).all():
+            return False
+        if isinstance(state, np.ndarray) and not np.isfinite(state).all():
+            return False
+        H = min(self.horizon, len(buffer), s.total_steps - step)
+        if H < 1:
+            return False
+        cooldown = min(self.cooldown, len(buffer) - H)
+        order = [int(a) for a in np.argsort(-v, kind="stable")]
+        candidates = order[: self.top_k]
+        keep = s.actions.keep_index
+        if keep not in candidates:
+            candidates.append(keep)
+        scores = self._branches(step, candidates, buffer, H, cooldown)
+        first = order[0]
+        best = min(candidates, key=lambda a: (scores[a], candidates.index(a)))
+        bar = scores[first] - self.margin * abs(scores[first])
+        chosen = best if scores[first] == math.inf or scores[best] < bar else first
+        if scores[chosen] == math.inf:
+            return False  # every branch diverged: nothing learned, the plain decision
+        u.ctrl_state = state
+        s._apply_action(0, u, chosen, step)
+        s.events["lookahead_decisions"] += 1
+        self.decisions.append(
+            LookaheadDecision(
+                step, tuple(candidates), tuple(scores[a] for a in candidates), first, chosen, H
+            )
+        )
+        return True
+
+    def _branches(
+        self, step: int, candidates: list[int], buffer: list[Any], H: int, cooldown: int
+    ) -> dict[int, float]:
+        s = self._sched
+        u = s.units[0]
+        opt = s.optimizer
+        # a factor another scheduler applied to a group's LR is kept, as in the main run
+        ratios = [
+            float(g["lr"]) / t if t > 0 else 1.0 for g, t in zip(opt.param_groups, s._targets)
+        ]
+        snap = take_snapshot(self.model, opt, self.scaler)
+        mine = {
+            "probe": s._probe.state_dict(),
+            "mult": u.mult,
+            "decisions": s.events["decisions"],
+            "n_actions": len(s.actions_taken),
+            "targets": list(s._targets),
+            "open": (s._loss, s._loss_n, s._val),
+        }
+        scores: dict[int, float] = {}
+        seen: dict[Any, float] = {}
+        try:
+            for a in candidates:
+                try:
+                    s._apply_action(0, u, a, step)
+                    effect = (u.mult, *(self._hps(g) for g in opt.param_groups))
+                    if effect in seen:  # the same move on this optimizer: tried already
+                        scores[a] = seen[effect]
+                        continue
+                    scores[a] = seen[effect] = self._branch(step, buffer, H, cooldown, ratios)
+                finally:
+                    restore_snapshot(snap, self.model, opt, self.scaler)
+                    s._probe.load_state_dict(mine["probe"])
+                    u.mult = mine["mult"]
+                    s.events["decisions"] = mine["decisions"]
+                    del s.actions_taken[mine["n_actions"] :]
+                    s._targets = list(mine["targets"])
+                    s._loss, s._loss_n, s._val = mine["open"]
+        finally:
+            s._bf_memo = (-1, 0, 1.0)
+        return scores
+
+    @staticmethod
+    def _hps(g: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(hp_get(g, n) for n in MOVABLE)
+
+    def _branch(
+        self, step: int, buffer: list[Any], H: int, cooldown: int, ratios: list[float]
+    ) -> float:
+        s = self._sched
+        groups = s.optimizer.param_groups
+        units = [s.units[i] for i in s._unit_of_group]
+        losses: list[float] = []
+        for j in range(H):
+            f = s._base_factor(step + j)
+            for g, r, base, u in zip(groups, ratios, s.base_lrs, units):
+                _set_lr(g, r * base * f * u.mult)
+            losses.append(self._step(buffer[j]))
+        tail = losses[-max(H // 4, 1) :]
+        if cooldown > 0:
+            last = [float(g["lr"]) for g in groups]
+            cooled = []
+            for j in range(cooldown):
+                for g, lr in zip(groups, last):
+                    _set_lr(g, lr * (1 - j / cooldown))
+                cooled.append(self._step(buffer[H + j]))
+            tail = cooled[-max(cooldown // 2, 1) :]
+        if self.validate is not None:
+            v = self.validate()
+            tail = [float(v[0] if isinstance(v, tuple | list) else v)]
+        score = float(np.mean(tail))
+        finite = all(math.isfinite(x) for x in losses)
+        return score if finite and math.isfinite(score) else math.inf
+
+    def _step(self, batch: Any) -> float:
+        s = self._sched
+        loss = self.train_step(batch)
+        s._probe.take()  # the main run's probe state is restored afterwards
+        s.events["lookahead_steps"] += 1
+        try:
+            return float(loss.detach().float().mean()) if torch.is_tensor(loss) else float(loss)
+        except (TypeError, ValueError):
+            return math.nan
+
+    def _refresh_lr(self) -> None:
+        """The next step's LRs after the decision (the scheduler set them before it)."""
+        s = self._sched
+        values = s.get_lr()
+        for g, lr in zip(s.optimizer.param_groups, values, strict=True):
+            _set_lr(g, lr)
+        s._last_lr = [float(v) for v in values]
+
+
+def _set_lr(g: dict[str, Any], lr: float) -> None:
+    if isinstance(g["lr"], torch.Tensor):
+        g["lr"].fill_(lr)
+    else:
+        g["lr"] = lr

@@ -25,6 +25,11 @@ def _log(x: float) -> float:
     return math.log(x) if (_fin(x) and x > 0) else nan
 
 
+def _floor(x: float) -> float:
+    """The update-ratio floor of the feature library (1e-8); NaN stays NaN."""
+    return x if x != x else max(x, 1e-8)
+
+
 def _ema(xs: list[Any], hl: float) -> float:
     b = 2.0 ** (-1.0 / hl)
     m = None
@@ -129,9 +134,9 @@ def reference(rows: list[dict[str, Any]], s: int, budget: float) -> dict[str, fl
     out["grad_cos_ema_50"] = _ema(c("grad_cos"), 50)
     out["update_cos_ema_50"] = _ema(c("update_cos"), 50)
     for k in ("mean", "max", "min", "median"):
-        out[f"log_upd_ratio_{k}"] = _log(_ema(c(f"upd_ratio_{k}"), 50))
-    out["upd_ratio_spread"] = _log(_ema(c("upd_ratio_max"), 50)) - _log(
-        _ema(c("upd_ratio_min"), 50)
+        out[f"log_upd_ratio_{k}"] = _log(_floor(_ema(c(f"upd_ratio_{k}"), 50)))
+    out["upd_ratio_spread"] = _log(_floor(_ema(c("upd_ratio_max"), 50))) - _log(
+        _floor(_ema(c("upd_ratio_min"), 50))
     )
     w = c("weight_norm")
     out["weight_norm_growth_start"] = _log(_last(w)[0]) - _log(_first(w))

@@ -87,14 +87,18 @@ def _training_data(
     spec = specs[0].with_feature_set(
         FeatureSetRef(name=fs.name, version=str(fs.version), hash=fs.hash, names=tuple(fs.names))
     )
-    points = decisions.select(S.RUN_ID, S.STEP).unique().sort(S.RUN_ID, S.STEP)
+    labelled = decisions if branches is None else branches  # a branch stride leaves some unlabelled
+    points = labelled.select(S.RUN_ID, S.STEP).unique().sort(S.RUN_ID, S.STEP)
     table = derive(st.steps(task=tasks), points, runs.select(S.RUN_ID, S.BUDGET), fs)
     table = table.join(runs.select(S.RUN_ID, S.TASK), on=S.RUN_ID, how="left")
     keep, n_act = spec.action_space.keep_index, len(spec.action_space)
     if branches is None:  # labels from the trajectory and the logged propensities
         lab = trajectory_labels(st.steps(task=tasks), decisions, keep, n_act, strat)
     else:
-        lab = make_labels(branches, strat, keep_index=keep, n_actions=n_act)
+        trajectory = (
+            {"steps": st.steps(task=tasks), "runs": runs} if strat.needs_trajectory else {}
+        )
+        lab = make_labels(branches, strat, keep_index=keep, n_actions=n_act, **trajectory)
     return table, lab, spec, runs
 
 

@@ -331,6 +331,11 @@ class CosEma(Feature):
 
 
 # ----------------------------------------------------------------------------------- updates, weights
+# Update-to-weight ratios are floored here before the log: a layer whose update is exactly 0 (a
+# bias in front of BatchNorm under plain SGD, a frozen layer left in the optimizer) would otherwise
+# make the minimum ratio 0, its log undefined, and every decision of the run held.
+UPD_RATIO_FLOOR = 1e-8
+
 @dataclass(frozen=True, repr=False)
 class LogUpdRatio(Feature):
     """log_upd_ratio_{stat}: log EMA_{half_life} of the per-layer update-to-weight ratio aggregate upd_ratio_{stat}."""
@@ -347,7 +352,7 @@ class LogUpdRatio(Feature):
 
     def compute(self, v: V, ops: Any) -> Any:
         (ema,) = v
-        return ops.log(ema)
+        return ops.log(ops.maximum(ema, UPD_RATIO_FLOOR))
 
 
 @dataclass(frozen=True, repr=False)
@@ -365,7 +370,7 @@ class UpdRatioSpread(Feature):
 
     def compute(self, v: V, ops: Any) -> Any:
         hi, lo = v
-        return ops.log(hi) - ops.log(lo)
+        return ops.log(ops.maximum(hi, UPD_RATIO_FLOOR)) - ops.log(ops.maximum(lo, UPD_RATIO_FLOOR))
 
 
 @dataclass(frozen=True, repr=False)

@@ -32,8 +32,27 @@ def _positive_int(value: str) -> int:
     return v
 
 
+def _nonneg_int(value: str) -> int:
+    try:
+        v = int(value)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {value!r}")
+    return v
+
+
 def add_main_commands(sub: Any) -> None:
-    p = sub.add_parser("tasks", help="list the built-in tasks")
+    p = sub.add_parser("tasks", help="list the built-in tasks (or a sample of generated ones)")
+    p.add_argument(
+        "--generated",
+        type=_nonneg_int,
+        default=0,
+        metavar="N",
+        help="list generated tasks gen-<start> .. instead (trajlib.tasks.generated_tasks)",
+    )
+    p.add_argument("--start", type=_nonneg_int, default=0, help="first generated index")
+    p.add_argument("--family", type=_csv, help="only these generated families (comma-separated)")
     p.set_defaults(func=cmd_tasks)
 
     p = sub.add_parser(
@@ -171,8 +190,16 @@ def add_main_commands(sub: Any) -> None:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from trajlib.tasks import get_task, list_tasks
+    from trajlib.tasks import generated_tasks, get_task, list_tasks
 
+    if args.generated:
+        fams = tuple(args.family) if args.family else None
+        for t in generated_tasks(args.generated, args.start, fams):
+            print(
+                f"{t.name:9s} {t.family:21s} {t.optimizer:8s} lr={t.default_lr:<9g} "
+                f"budget={t.budget:<5d} batch={t.batch_size:<4d} {t.description}"
+            )
+        return 0
     for name in list_tasks():
         t = get_task(name)
         print(

@@ -95,10 +95,14 @@ def _training_data(
     if branches is None:  # labels from the trajectory and the logged propensities
         lab = trajectory_labels(st.steps(task=tasks), decisions, keep, n_act, strat)
     else:
-        trajectory = (
-            {"steps": st.steps(task=tasks), "runs": runs} if strat.needs_trajectory else {}
+        lab = make_labels(
+            branches,
+            strat,
+            keep_index=keep,
+            n_actions=n_act,
+            runs=runs if strat.needs_trajectory else None,
+            steps=st.steps(task=tasks) if strat.needs_trajectory else None,
         )
-        lab = make_labels(branches, strat, keep_index=keep, n_actions=n_act, **trajectory)
     return table, lab, spec, runs
 
 

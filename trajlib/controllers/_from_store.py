@@ -150,9 +150,9 @@ def _check_fit_options(
 
 
 def _families(runs: pl.DataFrame) -> dict[str, str]:
-    """Task -> family: the recorded ``task_meta.family``, a registered task's family, else the
-    task's own name."""
-    from trajlib.tasks import get_task, list_tasks
+    """Task -> family: the recorded ``task_meta.family``, a registered or generated task's family,
+    else the task's own name."""
+    from trajlib.tasks import get_task, is_generated, list_tasks
 
     known = set(list_tasks())
     out: dict[str, str] = {}
@@ -165,7 +165,7 @@ def _families(runs: pl.DataFrame) -> dict[str, str]:
             fam = meta.get("family")
         except (json.JSONDecodeError, AttributeError):
             fam = None
-        if not fam and task in known:
+        if not fam and (task in known or is_generated(task)):
             try:
                 fam = get_task(task).family
             except Exception:  # noqa: BLE001 - a task that fails to build keeps its own name

@@ -97,6 +97,7 @@ def run_one(
     if method == "controller" and checkpoint is None:
         raise ConfigError("checkpoint", "a checkpoint directory for method 'controller'", None)
     steps = int(budget or family.budget)
+    val_every = max(1, round(family.val_every * steps / family.budget))  # same share of the run
     row: dict[str, Any] = {
         "status": "ok",
         "error": "",
@@ -148,7 +149,7 @@ def run_one(
                     opt.step()
                     if sched is not None and method == "controller":
                         sched.observe(loss)
-                        if with_val and (step + 1) % family.val_every == 0:
+                        if with_val and (step + 1) % val_every == 0:
                             if sf:
                                 opt.eval()  # type: ignore[attr-defined]
                             sched.observe_validation(_evaluate(family, model, val))

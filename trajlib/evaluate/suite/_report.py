@@ -283,7 +283,12 @@ def plot_heatmap(pr: pl.DataFrame, path: Path) -> None:
     modes = [wv for wv in (True, False) if pr.filter(pl.col("with_val") == wv).height]
     labels = list(STARTS)
     fig, axes = plt.subplots(
-        1, len(modes), figsize=(3.2 * len(modes) + 2.5, 0.42 * len(fams) + 1.6), squeeze=False
+        1,
+        len(modes),
+        figsize=(2.8 * len(modes) + 3.0, 0.42 * len(fams) + 1.8),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
     )
     norm = LogNorm(vmin=1 / 3, vmax=3)
     im = None
@@ -304,11 +309,16 @@ def plot_heatmap(pr: pl.DataFrame, path: Path) -> None:
                     ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(labels)), [f"start {lab}" for lab in labels], fontsize=8)
         ax.set_yticks(range(len(fams)), fams, fontsize=8)
+        ax.tick_params(labelleft=ax is axes[0][0])
         ax.set_title(f"{'with' if wv else 'without'} validation", fontsize=10)
     if im is not None:
-        fig.colorbar(im, ax=axes[0].tolist(), label="median ratio to cosine (same start)")
-    fig.suptitle("controller / cosine at the same start (median over seeds)", fontsize=10)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+        ticks = [1 / 3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0]
+        cb = fig.colorbar(im, ax=axes[0].tolist(), ticks=ticks, shrink=0.9)
+        cb.ax.minorticks_off()
+        cb.ax.set_yticklabels([f"{t:.2g}" for t in ticks], fontsize=8)
+        cb.set_label("ratio (<1: controller better)", fontsize=8)
+    fig.suptitle("controller / cosine at the same start, median over seeds", fontsize=10)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -31,10 +31,11 @@ TARGETS = {
 
 
 def bootstrap_median(
-    x: Sequence[float], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+    x: Sequence[float | None], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float, float]:
-    """Median and percentile-bootstrap CI of the median over the finite values of ``x``."""
-    a = np.asarray([v for v in x if math.isfinite(v)], dtype=float)
+    """Median and percentile-bootstrap CI of the median over the finite values of ``x`` (None and
+    NaN left out)."""
+    a = np.asarray([v for v in x if v is not None and math.isfinite(v)], dtype=float)
     if len(a) == 0:
         return math.nan, math.nan, math.nan
     if len(a) == 1:
@@ -183,7 +184,7 @@ def _table_md(s: pl.DataFrame) -> str:
     for r in s.iter_rows(named=True):
         name = f"**{r['family']}**" if r["family"] == "ALL" else r["family"]
         lines.append(
-            f"| {name} | {r['runs']} | {_f(r['win_rate'], '.0%')} "
+            f"| {name} | {r['runs']} | {_f(r['win_rate'], '.0%')} ({r['ties']} ties) "
             f"| {_f(r['median_ratio_cosine'])} [{_f(r['ratio_cosine_lo'])}, "
             f"{_f(r['ratio_cosine_hi'])}] | {_f(r['median_ratio_tuned'])} "
             f"[{_f(r['ratio_tuned_lo'])}, {_f(r['ratio_tuned_hi'])}] "
@@ -361,7 +362,7 @@ def write_suite_report(
         f"{PENALTY:g} × the untrained model's test loss). Ratio = controller / reference on the "
         "same seed (same initial weights and batches); win = strictly lower than cosine from the "
         "same start. Tuned cosine: the best of 8 cosine runs at default × "
-        + ", ".join(f"{g:g}" for g in GRID)
+        + ", ".join(f"{g:.3g}" for g in GRID)
         + " chosen on final validation loss, scored on test (one per family and seed, shared by "
         "the three starts). Medians with 95 % percentile-bootstrap CIs over the runs; ALL pools "
         "every run. Crashes: controller runs that raised or ended non-finite.\n\n",

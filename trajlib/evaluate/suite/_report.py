@@ -227,7 +227,9 @@ def plot_families(results: pl.DataFrame, path: Path) -> None:
     fams = list(dict.fromkeys(results["family"].to_list()))
     ncol = min(4, len(fams))
     nrow = math.ceil(len(fams) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(max(4.2 * ncol, 9.0), 3.4 * nrow + 0.6), squeeze=False
+    )
     tuned = tuned_cosine(results)
     labels = list(STARTS)
     series = {
@@ -268,8 +270,8 @@ def plot_families(results: pl.DataFrame, path: Path) -> None:
     for j in range(len(fams), nrow * ncol):
         axes[j // ncol][j % ncol].axis("off")
     handles, labs = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labs, loc="lower center", ncol=5, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.legend(handles, labs, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.6 / (3.4 * nrow + 0.6) + 0.03, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

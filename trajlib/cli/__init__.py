@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     from trajlib.cli._features_cmd import add_features_command
     from trajlib.cli._model_cmds import add_model_commands
     from trajlib.cli._store_cmds import add_store_commands
+    from trajlib.cli._suite_cmd import add_suite_command
 
     p = _Parser(prog="trajlib", description="Learned hyperparameter controllers.")
     p.add_argument("--version", action="version", version=f"trajlib {__version__}")
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_store_commands(sub)
     add_features_command(sub)
     add_model_commands(sub)
+    add_suite_command(sub)
     return p
 
 

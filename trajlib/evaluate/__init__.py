@@ -7,7 +7,8 @@ returns the one it would deploy, chosen on validation, scored on test, with its 
 :func:`run_evaluation` takes both and aggregates (:func:`run_evaluation_parallel` builds the
 methods from names and spreads task x seed over processes); :func:`write_report` writes
 ``report.md``, ``summary.csv``, ``traces.json`` and PNG plots; :func:`plot_store` draws a trajectory
-store (``trajlib plot``: overview, loss and hyperparameter curves, per-layer heat map, branch fans).
+store (``trajlib plot``: overview, loss and hyperparameter curves, per-layer heat map, branch fans);
+:func:`run_suite` runs the held-out suite of user-style loops (``trajlib.evaluate.suite``).
 :func:`standard_methods`,
 :func:`quick_methods` and :func:`standard_strategies` list the baselines; each baseline's
 constructor, the protocol's constants and the statistics live in the private modules
@@ -43,12 +44,14 @@ from trajlib.evaluate._plots import plot_store, run_figure_names
 from trajlib.evaluate._protocol import HELD_OUT_TASKS
 from trajlib.evaluate._report import EvalResult, run_evaluation, write_report
 from trajlib.evaluate._strategies import Strategy
+from trajlib.evaluate.suite import SuiteResult, run_suite
 
 __all__ = [
     "HELD_OUT_TASKS",
     "EvalResult",
     "Method",
     "Strategy",
+    "SuiteResult",
     "Trace",
     "constant_method",
     "controller_method",
@@ -59,6 +62,7 @@ __all__ = [
     "run_evaluation",
     "run_evaluation_parallel",
     "run_figure_names",
+    "run_suite",
     "standard_methods",
     "standard_strategies",
     "train_task",

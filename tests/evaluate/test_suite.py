@@ -1,0 +1,167 @@
+"""The held-out suite: every family trains, failures are recorded, report numbers, cache reuse."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from trajlib.cli import main
+from trajlib.errors import ConfigError
+from trajlib.evaluate import run_suite
+from trajlib.evaluate.suite import (
+    FAMILIES,
+    GRID,
+    PENALTY,
+    STARTS,
+    ResultCache,
+    checkpoint_hash,
+    get_family,
+    plan_jobs,
+    run_one,
+)
+
+CKPT = Path(__file__).resolve().parents[2] / "models" / "trajlib-lr-v1" / "checkpoint"
+TINY = ["embbag-topics", "glu-friedman"]  # the two fastest families
+BUDGET = 110  # the v1 controller decides every 50 steps: two decisions
+
+
+def test_at_least_ten_families_with_distinct_settings() -> None:
+    assert len(FAMILIES) >= 10
+    assert len({f.fingerprint() for f in FAMILIES.values()}) == len(FAMILIES)
+    assert {f.optimizer.split("(")[0] for f in FAMILIES.values()} >= {
+        "NAdam", "RAdam", "Adamax", "Adagrad", "SGD", "Adam"
+    }  # fmt: skip
+    assert 0.09 < GRID[1] < 0.11 and 1.0 in GRID and 9.9 < GRID[-1] < 10.1 and len(GRID) == 8
+    with pytest.raises(ConfigError, match="family"):
+        get_family("mlp")
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_each_family_trains_a_few_steps(name: str) -> None:
+    fam = FAMILIES[name]
+    row = run_one(fam, "cosine", 1.0, 0, budget=6)
+    assert row["status"] == "ok", row["error"]
+    assert row["steps_done"] == 6
+    assert math.isfinite(row["test_loss"]) and math.isfinite(row["final_val_loss"])
+    assert math.isfinite(row["init_test_loss"]) and row["init_test_loss"] > 0
+    assert row["score"] == pytest.approx(min(row["test_loss"], PENALTY * row["init_test_loss"]))
+    # the same seed gives the same run (initial weights, batches, dropout)
+    assert run_one(fam, "cosine", 1.0, 0, budget=6)["test_loss"] == row["test_loss"]
+
+
+def test_schedule_free_and_controller_run_on_a_family() -> None:
+    fam = get_family("glu-friedman")
+    sf = run_one(fam, "schedule-free", 1.0, 0, budget=20)
+    assert sf["status"] == "ok" and math.isfinite(sf["test_loss"])
+    ctl = run_one(fam, "controller", 1.0, 0, with_val=True, checkpoint=CKPT, budget=BUDGET)
+    assert ctl["status"] == "ok", ctl["error"]
+    assert ctl["decisions"] == 2 and ctl["controller_errors"] == 0
+
+
+def test_crashes_and_divergence_are_recorded_not_raised(tmp_path: Path) -> None:
+    fam = get_family("glu-friedman")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text(json.dumps({"format": "nonsense"}))
+    row = run_one(fam, "controller", 1.0, 0, checkpoint=broken, budget=20)
+    assert row["status"] == "crashed" and row["error"]
+    assert row["score"] == pytest.approx(PENALTY * row["init_test_loss"])
+    # plain SGD at 1e6 x its LR: the loss turns non-finite, the run stops and takes the penalty
+    div = run_one(fam, "cosine", 1e6, 0, budget=200)
+    assert div["status"] == "diverged" and div["steps_done"] < 200
+    assert math.isfinite(div["score"]) and div["score"] == pytest.approx(
+        PENALTY * div["init_test_loss"]
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("suite")
+    res = run_suite(
+        CKPT, seeds=1, families=TINY, out=root / "report", cache=root / "cache",
+        budget=BUDGET, progress=False,
+    )  # fmt: skip
+    return root, res
+
+
+def test_report_numbers_match_the_result_table(tiny: tuple[Path, object]) -> None:
+    root, res = tiny
+    r = res.results  # type: ignore[attr-defined]
+    per_seed = 2 * len(STARTS) + len(GRID) + len(STARTS)  # controller x2 modes, grid, sf
+    assert r.height == len(TINY) * per_seed
+    assert (r["status"] == "ok").all()
+    summ = res.summary  # type: ignore[attr-defined]
+    for wv in (True, False):
+        for fam in TINY:
+            ctrl = r.filter((pl.col("method") == "controller") & (pl.col("family") == fam)
+                            & (pl.col("with_val") == wv))  # fmt: skip
+            wins, ratios, rt = [], [], []
+            cos = r.filter((pl.col("method") == "cosine") & (pl.col("family") == fam))
+            tuned = cos.sort("final_val_loss")["score"][0]  # chosen on validation
+            for c in ctrl.iter_rows(named=True):
+                ref = cos.filter((pl.col("start") - c["start"]).abs() < 1e-9)["score"][0]
+                wins.append(c["score"] < ref)
+                ratios.append(c["score"] / ref)
+                rt.append(c["score"] / tuned)
+            row = summ.filter((pl.col("family") == fam) & (pl.col("with_val") == wv)).row(
+                0, named=True
+            )
+            assert row["runs"] == len(STARTS)
+            assert row["win_rate"] == pytest.approx(np.mean(wins))
+            assert row["median_ratio_cosine"] == pytest.approx(np.median(ratios))
+            assert row["median_ratio_tuned"] == pytest.approx(np.median(rt))
+            assert row["worst_ratio_cosine"] == pytest.approx(max(ratios))
+            assert row["ratio_cosine_lo"] <= row["median_ratio_cosine"] <= row["ratio_cosine_hi"]
+            assert row["crashes"] == 0
+    tg = res.targets  # type: ignore[attr-defined]
+    assert [t["with_val"] for t in tg] == [True, False]
+    all_val = summ.filter((pl.col("family") == "ALL") & pl.col("with_val")).row(0, named=True)
+    assert tg[0]["win_rate"] == all_val["win_rate"]
+    rep = root / "report"
+    md = (rep / "report.md").read_text()
+    assert md.count("Targets met?") == 2 and "glu-friedman" in md
+    for f in ("families.png", "heatmap.png", "summary.csv", "pairs.csv", "results.parquet"):
+        assert (rep / f).stat().st_size > 0
+    assert pl.read_csv(rep / "summary.csv").height == summ.height
+
+
+def test_cache_reuses_baselines_across_checkpoints(
+    tiny: tuple[Path, object], tmp_path: Path
+) -> None:
+    root, first = tiny
+    again = run_suite(
+        CKPT, seeds=1, families=TINY, out=None, cache=root / "cache", budget=BUDGET,
+        progress=False,
+    )  # fmt: skip
+    assert again.computed == 0
+    assert again.results.sort("family", "method", "start", "with_val")["score"].to_list() == (
+        first.results.sort("family", "method", "start", "with_val")["score"].to_list()  # type: ignore[attr-defined]
+    )
+    # another checkpoint (same payload, different manifest bytes): only its controller runs
+    other = tmp_path / "ckpt"
+    shutil.copytree(CKPT, other)
+    m = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps(m, indent=2))
+    assert checkpoint_hash(other) != checkpoint_hash(CKPT)
+    res = run_suite(
+        other, seeds=1, families=TINY, out=None, cache=root / "cache", budget=BUDGET,
+        with_val=False, progress=False,
+    )  # fmt: skip
+    assert res.computed == len(TINY) * len(STARTS)  # controller without validation only
+    assert res.results.filter(pl.col("method") == "controller").height == len(TINY) * len(STARTS)
+    jobs = plan_jobs(TINY, [0], checkpoint=other, modes=(False,), budget=BUDGET)
+    assert {j.key() for j in jobs} <= ResultCache(root / "cache").keys()
+
+
+def test_cli_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["suite", str(CKPT), "--list"]) == 0
+    assert "encoder-max" in capsys.readouterr().out
+    assert main(["suite", str(tmp_path / "missing")]) == 2
+    assert main(["suite", str(CKPT), "--families", "nope", "--out", str(tmp_path)]) == 2
+    assert "family" in capsys.readouterr().err

@@ -1,0 +1,66 @@
+"""``trajlib suite CHECKPOINT``: the held-out suite of user-style loops (trajlib.evaluate.suite)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from trajlib.cli._commands import _csv, _positive_int
+from trajlib.errors import ConfigError
+
+__all__ = ["add_suite_command", "cmd_suite"]
+
+
+def add_suite_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "suite",
+        help="held-out suite: user-style loops, starts /10 x1 x10, with and without validation, "
+        "vs cosine, tuned cosine and schedule-free",
+    )
+    p.add_argument("checkpoint", help="controller checkpoint directory")
+    p.add_argument("--seeds", type=_positive_int, default=5, help="number of seeds (0..N-1)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="processes")
+    p.add_argument("--out", default="runs/suite", help="report directory")
+    p.add_argument("--cache", help="result cache directory (default: OUT/cache); share it "
+                   "between checkpoints to compute the baselines once")  # fmt: skip
+    p.add_argument("--families", type=_csv, help="comma-separated families (default: all)")
+    p.add_argument("--no-val-only", action="store_true",
+                   help="only the controller without validation reports")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="at most 2 seeds")
+    p.add_argument("--budget", type=_positive_int, help="override every family's step budget")
+    p.add_argument("--list", action="store_true", help="list the families and exit")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_suite)
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    from trajlib.evaluate.suite import families_markdown, run_suite
+
+    if args.list:
+        print(families_markdown(args.families), end="")
+        return 0
+    if not Path(args.checkpoint).is_dir():
+        raise ConfigError("CHECKPOINT", "an existing checkpoint directory", args.checkpoint)
+    res = run_suite(
+        args.checkpoint,
+        seeds=args.seeds,
+        families=args.families,
+        workers=args.workers,
+        out=args.out,
+        cache=args.cache,
+        with_val=not args.no_val_only,
+        quick=args.quick,
+        budget=args.budget,
+        progress=not args.quiet,
+    )
+    for t in res.targets:
+        print(
+            f"{'with' if t['with_val'] else 'without'} validation: win rate {t['win_rate']:.0%}, "
+            f"median ratio to tuned cosine {t['median_ratio_tuned']:.3f}, worst family median "
+            f"ratio to cosine {t['worst_family_median_ratio_cosine']:.3f}, crashes {t['crashes']}"
+            f" -> targets {'met' if t['all_met'] else 'missed'}"
+        )
+    print(f"{res.computed} runs computed, {res.results.height - res.computed} from the cache, "
+          f"{res.wall_s:.0f} s; report: {res.report}")  # fmt: skip
+    return 0

@@ -1,0 +1,172 @@
+"""A broad held-out suite of user-style training loops (issue 16).
+
+Eleven families never collected from (:data:`FAMILIES`: LSTM, residual CNN with BatchNorm +
+dropout, dilated TCN, MLP-Mixer, EmbeddingBag text classifier, VAE, torch's TransformerEncoder,
+gated MLP with plain SGD, BiLSTM tagger, Deep Sets, conv denoising autoencoder; NAdam, RAdam,
+Adamax, Adagrad, SGD, Adam, AdamW), each a plain loop (own ``nn.Module``, ``DataLoader``,
+``model.train()`` / ``eval()``, a ``torch.optim`` optimizer) driven through the public API only:
+``ControllerScheduler(opt, checkpoint, total_steps=N)``, ``observe(loss)``, optionally
+``observe_validation(val_loss)``, ``step()``. The controller runs from the default LR, ×10 and ÷10,
+with and without validation reports, against cosine from the same start, tuned cosine (8-LR grid,
+chosen on validation, scored on test) and schedule-free, over seeds.
+
+Example::
+
+    from trajlib.evaluate import run_suite
+
+    res = run_suite("models/trajlib-lr-v1/checkpoint", seeds=5, workers=2, out="runs/suite")
+    print(res.summary)            # per family and ALL, with and without validation
+    print(res.targets)            # each target's value and whether it is met
+
+Results are cached (parquet, keyed by family, method, start, seed, validation mode, budget and the
+checkpoint's content hash), so evaluating several checkpoints against one cache computes the
+baselines once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from trajlib.errors import ConfigError
+from trajlib.evaluate.suite._families import FAMILIES, Family, get_family, select_families
+from trajlib.evaluate.suite._loop import METHODS, PENALTY, run_one
+from trajlib.evaluate.suite._report import (
+    TARGETS,
+    bootstrap_median,
+    pairs,
+    summary,
+    targets,
+    write_suite_report,
+)
+from trajlib.evaluate.suite._runner import (
+    GRID,
+    STARTS,
+    Job,
+    ResultCache,
+    checkpoint_hash,
+    plan_jobs,
+    run_jobs,
+)
+
+__all__ = [
+    "FAMILIES",
+    "GRID",
+    "METHODS",
+    "PENALTY",
+    "STARTS",
+    "TARGETS",
+    "Family",
+    "Job",
+    "ResultCache",
+    "SuiteResult",
+    "bootstrap_median",
+    "checkpoint_hash",
+    "families_markdown",
+    "get_family",
+    "pairs",
+    "plan_jobs",
+    "run_jobs",
+    "run_one",
+    "run_suite",
+    "summary",
+    "targets",
+    "write_suite_report",
+]
+
+QUICK_SEEDS = 2
+
+
+@dataclass
+class SuiteResult:
+    """Every run's row (``results``), the paired comparisons (``pairs``), the per-family summary
+    (``summary``), the targets (``targets``), the report path and how many runs were computed now
+    (the rest came from the cache)."""
+
+    results: pl.DataFrame
+    pairs: pl.DataFrame
+    summary: pl.DataFrame
+    targets: list[dict[str, Any]]
+    report: Path | None
+    computed: int
+    wall_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def families_markdown(names: Sequence[str] | None = None) -> str:
+    """A table of the families: what each trains, its optimizer, default LR, budget, batch."""
+    rows = [
+        "| family | what | optimizer | default LR | steps | batch | val every |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in select_families(names):
+        rows.append(
+            f"| {f.name} | {f.description} | {f.optimizer} | {f.default_lr:g} | {f.budget} "
+            f"| {f.batch_size} | {f.val_every} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def run_suite(
+    checkpoint: str | Path,
+    *,
+    seeds: int | Sequence[int] = 5,
+    families: Sequence[str] | None = None,
+    workers: int = 1,
+    out: str | Path | None = "runs/suite",
+    cache: str | Path | None = None,
+    with_val: bool = True,
+    without_val: bool = True,
+    quick: bool = False,
+    budget: int | None = None,
+    progress: bool = True,
+) -> SuiteResult:
+    """Run the held-out suite for ``checkpoint``; write the report into ``out`` (None: no report).
+
+    ``seeds``: a count (0..N-1) or the seeds; ``quick`` keeps at most 2 of them. ``cache``: the
+    result cache directory (default ``<out>/cache``; required when ``out`` is None).
+    ``with_val`` / ``without_val``: which controller modes to run. ``budget`` overrides every
+    family's step budget (tests).
+    """
+    t0 = time.perf_counter()
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ConfigError("seeds", "at least one seed", seeds)
+    if quick:
+        seed_list = seed_list[:QUICK_SEEDS]
+    if workers < 1:
+        raise ConfigError("workers", "a positive integer", workers)
+    if budget is not None and budget < 1:
+        raise ConfigError("budget", "a positive number of steps", budget)
+    modes = [m for m, on in ((True, with_val), (False, without_val)) if on]
+    if not modes:
+        raise ConfigError("with_val", "at least one of with_val / without_val", "neither")
+    if cache is None:
+        if out is None:
+            raise ConfigError("cache", "a cache directory when out is None", None)
+        cache = Path(out) / "cache"
+    names = [f.name for f in select_families(families)]
+    jobs = plan_jobs(names, seed_list, checkpoint=checkpoint, modes=modes, budget=budget)
+    rc = ResultCache(cache)
+    results, computed = run_jobs(jobs, rc, workers=workers, progress=progress)
+    pr = pairs(results)
+    summ = summary(pr)
+    tg = targets(summ) if summ.height else []
+    wall = time.perf_counter() - t0
+    report = None
+    if out is not None:
+        report = write_suite_report(
+            results,
+            out,
+            checkpoint=str(checkpoint),
+            ckpt_hash=checkpoint_hash(checkpoint),
+            seeds=seed_list,
+            families_md=families_markdown(names),
+            wall_s=wall,
+        )
+    return SuiteResult(results, pr, summ, tg, report, computed, wall)

@@ -1,0 +1,198 @@
+"""One run of a held-out family: the plain PyTorch loop a user writes, with a scheduler.
+
+Methods: ``controller`` (``ControllerScheduler`` from a checkpoint, with or without
+``observe_validation`` every ``val_every`` steps), ``cosine`` (``CosineAnnealingLR`` to 0 over the
+budget) and ``schedule-free`` (``schedulefree.SGDScheduleFree`` for SGD families at
+``lr / (1 - momentum)``, ``AdamWScheduleFree`` for the adaptive ones, 5 % warm-up, the family's
+weight decay; its ``train()`` / ``eval()`` modes switched around every evaluation). The same seed
+gives every method the same initial weights, batch order and dropout draws.
+
+Scoring: the **test** loss at the end of the budget (model in ``eval()`` mode). A run whose training
+loss turns non-finite stops there (``diverged``); an exception anywhere is recorded (``crashed``)
+with its message, never raised. Both get the penalty score ``PENALTY x`` the test loss of the
+untrained model on that seed (a large finite number on the family's own scale); a finite test loss
+above the penalty is capped at it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from trajlib.errors import ConfigError
+from trajlib.evaluate.suite._families import Family
+
+__all__ = ["METHODS", "PENALTY", "run_one"]
+
+METHODS = ("controller", "cosine", "schedule-free")
+PENALTY = 10.0
+_SF_WARMUP = 0.05
+
+
+def _evaluate(family: Family, model: torch.nn.Module, loader: DataLoader[Any]) -> float:
+    was = model.training
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            b = len(batch[-1])
+            total += float(family.loss(model, batch)) * b
+            n += b
+    model.train(was)
+    return total / max(n, 1)
+
+
+def _schedule_free(family: Family, params: Any, lr: float) -> torch.optim.Optimizer:
+    import schedulefree
+
+    warmup = max(1, round(_SF_WARMUP * family.budget))
+    if family.kind == "sgd":
+        mom = family.momentum or 0.9
+        opt: torch.optim.Optimizer = schedulefree.SGDScheduleFree(
+            params,
+            lr=lr / (1.0 - family.momentum),
+            momentum=mom,
+            weight_decay=family.weight_decay,
+            warmup_steps=warmup,
+        )
+        return opt
+    return schedulefree.AdamWScheduleFree(
+        params, lr=lr, weight_decay=family.weight_decay, warmup_steps=warmup
+    )
+
+
+def _loaders(family: Family, seed: int) -> tuple[DataLoader[Any], ...]:
+    splits = family.data()
+    g = torch.Generator().manual_seed(10_000 + seed)
+    kw: dict[str, Any] = {"collate_fn": family.collate} if family.collate else {}
+    train = DataLoader(
+        splits.train, batch_size=family.batch_size, shuffle=True, drop_last=True, generator=g, **kw
+    )
+    val = DataLoader(splits.val, batch_size=512, **kw)
+    test = DataLoader(splits.test, batch_size=512, **kw)
+    return train, val, test
+
+
+def run_one(
+    family: Family,
+    method: str,
+    start: float,
+    seed: int,
+    *,
+    with_val: bool = False,
+    checkpoint: str | Path | None = None,
+    budget: int | None = None,
+) -> dict[str, Any]:
+    """Train ``family`` once from ``start`` x its default LR; returns one result row (see
+    ``RESULT_COLUMNS`` in the runner). Never raises for a failure of the run itself."""
+    if method not in METHODS:
+        raise ConfigError("method", f"one of {METHODS}", method)
+    if method == "controller" and checkpoint is None:
+        raise ConfigError("checkpoint", "a checkpoint directory for method 'controller'", None)
+    steps = int(budget or family.budget)
+    val_every = max(1, round(family.val_every * steps / family.budget))  # same share of the run
+    row: dict[str, Any] = {
+        "status": "ok",
+        "error": "",
+        "warning": "",
+        "init_test_loss": math.nan,
+        "final_train_loss": math.nan,
+        "final_val_loss": math.nan,
+        "test_loss": math.nan,
+        "steps_done": 0,
+        "final_lr": math.nan,
+        "decisions": 0,
+        "held": 0,
+        "controller_errors": 0,
+        "wall_s": 0.0,
+    }
+    t0 = time.perf_counter()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    sf = False
+    opt: torch.optim.Optimizer | None = None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.manual_seed(seed)
+            model = family.model()
+            train, val, test = _loaders(family, seed)
+            row["init_test_loss"] = _evaluate(family, model, test)
+            lr = family.default_lr * start
+            sched: Any = None
+            if method == "schedule-free":
+                opt = _schedule_free(family, model.parameters(), lr)
+                sf = True
+                opt.train()  # type: ignore[attr-defined]
+            else:
+                opt = family.make_optimizer(model.parameters(), lr)
+                if method == "cosine":
+                    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+                else:
+                    from trajlib.deploy import ControllerScheduler
+
+                    sched = ControllerScheduler(opt, checkpoint, total_steps=steps)  # type: ignore[arg-type]
+            model.train()
+            step, loss_v = 0, math.nan
+            while step < steps and row["status"] == "ok":
+                for batch in train:
+                    loss = family.loss(model, batch)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    if sched is not None and method == "controller":
+                        sched.observe(loss)
+                        if with_val and (step + 1) % val_every == 0:
+                            if sf:
+                                opt.eval()  # type: ignore[attr-defined]
+                            sched.observe_validation(_evaluate(family, model, val))
+                    if sched is not None:
+                        sched.step()
+                    step += 1
+                    if (step % 25 == 0 or step == steps) and not math.isfinite(
+                        loss_v := float(loss.detach())
+                    ):
+                        row["status"] = "diverged"
+                        break
+                    if step >= steps:
+                        break
+            row["steps_done"] = step
+            row["final_train_loss"] = float(loss_v)
+            row["final_lr"] = float(opt.param_groups[0]["lr"])
+            if sf:
+                opt.eval()  # type: ignore[attr-defined]
+            if row["status"] == "ok":
+                row["final_val_loss"] = _evaluate(family, model, val)
+                row["test_loss"] = _evaluate(family, model, test)
+                if not math.isfinite(row["test_loss"]):
+                    row["status"] = "diverged"
+            if method == "controller" and sched is not None:
+                ev = sched.events
+                row["decisions"] = int(ev["decisions"])
+                row["held"] = int(ev["held_nonfinite"])
+                row["controller_errors"] = int(ev["errors"])
+            msgs = [str(w.message) for w in caught if "ControllerScheduler" in str(w.message)]
+            row["warning"] = msgs[0][:300] if msgs else ""
+    except Exception as e:  # recorded, never raised: a crash is a result
+        row["status"] = "crashed"
+        row["error"] = f"{type(e).__name__}: {e}"[:500]
+        row["traceback"] = traceback.format_exc()[-2000:]
+    finally:
+        torch.set_num_threads(before)
+    row.pop("traceback", None)
+    row["wall_s"] = time.perf_counter() - t0
+    penalty = PENALTY * row["init_test_loss"]
+    if row["status"] != "ok":
+        row["score"] = penalty
+    else:
+        row["score"] = (
+            min(row["test_loss"], penalty) if math.isfinite(penalty) else row["test_loss"]
+        )
+    return row

@@ -165,3 +165,18 @@ def test_cli_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["suite", str(tmp_path / "missing")]) == 2
     assert main(["suite", str(CKPT), "--families", "nope", "--out", str(tmp_path)]) == 2
     assert "family" in capsys.readouterr().err
+
+
+def test_controller_with_lookahead_charges_its_compute(tmp_path: Path) -> None:
+    fam = get_family("vae-digits")
+    plain = run_one(fam, "controller", 1.0, 0, with_val=True, checkpoint=CKPT, budget=120)
+    la = run_one(
+        fam, "controller", 1.0, 0, with_val=True, checkpoint=CKPT, budget=120, lookahead=(1, 5)
+    )
+    assert plain["status"] == la["status"] == "ok", (plain["error"], la["error"])
+    assert plain["compute_ratio"] == 1.0
+    assert la["compute_ratio"] > 1.0 and la["decisions"] == plain["decisions"] > 0
+    # lookahead runs are cached apart from plain controller runs of the same checkpoint
+    jobs = plan_jobs(["vae-digits"], [0], checkpoint=CKPT, lookahead=(1, 5), budget=120)
+    hashes = {j.ckpt_hash for j in jobs if j.method == "controller"}
+    assert hashes == {checkpoint_hash(CKPT) + "+la1x5"}

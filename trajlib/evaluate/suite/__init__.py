@@ -125,13 +125,15 @@ def run_suite(
     quick: bool = False,
     budget: int | None = None,
     progress: bool = True,
+    lookahead: tuple[int, int] | None = None,
 ) -> SuiteResult:
     """Run the held-out suite for ``checkpoint``; write the report into ``out`` (None: no report).
 
     ``seeds``: a count (0..N-1) or the seeds; ``quick`` keeps at most 2 of them. ``cache``: the
     result cache directory (default ``<out>/cache``; required when ``out`` is None).
     ``with_val`` / ``without_val``: which controller modes to run. ``budget`` overrides every
-    family's step budget (tests).
+    family's step budget (tests). ``lookahead`` = ``(top_k, horizon)``: the controller runs
+    with deploy-time lookahead (its compute ratio is recorded per run).
     """
     t0 = time.perf_counter()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -151,7 +153,9 @@ def run_suite(
             raise ConfigError("cache", "a cache directory when out is None", None)
         cache = Path(out) / "cache"
     names = [f.name for f in select_families(families)]
-    jobs = plan_jobs(names, seed_list, checkpoint=checkpoint, modes=modes, budget=budget)
+    jobs = plan_jobs(
+        names, seed_list, checkpoint=checkpoint, modes=modes, budget=budget, lookahead=lookahead
+    )
     rc = ResultCache(cache)
     results, computed = run_jobs(jobs, rc, workers=workers, progress=progress)
     pr = pairs(results)

@@ -89,6 +89,7 @@ def run_one(
     with_val: bool = False,
     checkpoint: str | Path | None = None,
     budget: int | None = None,
+    lookahead: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Train ``family`` once from ``start`` x its default LR; returns one result row (see
     ``RESULT_COLUMNS`` in the runner). Never raises for a failure of the run itself."""
@@ -111,6 +112,7 @@ def run_one(
         "decisions": 0,
         "held": 0,
         "controller_errors": 0,
+        "compute_ratio": 1.0,
         "wall_s": 0.0,
     }
     t0 = time.perf_counter()
@@ -123,6 +125,14 @@ def run_one(
             warnings.simplefilter("always")
             torch.manual_seed(seed)
             model = family.model()
+
+            def train_step(batch: Any) -> torch.Tensor:  # one optimizer step (the lookahead's unit)
+                loss = family.loss(model, batch)
+                opt.zero_grad()  # type: ignore[union-attr]
+                loss.backward()
+                opt.step()  # type: ignore[union-attr]
+                return loss
+
             train, val, test = _loaders(family, seed)
             row["init_test_loss"] = _evaluate(family, model, test)
             lr = family.default_lr * start
@@ -136,17 +146,18 @@ def run_one(
                 if method == "cosine":
                     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
                 else:
-                    from trajlib.deploy import ControllerScheduler
+                    from trajlib.deploy import ControllerScheduler, Lookahead
 
-                    sched = ControllerScheduler(opt, checkpoint, total_steps=steps)  # type: ignore[arg-type]
+                    la = None
+                    if lookahead is not None:
+                        la = Lookahead(train_step, model, top_k=lookahead[0], horizon=lookahead[1])
+                    sched = ControllerScheduler(opt, checkpoint, total_steps=steps, lookahead=la)  # type: ignore[arg-type]
             model.train()
             step, loss_v = 0, math.nan
             while step < steps and row["status"] == "ok":
-                for batch in train:
-                    loss = family.loss(model, batch)
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
+                batches = sched.batches(train) if lookahead is not None and sched else train
+                for batch in batches:
+                    loss = train_step(batch)
                     if sched is not None and method == "controller":
                         sched.observe(loss)
                         if with_val and (step + 1) % val_every == 0:
@@ -178,6 +189,7 @@ def run_one(
                 row["decisions"] = int(ev["decisions"])
                 row["held"] = int(ev["held_nonfinite"])
                 row["controller_errors"] = int(ev["errors"])
+                row["compute_ratio"] = float(sched.compute_ratio)
             msgs = [str(w.message) for w in caught if "ControllerScheduler" in str(w.message)]
             row["warning"] = msgs[0][:300] if msgs else ""
     except Exception as e:  # recorded, never raised: a crash is a result

@@ -76,6 +76,7 @@ class Job:
     budget: int
     ckpt_hash: str = ""
     checkpoint: str = ""
+    lookahead: tuple[int, int] | None = None  # (top_k, horizon) for controller runs
 
     def key(self) -> tuple[Any, ...]:
         return tuple(getattr(self, k) for k in KEY)
@@ -88,11 +89,16 @@ def plan_jobs(
     checkpoint: str | Path | None,
     modes: Sequence[bool] = (True, False),
     budget: int | None = None,
+    lookahead: tuple[int, int] | None = None,
 ) -> list[Job]:
-    """Every run the suite needs (controller runs only when ``checkpoint`` is given)."""
+    """Every run the suite needs (controller runs only when ``checkpoint`` is given).
+    ``lookahead`` = ``(top_k, horizon)`` runs the controller with deploy-time lookahead (its
+    cache key is the checkpoint hash + ``+la<k>x<h>``)."""
     fams = select_families(families)
     ck = str(checkpoint) if checkpoint is not None else ""
     h = checkpoint_hash(checkpoint) if checkpoint is not None else ""
+    if h and lookahead is not None:
+        h += f"+la{lookahead[0]}x{lookahead[1]}"
     jobs = []
     for f in fams:
         b = int(budget or f.budget)
@@ -101,7 +107,9 @@ def plan_jobs(
             if ck:
                 for st in STARTS.values():
                     for wv in modes:
-                        jobs.append(Job(f.name, fp, "controller", st, int(s), wv, b, h, ck))
+                        jobs.append(
+                            Job(f.name, fp, "controller", st, int(s), wv, b, h, ck, lookahead)
+                        )
             for g in GRID:
                 jobs.append(Job(f.name, fp, "cosine", g, int(s), False, b))
             for st in STARTS.values():
@@ -120,8 +128,10 @@ def _execute(job: Job) -> dict[str, Any]:
         with_val=job.with_val,
         checkpoint=job.checkpoint or None,
         budget=job.budget,
+        lookahead=job.lookahead,
     )
     d = asdict(job)
+    d.pop("lookahead", None)
     d["start_label"] = start_label(job.start)
     return {**d, **row}
 
@@ -150,8 +160,11 @@ _SCHEMA: dict[str, Any] = {
     "decisions": pl.Int64,
     "held": pl.Int64,
     "controller_errors": pl.Int64,
+    "compute_ratio": pl.Float64,
     "wall_s": pl.Float64,
 }
+# Columns added after a cache was first written, with the value older rows had.
+_ADDED = {"compute_ratio": 1.0}
 
 
 def rows_frame(rows: Sequence[dict[str, Any]]) -> pl.DataFrame:
@@ -173,7 +186,12 @@ class ResultCache:
         parts = self._parts()
         if not parts:
             return rows_frame([])
-        df = pl.concat([pl.read_parquet(p).select(list(_SCHEMA)).cast(_SCHEMA) for p in parts])  # type: ignore[arg-type]
+        frames = []
+        for p in parts:
+            part = pl.read_parquet(p)
+            missing = [pl.lit(v).alias(k) for k, v in _ADDED.items() if k not in part.columns]
+            frames.append(part.with_columns(missing).select(list(_SCHEMA)).cast(_SCHEMA))  # type: ignore[arg-type]
+        df = pl.concat(frames)
         return df.unique(subset=list(KEY), keep="first", maintain_order=True)
 
     def keys(self) -> set[tuple[Any, ...]]:

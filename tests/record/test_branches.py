@@ -147,3 +147,34 @@ def test_a_decision_on_an_epochs_last_batch_branches_on_the_next_epoch(tmp_path)
     assert dec_on[S.STEP].to_list() == [4, 8, 12, 16, 20]
     assert dec_off.drop(S.RUN_ID).equals(dec_on.drop(S.RUN_ID))
     assert br.height == 5 * 5 and (br[S.HORIZON] == 3).all()  # 8 and 16 included
+
+
+def test_a_branch_stride_branches_every_kth_decision(tmp_path):
+    torch.manual_seed(0)
+    model = SmallCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    def train_step(batch):
+        x, y = batch
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    rec = Recorder(
+        create_store(tmp_path / "s"), opt, total_steps=30, every=5, model=model, seed=2,
+        branch=BranchConfig(horizon=3, cooldown=0, stride=2), train_step=train_step,
+    )  # fmt: skip
+    t = 0
+    with rec:
+        while t < 30:
+            for batch in rec.batches(loader(seed=0, batch_size=8)):
+                rec.observe(train_step(batch))
+                rec.step()
+                t += 1
+                if t == 30:
+                    break
+    _, _, dec, br = rec.frames()
+    assert dec[S.STEP].to_list() == [5, 10, 15, 20, 25]
+    assert sorted(set(br[S.STEP].to_list())) == [5, 15, 25]  # the 1st, 3rd and 5th decisions

@@ -418,6 +418,7 @@ class Recorder:
                 enabled=train_step is not None and branch_cfg.enabled,
                 horizon=branch_cfg.horizon,
                 cooldown=branch_cfg.cooldown,
+                stride=branch_cfg.stride,
             ),
         )
 
@@ -507,7 +508,8 @@ class Recorder:
             if self.chunk_every and self.t % self.chunk_every == 0:
                 self._commit_chunk()
             if self.t % self.every == 0 and self.t < self.total_steps:
-                if self._feeding and self.config.branch.enabled:
+                branch = self.config.branch.branches_at(self.t // self.every - 1)
+                if self._feeding and branch:
                     self._decision_due = True  # batches() branches, then decides
                 else:
                     self._decision_point(None)

@@ -138,16 +138,18 @@ def main() -> None:
     fams = [f for f in args.families.split(",") if f] or None
     names = [n for n in args.only.split(",") if n] or list(VARIANTS)
     rows = []
-    todo: list[tuple[str, str, Path]] = []
+    todo: list[tuple[str, str, Path, Any]] = []
     if args.v1:
-        todo.append(
-            ("v1", "trajlib-lr-v1 (80 runs of 5 built-in tasks, MLP, long labels)", Path(args.v1))
-        )
+        what = "trajlib-lr-v1 (80 runs of 5 built-in tasks, MLP, long labels)"
+        todo.append(("v1", what, Path(args.v1), None))
     for name in names:
         what, over = VARIANTS[name]
-        ckpt = fit_variant(args.store, out / name, {**BASE, **over})
-        todo.append((name, what, ckpt))
-    for name, what, ckpt in todo:
+        if "lookahead" in over:  # the shipped checkpoint, deployed with lookahead
+            ckpt = fit_variant(args.store, out / "v2", BASE)
+        else:
+            ckpt = fit_variant(args.store, out / name, {**BASE, **over})
+        todo.append((name, what, ckpt, over.get("lookahead")))
+    for name, what, ckpt, lookahead in todo:
         res = run_suite(
             ckpt,
             seeds=args.seeds,
@@ -156,6 +158,7 @@ def main() -> None:
             cache=cache,
             families=fams,
             progress=False,
+            lookahead=lookahead,
         )
         rows.append(_row(name, what, res))
         print(json.dumps(rows[-1]), flush=True)

@@ -136,7 +136,7 @@ def test_action_space_union_and_product():
         (_with("actions", "lr", [0.5, "x", 1.0]), "actions.lr", "a list of numbers", None),
         (_with("behaviour", "kind", 3), "behaviour.kind", "a string or a list of strings", 3),
         (_with("behaviour", "kind", []), "behaviour.kind", "a string or a non-empty list", []),
-        ({"collect": {"runs_per_task": 2}}, "collect.tasks", "present", None),
+        ({"collect": {"runs_per_task": 2}}, "collect.tasks", "a non-empty list", None),
         (_with("space", "lr_rnage", 3.0), "space.lr_rnage", "one of the keys", "lr_rnage"),
     ],
 )

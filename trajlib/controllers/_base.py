@@ -121,19 +121,16 @@ class Controller(BaseEstimator, abc.ABC):
         self, x: np.ndarray, state: ControllerState = None
     ) -> tuple[np.ndarray, ControllerState]:
         """Single-row predicted advantages ``[A]`` and the next state."""
-        self._check_fitted()
-        x = np.asarray(x, dtype=np.float64).reshape(-1)
-        if x.shape[0] != self.n_features_in_:
-            raise FeatureSetMismatchError(
-                f"decide got {x.shape[0]} features; this controller was fitted on "
-                f"{self.n_features_in_}"
-            )
-        return self._decide_values(x, state)
+        return self._decide_values(self._check_row(x), state)
 
     def decide_spread(
         self, x: np.ndarray, state: ControllerState = None
     ) -> tuple[np.ndarray, np.ndarray, ControllerState]:
         """Single-row ``([A] mean, [A] spread, next state)`` (spread 0 for a single model)."""
+        return self._decide_spread(self._check_row(x), state)
+
+    def _check_row(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as a float64 row of this controller's feature count."""
         self._check_fitted()
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         if x.shape[0] != self.n_features_in_:
@@ -141,7 +138,7 @@ class Controller(BaseEstimator, abc.ABC):
                 f"decide got {x.shape[0]} features; this controller was fitted on "
                 f"{self.n_features_in_}"
             )
-        return self._decide_spread(x, state)
+        return x
 
     # ------------------------------------------------------------------ for subclasses
     @abc.abstractmethod

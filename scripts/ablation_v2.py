@@ -34,6 +34,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-val-withhold": ("validation-optional training off", {"val_withhold": 0.0}),
     "no-harm-rule": ("do-no-harm rule off (one model, argmax)", {"no_harm": False}),
     "labels-greedy": ("labels: greedy (validation loss after the branch)", {"labels": "greedy"}),
+    "labels-long": ("labels: long (a discounted mix of horizons)", {"labels": "long"}),
     "labels-final": ("labels: final (annealing-law extrapolation to the end)", {"labels": "final"}),
     "lookahead": ("v2 + deploy-time lookahead (top-1 + keep, 10 steps)", {"lookahead": (1, 10)}),
 }
@@ -86,6 +87,11 @@ def _row(name: str, what: str, res: Any) -> dict[str, Any]:
         row[f"ratio_tuned_{tag}"] = float(s["median_ratio_tuned"][0])
         row[f"worst_family_{tag}"] = float(worst["median_ratio_cosine"].max())
         row[f"crashes_{tag}"] = int(s["crashes"][0])
+    for with_val, tag in ((True, "val"), (False, "noval")):
+        pr = res.pairs.filter(pl.col("with_val") == with_val)
+        if pr.height:
+            row[f"worst_run_{tag}"] = float(pr["ratio_cosine"].max())
+            row[f"harmed_{tag}"] = float((pr["ratio_cosine"] > 1.10).mean())
     ctl = res.results.filter(pl.col("method") == "controller")
     row["compute_ratio"] = float(ctl["compute_ratio"].mean()) if ctl.height else 1.0
     return row
@@ -98,7 +104,8 @@ def markdown(rows: list[dict[str, Any]], seeds: int) -> str:
         "the worst family's median ratio to cosine.\n\n"
         "| variant | what changes | win (val) | ratio to cosine (val) | ratio to tuned (val) | "
         "worst family (val) | win (no val) | ratio to cosine (no val) | ratio to tuned (no val) | "
-        "worst family (no val) | crashes | compute |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "worst family (no val) | runs > 1.10x cosine (val / no val) | worst run (val / no val) | "
+        "crashes | compute |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -114,6 +121,8 @@ def markdown(rows: list[dict[str, Any]], seeds: int) -> str:
             f"| {r['variant']} | {r['what']} | {f('win_val', True)} | {f('ratio_cos_val')} | "
             f"{f('ratio_tuned_val')} | {f('worst_family_val')} | {f('win_noval', True)} | "
             f"{f('ratio_cos_noval')} | {f('ratio_tuned_noval')} | {f('worst_family_noval')} | "
+            f"{f('harmed_val', True)} / {f('harmed_noval', True)} | "
+            f"{f('worst_run_val')} / {f('worst_run_noval')} | "
             f"{crashes} | {r.get('compute_ratio', 1.0):.2f}x |"
         )
     return head + "\n".join(lines) + "\n"

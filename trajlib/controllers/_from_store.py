@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -248,45 +248,15 @@ def fit_store(
         refit=True,
         mask_columns=val_cols if wrapped and val_withhold > 0 else None,
     )
-    feats = table.select(names).to_numpy().astype(np.float64)
-    if wrapped and val_withhold > 0:  # the rows the members saw, withheld copies included
-        idx, masked = withhold_validation(
-            feats, table[S.RUN_ID].cast(pl.String).to_numpy(), val_cols, float(val_withhold)
-        )
-        feats = feats[idx]
-        feats[np.ix_(masked, np.asarray(val_cols, dtype=np.intp))] = np.nan
-    nan_fraction = {n: float(np.mean(~np.isfinite(feats[:, i]))) for i, n in enumerate(names)}
-    validation: dict[str, Any] | None = None
-    if wrapped:
-        run_ids_all = runs[S.RUN_ID].cast(pl.String).to_list()
-        validation = {
-            "indicator": VALIDATION_INDICATOR,
-            "features": [names[i] for i in val_cols],
-            "withhold": float(val_withhold),
-            "withheld_runs": sum(withheld_share(r) < val_withhold for r in run_ids_all),
-        }
+    withhold = float(val_withhold) if wrapped else 0.0
+    nan_fraction = _nan_fraction(table, names, val_cols, withhold)
+    validation = _validation_meta(runs, names, val_cols, withhold) if wrapped else None
     rule: HarmRule | None = None
     if use_rule:
-        keep = spec.action_space.keep_index
-        if harm_z is not None:
-            rule = HarmRule(z=float(harm_z), margin=float(harm_margin))
-        else:
-            X, T, run_ids, steps, _, task_arr = join_table(table, lab, names)
-            fam_of = _families(runs)
-            fams = np.array(
-                [fam_of.get(t, t) for t in (task_arr if task_arr is not None else run_ids)]
-            )
-            rule = calibrate_rule(
-                model if isinstance(model, Controller) else EnsembleController(),
-                X,
-                T,
-                run_ids,
-                steps,
-                fams,
-                keep,
-                margin=float(harm_margin),
-                min_precision=float(harm_precision),
-            )
+        rule = _harm_rule(
+            model, table, lab, names, runs, spec.action_space.keep_index, harm_z, harm_margin,
+            harm_precision,
+        )  # fmt: skip
         metrics["harm_z"] = rule.z
     best = lab["best_action"].to_numpy()
     training_data = {
@@ -311,3 +281,61 @@ def fit_store(
         decision_rule=rule,
     )
     return Path(path), metrics
+
+
+def _nan_fraction(
+    table: pl.DataFrame, names: list[str], val_cols: Sequence[int], withhold: float
+) -> dict[str, float]:
+    """Share of non-finite values per feature over the rows the model saw (with ``withhold`` >
+    0, the copies of withheld runs with validation masked included)."""
+    feats = table.select(names).to_numpy().astype(np.float64)
+    if withhold > 0:
+        idx, masked = withhold_validation(
+            feats, table[S.RUN_ID].cast(pl.String).to_numpy(), val_cols, withhold
+        )
+        feats = feats[idx]
+        feats[np.ix_(masked, np.asarray(val_cols, dtype=np.intp))] = np.nan
+    return {n: float(np.mean(~np.isfinite(feats[:, i]))) for i, n in enumerate(names)}
+
+
+def _validation_meta(
+    runs: pl.DataFrame, names: list[str], val_cols: Sequence[int], withhold: float
+) -> dict[str, Any]:
+    """The manifest's ``training_data.validation``: indicator, features, share withheld."""
+    run_ids = runs[S.RUN_ID].cast(pl.String).to_list()
+    return {
+        "indicator": VALIDATION_INDICATOR,
+        "features": [names[i] for i in val_cols],
+        "withhold": withhold,
+        "withheld_runs": sum(withheld_share(r) < withhold for r in run_ids),
+    }
+
+
+def _harm_rule(
+    model: str | Controller,
+    table: pl.DataFrame,
+    lab: pl.DataFrame,
+    names: list[str],
+    runs: pl.DataFrame,
+    keep: int,
+    harm_z: float | None,
+    harm_margin: float,
+    harm_precision: float,
+) -> HarmRule:
+    """The do-no-harm rule: ``harm_z`` as given, else calibrated grouped by task family."""
+    if harm_z is not None:
+        return HarmRule(z=float(harm_z), margin=float(harm_margin))
+    X, T, run_ids, steps, _, task_arr = join_table(table, lab, names)
+    fam_of = _families(runs)
+    fams = np.array([fam_of.get(t, t) for t in (task_arr if task_arr is not None else run_ids)])
+    return calibrate_rule(
+        model if isinstance(model, Controller) else EnsembleController(),
+        X,
+        T,
+        run_ids,
+        steps,
+        fams,
+        keep,
+        margin=float(harm_margin),
+        min_precision=float(harm_precision),
+    )

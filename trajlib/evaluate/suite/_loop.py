@@ -118,44 +118,28 @@ def run_one(
     t0 = time.perf_counter()
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    sf = False
-    opt: torch.optim.Optimizer | None = None
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             torch.manual_seed(seed)
             model = family.model()
+            train, val, test = _loaders(family, seed)
+            row["init_test_loss"] = _evaluate(family, model, test)
+            opt = _optimizer(family, method, model, family.default_lr * start)
+            sf = method == "schedule-free"
 
             def train_step(batch: Any) -> torch.Tensor:  # one optimizer step (the lookahead's unit)
                 loss = family.loss(model, batch)
-                opt.zero_grad()  # type: ignore[union-attr]
+                opt.zero_grad()
                 loss.backward()
-                opt.step()  # type: ignore[union-attr]
+                opt.step()
                 return loss
 
-            train, val, test = _loaders(family, seed)
-            row["init_test_loss"] = _evaluate(family, model, test)
-            lr = family.default_lr * start
-            sched: Any = None
-            if method == "schedule-free":
-                opt = _schedule_free(family, model.parameters(), lr)
-                sf = True
-                opt.train()  # type: ignore[attr-defined]
-            else:
-                opt = family.make_optimizer(model.parameters(), lr)
-                if method == "cosine":
-                    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-                else:
-                    from trajlib.deploy import ControllerScheduler, Lookahead
-
-                    la = None
-                    if lookahead is not None:
-                        la = Lookahead(train_step, model, top_k=lookahead[0], horizon=lookahead[1])
-                    sched = ControllerScheduler(opt, checkpoint, total_steps=steps, lookahead=la)  # type: ignore[arg-type]
+            sched = _scheduler(method, opt, model, steps, checkpoint, lookahead, train_step)
             model.train()
             step, loss_v = 0, math.nan
             while step < steps and row["status"] == "ok":
-                batches = sched.batches(train) if lookahead is not None and sched else train
+                batches = sched.batches(train) if method == "controller" else train
                 for batch in batches:
                     loss = train_step(batch)
                     if sched is not None and method == "controller":
@@ -184,12 +168,8 @@ def run_one(
                 row["test_loss"] = _evaluate(family, model, test)
                 if not math.isfinite(row["test_loss"]):
                     row["status"] = "diverged"
-            if method == "controller" and sched is not None:
-                ev = sched.events
-                row["decisions"] = int(ev["decisions"])
-                row["held"] = int(ev["held_nonfinite"])
-                row["controller_errors"] = int(ev["errors"])
-                row["compute_ratio"] = float(sched.compute_ratio)
+            if method == "controller":
+                row.update(_controller_events(sched))
             msgs = [str(w.message) for w in caught if "ControllerScheduler" in str(w.message)]
             row["warning"] = msgs[0][:300] if msgs else ""
     except Exception as e:  # recorded, never raised: a crash is a result
@@ -208,3 +188,48 @@ def run_one(
             min(row["test_loss"], penalty) if math.isfinite(penalty) else row["test_loss"]
         )
     return row
+
+
+def _optimizer(
+    family: Family, method: str, model: torch.nn.Module, lr: float
+) -> torch.optim.Optimizer:
+    """The family's optimizer at ``lr`` (schedule-free: its schedule-free counterpart, in
+    ``train()`` mode)."""
+    if method != "schedule-free":
+        return family.make_optimizer(model.parameters(), lr)
+    opt = _schedule_free(family, model.parameters(), lr)
+    opt.train()  # type: ignore[attr-defined]
+    return opt
+
+
+def _scheduler(
+    method: str,
+    opt: torch.optim.Optimizer,
+    model: torch.nn.Module,
+    steps: int,
+    checkpoint: str | Path | None,
+    lookahead: tuple[int, int] | None,
+    train_step: Any,
+) -> Any:
+    """None (schedule-free), cosine to 0 over ``steps``, or the controller (with lookahead)."""
+    if method == "schedule-free":
+        return None
+    if method == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    from trajlib.deploy import ControllerScheduler, Lookahead
+
+    la = None
+    if lookahead is not None:
+        la = Lookahead(train_step, model, top_k=lookahead[0], horizon=lookahead[1])
+    return ControllerScheduler(opt, checkpoint, total_steps=steps, lookahead=la)  # type: ignore[arg-type]
+
+
+def _controller_events(sched: Any) -> dict[str, Any]:
+    """The result columns a controller run adds from its scheduler's events."""
+    ev = sched.events
+    return {
+        "decisions": int(ev["decisions"]),
+        "held": int(ev["held_nonfinite"]),
+        "controller_errors": int(ev["errors"]),
+        "compute_ratio": float(sched.compute_ratio),
+    }

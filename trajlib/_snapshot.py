@@ -16,6 +16,7 @@ them to the branches, then yields them to the main loop.
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["replay_batches", "restore_snapshot", "take_snapshot"]
+__all__ = ["branch_loss", "replay_batches", "restore_snapshot", "take_snapshot"]
 
 
 def take_snapshot(
@@ -125,3 +126,11 @@ def replay_batches(
         except StopIteration:
             return
         yield batch
+
+
+def branch_loss(loss: Any) -> float:
+    """A branch step's loss as a float (a tensor's mean; NaN when it is not a number)."""
+    try:
+        return float(loss.detach().float().mean()) if torch.is_tensor(loss) else float(loss)
+    except (TypeError, ValueError):
+        return math.nan

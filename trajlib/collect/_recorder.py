@@ -59,7 +59,7 @@ import polars as pl
 import torch
 
 from trajlib import schema as S
-from trajlib._snapshot import replay_batches, restore_snapshot, take_snapshot
+from trajlib._snapshot import branch_loss, replay_batches, restore_snapshot, take_snapshot
 from trajlib.collect._behaviour import (
     BEHAVIOURS,
     BehaviourPolicy,
@@ -855,10 +855,7 @@ class Recorder:
         loss = self.train_step(batch)
         self._probe.take()  # the main trajectory's probe state is restored afterwards
         self.events["branch_steps"] += 1
-        try:
-            return float(loss.detach().float().mean()) if torch.is_tensor(loss) else float(loss)
-        except (TypeError, ValueError):
-            return math.nan
+        return branch_loss(loss)
 
     # ------------------------------------------------------------------ results
     def _step_frame(self, start: int = 0, stop: int | None = None) -> pl.DataFrame:

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trajlib._snapshot import replay_batches, restore_snapshot, take_snapshot
+from trajlib._snapshot import branch_loss, replay_batches, restore_snapshot, take_snapshot
 from trajlib.errors import ConfigError
 from trajlib.optim_hp import MOVABLE, hp_get
 
@@ -323,10 +323,7 @@ class Lookahead:
         loss = self.train_step(batch)
         s._probe.take()  # the main run's probe state is restored afterwards
         s.events["lookahead_steps"] += 1
-        try:
-            return float(loss.detach().float().mean()) if torch.is_tensor(loss) else float(loss)
-        except (TypeError, ValueError):
-            return math.nan
+        return branch_loss(loss)
 
     def _refresh_lr(self) -> None:
         """The next step's LRs after the decision (the scheduler set them before it)."""

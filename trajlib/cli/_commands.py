@@ -43,6 +43,14 @@ def _nonneg_int(value: str) -> int:
 
 
 def add_main_commands(sub: Any) -> None:
+    """The pipeline's sub-commands: data (tasks, doctor, collect), models (fit, evaluate) and the
+    whole loop (iterate, demo)."""
+    _add_data_commands(sub)
+    _add_model_commands(sub)
+    _add_loop_commands(sub)
+
+
+def _add_data_commands(sub: Any) -> None:
     p = sub.add_parser("tasks", help="list the built-in tasks (or a sample of generated ones)")
     p.add_argument(
         "--generated",
@@ -81,6 +89,8 @@ def add_main_commands(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_collect)
 
+
+def _add_model_commands(sub: Any) -> None:
     p = sub.add_parser("fit", help="fit a controller on a store")
     p.add_argument("store", help="store directory or URL (s3://bucket/prefix)")
     p.add_argument("--kind", default="gbt", help="controller kind: gbt | mlp | gru")
@@ -152,6 +162,8 @@ def add_main_commands(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_loop_commands(sub: Any) -> None:
     p = sub.add_parser(
         "iterate", help="collect -> fit -> collect again with the controller, R rounds"
     )

@@ -279,3 +279,68 @@ def test_lookahead_arguments() -> None:
     # without a lookahead, batches() passes the source through and the ratio is 1
     sched = ControllerScheduler(opt, SHIPPED, total_steps=10)
     assert list(sched.batches([1, 2, 3])) == [1, 2, 3] and sched.compute_ratio == 1.0
+    with pytest.raises(ConfigError, match="when"):
+        Lookahead(step, model, when="sometimes")
+    with pytest.raises(ConfigError, match="do-no-harm rule"):  # v1 has no rule to be unsure of
+        ControllerScheduler(
+            opt, SHIPPED, total_steps=10, lookahead=Lookahead(step, model, when="unsure")
+        )
+
+
+V2 = SHIPPED.parents[1] / "trajlib-lr-v2" / "checkpoint"
+
+
+def test_unsure_lookahead_looks_only_where_the_rule_would_keep() -> None:
+    # a v2 checkpoint (ensemble + do-no-harm rule) scripted per decision: a confident move (the
+    # rule acts), an unsure move (mean > 0, lower bound < 0: the rule keeps), and a decision where
+    # even the mean prefers keep; the lookahead must spend branch steps on the unsure ones only
+    import copy
+    import dataclasses
+
+    loaded = load_controller(V2)
+    keep, up = loaded.action_space.keep_index, len(loaded.action_space) - 1
+    z = loaded.decision_rule.z
+    holder: dict[str, Any] = {}
+    ctrl = copy.deepcopy(loaded.controller)
+
+    def decide_spread(x: np.ndarray, state: Any = None) -> tuple[np.ndarray, np.ndarray, Any]:
+        kind = holder["sched"].events["decisions"] % 3
+        mean, sd = np.full(len(loaded.action_space), -0.05), np.full(len(loaded.action_space), 0.01)
+        mean[keep] = 0.0
+        if kind == 0:  # confident: lower bound 0.1 - z * 0.01 > 0
+            mean[up] = 0.1
+        elif kind == 1:  # unsure: mean 0.02 > 0, lower bound 0.02 - z * 0.05 < 0
+            mean[up], sd[up] = 0.02, 0.05
+        return mean, sd, state
+
+    ctrl.decide_spread = decide_spread  # type: ignore[method-assign]
+    scripted = dataclasses.replace(loaded, controller=ctrl)
+    assert 0.02 - z * 0.05 < 0 < 0.1 - z * 0.01
+    torch.manual_seed(0)
+    model = nn.Linear(10, 3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def train_step(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    la = Lookahead(train_step, model, top_k=1, horizon=5, cooldown=2, when="unsure")
+    sched = ControllerScheduler(opt, scripted, total_steps=STEPS, every=20, lookahead=la)
+    holder["sched"] = sched
+    for batch in sched.batches(_data()):
+        sched.observe(train_step(batch))
+        sched.step()
+    ev = sched.events
+    taken = [a for _, _, a in sched.actions_taken]
+    assert len(taken) == ev["decisions"] == 5 and ev["lookahead_errors"] == 0
+    assert ev["lookahead_decisions"] == 2 and ev["lookahead_sure"] == 3  # decisions 1 and 4
+    assert [taken[i] for i in (0, 2, 3)] == [up, keep, up]  # the plain path's choices
+    for d in la.decisions:  # the rule's keep is the first choice; the move must measure better
+        assert d.controller_choice == keep and d.candidates == (up, keep)
+        best = d.candidates[int(np.argmin(d.scores))]
+        assert d.chosen == (best if min(d.scores) < d.scores[1] else keep)
+    assert [taken[1], taken[4]] == [d.chosen for d in la.decisions]
+    assert ev["lookahead_steps"] == 2 * 2 * (5 + 2)  # two decisions x two candidates x 7 steps

@@ -27,6 +27,7 @@ from trajlib.evaluate.suite import (
 )
 
 CKPT = Path(__file__).resolve().parents[2] / "models" / "trajlib-lr-v1" / "checkpoint"
+V2 = CKPT.parents[1] / "trajlib-lr-v2" / "checkpoint"
 TINY = ["embbag-topics", "glu-friedman"]  # the two fastest families
 BUDGET = 110  # the v1 controller decides every 50 steps: two decisions
 
@@ -180,3 +181,23 @@ def test_controller_with_lookahead_charges_its_compute(tmp_path: Path) -> None:
     jobs = plan_jobs(["vae-digits"], [0], checkpoint=CKPT, lookahead=(1, 5), budget=120)
     hashes = {j.ckpt_hash for j in jobs if j.method == "controller"}
     assert hashes == {checkpoint_hash(CKPT) + "+la1x5"}
+
+
+def test_lookahead_settings_and_their_cache_keys() -> None:
+    from trajlib.evaluate.suite import LookaheadSetting
+
+    assert LookaheadSetting.of(None) is None
+    assert LookaheadSetting.of((1, 10)).tag() == "la1x10"  # the key before cool-downs existed
+    assert LookaheadSetting.of((2, 8, 4, "unsure")).tag() == "la2x8c4-unsure"
+    for bad in ((0, 5), (1, 0), (1, 5, -1), (1,), ("1", 5), (1, 5, 0, "x"), (1, 5, 0, "u", 9)):
+        with pytest.raises(ConfigError, match="lookahead"):
+            LookaheadSetting.of(bad)
+    jobs = plan_jobs(["vae-digits"], [0], checkpoint=V2, lookahead=(1, 8, 4, "unsure"), budget=60)
+    assert {j.lookahead for j in jobs if j.method == "controller"} == {(1, 8, 4, "unsure")}
+    # a real run of the shipped v2 checkpoint that looks only where its rule is unsure
+    row = run_one(
+        get_family("deepsets-spread"), "controller", 1.0, 0, checkpoint=V2, budget=100,
+        lookahead=(1, 6, 2, "unsure"),
+    )  # fmt: skip
+    assert row["status"] == "ok", row["error"]
+    assert row["decisions"] > 0 and row["compute_ratio"] >= 1.0

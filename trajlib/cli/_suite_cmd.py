@@ -29,9 +29,19 @@ def add_suite_command(sub: Any) -> None:
                    help="only the controller without validation reports")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="at most 2 seeds")
     p.add_argument("--budget", type=_positive_int, help="override every family's step budget")
+    p.add_argument("--lookahead", type=_positive_int, nargs=2, metavar=("TOP_K", "HORIZON"),
+                   help="run the controller with deploy-time lookahead")  # fmt: skip
+    p.add_argument("--lookahead-cooldown", type=_nonnegative_int, default=0, metavar="STEPS",
+                   help="score each lookahead branch after annealing its LR to 0 over STEPS")  # fmt: skip
+    p.add_argument("--lookahead-when", choices=("always", "unsure"), default="always",
+                   help="look at every decision, or only where the do-no-harm rule is unsure")  # fmt: skip
     p.add_argument("--list", action="store_true", help="list the families and exit")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_suite)
+
+
+def _nonnegative_int(value: str) -> int:
+    return 0 if value.strip() == "0" else _positive_int(value)
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
@@ -53,6 +63,9 @@ def cmd_suite(args: argparse.Namespace) -> int:
         quick=args.quick,
         budget=args.budget,
         progress=not args.quiet,
+        lookahead=None
+        if args.lookahead is None
+        else (*args.lookahead, args.lookahead_cooldown, args.lookahead_when),
     )
     for t in res.targets:
         print(

@@ -27,6 +27,15 @@ through the candidates it ranks first and the tie rule. The known limit is the s
 of a greedy look: over a few steps a lower LR usually lowers the loss first; ``cooldown`` (scoring
 each branch after annealing its LR) counters it at a cost.
 
+Where to look: ``when="always"`` looks at every decision point. ``when="unsure"`` (a checkpoint
+with a do-no-harm rule) looks only where the rule is unsure: the ensemble's best move has a
+positive mean advantage over keep but its lower bound is not above the rule's margin, so the rule
+would keep. There the candidates are the ``top_k`` best moves and keep, and keep (the rule's
+choice) stays unless a move measures better by more than ``margin``. Where the rule acts, or where
+even the mean prefers keep, the plain decision is taken at no cost
+(``events["lookahead_sure"]``). The measurement thus decides exactly the cases the learned model
+cannot, and the compute goes only there.
+
 Cost: every branch step is a training step; ``scheduler.events["lookahead_steps"]`` counts them
 and ``scheduler.compute_ratio`` is ``1 + lookahead steps / main steps``. Any exception inside the
 lookahead restores the snapshot, falls back to the plain decision, is counted in
@@ -50,7 +59,15 @@ from trajlib.optim_hp import MOVABLE, hp_get
 __all__ = ["Lookahead", "LookaheadDecision"]
 
 #: ``scheduler.events`` keys the lookahead adds.
-EVENTS = ("lookahead_decisions", "lookahead_steps", "lookahead_errors", "lookahead_skipped")
+EVENTS = (
+    "lookahead_decisions",
+    "lookahead_steps",
+    "lookahead_errors",
+    "lookahead_skipped",
+    "lookahead_sure",
+)
+#: Where the lookahead looks (module docstring).
+WHEN = ("always", "unsure")
 
 
 @dataclass(frozen=True)
@@ -88,6 +105,8 @@ class Lookahead:
         scaler: the loop's ``torch.amp.GradScaler`` (snapshotted with the model).
         margin: relative loss gain a candidate needs over the controller's first choice to
             replace it.
+        when: ``"always"`` (every decision point) or ``"unsure"`` (only where the checkpoint's
+            do-no-harm rule would keep although the best move's mean advantage is positive).
     """
 
     def __init__(
@@ -101,6 +120,7 @@ class Lookahead:
         validate: Callable[[], Any] | None = None,
         scaler: Any | None = None,
         margin: float = 0.0,
+        when: str = "always",
     ) -> None:
         if not callable(train_step):
             raise ConfigError("train_step", "a callable train_step(batch) -> loss", train_step)
@@ -112,6 +132,9 @@ class Lookahead:
             raise ConfigError("validate", "a callable validate() -> loss, or None", validate)
         if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 <= margin < 1:
             raise ConfigError("margin", "a number in [0, 1)", margin)
+        if when not in WHEN:
+            raise ConfigError("when", f"one of {WHEN}", when)
+        self.when = when
         self.train_step, self.model, self.validate, self.scaler = (
             train_step,
             model,
@@ -139,6 +162,13 @@ class Lookahead:
                 "lookahead",
                 "None with layerwise=True (lookahead decides for the whole model)",
                 self,
+            )
+        if self.when == "unsure" and scheduler.loaded.decision_rule is None:
+            raise ConfigError(
+                "lookahead",
+                'when="always" for a checkpoint without a do-no-harm rule (when="unsure" '
+                "looks where the rule is unsure)",
+                self.when,
             )
         self._sched = scheduler
         for k in EVENTS:
@@ -212,23 +242,38 @@ class Lookahead:
         x = u.features.values()
         if (~np.isfinite(x) & ~(np.isnan(x) & s._nan_ok)).any():
             return False  # the plain path holds and says why
-        values, state = s.loaded.controller.decide_values(x, u.ctrl_state)
+        keep = s.actions.keep_index
+        unsure = self.when == "unsure"
+        if unsure:
+            values, spread, state = s.loaded.controller.decide_spread(x, u.ctrl_state)
+        else:
+            values, state = s.loaded.controller.decide_values(x, u.ctrl_state)
         v = np.asarray(values, dtype=np.float64).reshape(-1)
         if v.shape[0] != len(s.actions) or not np.isfinite(v).all():
             return False
         if isinstance(state, np.ndarray) and not np.isfinite(state).all():
             return False
+        order = [int(a) for a in np.argsort(-v, kind="stable")]
+        first = order[0]
+        if unsure:
+            sd = np.asarray(spread, dtype=np.float64).reshape(-1)
+            if sd.shape != v.shape or not np.isfinite(sd).all():
+                return False
+            ruled, _ = s._rule.choose(v, sd, keep)
+            if ruled != keep or first == keep:
+                s.events["lookahead_sure"] += 1
+                return False  # the rule is sure (it acts, or even the mean keeps): plain path
+            first = keep  # the rule's choice: a move must measure better to replace it
         H = min(self.horizon, len(buffer), s.total_steps - step)
         if H < 1:
             return False
         cooldown = min(self.cooldown, len(buffer) - H)
-        order = [int(a) for a in np.argsort(-v, kind="stable")]
-        candidates = order[: self.top_k]
-        keep = s.actions.keep_index
+        candidates = (
+            [a for a in order if a != keep][: self.top_k] if unsure else order[: self.top_k]
+        )
         if keep not in candidates:
             candidates.append(keep)
         scores = self._branches(step, candidates, buffer, H, cooldown)
-        first = order[0]
         best = min(candidates, key=lambda a: (scores[a], candidates.index(a)))
         bar = scores[first] - self.margin * abs(scores[first])
         chosen = best if scores[first] == math.inf or scores[best] < bar else first

@@ -336,6 +336,7 @@ class CosEma(Feature):
 # make the minimum ratio 0, its log undefined, and every decision of the run held.
 UPD_RATIO_FLOOR = 1e-8
 
+
 @dataclass(frozen=True, repr=False)
 class LogUpdRatio(Feature):
     """log_upd_ratio_{stat}: log EMA_{half_life} of the per-layer update-to-weight ratio aggregate upd_ratio_{stat}."""

@@ -35,7 +35,7 @@ import polars as pl
 
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import FAMILIES, Family, get_family, select_families
-from trajlib.evaluate.suite._loop import METHODS, PENALTY, run_one
+from trajlib.evaluate.suite._loop import METHODS, PENALTY, LookaheadSetting, run_one
 from trajlib.evaluate.suite._report import (
     TARGETS,
     bootstrap_median,
@@ -63,6 +63,7 @@ __all__ = [
     "TARGETS",
     "Family",
     "Job",
+    "LookaheadSetting",
     "ResultCache",
     "SuiteResult",
     "bootstrap_median",
@@ -125,15 +126,16 @@ def run_suite(
     quick: bool = False,
     budget: int | None = None,
     progress: bool = True,
-    lookahead: tuple[int, int] | None = None,
+    lookahead: LookaheadSetting | tuple[Any, ...] | None = None,
 ) -> SuiteResult:
     """Run the held-out suite for ``checkpoint``; write the report into ``out`` (None: no report).
 
     ``seeds``: a count (0..N-1) or the seeds; ``quick`` keeps at most 2 of them. ``cache``: the
     result cache directory (default ``<out>/cache``; required when ``out`` is None).
     ``with_val`` / ``without_val``: which controller modes to run. ``budget`` overrides every
-    family's step budget (tests). ``lookahead`` = ``(top_k, horizon)``: the controller runs
-    with deploy-time lookahead (its compute ratio is recorded per run).
+    family's step budget (tests). ``lookahead`` = ``(top_k, horizon[, cooldown[, when]])``
+    (:class:`LookaheadSetting`): the controller runs with deploy-time lookahead (its compute ratio
+    is recorded per run).
     """
     t0 = time.perf_counter()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]

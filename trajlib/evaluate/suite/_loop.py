@@ -21,13 +21,47 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader
 
+from trajlib.deploy._lookahead import WHEN
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import Family
+
+
+class LookaheadSetting(NamedTuple):
+    """How controller runs use deploy-time lookahead (:class:`trajlib.deploy.Lookahead`)."""
+
+    top_k: int
+    horizon: int
+    cooldown: int = 0
+    when: str = "always"
+
+    @classmethod
+    def of(cls, value: LookaheadSetting | tuple[Any, ...] | None) -> LookaheadSetting | None:
+        """``value`` as a setting: ``(top_k, horizon[, cooldown[, when]])`` or None."""
+        if value is None:
+            return None
+        try:
+            s = cls(*value)
+            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in s[:3])
+        except TypeError:
+            ok = False
+        if not ok or s.top_k < 1 or s.horizon < 1 or s.cooldown < 0 or s.when not in WHEN:
+            raise ConfigError(
+                "lookahead", "(top_k >= 1, horizon >= 1[, cooldown >= 0[, when]])", value
+            )
+        return s
+
+    def tag(self) -> str:
+        """The cache-key suffix: ``la<k>x<h>`` (the form before cool-down and ``when``), then
+        ``c<cooldown>`` and ``-unsure`` where they are set."""
+        c = f"c{self.cooldown}" if self.cooldown else ""
+        w = "" if self.when == "always" else f"-{self.when}"
+        return f"la{self.top_k}x{self.horizon}{c}{w}"
+
 
 __all__ = ["METHODS", "PENALTY", "run_one"]
 
@@ -89,10 +123,11 @@ def run_one(
     with_val: bool = False,
     checkpoint: str | Path | None = None,
     budget: int | None = None,
-    lookahead: tuple[int, int] | None = None,
+    lookahead: LookaheadSetting | tuple[Any, ...] | None = None,
 ) -> dict[str, Any]:
     """Train ``family`` once from ``start`` x its default LR; returns one result row (see
     ``RESULT_COLUMNS`` in the runner). Never raises for a failure of the run itself."""
+    lookahead = LookaheadSetting.of(lookahead)
     if method not in METHODS:
         raise ConfigError("method", f"one of {METHODS}", method)
     if method == "controller" and checkpoint is None:
@@ -208,7 +243,7 @@ def _scheduler(
     model: torch.nn.Module,
     steps: int,
     checkpoint: str | Path | None,
-    lookahead: tuple[int, int] | None,
+    lookahead: LookaheadSetting | None,
     train_step: Any,
 ) -> Any:
     """None (schedule-free), cosine to 0 over ``steps``, or the controller (with lookahead)."""
@@ -220,7 +255,14 @@ def _scheduler(
 
     la = None
     if lookahead is not None:
-        la = Lookahead(train_step, model, top_k=lookahead[0], horizon=lookahead[1])
+        la = Lookahead(
+            train_step,
+            model,
+            top_k=lookahead.top_k,
+            horizon=lookahead.horizon,
+            cooldown=lookahead.cooldown,
+            when=lookahead.when,
+        )
     return ControllerScheduler(opt, checkpoint, total_steps=steps, lookahead=la)  # type: ignore[arg-type]
 
 

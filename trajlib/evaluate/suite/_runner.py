@@ -30,7 +30,7 @@ import polars as pl
 
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import select_families
-from trajlib.evaluate.suite._loop import run_one
+from trajlib.evaluate.suite._loop import LookaheadSetting, run_one
 
 __all__ = [
     "GRID",
@@ -76,7 +76,7 @@ class Job:
     budget: int
     ckpt_hash: str = ""
     checkpoint: str = ""
-    lookahead: tuple[int, int] | None = None  # (top_k, horizon) for controller runs
+    lookahead: LookaheadSetting | None = None  # for controller runs
 
     def key(self) -> tuple[Any, ...]:
         return tuple(getattr(self, k) for k in KEY)
@@ -89,16 +89,17 @@ def plan_jobs(
     checkpoint: str | Path | None,
     modes: Sequence[bool] = (True, False),
     budget: int | None = None,
-    lookahead: tuple[int, int] | None = None,
+    lookahead: LookaheadSetting | tuple[Any, ...] | None = None,
 ) -> list[Job]:
     """Every run the suite needs (controller runs only when ``checkpoint`` is given).
-    ``lookahead`` = ``(top_k, horizon)`` runs the controller with deploy-time lookahead (its
-    cache key is the checkpoint hash + ``+la<k>x<h>``)."""
+    ``lookahead`` (``(top_k, horizon[, cooldown[, when]])``) runs the controller with deploy-time
+    lookahead (its cache key is the checkpoint hash + ``+`` + :meth:`LookaheadSetting.tag`)."""
+    lookahead = LookaheadSetting.of(lookahead)
     fams = select_families(families)
     ck = str(checkpoint) if checkpoint is not None else ""
     h = checkpoint_hash(checkpoint) if checkpoint is not None else ""
     if h and lookahead is not None:
-        h += f"+la{lookahead[0]}x{lookahead[1]}"
+        h += f"+{lookahead.tag()}"
     jobs = []
     for f in fams:
         b = int(budget or f.budget)

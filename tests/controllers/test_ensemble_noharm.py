@@ -12,7 +12,13 @@ from ctl_synth import FAST_PARAMS, FEATURES, KEEP, Synth, save_kwargs, split_run
 
 from trajlib.controllers import EnsembleController, HarmRule, load_controller, save_controller
 from trajlib.controllers._ensemble import withheld_share, withhold_validation
-from trajlib.controllers._harm import calibrate_rule, choose_z, rule_actions, rule_table
+from trajlib.controllers._harm import (
+    calibrate_rule,
+    choose_z,
+    per_action_z,
+    rule_actions,
+    rule_table,
+)
 from trajlib.errors import CheckpointError, ConfigError
 
 VAL = [FEATURES.index("noise_a"), FEATURES.index("noise_b")]  # stand-ins for val features
@@ -127,6 +133,34 @@ def test_rule_table_and_choice() -> None:
     assert choose_z(table[:1], 0.9) == 0.0  # none reaches it: the best mean realized
 
 
+def test_per_action_rule_never_takes_an_imprecise_action() -> None:
+    keep = 1
+    mean = np.array([[0.10, 0.0, 0.05], [0.02, 0.0, -0.3], [-0.1, 0.0, -0.2]])
+    std = np.array([[0.01, 0.0, 0.0], [0.05, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    # action 0 never (None), action 2 at z = 0: row 0 moves by action 2, the others keep
+    np.testing.assert_array_equal(
+        rule_actions(mean, std, keep, np.array([np.inf, 0.0, 0.0]), 0.0), [2, 1, 1]
+    )
+    rule = HarmRule(z=1.0, z_by_action=(None, 1.0, 0.0))
+    assert rule.choose(mean[0], std[0], keep) == (2, False)
+    assert rule.choose(mean[1], std[1], keep) == (1, True)  # the argmax (0) is never taken
+    assert HarmRule.from_dict(json.loads(json.dumps(rule.to_dict()))) == rule
+    with pytest.raises(ConfigError):
+        HarmRule(z=1.0, z_by_action=(-1.0, 0.0, 0.0))
+    with pytest.raises(ConfigError, match="z_by_action"):
+        HarmRule(z=1.0, z_by_action=(None, 1.0)).choose(mean[0], std[0], keep)
+    # calibration: action 0 is right half the time whatever z, action 2 always: 0 is never taken
+    rng = np.random.default_rng(0)
+    n = 400
+    mean = np.column_stack([rng.uniform(0.0, 0.2, n), np.zeros(n), rng.uniform(0.0, 0.2, n)])
+    std = np.full((n, 3), 0.01)
+    T = np.column_stack([rng.choice([-0.1, 0.1], n), np.zeros(n), np.full(n, 0.05)])
+    z, tables = per_action_z(mean, std, T, keep, 0.0, 0.8, z_grid=(0.0, 1.0), min_acted=10)
+    assert z[0] is None and z[2] == 0.0
+    assert {int(r["z"]) for r in tables["0"]} == {0, 1} and "1" not in tables
+    assert all(r["precision"] < 0.8 for r in tables["0"])  # never precise enough
+
+
 def test_calibration_by_family_refits_per_fold(synth: Synth) -> None:
     fam = np.array([f"fam{int(t[-1]) % 2}" for t in synth.table["task"].to_list()])
     rule = calibrate_rule(
@@ -138,6 +172,16 @@ def test_calibration_by_family_refits_per_fold(synth: Synth) -> None:
     assert acted == sorted(acted, reverse=True)
     assert choose_z(cal["table"], 0.7) == rule.z
     json.dumps(rule.to_dict(), allow_nan=False)  # manifest-safe
+    per = calibrate_rule(
+        ensemble("gbt"), synth.X, synth.T, synth.runs, synth.steps, fam, KEEP,
+        min_precision=0.7, per_action=True, min_acted=5,
+    )  # fmt: skip
+    assert per.z == rule.z and per.z_by_action is not None
+    assert len(per.z_by_action) == synth.T.shape[1]
+    assert set(per.calibration["per_action"]["tables"]) == {
+        str(a) for a in range(synth.T.shape[1]) if a != KEEP
+    }
+    json.dumps(per.to_dict(), allow_nan=False)
 
 
 def test_fit_store_options_are_checked(tiny_store: Path, tmp_path: Path) -> None:
@@ -192,4 +236,11 @@ def test_cli_fit_options(tiny_store: Path, tmp_path: Path, capsys: pytest.Captur
     assert lc.decision_rule == HarmRule(z=1.5, margin=0.01)
     assert main(["model", "info", str(out)]) == 0
     assert "act iff mean - 1.5 x std > 0.01; set by hand" in capsys.readouterr().out
+    pa = tmp_path / "per-action"
+    assert main(["fit", str(tiny_store), "--out", str(pa), "--harm-per-action"]) == 0
+    rule = load_controller(pa).decision_rule
+    assert rule is not None and rule.z_by_action is not None  # --harm-per-action implies the rule
+    capsys.readouterr()
+    assert main(["model", "info", str(pa)]) == 0
+    assert "z_a (" in capsys.readouterr().out
     assert main(["fit", str(tiny_store), "--out", str(tmp_path / "y"), "--ensemble", "0"]) != 0

@@ -327,7 +327,7 @@ def test_unsure_lookahead_looks_only_where_the_rule_would_keep() -> None:
         opt.step()
         return loss
 
-    la = Lookahead(train_step, model, top_k=1, horizon=5, cooldown=2, when="unsure")
+    la = Lookahead(train_step, model, top_k=1, horizon=5, cooldown=2)  # auto: unsure with a rule
     sched = ControllerScheduler(opt, scripted, total_steps=STEPS, every=20, lookahead=la)
     holder["sched"] = sched
     for batch in sched.batches(_data()):
@@ -344,3 +344,8 @@ def test_unsure_lookahead_looks_only_where_the_rule_would_keep() -> None:
         assert d.chosen == (best if min(d.scores) < d.scores[1] else keep)
     assert [taken[1], taken[4]] == [d.chosen for d in la.decisions]
     assert ev["lookahead_steps"] == 2 * 2 * (5 + 2)  # two decisions x two candidates x 7 steps
+    assert la.when == "unsure"
+    # without a rule (v1), auto looks at every decision
+    la1 = Lookahead(train_step, model, horizon=5)
+    ControllerScheduler(opt, SHIPPED, total_steps=STEPS, lookahead=la1)
+    assert la1.when == "always"

@@ -133,6 +133,12 @@ def _add_model_commands(sub: Any) -> None:
         default=0.6,
         help="calibration: smallest z whose held-out acted decisions are right this often",
     )
+    p.add_argument(
+        "--harm-per-action",
+        action="store_true",
+        help="calibrate each action's own z to --harm-precision too; an action never that "
+        "precise on held-out families is never taken (implies --no-harm)",
+    )
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("evaluate", help="evaluate a controller against baselines on tasks")
@@ -315,6 +321,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         harm_z=args.harm_z,
         harm_margin=args.harm_margin,
         harm_precision=args.harm_precision,
+        harm_per_action=args.harm_per_action,
     )
     print(f"wrote {ckpt}")
     print(

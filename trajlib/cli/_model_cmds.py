@@ -75,9 +75,9 @@ def cmd_model_info(args: argparse.Namespace, out: TextIO | None = None) -> int:
             if cal.get("table")
             else "set by hand"
         )
-        lines.append(
-            f"do no harm     act iff mean - {rule.get('z')} x std > {rule.get('margin')}; {how}"
-        )
+        zs = rule.get("z_by_action")
+        z = rule.get("z") if zs is None else "z_a (" + ", ".join(map(str, zs)) + "; None: never)"
+        lines.append(f"do no harm     act iff mean - {z} x std > {rule.get('margin')}; {how}")
     lines.append(f"files          {', '.join(sorted(m['files']))}")
     print("\n".join(lines), file=out)
     return 0

@@ -33,7 +33,7 @@ def add_suite_command(sub: Any) -> None:
                    help="run the controller with deploy-time lookahead")  # fmt: skip
     p.add_argument("--lookahead-cooldown", type=_nonnegative_int, default=0, metavar="STEPS",
                    help="score each lookahead branch after annealing its LR to 0 over STEPS")  # fmt: skip
-    p.add_argument("--lookahead-when", choices=("always", "unsure"), default="always",
+    p.add_argument("--lookahead-when", choices=("always", "unsure", "auto"), default="always",
                    help="look at every decision, or only where the do-no-harm rule is unsure")  # fmt: skip
     p.add_argument("--list", action="store_true", help="list the families and exit")
     p.add_argument("--quiet", action="store_true")

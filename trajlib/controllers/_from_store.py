@@ -191,6 +191,7 @@ def fit_store(
     harm_z: float | None = None,
     harm_margin: float = 0.0,
     harm_precision: float = 0.6,
+    harm_per_action: bool = False,
 ) -> tuple[Path, dict[str, float]]:
     """Fit a ``kind`` controller on ``labels`` from the store and write a checkpoint to ``out``.
 
@@ -216,7 +217,12 @@ def fit_store(
       calibrated by cross-validation grouped by task family: the smallest ``z`` whose held-out
       acted decisions are right (realized advantage > 0) in at least ``harm_precision`` of cases.
     - ``harm_z``: use this ``z`` instead of calibrating (implies ``no_harm``).
+    - ``harm_per_action``: calibrate each action's own ``z`` to ``harm_precision`` as well; an
+      action never that precise on held-out families is never taken (implies ``no_harm``).
     """
+    if not isinstance(harm_per_action, bool):
+        raise ConfigError("harm_per_action", "True or False", harm_per_action)
+    no_harm = no_harm or harm_per_action
     get_label_strategy(labels)  # unknown name -> clear error before any work
     k = _check_fit_options(ensemble, val_withhold, no_harm, harm_z, harm_margin, harm_precision)
     use_rule = no_harm or harm_z is not None
@@ -255,7 +261,7 @@ def fit_store(
     if use_rule:
         rule = _harm_rule(
             model, table, lab, names, runs, spec.action_space.keep_index, harm_z, harm_margin,
-            harm_precision,
+            harm_precision, harm_per_action,
         )  # fmt: skip
         metrics["harm_z"] = rule.z
     best = lab["best_action"].to_numpy()
@@ -321,6 +327,7 @@ def _harm_rule(
     harm_z: float | None,
     harm_margin: float,
     harm_precision: float,
+    per_action: bool = False,
 ) -> HarmRule:
     """The do-no-harm rule: ``harm_z`` as given, else calibrated grouped by task family."""
     if harm_z is not None:
@@ -338,4 +345,5 @@ def _harm_rule(
         keep,
         margin=float(harm_margin),
         min_precision=float(harm_precision),
+        per_action=per_action,
     )

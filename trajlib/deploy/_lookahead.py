@@ -34,7 +34,8 @@ would keep. There the candidates are the ``top_k`` best moves and keep, and keep
 choice) stays unless a move measures better by more than ``margin``. Where the rule acts, or where
 even the mean prefers keep, the plain decision is taken at no cost
 (``events["lookahead_sure"]``). The measurement thus decides exactly the cases the learned model
-cannot, and the compute goes only there.
+cannot, and the compute goes only there. ``when="auto"`` (the default) is ``"unsure"`` for a
+checkpoint with a rule and ``"always"`` for one without.
 
 Cost: every branch step is a training step; ``scheduler.events["lookahead_steps"]`` counts them
 and ``scheduler.compute_ratio`` is ``1 + lookahead steps / main steps``. Any exception inside the
@@ -67,7 +68,7 @@ EVENTS = (
     "lookahead_sure",
 )
 #: Where the lookahead looks (module docstring).
-WHEN = ("always", "unsure")
+WHEN = ("auto", "always", "unsure")
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,9 @@ class Lookahead:
         scaler: the loop's ``torch.amp.GradScaler`` (snapshotted with the model).
         margin: relative loss gain a candidate needs over the controller's first choice to
             replace it.
-        when: ``"always"`` (every decision point) or ``"unsure"`` (only where the checkpoint's
-            do-no-harm rule would keep although the best move's mean advantage is positive).
+        when: ``"always"`` (every decision point), ``"unsure"`` (only where the checkpoint's
+            do-no-harm rule would keep although the best move's mean advantage is positive) or
+            ``"auto"``: ``"unsure"`` for a checkpoint with a rule, else ``"always"``.
     """
 
     def __init__(
@@ -120,7 +122,7 @@ class Lookahead:
         validate: Callable[[], Any] | None = None,
         scaler: Any | None = None,
         margin: float = 0.0,
-        when: str = "always",
+        when: str = "auto",
     ) -> None:
         if not callable(train_step):
             raise ConfigError("train_step", "a callable train_step(batch) -> loss", train_step)
@@ -163,6 +165,8 @@ class Lookahead:
                 "None with layerwise=True (lookahead decides for the whole model)",
                 self,
             )
+        if self.when == "auto":
+            self.when = "always" if scheduler.loaded.decision_rule is None else "unsure"
         if self.when == "unsure" and scheduler.loaded.decision_rule is None:
             raise ConfigError(
                 "lookahead",

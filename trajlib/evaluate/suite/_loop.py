@@ -37,7 +37,7 @@ class LookaheadSetting(NamedTuple):
     top_k: int
     horizon: int
     cooldown: int = 0
-    when: str = "always"
+    when: str = "always"  # the suite's runs before "auto" existed looked at every decision
 
     @classmethod
     def of(cls, value: LookaheadSetting | tuple[Any, ...] | None) -> LookaheadSetting | None:

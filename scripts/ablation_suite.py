@@ -1,13 +1,17 @@
 """The issue-16 ablation: fit controller variants on one store, run each on the held-out suite.
 
-Each variant changes one thing against the shipped recipe (``v2``): data breadth (5 generated
-tasks instead of 130), validation-optional training (off), the do-no-harm rule (off), the label
-strategy (greedy / final instead of annealed), deploy-time lookahead (on). Every variant is a real
-fit on the store and a real suite run; baselines (cosine, tuned cosine, schedule-free) come from one
-shared result cache, so they are computed once. Prints and writes a markdown table.
+Each variant changes one thing against the shipped fit settings (the ``base`` row, named by
+``--base-name``: ``v2`` on data/gen-v2, ``v3`` on data/gen-v3): data breadth (5 generated tasks
+instead of 130), validation-optional training (off), the do-no-harm rule (off), the label strategy
+(greedy / long / final instead of annealed), deploy-time lookahead (on, at every decision or only
+where the rule is unsure). Every variant is a real fit on the store and a real suite run; baselines
+(cosine, tuned cosine, schedule-free) come from one shared result cache, so they are computed
+once. Prints and writes a markdown table.
 
-    PYTHONPATH=. python scripts/ablation_v2.py --store data/gen-v2 --out runs/ablation \
-        --seeds 3 --workers 2 [--only v2,no-harm-rule] [--v1 models/trajlib-lr-v1/checkpoint]
+    PYTHONPATH=. python scripts/ablation_suite.py --store data/gen-v2 --out runs/ablation \
+        --seeds 3 --workers 2 [--only base,no-harm-rule] [--v1 models/trajlib-lr-v1/checkpoint]
+    PYTHONPATH=. python scripts/ablation_suite.py --store data/gen-v3 --base-name v3 \
+        --out runs/ablation-v3 --seeds 3 --workers 2
 """
 
 from __future__ import annotations
@@ -29,14 +33,18 @@ BASE: dict[str, Any] = {
     "harm_precision": 0.8,
 }
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "v2": ("the shipped settings", {}),
+    "base": ("the shipped settings", {}),
     "5-tasks": ("data breadth: 5 generated tasks (80 runs) instead of 130", {"n_tasks": 5}),
     "no-val-withhold": ("validation-optional training off", {"val_withhold": 0.0}),
     "no-harm-rule": ("do-no-harm rule off (one model, argmax)", {"no_harm": False}),
     "labels-greedy": ("labels: greedy (validation loss after the branch)", {"labels": "greedy"}),
     "labels-long": ("labels: long (a discounted mix of horizons)", {"labels": "long"}),
     "labels-final": ("labels: final (annealing-law extrapolation to the end)", {"labels": "final"}),
-    "lookahead": ("v2 + deploy-time lookahead (top-1 + keep, 10 steps)", {"lookahead": (1, 10)}),
+    "lookahead": ("+ deploy-time lookahead (top-1 + keep, 10 steps)", {"lookahead": (1, 10)}),
+    "lookahead-unsure": (
+        "+ lookahead only where the rule is unsure (top-1 + keep, 10 steps + 5 cool-down)",
+        {"lookahead": (1, 10, 5, "unsure")},
+    ),
 }
 
 
@@ -138,6 +146,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--v1", default="", help="also evaluate this checkpoint (the v1 row)")
     ap.add_argument("--families", default="", help="comma-separated suite families (default all)")
+    ap.add_argument("--base-name", default="v2", help="the base row's name (its fit directory)")
     args = ap.parse_args()
 
     from trajlib.evaluate import run_suite
@@ -153,11 +162,12 @@ def main() -> None:
         todo.append(("v1", what, Path(args.v1), None))
     for name in names:
         what, over = VARIANTS[name]
-        if "lookahead" in over:  # the shipped checkpoint, deployed with lookahead
-            ckpt = fit_variant(args.store, out / "v2", BASE)
+        if "lookahead" in over or name == "base":  # the base checkpoint (with lookahead)
+            ckpt = fit_variant(args.store, out / args.base_name, BASE)
         else:
             ckpt = fit_variant(args.store, out / name, {**BASE, **over})
-        todo.append((name, what, ckpt, over.get("lookahead")))
+        label = args.base_name if name == "base" else name
+        todo.append((label, what, ckpt, over.get("lookahead")))
     for name, what, ckpt, lookahead in todo:
         res = run_suite(
             ckpt,

@@ -18,7 +18,9 @@ from torch import nn
 from trajlib.controllers import load_controller
 from trajlib.deploy import ControllerScheduler
 
-SHIPPED = Path(__file__).resolve().parents[2] / "models" / "trajlib-lr-v1" / "checkpoint"
+MODELS = Path(__file__).resolve().parents[2] / "models"
+#: v1 (the first shipped checkpoint; moves momentum too) and the README's headline (LR only).
+SHIPPED = {v: MODELS / f"trajlib-lr-{v}" / "checkpoint" for v in ("v1", "v3")}
 STEPS, EVERY = 240, 20
 ALL = sorted(
     name
@@ -79,11 +81,13 @@ def _switched_off(opt: torch.optim.Optimizer) -> list[dict[str, float]]:
     return out
 
 
-def _run(kind: str, extra: dict[str, Any]) -> tuple[ControllerScheduler, list[float]]:
+def _run(
+    kind: str, extra: dict[str, Any], version: str = "v1"
+) -> tuple[ControllerScheduler, list[float]]:
     model = _model(kind)
     made = _optimizer(kind, model, extra)
     opt, dense_opt = made if isinstance(made, tuple) else (made, None)
-    loaded = load_controller(SHIPPED)
+    loaded = load_controller(SHIPPED[version])
     sched = ControllerScheduler(opt, loaded, total_steps=STEPS, every=EVERY)
     fixed, off = _fixed(opt), _switched_off(opt)
     lo, hi = loaded.hp_space["lr"].low, loaded.hp_space["lr"].high
@@ -129,14 +133,17 @@ CASES = [(k, {}) for k in ALL] + [(k, WITH_MOMENTUM[k]) for k in ALL if k in WIT
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("version", sorted(SHIPPED))
 @pytest.mark.parametrize(
     ("kind", "extra"), CASES, ids=[k + ("+momentum" if e else "") for k, e in CASES]
 )
-def test_the_shipped_controller_drives_every_torch_optimizer(kind: str, extra: dict[str, Any]):
+def test_the_shipped_controller_drives_every_torch_optimizer(
+    kind: str, extra: dict[str, Any], version: str
+) -> None:
     torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # e.g. values outside the checkpoint bounds
-        sched, _ = _run(kind, extra)
+        sched, _ = _run(kind, extra, version)
     assert sched.events["errors"] == 0
     assert sched.step_count == STEPS
     # validation reported every 10 steps: the controller decides (it does not hold every time)

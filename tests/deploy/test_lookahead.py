@@ -345,6 +345,27 @@ def test_unsure_lookahead_looks_only_where_the_rule_would_keep() -> None:
     assert [taken[1], taken[4]] == [d.chosen for d in la.decisions]
     assert ev["lookahead_steps"] == 2 * 2 * (5 + 2)  # two decisions x two candidates x 7 steps
     assert la.when == "unsure"
+    # a per-action rule that never takes the favoured move: nothing to be unsure about, no branch
+    never = dataclasses.replace(
+        scripted,
+        manifest={
+            **scripted.manifest,
+            "decision_rule": {
+                **scripted.manifest["decision_rule"],
+                "z_by_action": [
+                    None if a == up else 1.0 for a in range(len(scripted.action_space))
+                ],
+            },
+        },
+    )
+    la2 = Lookahead(train_step, model, top_k=1, horizon=5)
+    sched = ControllerScheduler(opt, never, total_steps=STEPS, every=20, lookahead=la2)
+    holder["sched"] = sched
+    for batch in sched.batches(_data()):
+        sched.observe(train_step(batch))
+        sched.step()
+    assert sched.events["lookahead_steps"] == 0 and sched.events["lookahead_sure"] == 5
+    assert up not in [a for _, _, a in sched.actions_taken]
     # without a rule (v1), auto looks at every decision
     la1 = Lookahead(train_step, model, horizon=5)
     ControllerScheduler(opt, SHIPPED, total_steps=STEPS, lookahead=la1)

@@ -30,9 +30,10 @@ each branch after annealing its LR) counters it at a cost.
 Where to look: ``when="always"`` looks at every decision point. ``when="unsure"`` (a checkpoint
 with a do-no-harm rule) looks only where the rule is unsure: the ensemble's best move has a
 positive mean advantage over keep but its lower bound is not above the rule's margin, so the rule
-would keep. There the candidates are the ``top_k`` best moves and keep, and keep (the rule's
-choice) stays unless a move measures better by more than ``margin``. Where the rule acts, or where
-even the mean prefers keep, the plain decision is taken at no cost
+would keep. There the candidates are the ``top_k`` best moves (never one the rule never takes)
+and keep, and keep (the rule's choice) stays unless a move measures better by more than
+``margin``. Where the rule acts, or where even the mean prefers keep, the plain decision is taken
+at no cost
 (``events["lookahead_sure"]``). The measurement thus decides exactly the cases the learned model
 cannot, and the compute goes only there. ``when="auto"`` (the default) is ``"unsure"`` for a
 checkpoint with a rule and ``"always"`` for one without.
@@ -264,7 +265,9 @@ class Lookahead:
             if sd.shape != v.shape or not np.isfinite(sd).all():
                 return False
             ruled, _ = s._rule.choose(v, sd, keep)
-            if ruled != keep or first == keep:
+            zv = np.broadcast_to(np.asarray(s._rule.z_vector, dtype=np.float64), v.shape)
+            moves = [a for a in order if a != keep and np.isfinite(zv[a])]  # never: not tried
+            if ruled != keep or not moves or v[moves[0]] <= v[keep]:
                 s.events["lookahead_sure"] += 1
                 return False  # the rule is sure (it acts, or even the mean keeps): plain path
             first = keep  # the rule's choice: a move must measure better to replace it
@@ -272,9 +275,7 @@ class Lookahead:
         if H < 1:
             return False
         cooldown = min(self.cooldown, len(buffer) - H)
-        candidates = (
-            [a for a in order if a != keep][: self.top_k] if unsure else order[: self.top_k]
-        )
+        candidates = moves[: self.top_k] if unsure else order[: self.top_k]
         if keep not in candidates:
             candidates.append(keep)
         scores = self._branches(step, candidates, buffer, H, cooldown)

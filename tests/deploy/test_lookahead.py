@@ -101,6 +101,22 @@ def _run(
     }
 
 
+def _linear(make_opt: Any) -> tuple[nn.Module, torch.optim.Optimizer, Any]:
+    """A linear classifier, its optimizer ``make_opt(params)`` and one whole training step."""
+    torch.manual_seed(0)
+    model = nn.Linear(10, 3)
+    opt = make_opt(model.parameters())
+
+    def train_step(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    return model, opt, train_step
+
+
 def _replay(actions: list[tuple[int, int, int]]) -> Any:
     """The shipped controller scripted to take ``actions`` in order (a plain run's decisions)."""
     it = iter([a for _, _, a in actions])
@@ -176,16 +192,8 @@ def test_margin_keeps_the_controller_choice() -> None:
 def test_same_effect_actions_are_tried_once() -> None:
     # momentum moves on Adam's betas[0] differ, but on SGD without momentum they act as keep
     ctrl = with_policy(load_controller(SHIPPED), lambda x: 5)  # a momentum move first
-    torch.manual_seed(0)
-    model = nn.Linear(10, 3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)  # momentum 0: stays 0
-
-    def train_step(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
+    # momentum 0: stays 0
+    model, opt, train_step = _linear(lambda p: torch.optim.SGD(p, lr=0.05))
 
     la = Lookahead(train_step, model, top_k=1, horizon=5)
     sched = ControllerScheduler(opt, ctrl, total_steps=60, every=EVERY, lookahead=la)
@@ -235,16 +243,7 @@ def test_a_loop_that_does_not_feed_batches_decides_without_lookahead() -> None:
 
 
 def test_a_decision_at_the_end_of_the_source_is_taken_plainly() -> None:
-    torch.manual_seed(0)
-    model = nn.Linear(10, 3)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def train_step(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
+    model, opt, train_step = _linear(lambda p: torch.optim.Adam(p, lr=1e-3))
 
     la = Lookahead(train_step, model, horizon=5)
     sched = ControllerScheduler(opt, SHIPPED, total_steps=100, every=EVERY, lookahead=la)
@@ -316,16 +315,7 @@ def test_unsure_lookahead_looks_only_where_the_rule_would_keep() -> None:
     ctrl.decide_spread = decide_spread  # type: ignore[method-assign]
     scripted = dataclasses.replace(loaded, controller=ctrl)
     assert 0.02 - z * 0.05 < 0 < 0.1 - z * 0.01
-    torch.manual_seed(0)
-    model = nn.Linear(10, 3)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def train_step(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        loss = nn.functional.cross_entropy(model(batch[0]), batch[1])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
+    model, opt, train_step = _linear(lambda p: torch.optim.Adam(p, lr=1e-3))
 
     la = Lookahead(train_step, model, top_k=1, horizon=5, cooldown=2)  # auto: unsure with a rule
     sched = ControllerScheduler(opt, scripted, total_steps=STEPS, every=20, lookahead=la)

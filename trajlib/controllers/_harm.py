@@ -173,8 +173,9 @@ def per_action_z(
     margin: float = 0.0,
     min_acted: int = 30,
 ) -> tuple[tuple[float | None, ...], dict[str, Any]]:
-    """Each non-keep action's ``z`` (module docstring; ``None``: never) and, per action and ``z``,
-    the decisions taking it and their precision."""
+    """Each non-keep action's ``z`` (module docstring; ``None``: never; keep's entry is the pooled
+    ``z``, which the rule does not read) and, per action and ``z``, the decisions taking it and
+    their precision."""
     n_act = T.shape[1]
     chosen: list[float | None] = [None] * n_act
     chosen[keep] = float(z_pooled)

@@ -33,9 +33,8 @@ positive mean advantage over keep but its lower bound is not above the rule's ma
 would keep. There the candidates are the ``top_k`` best moves (never one the rule never takes)
 and keep, and keep (the rule's choice) stays unless a move measures better by more than
 ``margin``. Where the rule acts, or where even the mean prefers keep, the plain decision is taken
-at no cost
-(``events["lookahead_sure"]``). The measurement thus decides exactly the cases the learned model
-cannot, and the compute goes only there. ``when="auto"`` (the default) is ``"unsure"`` for a
+at no cost (``events["lookahead_sure"]``). The measurement thus decides exactly the cases the
+learned model cannot, and the compute goes only there. ``when="auto"`` (the default) is ``"unsure"`` for a
 checkpoint with a rule and ``"always"`` for one without.
 
 Cost: every branch step is a training step; ``scheduler.events["lookahead_steps"]`` counts them
@@ -259,7 +258,7 @@ class Lookahead:
         if isinstance(state, np.ndarray) and not np.isfinite(state).all():
             return False
         order = [int(a) for a in np.argsort(-v, kind="stable")]
-        first = order[0]
+        first, moves = order[0], order
         if unsure:
             sd = np.asarray(spread, dtype=np.float64).reshape(-1)
             if sd.shape != v.shape or not np.isfinite(sd).all():
@@ -275,7 +274,7 @@ class Lookahead:
         if H < 1:
             return False
         cooldown = min(self.cooldown, len(buffer) - H)
-        candidates = moves[: self.top_k] if unsure else order[: self.top_k]
+        candidates = moves[: self.top_k]
         if keep not in candidates:
             candidates.append(keep)
         scores = self._branches(step, candidates, buffer, H, cooldown)

@@ -15,7 +15,7 @@ highest mean realized advantage. The rule and its table go to the checkpoint man
 
 Per action (``per_action=True``): the pooled precision can hide an action that is right only half
 the time behind one that is right 90 % of the time (on the generated tasks, held-out families'
-LR cuts were right about half the time at every ``z`` while raises were right ~80-90 %). Each
+LR cuts were right at most about half the time at any ``z`` while raises were right 73-89 %). Each
 non-keep action ``a`` then gets its own ``z_a``: the smallest ``z`` of the grid at which the
 decisions the rule takes ``a`` on (the other actions at the pooled ``z``) are right >= the
 precision in at least ``min_acted`` held-out decisions; an action no ``z`` makes that precise is

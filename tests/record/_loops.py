@@ -50,3 +50,17 @@ def validator(model: nn.Module):
         return loss, acc
 
     return validate
+
+
+def stepper(model: nn.Module, opt: torch.optim.Optimizer, loss_fn=nn.functional.cross_entropy):
+    """``train_step(batch) -> loss``: one whole optimizer step of ``model`` on ``(x, y)``."""
+
+    def train_step(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return train_step

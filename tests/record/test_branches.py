@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.record._loops import SmallCNN, loader, validator
+from tests.record._loops import SmallCNN, loader, stepper, validator
 from trajlib import schema as S
 from trajlib.collect import Recorder
 from trajlib.spec import BranchConfig
@@ -25,13 +25,7 @@ def _run(path, *, branching: bool):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     validate = validator(model)
 
-    def train_step(batch):
-        x, y = batch
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    train_step = stepper(model, opt)
 
     store = create_store(path)
     rec = Recorder(
@@ -115,13 +109,7 @@ def _epoch_end_run(path, branching: bool):
         ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)
     )  # 8 batches per epoch: every other decision point falls on an epoch's last batch
 
-    def train_step(batch):
-        x, y = batch
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    train_step = stepper(model, opt, nn.functional.mse_loss)
 
     rec = Recorder(
         create_store(path), opt, total_steps=24, every=4, model=model, seed=5,
@@ -154,13 +142,7 @@ def test_a_branch_stride_branches_every_kth_decision(tmp_path):
     model = SmallCNN()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
-    def train_step(batch):
-        x, y = batch
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    train_step = stepper(model, opt)
 
     rec = Recorder(
         create_store(tmp_path / "s"), opt, total_steps=30, every=5, model=model, seed=2,

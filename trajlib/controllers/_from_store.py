@@ -117,8 +117,10 @@ def _check_fit_options(
     harm_z: Any,
     harm_margin: Any,
     harm_precision: Any,
-) -> int:
-    """ConfigError for a bad option; returns the number of ensemble members."""
+    harm_per_action: Any,
+) -> tuple[int, bool]:
+    """ConfigError for a bad option; returns the number of ensemble members and whether the
+    do-no-harm rule is on."""
     if ensemble is not None and (
         isinstance(ensemble, bool) or not isinstance(ensemble, int | np.integer) or ensemble < 1
     ):
@@ -129,8 +131,9 @@ def _check_fit_options(
         or not 0.0 <= val_withhold <= 1.0
     ):
         raise ConfigError("val_withhold", "a share of runs in [0, 1]", val_withhold)
-    if not isinstance(no_harm, bool):
-        raise ConfigError("no_harm", "True or False", no_harm)
+    for name, flag in (("no_harm", no_harm), ("harm_per_action", harm_per_action)):
+        if not isinstance(flag, bool):
+            raise ConfigError(name, "True or False", flag)
     if harm_z is not None:
         check_rule_values(harm_z, 0.0)
     check_rule_values(0.0, harm_margin)
@@ -140,13 +143,13 @@ def _check_fit_options(
         or not 0.0 < harm_precision <= 1.0
     ):
         raise ConfigError("harm_precision", "a share in (0, 1]", harm_precision)
-    rule = no_harm or harm_z is not None
+    rule = no_harm or harm_per_action or harm_z is not None
     k = int(ensemble) if ensemble is not None else (DEFAULT_HARM_MEMBERS if rule else 1)
     if rule and k < 2:
         raise ConfigError(
             "ensemble", "at least 2 members with the do-no-harm rule (it reads their spread)", k
         )
-    return k
+    return k, rule
 
 
 def _families(runs: pl.DataFrame) -> dict[str, str]:
@@ -220,12 +223,10 @@ def fit_store(
     - ``harm_per_action``: calibrate each action's own ``z`` to ``harm_precision`` as well; an
       action never that precise on held-out families is never taken (implies ``no_harm``).
     """
-    if not isinstance(harm_per_action, bool):
-        raise ConfigError("harm_per_action", "True or False", harm_per_action)
-    no_harm = no_harm or harm_per_action
     get_label_strategy(labels)  # unknown name -> clear error before any work
-    k = _check_fit_options(ensemble, val_withhold, no_harm, harm_z, harm_margin, harm_precision)
-    use_rule = no_harm or harm_z is not None
+    k, use_rule = _check_fit_options(
+        ensemble, val_withhold, no_harm, harm_z, harm_margin, harm_precision, harm_per_action
+    )
     wrapped = k > 1 or val_withhold > 0 or use_rule
     table, lab, spec, runs = _training_data(store, feature_set, labels, tasks)
     names = list(spec.feature_set.names) if spec.feature_set else []
@@ -254,9 +255,6 @@ def fit_store(
         refit=True,
         mask_columns=val_cols if wrapped and val_withhold > 0 else None,
     )
-    withhold = float(val_withhold) if wrapped else 0.0
-    nan_fraction = _nan_fraction(table, names, val_cols, withhold)
-    validation = _validation_meta(runs, names, val_cols, withhold) if wrapped else None
     rule: HarmRule | None = None
     if use_rule:
         rule = _harm_rule(
@@ -264,29 +262,47 @@ def fit_store(
             harm_precision, harm_per_action,
         )  # fmt: skip
         metrics["harm_z"] = rule.z
-    best = lab["best_action"].to_numpy()
-    training_data = {
-        "store": str(store),
-        "n_rows": int(table.height),
-        "n_runs": int(runs.height),
-        "tasks": sorted(set(runs[S.TASK].to_list())),
-        "best_action_share": {
-            str(a): float(np.mean(best == a)) for a in range(len(spec.action_space))
-        },
-        "feature_nan_fraction": nan_fraction,
-        **({"validation": validation} if validation is not None else {}),
-    }
+    withhold = float(val_withhold) if wrapped else None
     path = save_controller(
         controller,
         out,
         spec=spec,
         label_strategy=labels,
-        training_data=training_data,
+        training_data=_training_meta(
+            store, table, lab, runs, len(spec.action_space), names, val_cols, withhold
+        ),  # fmt: skip
         offline_metrics=metrics,
         overwrite=overwrite,
         decision_rule=rule,
     )
     return Path(path), metrics
+
+
+def _training_meta(
+    store: str | Path,
+    table: pl.DataFrame,
+    lab: pl.DataFrame,
+    runs: pl.DataFrame,
+    n_actions: int,
+    names: list[str],
+    val_cols: Sequence[int],
+    withhold: float | None,
+) -> dict[str, Any]:
+    """The manifest's ``training_data``: the store, rows, runs and tasks, the best action's
+    shares, the features' NaN shares, and (``withhold`` not None: a validation-optional fit) the
+    validation metadata."""
+    best = lab["best_action"].to_numpy()
+    meta: dict[str, Any] = {
+        "store": str(store),
+        "n_rows": int(table.height),
+        "n_runs": int(runs.height),
+        "tasks": sorted(set(runs[S.TASK].to_list())),
+        "best_action_share": {str(a): float(np.mean(best == a)) for a in range(n_actions)},
+        "feature_nan_fraction": _nan_fraction(table, names, val_cols, withhold or 0.0),
+    }
+    if withhold is not None:
+        meta["validation"] = _validation_meta(runs, names, val_cols, withhold)
+    return meta
 
 
 def _nan_fraction(

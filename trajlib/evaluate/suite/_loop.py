@@ -172,27 +172,10 @@ def run_one(
 
             sched = _scheduler(method, opt, model, steps, checkpoint, lookahead, train_step)
             model.train()
-            step, loss_v = 0, math.nan
-            while step < steps and row["status"] == "ok":
-                batches = sched.batches(train) if method == "controller" else train
-                for batch in batches:
-                    loss = train_step(batch)
-                    if sched is not None and method == "controller":
-                        sched.observe(loss)
-                        if with_val and (step + 1) % val_every == 0:
-                            if sf:
-                                opt.eval()  # type: ignore[attr-defined]
-                            sched.observe_validation(_evaluate(family, model, val))
-                    if sched is not None:
-                        sched.step()
-                    step += 1
-                    if (step % 25 == 0 or step == steps) and not math.isfinite(
-                        loss_v := float(loss.detach())
-                    ):
-                        row["status"] = "diverged"
-                        break
-                    if step >= steps:
-                        break
+            step, loss_v = _train(
+                family, model, train_step, sched, train, val if with_val else None, steps,
+                val_every, row,
+            )  # fmt: skip
             row["steps_done"] = step
             row["final_train_loss"] = float(loss_v)
             row["final_lr"] = float(opt.param_groups[0]["lr"])
@@ -223,6 +206,43 @@ def run_one(
             min(row["test_loss"], penalty) if math.isfinite(penalty) else row["test_loss"]
         )
     return row
+
+
+def _train(
+    family: Family,
+    model: torch.nn.Module,
+    train_step: Any,
+    sched: Any,
+    train: Any,
+    val: Any,
+    steps: int,
+    val_every: int,
+    row: dict[str, Any],
+) -> tuple[int, float]:
+    """Train ``steps`` steps over epochs of ``train`` (``sched`` None: schedule-free; a
+    controller scheduler gets the losses, and with ``val`` the validation loss every
+    ``val_every`` steps); ``row["status"]`` becomes ``"diverged"`` on a non-finite loss. Returns
+    the steps done and the last loss checked."""
+    controller = hasattr(sched, "observe")
+    step, loss_v = 0, math.nan
+    while step < steps and row["status"] == "ok":
+        for batch in sched.batches(train) if controller else train:
+            loss = train_step(batch)
+            if controller:
+                sched.observe(loss)
+                if val is not None and (step + 1) % val_every == 0:
+                    sched.observe_validation(_evaluate(family, model, val))
+            if sched is not None:
+                sched.step()
+            step += 1
+            if (step % 25 == 0 or step == steps) and not math.isfinite(
+                loss_v := float(loss.detach())
+            ):
+                row["status"] = "diverged"
+                return step, loss_v
+            if step >= steps:
+                break
+    return step, loss_v
 
 
 def _optimizer(

@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["branch_loss", "replay_batches", "restore_snapshot", "take_snapshot"]
+__all__ = [
+    "branch_loss",
+    "replay_batches",
+    "restore_snapshot",
+    "restore_weights",
+    "take_snapshot",
+    "take_weights",
+]
 
 
 def take_snapshot(
@@ -34,13 +41,7 @@ def take_snapshot(
     return {
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
         "training": [m.training for m in model.modules()],
-        "opt_state": {
-            p: {
-                k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v)
-                for k, v in s.items()
-            }
-            for p, s in optimizer.state.items()
-        },
+        "opt_state": _copy_opt_state(optimizer),
         "groups": [
             {k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
             for g in optimizer.param_groups
@@ -65,20 +66,7 @@ def restore_snapshot(
             v.copy_(snap["model"][k])
     for m, training in zip(model.modules(), snap["training"]):
         m.training = training
-    saved = snap["opt_state"]
-    for p in list(optimizer.state.keys()):
-        if p not in saved:
-            del optimizer.state[p]
-    for p, s in saved.items():
-        cur = optimizer.state[p]
-        for k in list(cur.keys()):
-            if k not in s:
-                del cur[k]
-        for k, v in s.items():
-            if torch.is_tensor(v) and torch.is_tensor(cur.get(k)) and cur[k].shape == v.shape:
-                cur[k].copy_(v)
-            else:
-                cur[k] = v.clone() if torch.is_tensor(v) else copy.deepcopy(v)
+    _restore_opt_state(optimizer, snap["opt_state"])
     for g, vals in zip(optimizer.param_groups, snap["groups"]):
         for k, v in vals.items():
             if torch.is_tensor(g.get(k)) and torch.is_tensor(v):
@@ -92,6 +80,60 @@ def restore_snapshot(
     random.setstate(snap["rng_py"])
     if scaler is not None and snap["scaler"] is not None:
         scaler.load_state_dict(copy.deepcopy(snap["scaler"]))
+
+
+def take_weights(
+    optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None
+) -> dict[str, Any]:
+    """The optimizer's parameters and state (and ``model``'s buffers, BatchNorm running statistics
+    included, when given): what :func:`restore_weights` writes back to undo the steps since.
+    Unlike :func:`take_snapshot`, no RNG, train/eval flags or hyperparameters: the run goes on
+    from the restored weights with its own schedule and random draws."""
+    return {
+        "params": [p.detach().clone() for g in optimizer.param_groups for p in g["params"]],
+        "buffers": None
+        if model is None
+        else {k: b.detach().clone() for k, b in model.named_buffers()},
+        "opt_state": _copy_opt_state(optimizer),
+    }
+
+
+def restore_weights(
+    saved: dict[str, Any], optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None
+) -> None:
+    """Write :func:`take_weights`'s copy back, in place."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    with torch.no_grad():
+        for p, v in zip(params, saved["params"], strict=True):
+            p.copy_(v)
+        if model is not None and saved["buffers"] is not None:
+            for k, b in model.named_buffers():
+                if k in saved["buffers"]:
+                    b.copy_(saved["buffers"][k])
+    _restore_opt_state(optimizer, saved["opt_state"])
+
+
+def _copy_opt_state(optimizer: torch.optim.Optimizer) -> dict[Any, dict[str, Any]]:
+    return {
+        p: {k: v.detach().clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in s.items()}
+        for p, s in optimizer.state.items()
+    }
+
+
+def _restore_opt_state(optimizer: torch.optim.Optimizer, saved: dict[Any, dict[str, Any]]) -> None:
+    for p in list(optimizer.state.keys()):
+        if p not in saved:
+            del optimizer.state[p]
+    for p, s in saved.items():
+        cur = optimizer.state[p]
+        for k in list(cur.keys()):
+            if k not in s:
+                del cur[k]
+        for k, v in s.items():
+            if torch.is_tensor(v) and torch.is_tensor(cur.get(k)) and cur[k].shape == v.shape:
+                cur[k].copy_(v)
+            else:
+                cur[k] = v.clone() if torch.is_tensor(v) else copy.deepcopy(v)
 
 
 def replay_batches(

@@ -35,6 +35,11 @@ def add_suite_command(sub: Any) -> None:
                    help="score each lookahead branch after annealing its LR to 0 over STEPS")  # fmt: skip
     p.add_argument("--lookahead-when", choices=("always", "unsure", "auto"), default="always",
                    help="look at every decision, or only where the do-no-harm rule is unsure")  # fmt: skip
+    p.add_argument("--guard", type=float, metavar="TOL",
+                   help="the controller's raise guard tolerance (default: the scheduler's)")  # fmt: skip
+    p.add_argument("--no-guard", action="store_true", help="run the controller without its guard")
+    p.add_argument("--no-rollback", action="store_true",
+                   help="the guard undoes a raise without restoring the weights")  # fmt: skip
     p.add_argument("--list", action="store_true", help="list the families and exit")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_suite)
@@ -45,6 +50,7 @@ def _nonnegative_int(value: str) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
+    from trajlib.deploy._scheduler import GUARD
     from trajlib.evaluate.suite import families_markdown, run_suite
 
     if args.list:
@@ -66,6 +72,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
         lookahead=None
         if args.lookahead is None
         else (*args.lookahead, args.lookahead_cooldown, args.lookahead_when),
+        guard=None if args.no_guard else GUARD if args.guard is None else args.guard,
+        rollback=not args.no_rollback,
     )
     for t in res.targets:
         print(

@@ -243,6 +243,8 @@ class Lookahead:
         if len(s.units) != 1:
             return False
         u = s.units[0]
+        if s._guard(u, step):
+            return True  # the raise guard undid the last raise: that is this decision
         x = u.features.values()
         if (~np.isfinite(x) & ~(np.isnan(x) & s._nan_ok)).any():
             return False  # the plain path holds and says why
@@ -285,6 +287,7 @@ class Lookahead:
             return False  # every branch diverged: nothing learned, the plain decision
         u.ctrl_state = state
         s._apply_action(0, u, chosen, step)
+        s._arm(u)
         s.events["lookahead_decisions"] += 1
         self.decisions.append(
             LookaheadDecision(
@@ -307,6 +310,7 @@ class Lookahead:
         mine = {
             "probe": s._probe.state_dict(),
             "mult": u.mult,
+            "guard": (u.probation, u.ceiling),
             "decisions": s.events["decisions"],
             "n_actions": len(s.actions_taken),
             "targets": list(s._targets),
@@ -327,6 +331,7 @@ class Lookahead:
                     restore_snapshot(snap, self.model, opt, self.scaler)
                     s._probe.load_state_dict(mine["probe"])
                     u.mult = mine["mult"]
+                    u.probation, u.ceiling = mine["guard"]
                     s.events["decisions"] = mine["decisions"]
                     del s.actions_taken[mine["n_actions"] :]
                     s._targets = list(mine["targets"])

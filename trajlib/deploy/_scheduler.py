@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from trajlib._snapshot import restore_weights, take_weights
 from trajlib.controllers import LoadedController, load_controller
 from trajlib.errors import ConfigError, FeatureSetMismatchError
 from trajlib.features import OnlineFeatures, get_feature_set
@@ -23,11 +24,14 @@ from trajlib.space import HyperParam, base_factor
 if TYPE_CHECKING:
     from trajlib.deploy._lookahead import Lookahead
 
-__all__ = ["ControllerScheduler", "STATE_VERSION"]
+__all__ = ["GUARD", "ControllerScheduler", "STATE_VERSION"]
 
 #: Version of the trajlib part of :meth:`ControllerScheduler.state_dict` (``state["trajlib"]``);
 #: :meth:`~ControllerScheduler.load_state_dict` accepts this one only.
 STATE_VERSION = 3
+#: The raise guard's default tolerance: a raise is undone when the median training loss of the
+#: decision window after it exceeds the window before it by more than this share of its magnitude.
+GUARD = 0.5
 #: Hyperparameters a ControllerScheduler can set on a torch optimizer.
 SETTABLE = ("lr", "momentum", "weight_decay")
 #: Bounds used when a checkpoint's action space moves a hyperparameter its hp space lacks.
@@ -70,6 +74,11 @@ class _Unit:
     mult: float
     ctrl_state: Any
     prev_norms: np.ndarray | None = None
+    #: the raise guard: (multiplier before the last LR raise, median training loss of the
+    #: window before it) until the next decision judges the raise; None when nothing is on trial
+    probation: tuple[float, float] | None = None
+    #: the highest multiplier the guard allows (a reverted raise's starting point)
+    ceiling: float = math.inf
 
 
 @dataclass(slots=True)
@@ -126,6 +135,16 @@ class ControllerScheduler(LRScheduler):
     ``events["decisions"]`` and, when the plain argmax would have moved, in
     ``events["kept_by_rule"]`` (holds for non-finite input are ``events["held_nonfinite"]``).
 
+    The raise guard (on by default): every LR raise is on trial until the next decision. If the
+    median training loss of the steps since the raise exceeds the median of the steps before it by
+    more than ``guard`` x its magnitude, or a loss turned non-finite, the next decision is a
+    revert: the multiplier goes back, and no later raise goes above it. With ``rollback`` (the
+    default) the weights and optimizer state (and ``model``'s buffers, when given) go back to those
+    of the raise too: a raise into divergence costs ``every`` steps of training, not the run. The
+    copy is taken only at a raise and dropped once the raise is judged. Counted in
+    ``events["guard_reverts"]``, ``["guard_rollbacks"]``, ``["guard_rolled_back_steps"]`` and
+    ``["guard_capped"]``; the first revert warns once.
+
     Safety: a non-finite feature that the controller never saw non-finite in training, a
     non-finite controller output, or any exception in the decision path keeps the current values
     and is counted in ``events``; ``step()``, ``observe_validation()`` and the hooks never raise
@@ -143,6 +162,11 @@ class ControllerScheduler(LRScheduler):
         lookahead: a :class:`~trajlib.deploy.Lookahead`: at each decision point, try the
             controller's top candidates for a few steps on the next batches (iterate them
             through :meth:`batches`) and apply the best (docs/deploy.md, "Lookahead").
+        guard: the raise guard's tolerance (default ``GUARD`` = 0.5); None turns it off.
+        rollback: a reverted raise also restores the weights and optimizer state of the raise
+            (one copy of them is held while a raise is on trial; not in layer-wise mode).
+        model: the model, so that a rollback restores its buffers (BatchNorm running statistics)
+            too (default: the lookahead's model, if any; else parameters and optimizer state only).
     """
 
     def __init__(
@@ -154,8 +178,19 @@ class ControllerScheduler(LRScheduler):
         every: int | None = None,
         layerwise: bool = False,
         lookahead: Lookahead | None = None,
+        guard: float | None = GUARD,
+        rollback: bool = True,
+        model: torch.nn.Module | None = None,
     ) -> None:
         _check_arguments(optimizer, total_steps, every)
+        if guard is not None and (
+            isinstance(guard, bool) or not isinstance(guard, int | float) or not guard > 0
+        ):
+            raise ConfigError("guard", "None or a tolerance > 0 (e.g. 0.5)", guard)
+        self.guard = None if guard is None else float(guard)
+        self.rollback = bool(rollback)
+        self._model = model if model is not None else getattr(lookahead, "model", None)
+        self._saved: dict[str, Any] | None = None  # the weights at the raise on trial
         self.loaded = (
             controller if isinstance(controller, LoadedController) else load_controller(controller)
         )
@@ -199,7 +234,15 @@ class ControllerScheduler(LRScheduler):
             "missing_loss": 0,
             "late_validation": 0,
             "kept_by_rule": 0,
+            "guard_reverts": 0,
+            "guard_capped": 0,
+            "guard_rollbacks": 0,
+            "guard_rolled_back_steps": 0,
         }
+        # the training losses since the last decision (the raise guard's window)
+        self._window: list[float] = []
+        self._window_bad = False
+        self._window_stat: tuple[int, float | None, bool] = (-1, None, False)
         # the checkpoint's do-no-harm rule (None: act on the argmax, as before rules existed)
         self._rule = self.loaded.decision_rule
         self._keep = self.actions.keep_index
@@ -490,6 +533,8 @@ class ControllerScheduler(LRScheduler):
         n = len(rows)
         bfs = [r.base_factor for r in rows]
         loss_ok = [v is None or math.isfinite(v) for v in losses]
+        self._window.extend(v for v in losses if v is not None and math.isfinite(v))
+        self._window_bad = self._window_bad or not all(loss_ok)
         is_measured = [isinstance(r.stats, tuple) for r in rows]
         # a step left out by the feature set's stats_every: no statistics, finite unknown (None)
         strided = [r.stats is STRIDED for r in rows]
@@ -563,9 +608,65 @@ class ControllerScheduler(LRScheduler):
         self._flush()
         for ui, u in enumerate(self.units):
             try:
-                self._decide_unit(ui, u, step)
+                if not self._guard(u, step):
+                    self._decide_unit(ui, u, step)
+                    self._arm(u)
             except Exception:  # noqa: BLE001
                 self._count_error()
+
+    def _arm(self, u: _Unit) -> None:
+        """After a decision that raised the LR, keep what a rollback restores (one controller
+        unit only: in layer-wise mode a raise is undone, not rolled back)."""
+        if u.probation is None or not self.rollback or len(self.units) != 1:
+            return
+        self._saved = {
+            "weights": take_weights(self.optimizer, self._model),
+            "features": u.features.state_dict(),
+            "ctrl_state": u.ctrl_state,
+            "step": self._window_stat[0],
+        }
+
+    def _window_loss(self, step: int) -> tuple[float | None, bool]:
+        """The median training loss of the window that ends at decision ``step`` and whether a
+        loss in it was non-finite (the window closes at the first call for a step)."""
+        if self._window_stat[0] != step:
+            w = self._window
+            med = float(np.median(w)) if w else None
+            self._window_stat = (step, med, self._window_bad)
+            self._window, self._window_bad = [], False
+        return self._window_stat[1], self._window_stat[2]
+
+    def _guard(self, u: _Unit, step: int) -> bool:
+        """Judge the unit's last LR raise on the window since: when its median training loss
+        exceeds the window before the raise by more than ``guard`` x its magnitude (or a loss
+        turned non-finite), undo the raise, cap later raises there, and return True (this
+        decision is the revert). A raise that passes is not judged again."""
+        after, bad = self._window_loss(step)
+        trial, u.probation = u.probation, None
+        saved, self._saved = self._saved, None
+        if trial is None or self.guard is None:
+            return False
+        before_mult, before = trial
+        if not bad and (after is None or after <= before + self.guard * abs(before)):
+            return False
+        u.mult = min(u.mult, before_mult)
+        u.ceiling = min(u.ceiling, before_mult)
+        self.events["guard_reverts"] += 1
+        self.events["decisions"] += 1
+        if saved is not None:  # the weights and optimizer state as they were at the raise
+            restore_weights(saved["weights"], self.optimizer, self._model)
+            u.features.load_state_dict(saved["features"])
+            u.ctrl_state = saved["ctrl_state"]
+            self.events["guard_rollbacks"] += 1
+            self.events["guard_rolled_back_steps"] += step - saved["step"]
+        self._warn_once(
+            "guard",
+            f"ControllerScheduler: the training loss rose after an LR raise (median "
+            f"{before:.4g} -> {after if after is not None else float('nan'):.4g} over "
+            f"{self.every} steps); the raise was undone at step {step} and later raises are capped "
+            "there (events['guard_reverts'])",
+        )
+        return True
 
     def _hold(self, why: str) -> None:
         self.events["held_nonfinite"] += 1
@@ -624,7 +725,16 @@ class ControllerScheduler(LRScheduler):
         groups = range(len(self.optimizer.param_groups)) if u.groups is None else u.groups
         for name, delta, hp in self._moves[a]:
             if name == "lr":
-                u.mult = hp.move(u.mult, delta) if hp else u.mult * math.exp(delta)
+                old = u.mult
+                new = hp.move(old, delta) if hp else old * math.exp(delta)
+                if new > old and self.guard is not None:
+                    if new > u.ceiling:  # the guard undid a raise to here: no higher
+                        self.events["guard_capped"] += 1
+                        new = max(old, u.ceiling)
+                    pre = self._window_stat[1] if self._window_stat[0] == step else None
+                    if new > old and pre is not None:
+                        u.probation = (old, pre)
+                u.mult = new
                 continue
             for gi in groups:
                 g = self.optimizer.param_groups[gi]
@@ -680,6 +790,8 @@ class ControllerScheduler(LRScheduler):
                 {
                     "groups": None if u.groups is None else list(u.groups),
                     "mult": u.mult,
+                    "probation": None if u.probation is None else list(u.probation),
+                    "ceiling": u.ceiling,
                     "features": u.features.state_dict(),
                     "controller_state": _state_out(u.ctrl_state),
                     "prev_norms": None
@@ -689,6 +801,11 @@ class ControllerScheduler(LRScheduler):
                 for u in self.units
             ],
             "events": dict(self.events),
+            "window": {
+                "losses": list(self._window),
+                "bad": self._window_bad,
+                "stat": list(self._window_stat),
+            },
             "actions_taken": [list(a) for a in self.actions_taken],
             "rows": {
                 "loss": [_loss_out(r.loss) for r in rows],
@@ -738,6 +855,9 @@ class ControllerScheduler(LRScheduler):
         for d in t["units"]:
             u = self._new_unit(None if d["groups"] is None else [int(g) for g in d["groups"]])
             u.mult = float(d["mult"])
+            pr = d.get("probation")  # absent in states saved before the guard
+            u.probation = None if pr is None else (float(pr[0]), float(pr[1]))
+            u.ceiling = float(d.get("ceiling", math.inf))
             u.features.load_state_dict(d["features"])
             u.ctrl_state = _state_in(d["controller_state"])
             pn = d["prev_norms"]
@@ -746,6 +866,10 @@ class ControllerScheduler(LRScheduler):
         self._unit_of_group = self._map_groups(len(self.optimizer.param_groups))
         self.events = {**self.events, **{k: int(v) for k, v in t["events"].items()}}
         self.actions_taken = [(int(a), int(b), int(c)) for a, b, c in t["actions_taken"]]
+        w = t.get("window", {"losses": [], "bad": False, "stat": [-1, None, False]})
+        self._window, self._window_bad = [float(v) for v in w["losses"]], bool(w["bad"])
+        st = w["stat"]
+        self._window_stat = (int(st[0]), None if st[1] is None else float(st[1]), bool(st[2]))
         for g, hp in zip(self.optimizer.param_groups, t["hp"]):
             for name, v in hp.items():
                 if v is not None and hp_get(g, name) is not None:

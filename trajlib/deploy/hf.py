@@ -121,6 +121,7 @@ class TrajlibTrainerCallback(TrainerCallback):
             total_steps=total,
             every=self.every,
             layerwise=self.layerwise,
+            model=kwargs.get("model"),  # the guard's rollback restores its buffers too
         )
         if int(state.global_step) > 0:
             self._resume(args, state)

@@ -106,7 +106,12 @@ class TrajlibLRCallback(pl.Callback):
                 stacklevel=2,
             )
         self.scheduler = ControllerScheduler(
-            opt, self.checkpoint, total_steps=total, every=self.every, layerwise=self.layerwise
+            opt,
+            self.checkpoint,
+            total_steps=total,
+            every=self.every,
+            layerwise=self.layerwise,
+            model=pl_module,  # the guard's rollback restores its buffers too
         )
         self._stepped_at = self._global_step = trainer.global_step
         if self._restore is not None:

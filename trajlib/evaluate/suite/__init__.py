@@ -33,6 +33,7 @@ from typing import Any
 
 import polars as pl
 
+from trajlib.deploy._scheduler import GUARD
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import FAMILIES, Family, get_family, select_families
 from trajlib.evaluate.suite._loop import METHODS, PENALTY, LookaheadSetting, run_one
@@ -127,6 +128,8 @@ def run_suite(
     budget: int | None = None,
     progress: bool = True,
     lookahead: LookaheadSetting | tuple[Any, ...] | None = None,
+    guard: float | None = GUARD,
+    rollback: bool = True,
 ) -> SuiteResult:
     """Run the held-out suite for ``checkpoint``; write the report into ``out`` (None: no report).
 
@@ -135,7 +138,8 @@ def run_suite(
     ``with_val`` / ``without_val``: which controller modes to run. ``budget`` overrides every
     family's step budget (tests). ``lookahead`` = ``(top_k, horizon[, cooldown[, when]])``
     (:class:`LookaheadSetting`): the controller runs with deploy-time lookahead (its compute ratio
-    is recorded per run).
+    is recorded per run). ``guard`` / ``rollback``: the controller's raise guard, as in
+    :class:`~trajlib.deploy.ControllerScheduler` (default: its default; ``guard=None`` turns it off).
     """
     t0 = time.perf_counter()
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -156,7 +160,14 @@ def run_suite(
         cache = Path(out) / "cache"
     names = [f.name for f in select_families(families)]
     jobs = plan_jobs(
-        names, seed_list, checkpoint=checkpoint, modes=modes, budget=budget, lookahead=lookahead
+        names,
+        seed_list,
+        checkpoint=checkpoint,
+        modes=modes,
+        budget=budget,
+        lookahead=lookahead,
+        guard=guard,
+        rollback=rollback,
     )
     rc = ResultCache(cache)
     results, computed = run_jobs(jobs, rc, workers=workers, progress=progress)

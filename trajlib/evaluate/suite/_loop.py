@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from trajlib.deploy._lookahead import WHEN
+from trajlib.deploy._scheduler import GUARD
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import Family
 
@@ -124,6 +125,8 @@ def run_one(
     checkpoint: str | Path | None = None,
     budget: int | None = None,
     lookahead: LookaheadSetting | tuple[Any, ...] | None = None,
+    guard: float | None = GUARD,
+    rollback: bool = True,
 ) -> dict[str, Any]:
     """Train ``family`` once from ``start`` x its default LR; returns one result row (see
     ``RESULT_COLUMNS`` in the runner). Never raises for a failure of the run itself."""
@@ -148,6 +151,7 @@ def run_one(
         "held": 0,
         "controller_errors": 0,
         "compute_ratio": 1.0,
+        "guard_reverts": 0,
         "wall_s": 0.0,
     }
     t0 = time.perf_counter()
@@ -170,7 +174,9 @@ def run_one(
                 opt.step()
                 return loss
 
-            sched = _scheduler(method, opt, model, steps, checkpoint, lookahead, train_step)
+            sched = _scheduler(
+                method, opt, model, steps, checkpoint, lookahead, train_step, (guard, rollback)
+            )
             model.train()
             step, loss_v = _train(
                 family, model, train_step, sched, train, val if with_val else None, steps,
@@ -265,6 +271,7 @@ def _scheduler(
     checkpoint: str | Path | None,
     lookahead: LookaheadSetting | None,
     train_step: Any,
+    guard: tuple[float | None, bool] = (GUARD, True),
 ) -> Any:
     """None (schedule-free), cosine to 0 over ``steps``, or the controller (with lookahead)."""
     if method == "schedule-free":
@@ -283,7 +290,15 @@ def _scheduler(
             cooldown=lookahead.cooldown,
             when=lookahead.when,
         )
-    return ControllerScheduler(opt, checkpoint, total_steps=steps, lookahead=la)  # type: ignore[arg-type]
+    return ControllerScheduler(
+        opt,
+        checkpoint,  # type: ignore[arg-type]
+        total_steps=steps,
+        lookahead=la,
+        guard=guard[0],
+        rollback=guard[1],
+        model=model,
+    )
 
 
 def _controller_events(sched: Any) -> dict[str, Any]:
@@ -294,4 +309,5 @@ def _controller_events(sched: Any) -> dict[str, Any]:
         "held": int(ev["held_nonfinite"]),
         "controller_errors": int(ev["errors"]),
         "compute_ratio": float(sched.compute_ratio),
+        "guard_reverts": int(ev["guard_reverts"]),
     }

@@ -28,6 +28,7 @@ from typing import Any
 
 import polars as pl
 
+from trajlib.deploy._scheduler import GUARD
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import select_families
 from trajlib.evaluate.suite._loop import LookaheadSetting, run_one
@@ -77,6 +78,8 @@ class Job:
     ckpt_hash: str = ""
     checkpoint: str = ""
     lookahead: LookaheadSetting | None = None  # for controller runs
+    guard: float | None = None  # the controller's raise guard (tolerance; None: off)
+    rollback: bool = False  # a reverted raise restores the weights
 
     def key(self) -> tuple[Any, ...]:
         return tuple(getattr(self, k) for k in KEY)
@@ -90,16 +93,22 @@ def plan_jobs(
     modes: Sequence[bool] = (True, False),
     budget: int | None = None,
     lookahead: LookaheadSetting | tuple[Any, ...] | None = None,
+    guard: float | None = GUARD,
+    rollback: bool = True,
 ) -> list[Job]:
     """Every run the suite needs (controller runs only when ``checkpoint`` is given).
     ``lookahead`` (``(top_k, horizon[, cooldown[, when]])``) runs the controller with deploy-time
-    lookahead (its cache key is the checkpoint hash + ``+`` + :meth:`LookaheadSetting.tag`)."""
+    lookahead (its cache key is the checkpoint hash + ``+`` + :meth:`LookaheadSetting.tag`);
+    ``guard`` / ``rollback`` are the scheduler's raise guard (the key gets ``+guard<tol>``, or
+    ``+revert<tol>`` without rollback; none when the guard is off, as before it existed)."""
     lookahead = LookaheadSetting.of(lookahead)
     fams = select_families(families)
     ck = str(checkpoint) if checkpoint is not None else ""
     h = checkpoint_hash(checkpoint) if checkpoint is not None else ""
     if h and lookahead is not None:
         h += f"+{lookahead.tag()}"
+    if h and guard is not None:
+        h += f"+{'guard' if rollback else 'revert'}{guard:g}"
     jobs = []
     for f in fams:
         b = int(budget or f.budget)
@@ -109,7 +118,20 @@ def plan_jobs(
                 for st in STARTS.values():
                     for wv in modes:
                         jobs.append(
-                            Job(f.name, fp, "controller", st, int(s), wv, b, h, ck, lookahead)
+                            Job(
+                                f.name,
+                                fp,
+                                "controller",
+                                st,
+                                int(s),
+                                wv,
+                                b,
+                                h,
+                                ck,
+                                lookahead,
+                                guard,
+                                rollback,
+                            )
                         )
             for g in GRID:
                 jobs.append(Job(f.name, fp, "cosine", g, int(s), False, b))
@@ -130,9 +152,12 @@ def _execute(job: Job) -> dict[str, Any]:
         checkpoint=job.checkpoint or None,
         budget=job.budget,
         lookahead=job.lookahead,
+        guard=job.guard,
+        rollback=job.rollback,
     )
     d = asdict(job)
-    d.pop("lookahead", None)
+    for k in ("lookahead", "guard", "rollback"):
+        d.pop(k, None)
     d["start_label"] = start_label(job.start)
     return {**d, **row}
 
@@ -162,10 +187,11 @@ _SCHEMA: dict[str, Any] = {
     "held": pl.Int64,
     "controller_errors": pl.Int64,
     "compute_ratio": pl.Float64,
+    "guard_reverts": pl.Int64,
     "wall_s": pl.Float64,
 }
 # Columns added after a cache was first written, with the value older rows had.
-_ADDED = {"compute_ratio": 1.0}
+_ADDED = {"compute_ratio": 1.0, "guard_reverts": 0}
 
 
 def rows_frame(rows: Sequence[dict[str, Any]]) -> pl.DataFrame:

@@ -1,0 +1,199 @@
+"""The raise guard: an LR raise the training loss punishes is undone (and rolled back)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from tests.deploy._helpers import batch, make_model, with_policy
+from trajlib.controllers import load_controller
+from trajlib.deploy import ControllerScheduler
+from trajlib.errors import ConfigError
+
+STEPS = 200
+
+
+def raiser(tiny_checkpoint: Path) -> Any:
+    """The tiny checkpoint with a controller that always takes the largest LR raise."""
+    loaded = load_controller(tiny_checkpoint)
+    lr_moves = [a.moves.get("lr", 0.0) for a in loaded.action_space.actions]
+    up = max(range(len(lr_moves)), key=lambda i: lr_moves[i])
+    assert lr_moves[up] > 0
+    return with_policy(loaded, lambda x, a=up: a)
+
+
+def run(
+    ckpt: Any,
+    observed: Any,
+    *,
+    steps: int = STEPS,
+    at_decision: Any = None,
+    model: nn.Module | None = None,
+    **kw: Any,
+) -> ControllerScheduler:
+    """Train the toy problem for real, but report ``observed(t, true_loss)`` as the training
+    loss (the guard reads only what the loop observes); ``at_decision(sched, model, opt, t)``
+    runs after each decision step."""
+    model = model or make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model, **kw)
+    for t in range(steps):
+        x, y = batch(t)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.observe(observed(t, float(loss.detach())))
+        if (t + 1) % 20 == 0:  # the tiny checkpoint was trained with validation
+            with torch.no_grad():
+                xv, yv = batch(99_999, 128)
+                sched.observe_validation(float(nn.functional.cross_entropy(model(xv), yv)))
+        sched.step()
+        if at_decision is not None and (t + 1) % sched.every == 0:
+            at_decision(sched, model, opt, t + 1)
+    sched.close()
+    return sched
+
+
+def test_a_raise_the_loss_punishes_is_undone_and_capped(tiny_checkpoint: Path) -> None:
+    """Loss 1 until the first raise, then 10: the next decision undoes the raise, warns once,
+    and no later raise goes past the multiplier the run had before it."""
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+    mults: dict[int, float] = {}
+    with pytest.warns(RuntimeWarning, match="raise was undone") as rec:
+        sched = run(
+            ckpt,
+            lambda t, _: 1.0 if t < every else 10.0,
+            at_decision=lambda s, m, o, t: mults.__setitem__(t, s.mult),
+            rollback=False,
+        )
+    assert sum("raise was undone" in str(w.message) for w in rec) == 1
+    assert mults[every] > 1.0  # the raise at the first decision
+    assert mults[2 * every] == 1.0  # undone at the second
+    assert all(v == 1.0 for t, v in mults.items() if t > every)  # capped for good
+    assert sched.events["guard_reverts"] == 1
+    assert sched.events["guard_capped"] == (STEPS - 1) // every - 2  # every decision after
+    assert sched.events["guard_rollbacks"] == 0
+    # a revert is the decision of its step: one per decision point, as without the guard
+    assert sched.events["decisions"] == (STEPS - 1) // every
+
+
+def test_a_raise_the_loss_rewards_stays(tiny_checkpoint: Path) -> None:
+    ckpt = raiser(tiny_checkpoint)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        sched = run(ckpt, lambda t, _: 1.0 / (1 + t))
+    assert sched.events["guard_reverts"] == 0 and sched.events["guard_capped"] == 0
+    assert sched.mult > 4.0  # raised at every decision, none undone
+
+
+def test_tolerance_and_off(tiny_checkpoint: Path) -> None:
+    """A loss 30 % up is within the default tolerance (0.5), not within 0.2; guard=None never
+    reverts."""
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+
+    def observed(t: int, _: float) -> float:
+        return 1.0 if t < every else 1.3
+
+    assert run(ckpt, observed).events["guard_reverts"] == 0
+    with pytest.warns(RuntimeWarning, match="raise was undone"):
+        assert run(ckpt, observed, guard=0.2).events["guard_reverts"] == 1
+    off = run(ckpt, lambda t, _: 1.0 if t < every else 1e6, guard=None)
+    assert off.events["guard_reverts"] == 0 and off.mult > 1.0
+
+
+def test_a_non_finite_loss_after_a_raise_is_a_failed_trial(tiny_checkpoint: Path) -> None:
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+    with pytest.warns(RuntimeWarning):
+        sched = run(ckpt, lambda t, v: float("nan") if t == every + 3 else v, rollback=False)
+    assert sched.events["guard_reverts"] == 1
+
+
+def test_rollback_restores_the_weights_and_optimizer_state_of_the_raise(
+    tiny_checkpoint: Path,
+) -> None:
+    """With rollback (the default), the weights, optimizer state and BatchNorm statistics are
+    the ones of the decision that raised, bitwise; training goes on from there."""
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 3))
+    seen: dict[int, dict[str, Any]] = {}
+
+    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
+        seen[t] = {
+            "model": {k: v.clone() for k, v in m.state_dict().items()},
+            "momentum": [o.state[p]["momentum_buffer"].clone() for p in m.parameters()],
+        }
+
+    with pytest.warns(RuntimeWarning, match="raise was undone"):
+        sched = run(
+            ckpt,
+            lambda t, v: v if t < every else 10.0,
+            at_decision=grab,
+            model=model,
+        )
+    assert sched.events["guard_rollbacks"] == 1
+    assert sched.events["guard_rolled_back_steps"] == every
+    a, b = seen[every], seen[2 * every]
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k  # running_mean / var included
+    for x, y in zip(a["momentum"], b["momentum"], strict=True):
+        assert torch.equal(x, y)
+    # later decisions are capped, so the run trains on at the pre-raise LR
+    assert not torch.equal(seen[3 * every]["model"]["0.weight"], a["model"]["0.weight"])
+
+
+def test_the_trial_survives_a_state_dict_round_trip(tiny_checkpoint: Path) -> None:
+    """Saved mid-trial, a resumed scheduler still judges the raise (without the weights copy,
+    which is not part of the scheduler's state: it undoes the raise without a rollback)."""
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+    model = make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def steps(sched: ControllerScheduler, ts: range, reported: float) -> None:
+        for t in ts:
+            x, y = batch(t)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.observe(reported)
+            sched.observe_validation(1.0)
+            sched.step()
+
+    sched = ControllerScheduler(opt, ckpt, total_steps=STEPS)
+    steps(sched, range(every + 5), 1.0)
+    state = sched.state_dict()
+    assert state["trajlib"]["units"][0]["probation"] is not None
+    sched.close()
+    again = ControllerScheduler(opt, ckpt, total_steps=STEPS)
+    again.load_state_dict(torch.load(_saved(state), weights_only=True))
+    with pytest.warns(RuntimeWarning, match="raise was undone"):
+        steps(again, range(every + 5, 2 * every), 10.0)
+    assert again.events["guard_reverts"] == 1 and again.events["guard_rollbacks"] == 0
+    assert again.mult == 1.0
+
+
+def _saved(state: dict[str, Any]) -> Any:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return buf
+
+
+@pytest.mark.parametrize("bad", [-0.5, 0, True, "0.5"])
+def test_a_bad_guard_fails_up_front(tiny_checkpoint: Path, bad: Any) -> None:
+    opt = torch.optim.SGD(make_model(0).parameters(), lr=0.01)
+    with pytest.raises(ConfigError, match="guard"):
+        ControllerScheduler(opt, tiny_checkpoint, total_steps=10, guard=bad)

@@ -24,7 +24,11 @@ def raiser(tiny_checkpoint: Path) -> Any:
     lr_moves = [a.moves.get("lr", 0.0) for a in loaded.action_space.actions]
     up = max(range(len(lr_moves)), key=lambda i: lr_moves[i])
     assert lr_moves[up] > 0
-    return with_policy(loaded, lambda x, a=up: a)
+
+    def always_up(x: Any) -> int:
+        return up
+
+    return with_policy(loaded, always_up)
 
 
 def run(

@@ -73,9 +73,9 @@ def test_crashes_and_divergence_are_recorded_not_raised(tmp_path: Path) -> None:
     row = run_one(fam, "controller", 1.0, 0, checkpoint=broken, budget=20)
     assert row["status"] == "crashed" and row["error"]
     assert row["score"] == pytest.approx(PENALTY * row["init_test_loss"])
-    # plain SGD at 1e6 x its LR: the loss turns non-finite, the run stops and takes the penalty
+    # plain SGD at 1e6 x its LR: the loss turns non-finite for good and the run takes the penalty
     div = run_one(fam, "cosine", 1e6, 0, budget=200)
-    assert div["status"] == "diverged" and div["steps_done"] < 200
+    assert div["status"] == "diverged" and div["steps_done"] == 200
     assert math.isfinite(div["score"]) and div["score"] == pytest.approx(
         PENALTY * div["init_test_loss"]
     )
@@ -180,7 +180,23 @@ def test_controller_with_lookahead_charges_its_compute(tmp_path: Path) -> None:
     # lookahead runs are cached apart from plain controller runs of the same checkpoint
     jobs = plan_jobs(["vae-digits"], [0], checkpoint=CKPT, lookahead=(1, 5), budget=120)
     hashes = {j.ckpt_hash for j in jobs if j.method == "controller"}
-    assert hashes == {checkpoint_hash(CKPT) + "+la1x5"}
+    assert hashes == {checkpoint_hash(CKPT) + "+la1x5+guard0.5"}
+
+
+def test_the_guard_setting_is_in_the_cache_key() -> None:
+    """Runs with the scheduler's raise guard (the default), with it undoing raises without
+    rollback, and without it are cached apart; without it the key is the one before it existed."""
+    h = checkpoint_hash(CKPT)
+
+    def keys(**kw: object) -> set[str]:
+        jobs = plan_jobs(["vae-digits"], [0], checkpoint=CKPT, budget=60, **kw)  # type: ignore[arg-type]
+        return {j.ckpt_hash for j in jobs if j.method == "controller"}
+
+    assert keys() == {h + "+guard0.5"}
+    assert keys(guard=0.25, rollback=False) == {h + "+revert0.25"}
+    assert keys(guard=None) == {h}
+    row = run_one(get_family("vae-digits"), "controller", 1.0, 0, checkpoint=CKPT, budget=60)
+    assert row["status"] == "ok" and row["guard_reverts"] >= 0
 
 
 def test_lookahead_settings_and_their_cache_keys() -> None:

@@ -7,9 +7,10 @@ budget) and ``schedule-free`` (``schedulefree.SGDScheduleFree`` for SGD families
 weight decay; its ``train()`` / ``eval()`` modes switched around every evaluation). The same seed
 gives every method the same initial weights, batch order and dropout draws.
 
-Scoring: the **test** loss at the end of the budget (model in ``eval()`` mode). A run whose training
-loss turns non-finite stops there (``diverged``); an exception anywhere is recorded (``crashed``)
-with its message, never raised. Both get the penalty score ``PENALTY x`` the test loss of the
+Scoring: the **test** loss at the end of the budget (model in ``eval()`` mode). Every run trains
+its whole budget, as a user's loop does, through a non-finite loss too (a controller's raise guard
+may roll its weights back); a run whose last training loss or test loss is not finite is
+``diverged``; an exception anywhere is recorded (``crashed``) with its message, never raised. Both get the penalty score ``PENALTY x`` the test loss of the
 untrained model on that seed (a large finite number on the family's own scale); a finite test loss
 above the penalty is capped at it.
 """
@@ -227,11 +228,12 @@ def _train(
 ) -> tuple[int, float]:
     """Train ``steps`` steps over epochs of ``train`` (``sched`` None: schedule-free; a
     controller scheduler gets the losses, and with ``val`` the validation loss every
-    ``val_every`` steps); ``row["status"]`` becomes ``"diverged"`` on a non-finite loss. Returns
-    the steps done and the last loss checked."""
+    ``val_every`` steps). Like a user's loop it goes on through a non-finite loss (a controller's
+    guard may roll the weights back); ``row["status"]`` becomes ``"diverged"`` when the last
+    step's loss is not finite. Returns the steps done and that loss."""
     controller = hasattr(sched, "observe")
     step, loss_v = 0, math.nan
-    while step < steps and row["status"] == "ok":
+    while step < steps:
         for batch in sched.batches(train) if controller else train:
             loss = train_step(batch)
             if controller:
@@ -241,13 +243,11 @@ def _train(
             if sched is not None:
                 sched.step()
             step += 1
-            if (step % 25 == 0 or step == steps) and not math.isfinite(
-                loss_v := float(loss.detach())
-            ):
-                row["status"] = "diverged"
-                return step, loss_v
             if step >= steps:
                 break
+    loss_v = float(loss.detach())
+    if not math.isfinite(loss_v):
+        row["status"] = "diverged"
     return step, loss_v
 
 

@@ -85,7 +85,8 @@ def test_non_finite_losses_do_not_crash_and_lr_is_held(tiny_checkpoint):
     loaded = load_controller(tiny_checkpoint)
     model = torch.nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = ControllerScheduler(opt, loaded, total_steps=100)
+    # without the guard (with it, a start that is never finite is rescued: tests/deploy/test_guard)
+    sched = ControllerScheduler(opt, loaded, total_steps=100, guard=None)
     for _ in range(60):
         loss = (model(torch.randn(4, 3)) * float("nan")).sum()
         opt.zero_grad()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,44 @@ def test_a_bad_guard_fails_up_front(tiny_checkpoint: Path, bad: Any) -> None:
     opt = torch.optim.SGD(make_model(0).parameters(), lr=0.01)
     with pytest.raises(ConfigError, match="guard"):
         ControllerScheduler(opt, tiny_checkpoint, total_steps=10, guard=bad)
+
+
+def test_a_start_that_turns_non_finite_is_rescued(tiny_checkpoint: Path) -> None:
+    """A non-finite loss before the first decision: back to the initial weights, the LR
+    multiplier cut by the checkpoint's largest cut, raises capped there; once."""
+    loaded = load_controller(tiny_checkpoint)
+    every = loaded.every
+    cut = min(a.moves.get("lr", 0.0) for a in loaded.action_space.actions)
+    model = make_model(0)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    at: dict[int, Any] = {}
+
+    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
+        at[t] = ({k: v.clone() for k, v in m.state_dict().items()}, s.mult)
+
+    with pytest.warns(RuntimeWarning, match="turned non-finite before the first decision"):
+        sched = run(
+            tiny_checkpoint, lambda t, v: math.nan if t == 3 else v, at_decision=grab, model=model
+        )
+    assert sched.events["guard_rescues"] == 1 and sched.events["guard_rollbacks"] == 1
+    assert sched.events["guard_rolled_back_steps"] == every
+    weights, mult = at[every]
+    assert all(torch.equal(v, weights[k]) for k, v in start.items())
+    assert mult == pytest.approx(math.exp(cut))
+    assert all(m <= mult + 1e-12 for _, m in at.values())
+    # a loss never finite: rescued at every decision, down to the multiplier's floor, never raised
+    model = make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    nan = ControllerScheduler(opt, tiny_checkpoint, total_steps=100, every=10)
+    for _ in range(60):
+        loss = (model(torch.randn(4, 8)) * math.nan).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        nan.observe(loss)
+        nan.step()
+    assert nan.events["guard_rescues"] == 6 and nan.events["errors"] == 0
+    assert nan.mult == pytest.approx(max(math.exp(6 * cut), loaded.hp_space["lr"].low))
+    # without rollback nothing is copied at the start: the run is not rescued
+    off = run(tiny_checkpoint, lambda t, v: math.nan if t == 3 else v, rollback=False)
+    assert off.events["guard_rescues"] == 0

@@ -196,7 +196,7 @@ def test_the_guard_setting_is_in_the_cache_key() -> None:
     assert keys(guard=0.25, rollback=False) == {h + "+revert0.25"}
     assert keys(guard=None) == {h}
     row = run_one(get_family("vae-digits"), "controller", 1.0, 0, checkpoint=CKPT, budget=60)
-    assert row["status"] == "ok" and row["guard_reverts"] >= 0
+    assert row["status"] == "ok" and row["guard_reverts"] >= 0 and row["guard_rescues"] == 0
 
 
 def test_lookahead_settings_and_their_cache_keys() -> None:

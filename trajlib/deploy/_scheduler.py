@@ -141,9 +141,12 @@ class ControllerScheduler(LRScheduler):
     revert: the multiplier goes back, and no later raise goes above it. With ``rollback`` (the
     default) the weights and optimizer state (and ``model``'s buffers, when given) go back to those
     of the raise too: a raise into divergence costs ``every`` steps of training, not the run. The
-    copy is taken only at a raise and dropped once the raise is judged. Counted in
+    copy is taken only at a raise and dropped once the raise is judged. The start is on trial
+    too: a copy of the initial parameters is kept until the first decision, and a loss that turns
+    non-finite before it sends the run back to its start with the multiplier cut by the
+    checkpoint's largest cut (capped there; ``events["guard_rescues"]``). Counted in
     ``events["guard_reverts"]``, ``["guard_rollbacks"]``, ``["guard_rolled_back_steps"]`` and
-    ``["guard_capped"]``; the first revert warns once.
+    ``["guard_capped"]``; the first revert and the first rescue warn once.
 
     Safety: a non-finite feature that the controller never saw non-finite in training, a
     non-finite controller output, or any exception in the decision path keeps the current values
@@ -238,6 +241,7 @@ class ControllerScheduler(LRScheduler):
             "guard_capped": 0,
             "guard_rollbacks": 0,
             "guard_rolled_back_steps": 0,
+            "guard_rescues": 0,
         }
         # the training losses since the last decision (the raise guard's window)
         self._window: list[float] = []
@@ -273,6 +277,10 @@ class ControllerScheduler(LRScheduler):
         if lookahead is not None:
             lookahead.attach(self)
         super().__init__(optimizer)
+        if self.guard is not None and self.rollback and n_units == 1:
+            # the start is on trial until the first decision (a loss that turns non-finite
+            # before it is rescued): one copy of the parameters, dropped at that decision
+            self._saved = self._copy(self.units[0], 0, start=True)
 
     # ----------------------------------------------------------------- construction helpers
     def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -619,12 +627,44 @@ class ControllerScheduler(LRScheduler):
         unit only: in layer-wise mode a raise is undone, not rolled back)."""
         if u.probation is None or not self.rollback or len(self.units) != 1:
             return
-        self._saved = {
+        self._saved = self._copy(u, self._window_stat[0])
+
+    def _copy(self, u: _Unit, step: int, start: bool = False) -> dict[str, Any]:
+        return {
             "weights": take_weights(self.optimizer, self._model),
             "features": u.features.state_dict(),
             "ctrl_state": u.ctrl_state,
-            "step": self._window_stat[0],
+            "step": step,
+            "start": start,
         }
+
+    def _roll_back(self, u: _Unit, saved: dict[str, Any], step: int) -> None:
+        restore_weights(saved["weights"], self.optimizer, self._model)
+        u.features.load_state_dict(saved["features"])
+        u.ctrl_state = saved["ctrl_state"]
+        self.events["guard_rollbacks"] += 1
+        self.events["guard_rolled_back_steps"] += step - saved["step"]
+
+    def _rescue(self, u: _Unit, saved: dict[str, Any], step: int) -> None:
+        """The loss turned non-finite before the first decision: back to the start, the LR
+        multiplier cut by the largest cut the checkpoint knows (x0.5 if it has none), raises capped
+        there, and the start on trial again."""
+        self._roll_back(u, saved, step)
+        cuts = [d for a in self._moves for n, d, _ in a if n == "lr" and d < 0]
+        delta = min(cuts) if cuts else math.log(0.5)
+        hp = self._bounds.get("lr")
+        before = u.mult
+        u.mult = hp.move(before, delta) if hp else before * math.exp(delta)
+        u.ceiling = min(u.ceiling, u.mult)
+        self.events["guard_rescues"] += 1
+        self.events["decisions"] += 1
+        self._saved = {**saved, "step": step}
+        self._warn_once(
+            "rescue",
+            f"ControllerScheduler: the training loss turned non-finite before the first decision "
+            f"(step {step}); the run went back to its start and the LR multiplier was cut from "
+            f"{before:.3g} to {u.mult:.3g} (events['guard_rescues'])",
+        )
 
     def _window_loss(self, step: int) -> tuple[float | None, bool]:
         """The median training loss of the window that ends at decision ``step`` and whether a
@@ -644,6 +684,10 @@ class ControllerScheduler(LRScheduler):
         after, bad = self._window_loss(step)
         trial, u.probation = u.probation, None
         saved, self._saved = self._saved, None
+        if saved is not None and saved["start"]:  # the first window is on trial too
+            if bad:
+                self._rescue(u, saved, step)
+            return bad
         if trial is None or self.guard is None:
             return False
         before_mult, before = trial
@@ -654,11 +698,7 @@ class ControllerScheduler(LRScheduler):
         self.events["guard_reverts"] += 1
         self.events["decisions"] += 1
         if saved is not None:  # the weights and optimizer state as they were at the raise
-            restore_weights(saved["weights"], self.optimizer, self._model)
-            u.features.load_state_dict(saved["features"])
-            u.ctrl_state = saved["ctrl_state"]
-            self.events["guard_rollbacks"] += 1
-            self.events["guard_rolled_back_steps"] += step - saved["step"]
+            self._roll_back(u, saved, step)
         self._warn_once(
             "guard",
             f"ControllerScheduler: the training loss rose after an LR raise (median "
@@ -864,6 +904,7 @@ class ControllerScheduler(LRScheduler):
             u.prev_norms = None if pn is None else torch.as_tensor(pn).double().numpy()
             self.units.append(u)
         self._unit_of_group = self._map_groups(len(self.optimizer.param_groups))
+        self._saved = None  # a resumed run's start is not on trial; a raise on trial is undone
         self.events = {**self.events, **{k: int(v) for k, v in t["events"].items()}}
         self.actions_taken = [(int(a), int(b), int(c)) for a, b, c in t["actions_taken"]]
         w = t.get("window", {"losses": [], "bad": False, "stat": [-1, None, False]})

@@ -153,6 +153,7 @@ def run_one(
         "controller_errors": 0,
         "compute_ratio": 1.0,
         "guard_reverts": 0,
+        "guard_rescues": 0,
         "wall_s": 0.0,
     }
     t0 = time.perf_counter()
@@ -310,4 +311,5 @@ def _controller_events(sched: Any) -> dict[str, Any]:
         "controller_errors": int(ev["errors"]),
         "compute_ratio": float(sched.compute_ratio),
         "guard_reverts": int(ev["guard_reverts"]),
+        "guard_rescues": int(ev["guard_rescues"]),
     }

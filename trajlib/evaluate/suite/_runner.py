@@ -188,10 +188,11 @@ _SCHEMA: dict[str, Any] = {
     "controller_errors": pl.Int64,
     "compute_ratio": pl.Float64,
     "guard_reverts": pl.Int64,
+    "guard_rescues": pl.Int64,
     "wall_s": pl.Float64,
 }
 # Columns added after a cache was first written, with the value older rows had.
-_ADDED = {"compute_ratio": 1.0, "guard_reverts": 0}
+_ADDED = {"compute_ratio": 1.0, "guard_reverts": 0, "guard_rescues": 0}
 
 
 def rows_frame(rows: Sequence[dict[str, Any]]) -> pl.DataFrame:

@@ -19,8 +19,9 @@ from trajlib.controllers import load_controller
 from trajlib.deploy import ControllerScheduler
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-#: v1 (the first shipped checkpoint; moves momentum too) and the README's headline (LR only).
-SHIPPED = {v: MODELS / f"trajlib-lr-{v}" / "checkpoint" for v in ("v1", "v3")}
+#: v1 (the first shipped checkpoint; moves momentum too), the README's headline v3 and its climbing
+#: variant (LR only; the climbing one moves the LR by up to x4 at a decision).
+SHIPPED = {v: MODELS / f"trajlib-lr-{v}" / "checkpoint" for v in ("v1", "v3", "v3-climb")}
 STEPS, EVERY = 240, 20
 ALL = sorted(
     name

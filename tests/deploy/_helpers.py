@@ -46,8 +46,10 @@ def train(
     start: int,
     stop: int,
     val_every: int = 20,
+    observed: Callable[[int, float], float] | None = None,
 ) -> tuple[list[list[float]], list[float]]:
-    """Train steps ``start .. stop - 1``; returns (LRs used by each step per group, losses)."""
+    """Train steps ``start .. stop - 1``; returns (LRs used by each step per group, losses).
+    ``observed(t, loss)``: what the scheduler is told the loss of step ``t`` was (default: it)."""
     lrs, losses = [], []
     for t in range(start, stop):
         x, y = batch(t)
@@ -56,7 +58,7 @@ def train(
         loss.backward()
         lrs.append([g["lr"] for g in opt.param_groups])
         opt.step()
-        sched.observe(loss)
+        sched.observe(loss if observed is None else observed(t, float(loss.detach())))
         if (t + 1) % val_every == 0:
             with torch.no_grad():
                 xv, yv = batch(99_999, 128)
@@ -64,6 +66,17 @@ def train(
         losses.append(float(loss.detach()))
         sched.step()
     return lrs, losses
+
+
+def nan_steps(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, n: int) -> None:
+    """``n`` steps of a ``Linear(k, 1)``-style model whose loss is NaN (real NaN gradients)."""
+    for _ in range(n):
+        loss = (model(torch.randn(4, model.in_features)) * float("nan")).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.observe(loss)
+        sched.step()
 
 
 def with_policy(

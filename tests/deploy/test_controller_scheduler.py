@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.deploy._helpers import with_policy
+from tests.deploy._helpers import nan_steps, with_policy
 from trajlib.controllers import load_controller
 from trajlib.deploy import ControllerScheduler
 from trajlib.space import HyperParam, HyperparameterSpace
@@ -87,13 +87,7 @@ def test_non_finite_losses_do_not_crash_and_lr_is_held(tiny_checkpoint):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     # without the guard (with it, a start that is never finite is rescued: tests/deploy/test_guard)
     sched = ControllerScheduler(opt, loaded, total_steps=100, guard=None)
-    for _ in range(60):
-        loss = (model(torch.randn(4, 3)) * float("nan")).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.observe(loss)
-        sched.step()
+    nan_steps(model, opt, sched, 60)
     assert all(math.isfinite(v) for v in sched.get_last_lr())
     assert sched.get_last_lr() == [0.1]
 

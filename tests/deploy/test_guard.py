@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.deploy._helpers import batch, make_model, with_policy
+from tests.deploy._helpers import batch, make_model, nan_steps, train, with_policy
 from trajlib.controllers import load_controller
 from trajlib.deploy import ControllerScheduler
 from trajlib.errors import ConfigError
@@ -47,20 +47,10 @@ def run(
     model = model or make_model(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model, **kw)
-    for t in range(steps):
-        x, y = batch(t)
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.observe(observed(t, float(loss.detach())))
-        if (t + 1) % 20 == 0:  # the tiny checkpoint was trained with validation
-            with torch.no_grad():
-                xv, yv = batch(99_999, 128)
-                sched.observe_validation(float(nn.functional.cross_entropy(model(xv), yv)))
-        sched.step()
-        if at_decision is not None and (t + 1) % sched.every == 0:
-            at_decision(sched, model, opt, t + 1)
+    for t0 in range(0, steps, sched.every):
+        train(model, opt, sched, t0, min(t0 + sched.every, steps), observed=observed)
+        if at_decision is not None:
+            at_decision(sched, model, opt, t0 + sched.every)
     sched.close()
     return sched
 
@@ -228,16 +218,10 @@ def test_a_start_that_turns_non_finite_is_rescued(tiny_checkpoint: Path) -> None
     assert mult == pytest.approx(math.exp(cut))
     assert all(m <= mult + 1e-12 for _, m in at.values())
     # a loss never finite: rescued at every decision, down to the multiplier's floor, never raised
-    model = make_model(0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    lin = nn.Linear(8, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
     nan = ControllerScheduler(opt, tiny_checkpoint, total_steps=100, every=10)
-    for _ in range(60):
-        loss = (model(torch.randn(4, 8)) * math.nan).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        nan.observe(loss)
-        nan.step()
+    nan_steps(lin, opt, nan, 60)
     assert nan.events["guard_rescues"] == 6 and nan.events["errors"] == 0
     assert nan.mult == pytest.approx(max(math.exp(6 * cut), loaded.hp_space["lr"].low))
     # without rollback nothing is copied at the start: the run is not rescued

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from tests.deploy._helpers import batch, make_model, train, two_groups
+from tests.deploy._helpers import batch, make_model, nan_steps, train, two_groups
 from trajlib.controllers import load_controller
 from trajlib.deploy import ControllerScheduler
 
@@ -101,13 +101,7 @@ def test_non_finite_features_hold_the_lr_and_are_counted(tiny_checkpoint):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     # without the guard (with it, a start that is never finite is rescued: tests/deploy/test_guard)
     sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=100, every=10, guard=None)
-    for _ in range(60):
-        loss = (model(torch.randn(4, 3)) * math.nan).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.observe(loss)
-        sched.step()
+    nan_steps(model, opt, sched, 60)
     assert sched.get_last_lr() == [0.1]
     assert sched.events["held_nonfinite"] == 6 and sched.events["decisions"] == 0
 

@@ -147,6 +147,37 @@ def test_rollback_restores_the_weights_and_optimizer_state_of_the_raise(
     assert not torch.equal(seen[3 * every]["model"]["0.weight"], a["model"]["0.weight"])
 
 
+def test_a_raise_stays_on_trial_for_two_windows(tiny_checkpoint: Path) -> None:
+    """A raise whose first window is fine and whose second blows up (a late divergence) is undone
+    at the second decision after it, and the weights go back to those of the raise."""
+    loaded = load_controller(tiny_checkpoint)
+    every, keep = loaded.every, loaded.action_space.keep_index
+    lr_moves = [a.moves.get("lr", 0.0) for a in loaded.action_space.actions]
+    up = max(range(len(lr_moves)), key=lambda i: lr_moves[i])
+    calls: list[int] = []
+
+    def raise_once(x: Any) -> int:
+        calls.append(1)
+        return up if len(calls) == 1 else keep
+
+    seen: dict[int, Any] = {}
+
+    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
+        seen[t] = ({k: v.clone() for k, v in m.state_dict().items()}, s.mult)
+
+    with pytest.warns(RuntimeWarning, match="raise was undone"):
+        sched = run(
+            with_policy(loaded, raise_once),
+            lambda t, v: v if t < 2 * every else 10.0,
+            at_decision=grab,
+        )
+    assert sched.events["guard_reverts"] == 1
+    assert sched.events["guard_rolled_back_steps"] == 2 * every
+    assert seen[every][1] > 1.0 and seen[2 * every][1] == seen[every][1]  # passed window 1
+    weights, mult = seen[3 * every]
+    assert mult == 1.0 and all(torch.equal(v, weights[k]) for k, v in seen[every][0].items())
+
+
 def test_the_trial_survives_a_state_dict_round_trip(tiny_checkpoint: Path) -> None:
     """Saved mid-trial, a resumed scheduler still judges the raise (without the weights copy,
     which is not part of the scheduler's state: it undoes the raise without a rollback)."""
@@ -227,3 +258,19 @@ def test_a_start_that_turns_non_finite_is_rescued(tiny_checkpoint: Path) -> None
     # without rollback nothing is copied at the start: the run is not rescued
     off = run(tiny_checkpoint, lambda t, v: math.nan if t == 3 else v, rollback=False)
     assert off.events["guard_rescues"] == 0
+
+
+def test_a_decision_judged_twice_uses_one_window(tiny_checkpoint: Path) -> None:
+    """The lookahead hands some decisions back to the plain path, which asks the guard again at
+    the same step: the second ask neither judges nor shortens the trial."""
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+    model = make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sched = ControllerScheduler(opt, ckpt, total_steps=STEPS)
+    train(model, opt, sched, 0, 2 * every, observed=lambda t, v: 1.0)
+    u = sched.units[0]
+    trial, saved = u.probation, sched._saved
+    assert trial is not None and trial[2] == 2 and trial[3] == 2 * every  # raised again at 2*every
+    assert sched._guard(u, 2 * every) is False
+    assert u.probation == trial and sched._saved is saved

@@ -24,7 +24,7 @@ from trajlib.space import HyperParam, base_factor
 if TYPE_CHECKING:
     from trajlib.deploy._lookahead import Lookahead
 
-__all__ = ["GUARD", "ControllerScheduler", "STATE_VERSION"]
+__all__ = ["GUARD", "GUARD_WINDOWS", "ControllerScheduler", "STATE_VERSION"]
 
 #: Version of the trajlib part of :meth:`ControllerScheduler.state_dict` (``state["trajlib"]``);
 #: :meth:`~ControllerScheduler.load_state_dict` accepts this one only.
@@ -32,6 +32,9 @@ STATE_VERSION = 3
 #: The raise guard's default tolerance: a raise is undone when the median training loss of the
 #: decision window after it exceeds the window before it by more than this share of its magnitude.
 GUARD = 0.5
+#: How many decision windows after a raise the guard judges it in (the copy of the weights at the
+#: raise is held that long, unless a new raise starts a new trial first).
+GUARD_WINDOWS = 2
 #: Hyperparameters a ControllerScheduler can set on a torch optimizer.
 SETTABLE = ("lr", "momentum", "weight_decay")
 #: Bounds used when a checkpoint's action space moves a hyperparameter its hp space lacks.
@@ -75,10 +78,13 @@ class _Unit:
     ctrl_state: Any
     prev_norms: np.ndarray | None = None
     #: the raise guard: (multiplier before the last LR raise, median training loss of the
-    #: window before it) until the next decision judges the raise; None when nothing is on trial
-    probation: tuple[float, float] | None = None
+    #: window before it, windows left to judge, the raise's step); None when nothing is on trial
+    probation: tuple[float, float, int, int] | None = None
     #: the highest multiplier the guard allows (a reverted raise's starting point)
     ceiling: float = math.inf
+    #: the decision step the guard last judged (a decision the lookahead hands back to the plain
+    #: path asks twice)
+    guarded_at: int = -1
 
 
 @dataclass(slots=True)
@@ -135,13 +141,14 @@ class ControllerScheduler(LRScheduler):
     ``events["decisions"]`` and, when the plain argmax would have moved, in
     ``events["kept_by_rule"]`` (holds for non-finite input are ``events["held_nonfinite"]``).
 
-    The raise guard (on by default): every LR raise is on trial until the next decision. If the
-    median training loss of the steps since the raise exceeds the median of the steps before it by
-    more than ``guard`` x its magnitude, or a loss turned non-finite, the next decision is a
-    revert: the multiplier goes back, and no later raise goes above it. With ``rollback`` (the
+    The raise guard (on by default): every LR raise is on trial for the next ``GUARD_WINDOWS``
+    (2) decision windows. If the median training loss of such a window exceeds the median of the
+    window before the raise by more than ``guard`` x its magnitude, or a loss turned non-finite,
+    that window's decision is a revert: the multiplier goes back, and no later raise goes above it. With ``rollback`` (the
     default) the weights and optimizer state (and ``model``'s buffers, when given) go back to those
     of the raise too: a raise into divergence costs ``every`` steps of training, not the run. The
-    copy is taken only at a raise and dropped once the raise is judged. The start is on trial
+    copy is taken only at a raise and dropped once the raise has passed its trial (or a new raise
+    starts another). The start is on trial
     too: a copy of the initial parameters is kept until the first decision, and a loss that turns
     non-finite before it sends the run back to its start with the multiplier cut by the
     checkpoint's largest cut (capped there; ``events["guard_rescues"]``). Counted in
@@ -625,9 +632,12 @@ class ControllerScheduler(LRScheduler):
     def _arm(self, u: _Unit) -> None:
         """After a decision that raised the LR, keep what a rollback restores (one controller
         unit only: in layer-wise mode a raise is undone, not rolled back)."""
-        if u.probation is None or not self.rollback or len(self.units) != 1:
+        step = self._window_stat[0]
+        if u.probation is None or u.probation[3] != step:
+            return  # no raise at this decision (a trial that goes on keeps its copy)
+        if not self.rollback or len(self.units) != 1:
             return
-        self._saved = self._copy(u, self._window_stat[0])
+        self._saved = self._copy(u, step)
 
     def _copy(self, u: _Unit, step: int, start: bool = False) -> dict[str, Any]:
         return {
@@ -677,11 +687,15 @@ class ControllerScheduler(LRScheduler):
         return self._window_stat[1], self._window_stat[2]
 
     def _guard(self, u: _Unit, step: int) -> bool:
-        """Judge the unit's last LR raise on the window since: when its median training loss
-        exceeds the window before the raise by more than ``guard`` x its magnitude (or a loss
+        """Judge the unit's last LR raise on the window that ends here: when its median training
+        loss exceeds the window before the raise by more than ``guard`` x its magnitude (or a loss
         turned non-finite), undo the raise, cap later raises there, and return True (this
-        decision is the revert). A raise that passes is not judged again."""
+        decision is the revert). A raise that passes ``GUARD_WINDOWS`` windows is not judged
+        again."""
         after, bad = self._window_loss(step)
+        if u.guarded_at == step:
+            return False
+        u.guarded_at = step
         trial, u.probation = u.probation, None
         saved, self._saved = self._saved, None
         if saved is not None and saved["start"]:  # the first window is on trial too
@@ -690,8 +704,10 @@ class ControllerScheduler(LRScheduler):
             return bad
         if trial is None or self.guard is None:
             return False
-        before_mult, before = trial
+        before_mult, before, left, _ = trial
         if not bad and (after is None or after <= before + self.guard * abs(before)):
+            if left > 1:  # judged again after the next window, from the same copy
+                u.probation, self._saved = (*trial[:2], left - 1, trial[3]), saved
             return False
         u.mult = min(u.mult, before_mult)
         u.ceiling = min(u.ceiling, before_mult)
@@ -773,7 +789,7 @@ class ControllerScheduler(LRScheduler):
                         new = max(old, u.ceiling)
                     pre = self._window_stat[1] if self._window_stat[0] == step else None
                     if new > old and pre is not None:
-                        u.probation = (old, pre)
+                        u.probation = (old, pre, GUARD_WINDOWS, step)
                 u.mult = new
                 continue
             for gi in groups:
@@ -896,7 +912,8 @@ class ControllerScheduler(LRScheduler):
             u = self._new_unit(None if d["groups"] is None else [int(g) for g in d["groups"]])
             u.mult = float(d["mult"])
             pr = d.get("probation")  # absent in states saved before the guard
-            u.probation = None if pr is None else (float(pr[0]), float(pr[1]))
+            if pr is not None:
+                u.probation = (float(pr[0]), float(pr[1]), int(pr[2]), int(pr[3]))
             u.ceiling = float(d.get("ceiling", math.inf))
             u.features.load_state_dict(d["features"])
             u.ctrl_state = _state_in(d["controller_state"])

@@ -28,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from trajlib.deploy._scheduler import GUARD
+from trajlib.deploy._scheduler import GUARD, GUARD_WINDOWS
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import select_families
 from trajlib.evaluate.suite._loop import LookaheadSetting, run_one
@@ -99,8 +99,9 @@ def plan_jobs(
     """Every run the suite needs (controller runs only when ``checkpoint`` is given).
     ``lookahead`` (``(top_k, horizon[, cooldown[, when]])``) runs the controller with deploy-time
     lookahead (its cache key is the checkpoint hash + ``+`` + :meth:`LookaheadSetting.tag`);
-    ``guard`` / ``rollback`` are the scheduler's raise guard (the key gets ``+guard<tol>``, or
-    ``+revert<tol>`` without rollback; none when the guard is off, as before it existed)."""
+    ``guard`` / ``rollback`` are the scheduler's raise guard (the key gets ``+guard<tol>w<windows>``,
+    or ``+revert<tol>w<windows>`` without rollback; none when the guard is off, as before it
+    existed)."""
     lookahead = LookaheadSetting.of(lookahead)
     fams = select_families(families)
     ck = str(checkpoint) if checkpoint is not None else ""
@@ -108,7 +109,7 @@ def plan_jobs(
     if h and lookahead is not None:
         h += f"+{lookahead.tag()}"
     if h and guard is not None:
-        h += f"+{'guard' if rollback else 'revert'}{guard:g}"
+        h += f"+{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
     jobs = []
     for f in fams:
         b = int(budget or f.budget)

@@ -50,7 +50,6 @@ def _nonnegative_int(value: str) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from trajlib.deploy._scheduler import GUARD
     from trajlib.evaluate.suite import families_markdown, run_suite
 
     if args.list:
@@ -58,6 +57,9 @@ def cmd_suite(args: argparse.Namespace) -> int:
         return 0
     if not Path(args.checkpoint).is_dir():
         raise ConfigError("CHECKPOINT", "an existing checkpoint directory", args.checkpoint)
+    guard: dict[str, Any] = {}  # absent: the scheduler's default tolerance
+    if args.no_guard or args.guard is not None:
+        guard["guard"] = None if args.no_guard else args.guard
     res = run_suite(
         args.checkpoint,
         seeds=args.seeds,
@@ -72,8 +74,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
         lookahead=None
         if args.lookahead is None
         else (*args.lookahead, args.lookahead_cooldown, args.lookahead_when),
-        guard=None if args.no_guard else GUARD if args.guard is None else args.guard,
         rollback=not args.no_rollback,
+        **guard,
     )
     for t in res.targets:
         print(

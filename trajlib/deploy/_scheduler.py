@@ -35,6 +35,21 @@ GUARD = 0.5
 #: How many decision windows after a raise the guard judges it in (the copy of the weights at the
 #: raise is held that long, unless a new raise starts a new trial first).
 GUARD_WINDOWS = 2
+#: The counters of ``ControllerScheduler.events``.
+EVENTS = (
+    "decisions",
+    "held_nonfinite",
+    "errors",
+    "skipped_steps",
+    "missing_loss",
+    "late_validation",
+    "kept_by_rule",
+    "guard_reverts",
+    "guard_capped",
+    "guard_rollbacks",
+    "guard_rolled_back_steps",
+    "guard_rescues",
+)
 #: Hyperparameters a ControllerScheduler can set on a torch optimizer.
 SETTABLE = ("lr", "momentum", "weight_decay")
 #: Bounds used when a checkpoint's action space moves a hyperparameter its hp space lacks.
@@ -47,7 +62,7 @@ _STAT_COLS = PROBE_COLUMNS[:-1]  # everything but "finite" (set from the loss to
 _TORCH_KEYS = ("base_lrs", "last_epoch", "_step_count", "_last_lr")
 
 
-def _check_arguments(optimizer: Any, total_steps: Any, every: Any) -> None:
+def _check_arguments(optimizer: Any, total_steps: Any, every: Any, guard: Any) -> None:
     """Misuse fails up front, with one line naming the argument."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(
@@ -66,6 +81,23 @@ def _check_arguments(optimizer: Any, total_steps: Any, every: Any) -> None:
         isinstance(every, bool) or not isinstance(every, int | np.integer) or every <= 0
     ):
         raise ConfigError("every", "a positive integer (steps between decisions)", every)
+    if guard is not None and (
+        isinstance(guard, bool) or not isinstance(guard, int | float) or not guard > 0
+    ):
+        raise ConfigError("guard", "None or a tolerance > 0 (e.g. 0.5)", guard)
+
+
+def _load_checked(controller: str | Path | LoadedController) -> tuple[LoadedController, Any]:
+    """The controller, loaded, and its feature set (which must be this trajlib's)."""
+    loaded = controller if isinstance(controller, LoadedController) else load_controller(controller)
+    fs = get_feature_set(loaded.feature_set_name)
+    if fs.hash != loaded.feature_set_hash:
+        raise FeatureSetMismatchError(
+            f"checkpoint was trained on feature set {fs.name!r} hash "
+            f"{loaded.feature_set_hash}, this trajlib computes hash {fs.hash}; refit the "
+            "controller or install the matching trajlib"
+        )
+    return loaded, fs
 
 
 @dataclass
@@ -192,25 +224,12 @@ class ControllerScheduler(LRScheduler):
         rollback: bool = True,
         model: torch.nn.Module | None = None,
     ) -> None:
-        _check_arguments(optimizer, total_steps, every)
-        if guard is not None and (
-            isinstance(guard, bool) or not isinstance(guard, int | float) or not guard > 0
-        ):
-            raise ConfigError("guard", "None or a tolerance > 0 (e.g. 0.5)", guard)
+        _check_arguments(optimizer, total_steps, every, guard)
         self.guard = None if guard is None else float(guard)
         self.rollback = bool(rollback)
         self._model = model if model is not None else getattr(lookahead, "model", None)
         self._saved: dict[str, Any] | None = None  # the weights at the raise on trial
-        self.loaded = (
-            controller if isinstance(controller, LoadedController) else load_controller(controller)
-        )
-        fs = get_feature_set(self.loaded.feature_set_name)
-        if fs.hash != self.loaded.feature_set_hash:
-            raise FeatureSetMismatchError(
-                f"checkpoint was trained on feature set {fs.name!r} hash "
-                f"{self.loaded.feature_set_hash}, this trajlib computes hash {fs.hash}; refit the "
-                "controller or install the matching trajlib"
-            )
+        self.loaded, fs = _load_checked(controller)
         self._fs = fs
         self.total_steps = int(total_steps)
         self.every = int(every or self.loaded.every)
@@ -221,35 +240,8 @@ class ControllerScheduler(LRScheduler):
         self.actions = self.loaded.action_space
         self.space = self.loaded.hp_space
         self._check_optimizer(optimizer)
-        self._bounds: dict[str, HyperParam | None] = {
-            n: (self.space[n] if n in self.space else _FALLBACK_BOUNDS.get(n))
-            for n in self.actions.hyperparameters
-        }
-        self._moves = [
-            [(n, float(d), self._bounds[n]) for n, d in a.moves.items()]
-            for a in self.actions.actions
-        ]
-        names = list(self.loaded.feature_names)
-        nan_frac = self.loaded.feature_nan_fraction
-        self._nan_ok = np.array([nan_frac.get(n, 1.0) > 0 for n in names], dtype=bool)
-        cols = {getattr(p, "col", None) for f in fs.features for p in f.requires()}
-        self._dots = bool(cols & {"grad_cos", "update_cos"})
-        lr_bounds = self._bounds.get("lr")
-        self._mult0 = lr_bounds.clamp(1.0) if lr_bounds is not None else 1.0
-        self.events = {
-            "decisions": 0,
-            "held_nonfinite": 0,
-            "errors": 0,
-            "skipped_steps": 0,
-            "missing_loss": 0,
-            "late_validation": 0,
-            "kept_by_rule": 0,
-            "guard_reverts": 0,
-            "guard_capped": 0,
-            "guard_rollbacks": 0,
-            "guard_rolled_back_steps": 0,
-            "guard_rescues": 0,
-        }
+        self._read_checkpoint(fs)
+        self.events = dict.fromkeys(EVENTS, 0)
         # the training losses since the last decision (the raise guard's window)
         self._window: list[float] = []
         self._window_bad = False
@@ -290,6 +282,26 @@ class ControllerScheduler(LRScheduler):
             self._saved = self._copy(self.units[0], 0, start=True)
 
     # ----------------------------------------------------------------- construction helpers
+    def _read_checkpoint(self, fs: Any) -> None:
+        """What the scheduler derives from the checkpoint once: each move's bounds, the features
+        allowed to be NaN, whether the probe needs dot products, the initial multiplier."""
+        self._bounds: dict[str, HyperParam | None] = {
+            n: (self.space[n] if n in self.space else _FALLBACK_BOUNDS.get(n))
+            for n in self.actions.hyperparameters
+        }
+        self._moves = [
+            [(n, float(d), self._bounds[n]) for n, d in a.moves.items()]
+            for a in self.actions.actions
+        ]
+        nan_frac = self.loaded.feature_nan_fraction
+        self._nan_ok = np.array(
+            [nan_frac.get(n, 1.0) > 0 for n in self.loaded.feature_names], dtype=bool
+        )
+        cols = {getattr(p, "col", None) for f in fs.features for p in f.requires()}
+        self._dots = bool(cols & {"grad_cos", "update_cos"})
+        lr_bounds = self._bounds.get("lr")
+        self._mult0 = lr_bounds.clamp(1.0) if lr_bounds is not None else 1.0
+
     def _check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         path = getattr(self.loaded, "path", None)
         src = str(path) if path is not None and str(path) not in ("", ".") else "the checkpoint"

@@ -33,7 +33,7 @@ from typing import Any
 
 import polars as pl
 
-from trajlib.deploy._scheduler import GUARD
+from trajlib.deploy import GUARD
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import FAMILIES, Family, get_family, select_families
 from trajlib.evaluate.suite._loop import METHODS, PENALTY, LookaheadSetting, run_one

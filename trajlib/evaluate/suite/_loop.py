@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader
 
+from trajlib.deploy import GUARD
 from trajlib.deploy._lookahead import WHEN
-from trajlib.deploy._scheduler import GUARD
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import Family
 
@@ -138,24 +138,7 @@ def run_one(
         raise ConfigError("checkpoint", "a checkpoint directory for method 'controller'", None)
     steps = int(budget or family.budget)
     val_every = max(1, round(family.val_every * steps / family.budget))  # same share of the run
-    row: dict[str, Any] = {
-        "status": "ok",
-        "error": "",
-        "warning": "",
-        "init_test_loss": math.nan,
-        "final_train_loss": math.nan,
-        "final_val_loss": math.nan,
-        "test_loss": math.nan,
-        "steps_done": 0,
-        "final_lr": math.nan,
-        "decisions": 0,
-        "held": 0,
-        "controller_errors": 0,
-        "compute_ratio": 1.0,
-        "guard_reverts": 0,
-        "guard_rescues": 0,
-        "wall_s": 0.0,
-    }
+    row = _empty_row()
     t0 = time.perf_counter()
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -206,14 +189,38 @@ def run_one(
         torch.set_num_threads(before)
     row.pop("traceback", None)
     row["wall_s"] = time.perf_counter() - t0
+    row["score"] = _score(row)
+    return row
+
+
+def _empty_row() -> dict[str, Any]:
+    """A result row before the run: what a run that fails at once reports."""
+    return {
+        "status": "ok",
+        "error": "",
+        "warning": "",
+        "init_test_loss": math.nan,
+        "final_train_loss": math.nan,
+        "final_val_loss": math.nan,
+        "test_loss": math.nan,
+        "steps_done": 0,
+        "final_lr": math.nan,
+        "decisions": 0,
+        "held": 0,
+        "controller_errors": 0,
+        "compute_ratio": 1.0,
+        "guard_reverts": 0,
+        "guard_rescues": 0,
+        "wall_s": 0.0,
+    }
+
+
+def _score(row: dict[str, Any]) -> float:
+    """The test loss, capped at the penalty; the penalty for a run that diverged or crashed."""
     penalty = PENALTY * row["init_test_loss"]
     if row["status"] != "ok":
-        row["score"] = penalty
-    else:
-        row["score"] = (
-            min(row["test_loss"], penalty) if math.isfinite(penalty) else row["test_loss"]
-        )
-    return row
+        return float(penalty)
+    return float(min(row["test_loss"], penalty) if math.isfinite(penalty) else row["test_loss"])
 
 
 def _train(
@@ -272,7 +279,7 @@ def _scheduler(
     checkpoint: str | Path | None,
     lookahead: LookaheadSetting | None,
     train_step: Any,
-    guard: tuple[float | None, bool] = (GUARD, True),
+    guard: tuple[float | None, bool],
 ) -> Any:
     """None (schedule-free), cosine to 0 over ``steps``, or the controller (with lookahead)."""
     if method == "schedule-free":

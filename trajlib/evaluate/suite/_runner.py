@@ -28,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from trajlib.deploy._scheduler import GUARD, GUARD_WINDOWS
+from trajlib.deploy import GUARD, GUARD_WINDOWS
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import select_families
 from trajlib.evaluate.suite._loop import LookaheadSetting, run_one

@@ -35,6 +35,10 @@ def add_suite_command(sub: Any) -> None:
                    help="score each lookahead branch after annealing its LR to 0 over STEPS")  # fmt: skip
     p.add_argument("--lookahead-when", choices=("always", "unsure", "auto"), default="always",
                    help="look at every decision, or only where the do-no-harm rule is unsure")  # fmt: skip
+    p.add_argument("--lookahead-search", type=float, nargs="+", default=(), metavar="FACTOR",
+                   help="scale search at the first decision: try these LR factors too")  # fmt: skip
+    p.add_argument("--lookahead-search-horizon", type=_nonnegative_int, default=0, metavar="STEPS",
+                   help="steps each factor of the scale search runs (default: HORIZON)")  # fmt: skip
     p.add_argument("--guard", type=float, metavar="TOL",
                    help="the controller's raise guard tolerance (default: the scheduler's)")  # fmt: skip
     p.add_argument("--no-guard", action="store_true", help="run the controller without its guard")
@@ -73,7 +77,13 @@ def cmd_suite(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         lookahead=None
         if args.lookahead is None
-        else (*args.lookahead, args.lookahead_cooldown, args.lookahead_when),
+        else (
+            *args.lookahead,
+            args.lookahead_cooldown,
+            args.lookahead_when,
+            tuple(args.lookahead_search),
+            args.lookahead_search_horizon,
+        ),
         rollback=not args.no_rollback,
         **guard,
     )

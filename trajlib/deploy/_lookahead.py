@@ -19,6 +19,21 @@ At a decision point of a :class:`~trajlib.deploy.ControllerScheduler` built with
 4. yields the buffered batches to the loop, which trains on them under the chosen action: the
    run is bitwise the run in which the controller had chosen that action (on the CPU).
 
+Scale search (``search=(0.25, 4, 16)``, off by default): at the run's first decision point the
+lookahead does not ask the controller which move to try but how far off the start LR is: it runs
+the current LR and each factor of it (clamped to the checkpoint's LR range, raises to the guard's
+ceiling) for ``search_horizon`` steps (+ ``cooldown``) on the same batches and applies the best
+(a raise goes on the guard's trial like any other). "Best" is measured on the second half of
+each branch's losses, paired with the current LR's on the same batches: a factor moves the LR
+only when its losses there are lower with a paired t statistic above ``SEARCH_T`` (and by more
+than ``margin``), so a loss that sits on a plateau (both at chance level, say) does not move it
+on one lucky batch (:func:`search_choice`; the training losses, not ``validate``). A controller moves the LR by its action
+sizes (x4 at most) one decision at a time; a start that is 10x or 50x too low costs many
+decisions, and when the loop's LR sits far outside what the controller saw in training its
+features may not show it (on the held-out suite, loops whose tuned LR is 10x their default where
+the controller kept every decision). One search answers the coarse question by measurement; the
+controller then steers from there. Its branch steps count in ``compute_ratio`` like the others.
+
 Why the measured loss and not the controller's prediction at the end of each branch: the
 controller predicts each action's advantage *over keep from one state*; its values from two
 different states (the ends of two branches) are not on a common scale, while the branches' losses
@@ -46,7 +61,7 @@ lookahead restores the snapshot, falls back to the plain decision, is counted in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +97,31 @@ class LookaheadDecision:
     controller_choice: int
     chosen: int
     horizon: int
+    #: a scale search (``Lookahead(search=...)``): the LR factors tried (``scores`` are theirs,
+    #: ``candidates`` is empty, ``chosen`` is keep) and the one applied (after clamping)
+    lr_factors: tuple[float, ...] = ()
+    factor: float = 1.0
+
+
+def check_search(search: Any) -> tuple[float, ...]:
+    """``search`` as a tuple of LR factors (finite, > 0, not 1); ConfigError otherwise."""
+    try:
+        out = tuple(search)
+        ok = (
+            all(
+                isinstance(f, int | float)
+                and not isinstance(f, bool)
+                and math.isfinite(f)
+                and f > 0
+                for f in out
+            )
+            and 1 not in out
+        )
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ConfigError("search", "a sequence of LR factors > 0 other than 1", search)
+    return tuple(float(f) for f in out)
 
 
 def _positive_int(field: str, v: Any, minimum: int = 1) -> int:
@@ -109,6 +149,9 @@ class Lookahead:
         when: ``"always"`` (every decision point), ``"unsure"`` (only where the checkpoint's
             do-no-harm rule would keep although the best move's mean advantage is positive) or
             ``"auto"``: ``"unsure"`` for a checkpoint with a rule, else ``"always"``.
+        search: LR factors tried against the current LR at the run's first decision point (the
+            scale search, module docstring); empty: none.
+        search_horizon: steps each factor of the search runs (default: ``horizon``).
     """
 
     def __init__(
@@ -123,6 +166,8 @@ class Lookahead:
         scaler: Any | None = None,
         margin: float = 0.0,
         when: str = "auto",
+        search: Sequence[float] = (),
+        search_horizon: int | None = None,
     ) -> None:
         if not callable(train_step):
             raise ConfigError("train_step", "a callable train_step(batch) -> loss", train_step)
@@ -147,6 +192,13 @@ class Lookahead:
         self.horizon = _positive_int("horizon", horizon)
         self.cooldown = _positive_int("cooldown", cooldown, minimum=0)
         self.margin = float(margin)
+        self.search = check_search(search)
+        self.search_horizon = (
+            self.horizon
+            if search_horizon is None
+            else _positive_int("search_horizon", search_horizon)
+        )
+        self._searched = False
         #: every decision the lookahead took (:class:`LookaheadDecision`)
         self.decisions: list[LookaheadDecision] = []
         self._sched: Any = None
@@ -207,7 +259,13 @@ class Lookahead:
 
     # ----------------------------------------------------------------- a decision
     def _wanted(self) -> int:
-        return 0 if self._due is None else self.horizon + self.cooldown
+        if self._due is None:
+            return 0
+        return (self.search_horizon if self._search_due() else self.horizon) + self.cooldown
+
+    def _search_due(self) -> bool:
+        """The scale search is pending: asked for, not done, no decision taken in this run."""
+        return bool(self.search) and not self._searched and self._sched.events["decisions"] == 0
 
     def _run(self, buffer: list[Any]) -> None:
         """Take the due decision: with the lookahead on ``buffer``, else (nothing to look at, or
@@ -248,6 +306,9 @@ class Lookahead:
         x = u.features.values()
         if (~np.isfinite(x) & ~(np.isnan(x) & s._nan_ok)).any():
             return False  # the plain path holds and says why
+        if self._search_due():
+            self._searched = True
+            return self._search(step, x, buffer)
         keep = s.actions.keep_index
         unsure = self.when == "unsure"
         if unsure:
@@ -279,7 +340,9 @@ class Lookahead:
         candidates = moves[: self.top_k]
         if keep not in candidates:
             candidates.append(keep)
-        scores = self._branches(step, candidates, buffer, H, cooldown)
+        scores, _ = self._branches(
+            step, candidates, lambda a: s._apply_action(0, u, a, step), buffer, H, cooldown
+        )
         best = min(candidates, key=lambda a: (scores[a], candidates.index(a)))
         bar = scores[first] - self.margin * abs(scores[first])
         chosen = best if scores[first] == math.inf or scores[best] < bar else first
@@ -296,9 +359,61 @@ class Lookahead:
         )
         return True
 
+    def _search(self, step: int, x: np.ndarray, buffer: list[Any]) -> bool:
+        """The scale search at the first decision point (module docstring)."""
+        s = self._sched
+        u = s.units[0]
+        H = min(self.search_horizon, len(buffer), s.total_steps - step)
+        if H < 1:
+            return False
+        cooldown = min(self.cooldown, len(buffer) - H)
+        _, state = s.loaded.controller.decide_values(x, u.ctrl_state)
+        hp = s._bounds.get("lr")
+        m0 = u.mult
+        targets: dict[float, float] = {}  # factor -> multiplier (clamped; the first of equals)
+        for f in (1.0, *self.search):
+            m = hp.clamp(m0 * f) if hp is not None else m0 * f
+            if m > m0 and s.guard is not None:
+                m = max(m0, min(m, u.ceiling))
+            if m not in targets.values():
+                targets[f] = m
+        factors = list(targets)
+        _, traces = self._branches(
+            step, factors, lambda f: s._set_mult(u, targets[f], step), buffer, H, cooldown
+        )
+        scores, chosen = search_choice(traces, H, self.margin)
+        if chosen is None:
+            return False  # every branch diverged: the plain decision
+        u.ctrl_state = state
+        s.events["decisions"] += 1
+        s._set_mult(u, targets[chosen], step)
+        s._arm(u)
+        s.events["lookahead_decisions"] += 1
+        keep = s.actions.keep_index
+        self.decisions.append(
+            LookaheadDecision(
+                step,
+                (),
+                tuple(scores[f] for f in factors),
+                keep,
+                keep,
+                H,
+                lr_factors=tuple(factors),
+                factor=targets[chosen] / m0 if m0 > 0 else 1.0,
+            )
+        )
+        return True
+
     def _branches(
-        self, step: int, candidates: list[int], buffer: list[Any], H: int, cooldown: int
-    ) -> dict[int, float]:
+        self,
+        step: int,
+        candidates: list[Any],
+        apply: Callable[[Any], None],
+        buffer: list[Any],
+        H: int,
+        cooldown: int,
+    ) -> tuple[dict[Any, float], dict[Any, list[float] | None]]:
+        """Each candidate's score and its branch's losses (None where one was not finite)."""
         s = self._sched
         u = s.units[0]
         opt = s.optimizer
@@ -316,17 +431,17 @@ class Lookahead:
             "targets": list(s._targets),
             "open": (s._loss, s._loss_n, s._val),
         }
-        scores: dict[int, float] = {}
-        seen: dict[Any, float] = {}
+        scores: dict[Any, float] = {}
+        traces: dict[Any, list[float] | None] = {}
+        seen: dict[Any, tuple[float, list[float] | None]] = {}
         try:
             for a in candidates:
                 try:
-                    s._apply_action(0, u, a, step)
+                    apply(a)
                     effect = (u.mult, *(self._hps(g) for g in opt.param_groups))
-                    if effect in seen:  # the same move on this optimizer: tried already
-                        scores[a] = seen[effect]
-                        continue
-                    scores[a] = seen[effect] = self._branch(step, buffer, H, cooldown, ratios)
+                    if effect not in seen:  # else the same move on this optimizer: tried already
+                        seen[effect] = self._branch(step, buffer, H, cooldown, ratios)
+                    scores[a], traces[a] = seen[effect]
                 finally:
                     restore_snapshot(snap, self.model, opt, self.scaler)
                     s._probe.load_state_dict(mine["probe"])
@@ -338,7 +453,7 @@ class Lookahead:
                     s._loss, s._loss_n, s._val = mine["open"]
         finally:
             s._bf_memo = (-1, 0, 1.0)
-        return scores
+        return scores, traces
 
     @staticmethod
     def _hps(g: dict[str, Any]) -> tuple[Any, ...]:
@@ -346,7 +461,7 @@ class Lookahead:
 
     def _branch(
         self, step: int, buffer: list[Any], H: int, cooldown: int, ratios: list[float]
-    ) -> float:
+    ) -> tuple[float, list[float] | None]:
         s = self._sched
         groups = s.optimizer.param_groups
         units = [s.units[i] for i in s._unit_of_group]
@@ -357,9 +472,9 @@ class Lookahead:
                 _set_lr(g, r * base * f * u.mult)
             losses.append(self._step(buffer[j]))
         tail = losses[-max(H // 4, 1) :]
+        cooled: list[float] = []
         if cooldown > 0:
             last = [float(g["lr"]) for g in groups]
-            cooled = []
             for j in range(cooldown):
                 for g, lr in zip(groups, last):
                     _set_lr(g, lr * (1 - j / cooldown))
@@ -369,8 +484,10 @@ class Lookahead:
             v = self.validate()
             tail = [float(v[0] if isinstance(v, tuple | list) else v)]
         score = float(np.mean(tail))
-        finite = all(math.isfinite(x) for x in losses)
-        return score if finite and math.isfinite(score) else math.inf
+        trace = losses + cooled
+        if all(math.isfinite(x) for x in trace) and math.isfinite(score):
+            return score, trace
+        return math.inf, None
 
     def _step(self, batch: Any) -> float:
         s = self._sched
@@ -386,6 +503,46 @@ class Lookahead:
         for g, lr in zip(s.optimizer.param_groups, values, strict=True):
             _set_lr(g, lr)
         s._last_lr = [float(v) for v in values]
+
+
+#: the scale search moves the LR only when the paired differences of its tail losses against the
+#: current LR's (same batches) have a t statistic above this (about a one-sided 97.5 % level)
+SEARCH_T = 2.0
+
+
+def search_choice(
+    traces: dict[float, list[float] | None], horizon: int, margin: float = 0.0
+) -> tuple[dict[float, float], float | None]:
+    """The scale search's scores and choice from each factor's branch losses (``1.0`` is the
+    current LR; None: the branch was not finite).
+
+    A factor's score is its mean loss over the second half of its branch (the last
+    ``horizon // 2`` steps of the horizon, then the cool-down). A factor other than 1 is eligible
+    when its losses there are lower than the current LR's on the same batches with a paired t
+    statistic above :data:`SEARCH_T` and by more than ``margin`` (relative) on average — one lucky
+    batch does not move the LR — or when the current LR's branch was not finite. The eligible
+    factor with the lowest score is chosen, else 1.0; None when every branch was non-finite."""
+    start = horizon - max(horizon // 2, 1)
+    tails = {
+        f: None if t is None else np.asarray(t[start:], dtype=np.float64) for f, t in traces.items()
+    }
+    scores = {f: math.inf if t is None else float(t.mean()) for f, t in tails.items()}
+    keep = tails.get(1.0)
+    eligible = []
+    for f, t in tails.items():
+        if f == 1.0 or t is None:
+            continue
+        if keep is None:
+            eligible.append(f)
+            continue
+        d = keep - t  # > 0 where the factor's loss is lower
+        se = float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else math.inf
+        gain = float(d.mean())
+        if gain > margin * abs(scores[1.0]) and (gain > SEARCH_T * se if se > 0 else gain > 0):
+            eligible.append(f)
+    if eligible:
+        return scores, min(eligible, key=lambda f: scores[f])
+    return scores, (1.0 if keep is not None else None)
 
 
 def _set_lr(g: dict[str, Any], lr: float) -> None:

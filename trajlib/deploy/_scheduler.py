@@ -793,22 +793,26 @@ class ControllerScheduler(LRScheduler):
         groups = range(len(self.optimizer.param_groups)) if u.groups is None else u.groups
         for name, delta, hp in self._moves[a]:
             if name == "lr":
-                old = u.mult
-                new = hp.move(old, delta) if hp else old * math.exp(delta)
-                if new > old and self.guard is not None:
-                    if new > u.ceiling:  # the guard undid a raise to here: no higher
-                        self.events["guard_capped"] += 1
-                        new = max(old, u.ceiling)
-                    pre = self._window_stat[1] if self._window_stat[0] == step else None
-                    if new > old and pre is not None:
-                        u.probation = (old, pre, GUARD_WINDOWS, step)
-                u.mult = new
+                self._set_mult(u, hp.move(u.mult, delta) if hp else u.mult * math.exp(delta), step)
                 continue
             for gi in groups:
                 g = self.optimizer.param_groups[gi]
                 # never a hyperparameter the optimizer lacks or the user switched off
                 if hp is not None and hp_movable(g, name):
                     hp_set(g, name, hp.move(hp_get(g, name), delta))  # type: ignore[arg-type]
+
+    def _set_mult(self, u: _Unit, new: float, step: int) -> None:
+        """Set unit ``u``'s LR multiplier at decision ``step``; a raise is capped at the guard's
+        ceiling and put on trial."""
+        old = u.mult
+        if new > old and self.guard is not None:
+            if new > u.ceiling:  # the guard undid a raise to here: no higher
+                self.events["guard_capped"] += 1
+                new = max(old, u.ceiling)
+            pre = self._window_stat[1] if self._window_stat[0] == step else None
+            if new > old and pre is not None:
+                u.probation = (old, pre, GUARD_WINDOWS, step)
+        u.mult = new
 
     def _base_factor(self, step: int) -> float:
         """The base schedule's factor at ``step`` (the last value is kept: every step asks for

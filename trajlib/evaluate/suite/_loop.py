@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from trajlib.deploy import GUARD
-from trajlib.deploy._lookahead import WHEN
+from trajlib.deploy._lookahead import WHEN, check_search
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import Family
 
@@ -40,6 +40,8 @@ class LookaheadSetting(NamedTuple):
     horizon: int
     cooldown: int = 0
     when: str = "always"  # the suite's runs before "auto" existed looked at every decision
+    search: tuple[float, ...] = ()  # the scale search's LR factors (none: no search)
+    search_horizon: int = 0  # 0: the horizon
 
     @classmethod
     def of(cls, value: LookaheadSetting | tuple[Any, ...] | None) -> LookaheadSetting | None:
@@ -48,12 +50,16 @@ class LookaheadSetting(NamedTuple):
             return None
         try:
             s = cls(*value)
-            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in s[:3])
-        except TypeError:
+            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (*s[:3], s[5]))
+            s = s._replace(search=check_search(s.search))
+        except (TypeError, ConfigError):
             ok = False
         if not ok or s.top_k < 1 or s.horizon < 1 or s.cooldown < 0 or s.when not in WHEN:
             raise ConfigError(
-                "lookahead", "(top_k >= 1, horizon >= 1[, cooldown >= 0[, when]])", value
+                "lookahead",
+                "(top_k >= 1, horizon >= 1[, cooldown >= 0[, when[, search factors[, "
+                "search_horizon >= 0]]]])",
+                value,
             )
         return s
 
@@ -62,7 +68,9 @@ class LookaheadSetting(NamedTuple):
         ``c<cooldown>`` and ``-unsure`` where they are set."""
         c = f"c{self.cooldown}" if self.cooldown else ""
         w = "" if self.when == "always" else f"-{self.when}"
-        return f"la{self.top_k}x{self.horizon}{c}{w}"
+        f = "_".join(f"{v:g}" for v in self.search)
+        sr = f"-s{f}h{self.search_horizon or self.horizon}" if self.search else ""
+        return f"la{self.top_k}x{self.horizon}{c}{w}{sr}"
 
 
 __all__ = ["METHODS", "PENALTY", "run_one"]
@@ -297,6 +305,8 @@ def _scheduler(
             horizon=lookahead.horizon,
             cooldown=lookahead.cooldown,
             when=lookahead.when,
+            search=lookahead.search,
+            search_horizon=lookahead.search_horizon or None,
         )
     return ControllerScheduler(
         opt,

@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from trajlib.controllers import load_controller
-from trajlib.deploy import ControllerScheduler
+from trajlib.deploy import ControllerScheduler, Lookahead
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-#: v1 (the first shipped checkpoint; moves momentum too), the README's headline v3 and its climbing
-#: variant (LR only; the climbing one moves the LR by up to x4 at a decision).
-SHIPPED = {v: MODELS / f"trajlib-lr-{v}" / "checkpoint" for v in ("v1", "v3", "v3-climb")}
+#: v1 (the first shipped checkpoint; moves momentum too), the README's headline v3, its climbing
+#: variant and v4 (LR only; the climbing ones move the LR by up to x4 at a decision, v4 up to 100x
+#: its start; v4 is also run the way it ships, with lookahead and the scale search)
+SHIPPED = {v: MODELS / f"trajlib-lr-{v}" / "checkpoint" for v in ("v1", "v3", "v3-climb", "v4")}
 STEPS, EVERY = 240, 20
 ALL = sorted(
     name
@@ -83,21 +84,17 @@ def _switched_off(opt: torch.optim.Optimizer) -> list[dict[str, float]]:
 
 
 def _run(
-    kind: str, extra: dict[str, Any], version: str = "v1"
+    kind: str, extra: dict[str, Any], version: str = "v1", look: bool = False
 ) -> tuple[ControllerScheduler, list[float]]:
     model = _model(kind)
     made = _optimizer(kind, model, extra)
     opt, dense_opt = made if isinstance(made, tuple) else (made, None)
     loaded = load_controller(SHIPPED[version])
-    sched = ControllerScheduler(opt, loaded, total_steps=STEPS, every=EVERY)
-    fixed, off = _fixed(opt), _switched_off(opt)
-    lo, hi = loaded.hp_space["lr"].low, loaded.hp_space["lr"].high
-    base = [float(g["initial_lr"]) for g in opt.param_groups]
-    losses = []
-    for t in range(STEPS):
+
+    def train_step(t: int) -> torch.Tensor:  # one whole optimizer step on batch t
         x, y = _batch(kind, t)
 
-        def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+        def closure() -> torch.Tensor:
             opt.zero_grad()
             if dense_opt is not None:
                 dense_opt.zero_grad()
@@ -112,6 +109,20 @@ def _run(
             opt.step()
         if dense_opt is not None:
             dense_opt.step()
+        return loss
+
+    la = None
+    if look:  # the way v4 ships (README): lookahead where unsure and the scale search
+        la = Lookahead(
+            train_step, model, top_k=1, horizon=6, cooldown=3, search=(4, 16, 64), search_horizon=16
+        )
+    sched = ControllerScheduler(opt, loaded, total_steps=STEPS, every=EVERY, lookahead=la)
+    fixed, off = _fixed(opt), _switched_off(opt)
+    lo, hi = loaded.hp_space["lr"].low, loaded.hp_space["lr"].high
+    base = [float(g["initial_lr"]) for g in opt.param_groups]
+    losses = []
+    for t in sched.batches(range(STEPS)):
+        loss = train_step(t)
         sched.observe(loss)
         if (t + 1) % 10 == 0:
             with torch.no_grad():
@@ -149,6 +160,28 @@ def test_the_shipped_controller_drives_every_torch_optimizer(
     assert sched.step_count == STEPS
     # validation reported every 10 steps: the controller decides (it does not hold every time)
     assert sched.events["decisions"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "extra"), CASES, ids=[k + ("+momentum" if e else "") for k, e in CASES]
+)
+def test_v4_with_lookahead_and_the_scale_search_on_every_torch_optimizer(
+    kind: str, extra: dict[str, Any]
+) -> None:
+    if kind == "SparseAdam":
+        pytest.skip("two optimizers (sparse + dense): a Lookahead snapshots the scheduler's one")
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sched, _ = _run(kind, extra, "v4", look=True)
+    ev = sched.events
+    assert ev["errors"] == ev["lookahead_errors"] == 0 and sched.step_count == STEPS
+    la = sched.lookahead
+    assert la is not None
+    if ev["guard_rescues"] == 0:  # else the start diverged (LBFGS): no search up from there
+        assert la.decisions and la.decisions[0].lr_factors  # the search ran
+        assert sched.compute_ratio > 1
 
 
 def test_the_list_of_optimizers_is_torchs() -> None:

@@ -105,7 +105,7 @@ def test_search_arguments_and_the_suite_setting() -> None:
         Lookahead(step, model, search=(4.0,), search_horizon=0)
     assert Lookahead(step, model, search=[4, 0.5]).search == (4.0, 0.5)
     s = LookaheadSetting.of((1, 6, 3, "unsure", (0.25, 4, 16), 20))
-    assert s is not None and s.tag() == "la1x6c3-unsure-s0.25_4_16h20"
+    assert s is not None and s.tag() == "la1x6c3-unsure-s0.25_4_16h20w4"
     assert LookaheadSetting.of((1, 6)).tag() == "la1x6"  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match="lookahead"):
         LookaheadSetting.of((1, 6, 0, "always", (1.0,)))
@@ -143,3 +143,48 @@ def test_search_choice_moves_only_on_a_paired_gain() -> None:
     cooled = base + [2.0, 2.0]
     assert search_choice({1.0: base + [2.3, 2.3], 4.0: cooled}, horizon=8)[1] == 1.0
     assert search_choice({1.0: base + [2.3, 2.3], 4.0: better + [2.0, 2.0]}, horizon=8)[1] == 4.0
+
+
+def test_search_waits_for_a_decision_point_with_its_whole_horizon_in_the_epoch() -> None:
+    # epochs of 30 batches, a decision every 20 steps, a search of 12 + 3 steps: at step 20 only
+    # 10 batches are left in the epoch, so the search runs at step 40 (10 into the second epoch)
+    model, opt, train_step = _linear(lambda p: torch.optim.SGD(p, lr=1e-4, momentum=0.9))
+    la = Lookahead(
+        train_step, model, top_k=1, horizon=5, cooldown=3, search=(4.0, 16.0), search_horizon=12
+    )
+    sched = ControllerScheduler(opt, V2, total_steps=STEPS, every=EVERY, lookahead=la)
+    epoch = _data()[:30]
+    for _ in range(4):
+        for batch in sched.batches(epoch):
+            sched.observe(train_step(batch))
+            sched.step()
+    searches = [d for d in la.decisions if d.lr_factors]
+    assert [d.step for d in searches] == [2 * EVERY] and searches[0].horizon == 12
+    assert sched.events["lookahead_searches"] == 1
+
+
+def test_a_resumed_run_does_not_search_again() -> None:
+    def run(state: Any, batches: list[Any]) -> tuple[ControllerScheduler, Lookahead]:
+        model, opt, train_step = _linear(lambda p: torch.optim.SGD(p, lr=1e-4, momentum=0.9))
+        la = Lookahead(train_step, model, top_k=1, horizon=5, search=(4.0,), search_horizon=10)
+        sched = ControllerScheduler(
+            opt, V2, total_steps=STEPS, every=EVERY, lookahead=la, guard=None
+        )
+        if state is not None:
+            sched.load_state_dict(state)
+        for batch in sched.batches(batches):
+            sched.observe(train_step(batch))
+            sched.step()
+        return sched, la
+
+    first, la1 = run(None, _data()[:30])  # the search at step 20
+    assert [d.step for d in la1.decisions if d.lr_factors] == [EVERY]
+    # resumed at step 30: decision points 40, 60 and 80 are within the search's reach, but it ran
+    again, la2 = run(first.state_dict(), _data()[30:90])
+    assert again.step_count == 90 and again.events["lookahead_searches"] == 1
+    assert not any(d.lr_factors for d in la2.decisions)
+    # without the record of the search (a state from before it), the resumed run searches
+    state = first.state_dict()
+    state["trajlib"]["events"].pop("lookahead_searches")
+    _, la4 = run(state, _data()[30:90])
+    assert [d.step for d in la4.decisions if d.lr_factors] == [2 * EVERY]

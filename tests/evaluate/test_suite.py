@@ -218,4 +218,4 @@ def test_lookahead_settings_and_their_cache_keys() -> None:
     )  # fmt: skip
     assert row["status"] == "ok", row["error"]
     assert row["decisions"] > 0 and row["compute_ratio"] >= 1 + 4 * 10 / 100
-    assert LookaheadSetting.of((1, 6, 2, "unsure", (4, 0.25))).tag() == "la1x6c2-unsure-s4_0.25h6"
+    assert LookaheadSetting.of((1, 6, 2, "unsure", (4, 0.25))).tag() == "la1x6c2-unsure-s4_0.25h6w4"

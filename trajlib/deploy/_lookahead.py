@@ -19,19 +19,21 @@ At a decision point of a :class:`~trajlib.deploy.ControllerScheduler` built with
 4. yields the buffered batches to the loop, which trains on them under the chosen action: the
    run is bitwise the run in which the controller had chosen that action (on the CPU).
 
-Scale search (``search=(0.25, 4, 16)``, off by default): at the run's first decision point the
-lookahead does not ask the controller which move to try but how far off the start LR is: it runs
-the current LR and each factor of it (clamped to the checkpoint's LR range, raises to the guard's
-ceiling) for ``search_horizon`` steps (+ ``cooldown``) on the same batches and applies the best
-(a raise goes on the guard's trial like any other). "Best" is measured on the second half of
-each branch's losses, paired with the current LR's on the same batches: a factor moves the LR
-only when its losses there are lower with a paired t statistic above ``SEARCH_T`` (and by more
-than ``margin``), so a loss that sits on a plateau (both at chance level, say) does not move it
-on one lucky batch (:func:`search_choice`; the training losses, not ``validate``). A controller moves the LR by its action
-sizes (x4 at most) one decision at a time; a start that is 10x or 50x too low costs many
-decisions, and when the loop's LR sits far outside what the controller saw in training its
-features may not show it (on the held-out suite, loops whose tuned LR is 10x their default where
-the controller kept every decision). One search answers the coarse question by measurement; the
+Scale search (``search=(4, 16, 64)``, off by default): at the run's first decision point (the first
+of the first ``SEARCH_WITHIN`` whose next ``search_horizon + cooldown`` batches are all in the
+current pass over the loader; not after the guard sent the start back) the lookahead does not ask
+the controller which move to try but how far off the start LR is: it runs the current LR and each
+factor of it (clamped to the checkpoint's LR range, raises to the guard's ceiling) for
+``search_horizon`` steps (+ ``cooldown``) on the same batches and applies the best (a raise goes on
+the guard's trial like any other). "Best" is measured on the second half of each branch's losses,
+paired with the current LR's on the same batches: a factor moves the LR only when its losses there
+are lower with a paired t statistic above ``SEARCH_T`` (and by more than ``margin``), so a loss that
+sits on a plateau (both at chance level, say) does not move it on one lucky batch
+(:func:`search_choice`; the training losses, not ``validate``). A controller moves the LR by its
+action sizes (x4 at most) one decision at a time; a start that is 10x or 50x too low costs many
+decisions, and when the loop's LR sits far outside what the controller saw in training its features
+may not show it (on the held-out suite, loops whose tuned LR is 10x their default where the
+controller kept every decision). One search answers the coarse question by measurement; the
 controller then steers from there. Its branch steps count in ``compute_ratio`` like the others.
 
 Why the measured loss and not the controller's prediction at the end of each branch: the
@@ -49,8 +51,8 @@ would keep. There the candidates are the ``top_k`` best moves (never one the rul
 and keep, and keep (the rule's choice) stays unless a move measures better by more than
 ``margin``. Where the rule acts, or where even the mean prefers keep, the plain decision is taken
 at no cost (``events["lookahead_sure"]``). The measurement thus decides exactly the cases the
-learned model cannot, and the compute goes only there. ``when="auto"`` (the default) is ``"unsure"`` for a
-checkpoint with a rule and ``"always"`` for one without.
+learned model cannot, and the compute goes only there. ``when="auto"`` (the default) is
+``"unsure"`` for a checkpoint with a rule and ``"always"`` for one without.
 
 Cost: every branch step is a training step; ``scheduler.events["lookahead_steps"]`` counts them
 and ``scheduler.compute_ratio`` is ``1 + lookahead steps / main steps``. Any exception inside the
@@ -81,6 +83,7 @@ EVENTS = (
     "lookahead_errors",
     "lookahead_skipped",
     "lookahead_sure",
+    "lookahead_searches",
 )
 #: Where the lookahead looks (module docstring).
 WHEN = ("auto", "always", "unsure")
@@ -198,7 +201,6 @@ class Lookahead:
             if search_horizon is None
             else _positive_int("search_horizon", search_horizon)
         )
-        self._searched = False
         #: every decision the lookahead took (:class:`LookaheadDecision`)
         self.decisions: list[LookaheadDecision] = []
         self._sched: Any = None
@@ -261,11 +263,20 @@ class Lookahead:
     def _wanted(self) -> int:
         if self._due is None:
             return 0
-        return (self.search_horizon if self._search_due() else self.horizon) + self.cooldown
+        return (
+            self.search_horizon if self._search_due(self._due) else self.horizon
+        ) + self.cooldown
 
-    def _search_due(self) -> bool:
-        """The scale search is pending: asked for, not done, no decision taken in this run."""
-        return bool(self.search) and not self._searched and self._sched.events["decisions"] == 0
+    def _search_due(self, step: int) -> bool:
+        """The scale search is pending at decision ``step``: asked for, not done, within the
+        first ``SEARCH_WITHIN`` decision points, and the start was not rescued by the guard."""
+        s = self._sched
+        return (
+            bool(self.search)
+            and not s.events.get("lookahead_searches", 0)  # in state_dict(): not again on resume
+            and s.events["guard_rescues"] == 0
+            and step <= SEARCH_WITHIN * s.every
+        )
 
     def _run(self, buffer: list[Any]) -> None:
         """Take the due decision: with the lookahead on ``buffer``, else (nothing to look at, or
@@ -306,9 +317,13 @@ class Lookahead:
         x = u.features.values()
         if (~np.isfinite(x) & ~(np.isnan(x) & s._nan_ok)).any():
             return False  # the plain path holds and says why
-        if self._search_due():
-            self._searched = True
-            return self._search(step, x, buffer)
+        if self._search_due(step):
+            # the whole search horizon ahead, or the last chance (a loader's epoch that ends
+            # sooner would cut the branches short: the search waits for the next decision point)
+            full = len(buffer) >= min(self.search_horizon + self.cooldown, s.total_steps - step)
+            if full or step + s.every > SEARCH_WITHIN * s.every:
+                s.events["lookahead_searches"] = 1
+                return self._search(step, x, buffer)
         keep = s.actions.keep_index
         unsure = self.when == "unsure"
         if unsure:
@@ -505,6 +520,9 @@ class Lookahead:
         s._last_lr = [float(v) for v in values]
 
 
+#: the scale search runs at the first decision point with its whole horizon of batches ahead (a
+#: loader's epoch may end sooner), at the latest at this decision point
+SEARCH_WITHIN = 4
 #: the scale search moves the LR only when the paired differences of its tail losses against the
 #: current LR's (same batches) have a t statistic above this (about a one-sided 97.5 % level)
 SEARCH_T = 2.0

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from trajlib.deploy import GUARD
-from trajlib.deploy._lookahead import WHEN, check_search
+from trajlib.deploy._lookahead import SEARCH_WITHIN, WHEN, check_search
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import Family
 
@@ -65,11 +65,13 @@ class LookaheadSetting(NamedTuple):
 
     def tag(self) -> str:
         """The cache-key suffix: ``la<k>x<h>`` (the form before cool-down and ``when``), then
-        ``c<cooldown>`` and ``-unsure`` where they are set."""
+        ``c<cooldown>`` and ``-unsure`` where they are set, and ``-s<factors>h<horizon>w<n>`` for a
+        scale search (``n``: the decision points it may wait for a whole horizon in the epoch)."""
         c = f"c{self.cooldown}" if self.cooldown else ""
         w = "" if self.when == "always" else f"-{self.when}"
         f = "_".join(f"{v:g}" for v in self.search)
-        sr = f"-s{f}h{self.search_horizon or self.horizon}" if self.search else ""
+        h = self.search_horizon or self.horizon
+        sr = f"-s{f}h{h}w{SEARCH_WITHIN}" if self.search else ""  # w: how long it may wait
         return f"la{self.top_k}x{self.horizon}{c}{w}{sr}"
 
 

@@ -35,7 +35,7 @@ def _search_run(
 
 @pytest.mark.parametrize(("lr", "direction"), [(1e-4, "up"), (30.0, "down")])
 def test_search_finds_the_scale_of_a_start_far_off(lr: float, direction: str) -> None:
-    sched, la, _ = _search_run(lr, (1 / 16, 0.25, 4, 16), search_horizon=12)
+    sched, la, _ = _search_run(lr, (1 / 16, 0.25, 4, 16), search_horizon=12, search_budget=1.0)
     first = la.decisions[0]
     assert first.step == EVERY and first.lr_factors[0] == 1.0 and not first.candidates
     assert first.horizon == 12 and len(first.scores) == len(first.lr_factors)
@@ -105,7 +105,7 @@ def test_search_arguments_and_the_suite_setting() -> None:
         Lookahead(step, model, search=(4.0,), search_horizon=0)
     assert Lookahead(step, model, search=[4, 0.5]).search == (4.0, 0.5)
     s = LookaheadSetting.of((1, 6, 3, "unsure", (0.25, 4, 16), 20))
-    assert s is not None and s.tag() == "la1x6c3-unsure-s0.25_4_16h20w4"
+    assert s is not None and s.tag() == "la1x6c3-unsure-s0.25_4_16h20w4b0.3"
     assert LookaheadSetting.of((1, 6)).tag() == "la1x6"  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match="lookahead"):
         LookaheadSetting.of((1, 6, 0, "always", (1.0,)))
@@ -188,3 +188,30 @@ def test_a_resumed_run_does_not_search_again() -> None:
     state["trajlib"]["events"].pop("lookahead_searches")
     _, la4 = run(state, _data()[30:90])
     assert [d.step for d in la4.decisions if d.lr_factors] == [2 * EVERY]
+
+
+def test_search_keeps_within_its_compute_budget() -> None:
+    # 60 steps, a search of 12 + 3 steps over 3 learning rates would cost 45 steps (75 %); its
+    # budget of 30 % (18 steps) leaves 6 per branch
+    model, opt, train_step = _linear(lambda p: torch.optim.SGD(p, lr=1e-4, momentum=0.9))
+    la = Lookahead(
+        train_step, model, top_k=1, horizon=5, cooldown=3, search=(4.0, 16.0), search_horizon=12
+    )
+    sched = ControllerScheduler(opt, V2, total_steps=60, every=EVERY, lookahead=la, guard=None)
+    for batch in sched.batches(_data()[:60]):
+        sched.observe(train_step(batch))
+        sched.step()
+    search = la.decisions[0]
+    assert search.lr_factors and search.horizon == 6
+    assert sched.events["lookahead_steps"] >= 6 * 3
+    # a budget too small for 2 steps per branch: no search, the plain decision
+    model, opt, train_step = _linear(lambda p: torch.optim.SGD(p, lr=1e-4, momentum=0.9))
+    la = Lookahead(train_step, model, search=(4.0,), search_horizon=12, search_budget=0.05)
+    sched = ControllerScheduler(opt, V2, total_steps=60, every=EVERY, lookahead=la, guard=None)
+    for batch in sched.batches(_data()[:60]):
+        sched.observe(train_step(batch))
+        sched.step()
+    assert not any(d.lr_factors for d in la.decisions) and sched.events["errors"] == 0
+    for bad in (0, 1.5, -0.1, True, "x"):
+        with pytest.raises(ConfigError, match="search_budget"):
+            Lookahead(train_step, model, search=(4.0,), search_budget=bad)  # type: ignore[arg-type]

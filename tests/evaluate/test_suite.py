@@ -211,11 +211,14 @@ def test_lookahead_settings_and_their_cache_keys() -> None:
     jobs = plan_jobs(["vae-digits"], [0], checkpoint=V2, lookahead=(1, 8, 4, "unsure"), budget=60)
     assert {j.lookahead for j in jobs if j.method == "controller"} == {(1, 8, 4, "unsure", (), 0)}
     # a real run of the shipped v2 checkpoint that looks only where its rule is unsure, after a
-    # scale search at its first decision (4 factors x 8 steps + 2 cool-down steps at least)
+    # scale search at its first decision (4 learning rates x 7 steps: its 30 % budget of 100)
     row = run_one(
         get_family("deepsets-spread"), "controller", 1.0, 0, checkpoint=V2, budget=100,
         lookahead=(1, 6, 2, "unsure", (0.25, 4.0, 16.0), 8),
     )  # fmt: skip
     assert row["status"] == "ok", row["error"]
-    assert row["decisions"] > 0 and row["compute_ratio"] >= 1 + 4 * 10 / 100
-    assert LookaheadSetting.of((1, 6, 2, "unsure", (4, 0.25))).tag() == "la1x6c2-unsure-s4_0.25h6w4"
+    assert row["decisions"] > 0 and row["compute_ratio"] >= 1 + 4 * 7 / 100
+    assert (
+        LookaheadSetting.of((1, 6, 2, "unsure", (4, 0.25))).tag()
+        == "la1x6c2-unsure-s4_0.25h6w4b0.3"
+    )

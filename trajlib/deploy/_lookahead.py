@@ -87,6 +87,14 @@ EVENTS = (
 )
 #: Where the lookahead looks (module docstring).
 WHEN = ("auto", "always", "unsure")
+#: the scale search runs at the first decision point with its whole horizon of batches ahead (a
+#: loader's epoch may end sooner), at the latest at this decision point
+SEARCH_WITHIN = 4
+#: the most the scale search may cost by default, as a share of the run's ``total_steps``
+SEARCH_BUDGET = 0.3
+#: the scale search moves the LR only when the paired differences of its tail losses against the
+#: current LR's (same batches) have a t statistic above this (about a one-sided 97.5 % level)
+SEARCH_T = 2.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,9 @@ class Lookahead:
         search: LR factors tried against the current LR at the run's first decision point (the
             scale search, module docstring); empty: none.
         search_horizon: steps each factor of the search runs (default: ``horizon``).
+        search_budget: the most the search may cost, as a share of ``total_steps`` (all its
+            branches together): a short run gets shorter branches (none under 2 steps: then no
+            search).
     """
 
     def __init__(
@@ -171,6 +182,7 @@ class Lookahead:
         when: str = "auto",
         search: Sequence[float] = (),
         search_horizon: int | None = None,
+        search_budget: float = SEARCH_BUDGET,
     ) -> None:
         if not callable(train_step):
             raise ConfigError("train_step", "a callable train_step(batch) -> loss", train_step)
@@ -196,6 +208,13 @@ class Lookahead:
         self.cooldown = _positive_int("cooldown", cooldown, minimum=0)
         self.margin = float(margin)
         self.search = check_search(search)
+        if (
+            isinstance(search_budget, bool)
+            or not isinstance(search_budget, int | float)
+            or not 0 < search_budget <= 1
+        ):
+            raise ConfigError("search_budget", "a share of the run in (0, 1]", search_budget)
+        self.search_budget = float(search_budget)
         self.search_horizon = (
             self.horizon
             if search_horizon is None
@@ -263,9 +282,12 @@ class Lookahead:
     def _wanted(self) -> int:
         if self._due is None:
             return 0
-        return (
-            self.search_horizon if self._search_due(self._due) else self.horizon
-        ) + self.cooldown
+        return self._search_len() if self._search_due(self._due) else self.horizon + self.cooldown
+
+    def _search_len(self) -> int:
+        """Steps each branch of the search runs (horizon + cool-down), within ``search_budget``."""
+        per = int(self.search_budget * self._sched.total_steps) // (len(self.search) + 1)
+        return min(self.search_horizon + self.cooldown, per)
 
     def _search_due(self, step: int) -> bool:
         """The scale search is pending at decision ``step``: asked for, not done, within the
@@ -320,7 +342,7 @@ class Lookahead:
         if self._search_due(step):
             # the whole search horizon ahead, or the last chance (a loader's epoch that ends
             # sooner would cut the branches short: the search waits for the next decision point)
-            full = len(buffer) >= min(self.search_horizon + self.cooldown, s.total_steps - step)
+            full = len(buffer) >= min(self._search_len(), s.total_steps - step)
             if full or step + s.every > SEARCH_WITHIN * s.every:
                 s.events["lookahead_searches"] = 1
                 return self._search(step, x, buffer)
@@ -378,10 +400,11 @@ class Lookahead:
         """The scale search at the first decision point (module docstring)."""
         s = self._sched
         u = s.units[0]
-        H = min(self.search_horizon, len(buffer), s.total_steps - step)
-        if H < 1:
-            return False
-        cooldown = min(self.cooldown, len(buffer) - H)
+        n = min(self._search_len(), len(buffer), s.total_steps - step)  # horizon + cool-down
+        H = min(self.search_horizon, n)  # the horizon first, the cool-down from what is left
+        cooldown = min(self.cooldown, n - H)
+        if H < 2:
+            return False  # too short to compare anything: the plain decision
         _, state = s.loaded.controller.decide_values(x, u.ctrl_state)
         hp = s._bounds.get("lr")
         m0 = u.mult
@@ -518,14 +541,6 @@ class Lookahead:
         for g, lr in zip(s.optimizer.param_groups, values, strict=True):
             _set_lr(g, lr)
         s._last_lr = [float(v) for v in values]
-
-
-#: the scale search runs at the first decision point with its whole horizon of batches ahead (a
-#: loader's epoch may end sooner), at the latest at this decision point
-SEARCH_WITHIN = 4
-#: the scale search moves the LR only when the paired differences of its tail losses against the
-#: current LR's (same batches) have a t statistic above this (about a one-sided 97.5 % level)
-SEARCH_T = 2.0
 
 
 def search_choice(

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from trajlib.deploy import GUARD
-from trajlib.deploy._lookahead import SEARCH_WITHIN, WHEN, check_search
+from trajlib.deploy._lookahead import SEARCH_BUDGET, SEARCH_WITHIN, WHEN, check_search
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import Family
 
@@ -65,13 +65,15 @@ class LookaheadSetting(NamedTuple):
 
     def tag(self) -> str:
         """The cache-key suffix: ``la<k>x<h>`` (the form before cool-down and ``when``), then
-        ``c<cooldown>`` and ``-unsure`` where they are set, and ``-s<factors>h<horizon>w<n>`` for a
-        scale search (``n``: the decision points it may wait for a whole horizon in the epoch)."""
+        ``c<cooldown>`` and ``-unsure`` where they are set, and ``-s<factors>h<horizon>w<n>b<share>`` for
+        a scale search (``n``: the decision points it may wait for a whole horizon in the epoch;
+        ``share``: its compute budget)."""
         c = f"c{self.cooldown}" if self.cooldown else ""
         w = "" if self.when == "always" else f"-{self.when}"
         f = "_".join(f"{v:g}" for v in self.search)
         h = self.search_horizon or self.horizon
-        sr = f"-s{f}h{h}w{SEARCH_WITHIN}" if self.search else ""  # w: how long it may wait
+        # w: how many decision points it may wait; b: its compute budget (share of the run)
+        sr = f"-s{f}h{h}w{SEARCH_WITHIN}b{SEARCH_BUDGET:g}" if self.search else ""
         return f"la{self.top_k}x{self.horizon}{c}{w}{sr}"
 
 

@@ -65,15 +65,23 @@ def test_search_charges_its_steps_and_applies_the_factor_to_the_next_steps() -> 
 
 
 def test_a_search_raise_is_on_the_guards_trial_and_capped_by_its_ceiling() -> None:
-    sched, la, _ = _search_run(1e-4, (16.0,), search_horizon=10)
-    first = la.decisions[0]
-    assert first.factor > 1
-    # the raise was armed for the guard like a controller's raise: it is judged at the next
-    # decisions (the guard compares window medians; here the loss falls, so it passes)
-    assert sched.events["guard_reverts"] == 0
+    model, opt, train_step = _linear(lambda p: torch.optim.SGD(p, lr=1e-4, momentum=0.9))
+    la = Lookahead(train_step, model, top_k=1, horizon=5, search=(16.0,), search_horizon=10)
+    sched = ControllerScheduler(opt, V2, total_steps=STEPS, every=EVERY, lookahead=la)
     u = sched.units[0]
-    u_hp = sched._bounds["lr"]
-    assert u_hp is None or u.mult <= u_hp.high
+    for batch in sched.batches(_data()):
+        sched.observe(train_step(batch))
+        sched.step()
+        if sched.step_count == EVERY + 1:  # just after the search's decision
+            break
+    first = la.decisions[0]
+    assert first.lr_factors and first.factor > 1
+    # the raise is on the guard's trial like a controller's raise (from multiplier 1, at the
+    # decision, for GUARD_WINDOWS windows), with a copy of the weights for a rollback
+    assert u.probation is not None and u.probation[0] == 1.0 and u.probation[3] == EVERY
+    assert sched._saved is not None and sched._saved["step"] == EVERY
+    hp = sched._bounds["lr"]
+    assert hp is None or u.mult <= hp.high
     # a ceiling set by an earlier revert bounds the search's raises
     model, opt, train_step = _linear(lambda p: torch.optim.SGD(p, lr=1e-4, momentum=0.9))
     la2 = Lookahead(train_step, model, top_k=1, horizon=5, search=(16.0,), search_horizon=10)

@@ -316,6 +316,18 @@ class Recorder:
         self.rng = np.random.default_rng([seed, 7])
         self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
         self.mult = self.space["lr"].clamp(self.behaviour.initial_mult())
+        self.chunk_every = chunk_every if sink is not None else None
+        self.src_rank = src_rank
+        self._scheduled = base_schedule != "constant"
+        self._init_run_state()
+        self._layer_names = self._names(optimizer, model)
+        self._probe = StepProbe(optimizer, dots=True, backend=backend)
+        self._lr_in_force: Any = None  # the first group's LR at the last optimizer step
+        self._lr_hook = optimizer.register_step_pre_hook(self._on_step)
+        self._apply_lr(0)
+
+    def _init_run_state(self) -> None:
+        """The run's counters and the buffers its records collect in until they are committed."""
         self.t = 0  # steps closed
         self.events: dict[str, int] = {
             "steps": 0,
@@ -339,20 +351,12 @@ class Recorder:
         self._loss_n = 0
         self._first_loss: float | None = None
         self.diverged_at: int | None = None
-        self.chunk_every = chunk_every if sink is not None else None
-        self.src_rank = src_rank
         self._chunk_stop = 0  # rows committed as chunks
         self._feeding = False  # batches() is driving the loop (it runs the decision points)
         self._decision_due = False
         self._t_start = time.perf_counter()
         self._t_last = self._t_start
         self._created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        self._scheduled = base_schedule != "constant"
-        self._layer_names = self._names(optimizer, model)
-        self._probe = StepProbe(optimizer, dots=True, backend=backend)
-        self._lr_in_force: Any = None  # the first group's LR at the last optimizer step
-        self._lr_hook = optimizer.register_step_pre_hook(self._on_step)
-        self._apply_lr(0)
 
     def _on_step(self, opt: Any, args: Any, kwargs: Any) -> None:
         self._lr_in_force = opt.param_groups[0]["lr"]  # a reference: no host read per step

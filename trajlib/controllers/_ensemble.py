@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 
 from trajlib.controllers._base import Controller, ControllerState
+from trajlib.controllers._gbt import GBTController
 from trajlib.controllers._registry import get_controller_kind, register_controller_kind
+from trajlib.controllers._treewalk import Forests
 from trajlib.errors import CheckpointError, ConfigError
 from trajlib.features import validation_present
 
@@ -176,6 +178,7 @@ class EnsembleController(Controller):
                 ctl.fit(Xw[r], Tw[r], sq, None if ow is None else ow[r])
             members.append(ctl)
         self.members_ = members
+        self.__dict__.pop("_merged_", None)  # the one-walk table of the old members
 
     def _predict_spread(
         self, X: np.ndarray, groups: np.ndarray | None, order: np.ndarray | None
@@ -195,10 +198,40 @@ class EnsembleController(Controller):
             return None
         return np.stack([np.asarray(m.initial_state()) for m in self.members_])
 
+    def _merged_forests(self) -> _Merged | None:
+        """For members that are all tree models: their forests as one node table (one walk per
+        decision instead of one per member) and each member's (base values, modelled actions);
+        None otherwise. Built once, on first use."""
+        if "_merged_" in self.__dict__:
+            cached: _Merged | None = self.__dict__["_merged_"]
+            return cached
+        merged = None
+        if all(isinstance(m, GBTController) for m in self.members_):
+            gbts = [m for m in self.members_ if isinstance(m, GBTController)]
+            merged = (
+                Forests.concat([m.forests_ for m in gbts]),
+                [(m.base_values_, m.model_actions_) for m in gbts],
+            )
+        self.__dict__["_merged_"] = merged
+        return merged
+
     def _decide_spread(
         self, x: np.ndarray, state: ControllerState
     ) -> tuple[np.ndarray, np.ndarray, ControllerState]:
         z = self._augment(x[None, :])[0]
+        merged = None if self._stateful else self._merged_forests()
+        if merged is not None:  # the members' own decide_values, in one walk of all their trees
+            forests, parts = merged
+            sums = forests.predict_one(z)
+            rows, at = [], 0
+            for base, acts in parts:
+                v = base.copy()
+                if acts.size:
+                    v[acts] = sums[at : at + acts.size]
+                    at += acts.size
+                rows.append(v)
+            mean, std = _mean_std(np.stack(rows))
+            return mean, std, None
         outs, states = [], []
         for k, m in enumerate(self.members_):
             s_k = None if state is None else state[k]
@@ -276,6 +309,10 @@ class EnsembleController(Controller):
         ctl.n_features_in_ = n_features
         ctl.n_actions_ = n_actions
         return ctl
+
+
+#: the members' forests as one node table and each member's (base values, modelled actions)
+_Merged = tuple[Forests, list[tuple[np.ndarray, np.ndarray]]]
 
 
 def _mean_std(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -103,6 +103,40 @@ class Forests:
         self.max_depth = max_depth
         self.n_trees = len(roots)
 
+    @classmethod
+    def concat(cls, parts: Sequence[Forests]) -> Forests:
+        """One node table holding every forest of ``parts`` (outputs in order: part 0's first),
+        so one :meth:`predict_one` evaluates all of them. Each output sums the same leaves in the
+        same order as its part would: the results are bit for bit those of the parts."""
+        out = cls.__new__(cls)
+        n_split = sum(f.n_split for f in parts)
+        split_off = np.cumsum([0] + [f.n_split for f in parts])[:-1]
+        leaf_off = np.cumsum([0] + [f.leaf_self.size for f in parts])[:-1] + n_split
+        out_off = np.cumsum([0] + [f.n_outputs for f in parts])[:-1]
+
+        def remap(ids: np.ndarray, f: Forests, k: int) -> np.ndarray:
+            return np.where(
+                ids < f.n_split, ids + split_off[k], ids - f.n_split + leaf_off[k]
+            ).astype(np.intp)
+
+        out.n_outputs = int(sum(f.n_outputs for f in parts))
+        out.n_split = int(n_split)
+        out.feat = np.concatenate([f.feat for f in parts]).astype(np.intp)
+        out.thr = np.concatenate([f.thr for f in parts])
+        out.default_left = np.concatenate([f.default_left for f in parts])
+        out.mtype3 = np.concatenate([f.mtype3 for f in parts]).astype(np.intp)
+        out.left = np.concatenate([remap(f.left, f, k) for k, f in enumerate(parts)])
+        out.right = np.concatenate([remap(f.right, f, k) for k, f in enumerate(parts)])
+        n_leaf = sum(f.leaf_self.size for f in parts)
+        out.leaf_self = np.arange(n_split, n_split + n_leaf, dtype=np.intp)
+        out.value = np.concatenate([np.zeros(n_split)] + [f.value[f.n_split :] for f in parts])
+        out.roots = np.concatenate([remap(f.roots, f, k) for k, f in enumerate(parts)])
+        out.owner = np.concatenate([f.owner + out_off[k] for k, f in enumerate(parts)])
+        out.owner = out.owner.astype(np.intp)
+        out.max_depth = max((f.max_depth for f in parts), default=0)
+        out.n_trees = int(sum(f.n_trees for f in parts))
+        return out
+
     def predict_one(self, x: np.ndarray) -> np.ndarray:
         """``[n_outputs]`` raw scores for one row ``x`` of shape ``[n_features]`` (float64)."""
         nan = np.isnan(x)

@@ -1,0 +1,51 @@
+"""An ensemble of tree models decides in one walk of all its members' trees: the same numbers,
+bit for bit, as asking each member."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trajlib.controllers import load_controller
+from trajlib.controllers._ensemble import _mean_std
+from trajlib.controllers._treewalk import Forests
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+ENSEMBLES = ["trajlib-lr-v2", "trajlib-lr-v3", "trajlib-lr-v3-climb", "trajlib-lr-v4"]
+
+
+def _rows(n_features: int, n: int = 200) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    X = rng.normal(0, 2, size=(n, n_features))
+    X[rng.random(X.shape) < 0.1] = np.nan  # missing values (no validation, say)
+    X[rng.random(X.shape) < 0.05] = 0.0  # exact zeros (LightGBM's "Zero" missing type)
+    return X
+
+
+@pytest.mark.parametrize("name", ENSEMBLES)
+def test_one_walk_equals_every_member_asked(name: str) -> None:
+    ctrl = load_controller(MODELS / name / "checkpoint").controller
+    assert ctrl._merged_forests() is not None
+    for x in _rows(ctrl.n_features_in_):
+        mean, std, state = ctrl.decide_spread(x)
+        z = ctrl._augment(x[None, :])[0]
+        each = np.stack([m.decide_values(z)[0] for m in ctrl.members_])
+        ref_mean, ref_std = _mean_std(each)
+        np.testing.assert_array_equal(mean, ref_mean)
+        np.testing.assert_array_equal(std, ref_std)
+        assert state is None
+
+
+def test_concat_of_forests_keeps_each_output() -> None:
+    ctrl = load_controller(MODELS / "trajlib-lr-v4" / "checkpoint").controller
+    parts = [m.forests_ for m in ctrl.members_]
+    merged = Forests.concat(parts)
+    assert merged.n_outputs == sum(f.n_outputs for f in parts)
+    assert merged.n_trees == sum(f.n_trees for f in parts)
+    for z in _rows(ctrl.n_features_in_ + 1, 50):
+        np.testing.assert_array_equal(
+            merged.predict_one(z), np.concatenate([f.predict_one(z) for f in parts])
+        )
+    assert Forests.concat(parts[:1]).predict_one(z).tolist() == parts[0].predict_one(z).tolist()

@@ -13,7 +13,13 @@ from trajlib.controllers._ensemble import _mean_std
 from trajlib.controllers._treewalk import Forests
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-ENSEMBLES = ["trajlib-lr-v2", "trajlib-lr-v3", "trajlib-lr-v3-climb", "trajlib-lr-v4"]
+ENSEMBLES = [
+    "trajlib-lr-v2",
+    "trajlib-lr-v3",
+    "trajlib-lr-v3-climb",
+    "trajlib-lr-v4",
+    "trajlib-lr-v5",
+]
 
 
 def _rows(n_features: int, n: int = 200) -> np.ndarray:

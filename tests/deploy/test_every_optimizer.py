@@ -20,9 +20,12 @@ from trajlib.deploy import ControllerScheduler, Lookahead
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 #: v1 (the first shipped checkpoint; moves momentum too), the README's headline v3, its climbing
-#: variant and v4 (LR only; the climbing ones move the LR by up to x4 at a decision, v4 up to 100x
-#: its start; v4 is also run the way it ships, with lookahead and the scale search)
-SHIPPED = {v: MODELS / f"trajlib-lr-{v}" / "checkpoint" for v in ("v1", "v3", "v3-climb", "v4")}
+#: variant, v4 and the headline v5 (LR only; the climbing ones move the LR by up to x4 at a
+#: decision, v4 / v5 up to 100x their start; v5 is also run the way it ships best, with lookahead
+#: and the scale search)
+SHIPPED = {
+    v: MODELS / f"trajlib-lr-{v}" / "checkpoint" for v in ("v1", "v3", "v3-climb", "v4", "v5")
+}
 STEPS, EVERY = 240, 20
 ALL = sorted(
     name
@@ -112,7 +115,7 @@ def _run(
         return loss
 
     la = None
-    if look:  # the way v4 ships (README): lookahead where unsure and the scale search
+    if look:  # as the README deploys v5: lookahead where unsure and the scale search
         la = Lookahead(
             train_step, model, top_k=1, horizon=6, cooldown=3, search=(4, 16, 64), search_horizon=16
         )
@@ -166,7 +169,7 @@ def test_the_shipped_controller_drives_every_torch_optimizer(
 @pytest.mark.parametrize(
     ("kind", "extra"), CASES, ids=[k + ("+momentum" if e else "") for k, e in CASES]
 )
-def test_v4_with_lookahead_and_the_scale_search_on_every_torch_optimizer(
+def test_v5_with_lookahead_and_the_scale_search_on_every_torch_optimizer(
     kind: str, extra: dict[str, Any]
 ) -> None:
     if kind == "SparseAdam":
@@ -174,7 +177,7 @@ def test_v4_with_lookahead_and_the_scale_search_on_every_torch_optimizer(
     torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        sched, _ = _run(kind, extra, "v4", look=True)
+        sched, _ = _run(kind, extra, "v5", look=True)
     ev = sched.events
     assert ev["errors"] == ev["lookahead_errors"] == 0 and sched.step_count == STEPS
     la = sched.lookahead

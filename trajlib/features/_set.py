@@ -158,6 +158,8 @@ class FeatureSet:
 
 
 _REGISTRY: dict[str, FeatureSet] = {}
+#: the default features the ``portable`` set leaves out
+PORTABLE_DROPS = ("update_cos_ema_50",)
 
 
 def register_feature_set(fs: FeatureSet, *, overwrite: bool = False) -> FeatureSet:
@@ -198,5 +200,11 @@ def _ensure_builtin() -> None:
     from trajlib.features._library import default_features
 
     _REGISTRY["default"] = FeatureSet("default", 1, default_features())
+    # "portable": the default set without the consecutive-update cosine, whose level is set by
+    # the optimizer's momentum (a plain SGD or Adagrad update turns direction far more than an
+    # Adam one at the same LR), so a model fitted on some optimizers misreads it on others
+    _REGISTRY["portable"] = FeatureSet(
+        "portable", 1, [f for f in default_features() if f.name not in PORTABLE_DROPS]
+    )
     # the default features with statistics every 4th step (no controller is fitted on it yet)
     _REGISTRY["default-s4"] = FeatureSet("default-s4", 1, default_features(), stats_every=4)

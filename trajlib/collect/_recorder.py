@@ -320,10 +320,15 @@ class Recorder:
         self.src_rank = src_rank
         self._scheduled = base_schedule != "constant"
         self._init_run_state()
-        self._layer_names = self._names(optimizer, model)
-        self._probe = StepProbe(optimizer, dots=True, backend=backend)
+        self._attach(backend)
+
+    def _attach(self, backend: str) -> None:
+        """Hook into the optimizer (the measurement probe, the LR in force at each step) and set
+        the first step's hyperparameters."""
+        self._layer_names = self._names(self.optimizer, self.model)
+        self._probe = StepProbe(self.optimizer, dots=True, backend=backend)
         self._lr_in_force: Any = None  # the first group's LR at the last optimizer step
-        self._lr_hook = optimizer.register_step_pre_hook(self._on_step)
+        self._lr_hook = self.optimizer.register_step_pre_hook(self._on_step)
         self._apply_lr(0)
 
     def _init_run_state(self) -> None:

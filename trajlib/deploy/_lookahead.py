@@ -295,7 +295,7 @@ class Lookahead:
         s = self._sched
         return (
             bool(self.search)
-            and not s.events.get("lookahead_searches", 0)  # in state_dict(): not again on resume
+            and not s.events["lookahead_searches"]  # in state_dict(): not again on resume
             and s.events["guard_rescues"] == 0
             and step <= SEARCH_WITHIN * s.every
         )
@@ -410,9 +410,7 @@ class Lookahead:
         m0 = u.mult
         targets: dict[float, float] = {}  # factor -> multiplier (clamped; the first of equals)
         for f in (1.0, *self.search):
-            m = hp.clamp(m0 * f) if hp is not None else m0 * f
-            if m > m0 and s.guard is not None:
-                m = max(m0, min(m, u.ceiling))
+            m = s._cap(u, hp.clamp(m0 * f) if hp is not None else m0 * f)
             if m not in targets.values():
                 targets[f] = m
         factors = list(targets)

@@ -173,19 +173,19 @@ class ControllerScheduler(LRScheduler):
     ``events["decisions"]`` and, when the plain argmax would have moved, in
     ``events["kept_by_rule"]`` (holds for non-finite input are ``events["held_nonfinite"]``).
 
-    The raise guard (on by default): every LR raise is on trial for the next ``GUARD_WINDOWS``
-    (2) decision windows. If the median training loss of such a window exceeds the median of the
-    window before the raise by more than ``guard`` x its magnitude, or a loss turned non-finite,
-    that window's decision is a revert: the multiplier goes back, and no later raise goes above it. With ``rollback`` (the
-    default) the weights and optimizer state (and ``model``'s buffers, when given) go back to those
-    of the raise too: a raise into divergence costs ``every`` steps of training, not the run. The
-    copy is taken only at a raise and dropped once the raise has passed its trial (or a new raise
-    starts another). The start is on trial
-    too: a copy of the initial parameters is kept until the first decision, and a loss that turns
-    non-finite before it sends the run back to its start with the multiplier cut by the
-    checkpoint's largest cut (capped there; ``events["guard_rescues"]``). Counted in
-    ``events["guard_reverts"]``, ``["guard_rollbacks"]``, ``["guard_rolled_back_steps"]`` and
-    ``["guard_capped"]``; the first revert and the first rescue warn once.
+    The raise guard (on by default): every LR raise is on trial for the next ``GUARD_WINDOWS`` (2)
+    decision windows. If the median training loss of such a window exceeds the median of the window
+    before the raise by more than ``guard`` x its magnitude, or a loss turned non-finite, that
+    window's decision is a revert: the multiplier goes back, and no later raise goes above it. With
+    ``rollback`` (the default) the weights and optimizer state (and ``model``'s buffers, when given)
+    go back to those of the raise too: a raise into divergence costs ``every`` steps of training,
+    not the run. The copy is taken only at a raise and dropped once the raise has passed its trial
+    (or a new raise starts another). The start is on trial too: a copy of the initial parameters is
+    kept until the first decision, and a loss that turns non-finite before it sends the run back to
+    its start with the multiplier cut by the checkpoint's largest cut (capped there;
+    ``events["guard_rescues"]``). Counted in ``events["guard_reverts"]``, ``["guard_rollbacks"]``,
+    ``["guard_rolled_back_steps"]`` and ``["guard_capped"]``; the first revert and the first rescue
+    warn once.
 
     Safety: a non-finite feature that the controller never saw non-finite in training, a
     non-finite controller output, or any exception in the decision path keeps the current values
@@ -805,14 +805,22 @@ class ControllerScheduler(LRScheduler):
         """Set unit ``u``'s LR multiplier at decision ``step``; a raise is capped at the guard's
         ceiling and put on trial."""
         old = u.mult
+        capped = self._cap(u, new)
+        if capped != new:  # the guard undid a raise to here: no higher
+            self.events["guard_capped"] += 1
+            new = capped
         if new > old and self.guard is not None:
-            if new > u.ceiling:  # the guard undid a raise to here: no higher
-                self.events["guard_capped"] += 1
-                new = max(old, u.ceiling)
             pre = self._window_stat[1] if self._window_stat[0] == step else None
-            if new > old and pre is not None:
+            if pre is not None:
                 u.probation = (old, pre, GUARD_WINDOWS, step)
         u.mult = new
+
+    def _cap(self, u: _Unit, new: float) -> float:
+        """``new`` for unit ``u``'s multiplier, a raise held at the guard's ceiling (never below
+        the current multiplier)."""
+        if new > u.mult and self.guard is not None and new > u.ceiling:
+            return max(u.mult, u.ceiling)
+        return new
 
     def _base_factor(self, step: int) -> float:
         """The base schedule's factor at ``step`` (the last value is kept: every step asks for

@@ -7,12 +7,12 @@ budget) and ``schedule-free`` (``schedulefree.SGDScheduleFree`` for SGD families
 weight decay; its ``train()`` / ``eval()`` modes switched around every evaluation). The same seed
 gives every method the same initial weights, batch order and dropout draws.
 
-Scoring: the **test** loss at the end of the budget (model in ``eval()`` mode). Every run trains
-its whole budget, as a user's loop does, through a non-finite loss too (a controller's raise guard
-may roll its weights back); a run whose last training loss or test loss is not finite is
-``diverged``; an exception anywhere is recorded (``crashed``) with its message, never raised. Both get the penalty score ``PENALTY x`` the test loss of the
-untrained model on that seed (a large finite number on the family's own scale); a finite test loss
-above the penalty is capped at it.
+Scoring: the **test** loss at the end of the budget (model in ``eval()`` mode). Every run trains its
+whole budget, as a user's loop does, through a non-finite loss too (a controller's raise guard may
+roll its weights back); a run whose last training loss or test loss is not finite is ``diverged``;
+an exception anywhere is recorded (``crashed``) with its message, never raised. Both get the penalty
+score ``PENALTY x`` the test loss of the untrained model on that seed (a large finite number on the
+family's own scale); a finite test loss above the penalty is capped at it.
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ class LookaheadSetting(NamedTuple):
 
     def tag(self) -> str:
         """The cache-key suffix: ``la<k>x<h>`` (the form before cool-down and ``when``), then
-        ``c<cooldown>`` and ``-unsure`` where they are set, and ``-s<factors>h<horizon>w<n>b<share>`` for
-        a scale search (``n``: the decision points it may wait for a whole horizon in the epoch;
-        ``share``: its compute budget)."""
+        ``c<cooldown>`` and ``-unsure`` where they are set, and
+        ``-s<factors>h<horizon>w<n>b<share>`` for a scale search (``n``: the decision points it
+        may wait for a whole horizon in the epoch; ``share``: its compute budget)."""
         c = f"c{self.cooldown}" if self.cooldown else ""
         w = "" if self.when == "always" else f"-{self.when}"
         f = "_".join(f"{v:g}" for v in self.search)

@@ -21,10 +21,10 @@ from trajlib.tasks import (
 )
 
 
-def _signature(n: int) -> str:
+def _signature(n: int, version: int = 1) -> str:
     parts = []
     for i in range(n):
-        t = generated_task(i)
+        t = generated_task(i, version)
         parts.append(
             f"{t.name}|{t.family}|{t.optimizer}|{t.default_lr}|{t.budget}|{t.batch_size}|"
             f"{t.momentum}|{t.weight_decay}|{t.loss}|{t.description}"
@@ -36,6 +36,30 @@ def test_distribution_is_pinned() -> None:
     # collectors/generated.toml's store was collected from exactly these 130 tasks: a change to the
     # generator must be deliberate (a new index range or a new recipe), never silent.
     assert _signature(130) == "b7eaea97f2cd1ef8f2d14bc60e038ce898e60bccff47823053a469aacf00934f"
+    # collectors/generated-v5.toml's store: the second generator's first 130 tasks
+    assert _signature(130, 2) == "4dc42eced8ec320d8b1727fef46f288e4ec627e1b9d0fb8bcaf46de74918ac52"
+
+
+def test_second_version_widens_the_optimizers() -> None:
+    tasks = generated_tasks(130, version=2)
+    assert [t.name for t in tasks[:2]] == ["gen2-0", "gen2-1"]
+    assert get_task("gen2-7").summary() == generated_task(7, 2).summary()
+    assert is_generated("gen2-7") and not is_generated("gen1-7") and not is_generated("gen0-7")
+    opts = {t.optimizer for t in tasks}
+    assert opts == {"sgd", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam"}
+    assert {t.momentum for t in tasks if t.optimizer == "adagrad"} == {0.0}
+    assert 0.0 in {t.momentum for t in tasks if t.optimizer == "sgd"}  # plain SGD
+    assert 0.0 in {t.momentum for t in tasks if t.optimizer == "rmsprop"}  # torch's default
+    assert {t.family for t in tasks} == set(GENERATED_FAMILIES)
+    # the same index in the two versions: the same family weights, another draw
+    assert generated_task(3, 2).name != generated_task(3).name
+
+
+def test_unknown_version_is_one_clear_error() -> None:
+    with pytest.raises(ConfigError, match="generated version"):
+        generated_task(0, 3)
+    with pytest.raises(ConfigError, match="generated version"):
+        generated_tasks(2, version=0)
 
 
 def test_names_resolve_and_are_deterministic() -> None:
@@ -114,6 +138,12 @@ def test_recipe_generated_and_branch_stride(tmp_path) -> None:  # type: ignore[n
     assert branched == decided[::3]  # the 1st, 4th, 7th decision points
 
 
+def test_recipe_second_generator_version() -> None:
+    recipe = parse_recipe(_recipe(generated_version=2))
+    (name,) = {c.task for c in recipe.run_configs()}
+    assert name.startswith("gen2-") and get_task(name).family == "linear/tabular"
+
+
 def test_stride_one_keeps_old_run_ids() -> None:
     raw = _recipe()
     raw["branch"] = {"horizon": 10, "cooldown": 0}
@@ -128,6 +158,7 @@ def test_stride_one_keeps_old_run_ids() -> None:
     [
         ({"generated": -1}, "collect.generated"),
         ({"generated_families": ["x/y"]}, "collect.generated_families"),
+        ({"generated_version": 3}, "collect.generated_version"),
     ],
 )
 def test_recipe_rejects_bad_generated_keys(over: dict, field: str) -> None:

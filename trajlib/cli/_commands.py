@@ -61,6 +61,13 @@ def _add_data_commands(sub: Any) -> None:
     )
     p.add_argument("--start", type=_nonneg_int, default=0, help="first generated index")
     p.add_argument("--family", type=_csv, help="only these generated families (comma-separated)")
+    p.add_argument(
+        "--version",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="generator version: 1 gen-<i>, 2 gen2-<i> (adds Adagrad, NAdam, momentum-free SGD)",
+    )
     p.set_defaults(func=cmd_tasks)
 
     p = sub.add_parser(
@@ -212,7 +219,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
     if args.generated:
         fams = tuple(args.family) if args.family else None
-        for t in generated_tasks(args.generated, args.start, fams):
+        for t in generated_tasks(args.generated, args.start, fams, args.version):
             print(
                 f"{t.name:9s} {t.family:21s} {t.optimizer:8s} lr={t.default_lr:<9g} "
                 f"budget={t.budget:<5d} batch={t.batch_size:<4d} {t.description}"

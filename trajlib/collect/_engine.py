@@ -17,7 +17,7 @@ dropout masks are the same in any population as alone, and a run is deterministi
 Evaluation runs the model in eval mode (running statistics, no dropout).
 
 The optimizers (:data:`trajlib.tasks.OPTIMIZERS`: SGD with momentum, Nesterov SGD, Adam, AdamW,
-RMSprop; the same update as ``Task.make_optimizer``'s ``torch.optim`` one) are written on the
+RMSprop, Adagrad, NAdam; the same update as ``Task.make_optimizer``'s ``torch.optim`` one) are written on the
 stacked tensors with per-member hyperparameters ``[K]`` and per-member, per-layer LR multipliers
 ``[K, L]``.
 
@@ -68,7 +68,10 @@ ADAM_BETA2 = 0.999
 ADAM_EPS = 1e-8
 RMSPROP_ALPHA = 0.99
 RMSPROP_EPS = 1e-8
-_SECOND_MOMENT = ("adam", "adamw", "rmsprop")  # optimizers with a second-moment buffer
+ADAGRAD_EPS = 1e-10
+NADAM_MOMENTUM_DECAY = 4e-3
+# optimizers with a second-moment buffer (Adagrad: its sum of squared gradients)
+_SECOND_MOMENT = ("adam", "adamw", "rmsprop", "nadam", "adagrad")
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,7 @@ class MemberState:
     m1: torch.Tensor  # momentum buffer (SGD, RMSprop) / first moment (Adam, AdamW) [K, P]
     m2: torch.Tensor | None  # second moment (Adam, AdamW) / square average (RMSprop) [K, P]
     adam_steps: torch.Tensor  # [K]
+    mu_prod: torch.Tensor  # NAdam's product of momentum coefficients [K] (1 elsewhere)
     hp: dict[str, torch.Tensor]  # hyperparameter name -> [K]
     on: dict[str, bool]  # hyperparameter name -> non-zero for some member (its work is done)
     layer_lr: np.ndarray  # per-layer LR multipliers [K, L]
@@ -204,6 +208,7 @@ class MemberState:
             m1=torch.zeros_like(theta),
             m2=torch.zeros_like(theta) if task.optimizer in _SECOND_MOMENT else None,
             adam_steps=torch.zeros(K, device=theta.device),
+            mu_prod=torch.ones(K, device=theta.device),
             hp={},
             on={},
             layer_lr=np.ones((K, n_layers)),
@@ -221,6 +226,7 @@ class MemberState:
             m1=self.m1[idx],
             m2=self.m2[idx] if self.m2 is not None else None,
             adam_steps=self.adam_steps[idx],
+            mu_prod=self.mu_prod[idx],
             hp={k: v[idx] for k, v in self.hp.items()},
             on=dict(self.on),
             layer_lr=self.layer_lr[index],
@@ -315,6 +321,7 @@ class Population:
         self.K = len(members.seeds)
         self.theta = members.theta
         self.m1, self.m2, self.adam_steps = members.m1, members.m2, members.adam_steps
+        self.mu_prod = members.mu_prod
         self.hp: dict[str, torch.Tensor] = members.hp
         self._on: dict[str, bool] = members.on
         self.layer_lr = members.layer_lr
@@ -342,6 +349,7 @@ class Population:
             m1=self.m1,
             m2=self.m2,
             adam_steps=self.adam_steps,
+            mu_prod=self.mu_prod,
             hp=self.hp,
             on=self._on,
             layer_lr=self.layer_lr,
@@ -612,6 +620,28 @@ class Population:
             avg = self.m2.sqrt().add_(RMSPROP_EPS)
             self.m1.mul_(mom).addcdiv_(dg, avg)  # momentum 0: m1 = dg / avg
             d = torch.mul(self.m1, lr_c, out=d_out)
+        elif opt == "adagrad":  # torch.optim.Adagrad(lr_decay=0, eps=1e-10); no momentum
+            if self.m2 is None:
+                raise RuntimeError("Adagrad state missing its sum of squares")
+            dg = g + self.hp["weight_decay"][:, None] * theta if self._on["weight_decay"] else g
+            self.m2.addcmul_(dg, dg)
+            d = torch.mul(dg / self.m2.sqrt().add_(ADAGRAD_EPS), lr_c, out=d_out)
+        elif opt == "nadam":  # torch.optim.NAdam(momentum_decay=4e-3); beta1 = momentum
+            if self.m2 is None:
+                raise RuntimeError("NAdam state missing its second moment")
+            self.adam_steps += 1
+            b2, n = ADAM_BETA2, self.adam_steps[:, None]
+            if self._on["weight_decay"]:
+                g = g + self.hp["weight_decay"][:, None] * theta
+            mu = mom * (1 - 0.5 * 0.96 ** (n * NADAM_MOMENTUM_DECAY))
+            mu_next = mom * (1 - 0.5 * 0.96 ** ((n + 1) * NADAM_MOMENTUM_DECAY))
+            self.mu_prod = self.mu_prod * mu[:, 0]
+            prod = self.mu_prod[:, None]
+            self.m1.mul_(mom).add_((1 - mom) * g)
+            self.m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (self.m2 / (1 - b2**n)).sqrt() + ADAM_EPS
+            step = g * ((1 - mu) / (1 - prod)) + self.m1 * (mu_next / (1 - prod * mu_next))
+            d = torch.mul(step / denom, lr_c, out=d_out)
         else:  # adam (L2 weight decay) / adamw (decoupled); beta1 = momentum, beta2 = 0.999
             self.adam_steps += 1
             b2 = ADAM_BETA2

@@ -50,7 +50,15 @@ EXECUTORS = ("local", "ray")
 LR_CENTERS = ("default", "best")
 ACTION_COMBINE = ("union", "product")
 # Weight decay a task with weight_decay = 0 is randomized around (when weight_decay_range > 1).
-TYPICAL_WEIGHT_DECAY = {"sgd": 5e-4, "nesterov": 5e-4, "adam": 1e-4, "adamw": 1e-2, "rmsprop": 1e-4}
+TYPICAL_WEIGHT_DECAY = {
+    "sgd": 5e-4,
+    "nesterov": 5e-4,
+    "adam": 1e-4,
+    "adamw": 1e-2,
+    "rmsprop": 1e-4,
+    "adagrad": 1e-4,
+    "nadam": 1e-4,
+}
 
 
 @dataclass(frozen=True)
@@ -65,10 +73,12 @@ class CollectSection:
     device: str = "cpu"
     divergence_factor: float = 1e3
     # generated tasks (trajlib.tasks._generated): ``generated`` tasks gen-<start>, gen-<start+1>...
-    # whose family is in ``generated_families`` (all when empty), appended to ``tasks``
+    # whose family is in ``generated_families`` (all when empty), appended to ``tasks``;
+    # ``generated_version`` 2 gives gen2-<i> (a wider choice of optimizers; see trajlib.tasks)
     generated: int = 0
     generated_start: int = 0
     generated_families: tuple[str, ...] = ()
+    generated_version: int = 1
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -78,7 +88,7 @@ class CollectSection:
         from trajlib.tasks._generated import generated_tasks
 
         fams = self.generated_families or None
-        gen = generated_tasks(self.generated, self.generated_start, fams)
+        gen = generated_tasks(self.generated, self.generated_start, fams, self.generated_version)
         return self.tasks + tuple(t.name for t in gen)
 
 
@@ -388,8 +398,14 @@ def _check_collect(collect: CollectSection) -> None:
         raise ConfigError("collect.generated", "an integer >= 0", collect.generated)
     if not isinstance(collect.generated_start, int) or collect.generated_start < 0:
         raise ConfigError("collect.generated_start", "an integer >= 0", collect.generated_start)
-    from trajlib.tasks._generated import GENERATED_FAMILIES
+    from trajlib.tasks._generated import GENERATED_FAMILIES, GENERATED_VERSIONS
 
+    if collect.generated_version not in GENERATED_VERSIONS:
+        raise ConfigError(
+            "collect.generated_version",
+            f"one of {sorted(GENERATED_VERSIONS)}",
+            collect.generated_version,
+        )
     for fam in collect.generated_families:
         if fam not in GENERATED_FAMILIES:
             raise ConfigError(

@@ -1,8 +1,8 @@
 """Tasks: what to train. A task is a model factory, fixed data splits, a loss, a metric and defaults.
 
 Built-ins (no downloads): ``mnist1d-mlp``, ``mnist1d-cnn``, ``digits-mlp``, ``digits-cnn``,
-``teacher-student``, ``synth-classification``, ``char-lm``. Generated tasks ``gen-<i>``
-(:func:`generated_task`): a distribution over architectures, data, optimizers and budgets, each
+``teacher-student``, ``synth-classification``, ``char-lm``. Generated tasks ``gen-<i>`` and
+``gen2-<i>`` (:func:`generated_task`): a distribution over architectures, data, optimizers and budgets, each
 with a family label. A user task is any zero-argument callable
 returning a :class:`Task`, named as ``module:function``.
 """
@@ -11,6 +11,7 @@ from trajlib.tasks import _builtin  # noqa: F401  (registers the built-in tasks;
 from trajlib.tasks._base import Task, TaskData, get_task, list_tasks, register_task
 from trajlib.tasks._generated import (
     GENERATED_FAMILIES,
+    GENERATED_VERSIONS,
     generated_task,
     generated_tasks,
     is_generated,
@@ -18,6 +19,7 @@ from trajlib.tasks._generated import (
 
 __all__ = [
     "GENERATED_FAMILIES",
+    "GENERATED_VERSIONS",
     "Task",
     "TaskData",
     "generated_task",

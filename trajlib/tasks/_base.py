@@ -29,7 +29,7 @@ LOSSES = ("cross_entropy", "mse")
 # The optimizers a task may name; Task.make_optimizer gives each as torch.optim (the collector's
 # populations implement the same updates on stacked parameters). Adam/AdamW's beta1 and RMSprop's
 # momentum are the task's ``momentum``; the other constants are torch.optim's defaults.
-OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "rmsprop")
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "nadam")
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,8 @@ class Task:
         """The task's optimizer as ``torch.optim`` over ``params`` at learning rate ``lr``
         (``momentum`` / ``weight_decay``: the task's unless given). ``sgd``: SGD with momentum;
         ``nesterov``: SGD(nesterov=True); ``adam``: Adam (L2 weight decay); ``adamw``: AdamW
-        (decoupled); ``rmsprop``: RMSprop. Adam/AdamW use ``betas=(momentum, 0.999)``."""
+        (decoupled); ``rmsprop``: RMSprop; ``adagrad``: Adagrad (no momentum); ``nadam``: NAdam.
+        Adam/AdamW/NAdam use ``betas=(momentum, 0.999)``."""
         mom = self.momentum if momentum is None else float(momentum)
         wd = self.weight_decay if weight_decay is None else float(weight_decay)
         opt = self.optimizer
@@ -128,6 +129,10 @@ class Task:
             return torch.optim.Adam(params, lr=lr, betas=(mom, 0.999), weight_decay=wd)
         if opt == "adamw":
             return torch.optim.AdamW(params, lr=lr, betas=(mom, 0.999), weight_decay=wd)
+        if opt == "nadam":
+            return torch.optim.NAdam(params, lr=lr, betas=(mom, 0.999), weight_decay=wd)
+        if opt == "adagrad":
+            return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
         return torch.optim.RMSprop(params, lr=lr, alpha=0.99, momentum=mom, weight_decay=wd)
 
     def summary(self) -> dict[str, Any]:
@@ -182,27 +187,31 @@ def list_tasks() -> list[str]:
 
 
 _CACHE: dict[str, Task] = {}
-_GENERATED = re.compile(r"^gen-(\d{1,6})$")
+_GENERATED = re.compile(r"^gen(\d?)-(\d{1,6})$")
 
 
-def _generated_index(name: str) -> int | None:
+def _generated_index(name: str) -> tuple[int, int] | None:
+    """(index, generator version) of a generated task's name: ``gen-<i>`` is version 1,
+    ``gen<v>-<i>`` version v (v >= 2); None for any other name."""
     m = _GENERATED.match(name)
-    return int(m.group(1)) if m else None
+    if not m or m.group(1) in ("0", "1"):
+        return None
+    return int(m.group(2)), int(m.group(1) or 1)
 
 
 def get_task(name: str) -> Task:
-    """A built-in task by name, a generated task ``gen-<i>`` (:mod:`trajlib.tasks._generated`), or
-    a user task given as ``module:function`` (returning a Task)."""
+    """A built-in task by name, a generated task ``gen-<i>`` / ``gen2-<i>``
+    (:mod:`trajlib.tasks._generated`), or a user task given as ``module:function`` (returning a Task)."""
     if not isinstance(name, str) or not name:
         raise ConfigError("task", "a task name or 'module:function'", name)
     if name in _CACHE:
         return _CACHE[name]
     if name in _REGISTRY:
         task = _REGISTRY[name]()
-    elif _generated_index(name) is not None:
+    elif (gen := _generated_index(name)) is not None:
         from trajlib.tasks._generated import generated_task
 
-        task = generated_task(_generated_index(name))  # type: ignore[arg-type]
+        task = generated_task(*gen)
     elif ":" in name:
         mod_name, _, fn_name = name.partition(":")
         try:

@@ -6,6 +6,12 @@ optimizer, batch size, weight decay, a budget and a default LR; the same ``i`` g
 on every machine. Nothing is downloaded: data come from mnist1d's generator, scikit-learn's bundled
 sets and generators, synthetic sequences and images, and Python's standard-library source text.
 
+**Versions.** Version 1 (``gen-<i>``, the distribution every store so far was collected from) is
+pinned. Version 2 (``gen2-<i>``) draws from a separate stream and widens the optimizers to what
+user loops run: SGD without momentum, RMSprop at torch's default momentum 0, Adagrad and NAdam
+besides v1's SGD / Nesterov / Adam / AdamW / RMSprop with momentum. Same families, same models and
+data builders, same budgets.
+
 Every task carries a **family**, ``<architecture>/<domain>`` (:data:`GENERATED_FAMILIES`): splits
 for fitting and evaluation are by family, never by task. Models are small (a few thousand to ~100k
 parameters) so a population of runs trains at thousands of model-steps per second on a CPU.
@@ -38,6 +44,8 @@ __all__ = [
 ]
 
 GENERATED_PREFIX = "gen-"
+#: name prefix of each generator version (``<prefix><index>``)
+GENERATED_VERSIONS: dict[int, str] = {1: "gen-", 2: "gen2-"}
 
 # (architecture, domain) -> sampling weight. Families are the unit of held-out splits.
 _FAMILY_WEIGHTS: dict[str, float] = {
@@ -58,22 +66,34 @@ _FAMILY_WEIGHTS: dict[str, float] = {
 GENERATED_FAMILIES: tuple[str, ...] = tuple(_FAMILY_WEIGHTS)
 
 # Default LR centres per optimizer (a user's usual first try); each task spreads them x/÷ 3.
-_LR_CENTER = {"sgd": 0.05, "nesterov": 0.05, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3}
+_LR_CENTER = {
+    "sgd": 0.05,
+    "nesterov": 0.05,
+    "adam": 1e-3,
+    "adamw": 1e-3,
+    "rmsprop": 1e-3,
+    "adagrad": 1e-2,  # torch's default
+    "nadam": 2e-3,  # torch's default
+}
 _OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw", "rmsprop")
+_OPTIMIZERS_V2 = _OPTIMIZERS + ("adagrad", "nadam")
 _SEQ_LEN = 16
 _SEQ_VOCAB = 8
 
 
 def is_generated(name: str) -> bool:
-    """Whether ``name`` names a generated task (``gen-<i>``)."""
+    """Whether ``name`` names a generated task (``gen-<i>`` or ``gen2-<i>``)."""
     return _generated_index(name) is not None
 
 
-def generated_tasks(n: int, start: int = 0, families: tuple[str, ...] | None = None) -> list[Task]:
-    """The first ``n`` generated tasks from index ``start`` whose family is in ``families``
-    (all families when None), in index order."""
+def generated_tasks(
+    n: int, start: int = 0, families: tuple[str, ...] | None = None, version: int = 1
+) -> list[Task]:
+    """The first ``n`` generated tasks of generator ``version`` from index ``start`` whose family
+    is in ``families`` (all families when None), in index order."""
     if not isinstance(n, int) or n < 0:
         raise ConfigError("n", "a non-negative integer", n)
+    _check_version(version)
     if families is not None:
         unknown = sorted(set(families) - set(GENERATED_FAMILIES))
         if unknown:
@@ -81,7 +101,7 @@ def generated_tasks(n: int, start: int = 0, families: tuple[str, ...] | None = N
     out: list[Task] = []
     i = start
     while len(out) < n:
-        task = generated_task(i)
+        task = generated_task(i, version)
         if families is None or task.family in families:
             out.append(task)
         i += 1
@@ -90,16 +110,23 @@ def generated_tasks(n: int, start: int = 0, families: tuple[str, ...] | None = N
     return out
 
 
-def generated_task(index: int) -> Task:
-    """Generated task number ``index`` (a pure function of ``index``)."""
+def generated_task(index: int, version: int = 1) -> Task:
+    """Generated task number ``index`` of generator ``version`` (a pure function of both)."""
     if not isinstance(index, int) or index < 0:
         raise ConfigError("generated task index", "a non-negative integer", index)
-    return _generated(index)
+    _check_version(version)
+    return _generated(index, version)
+
+
+def _check_version(version: int) -> None:
+    if version not in GENERATED_VERSIONS:
+        raise ConfigError("generated version", f"one of {sorted(GENERATED_VERSIONS)}", version)
 
 
 @functools.cache
-def _generated(index: int) -> Task:
-    rng = np.random.default_rng([index, 0x7A5C])
+def _generated(index: int, version: int = 1) -> Task:
+    # version 1's stream is pinned (tests/tasks/test_generated.py); later versions draw their own
+    rng = np.random.default_rng([index, 0x7A5C] if version == 1 else [index, 0x7A5C, version])
     fams = list(_FAMILY_WEIGHTS)
     w = np.array([_FAMILY_WEIGHTS[f] for f in fams])
     family = fams[int(rng.choice(len(fams), p=w / w.sum()))]
@@ -107,12 +134,17 @@ def _generated(index: int) -> Task:
     g = _Draw(rng)
     spec = _DATA_BUILDERS[domain](g, arch)
     model_fn, desc = _MODEL_BUILDERS[arch](g, spec)
-    optimizer = g.pick(_OPTIMIZERS)
+    optimizer = g.pick(_OPTIMIZERS if version == 1 else _OPTIMIZERS_V2)
     lr_center = _LR_CENTER[optimizer] * (
         0.3 if arch == "transformer" and optimizer in ("sgd", "nesterov") else 1.0
     )
     default_lr = float(lr_center * math.exp(rng.uniform(-math.log(3), math.log(3))))
     momentum = float(g.pick((0.9, 0.9, 0.95, 0.8)))
+    if version >= 2:  # what user loops run: plain SGD, RMSprop's default 0, Adagrad has none
+        if optimizer == "adagrad":
+            momentum = 0.0
+        elif optimizer in ("sgd", "rmsprop"):
+            momentum = float(g.pick((0.0, momentum)))
     weight_decay = float(g.pick((0.0, 0.0, 1e-4, 1e-3, 1e-2 if optimizer == "adamw" else 5e-4)))
     budget = int(round(math.exp(rng.uniform(math.log(200), math.log(1500))) / 50) * 50)
     if arch in ("gru", "transformer", "cnn2d"):  # the slowest kinds: shorter budgets
@@ -120,7 +152,7 @@ def _generated(index: int) -> Task:
     batch_size = int(
         g.pick((16, 32) if arch in ("gru", "transformer", "cnn2d") else (32, 64, 64, 128))
     )
-    name = f"{GENERATED_PREFIX}{index}"
+    name = f"{GENERATED_VERSIONS[version]}{index}"
     return Task(
         name,
         family,
@@ -135,7 +167,7 @@ def _generated(index: int) -> Task:
         batch_size=batch_size,
         val_every=50,
         description=f"{desc} on {spec.desc}, {optimizer}",
-        extra={"generated": index, "arch": arch, "domain": domain},
+        extra={"generated": index, "version": version, "arch": arch, "domain": domain},
     )
 
 

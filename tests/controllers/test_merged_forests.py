@@ -19,6 +19,7 @@ ENSEMBLES = [
     "trajlib-lr-v3-climb",
     "trajlib-lr-v4",
     "trajlib-lr-v5",
+    "trajlib-lr-v6",
 ]
 
 

@@ -274,3 +274,82 @@ def test_a_decision_judged_twice_uses_one_window(tiny_checkpoint: Path) -> None:
     assert trial is not None and trial[2] == 2 and trial[3] == 2 * every  # raised again at 2*every
     assert sched._guard(u, 2 * every) is False
     assert u.probation == trial and sched._saved is saved
+
+
+def _raise_once(tiny_checkpoint: Path) -> Any:
+    """The tiny checkpoint with a controller that takes the largest raise at its first decision
+    and keeps after."""
+    loaded = load_controller(tiny_checkpoint)
+    keep = loaded.action_space.keep_index
+    lr_moves = [a.moves.get("lr", 0.0) for a in loaded.action_space.actions]
+    up = max(range(len(lr_moves)), key=lambda i: lr_moves[i])
+    calls: list[int] = []
+
+    def policy(x: Any) -> int:
+        calls.append(1)
+        return up if len(calls) == 1 else keep
+
+    return with_policy(loaded, policy)
+
+
+def test_a_relapse_after_the_trial_is_undone_and_rolled_back(tiny_checkpoint: Path) -> None:
+    """A raise passes its two-window trial, the loss keeps falling one more window, then sits at
+    10x its best for two windows: the raise is undone and the weights go back to the raise's copy
+    (kept since the trial passed), bitwise."""
+    ckpt = _raise_once(tiny_checkpoint)
+    every = ckpt.every
+    seen: dict[int, Any] = {}
+
+    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
+        seen[t] = ({k: v.clone() for k, v in m.state_dict().items()}, s.mult)
+
+    with pytest.warns(RuntimeWarning, match="relapsed after an LR raise had passed its trial"):
+        sched = run(
+            ckpt,
+            lambda t, v: 1.0 / (1 + t) if t < 4 * every else 10.0,
+            at_decision=grab,
+        )
+    ev = sched.events
+    assert ev["guard_reverts"] == 0 and ev["guard_relapses"] == 1  # the trial itself passed
+    assert seen[5 * every][1] > 1.0 and seen[6 * every][1] == 1.0  # undone at the 2nd bad window
+    assert ev["guard_rollbacks"] == 1 and ev["guard_rolled_back_steps"] == 5 * every
+    weights, _ = seen[6 * every]
+    assert all(torch.equal(v, weights[k]) for k, v in seen[every][0].items())
+    assert ev["decisions"] == (STEPS - 1) // every  # the undo is the decision of its step
+
+
+def test_a_relapse_needs_two_windows_clearly_worse(tiny_checkpoint: Path) -> None:
+    """20 % above the best window (inside the 25 % tolerance) for good, or 10x for one window
+    only: no relapse. Without rollback a relapse is undone without restoring weights."""
+    ckpt = _raise_once(tiny_checkpoint)
+    every = ckpt.every
+    mild = run(ckpt, lambda t, _: 1.0 if t < 4 * every else 1.2)
+    assert mild.events["guard_relapses"] == 0 and mild.mult > 1.0
+    ckpt = _raise_once(tiny_checkpoint)
+    blip = run(ckpt, lambda t, _: 10.0 if 4 * every <= t < 5 * every else 1.0)
+    assert blip.events["guard_relapses"] == 0 and blip.mult > 1.0
+    ckpt = _raise_once(tiny_checkpoint)
+    with pytest.warns(RuntimeWarning, match="relapsed"):
+        plain = run(ckpt, lambda t, _: 1.0 if t < 4 * every else 10.0, rollback=False)
+    assert plain.events["guard_relapses"] == 1 and plain.events["guard_rollbacks"] == 0
+    assert plain.mult == 1.0
+
+
+def test_the_relapse_watch_survives_a_state_dict_round_trip(tiny_checkpoint: Path) -> None:
+    """Saved after the trial passed, a resumed scheduler still watches the raise (it undoes it
+    without a rollback: the copy stays with the process that took it)."""
+    ckpt = _raise_once(tiny_checkpoint)
+    every = ckpt.every
+    model = make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = ControllerScheduler(opt, ckpt, total_steps=STEPS, model=model)
+    train(model, opt, sched, 0, 4 * every, observed=lambda t, v: 1.0)
+    state = sched.state_dict()
+    assert state["trajlib"]["units"][0]["relapse"] is not None
+    sched.close()
+    again = ControllerScheduler(opt, ckpt, total_steps=STEPS, model=model)
+    again.load_state_dict(torch.load(_saved(state), weights_only=True))
+    with pytest.warns(RuntimeWarning, match="relapsed"):
+        train(model, opt, again, 4 * every, 7 * every, observed=lambda t, v: 10.0)
+    assert again.events["guard_relapses"] == 1 and again.events["guard_rollbacks"] == 0
+    assert again.mult == 1.0

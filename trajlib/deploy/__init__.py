@@ -8,6 +8,20 @@ batches before each decision). Adapters for Lightning and Hugging Face live in :
 """
 
 from trajlib.deploy._lookahead import Lookahead, LookaheadDecision
-from trajlib.deploy._scheduler import GUARD, GUARD_WINDOWS, ControllerScheduler
+from trajlib.deploy._scheduler import (
+    GUARD,
+    GUARD_WINDOWS,
+    RELAPSE_TOL,
+    RELAPSE_WINDOWS,
+    ControllerScheduler,
+)
 
-__all__ = ["GUARD", "GUARD_WINDOWS", "ControllerScheduler", "Lookahead", "LookaheadDecision"]
+__all__ = [
+    "GUARD",
+    "GUARD_WINDOWS",
+    "RELAPSE_TOL",
+    "RELAPSE_WINDOWS",
+    "ControllerScheduler",
+    "Lookahead",
+    "LookaheadDecision",
+]

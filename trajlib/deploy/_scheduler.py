@@ -24,7 +24,14 @@ from trajlib.space import HyperParam, base_factor
 if TYPE_CHECKING:
     from trajlib.deploy._lookahead import Lookahead
 
-__all__ = ["GUARD", "GUARD_WINDOWS", "ControllerScheduler", "STATE_VERSION"]
+__all__ = [
+    "GUARD",
+    "GUARD_WINDOWS",
+    "RELAPSE_TOL",
+    "RELAPSE_WINDOWS",
+    "ControllerScheduler",
+    "STATE_VERSION",
+]
 
 #: Version of the trajlib part of :meth:`ControllerScheduler.state_dict` (``state["trajlib"]``);
 #: :meth:`~ControllerScheduler.load_state_dict` accepts this one only.
@@ -35,6 +42,15 @@ GUARD = 0.5
 #: How many decision windows after a raise the guard judges it in (the copy of the weights at the
 #: raise is held that long, unless a new raise starts a new trial first).
 GUARD_WINDOWS = 2
+#: After a raise passes its trial, the guard keeps watching it until the next raise: when the
+#: median training loss of ``RELAPSE_WINDOWS`` decision windows in a row exceeds the best window
+#: since the raise by more than ``RELAPSE_TOL`` of the larger of that best's magnitude and what the
+#: run gained since the raise (a loss near its floor is not judged on noise), it has relapsed at the raised
+#: LR (a network drifting back to chance, a loss that doubles after improving for a while): the
+#: raise is undone and, with rollback, the weights and optimizer state go back to the raise's copy,
+#: which is kept until the next raise for that.
+RELAPSE_TOL = 0.25
+RELAPSE_WINDOWS = 2
 #: The counters of ``ControllerScheduler.events``.
 EVENTS = (
     "decisions",
@@ -49,6 +65,7 @@ EVENTS = (
     "guard_rollbacks",
     "guard_rolled_back_steps",
     "guard_rescues",
+    "guard_relapses",
 )
 #: Hyperparameters a ControllerScheduler can set on a torch optimizer.
 SETTABLE = ("lr", "momentum", "weight_decay")
@@ -117,6 +134,11 @@ class _Unit:
     #: the decision step the guard last judged (a decision the lookahead hands back to the plain
     #: path asks twice)
     guarded_at: int = -1
+    #: a raise that passed its trial, watched for a relapse until the next raise: (multiplier
+    #: before it, best window median since it, the window median before it); None when none is
+    relapse: tuple[float, float, float] | None = None
+    #: windows in a row worse than that best by more than RELAPSE_TOL
+    worse_windows: int = 0
 
 
 @dataclass(slots=True)
@@ -229,6 +251,7 @@ class ControllerScheduler(LRScheduler):
         self.rollback = bool(rollback)
         self._model = model if model is not None else getattr(lookahead, "model", None)
         self._saved: dict[str, Any] | None = None  # the weights at the raise on trial
+        self._kept: dict[str, Any] | None = None  # ... at the raise that passed it (relapse)
         self.loaded, fs = _load_checked(controller)
         self._fs = fs
         self.total_steps = int(total_steps)
@@ -714,12 +737,17 @@ class ControllerScheduler(LRScheduler):
             if bad:
                 self._rescue(u, saved, step)
             return bad
-        if trial is None or self.guard is None:
+        if self.guard is None:
             return False
+        if trial is None:
+            return self._relapse(u, after, step)
         before_mult, before, left, _ = trial
         if not bad and (after is None or after <= before + self.guard * abs(before)):
             if left > 1:  # judged again after the next window, from the same copy
                 u.probation, self._saved = (*trial[:2], left - 1, trial[3]), saved
+            else:  # passed: watched for a relapse until the next raise, from the same copy
+                best = before if after is None else min(before, after)
+                u.relapse, u.worse_windows, self._kept = (before_mult, best, before), 0, saved
             return False
         u.mult = min(u.mult, before_mult)
         u.ceiling = min(u.ceiling, before_mult)
@@ -733,6 +761,38 @@ class ControllerScheduler(LRScheduler):
             f"{before:.4g} -> {after if after is not None else float('nan'):.4g} over "
             f"{self.every} steps); the raise was undone at step {step} and later raises are capped "
             "there (events['guard_reverts'])",
+        )
+        return True
+
+    def _relapse(self, u: _Unit, after: float | None, step: int) -> bool:
+        """Judge the raise that passed its trial (``RELAPSE_TOL``): track the best window since
+        it; after ``RELAPSE_WINDOWS`` windows in a row clearly worse, undo it (and roll back to its
+        copy where one is kept) and return True (this decision is the undo)."""
+        if u.relapse is None or after is None or not math.isfinite(after):
+            return False
+        before_mult, best, ref = u.relapse
+        if after < best:
+            u.relapse, u.worse_windows = (before_mult, after, ref), 0
+            return False
+        worse = after > best + RELAPSE_TOL * max(abs(best), ref - best)
+        u.worse_windows = u.worse_windows + 1 if worse else 0
+        if u.worse_windows < RELAPSE_WINDOWS:
+            return False
+        raised, kept, self._kept = u.mult, self._kept, None
+        u.relapse, u.worse_windows = None, 0
+        u.mult = min(u.mult, before_mult)
+        u.ceiling = min(u.ceiling, before_mult)
+        self.events["guard_relapses"] += 1
+        self.events["decisions"] += 1
+        if kept is not None:
+            self._roll_back(u, kept, step)
+        self._warn_once(
+            "relapse",
+            f"ControllerScheduler: the training loss relapsed after an LR raise had passed its "
+            f"trial (best window median {best:.4g} -> {after:.4g}, {RELAPSE_WINDOWS} windows in a "
+            f"row); the raise ({before_mult:.3g}x -> {raised:.3g}x) was undone at step {step}"
+            + (f", weights back to step {kept['step']}" if kept is not None else "")
+            + " (events['guard_relapses'])",
         )
         return True
 
@@ -813,6 +873,8 @@ class ControllerScheduler(LRScheduler):
             pre = self._window_stat[1] if self._window_stat[0] == step else None
             if pre is not None:
                 u.probation = (old, pre, GUARD_WINDOWS, step)
+                # a new raise on trial supersedes the one watched for a relapse (one copy)
+                u.relapse, u.worse_windows, self._kept = None, 0, None
         u.mult = new
 
     def _cap(self, u: _Unit, new: float) -> float:
@@ -872,6 +934,8 @@ class ControllerScheduler(LRScheduler):
                     "mult": u.mult,
                     "probation": None if u.probation is None else list(u.probation),
                     "ceiling": u.ceiling,
+                    "relapse": None if u.relapse is None else list(u.relapse),
+                    "worse_windows": u.worse_windows,
                     "features": u.features.state_dict(),
                     "controller_state": _state_out(u.ctrl_state),
                     "prev_norms": None
@@ -939,13 +1003,18 @@ class ControllerScheduler(LRScheduler):
             if pr is not None:
                 u.probation = (float(pr[0]), float(pr[1]), int(pr[2]), int(pr[3]))
             u.ceiling = float(d.get("ceiling", math.inf))
+            rl = d.get("relapse")  # absent in states saved before the relapse watch
+            u.relapse = None if rl is None else (float(rl[0]), float(rl[1]), float(rl[2]))
+            u.worse_windows = int(d.get("worse_windows", 0))
             u.features.load_state_dict(d["features"])
             u.ctrl_state = _state_in(d["controller_state"])
             pn = d["prev_norms"]
             u.prev_norms = None if pn is None else torch.as_tensor(pn).double().numpy()
             self.units.append(u)
         self._unit_of_group = self._map_groups(len(self.optimizer.param_groups))
-        self._saved = None  # a resumed run's start is not on trial; a raise on trial is undone
+        # a resumed run's start is not on trial; a raise on trial or relapsing is undone, not
+        # rolled back (the copies stay with the process that took them)
+        self._saved = self._kept = None
         self.events = {**self.events, **{k: int(v) for k, v in t["events"].items()}}
         self.actions_taken = [(int(a), int(b), int(c)) for a, b, c in t["actions_taken"]]
         w = t.get("window", {"losses": [], "bad": False, "stat": [-1, None, False]})

@@ -223,6 +223,7 @@ def _empty_row() -> dict[str, Any]:
         "compute_ratio": 1.0,
         "guard_reverts": 0,
         "guard_rescues": 0,
+        "guard_relapses": 0,
         "wall_s": 0.0,
     }
 
@@ -333,4 +334,5 @@ def _controller_events(sched: Any) -> dict[str, Any]:
         "compute_ratio": float(sched.compute_ratio),
         "guard_reverts": int(ev["guard_reverts"]),
         "guard_rescues": int(ev["guard_rescues"]),
+        "guard_relapses": int(ev["guard_relapses"]),
     }

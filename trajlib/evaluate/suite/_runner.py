@@ -28,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from trajlib.deploy import GUARD, GUARD_WINDOWS
+from trajlib.deploy import GUARD, GUARD_WINDOWS, RELAPSE_TOL, RELAPSE_WINDOWS
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import select_families
 from trajlib.evaluate.suite._loop import LookaheadSetting, run_one
@@ -100,8 +100,8 @@ def plan_jobs(
     ``lookahead`` (``(top_k, horizon[, cooldown[, when]])``) runs the controller with deploy-time
     lookahead (its cache key is the checkpoint hash + ``+`` + :meth:`LookaheadSetting.tag`);
     ``guard`` / ``rollback`` are the scheduler's raise guard (the key gets ``+guard<tol>w<windows>``,
-    or ``+revert<tol>w<windows>`` without rollback; none when the guard is off, as before it
-    existed)."""
+    or ``+revert<tol>w<windows>`` without rollback, then ``r<tol>x<windows>`` for the relapse watch;
+    none when the guard is off, as before it existed)."""
     lookahead = LookaheadSetting.of(lookahead)
     fams = select_families(families)
     ck = str(checkpoint) if checkpoint is not None else ""
@@ -110,6 +110,7 @@ def plan_jobs(
         h += f"+{lookahead.tag()}"
     if h and guard is not None:
         h += f"+{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
+        h += f"r{RELAPSE_TOL:g}x{RELAPSE_WINDOWS}g"  # g: tolerance of max(|best|, gain)
     jobs = []
     for f in fams:
         b = int(budget or f.budget)
@@ -190,10 +191,11 @@ _SCHEMA: dict[str, Any] = {
     "compute_ratio": pl.Float64,
     "guard_reverts": pl.Int64,
     "guard_rescues": pl.Int64,
+    "guard_relapses": pl.Int64,
     "wall_s": pl.Float64,
 }
 # Columns added after a cache was first written, with the value older rows had.
-_ADDED = {"compute_ratio": 1.0, "guard_reverts": 0, "guard_rescues": 0}
+_ADDED = {"compute_ratio": 1.0, "guard_reverts": 0, "guard_rescues": 0, "guard_relapses": 0}
 
 
 def rows_frame(rows: Sequence[dict[str, Any]]) -> pl.DataFrame:

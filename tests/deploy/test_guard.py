@@ -150,16 +150,8 @@ def test_rollback_restores_the_weights_and_optimizer_state_of_the_raise(
 def test_a_raise_stays_on_trial_for_two_windows(tiny_checkpoint: Path) -> None:
     """A raise whose first window is fine and whose second blows up (a late divergence) is undone
     at the second decision after it, and the weights go back to those of the raise."""
-    loaded = load_controller(tiny_checkpoint)
-    every, keep = loaded.every, loaded.action_space.keep_index
-    lr_moves = [a.moves.get("lr", 0.0) for a in loaded.action_space.actions]
-    up = max(range(len(lr_moves)), key=lambda i: lr_moves[i])
-    calls: list[int] = []
-
-    def raise_once(x: Any) -> int:
-        calls.append(1)
-        return up if len(calls) == 1 else keep
-
+    ckpt = _raise_once(tiny_checkpoint)
+    every = ckpt.every
     seen: dict[int, Any] = {}
 
     def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
@@ -167,7 +159,7 @@ def test_a_raise_stays_on_trial_for_two_windows(tiny_checkpoint: Path) -> None:
 
     with pytest.warns(RuntimeWarning, match="raise was undone"):
         sched = run(
-            with_policy(loaded, raise_once),
+            ckpt,
             lambda t, v: v if t < 2 * every else 10.0,
             at_decision=grab,
         )

@@ -39,16 +39,16 @@ STATE_VERSION = 3
 #: The raise guard's default tolerance: a raise is undone when the median training loss of the
 #: decision window after it exceeds the window before it by more than this share of its magnitude.
 GUARD = 0.5
-#: How many decision windows after a raise the guard judges it in (the copy of the weights at the
-#: raise is held that long, unless a new raise starts a new trial first).
+#: How many decision windows after a raise the guard judges it in (then the relapse watch below
+#: takes over; the copy of the weights at the raise is held until the next raise).
 GUARD_WINDOWS = 2
 #: After a raise passes its trial, the guard keeps watching it until the next raise: when the
 #: median training loss of ``RELAPSE_WINDOWS`` decision windows in a row exceeds the best window
-#: since the raise by more than ``RELAPSE_TOL`` of the larger of that best's magnitude and what the
-#: run gained since the raise (a loss near its floor is not judged on noise), it has relapsed at the raised
-#: LR (a network drifting back to chance, a loss that doubles after improving for a while): the
-#: raise is undone and, with rollback, the weights and optimizer state go back to the raise's copy,
-#: which is kept until the next raise for that.
+#: since the raise by more than ``RELAPSE_TOL`` of the larger of that best's magnitude and what
+#: the run gained since the raise (a loss near its floor is not judged on noise), the run has
+#: relapsed at the raised LR (a network drifting back to chance, a loss that doubles after
+#: improving for a while): the raise is undone and, with rollback, the weights and optimizer state
+#: go back to the raise's copy, which is kept until the next raise for that.
 RELAPSE_TOL = 0.25
 RELAPSE_WINDOWS = 2
 #: The counters of ``ControllerScheduler.events``.
@@ -135,7 +135,8 @@ class _Unit:
     #: path asks twice)
     guarded_at: int = -1
     #: a raise that passed its trial, watched for a relapse until the next raise: (multiplier
-    #: before it, best window median since it, the window median before it); None when none is
+    #: before it, best window median since it, the window median before it); None when no raise
+    #: is watched
     relapse: tuple[float, float, float] | None = None
     #: windows in a row worse than that best by more than RELAPSE_TOL
     worse_windows: int = 0

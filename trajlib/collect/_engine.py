@@ -17,9 +17,9 @@ dropout masks are the same in any population as alone, and a run is deterministi
 Evaluation runs the model in eval mode (running statistics, no dropout).
 
 The optimizers (:data:`trajlib.tasks.OPTIMIZERS`: SGD with momentum, Nesterov SGD, Adam, AdamW,
-RMSprop, Adagrad, NAdam; the same update as ``Task.make_optimizer``'s ``torch.optim`` one) are written on the
-stacked tensors with per-member hyperparameters ``[K]`` and per-member, per-layer LR multipliers
-``[K, L]``.
+RMSprop, Adagrad, NAdam; the same update as ``Task.make_optimizer``'s ``torch.optim`` one) are
+written on the stacked tensors with per-member hyperparameters ``[K]`` and per-member, per-layer LR
+multipliers ``[K, L]``.
 
 Instrumentation keeps the per-step work minimal: gradient, parameters and update of the last two
 steps live in two rotating ``[3, K, P]`` buffers, from which the measurement contract's

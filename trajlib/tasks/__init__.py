@@ -2,9 +2,9 @@
 
 Built-ins (no downloads): ``mnist1d-mlp``, ``mnist1d-cnn``, ``digits-mlp``, ``digits-cnn``,
 ``teacher-student``, ``synth-classification``, ``char-lm``. Generated tasks ``gen-<i>`` and
-``gen2-<i>`` (:func:`generated_task`): a distribution over architectures, data, optimizers and budgets, each
-with a family label. A user task is any zero-argument callable
-returning a :class:`Task`, named as ``module:function``.
+``gen2-<i>`` (:func:`generated_task`): a distribution over architectures, data, optimizers and
+budgets, each with a family label. A user task is any zero-argument callable returning a
+:class:`Task`, named as ``module:function``.
 """
 
 from trajlib.tasks import _builtin  # noqa: F401  (registers the built-in tasks; defines, no work)

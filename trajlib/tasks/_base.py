@@ -187,21 +187,26 @@ def list_tasks() -> list[str]:
 
 
 _CACHE: dict[str, Task] = {}
-_GENERATED = re.compile(r"^gen(\d?)-(\d{1,6})$")
+#: The name prefix of each version of the generated-task distribution (``<prefix><index>``;
+#: :mod:`trajlib.tasks._generated`).
+GENERATED_VERSIONS: dict[int, str] = {1: "gen-", 2: "gen2-"}
+_GENERATED = re.compile(r"^(gen\d*-)(\d{1,6})$")
 
 
 def _generated_index(name: str) -> tuple[int, int] | None:
-    """(index, generator version) of a generated task's name: ``gen-<i>`` is version 1,
-    ``gen<v>-<i>`` version v (v >= 2); None for any other name."""
+    """(index, generator version) of a generated task's name (a prefix of
+    :data:`GENERATED_VERSIONS`); None for any other name."""
     m = _GENERATED.match(name)
-    if not m or m.group(1) in ("0", "1"):
-        return None
-    return int(m.group(2)), int(m.group(1) or 1)
+    for version, prefix in GENERATED_VERSIONS.items():
+        if m and m.group(1) == prefix:
+            return int(m.group(2)), version
+    return None
 
 
 def get_task(name: str) -> Task:
     """A built-in task by name, a generated task ``gen-<i>`` / ``gen2-<i>``
-    (:mod:`trajlib.tasks._generated`), or a user task given as ``module:function`` (returning a Task)."""
+    (:mod:`trajlib.tasks._generated`), or a user task given as ``module:function`` (returning a
+    Task)."""
     if not isinstance(name, str) or not name:
         raise ConfigError("task", "a task name or 'module:function'", name)
     if name in _CACHE:

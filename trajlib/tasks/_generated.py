@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from trajlib.errors import ConfigError
-from trajlib.tasks._base import Task, TaskData, _generated_index
+from trajlib.tasks._base import GENERATED_VERSIONS, Task, TaskData, _generated_index
 from trajlib.tasks._builtin import _split, char_text, digits_data, mnist1d_data
 
 _T = typing.TypeVar("_T")
@@ -43,9 +43,7 @@ __all__ = [
     "is_generated",
 ]
 
-GENERATED_PREFIX = "gen-"
-#: name prefix of each generator version (``<prefix><index>``)
-GENERATED_VERSIONS: dict[int, str] = {1: "gen-", 2: "gen2-"}
+GENERATED_PREFIX = GENERATED_VERSIONS[1]
 
 # (architecture, domain) -> sampling weight. Families are the unit of held-out splits.
 _FAMILY_WEIGHTS: dict[str, float] = {

@@ -38,6 +38,8 @@ def test_distribution_is_pinned() -> None:
     assert _signature(130) == "b7eaea97f2cd1ef8f2d14bc60e038ce898e60bccff47823053a469aacf00934f"
     # collectors/generated-v5.toml's store: the second generator's first 130 tasks
     assert _signature(130, 2) == "4dc42eced8ec320d8b1727fef46f288e4ec627e1b9d0fb8bcaf46de74918ac52"
+    # collectors/generated-v6.toml's store: the third generator's first 48 tasks
+    assert _signature(48, 3) == "2090857382a09321b615fc32618a513ea86def631dd67e72ad2554c257bc7115"
 
 
 def test_second_version_widens_the_optimizers() -> None:
@@ -55,9 +57,23 @@ def test_second_version_widens_the_optimizers() -> None:
     assert generated_task(3, 2).name != generated_task(3).name
 
 
+def test_third_version_runs_longer() -> None:
+    v2, v3 = generated_tasks(130, version=2), generated_tasks(130, version=3)
+    assert [t.name for t in v3[:2]] == ["gen3-0", "gen3-1"] and is_generated("gen3-5")
+    assert get_task("gen3-5").summary() == generated_task(5, 3).summary()
+    # the same optimizers and families as version 2, budgets of 400 .. 5,000 steps
+    assert {t.optimizer for t in v3} == {t.optimizer for t in v2}
+    assert {t.family for t in v3} == set(GENERATED_FAMILIES)
+    slow = ("gru/", "transformer/", "cnn2d/")
+    fast = [t.budget for t in v3 if not t.family.startswith(slow)]
+    assert 400 <= min(fast) and max(fast) <= 5000 and max(fast) > 3000
+    assert max(t.budget for t in v3 if t.family.startswith(slow)) <= 2500
+    assert max(t.budget for t in v2) <= 1500
+
+
 def test_unknown_version_is_one_clear_error() -> None:
     with pytest.raises(ConfigError, match="generated version"):
-        generated_task(0, 3)
+        generated_task(0, 4)
     with pytest.raises(ConfigError, match="generated version"):
         generated_tasks(2, version=0)
 
@@ -158,7 +174,7 @@ def test_stride_one_keeps_old_run_ids() -> None:
     [
         ({"generated": -1}, "collect.generated"),
         ({"generated_families": ["x/y"]}, "collect.generated_families"),
-        ({"generated_version": 3}, "collect.generated_version"),
+        ({"generated_version": 4}, "collect.generated_version"),
     ],
 )
 def test_recipe_rejects_bad_generated_keys(over: dict, field: str) -> None:

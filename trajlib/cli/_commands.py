@@ -66,7 +66,8 @@ def _add_data_commands(sub: Any) -> None:
         type=int,
         choices=(1, 2),
         default=1,
-        help="generator version: 1 gen-<i>, 2 gen2-<i> (adds Adagrad, NAdam, momentum-free SGD)",
+        help="generator version: 1 gen-<i>, 2 gen2-<i> (adds Adagrad, NAdam, momentum-free SGD), "
+        "3 gen3-<i> (version 2 with budgets up to 5,000 steps)",
     )
     p.set_defaults(func=cmd_tasks)
 
@@ -99,7 +100,11 @@ def _add_data_commands(sub: Any) -> None:
 
 def _add_model_commands(sub: Any) -> None:
     p = sub.add_parser("fit", help="fit a controller on a store")
-    p.add_argument("store", help="store directory or URL (s3://bucket/prefix)")
+    p.add_argument(
+        "store",
+        nargs="+",
+        help="store directory or URL (s3://bucket/prefix); several: their runs pooled",
+    )
     p.add_argument("--kind", default="gbt", help="controller kind: gbt | mlp | gru")
     p.add_argument(
         "--labels",
@@ -316,7 +321,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from trajlib.controllers import fit_store
 
     ckpt, metrics = fit_store(
-        args.store,
+        args.store[0] if len(args.store) == 1 else list(args.store),
         kind=args.kind,
         labels=args.labels,
         out=args.out,

@@ -74,7 +74,8 @@ class CollectSection:
     divergence_factor: float = 1e3
     # generated tasks (trajlib.tasks._generated): ``generated`` tasks gen-<start>, gen-<start+1>...
     # whose family is in ``generated_families`` (all when empty), appended to ``tasks``;
-    # ``generated_version`` 2 gives gen2-<i> (a wider choice of optimizers; see trajlib.tasks)
+    # ``generated_version`` 2 gives gen2-<i> (a wider choice of optimizers), 3 gen3-<i> (version 2
+    # with budgets up to 5,000 steps; see trajlib.tasks)
     generated: int = 0
     generated_start: int = 0
     generated_families: tuple[str, ...] = ()

@@ -60,38 +60,84 @@ def training_table(
     return table, lab, spec
 
 
+def _store_list(store: Any) -> list[Any]:
+    """``store`` as a list: a list or tuple names several stores, anything else is one."""
+    stores = list(store) if isinstance(store, list | tuple) else [store]
+    if not stores:
+        raise ConfigError("STORE", "at least one store", "none")
+    return stores
+
+
 def _training_data(
     store: Any, feature_set: str, labels: str, tasks: list[str] | None
 ) -> tuple[pl.DataFrame, pl.DataFrame, DecisionSpec, pl.DataFrame]:
-    """:func:`training_table` plus the runs frame."""
-    st = open_store(store) if not hasattr(store, "steps") else store
-    runs = st.runs(task=tasks).collect()
-    if runs.height == 0:
-        raise ConfigError("STORE", "a store with committed runs", str(getattr(st, "path", store)))
-    decisions = st.decisions(task=tasks).collect()
+    """:func:`training_table` plus the runs frame; ``store`` may be a list of stores, whose runs
+    are pooled (they must share the action space, interval, mode and hyperparameter space, and
+    no run may be in two of them)."""
     strat = get_label_strategy(labels)
+    fs = get_feature_set(feature_set)
+    tables, labs, all_runs, specs = [], [], [], []
+    seen: dict[str, str] = {}
+    stores = _store_list(store)
+    for one in stores:
+        st = open_store(one) if not hasattr(one, "steps") else one
+        where = str(getattr(st, "path", one))
+        runs = st.runs(task=tasks).collect()
+        if runs.height == 0:
+            if tasks is not None and len(stores) > 1:
+                continue  # none of the asked tasks in this store: the others may have them
+            raise ConfigError("STORE", "a store with committed runs", where)
+        for rid in runs[S.RUN_ID].to_list():
+            if rid in seen:
+                raise ConfigError(
+                    "STORE", "stores with distinct runs", f"run {rid} in {seen[rid]} and {where}"
+                )
+            seen[rid] = where
+        table, lab, spec_k = _one_store(st, where, runs, fs, strat, tasks)
+        tables.append(table)
+        labs.append(lab)
+        all_runs.append(runs)
+        specs.extend(spec_k)
+    if not specs:
+        raise ConfigError("STORE", f"runs of the tasks {tasks}", "none in any store")
+    _one([d.action_space.to_dict() for d in specs], "actions")
+    _one([d.every for d in specs], "every")
+    _one([[d.mode, d.base_schedule] for d in specs], "space")
+    _one([d.hp_space.to_dict() for d in specs], "hp_space")
+    spec = specs[0].with_feature_set(
+        FeatureSetRef(name=fs.name, version=str(fs.version), hash=fs.hash, names=tuple(fs.names))
+    )
+    if len(tables) == 1:
+        return tables[0], labs[0], spec, all_runs[0]
+    return (
+        pl.concat(tables, how="vertical_relaxed"),
+        pl.concat(labs, how="vertical_relaxed"),
+        spec,
+        pl.concat(all_runs, how="diagonal_relaxed"),
+    )
+
+
+def _one_store(
+    st: Any, where: str, runs: pl.DataFrame, fs: Any, strat: Any, tasks: list[str] | None
+) -> tuple[pl.DataFrame, pl.DataFrame, list[DecisionSpec]]:
+    """One store's decision table, labels and its runs' decision specs."""
+    decisions = st.decisions(task=tasks).collect()
     branches = st.branches(task=tasks).collect() if strat.needs_branches else None
     if branches is not None and branches.height == 0:
         raise ConfigError(
             "STORE",
             "runs collected with branching on (labels come from branch outcomes)",
-            "no branch rows",
+            f"no branch rows in {where}",
             hint="label runs recorded without branches with labels='outcome'",
         )
     specs = [RunConfig.from_dict(json.loads(e)).decision for e in runs[S.ENTRY].to_list() if e]
     _one([d.action_space.to_dict() for d in specs], "actions")
-    _one([d.every for d in specs], "every")
-    _one([[d.mode, d.base_schedule] for d in specs], "space")
-    _one([d.hp_space.to_dict() for d in specs], "hp_space")
-    fs = get_feature_set(feature_set)
-    spec = specs[0].with_feature_set(
-        FeatureSetRef(name=fs.name, version=str(fs.version), hash=fs.hash, names=tuple(fs.names))
-    )
+    action_space = specs[0].action_space
     labelled = decisions if branches is None else branches  # a branch stride leaves some unlabelled
     points = labelled.select(S.RUN_ID, S.STEP).unique().sort(S.RUN_ID, S.STEP)
     table = derive(st.steps(task=tasks), points, runs.select(S.RUN_ID, S.BUDGET), fs)
     table = table.join(runs.select(S.RUN_ID, S.TASK), on=S.RUN_ID, how="left")
-    keep, n_act = spec.action_space.keep_index, len(spec.action_space)
+    keep, n_act = action_space.keep_index, len(action_space)
     if branches is None:  # labels from the trajectory and the logged propensities
         lab = trajectory_labels(st.steps(task=tasks), decisions, keep, n_act, strat)
     else:
@@ -103,7 +149,7 @@ def _training_data(
             runs=runs if strat.needs_trajectory else None,
             steps=st.steps(task=tasks) if strat.needs_trajectory else None,
         )
-    return table, lab, spec, runs
+    return table, lab, specs
 
 
 #: Members of the ensemble when the do-no-harm rule is on and ``ensemble`` is not given.
@@ -178,7 +224,7 @@ def _families(runs: pl.DataFrame) -> dict[str, str]:
 
 
 def fit_store(
-    store: str | Path,
+    store: str | Path | Sequence[str | Path],
     *,
     kind: str = "gbt",
     labels: str = "greedy",
@@ -197,6 +243,10 @@ def fit_store(
     harm_per_action: bool = False,
 ) -> tuple[Path, dict[str, float]]:
     """Fit a ``kind`` controller on ``labels`` from the store and write a checkpoint to ``out``.
+
+    ``store`` may be a list of stores (several collections, e.g. one per recipe or machine): their
+    runs are pooled as one data set. They must share the action space, decision interval, mode and
+    hyperparameter space, and no run may be in two of them.
 
     ``labels`` names a branch strategy (``greedy``, ``annealed``, ``long``: stores collected with
     branches) or ``outcome`` (any store, e.g. runs recorded without branches: only the taken
@@ -279,7 +329,7 @@ def fit_store(
 
 
 def _training_meta(
-    store: str | Path,
+    store: str | Path | Sequence[str | Path],
     table: pl.DataFrame,
     lab: pl.DataFrame,
     runs: pl.DataFrame,
@@ -293,7 +343,7 @@ def _training_meta(
     validation metadata."""
     best = lab["best_action"].to_numpy()
     meta: dict[str, Any] = {
-        "store": str(store),
+        "store": [str(s) for s in store] if isinstance(store, list | tuple) else str(store),
         "n_rows": int(table.height),
         "n_runs": int(runs.height),
         "tasks": sorted(set(runs[S.TASK].to_list())),

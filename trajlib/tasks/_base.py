@@ -189,7 +189,7 @@ def list_tasks() -> list[str]:
 _CACHE: dict[str, Task] = {}
 #: The name prefix of each version of the generated-task distribution (``<prefix><index>``;
 #: :mod:`trajlib.tasks._generated`).
-GENERATED_VERSIONS: dict[int, str] = {1: "gen-", 2: "gen2-"}
+GENERATED_VERSIONS: dict[int, str] = {1: "gen-", 2: "gen2-", 3: "gen3-"}
 _GENERATED = re.compile(r"^(gen\d*-)(\d{1,6})$")
 
 
@@ -204,7 +204,7 @@ def _generated_index(name: str) -> tuple[int, int] | None:
 
 
 def get_task(name: str) -> Task:
-    """A built-in task by name, a generated task ``gen-<i>`` / ``gen2-<i>``
+    """A built-in task by name, a generated task ``gen-<i>`` / ``gen2-<i>`` / ``gen3-<i>``
     (:mod:`trajlib.tasks._generated`), or a user task given as ``module:function`` (returning a
     Task)."""
     if not isinstance(name, str) or not name:

@@ -10,7 +10,10 @@ sets and generators, synthetic sequences and images, and Python's standard-libra
 pinned. Version 2 (``gen2-<i>``) draws from a separate stream and widens the optimizers to what
 user loops run: SGD without momentum, RMSprop at torch's default momentum 0, Adagrad and NAdam
 besides v1's SGD / Nesterov / Adam / AdamW / RMSprop with momentum. Same families, same models and
-data builders, same budgets.
+data builders, same budgets. Version 3 (``gen3-<i>``) is version 2 with the budgets of longer loops:
+log-uniform in 400 .. 5,000 steps (200 .. 2,500 for the slowest kinds) instead of 200 .. 1,500
+(200 .. 750), from its own stream — a controller fitted on 1,500-step runs only had never seen the
+late phase of a loop that trains for thousands of steps.
 
 Every task carries a **family**, ``<architecture>/<domain>`` (:data:`GENERATED_FAMILIES`): splits
 for fitting and evaluation are by family, never by task. Models are small (a few thousand to ~100k
@@ -121,6 +124,10 @@ def _check_version(version: int) -> None:
         raise ConfigError("generated version", f"one of {sorted(GENERATED_VERSIONS)}", version)
 
 
+#: generator version -> the log-uniform range of the budgets (halved for the slowest kinds)
+_BUDGETS = {1: (200, 1500), 2: (200, 1500), 3: (400, 5000)}
+
+
 @functools.cache
 def _generated(index: int, version: int = 1) -> Task:
     # version 1's stream is pinned (tests/tasks/test_generated.py); later versions draw their own
@@ -144,7 +151,8 @@ def _generated(index: int, version: int = 1) -> Task:
         elif optimizer in ("sgd", "rmsprop"):
             momentum = float(g.pick((0.0, momentum)))
     weight_decay = float(g.pick((0.0, 0.0, 1e-4, 1e-3, 1e-2 if optimizer == "adamw" else 5e-4)))
-    budget = int(round(math.exp(rng.uniform(math.log(200), math.log(1500))) / 50) * 50)
+    lo, hi = _BUDGETS[version]
+    budget = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi))) / 50) * 50)
     if arch in ("gru", "transformer", "cnn2d"):  # the slowest kinds: shorter budgets
         budget = max(200, budget // 2 // 50 * 50)
     batch_size = int(

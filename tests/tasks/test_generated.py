@@ -38,8 +38,8 @@ def test_distribution_is_pinned() -> None:
     assert _signature(130) == "b7eaea97f2cd1ef8f2d14bc60e038ce898e60bccff47823053a469aacf00934f"
     # collectors/generated-v5.toml's store: the second generator's first 130 tasks
     assert _signature(130, 2) == "4dc42eced8ec320d8b1727fef46f288e4ec627e1b9d0fb8bcaf46de74918ac52"
-    # collectors/generated-v6.toml's store: the third generator's first 48 tasks
-    assert _signature(48, 3) == "2090857382a09321b615fc32618a513ea86def631dd67e72ad2554c257bc7115"
+    # collectors/generated-v6.toml's store: the third generator's first 120 tasks
+    assert _signature(120, 3) == "dd2c7822c8b19844ec9cb3183a829ee359e0d7036c16ed6a5810cab1c8b980b9"
 
 
 def test_second_version_widens_the_optimizers() -> None:

@@ -215,3 +215,47 @@ void tl_step_stats(int64_t n, int64_t B, int64_t L, const float *sums, const dou
         last[B + b] = pu;
     }
 }
+
+/* One node of a flattened LightGBM forest (trajlib/controllers/_treewalk.py's packed table):
+ * 24 bytes, so a visit reads one cache line. */
+typedef struct {
+    double thr;
+    int32_t feat, left, right;
+    uint8_t default_left, mtype; /* mtype: 0 None, 1 Zero, 2 NaN */
+    uint16_t pad;
+} tl_node;
+
+#define TL_LANES 8
+
+/* One row through a flattened forest: nodes [0, n_split) are splits, the others leaves (value
+ * value[node - n_split]); left / right index any node. For each tree t, walk from roots[t] to a
+ * leaf and add its value to out[owner[t]], trees in order (the numpy walk's sum order). TL_LANES
+ * trees are walked together so that their independent loads overlap. The split rule is LightGBM's
+ * NumericalDecision: NaN reads as 0 unless the node's missing type is NaN; a missing value (NaN at
+ * a NaN node, |x| <= 1e-35 or NaN at a Zero node) goes to default_left, else x <= thr goes left. */
+void tl_forest(int64_t n_trees, const int32_t *roots, const int32_t *owner, int64_t n_split,
+               const tl_node *nodes, const double *value, const double *x, int64_t n_out,
+               double *out) {
+    for (int64_t k = 0; k < n_out; k++) out[k] = 0.0;
+    for (int64_t t0 = 0; t0 < n_trees; t0 += TL_LANES) {
+        int m = n_trees - t0 < TL_LANES ? (int)(n_trees - t0) : TL_LANES;
+        int32_t nd[TL_LANES];
+        for (int j = 0; j < m; j++) nd[j] = roots[t0 + j];
+        int active = 1;
+        while (active) {
+            active = 0;
+            for (int j = 0; j < m; j++) {
+                if (nd[j] >= n_split) continue;
+                const tl_node *n = nodes + nd[j];
+                double v = x[n->feat];
+                int nan = isnan(v);
+                double v0 = nan ? 0.0 : v;
+                int missing = n->mtype == 2 ? nan : (n->mtype == 1 ? (nan || fabs(v0) <= 1e-35) : 0);
+                int go_left = missing ? n->default_left : (v0 <= n->thr);
+                nd[j] = go_left ? n->left : n->right;
+                active = 1;
+            }
+        }
+        for (int j = 0; j < m; j++) out[owner[t0 + j]] += value[nd[j] - n_split];
+    }
+}

@@ -20,9 +20,7 @@ on features of strided statistics — the decision path costs what it costs, the
 meant to be good); ``probe/<backend>`` — the optimizer hooks alone (:class:`StepProbe`, every
 step, ``take()`` each step, nothing else); ``kernels`` (native kernels loaded, CPU) — hooks that
 only read the gradients' addresses and call the two native kernels (``tl_pre`` on the real
-gradient and weights, ``tl_update``), the floor of measuring every step that way;
-``controller-npwalk/native`` (native kernels loaded) — ``controller/native`` with the controller's
-tree models walked by numpy instead of C (``deploy_overhead_numpy_walk``: what the C walk saves).
+gradient and weights, ``tl_update``), the floor of measuring every step that way.
 
 How it is timed: this machine's speed drifts by 10-20 % over seconds, more than the overhead
 being measured, so whole loops timed one after the other disagree by that much. Instead, each
@@ -89,19 +87,6 @@ def fit_checkpoint(root: Path) -> Path:
         store, kind="gbt", labels="greedy", out=root / "gbt", params={"n_estimators": 30}
     )
     return path
-
-
-def numpy_walk(loaded: Any) -> Any:
-    """``loaded`` with every tree model's forests walked by numpy (:mod:`trajlib.controllers.
-    _treewalk`'s reference walk) instead of the native C walk."""
-    ctl = loaded.controller
-    forests = [m.forests_ for m in [ctl, *getattr(ctl, "members_", [])] if hasattr(m, "forests_")]
-    merged = ctl._merged_forests() if hasattr(ctl, "_merged_forests") else None
-    if merged is not None:
-        forests.append(merged[0])
-    for f in forests:
-        f.__dict__["_native"] = None  # the walk's cache: no native arguments, the numpy path
-    return loaded
 
 
 class Loop:
@@ -289,9 +274,9 @@ def main() -> None:
     if a.hidden is not None and a.task != "mnist1d-mlp":
         ap.error(f"--hidden widens mnist1d-mlp's MLP; got --task {a.task}")
     torch.set_num_threads(1)
-    tmp_dir = tempfile.TemporaryDirectory()
-    ckpt_path = a.checkpoint or fit_checkpoint(Path(tmp_dir.name))
-    loaded = load_controller(ckpt_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = a.checkpoint or fit_checkpoint(Path(tmp))
+        loaded = load_controller(ckpt)
     data = get_task(a.task).make_data().to(a.device)
     kw = dict(device=a.device, hidden=a.hidden, task_name=a.task)
     native = _native.lib() is not None and a.device == "cpu"
@@ -301,22 +286,15 @@ def main() -> None:
     for kind in ("controller", "controller-s4", "probe"):
         order += [f"{kind}/{b}" for b in backends]
     if native:
-        order += ["kernels", "controller-npwalk/native"]
-    # the same controller with its trees walked by numpy instead of C (a second copy, so the
-    # other loops keep the C walk)
-    loaded_np = numpy_walk(load_controller(ckpt_path)) if native else None
-
-    def ctl_for(mode: str) -> Any:
-        return loaded_np if mode.startswith("controller-npwalk") else loaded
-
+        order.append("kernels")
     for mode in order:  # warm-up
-        Loop(mode, 200, ctl_for(mode), data, **kw).run(200)
+        Loop(mode, 200, loaded, data, **kw).run(200)
     blocks: dict[str, list[float]] = {m: [] for m in order}
     used: dict[str, str | None] = {}
     events: dict = {}
     decide_s, decisions = 0.0, 0
     for rep in range(a.reps):
-        loops = {m: Loop(m, a.steps, ctl_for(m), data, seed=rep, **kw) for m in order}
+        loops = {m: Loop(m, a.steps, loaded, data, seed=rep, **kw) for m in order}
         first = {m: len(blocks[m]) for m in order}
         done, k = 0, 0
         while done < a.steps:
@@ -386,10 +364,6 @@ def main() -> None:
         "by_backend": by_backend,
         # the floor of the native backend: reading the gradients' addresses and its two kernels
         "kernels_overhead": ratio("kernels") if "kernels" in total else None,
-        # the controller loop with the trees walked by numpy (the C walk's reference)
-        "deploy_overhead_numpy_walk": (
-            ratio("controller-npwalk/native") if "controller-npwalk/native" in total else None
-        ),
         "native_kernels": _native.lib() is not None,  # TRAJLIB_NATIVE=0: torch only
         "baseline_step_us": round(base_us, 1),
         "decide_ms_per_decision": round(decide_s / max(1, decisions) * 1e3, 3),
@@ -417,12 +391,7 @@ def main() -> None:
             f"({r['deploy_overhead_s4']['ci95'][0]:.3f}-{r['deploy_overhead_s4']['ci95'][1]:.3f})"
             f", hooks alone {r['probe_overhead']['overhead']:.3f}x"
         )
-    if out["deploy_overhead_numpy_walk"] is not None:
-        r = out["deploy_overhead_numpy_walk"]
-        print(f"native: controller with the numpy tree walk {r['overhead']:.3f}x "
-              f"({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f})")  # fmt: skip
     print(f"baseline {base_us:.0f} us/step")
-    tmp_dir.cleanup()
     print(json.dumps(out))
 
 

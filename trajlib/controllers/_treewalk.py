@@ -7,12 +7,6 @@ operations: every split is tested at once, then all trees are walked together by
 chasing (leaves point to themselves), so the cost is ~4 array operations over the split nodes plus
 one gather per tree level.
 
-Where the native kernels load (:mod:`trajlib.measure._native`), ``predict_one`` walks the same
-node table in C instead (``tl_forest``: the visited nodes only, trees in the same order, so the
-sums are bit for bit the numpy walk's); ``TRAJLIB_NATIVE=0`` keeps the numpy walk. In a training
-loop, whose step evicts the node table from the caches between decisions, the numpy walk of a
-25-forest ensemble costs ~0.5 ms per decision and the C walk XXX (``tests/benchmarks/bench_deploy.py``).
-
 The split rule reproduces LightGBM's ``NumericalDecision``: NaN becomes 0 unless the node's
 ``missing_type`` is ``NaN``; a *missing* value (NaN for ``NaN`` nodes, |x| <= 1e-35 for ``Zero``
 nodes) goes to ``default_left``; otherwise ``x <= threshold`` goes left.
@@ -34,11 +28,6 @@ _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
 # _MISS_TABLE[missing_type * 3 + value_state] -> value is "missing" at that node,
 # value_state: 0 normal, 1 zero, 2 NaN.
 _MISS_TABLE = np.array([False, False, False, False, True, True, False, False, True])
-#: one split node of the C walk's table (``tl_node`` in ``trajlib/measure/layer_sums.c``)
-_NODE = np.dtype(
-    [("thr", "<f8"), ("feat", "<i4"), ("left", "<i4"), ("right", "<i4"),
-     ("default_left", "u1"), ("mtype", "u1"), ("pad", "<u2")]
-)  # fmt: skip
 
 
 class Forests:
@@ -148,49 +137,8 @@ class Forests:
         out.n_trees = int(sum(f.n_trees for f in parts))
         return out
 
-    def _native_args(self) -> tuple[Any, tuple[int, ...]] | None:
-        """The C walk and the addresses of the packed node table it reads (built once; int32
-        node ids, one 24-byte record per split node), or None without the native kernels."""
-        if "_native" in self.__dict__:
-            cached: tuple[Any, tuple[int, ...]] | None = self.__dict__["_native"]
-            return cached
-        from trajlib.measure import _native
-
-        so = _native.lib()
-        args = None
-        if so is not None and self.value.size < 2**31:
-            nodes = np.zeros(self.n_split, dtype=_NODE)
-            nodes["thr"] = self.thr
-            nodes["feat"] = self.feat
-            nodes["left"] = self.left
-            nodes["right"] = self.right
-            nodes["default_left"] = self.default_left
-            nodes["mtype"] = self.mtype3 // 3
-            keep = (
-                self.roots.astype(np.int32),
-                self.owner.astype(np.int32),
-                nodes,
-                np.ascontiguousarray(self.value[self.n_split :], dtype=np.float64),
-            )
-            self.__dict__["_native_keep"] = keep  # the arrays behind the addresses
-            roots, owner, table, leaves = (a.ctypes.data for a in keep)
-            args = (so.tl_forest, (self.n_trees, roots, owner, self.n_split, table, leaves))
-        self.__dict__["_native"] = args
-        return args
-
     def predict_one(self, x: np.ndarray) -> np.ndarray:
         """``[n_outputs]`` raw scores for one row ``x`` of shape ``[n_features]`` (float64)."""
-        native = self._native_args()
-        if native is not None:
-            fn, args = native
-            row = np.ascontiguousarray(x, dtype=np.float64)
-            out = np.empty(self.n_outputs, dtype=np.float64)
-            fn(*args, row.ctypes.data, self.n_outputs, out.ctypes.data)
-            return out
-        return self.predict_one_numpy(x)
-
-    def predict_one_numpy(self, x: np.ndarray) -> np.ndarray:
-        """:meth:`predict_one` by the numpy walk (the reference of the C walk)."""
         nan = np.isnan(x)
         if nan.any() or (np.abs(x) <= _K_ZERO).any():
             x0 = np.where(nan, 0.0, x)

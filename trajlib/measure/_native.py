@@ -13,9 +13,7 @@ The library is compiled on first use with the C compiler found on the machine (`
 the flags and the CPU. Without a compiler, or with ``TRAJLIB_NATIVE=0``, :func:`lib` returns
 ``None`` and :func:`trajlib.measure.layer_sums` picks the torch backend: the numbers agree to
 float32 rounding (tested), only the speed differs. ``tl_record`` (the collector's per-step record of
-a population), ``tl_step_stats`` (:func:`trajlib.measure.step_stats`) and ``tl_forest`` (a row
-through a controller's flattened tree models, :mod:`trajlib.controllers._treewalk`) live in the
-same library.
+a population) and ``tl_step_stats`` (:func:`trajlib.measure.step_stats`) live in the same library.
 """
 
 from __future__ import annotations
@@ -66,7 +64,6 @@ _SIGNATURES = {
     "tl_pre": (_I, _P, _P, _P, _P, _P, ctypes.c_int, _P),
     "tl_update": (_I, _P, _P, _P, _P, ctypes.c_int, _P),
     "tl_step_stats": (_I, _I, _I, _P, _P, _P, _P, _P, _P),
-    "tl_forest": (_I, _P, _P, _I, _P, _P, _P, _I, _P),
 }
 
 

@@ -51,15 +51,6 @@ GUARD_WINDOWS = 2
 #: go back to the raise's copy, which is kept until the next raise for that.
 RELAPSE_TOL = 0.25
 RELAPSE_WINDOWS = 2
-#: A raise must pay for itself within its trial: at the trial's last window, the median training
-#: loss must be at most the window before the raise plus ``GUARD_SETTLE`` of its magnitude (the
-#: ``guard`` tolerance applies to the windows before; a transient rise after a raise is allowed,
-#: a loss that stays above where it was is not). None: the last window is judged like the others.
-GUARD_SETTLE: float | None = (
-    float(__import__("os").environ["TRAJLIB_EXP_SETTLE"])
-    if "TRAJLIB_EXP_SETTLE" in __import__("os").environ
-    else None
-)  # EXPERIMENT
 #: The counters of ``ControllerScheduler.events``.
 EVENTS = (
     "decisions",
@@ -752,8 +743,7 @@ class ControllerScheduler(LRScheduler):
         if trial is None:
             return self._relapse(u, after, step)
         before_mult, before, left, _ = trial
-        tol = self.guard if left > 1 or GUARD_SETTLE is None else min(self.guard, GUARD_SETTLE)
-        if not bad and (after is None or after <= before + tol * abs(before)):
+        if not bad and (after is None or after <= before + self.guard * abs(before)):
             if left > 1:  # judged again after the next window, from the same copy
                 u.probation, self._saved = (*trial[:2], left - 1, trial[3]), saved
             else:  # passed: watched for a relapse until the next raise, from the same copy

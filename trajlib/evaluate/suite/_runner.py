@@ -29,7 +29,6 @@ from typing import Any
 import polars as pl
 
 from trajlib.deploy import GUARD, GUARD_WINDOWS, RELAPSE_TOL, RELAPSE_WINDOWS
-from trajlib.deploy import _scheduler as _sched
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import select_families
 from trajlib.evaluate.suite._loop import LookaheadSetting, run_one
@@ -112,8 +111,6 @@ def plan_jobs(
     if h and guard is not None:
         h += f"+{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
         h += f"r{RELAPSE_TOL:g}x{RELAPSE_WINDOWS}g"  # g: tolerance of max(|best|, gain)
-        if _sched.GUARD_SETTLE is not None:
-            h += f"s{_sched.GUARD_SETTLE:g}"
     jobs = []
     for f in fams:
         b = int(budget or f.budget)

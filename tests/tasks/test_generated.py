@@ -187,3 +187,12 @@ def test_recipe_rejects_bad_stride() -> None:
     raw["branch"]["stride"] = 0
     with pytest.raises(ConfigError, match=r"branch\.stride"):
         parse_recipe(raw)
+
+
+def test_the_command_line_offers_every_generator_version(capsys: pytest.CaptureFixture) -> None:
+    from trajlib.cli import main
+    from trajlib.tasks import GENERATED_VERSIONS
+
+    for version, prefix in GENERATED_VERSIONS.items():
+        assert main(["tasks", "--generated", "2", "--version", str(version)]) == 0
+        assert capsys.readouterr().out.startswith(f"{prefix}0 ")

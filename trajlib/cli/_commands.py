@@ -64,7 +64,7 @@ def _add_data_commands(sub: Any) -> None:
     p.add_argument(
         "--version",
         type=int,
-        choices=(1, 2),
+        choices=(1, 2, 3),  # trajlib.tasks.GENERATED_VERSIONS (not imported here: no torch)
         default=1,
         help="generator version: 1 gen-<i>, 2 gen2-<i> (adds Adagrad, NAdam, momentum-free SGD), "
         "3 gen3-<i> (version 2 with budgets up to 5,000 steps)",

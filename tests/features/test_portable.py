@@ -39,26 +39,3 @@ def test_portable_features_equal_the_defaults_offline_and_online() -> None:
         on_port.update(row)
         if on_full.steps_seen % 25 == 0:
             np.testing.assert_array_equal(on_port.values(), on_full.values()[keep])
-
-
-def test_portable_budget_adds_the_loops_length_offline_and_online() -> None:
-    fs = get_feature_set("portable-budget")
-    assert fs.names == [*get_feature_set("portable").names, "log_budget"]
-    runs = {f"r{i}": make_rows(TrajSpec(300, i, bad_rate=0.01, val_every=25)) for i in range(2)}
-    pts = [(rid, s) for rid in runs for s in range(25, 301, 25)]
-    points = pl.DataFrame({"run_id": [p[0] for p in pts], "step": [p[1] for p in pts]})
-    budgets = {"r0": 300, "r1": 4000}
-    off = derive(to_frame(runs), points, budgets, feature_set="portable-budget")
-    got = dict(zip(off["run_id"].to_list(), off["log_budget"].to_list()))
-    assert got == {"r0": np.log(0.3), "r1": np.log(4.0)}
-    port = derive(to_frame(runs), points, budgets, feature_set="portable")
-    for n in get_feature_set("portable").names:  # the other columns are portable's
-        a, b = off[n].to_numpy(), port[n].to_numpy()
-        assert ((a == b) | (np.isnan(a) & np.isnan(b))).all(), n
-    online = OnlineFeatures("portable-budget", budget=4000)
-    rows = off.filter(pl.col("run_id") == "r1").sort("step")
-    for row in runs["r1"]:
-        online.update(row)
-        if online.steps_seen % 25 == 0:
-            want = rows.filter(pl.col("step") == online.steps_seen).select(fs.names).to_numpy()[0]
-            np.testing.assert_allclose(online.values(), want, rtol=1e-9, atol=1e-12)

@@ -53,27 +53,6 @@ class Progress(Feature):
         return ops.div(s, budget)
 
 
-@dataclass(frozen=True, repr=False)
-class LogBudget(Feature):
-    """log_budget: log(B / 1000), the loop's length in steps on a log scale (0 at 1,000 steps).
-
-    ``progress`` says how far a run is, not how much room a move has left to pay off: a raise at
-    5 % of a 300-step loop has 285 steps to recover from, at 5 % of a 5,000-step loop 4,750. A step
-    is the unit every loop shares (decisions are every ``every`` steps), so the count is
-    comparable across loops; it is the one feature that is not a ratio of the run's own values."""
-
-    @property
-    def name(self) -> str:
-        return "log_budget"
-
-    def requires(self) -> tuple[Prim, ...]:
-        return (Budget(),)
-
-    def compute(self, v: V, ops: Any) -> Any:
-        (budget,) = v
-        return ops.log(ops.div(budget, 1000.0))
-
-
 # ----------------------------------------------------------------------------------- loss level
 @dataclass(frozen=True, repr=False)
 class LossEmaRatio(Feature):

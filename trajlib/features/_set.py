@@ -206,12 +206,5 @@ def _ensure_builtin() -> None:
     _REGISTRY["portable"] = FeatureSet(
         "portable", 1, [f for f in default_features() if f.name not in PORTABLE_DROPS]
     )
-    # "portable-budget": portable plus log_budget (the loop's length), for controllers fitted on
-    # loops of very different lengths
-    from trajlib.features._library import LogBudget
-
-    _REGISTRY["portable-budget"] = FeatureSet(
-        "portable-budget", 1, [*_REGISTRY["portable"].features, LogBudget()]
-    )
     # the default features with statistics every 4th step (no controller is fitted on it yet)
     _REGISTRY["default-s4"] = FeatureSet("default-s4", 1, default_features(), stats_every=4)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests._tiny import TINY_RECIPE
+from tests._tiny import TINY_RECIPE, collect_tiny
 
 
 @pytest.fixture(autouse=True)
@@ -23,17 +22,7 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real store: 2 tasks x 3 runs x 200 steps, decisions every 25, every action branched."""
-    from trajlib.collect import collect, parse_recipe
-    from trajlib.store import create_store, open_store
-
-    path = tmp_path_factory.mktemp("tiny") / "store"
-    create_store(path)
-    threads = torch.get_num_threads()
-    collect(
-        parse_recipe(TINY_RECIPE), functools.partial(open_store, path), workers=1, progress=False
-    )
-    torch.set_num_threads(threads)
-    return path
+    return collect_tiny(tmp_path_factory.mktemp("tiny") / "store")
 
 
 @pytest.fixture(scope="session")
@@ -41,18 +30,10 @@ def unbranched_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real store recorded without branches: the tiny recipe, 2 runs per task, branching off."""
     import copy
 
-    from trajlib.collect import collect, parse_recipe
-    from trajlib.store import create_store, open_store
-
     recipe = copy.deepcopy(TINY_RECIPE)
     recipe["collect"]["runs_per_task"] = 2
     recipe["branch"] = {"enabled": False}
-    path = tmp_path_factory.mktemp("unbranched") / "store"
-    create_store(path)
-    threads = torch.get_num_threads()
-    collect(parse_recipe(recipe), functools.partial(open_store, path), workers=1, progress=False)
-    torch.set_num_threads(threads)
-    return path
+    return collect_tiny(tmp_path_factory.mktemp("unbranched") / "store", recipe)
 
 
 @pytest.fixture(scope="session")

@@ -4,37 +4,25 @@ cannot be pooled."""
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests._tiny import TINY_RECIPE
+from tests._tiny import TINY_RECIPE, collect_tiny
 from trajlib.controllers import fit_store
 from trajlib.controllers._from_store import training_table
 from trajlib.errors import ConfigError
 
 
 def _collect(path: Path, actions: dict | None = None, **collect: object) -> Path:
-    from trajlib.collect import collect as run_collect
-    from trajlib.collect import parse_recipe
-    from trajlib.store import create_store, open_store
-
     recipe = copy.deepcopy(TINY_RECIPE)
     recipe["collect"].update(collect)
     if actions is not None:
         recipe["actions"] = actions
-    create_store(path)
-    threads = torch.get_num_threads()
-    run_collect(
-        parse_recipe(recipe), functools.partial(open_store, path), workers=1, progress=False
-    )
-    torch.set_num_threads(threads)
-    return path
+    return collect_tiny(path, recipe)
 
 
 @pytest.fixture(scope="module")

@@ -99,6 +99,11 @@ def _add_data_commands(sub: Any) -> None:
 
 
 def _add_model_commands(sub: Any) -> None:
+    _add_fit_command(sub)
+    _add_evaluate_command(sub)
+
+
+def _add_fit_command(sub: Any) -> None:
     p = sub.add_parser("fit", help="fit a controller on a store")
     p.add_argument(
         "store",
@@ -153,6 +158,8 @@ def _add_model_commands(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_fit)
 
+
+def _add_evaluate_command(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="evaluate a controller against baselines on tasks")
     p.add_argument(
         "checkpoint", type=_csv, help="checkpoint directory (comma-separated for several)"

@@ -24,11 +24,12 @@ from trajlib.controllers._registry import get_controller_kind
 from trajlib.errors import ConfigError
 from trajlib.features import (
     VALIDATION_INDICATOR,
+    FeatureSet,
     derive,
     get_feature_set,
     validation_feature_indices,
 )
-from trajlib.labels import get_label_strategy, make_labels, trajectory_labels
+from trajlib.labels import LabelStrategy, get_label_strategy, make_labels, trajectory_labels
 from trajlib.spec import DecisionSpec, FeatureSetRef, RunConfig
 from trajlib.store import open_store
 
@@ -118,7 +119,12 @@ def _training_data(
 
 
 def _one_store(
-    st: Any, where: str, runs: pl.DataFrame, fs: Any, strat: Any, tasks: list[str] | None
+    st: Any,
+    where: str,
+    runs: pl.DataFrame,
+    fs: FeatureSet,
+    strat: LabelStrategy,
+    tasks: list[str] | None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[DecisionSpec]]:
     """One store's decision table, labels and its runs' decision specs."""
     decisions = st.decisions(task=tasks).collect()

@@ -750,12 +750,7 @@ class ControllerScheduler(LRScheduler):
                 best = before if after is None else min(before, after)
                 u.relapse, u.worse_windows, self._kept = (before_mult, best, before), 0, saved
             return False
-        u.mult = min(u.mult, before_mult)
-        u.ceiling = min(u.ceiling, before_mult)
-        self.events["guard_reverts"] += 1
-        self.events["decisions"] += 1
-        if saved is not None:  # the weights and optimizer state as they were at the raise
-            self._roll_back(u, saved, step)
+        self._undo_raise(u, before_mult, saved, step, "guard_reverts")
         self._warn_once(
             "guard",
             f"ControllerScheduler: the training loss rose after an LR raise (median "
@@ -764,6 +759,19 @@ class ControllerScheduler(LRScheduler):
             "there (events['guard_reverts'])",
         )
         return True
+
+    def _undo_raise(
+        self, u: _Unit, before_mult: float, copy: dict[str, Any] | None, step: int, counter: str
+    ) -> None:
+        """Undo a raise (a failed trial or a relapse): the multiplier back to ``before_mult`` and
+        capped there, counted in ``events[counter]`` as this step's decision, and, with a
+        ``copy`` of the raise, the weights and optimizer state back to it."""
+        u.mult = min(u.mult, before_mult)
+        u.ceiling = min(u.ceiling, before_mult)
+        self.events[counter] += 1
+        self.events["decisions"] += 1
+        if copy is not None:  # the weights and optimizer state as they were at the raise
+            self._roll_back(u, copy, step)
 
     def _relapse(self, u: _Unit, after: float | None, step: int) -> bool:
         """Judge the raise that passed its trial (``RELAPSE_TOL``): track the best window since
@@ -781,12 +789,7 @@ class ControllerScheduler(LRScheduler):
             return False
         raised, kept, self._kept = u.mult, self._kept, None
         u.relapse, u.worse_windows = None, 0
-        u.mult = min(u.mult, before_mult)
-        u.ceiling = min(u.ceiling, before_mult)
-        self.events["guard_relapses"] += 1
-        self.events["decisions"] += 1
-        if kept is not None:
-            self._roll_back(u, kept, step)
+        self._undo_raise(u, before_mult, kept, step, "guard_relapses")
         self._warn_once(
             "relapse",
             f"ControllerScheduler: the training loss relapsed after an LR raise had passed its "

@@ -1,9 +1,9 @@
 """Tasks: what to train. A task is a model factory, fixed data splits, a loss, a metric and defaults.
 
 Built-ins (no downloads): ``mnist1d-mlp``, ``mnist1d-cnn``, ``digits-mlp``, ``digits-cnn``,
-``teacher-student``, ``synth-classification``, ``char-lm``. Generated tasks ``gen-<i>`` and
-``gen2-<i>`` (:func:`generated_task`): a distribution over architectures, data, optimizers and
-budgets, each with a family label. A user task is any zero-argument callable returning a
+``teacher-student``, ``synth-classification``, ``char-lm``. Generated tasks ``gen-<i>``,
+``gen2-<i>`` and ``gen3-<i>`` (:func:`generated_task`): a distribution over architectures, data,
+optimizers and budgets, each with a family label. A user task is any zero-argument callable returning a
 :class:`Task`, named as ``module:function``.
 """
 

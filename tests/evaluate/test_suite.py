@@ -16,6 +16,7 @@ from trajlib.errors import ConfigError
 from trajlib.evaluate import run_suite
 from trajlib.evaluate.suite import (
     FAMILIES,
+    FRESH_FAMILIES,
     GRID,
     PENALTY,
     STARTS,
@@ -24,6 +25,7 @@ from trajlib.evaluate.suite import (
     get_family,
     plan_jobs,
     run_one,
+    select_families,
 )
 
 CKPT = Path(__file__).resolve().parents[2] / "models" / "trajlib-lr-v1" / "checkpoint"
@@ -43,9 +45,29 @@ def test_at_least_ten_families_with_distinct_settings() -> None:
         get_family("mlp")
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_fresh_set_is_separate_and_selectable(capsys: pytest.CaptureFixture[str]) -> None:
+    fresh = FRESH_FAMILIES
+    assert len(fresh) >= 8 and not set(fresh) & set(FAMILIES)
+    assert {f.group for f in fresh.values()} == {"fresh"}
+    assert {f.group for f in FAMILIES.values()} == {"suite"}
+    # optimizers the first set does not have, and a two-group optimizer
+    assert {f.optimizer.split("(")[0] for f in fresh.values()} >= {"RMSprop", "ASGD", "Adadelta"}
+    assert [f.name for f in select_families(None, "fresh")] == list(fresh)
+    assert [f.name for f in select_families(None)] == list(FAMILIES)
+    assert get_family("logreg-cancer") is fresh["logreg-cancer"]  # names of any set
+    with pytest.raises(ConfigError, match="family_set"):
+        select_families(None, "both")
+    main(["suite", "unused", "--set", "fresh", "--list"])
+    listed = capsys.readouterr().out
+    assert all(n in listed for n in fresh) and "lstm-count" not in listed
+    fam = get_family("lenet-bn-digits")
+    opt = fam.make_optimizer(fam.model().parameters(), 1e-3)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, *FRESH_FAMILIES])
 def test_each_family_trains_a_few_steps(name: str) -> None:
-    fam = FAMILIES[name]
+    fam = get_family(name)
     row = run_one(fam, "cosine", 1.0, 0, budget=6)
     assert row["status"] == "ok", row["error"]
     assert row["steps_done"] == 6

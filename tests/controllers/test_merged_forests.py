@@ -56,3 +56,33 @@ def test_concat_of_forests_keeps_each_output() -> None:
             merged.predict_one(z), np.concatenate([f.predict_one(z) for f in parts])
         )
     assert Forests.concat(parts[:1]).predict_one(z).tolist() == parts[0].predict_one(z).tolist()
+
+
+@pytest.mark.parametrize("name", ["trajlib-lr-v5", "trajlib-lr-v6"])
+def test_only_the_actions_read_are_walked_with_the_same_values(name: str) -> None:
+    loaded = load_controller(MODELS / name / "checkpoint")
+    ctrl = loaded.controller
+    rule = loaded.decision_rule
+    assert rule is not None and rule.z_by_action is not None
+    only = tuple(a for a, z in enumerate(rule.z_by_action) if z is not None)  # keep included
+    assert 0 < len(only) < ctrl.n_actions_
+    full_nodes = ctrl._merged_forests()[0].n_split
+    assert ctrl._merged_forests(only)[0].n_split < full_nodes  # fewer trees walked
+    others = [a for a in range(ctrl.n_actions_) if a not in only]
+    for x in _rows(ctrl.n_features_in_, 100):
+        mean, std, _ = ctrl.decide_spread(x)
+        m_only, s_only, state = ctrl.decide_spread(x, only=only)
+        np.testing.assert_array_equal(m_only[list(only)], mean[list(only)])
+        np.testing.assert_array_equal(s_only[list(only)], std[list(only)])
+        assert np.isnan(m_only[others]).all() and state is None
+        # the rule takes the same action either way
+        assert (
+            rule.choose(m_only, s_only, loaded.action_space.keep_index)[0]
+            == rule.choose(mean, std, loaded.action_space.keep_index)[0]
+        )
+
+
+def test_a_controller_without_a_subset_walk_computes_every_action() -> None:
+    ctrl = load_controller(MODELS / "trajlib-lr-v1" / "checkpoint").controller
+    x = _rows(ctrl.n_features_in_, 1)[0]
+    np.testing.assert_array_equal(ctrl.decide_spread(x, only=(0,))[0], ctrl.decide_spread(x)[0])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -124,10 +124,17 @@ class Controller(BaseEstimator, abc.ABC):
         return self._decide_values(self._check_row(x), state)
 
     def decide_spread(
-        self, x: np.ndarray, state: ControllerState = None
+        self, x: np.ndarray, state: ControllerState = None, *, only: Sequence[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray, ControllerState]:
-        """Single-row ``([A] mean, [A] spread, next state)`` (spread 0 for a single model)."""
-        return self._decide_spread(self._check_row(x), state)
+        """Single-row ``([A] mean, [A] spread, next state)`` (spread 0 for a single model).
+
+        ``only``: the actions the caller reads (e.g. those a do-no-harm rule may take, and keep).
+        A controller may then skip the others, whose mean is NaN; the actions listed get exactly
+        the values they get without ``only``.
+        """
+        if only is None:
+            return self._decide_spread(self._check_row(x), state)
+        return self._decide_spread_only(self._check_row(x), state, tuple(int(a) for a in only))
 
     def _check_row(self, x: np.ndarray) -> np.ndarray:
         """``x`` as a float64 row of this controller's feature count."""
@@ -170,6 +177,12 @@ class Controller(BaseEstimator, abc.ABC):
         values, state = self._decide_values(x, state)
         v = np.asarray(values, dtype=np.float64)
         return v, np.zeros_like(v), state
+
+    def _decide_spread_only(
+        self, x: np.ndarray, state: ControllerState, only: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray, ControllerState]:
+        """:meth:`decide_spread` where only ``only`` is read (default: every action computed)."""
+        return self._decide_spread(x, state)
 
     @abc.abstractmethod
     def _payload(self) -> tuple[dict[str, bytes], dict[str, Any]]:

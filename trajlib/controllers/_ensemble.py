@@ -198,28 +198,47 @@ class EnsembleController(Controller):
             return None
         return np.stack([np.asarray(m.initial_state()) for m in self.members_])
 
-    def _merged_forests(self) -> _Merged | None:
+    def _merged_forests(self, only: tuple[int, ...] | None = None) -> _Merged | None:
         """For members that are all tree models: their forests as one node table (one walk per
         decision instead of one per member) and each member's (base values, modelled actions);
-        None otherwise. Built once, on first use."""
-        if "_merged_" in self.__dict__:
-            cached: _Merged | None = self.__dict__["_merged_"]
-            return cached
+        None otherwise. ``only``: the forests of these actions alone (the others' base value is
+        NaN). Built once per ``only``, on first use."""
+        cache: dict[tuple[int, ...] | None, _Merged | None] = self.__dict__.setdefault(
+            "_merged_", {}
+        )
+        if only in cache:
+            return cache[only]
         merged = None
         if all(isinstance(m, GBTController) for m in self.members_):
             gbts = [m for m in self.members_ if isinstance(m, GBTController)]
-            merged = (
-                Forests.concat([m.forests_ for m in gbts]),
-                [(m.base_values_, m.model_actions_) for m in gbts],
-            )
-        self.__dict__["_merged_"] = merged
+            if only is None:
+                merged = (
+                    Forests.concat([m.forests_ for m in gbts]),
+                    [(m.base_values_, m.model_actions_) for m in gbts],
+                )
+            else:
+                keep = set(only)
+                forests, parts = [], []
+                for m in gbts:
+                    acts = np.array([a for a in m.model_actions_ if a in keep], dtype=np.intp)
+                    base = m.base_values_.copy()
+                    base[[a for a in m.model_actions_ if a not in keep]] = np.nan
+                    forests += [m.action_forests_[int(a)] for a in acts]
+                    parts.append((base, acts))
+                merged = (Forests.concat(forests), parts)
+        cache[only] = merged
         return merged
 
     def _decide_spread(
         self, x: np.ndarray, state: ControllerState
     ) -> tuple[np.ndarray, np.ndarray, ControllerState]:
+        return self._decide_spread_only(x, state, None)
+
+    def _decide_spread_only(
+        self, x: np.ndarray, state: ControllerState, only: tuple[int, ...] | None
+    ) -> tuple[np.ndarray, np.ndarray, ControllerState]:
         z = self._augment(x[None, :])[0]
-        merged = None if self._stateful else self._merged_forests()
+        merged = None if self._stateful else self._merged_forests(only)
         if merged is not None:  # the members' own decide_values, in one walk of all their trees
             forests, parts = merged
             sums = forests.predict_one(z)

@@ -117,9 +117,13 @@ class GBTController(Controller):
     ) -> None:
         self.boosters_ = boosters
         self.constants_ = constants
-        dumps = [b.dump_model() for b in boosters if b is not None]
-        self.forests_ = Forests(dumps)
-        self.model_actions_ = np.array([i for i, b in enumerate(boosters) if b is not None])
+        # one forest per modelled action (a subset walks only its own: ``forests_for``), and
+        # all of them as one node table
+        self.action_forests_ = {
+            i: Forests([b.dump_model()]) for i, b in enumerate(boosters) if b is not None
+        }
+        self.forests_ = Forests.concat(list(self.action_forests_.values()))
+        self.model_actions_ = np.array(list(self.action_forests_), dtype=np.intp)
         # unseen actions (no known target at all) are never chosen
         self.base_values_ = np.array(
             [

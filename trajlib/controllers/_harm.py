@@ -68,12 +68,13 @@ class HarmRule:
 
     def choose(self, mean: np.ndarray, std: np.ndarray, keep: int) -> tuple[int, bool]:
         """``(action, kept_by_rule)``: ``kept_by_rule`` is True when the plain argmax would have
-        moved and the rule keeps instead."""
+        moved and the rule keeps instead. A NaN ``mean`` is an action not scored (never taken;
+        the plain argmax is over the others)."""
         z = self.z_vector
         if isinstance(z, np.ndarray) and z.shape != np.shape(mean):
             raise ConfigError("decision_rule", f"z_by_action of {np.shape(mean)} actions", z)
         a = int(rule_actions(mean[None, :], std[None, :], keep, z, self.margin)[0])
-        plain = int(np.argmax(mean))
+        plain = int(np.nanargmax(mean))
         return a, a == keep and plain != keep
 
     def to_dict(self) -> dict[str, Any]:

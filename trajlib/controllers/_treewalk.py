@@ -108,6 +108,8 @@ class Forests:
         """One node table holding every forest of ``parts`` (outputs in order: part 0's first),
         so one :meth:`predict_one` evaluates all of them. Each output sums the same leaves in the
         same order as its part would: the results are bit for bit those of the parts."""
+        if not parts:
+            return cls([])
         out = cls.__new__(cls)
         n_split = sum(f.n_split for f in parts)
         split_off = np.cumsum([0] + [f.n_split for f in parts])[:-1]

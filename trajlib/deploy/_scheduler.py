@@ -193,8 +193,10 @@ class ControllerScheduler(LRScheduler):
     Do no harm: a checkpoint saved with a ``decision_rule`` (an ensemble's lower bound
     ``mean - z * std`` of the best action's advantage over keep must exceed a margin) keeps the
     current values when the bound is not confidently positive; such decisions count in
-    ``events["decisions"]`` and, when the plain argmax would have moved, in
-    ``events["kept_by_rule"]`` (holds for non-finite input are ``events["held_nonfinite"]``).
+    ``events["decisions"]`` and, when the plain argmax of the actions the rule may take would have
+    moved, in ``events["kept_by_rule"]`` (holds for non-finite input are
+    ``events["held_nonfinite"]``). A rule that never takes some moves (calibrated per move) lets
+    the controller skip scoring them: ``decide_spread(..., only=...)``.
 
     The raise guard (on by default): every LR raise is on trial for the next ``GUARD_WINDOWS`` (2)
     decision windows. If the median training loss of such a window exceeds the median of the window
@@ -273,6 +275,8 @@ class ControllerScheduler(LRScheduler):
         # the checkpoint's do-no-harm rule (None: act on the argmax, as before rules existed)
         self._rule = self.loaded.decision_rule
         self._keep = self.actions.keep_index
+        # the actions the rule may take, and keep: the controller need not score the others
+        self._only = _rule_reads(self._rule, self._keep, len(self.actions))
         self.actions_taken: list[tuple[int, int, int]] = []  # (step, unit, action index)
         self._loss: torch.Tensor | float | None = None
         self._loss_n = 0
@@ -829,10 +833,15 @@ class ControllerScheduler(LRScheduler):
         if self._rule is None:
             values, state = self.loaded.controller.decide_values(x, u.ctrl_state)
             spread = None
-        else:
+        elif self._only is None:
             values, spread, state = self.loaded.controller.decide_spread(x, u.ctrl_state)
+        else:
+            values, spread, state = self.loaded.controller.decide_spread(
+                x, u.ctrl_state, only=self._only
+            )
         v = np.asarray(values, dtype=np.float64).reshape(-1)
-        if v.shape[0] != len(self.actions) or not np.isfinite(v).all():
+        read = v if self._only is None or v.shape[0] != len(self.actions) else v[list(self._only)]
+        if v.shape[0] != len(self.actions) or not np.isfinite(read).all():
             self._hold("the controller's output is not finite")
             return
         sd = None if spread is None else np.asarray(spread, dtype=np.float64).reshape(-1)
@@ -1077,6 +1086,14 @@ class ControllerScheduler(LRScheduler):
         """Training compute relative to the run alone: ``1 + lookahead steps / main steps``."""
         extra = self.events.get("lookahead_steps", 0)
         return 1.0 + extra / max(self.step_count, 1)
+
+
+def _rule_reads(rule: Any, keep: int, n_actions: int) -> tuple[int, ...] | None:
+    """The actions a do-no-harm ``rule`` may take, and ``keep`` (None: every action)."""
+    if rule is None or rule.z_by_action is None or len(rule.z_by_action) != n_actions:
+        return None
+    only = tuple(a for a, z in enumerate(rule.z_by_action) if z is not None or a == keep)
+    return None if len(only) == n_actions else only
 
 
 def _losses_to_host(tensors: list[torch.Tensor]) -> list[float]:

@@ -97,6 +97,16 @@ def _split(*tensors: torch.Tensor, n_val: int, n_test: int) -> Splits:
     return Splits(*(TensorDataset(*(t[i] for t in tensors)) for i in (tr, va, te)))
 
 
+def _split_arrays(x: np.ndarray, y: np.ndarray, *, n_val: int, n_test: int) -> Splits:
+    """:func:`_split` of numpy inputs (float32) and targets: integer labels as int64, anything
+    else as float32 ``[n, 1]`` regression targets."""
+    if np.issubdtype(y.dtype, np.integer):
+        target = torch.tensor(y, dtype=torch.int64)
+    else:
+        target = torch.tensor(y, dtype=torch.float32)[:, None]
+    return _split(torch.tensor(x, dtype=torch.float32), target, n_val=n_val, n_test=n_test)
+
+
 def _gen() -> torch.Generator:
     return torch.Generator().manual_seed(_DATA_SEED)
 
@@ -222,13 +232,7 @@ def _friedman() -> Splits:
     from sklearn.datasets import make_friedman1
 
     x, y = make_friedman1(n_samples=3000, n_features=10, noise=1.0, random_state=_DATA_SEED)
-    y = (y - y.mean()) / y.std()
-    return _split(
-        torch.tensor(x, dtype=torch.float32),
-        torch.tensor(y, dtype=torch.float32)[:, None],
-        n_val=500,
-        n_test=1000,
-    )
+    return _split_arrays(x, (y - y.mean()) / y.std(), n_val=500, n_test=1000)
 
 
 @functools.cache

@@ -37,6 +37,7 @@ from trajlib.evaluate.suite._families import (
     _gen,
     _mse,
     _split,
+    _split_arrays,
 )
 
 __all__ = ["FRESH_FAMILIES"]
@@ -116,13 +117,7 @@ def _cancer() -> Splits:
     from sklearn.datasets import load_breast_cancer
 
     x, y = load_breast_cancer(return_X_y=True)
-    x = (x - x.mean(0)) / x.std(0)
-    return _split(
-        torch.tensor(x, dtype=torch.float32),
-        torch.tensor(y, dtype=torch.int64),
-        n_val=100,
-        n_test=150,
-    )
+    return _split_arrays((x - x.mean(0)) / x.std(0), y, n_val=100, n_test=150)
 
 
 @functools.cache
@@ -133,12 +128,7 @@ def _clusters() -> Splits:
         n_samples=4000, n_features=20, n_informative=10, n_redundant=4, n_classes=4,
         n_clusters_per_class=2, class_sep=1.0, flip_y=0.02, random_state=_DATA_SEED,
     )  # fmt: skip
-    return _split(
-        torch.tensor(x, dtype=torch.float32),
-        torch.tensor(y, dtype=torch.int64),
-        n_val=500,
-        n_test=1000,
-    )
+    return _split_arrays(x, y, n_val=500, n_test=1000)
 
 
 @functools.cache
@@ -147,13 +137,7 @@ def _friedman2() -> Splits:
 
     x, y = make_friedman2(n_samples=3000, noise=50.0, random_state=_DATA_SEED)
     x = (x - x.mean(0)) / x.std(0)
-    y = (y - y.mean()) / y.std()
-    return _split(
-        torch.tensor(x, dtype=torch.float32),
-        torch.tensor(y, dtype=torch.float32)[:, None],
-        n_val=500,
-        n_test=1000,
-    )
+    return _split_arrays(x, (y - y.mean()) / y.std(), n_val=500, n_test=1000)
 
 
 @functools.cache

@@ -145,10 +145,15 @@ def _digits_autoencode() -> Splits:
 
 @functools.cache
 def _mnist1d() -> Splits:
+    return _mnist1d_draw(7)  # not the training distribution's draw
+
+
+def _mnist1d_draw(seed: int) -> Splits:
+    """mnist1d's generator with this seed, standardised, split once."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
-    args.seed = 7  # not the training distribution's draw
+    args.seed = seed
     d = make_dataset(args)
     x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)
     y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)

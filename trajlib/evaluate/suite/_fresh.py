@@ -35,6 +35,7 @@ from trajlib.evaluate.suite._families import (
     _digits_images,
     _fam,
     _gen,
+    _mnist1d_draw,
     _mse,
     _split,
     _split_arrays,
@@ -58,15 +59,7 @@ def _signal_products() -> Splits:
 
 @functools.cache
 def _mnist1d_other() -> Splits:
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.seed = 11  # neither the training distribution's draw nor the first suite's
-    d = make_dataset(args)
-    x = np.concatenate([d["x"], d["x_test"]]).astype(np.float32)
-    y = np.concatenate([d["y"], d["y_test"]]).astype(np.int64)
-    x = (x - x.mean()) / x.std()
-    return _split(torch.tensor(x)[:, None, :], torch.tensor(y), n_val=500, n_test=1000)
+    return _mnist1d_draw(11)  # neither the training distribution's draw nor the first suite's
 
 
 @functools.cache

@@ -100,6 +100,7 @@ def test_hf_trainer_callback_drives_the_lr(tiny_checkpoint, tmp_path, accumulati
     sched = cb.scheduler
     assert sched is not None and sched.total_steps == 40 and sched.step_count == 40
     assert sched.events["decisions"] == 3 and sched.events["errors"] == 0
+    assert sched.events["extra_optimizer_steps"] == 0  # stepped after every optimizer step
     assert sched.events["missing_loss"] == 0 and sched.events["late_validation"] == 0
     assert sched._probe.steps_seen == 40
     # the LR in force at optimizer step t is trajlib's: 0.05 x 2 per decision, within bounds,

@@ -63,6 +63,7 @@ def test_lightning_callback_drives_the_lr(tiny_checkpoint):
     assert sched is not None and sched.total_steps == 45
     assert sched.step_count == 45  # the last step is closed at the end of training
     assert sched.events["decisions"] == 4 and sched.events["errors"] == 0
+    assert sched.events["extra_optimizer_steps"] == 0  # stepped after every optimizer step
     assert sched.events["missing_loss"] == 0 and sched.events["skipped_steps"] == 0
     assert sched.events["late_validation"] == 0
     # the last decision (step 40) saw the validation run after step 39, in row 39

@@ -149,6 +149,7 @@ def test_lookahead_run_equals_the_plain_run_with_its_actions(opt_name: str) -> N
     ev = sched.events
     assert ev["decisions"] == ev["lookahead_decisions"] == (STEPS - 1) // EVERY
     assert ev["lookahead_errors"] == 0 and ev["errors"] == 0 and ev["lookahead_steps"] > 0
+    assert ev["extra_optimizer_steps"] == 0  # the branches' steps are not the run's
     plain = _run(opt_name, _replay(sched.actions_taken))
     assert plain["sched"].actions_taken == sched.actions_taken
     _assert_same(look, plain)

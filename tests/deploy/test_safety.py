@@ -155,3 +155,60 @@ def test_close_removes_the_hooks(tiny_checkpoint):
     nn.functional.cross_entropy(model(x), y).backward()
     opt.step()
     assert sched._probe.steps_seen == 0
+
+
+def test_a_scheduler_stepped_per_epoch_says_so_once(tiny_checkpoint):
+    # torch's epoch schedulers are stepped once per epoch; this one counts optimizer steps
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=400)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for epoch in range(6):
+            for t in range(10):
+                x, y = batch(10 * epoch + t)
+                loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.observe(loss)
+            sched.step()
+    said = [str(w.message) for w in caught if "between two step() calls" in str(w.message)]
+    assert len(said) == 1 and "10 optimizer steps" in said[0] and "not epochs" in said[0]
+    assert sched.events["extra_optimizer_steps"] == 6 * 9 and sched.events["errors"] == 0
+
+
+def test_stepped_after_every_optimizer_step_nothing_is_said(tiny_checkpoint):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither warning below, nor any other
+        train(model, opt, sched, 0, 60)
+    assert sched.events["extra_optimizer_steps"] == 0 and sched.events["decisions"] > 0
+
+
+def test_a_budget_shorter_than_the_decision_interval_warns_up_front(tiny_checkpoint):
+    opt = torch.optim.SGD(make_model().parameters(), lr=0.1)
+    every = load_controller(tiny_checkpoint).every
+    with pytest.warns(UserWarning, match=rf"total_steps={every} .* never decides"):
+        ControllerScheduler(opt, tiny_checkpoint, total_steps=every)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ControllerScheduler(opt, tiny_checkpoint, total_steps=every + 1)
+
+
+def test_a_loop_that_never_observes_its_loss_is_told_so(tiny_checkpoint):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=120)
+    with pytest.warns(RuntimeWarning, match=r"no training loss was reported.*observe\(loss\)"):
+        for t in range(120):
+            x, y = batch(t)
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()  # observe(loss) forgotten
+    assert sched.events["missing_loss"] == 120 and sched.events["decisions"] == 0
+    assert sched.events["held_nonfinite"] > 0 and sched.events["errors"] == 0

@@ -57,6 +57,7 @@ EVENTS = (
     "held_nonfinite",
     "errors",
     "skipped_steps",
+    "extra_optimizer_steps",
     "missing_loss",
     "late_validation",
     "kept_by_rule",
@@ -308,6 +309,15 @@ class ControllerScheduler(LRScheduler):
             # the start is on trial until the first decision (a loss that turns non-finite
             # before it is rescued): one copy of the parameters, dropped at that decision
             self._saved = self._copy(self.units[0], 0, start=True)
+        if self.total_steps <= self.every:
+            self._warn_once(
+                "short",
+                f"ControllerScheduler: total_steps={self.total_steps} is not longer than the "
+                f"controller's decision interval ({self.every} steps), so it never decides and "
+                "the run follows the base schedule; total_steps counts optimizer steps (the "
+                "whole run's, not epochs)",
+                UserWarning,
+            )
 
     # ----------------------------------------------------------------- construction helpers
     def _read_checkpoint(self, fs: Any) -> None:
@@ -527,6 +537,8 @@ class ControllerScheduler(LRScheduler):
         probe = self._probe
         step = max(self.last_epoch, 0)  # index of the step just performed
         taken = probe.take()
+        if probe.last_take_steps > 1:
+            self._extra_steps(probe.last_take_steps)
         if taken is None:
             self.events["skipped_steps"] += 1
         elif probe.layout_version != self._rows_layout:
@@ -555,6 +567,19 @@ class ControllerScheduler(LRScheduler):
         closed = step + 1
         if closed % self.every == 0 and closed < self.total_steps:
             self._decide(closed)
+
+    def _extra_steps(self, n: int) -> None:
+        """``n`` optimizer steps ran in one of the scheduler's steps: counted, and said once."""
+        self.events["extra_optimizer_steps"] += n - 1
+        self._warn_once(
+            "extra_steps",
+            f"ControllerScheduler: {n} optimizer steps ran between two step() calls; call "
+            "step() after every optimizer step (total_steps counts optimizer steps, not epochs). "
+            "Stepped less often, the controller decides every "
+            f"{self.every} of your step() calls on the last optimizer step's statistics "
+            "(events['extra_optimizer_steps'])",
+            UserWarning,
+        )
 
     def _warn_once(self, key: str, msg: str, cat: type[Warning] = RuntimeWarning) -> None:
         if key not in self._warned:
@@ -822,6 +847,11 @@ class ControllerScheduler(LRScheduler):
                     f"no validation reported ({', '.join(names)} undefined); this controller "
                     "was trained with validation: call observe_validation() before step() every "
                     "so often, or use a validation-optional checkpoint (trajlib fit --val-withhold)"
+                )
+            elif self._window_stat == (step, None, False):  # not one loss in the window
+                self._hold(
+                    "no training loss was reported since the last decision: call "
+                    "observe(loss) after each optimizer step, before step()"
                 )
             else:
                 more = f" and {len(names) - 4} more" if len(names) > 4 else ""

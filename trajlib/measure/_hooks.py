@@ -112,6 +112,11 @@ class StepProbe:
         self.stats_every = stats_every
         self.backend = backend
         self.steps_seen = 0  # optimizer steps the hooks saw (measured or not)
+        #: optimizer steps in the step the last :meth:`take` closed (1 when the caller takes after
+        #: every optimizer step; more when several ran in between, e.g. a scheduler stepped per
+        #: epoch; 0 when none ran)
+        self.last_take_steps = 0
+        self._since = 0
         self.errors = 0  # exceptions caught inside the hooks (the step itself is never affected)
         self.layout_version = 0  # bumped whenever the parameter layout changes
         self.layer_groups: list[int] = []
@@ -234,6 +239,7 @@ class StepProbe:
         return None
 
     def _post(self, opt: Any, args: Any, kwargs: Any) -> None:
+        self._since += 1
         if self._skip:
             self._pending = STRIDED
             self.steps_seen += 1
@@ -282,6 +288,7 @@ class StepProbe:
         but was not measured) or None (no optimizer step ran). Each call closes one step."""
         out, self._pending = self._pending, None
         self._index += 1
+        self.last_take_steps, self._since = self._since, 0
         return out
 
     @property
@@ -305,6 +312,7 @@ class StepProbe:
         if self._sums is not None:
             self._sums.forget()
         self._pending = None
+        self._since = 0
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -345,6 +353,7 @@ class StepProbe:
             raise ConfigError("state_dict.probe.format", repr(_STATE_FORMAT), got)
         self.steps_seen = int(state["steps_seen"])
         self.errors = int(state["errors"])
+        self._since = 0
         self._index = int(state.get("index", 0))
         self._rebuild()
         pending = state.get("pending")

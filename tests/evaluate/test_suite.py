@@ -16,6 +16,7 @@ from trajlib.errors import ConfigError
 from trajlib.evaluate import run_suite
 from trajlib.evaluate.suite import (
     FAMILIES,
+    FAMILY_SETS,
     FRESH_FAMILIES,
     GRID,
     PENALTY,
@@ -57,6 +58,9 @@ def test_the_fresh_set_is_separate_and_selectable(capsys: pytest.CaptureFixture[
     assert get_family("logreg-cancer") is fresh["logreg-cancer"]  # names of any set
     with pytest.raises(ConfigError, match="family_set"):
         select_families(None, "both")
+    for family_set in FAMILY_SETS:  # the command line offers every set
+        assert main(["suite", "unused", "--set", family_set, "--list"]) == 0
+        capsys.readouterr()
     main(["suite", "unused", "--set", "fresh", "--list"])
     listed = capsys.readouterr().out
     assert all(n in listed for n in fresh) and "lstm-count" not in listed

@@ -117,8 +117,8 @@ class GBTController(Controller):
     ) -> None:
         self.boosters_ = boosters
         self.constants_ = constants
-        # one forest per modelled action (a subset walks only its own: ``forests_for``), and
-        # all of them as one node table
+        # one forest per modelled action (an ensemble asked for some actions walks only theirs)
+        # and all of them as one node table
         self.action_forests_ = {
             i: Forests([b.dump_model()]) for i, b in enumerate(boosters) if b is not None
         }

@@ -1,9 +1,9 @@
 """A broad held-out suite of user-style training loops (issue 16).
 
-Eleven families never collected from (:data:`FAMILIES`, the set ``"suite"``: LSTM, residual CNN with BatchNorm +
-dropout, dilated TCN, MLP-Mixer, EmbeddingBag text classifier, VAE, torch's TransformerEncoder,
-gated MLP with plain SGD, BiLSTM tagger, Deep Sets, conv denoising autoencoder; NAdam, RAdam,
-Adamax, Adagrad, SGD, Adam, AdamW), each a plain loop (own ``nn.Module``, ``DataLoader``,
+Eleven families never collected from (:data:`FAMILIES`, the set ``"suite"``: LSTM, residual CNN
+with BatchNorm + dropout, dilated TCN, MLP-Mixer, EmbeddingBag text classifier, VAE, torch's
+TransformerEncoder, gated MLP with plain SGD, BiLSTM tagger, Deep Sets, conv denoising
+autoencoder; NAdam, RAdam, Adamax, Adagrad, SGD, Adam, AdamW), each a plain loop (own ``nn.Module``, ``DataLoader``,
 ``model.train()`` / ``eval()``, a ``torch.optim`` optimizer) driven through the public API only:
 ``ControllerScheduler(opt, checkpoint, total_steps=N)``, ``observe(loss)``, optionally
 ``observe_validation(val_loss)``, ``step()``. The controller runs from the default LR, ×10 and ÷10,
@@ -151,8 +151,9 @@ def run_suite(
 
     ``seeds``: a count (0..N-1) or the seeds. ``families``: names of any set; without them, every
     family of ``family_set`` (:data:`FAMILY_SETS`: ``"suite"``, the eleven of the headline, or
-    ``"fresh"``, eight defined after the shipped controllers were chosen). ``quick`` keeps at most 2 of them. ``cache``: the
-    result cache directory (default ``<out>/cache``; required when ``out`` is None).
+    ``"fresh"``, eight defined after the shipped controllers were chosen). ``quick`` keeps at most
+    2 of the seeds. ``cache``: the result cache directory (default ``<out>/cache``; required when
+    ``out`` is None).
     ``with_val`` / ``without_val``: which controller modes to run. ``budget`` overrides every
     family's step budget (tests). ``lookahead`` = ``(top_k, horizon[, cooldown[, when]])``
     (:class:`LookaheadSetting`): the controller runs with deploy-time lookahead (its compute ratio

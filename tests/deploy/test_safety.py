@@ -186,6 +186,7 @@ def test_stepped_after_every_optimizer_step_nothing_is_said(tiny_checkpoint):
         warnings.simplefilter("error")  # neither warning below, nor any other
         train(model, opt, sched, 0, 60)
     assert sched.events["extra_optimizer_steps"] == 0 and sched.events["decisions"] > 0
+    assert sched.events["errors"] == 0  # a warning turned error inside step() counts here
 
 
 def test_a_budget_shorter_than_the_decision_interval_warns_up_front(tiny_checkpoint):

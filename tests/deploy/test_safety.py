@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from torch import nn
 from tests.deploy._helpers import batch, make_model, nan_steps, train, two_groups
 from trajlib.controllers import load_controller
 from trajlib.deploy import ControllerScheduler
+
+V6 = Path(__file__).resolve().parents[2] / "models" / "trajlib-lr-v6" / "checkpoint"
 
 LOSSES = ["ok", "nan", "inf", "none", "missing", "twice"]
 GRADS = ["ok", "zero", "nan", "no_grad_layer", "skip_step", "huge"]
@@ -212,4 +215,24 @@ def test_a_loop_that_never_observes_its_loss_is_told_so(tiny_checkpoint):
             opt.step()
             sched.step()  # observe(loss) forgotten
     assert sched.events["missing_loss"] == 120 and sched.events["decisions"] == 0
+    assert sched.events["held_nonfinite"] > 0 and sched.events["errors"] == 0
+
+
+def test_a_loss_that_reaches_zero_is_named_when_the_controller_holds():
+    # a hinge loss on separable data reaches exactly 0; log(loss) features are then undefined
+    torch.manual_seed(0)
+    model = nn.Linear(8, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    sched = ControllerScheduler(opt, V6, total_steps=200)  # decides without validation
+    with pytest.warns(RuntimeWarning, match=r"loss was exactly 0 \(last at step \d+\)"):
+        for t in range(200):
+            x, _ = batch(t)
+            x[:, 0] = x[:, 0].sign() * (x[:, 0].abs() + 1.0)  # separable with a margin
+            y = torch.where(x[:, :1] > 0, 1.0, -1.0)
+            loss = torch.clamp(1 - y * model(x * torch.tensor([10.0] + [0.0] * 7)), min=0).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.observe(loss)
+            sched.step()
     assert sched.events["held_nonfinite"] > 0 and sched.events["errors"] == 0

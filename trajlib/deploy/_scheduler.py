@@ -272,6 +272,7 @@ class ControllerScheduler(LRScheduler):
         # the training losses since the last decision (the raise guard's window)
         self._window: list[float] = []
         self._window_bad = False
+        self._zero_loss_at: int | None = None  # the last step whose training loss was exactly 0
         self._window_stat: tuple[int, float | None, bool] = (-1, None, False)
         # the checkpoint's do-no-harm rule (None: act on the argmax, as before rules existed)
         self._rule = self.loaded.decision_rule
@@ -614,6 +615,8 @@ class ControllerScheduler(LRScheduler):
         bfs = [r.base_factor for r in rows]
         loss_ok = [v is None or math.isfinite(v) for v in losses]
         self._window.extend(v for v in losses if v is not None and math.isfinite(v))
+        if 0.0 in losses:  # hinge / triplet losses reach it: log-loss features are undefined
+            self._zero_loss_at = max(r.step for r, v in zip(rows, losses) if v == 0.0)
         self._window_bad = self._window_bad or not all(loss_ok)
         is_measured = [isinstance(r.stats, tuple) for r in rows]
         # a step left out by the feature set's stats_every: no statistics, finite unknown (None)
@@ -852,6 +855,12 @@ class ControllerScheduler(LRScheduler):
                 self._hold(
                     "no training loss was reported since the last decision: call "
                     "observe(loss) after each optimizer step, before step()"
+                )
+            elif self._zero_loss_at is not None and all(n.startswith("loss_") for n in names):
+                self._hold(
+                    f"features {', '.join(names[:4])} are undefined: the training loss was "
+                    f"exactly 0 (last at step {self._zero_loss_at}) and they read its log; the "
+                    "controller holds while such steps are in their windows"
                 )
             else:
                 more = f" and {len(names) - 4} more" if len(names) > 4 else ""

@@ -211,21 +211,16 @@ class EnsembleController(Controller):
         merged = None
         if all(isinstance(m, GBTController) for m in self.members_):
             gbts = [m for m in self.members_ if isinstance(m, GBTController)]
-            if only is None:
-                merged = (
-                    Forests.concat([m.forests_ for m in gbts]),
-                    [(m.base_values_, m.model_actions_) for m in gbts],
+            forests, parts = [], []
+            for m in gbts:
+                acts = np.array(
+                    [a for a in m.model_actions_ if only is None or a in only], dtype=np.intp
                 )
-            else:
-                keep = set(only)
-                forests, parts = [], []
-                for m in gbts:
-                    acts = np.array([a for a in m.model_actions_ if a in keep], dtype=np.intp)
-                    base = m.base_values_.copy()
-                    base[[a for a in m.model_actions_ if a not in keep]] = np.nan
-                    forests += [m.action_forests_[int(a)] for a in acts]
-                    parts.append((base, acts))
-                merged = (Forests.concat(forests), parts)
+                base = m.base_values_.copy()
+                base[np.setdiff1d(m.model_actions_, acts)] = np.nan  # not scored
+                forests += [m.action_forests_[int(a)] for a in acts]
+                parts.append((base, acts))
+            merged = (Forests.concat(forests), parts)
         cache[only] = merged
         return merged
 

@@ -66,6 +66,15 @@ class HarmRule:
             return self.z
         return np.array([math.inf if v is None else float(v) for v in self.z_by_action])
 
+    def actions_read(self, keep: int, n_actions: int) -> tuple[int, ...] | None:
+        """The actions this rule may take, and ``keep``: what :meth:`choose` needs scored (None:
+        every action)."""
+        zs = self.z_by_action
+        if zs is None or len(zs) != n_actions:
+            return None
+        only = tuple(a for a, z in enumerate(zs) if z is not None or a == keep)
+        return None if len(only) == n_actions else only
+
     def choose(self, mean: np.ndarray, std: np.ndarray, keep: int) -> tuple[int, bool]:
         """``(action, kept_by_rule)``: ``kept_by_rule`` is True when the plain argmax would have
         moved and the rule keeps instead. A NaN ``mean`` is an action not scored (never taken;

@@ -268,26 +268,14 @@ class ControllerScheduler(LRScheduler):
         self.space = self.loaded.hp_space
         self._check_optimizer(optimizer)
         self._read_checkpoint(fs)
-        self.events = dict.fromkeys(EVENTS, 0)
-        # the training losses since the last decision (the raise guard's window)
-        self._window: list[float] = []
-        self._window_bad = False
-        self._zero_loss_at: int | None = None  # the last step whose training loss was exactly 0
-        self._window_stat: tuple[int, float | None, bool] = (-1, None, False)
+        self._init_run_state()
         # the checkpoint's do-no-harm rule (None: act on the argmax, as before rules existed)
         self._rule = self.loaded.decision_rule
         self._keep = self.actions.keep_index
         # the actions the rule may take, and keep: the controller need not score the others
-        self._only = _rule_reads(self._rule, self._keep, len(self.actions))
-        self.actions_taken: list[tuple[int, int, int]] = []  # (step, unit, action index)
-        self._loss: torch.Tensor | float | None = None
-        self._loss_n = 0
-        self._val: tuple[float | None, float | None] | None = None
-        self._bf_memo: tuple[int, int, float] = (-1, 0, 1.0)
-        self._rows: list[_Row] = []
-        self._rows_layout = -1
-        self._layer_groups: list[int] = []
-        self._warned: set[str] = set()
+        self._only = (
+            None if self._rule is None else self._rule.actions_read(self._keep, len(self.actions))
+        )
         # torch's own set-up: initial_lr, base_lrs, last_epoch, the optimizer.step patch that
         # detects a wrong call order, and the initial step (which sets the LRs through get_lr)
         for g in optimizer.param_groups:
@@ -321,6 +309,25 @@ class ControllerScheduler(LRScheduler):
             )
 
     # ----------------------------------------------------------------- construction helpers
+    def _init_run_state(self) -> None:
+        """The run's counters and buffers: events, the guard's loss window, the open step, the
+        rows buffered until the next decision."""
+        self.events = dict.fromkeys(EVENTS, 0)
+        # the training losses since the last decision (the raise guard's window)
+        self._window: list[float] = []
+        self._window_bad = False
+        self._zero_loss_at: int | None = None  # the last step whose training loss was exactly 0
+        self._window_stat: tuple[int, float | None, bool] = (-1, None, False)
+        self.actions_taken: list[tuple[int, int, int]] = []  # (step, unit, action index)
+        self._loss: torch.Tensor | float | None = None
+        self._loss_n = 0
+        self._val: tuple[float | None, float | None] | None = None
+        self._bf_memo: tuple[int, int, float] = (-1, 0, 1.0)
+        self._rows: list[_Row] = []
+        self._rows_layout = -1
+        self._layer_groups: list[int] = []
+        self._warned: set[str] = set()
+
     def _read_checkpoint(self, fs: Any) -> None:
         """What the scheduler derives from the checkpoint once: each move's bounds, the features
         allowed to be NaN, whether the probe needs dot products, the initial multiplier."""
@@ -1125,14 +1132,6 @@ class ControllerScheduler(LRScheduler):
         """Training compute relative to the run alone: ``1 + lookahead steps / main steps``."""
         extra = self.events.get("lookahead_steps", 0)
         return 1.0 + extra / max(self.step_count, 1)
-
-
-def _rule_reads(rule: Any, keep: int, n_actions: int) -> tuple[int, ...] | None:
-    """The actions a do-no-harm ``rule`` may take, and ``keep`` (None: every action)."""
-    if rule is None or rule.z_by_action is None or len(rule.z_by_action) != n_actions:
-        return None
-    only = tuple(a for a, z in enumerate(rule.z_by_action) if z is not None or a == keep)
-    return None if len(only) == n_actions else only
 
 
 def _losses_to_host(tensors: list[torch.Tensor]) -> list[float]:

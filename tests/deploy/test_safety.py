@@ -139,13 +139,27 @@ def test_misuse_fails_up_front_with_a_clear_message(tiny_checkpoint):
         ControllerScheduler(opt, tiny_checkpoint, total_steps=10, every=0)
     with pytest.raises(ValueError, match="optimizer"):
         ControllerScheduler(object(), tiny_checkpoint, total_steps=10)  # type: ignore[arg-type]
+
+
+def test_misuse_inside_the_loop_warns_once_and_never_raises(tiny_checkpoint):
+    # a deployed controller never raises inside the training: what the loop hands it that it
+    # cannot take is said once (field, expected, got) and then used as best it can be
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=10)
-    with pytest.raises(ValueError, match=r"scalar.*shape \(4,\)"):
-        sched.observe(torch.ones(4))
-    with pytest.raises(ValueError, match="loss"):
+    with pytest.warns(UserWarning, match=r"`loss` expected a scalar.*shape \(4,\): using its mean"):
+        sched.observe(torch.tensor([1.0, 2.0, 3.0, 6.0]))  # per-sample losses
+    assert sched._loss == pytest.approx(3.0)
+    sched.observe(torch.ones(2, 2))  # said once
+    with pytest.warns(UserWarning, match=r"`loss` expected a scalar tensor or a float; got 'str'"):
         sched.observe("high")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="epoch"):
+    assert sched.events["bad_loss"] == 1 and sched._loss_n == 2
+    x, y = batch(0)
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    with pytest.warns(UserWarning, match=r"`epoch` expected None.*got 3: ignored"):
         sched.step(3)  # type: ignore[arg-type]
+    assert sched.last_epoch == 1 and sched.events["errors"] == 0
     sched.observe(torch.ones(1, 1))  # one element is a scalar
 
 

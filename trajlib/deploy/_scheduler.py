@@ -59,6 +59,7 @@ EVENTS = (
     "skipped_steps",
     "extra_optimizer_steps",
     "missing_loss",
+    "bad_loss",
     "late_validation",
     "kept_by_rule",
     "guard_reverts",
@@ -466,27 +467,39 @@ class ControllerScheduler(LRScheduler):
         """The training loss of the current step (a GPU tensor is not synchronised to the host).
 
         With gradient accumulation, call it for every micro-batch: the step's loss is their mean.
-        ``None`` means "no loss for this step". A tensor with more than one element is an error
-        (reduce per-sample losses first).
+        ``None`` means "no loss for this step". It never raises inside the training: a tensor of
+        per-sample losses (more than one element) counts as its mean, and a value that is not a
+        number is skipped (``events["bad_loss"]``); each says so once, naming what it got.
         """
         if loss is None:
             return
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
-                raise ConfigError(
-                    "loss",
-                    "a scalar (one-element) tensor or a float",
-                    f"a tensor of shape {tuple(loss.shape)}",
-                    "reduce it first, e.g. loss.mean()",
+                self._warn_once(
+                    "loss_shape",
+                    "ControllerScheduler: `loss` expected a scalar (one-element) tensor or a "
+                    f"float; got a tensor of shape {tuple(loss.shape)}: using its mean (reduce "
+                    "it first, e.g. loss.mean())",
+                    UserWarning,
                 )
+                if loss.numel() == 0 or not (loss.is_floating_point() or loss.is_complex()):
+                    loss = loss.detach().double()
+                loss = loss.detach().real.mean() if loss.numel() else loss.new_tensor(math.nan)
             # on the CPU a host float now (cheaper than detach(), and nothing to stack at the
             # decision); elsewhere the tensor stays on its device (no synchronisation per step)
             value: torch.Tensor | float = loss.item() if loss.is_cpu else loss.detach()
         else:
             try:
                 value = float(loss)
-            except (TypeError, ValueError) as e:
-                raise ConfigError("loss", "a scalar tensor or a float", type(loss).__name__) from e
+            except (TypeError, ValueError):
+                self.events["bad_loss"] += 1
+                self._warn_once(
+                    "bad_loss",
+                    "ControllerScheduler: `loss` expected a scalar tensor or a float; got "
+                    f"{type(loss).__name__!r}: skipped (events['bad_loss'] counts them)",
+                    UserWarning,
+                )
+                return
         if self._loss is None:
             self._loss, self._loss_n = value, 1
         else:
@@ -527,8 +540,13 @@ class ControllerScheduler(LRScheduler):
     def step(self, epoch: None = None) -> None:  # type: ignore[override]
         """Close the current step's record; every ``every`` steps, ask the controller; then set
         the next step's LRs (torch's ``LRScheduler.step``)."""
-        if epoch is not None:
-            raise ConfigError("epoch", "None (ControllerScheduler counts optimizer steps)", epoch)
+        if epoch is not None:  # torch's deprecated epoch argument: said once, then ignored
+            self._warn_once(
+                "epoch",
+                "ControllerScheduler: `epoch` expected None (it counts optimizer steps itself); "
+                f"got {epoch!r}: ignored",
+                UserWarning,
+            )
         if not self._is_initial:
             try:
                 self._close_step()

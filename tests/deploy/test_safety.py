@@ -244,3 +244,32 @@ def test_a_loss_that_reaches_zero_is_named_when_the_controller_holds():
             sched.observe(loss)
             sched.step()
     assert sched.events["held_nonfinite"] > 0 and sched.events["errors"] == 0
+
+
+def test_a_loss_below_zero_holds_the_run_and_says_why(tiny_checkpoint):
+    # a Gaussian NLL goes below 0: ratios and logs of such a loss are undefined or inverted, so
+    # the controller follows the base schedule from there, and says so once
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=200, every=25)
+    x = torch.randn(512, 20)
+    y = x[:, :1].sin() + 0.01 * torch.randn(512, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in range(200):
+            i = torch.arange(64) + 64 * (t % 8)
+            out = model(x[i])
+            loss = nn.functional.gaussian_nll_loss(out[:, :1], y[i], out[:, 1:].exp())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.observe(loss)
+            sched.step()
+    assert loss.item() < 0
+    held = [str(w.message) for w in caught if "went below 0" in str(w.message)]
+    assert len(held) == 1 and "observe such a loss" in held[0]
+    at = sched._neg_loss[0]
+    assert not [s for s, *_ in sched.actions_taken if s > at]  # nothing decided after it
+    assert sched.events["held_nonfinite"] == 7 - sum(1 for s, *_ in sched.actions_taken)
+    assert sched.events["errors"] == 0

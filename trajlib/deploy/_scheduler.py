@@ -318,6 +318,8 @@ class ControllerScheduler(LRScheduler):
         self._window: list[float] = []
         self._window_bad = False
         self._zero_loss_at: int | None = None  # the last step whose training loss was exactly 0
+        # the first negative training loss (step, value): the loss features assume a loss >= 0
+        self._neg_loss: tuple[int, float] | None = None
         self._window_stat: tuple[int, float | None, bool] = (-1, None, False)
         self.actions_taken: list[tuple[int, int, int]] = []  # (step, unit, action index)
         self._loss: torch.Tensor | float | None = None
@@ -642,6 +644,10 @@ class ControllerScheduler(LRScheduler):
         self._window.extend(v for v in losses if v is not None and math.isfinite(v))
         if 0.0 in losses:  # hinge / triplet losses reach it: log-loss features are undefined
             self._zero_loss_at = max(r.step for r, v in zip(rows, losses) if v == 0.0)
+        if self._neg_loss is None:  # a Gaussian NLL or a log-density can go below 0
+            self._neg_loss = next(
+                ((r.step, v) for r, v in zip(rows, losses) if v is not None and v < 0), None
+            )
         self._window_bad = self._window_bad or not all(loss_ok)
         is_measured = [isinstance(r.stats, tuple) for r in rows]
         # a step left out by the feature set's stats_every: no statistics, finite unknown (None)
@@ -866,6 +872,17 @@ class ControllerScheduler(LRScheduler):
         )
 
     def _decide_unit(self, ui: int, u: _Unit, step: int) -> None:
+        if self._neg_loss is not None:
+            # ratios and logs of a loss that crossed 0 are undefined or inverted (a falling
+            # negative loss reads as rising): following the base schedule is the safe answer
+            at, v = self._neg_loss
+            self._hold(
+                f"the training loss went below 0 ({v:.4g} at step {at}, e.g. a Gaussian NLL or "
+                "a log-density); the controller's features assume a loss >= 0 whose floor is 0 "
+                "(cross-entropy, MSE), so it holds for the rest of the run: observe such a loss "
+                "instead (e.g. the squared error of the predicted mean)"
+            )
+            return
         x = u.features.values()
         bad = ~np.isfinite(x) & ~(np.isnan(x) & self._nan_ok)
         if bad.any():

@@ -206,6 +206,39 @@ def test_stepped_after_every_optimizer_step_nothing_is_said(tiny_checkpoint):
     assert sched.events["errors"] == 0  # a warning turned error inside step() counts here
 
 
+def test_a_scheduler_stepped_twice_per_optimizer_step_says_so_once(tiny_checkpoint):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=400)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in range(60):
+            x, y = batch(t)
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.observe(loss)
+            sched.step()
+            sched.step()  # e.g. once in train_step and once in the loop
+    said = [str(w.message) for w in caught if "followed no optimizer step" in str(w.message)]
+    assert len(said) == 1 and "called twice per optimizer step" in said[0]
+    assert sched.events["skipped_steps"] == 60 and sched.events["errors"] == 0
+
+
+def test_stepping_past_total_steps_says_so_once(tiny_checkpoint):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=50)
+    train(model, opt, sched, 0, 50)  # the whole budget: nothing said
+    with pytest.warns(UserWarning, match=r"past total_steps=50: .*final value"):
+        train(model, opt, sched, 50, 53)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(model, opt, sched, 53, 55)  # once
+    assert sched.events["errors"] == 0
+
+
 def test_a_budget_shorter_than_the_decision_interval_warns_up_front(tiny_checkpoint):
     opt = torch.optim.SGD(make_model().parameters(), lr=0.1)
     every = load_controller(tiny_checkpoint).every

@@ -318,6 +318,7 @@ class ControllerScheduler(LRScheduler):
         self._window: list[float] = []
         self._window_bad = False
         self._zero_loss_at: int | None = None  # the last step whose training loss was exactly 0
+        self._skipped_before = 0  # events["skipped_steps"] at the last decision point
         # the first negative training loss (step, value): the loss features assume a loss >= 0
         self._neg_loss: tuple[int, float] | None = None
         self._window_stat: tuple[int, float | None, bool] = (-1, None, False)
@@ -593,8 +594,27 @@ class ControllerScheduler(LRScheduler):
         )
         self._loss, self._loss_n, self._val = None, 0, None
         closed = step + 1
-        if closed % self.every == 0 and closed < self.total_steps:
-            self._decide(closed)
+        if closed == self.total_steps + 1:
+            self._warn_once(
+                "past_total",
+                f"ControllerScheduler: step() called past total_steps={self.total_steps}: the "
+                "base schedule has ended, so the LR stays at its final value (cosine: 0); "
+                "total_steps is the whole run's number of optimizer steps",
+                UserWarning,
+            )
+        if closed % self.every == 0:
+            skipped = self.events["skipped_steps"] - self._skipped_before
+            self._skipped_before = self.events["skipped_steps"]
+            if 2 * skipped > self.every:
+                self._warn_once(
+                    "skipped",
+                    f"ControllerScheduler: {skipped} of the last {self.every} step() calls "
+                    "followed no optimizer step (step() called twice per optimizer step?); call "
+                    "it once after each optimizer step (events['skipped_steps'])",
+                    UserWarning,
+                )
+            if closed < self.total_steps:
+                self._decide(closed)
 
     def _extra_steps(self, n: int) -> None:
         """``n`` optimizer steps ran in one of the scheduler's steps: counted, and said once."""

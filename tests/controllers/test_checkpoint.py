@@ -172,3 +172,28 @@ def test_loaded_gbt_walk_matches_lightgbm(fitted, tmp_path: Path) -> None:
     batch = loaded.controller.predict_values(X)  # LightGBM Booster.predict
     online = np.array([loaded.controller.decide_values(x)[0] for x in X])  # numpy walk
     np.testing.assert_allclose(online, batch, rtol=1e-12, atol=1e-12)
+
+
+def test_a_shipped_controller_loads_by_name_from_any_directory(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trajlib.controllers import resolve_checkpoint, shipped_controllers
+
+    root = Path(__file__).resolve().parents[2]
+    names = shipped_controllers()
+    assert "trajlib-lr-v6" in names and "trajlib-lr-v1" in names
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # a user's own project, not this checkout
+    v6 = root / "models" / "trajlib-lr-v6" / "checkpoint"
+    assert resolve_checkpoint("trajlib-lr-v6") == v6
+    assert resolve_checkpoint("models/trajlib-lr-v6/checkpoint") == v6  # the README's path
+    assert load_controller("trajlib-lr-v6").path == v6
+    assert not verify_checkpoint("trajlib-lr-v6")
+    # a real folder of that name comes first
+    local = elsewhere / "trajlib-lr-v6"
+    ckpt.rename(local)
+    assert resolve_checkpoint("trajlib-lr-v6") == Path("trajlib-lr-v6")
+    assert load_controller("trajlib-lr-v6").manifest == load_controller(local).manifest
+    with pytest.raises(CheckpointError, match=r"shipped controllers \(load by name\): .*v6"):
+        load_controller("trajlib-lr-v99")

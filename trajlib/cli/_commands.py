@@ -352,8 +352,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from trajlib.controllers import resolve_checkpoint
     from trajlib.evaluate import run_evaluation_parallel, write_report
 
+    args.checkpoint = [str(resolve_checkpoint(c)) for c in args.checkpoint]  # names too
     for c in args.checkpoint:
         if not Path(c).exists():
             raise ConfigError("CHECKPOINT", "an existing checkpoint directory", c)

@@ -63,6 +63,9 @@ def cmd_suite(args: argparse.Namespace) -> int:
     if args.list:
         print(families_markdown(args.families, args.family_set), end="")
         return 0
+    from trajlib.controllers import resolve_checkpoint
+
+    args.checkpoint = str(resolve_checkpoint(args.checkpoint))  # a shipped controller's name too
     if not Path(args.checkpoint).is_dir():
         raise ConfigError("CHECKPOINT", "an existing checkpoint directory", args.checkpoint)
     guard: dict[str, Any] = {}  # absent: the scheduler's default tolerance

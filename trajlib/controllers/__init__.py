@@ -18,7 +18,9 @@ from trajlib.controllers._base import Controller, ControllerState
 from trajlib.controllers._checkpoint import (
     LoadedController,
     load_controller,
+    resolve_checkpoint,
     save_controller,
+    shipped_controllers,
     verify_checkpoint,
 )
 from trajlib.controllers._ensemble import EnsembleController
@@ -46,7 +48,9 @@ __all__ = [
     "fit_store",
     "get_controller_kind",
     "load_controller",
+    "resolve_checkpoint",
     "register_controller_kind",
     "save_controller",
+    "shipped_controllers",
     "verify_checkpoint",
 ]

@@ -49,6 +49,8 @@ __all__ = [
     "load_controller",
     "verify_checkpoint",
     "read_manifest",
+    "resolve_checkpoint",
+    "shipped_controllers",
 ]
 
 FORMAT = "trajlib-controller"
@@ -297,15 +299,47 @@ def _write(p: Path, data: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------------------- reading
+#: The checkout that holds this package and the shipped controllers (``models/<name>/checkpoint``);
+#: an installed wheel has no ``models/`` beside it, and then only real paths load.
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def shipped_controllers() -> list[str]:
+    """The names of the controllers shipped in ``models/`` of this checkout (empty when trajlib
+    is installed without it)."""
+    models = _CHECKOUT / "models"
+    if not models.is_dir():
+        return []
+    return sorted(p.parent.parent.name for p in models.glob(f"*/checkpoint/{MANIFEST}"))
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """``path`` itself when it is a folder; else a shipped controller's name
+    (``"trajlib-lr-v6"``) or a path relative to the checkout (the README's
+    ``"models/trajlib-lr-v6/checkpoint"``, from any working directory); else ``path``
+    unchanged (the caller says it is missing)."""
+    d = Path(path)
+    if d.is_dir() or d.is_absolute():
+        return d
+    candidates = [_CHECKOUT / d]
+    if len(d.parts) == 1:
+        candidates.insert(0, _CHECKOUT / "models" / d / "checkpoint")
+    return next((c for c in candidates if (c / MANIFEST).is_file()), d)
+
+
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Parse and check ``<path>/manifest.json`` (format, version, required fields).
 
     Does not check payload hashes; :func:`load_controller` and :func:`verify_checkpoint` do.
     """
-    d = Path(path)
+    d = resolve_checkpoint(path)
     mpath = d / MANIFEST
     if not d.is_dir():
-        raise CheckpointError(f"{d}: not a checkpoint folder (does not exist or is not a folder)")
+        names = shipped_controllers()
+        hint = f"; shipped controllers (load by name): {', '.join(names)}" if names else ""
+        raise CheckpointError(
+            f"{d}: not a checkpoint folder (does not exist or is not a folder){hint}"
+        )
     if not mpath.is_file():
         raise CheckpointError(f"{mpath}: missing; not a trajlib controller checkpoint")
     try:
@@ -376,9 +410,10 @@ def load_controller(
 
     Raises :class:`CheckpointError` naming the file for a missing/tampered/truncated payload, an
     unsupported format version or an unknown kind, and :class:`FeatureSetMismatchError` (a
-    CheckpointError) when ``expect_feature_set_hash`` differs from the checkpoint's.
+    CheckpointError) when ``expect_feature_set_hash`` differs from the checkpoint's. ``path``
+    may also name a shipped controller (``"trajlib-lr-v6"``; :func:`resolve_checkpoint`).
     """
-    d = Path(path)
+    d = resolve_checkpoint(path)
     manifest = read_manifest(d)
     fs = manifest["feature_set"]
     if not isinstance(fs, dict) or "hash" not in fs or "names" not in fs:
@@ -430,7 +465,7 @@ def load_controller(
 
 def verify_checkpoint(path: str | os.PathLike[str]) -> list[str]:
     """Every problem found in the checkpoint at ``path``; an empty list when it loads cleanly."""
-    d = Path(path)
+    d = resolve_checkpoint(path)
     try:
         manifest = read_manifest(d)
     except CheckpointError as e:

@@ -895,9 +895,9 @@ class ControllerScheduler(LRScheduler):
         if self._neg_loss is not None:
             # ratios and logs of a loss that crossed 0 are undefined or inverted (a falling
             # negative loss reads as rising): following the base schedule is the safe answer
-            at, v = self._neg_loss
+            at, neg = self._neg_loss
             self._hold(
-                f"the training loss went below 0 ({v:.4g} at step {at}, e.g. a Gaussian NLL or "
+                f"the training loss went below 0 ({neg:.4g} at step {at}, e.g. a Gaussian NLL or "
                 "a log-density); the controller's features assume a loss >= 0 whose floor is 0 "
                 "(cross-entropy, MSE), so it holds for the rest of the run: observe such a loss "
                 "instead (e.g. the squared error of the predicted mean)"

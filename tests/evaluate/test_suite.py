@@ -41,7 +41,10 @@ def test_at_least_ten_families_with_distinct_settings() -> None:
     assert {f.optimizer.split("(")[0] for f in FAMILIES.values()} >= {
         "NAdam", "RAdam", "Adamax", "Adagrad", "SGD", "Adam"
     }  # fmt: skip
-    assert 0.09 < GRID[1] < 0.11 and 1.0 in GRID and 9.9 < GRID[-1] < 10.1 and len(GRID) == 8
+    # every start is a grid point (the cosine at the same start is a grid run), and the grid
+    # reaches 4.6x above the highest start (short budgets favour high LRs)
+    assert all(any(math.isclose(g, s) for g in GRID) for s in STARTS.values())
+    assert 46 < GRID[-1] < 47 and GRID[0] == 0.1 and len(GRID) == 9
     with pytest.raises(ConfigError, match="family"):
         get_family("mlp")
 
@@ -122,7 +125,9 @@ def test_report_numbers_match_the_result_table(tiny: tuple[Path, object]) -> Non
     r = res.results  # type: ignore[attr-defined]
     per_seed = 2 * len(STARTS) + len(GRID) + len(STARTS)  # controller x2 modes, grid, sf
     assert r.height == len(TINY) * per_seed
-    assert (r["status"] == "ok").all()
+    # the grid's highest LRs may diverge (scored with the penalty, never chosen); nothing else
+    hot = (pl.col("method") == "cosine") & (pl.col("start") > max(STARTS.values()))
+    assert (r.filter(~hot)["status"] == "ok").all()
     summ = res.summary  # type: ignore[attr-defined]
     for wv in (True, False):
         for fam in TINY:
@@ -130,7 +135,8 @@ def test_report_numbers_match_the_result_table(tiny: tuple[Path, object]) -> Non
                             & (pl.col("with_val") == wv))  # fmt: skip
             wins, ratios, rt = [], [], []
             cos = r.filter((pl.col("method") == "cosine") & (pl.col("family") == fam))
-            tuned = cos.sort("final_val_loss")["score"][0]  # chosen on validation
+            ok = cos.filter((pl.col("status") == "ok") & pl.col("final_val_loss").is_finite())
+            tuned = ok.sort("final_val_loss")["score"][0]  # chosen on validation
             for c in ctrl.iter_rows(named=True):
                 ref = cos.filter((pl.col("start") - c["start"]).abs() < 1e-9)["score"][0]
                 wins.append(c["score"] < ref)

@@ -46,6 +46,17 @@ def bootstrap_median(
     return float(np.median(a)), float(lo), float(hi)
 
 
+def _grid_edges_md(results: pl.DataFrame, grid: Sequence[float]) -> str:
+    """How often the tuned LR is the grid's lowest or highest point (then the grid, not the
+    search, bounds "tuned")."""
+    t = tuned_cosine(results)
+    if not t.height:
+        return ""
+    lo = sum(math.isclose(v, min(grid)) for v in t["tuned_start"])
+    hi = sum(math.isclose(v, max(grid)) for v in t["tuned_start"])
+    return f"; chosen at the grid's lowest point in {lo} and its highest in {hi} of {t.height}"
+
+
 def tuned_cosine(results: pl.DataFrame) -> pl.DataFrame:
     """Per (family, seed): the grid cosine run chosen on final validation loss (diverged runs
     excluded; where all diverged, the lowest score) and its score and LR factor."""
@@ -363,10 +374,12 @@ def write_suite_report(
         "Score: test loss at the end of the budget (diverged or crashed runs: "
         f"{PENALTY:g} × the untrained model's test loss). Ratio = controller / reference on the "
         "same seed (same initial weights and batches); win = strictly lower than cosine from the "
-        "same start. Tuned cosine: the best of 8 cosine runs at default × "
+        f"same start. Tuned cosine: the best of {len(GRID)} cosine runs at default × "
         + ", ".join(f"{g:.3g}" for g in GRID)
         + " chosen on final validation loss, scored on test (one per family and seed, shared by "
-        "the three starts). Medians with 95 % percentile-bootstrap CIs over the runs; ALL pools "
+        "the three starts)"
+        + _grid_edges_md(results, GRID)
+        + ". Medians with 95 % percentile-bootstrap CIs over the runs; ALL pools "
         "every run. Crashes: controller runs that raised or ended non-finite.\n\n",
     ]
     for t in tg:

@@ -27,6 +27,16 @@ def batch(t: int, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, t: int) -> torch.Tensor:
+    """One optimizer step on ``batch(t)``; its loss."""
+    x, y = batch(t)
+    loss = nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def two_groups(model: nn.Module, lr: float = 0.05, momentum: float = 0.9) -> torch.optim.SGD:
     """SGD with two param groups (first layer, last layer) of different initial LRs."""
     return torch.optim.SGD(

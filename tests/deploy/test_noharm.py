@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.deploy._helpers import batch, make_model
+from tests.deploy._helpers import batch, make_model, optimizer_step
 from trajlib.controllers import HarmRule, load_controller
 from trajlib.deploy import ControllerScheduler
 
@@ -28,12 +28,7 @@ def loop(ckpt: Any, steps: int = 200, val_every: int | None = None) -> Controlle
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     sched = ControllerScheduler(opt, ckpt, total_steps=steps)
     for t in range(steps):
-        x, y = batch(t)
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.observe(loss)
+        sched.observe(optimizer_step(model, opt, t))
         if val_every and (t + 1) % val_every == 0:
             with torch.no_grad():
                 xv, yv = batch(99_999, 128)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from tests.deploy._helpers import batch, make_model, nan_steps, train, two_groups
+from tests.deploy._helpers import batch, make_model, nan_steps, optimizer_step, train, two_groups
 from trajlib.controllers import load_controller
 from trajlib.deploy import ControllerScheduler
 
@@ -174,23 +174,26 @@ def test_close_removes_the_hooks(tiny_checkpoint):
     assert sched._probe.steps_seen == 0
 
 
-def test_a_scheduler_stepped_per_epoch_says_so_once(tiny_checkpoint):
-    # torch's epoch schedulers are stepped once per epoch; this one counts optimizer steps
+def _misstepped(ckpt, n: int, step_calls) -> tuple[ControllerScheduler, list[str]]:
+    """``n`` optimizer steps, each followed by ``step_calls(t)`` calls of the scheduler's
+    ``step()``; the scheduler and every warning's message."""
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=400)
+    sched = ControllerScheduler(opt, ckpt, total_steps=400)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for epoch in range(6):
-            for t in range(10):
-                x, y = batch(10 * epoch + t)
-                loss = nn.functional.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.observe(loss)
-            sched.step()
-    said = [str(w.message) for w in caught if "between two step() calls" in str(w.message)]
+        for t in range(n):
+            sched.observe(optimizer_step(model, opt, t))
+            for _ in range(step_calls(t)):
+                sched.step()
+    return sched, [str(w.message) for w in caught]
+
+
+def test_a_scheduler_stepped_per_epoch_says_so_once(tiny_checkpoint):
+    # torch's epoch schedulers are stepped once per epoch (here 10 optimizer steps); this one
+    # counts optimizer steps
+    sched, caught = _misstepped(tiny_checkpoint, 60, lambda t: int(t % 10 == 9))
+    said = [m for m in caught if "between two step() calls" in m]
     assert len(said) == 1 and "10 optimizer steps" in said[0] and "not epochs" in said[0]
     assert sched.events["extra_optimizer_steps"] == 6 * 9 and sched.events["errors"] == 0
 
@@ -207,21 +210,9 @@ def test_stepped_after_every_optimizer_step_nothing_is_said(tiny_checkpoint):
 
 
 def test_a_scheduler_stepped_twice_per_optimizer_step_says_so_once(tiny_checkpoint):
-    model = make_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=400)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for t in range(60):
-            x, y = batch(t)
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.observe(loss)
-            sched.step()
-            sched.step()  # e.g. once in train_step and once in the loop
-    said = [str(w.message) for w in caught if "followed no optimizer step" in str(w.message)]
+    # e.g. once in train_step and once in the loop
+    sched, caught = _misstepped(tiny_checkpoint, 60, lambda t: 2)
+    said = [m for m in caught if "followed no optimizer step" in m]
     assert len(said) == 1 and "called twice per optimizer step" in said[0]
     assert sched.events["skipped_steps"] == 60 and sched.events["errors"] == 0
 

@@ -361,3 +361,24 @@ def test_unsure_lookahead_looks_only_where_the_rule_would_keep() -> None:
     la1 = Lookahead(train_step, model, horizon=5)
     ControllerScheduler(opt, SHIPPED, total_steps=STEPS, lookahead=la1)
     assert la1.when == "always"
+
+
+def test_a_loss_below_zero_holds_the_lookahead_too() -> None:
+    # the lookahead's candidates come from the controller's features, which a negative loss
+    # makes meaningless: it looks nowhere and the plain path holds (and says why, once)
+    model, opt, train_step = _linear(lambda p: torch.optim.Adam(p, lr=1e-3))
+    la = Lookahead(train_step, model, top_k=2, horizon=5)
+    sched = ControllerScheduler(opt, SHIPPED, total_steps=100, every=EVERY, lookahead=la)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t, batch in enumerate(sched.batches(_data()[:100])):
+            loss = train_step(batch)
+            # one step's loss below 0: the loss features' averages stay finite, so only the
+            # negative loss itself can stop the lookahead from branching on them
+            sched.observe(loss - 10.0 if t == 10 else loss)
+            sched.observe_validation(1.0)
+            sched.step()
+    ev = sched.events
+    assert ev["held_nonfinite"] == 3 and ev["lookahead_decisions"] == 0
+    assert ev["lookahead_steps"] == 0 and not sched.actions_taken and ev["errors"] == 0
+    assert sum("went below 0" in str(w.message) for w in caught) == 1

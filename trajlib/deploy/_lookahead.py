@@ -337,7 +337,7 @@ class Lookahead:
         if s._guard(u, step):
             return True  # the raise guard undid the last raise: that is this decision
         x = u.features.values()
-        if s._neg_loss is not None or (~np.isfinite(x) & ~(np.isnan(x) & s._nan_ok)).any():
+        if s._neg_loss is not None or s._bad_features(x).any():
             return False  # the plain path holds and says why
         if self._search_due(step):
             # the whole search horizon ahead, or the last chance (a loader's epoch that ends

@@ -485,9 +485,8 @@ class ControllerScheduler(LRScheduler):
                     "it first, e.g. loss.mean())",
                     UserWarning,
                 )
-                if loss.numel() == 0 or not (loss.is_floating_point() or loss.is_complex()):
-                    loss = loss.detach().double()
-                loss = loss.detach().real.mean() if loss.numel() else loss.new_tensor(math.nan)
+                flat = loss.detach()
+                loss = (flat.real if flat.is_complex() else flat).double().mean()  # empty: NaN
             # on the CPU a host float now (cheaper than detach(), and nothing to stack at the
             # decision); elsewhere the tensor stays on its device (no synchronisation per step)
             value: torch.Tensor | float = loss.item() if loss.is_cpu else loss.detach()
@@ -891,6 +890,11 @@ class ControllerScheduler(LRScheduler):
             "(counted in scheduler.events['held_nonfinite']; further holds are not reported)",
         )
 
+    def _bad_features(self, x: np.ndarray) -> np.ndarray:
+        """Which feature values the controller cannot take: non-finite where it never saw them
+        so in training (a NaN it was trained with, e.g. no validation yet, is fine)."""
+        return ~np.isfinite(x) & ~(np.isnan(x) & self._nan_ok)
+
     def _decide_unit(self, ui: int, u: _Unit, step: int) -> None:
         if self._neg_loss is not None:
             # ratios and logs of a loss that crossed 0 are undefined or inverted (a falling
@@ -904,7 +908,7 @@ class ControllerScheduler(LRScheduler):
             )
             return
         x = u.features.values()
-        bad = ~np.isfinite(x) & ~(np.isnan(x) & self._nan_ok)
+        bad = self._bad_features(x)
         if bad.any():
             names = [n for n, b in zip(self.loaded.feature_names, bad) if b]
             if all(n.startswith("val_") for n in names):
@@ -934,7 +938,7 @@ class ControllerScheduler(LRScheduler):
         if self._rule is None:
             values, state = self.loaded.controller.decide_values(x, u.ctrl_state)
             spread = None
-        elif self._only is None:
+        elif self._only is None:  # (a controller's decide_spread need not take ``only`` then)
             values, spread, state = self.loaded.controller.decide_spread(x, u.ctrl_state)
         else:
             values, spread, state = self.loaded.controller.decide_spread(

@@ -191,12 +191,14 @@ INPUT_NOISE_BOUNDS = (0.0, 2.0)  # linear scale, in units of the (standardised) 
 class SpaceConfig:
     """A recipe's ``[space]``: start-value ranges and bounds of each hyperparameter.
 
-    ``*_range`` are log-uniform factors around a centre (1 = no randomization); ``lr_min`` /
+    ``*_range`` are log-uniform factors around a centre (1 = no randomization; the start LRs'
+    centre is the task's default or best LR times ``lr_shift``); ``lr_min`` /
     ``lr_max`` are multipliers of each run's start LR; ``layer_lr_walk`` is the log-space std of
     each per-layer LR multiplier's step per decision (0 = fixed for the run).
     """
 
     lr_center: str = "default"  # start LRs are drawn around the task's default_lr or best_lr
+    lr_shift: float = 1.0  # ... times this factor (> 1: more runs start above the centre)
     lr_range: float = 30.0
     lr_min: float = 1e-3
     lr_max: float = 1e2
@@ -256,6 +258,8 @@ class SpaceConfig:
         }
         if self.layer_lr_walk:  # added after format 1: written only when set
             d["layer_lr_walk"] = self.layer_lr_walk
+        if self.lr_shift != 1.0:  # added after format 1: written only when set
+            d["lr_shift"] = self.lr_shift
         return d
 
     @classmethod

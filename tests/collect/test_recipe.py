@@ -33,6 +33,7 @@ def _with(section: str, key: str, value):
         (_with("collect", "device", "tpu"), "collect.device"),
         (_with("space", "lr_range", 0.5), "space.lr_range"),
         (_with("space", "lr_center", "median"), "space.lr_center"),
+        (_with("space", "lr_shift", 0.0), "space.lr_shift"),
         (_with("space", "momentum_max", 1.0), "space.momentum_min/momentum_max"),
         (_with("space", "weight_decay_min", 0.0), "space.weight_decay_min/weight_decay_max"),
         (_with("space", "input_noise", 5.0), "space.input_noise"),
@@ -102,6 +103,24 @@ def test_run_ids_and_start_values_are_deterministic_and_within_ranges():
     assert max(lrs) / min(lrs) > 10  # a wide range: too high and too low starts
     changed = parse_recipe({**data, "collect": {**data["collect"], "seed": 1}}).run_configs()
     assert not {s.run_id for s in changed} & {s.run_id for s in a}
+
+
+def test_lr_shift_moves_the_start_lrs_centre_and_keeps_the_draws():
+    """``lr_shift`` multiplies every start LR of the same draws (the same seed), so the starts
+    sit in [shift / range, shift * range] x the centre; the default 1 leaves run ids as they were."""
+    base = {"collect": {"tasks": ["digits-mlp"], "runs_per_task": 12}, "space": {"lr_range": 4.0}}
+    shifted = {**base, "space": {"lr_range": 4.0, "lr_shift": 8.0}}
+    a, b = parse_recipe(base).run_configs(), parse_recipe(shifted).run_configs()
+    center = get_task("digits-mlp").default_lr
+    for s, t in zip(a, b, strict=True):
+        assert t.lr0 == pytest.approx(8.0 * s.lr0)
+        assert 2.0 - 1e-9 <= t.lr0 / center <= 32.0 + 1e-9
+    assert sum(t.lr0 > 4 * center for t in b) > len(b) // 4  # many start well above the centre
+    assert {s.run_id for s in a} == {
+        s.run_id
+        for s in parse_recipe({**base, "space": {"lr_range": 4.0, "lr_shift": 1}}).run_configs()
+    }
+    assert not {s.run_id for s in a} & {t.run_id for t in b}
 
 
 def test_old_recipes_keep_their_defaults():

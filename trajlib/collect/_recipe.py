@@ -220,7 +220,7 @@ class Recipe:
         if self.space.lr_center == "best" and task.best_lr is not None:
             center = task.best_lr
         r = math.log(self.space.lr_range)
-        return float(center * math.exp(rng.uniform(-r, r)))
+        return float(center * self.space.lr_shift * math.exp(rng.uniform(-r, r)))
 
     def _start_values(
         self, task: Any, space: HyperparameterSpace, rng: np.random.Generator
@@ -466,6 +466,10 @@ def _check_space(space: SpaceConfig) -> None:
         raise ConfigError("space.lr_center", f"one of {LR_CENTERS}", space.lr_center)
     for key in ("lr_range", "momentum_range", "weight_decay_range", "l2_range"):
         _range(f"space.{key}", getattr(space, key))
+    if not (math.isfinite(space.lr_shift) and 1e-3 <= space.lr_shift <= 1e3):
+        raise ConfigError(
+            "space.lr_shift", "a factor in [0.001, 1000] on the start LRs' centre", space.lr_shift
+        )
     _range("space.input_noise_range", space.input_noise_range)
     _range("space.layer_lr_range", space.layer_lr_range)
     if not (math.isfinite(space.layer_lr_walk) and 0 <= space.layer_lr_walk <= 2):

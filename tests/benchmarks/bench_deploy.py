@@ -11,7 +11,11 @@ draws the same batches and validates every 100 steps. The baseline loop is that 
 the controller loops are the same loop plus ``observe`` / ``observe_validation`` / ``step`` of a
 :class:`ControllerScheduler` — the controller is the only difference.
 
-Loops (each where it can run): ``baseline``; ``controller/<backend>`` — the scheduler with its
+Loops (each where it can run): ``baseline`` (the task's fixed LR); ``same-lrs/controller`` and
+``same-lrs/controller-s4`` — the baseline loop run at the LRs the controller loop (every step /
+stride 4, default backend) chose, step by step, set by hand (recorded from an untimed controller
+run with the same seed; ``same_lrs_exact`` says the timed controller loop took the same actions);
+``controller/<backend>`` — the scheduler with its
 probe on a measurement backend (``native``: the C kernels, CPU float32; ``torch``: the reference
 backend), statistics every step; ``controller-s4/<backend>`` — the same scheduler whose probe
 measures with stride 4 (``stats_every=4``: the probe is replaced right after the scheduler is built,
@@ -28,8 +32,13 @@ repetition builds every loop (same seed) and runs them **interleaved in blocks**
 steps (default 50, one decision interval) in rotating order, so every block of one loop is timed
 within a short time of a block of the others. Each ``*_overhead`` is that loop's total time / the
 baseline's total time in the same run (all blocks of all repetitions), with a 95 % bootstrap
-interval over block rounds. ``deploy_overhead`` / ``deploy_overhead_s4`` are those of the backend
-the scheduler picks by itself (native where the kernels load and the parameters are CPU float32,
+interval over block rounds. ``deploy_overhead`` / ``deploy_overhead_s4`` are the controller loops'
+time over their ``same-lrs`` loop's: what the controller costs, the LRs it chose being equal
+(``*_vs_fixed_lr``: over the fixed-LR baseline instead). The two differ because a step's own cost
+depends on the LRs: on x86 CPUs some LR paths produce subnormal floats, whose arithmetic is slow
+(``same_lrs_over_fixed_lr``; with ``torch.set_flush_denormal(True)`` it is ~1.0). A guard rollback
+restores the weights, which the ``same-lrs`` loop does not: its weights follow the controller's
+until the first rollback. Both are those of the backend the scheduler picks by itself (native where the kernels load and the parameters are CPU float32,
 else torch); ``by_backend`` has every backend's. ``breakdown_us_per_step`` comes from one more,
 instrumented controller loop (default backend; ``perf_counter`` around each hook and scheduler
 call). Without ``--checkpoint`` a GBT controller is fitted from a tiny store collected first
@@ -125,8 +134,10 @@ class Loop:
         self.decide_s = 0.0
         self.probe: StepProbe | None = None
         self.sched: Any = None
+        self.lrs: list[list[float]] | None = None  # "same-lrs": each step's LRs, set by hand
+        self.record: list[list[float]] | None = None  # each step's LRs, when recording
         kind, _, backend = mode.partition("/")
-        if kind == "baseline":
+        if kind in ("baseline", "same-lrs"):
             return
         if kind == "probe":
             self.probe = StepProbe(self.opt, backend=backend)
@@ -210,8 +221,14 @@ class Loop:
         d = self.data
         x_tr, y_tr, x_val, y_val = d.x_train, d.y_train, d.x_val[:512], d.y_val[:512]
         ctrl = sched is not None
+        lrs, record, groups = self.lrs, self.record, opt.param_groups
         t0 = time.perf_counter()
         for t in range(self.t, self.t + n):
+            if lrs is not None:  # the LRs a controller loop ran with, without the controller
+                for g, lr in zip(groups, lrs[t]):
+                    g["lr"] = lr
+            elif record is not None:
+                record.append([g["lr"] for g in groups])
             b = idx[t]
             loss = ce(model(x_tr[b]), y_tr[b])
             opt.zero_grad()
@@ -282,7 +299,7 @@ def main() -> None:
     native = _native.lib() is not None and a.device == "cpu"
     backends = ["native", "torch"] if native else ["torch"]
     default = backends[0]  # what the scheduler picks by itself here
-    order = ["baseline"]
+    order = ["baseline", "same-lrs/controller", "same-lrs/controller-s4"]
     for kind in ("controller", "controller-s4", "probe"):
         order += [f"{kind}/{b}" for b in backends]
     if native:
@@ -293,8 +310,20 @@ def main() -> None:
     used: dict[str, str | None] = {}
     events: dict = {}
     decide_s, decisions = 0.0, 0
+    same_lrs_exact = True
     for rep in range(a.reps):
+        # each controller loop's LRs, step by step, from an untimed run with the same seed
+        taken: dict[str, list] = {}
+        lrs: dict[str, list[list[float]]] = {}
+        for kind in ("controller", "controller-s4"):
+            rec = Loop(f"{kind}/{default}", a.steps, loaded, data, seed=rep, **kw)
+            rec.record = lrs[kind] = []
+            rec.run(a.steps)
+            taken[kind] = list(rec.sched.actions_taken)
+            rec.sched.close()
         loops = {m: Loop(m, a.steps, loaded, data, seed=rep, **kw) for m in order}
+        for kind in ("controller", "controller-s4"):
+            loops[f"same-lrs/{kind}"].lrs = lrs[kind]
         first = {m: len(blocks[m]) for m in order}
         done, k = 0, 0
         while done < a.steps:
@@ -307,6 +336,8 @@ def main() -> None:
             probe = lp.probe if lp.probe is not None else getattr(lp.sched, "_probe", None)
             if probe is not None:
                 used[m] = probe.backend_name
+        for kind in ("controller", "controller-s4"):  # the timed loop took the same actions
+            same_lrs_exact &= loops[f"{kind}/{default}"].sched.actions_taken == taken[kind]
         ctrl = loops[f"controller/{default}"]
         events = dict(ctrl.sched.events)
         if events["errors"]:  # a figure without the decisions it should include is no figure
@@ -334,20 +365,23 @@ def main() -> None:
     parts["decisions"] = bd.decide_s / a.steps * 1e6
     total = {m: sum(blocks[m]) for m in order}
     n_steps = a.steps * a.reps
-    base = blocks["baseline"]
 
-    def ratio(m: str) -> dict[str, Any]:
-        lo, hi = bootstrap_ratio_ci(blocks[m], base)
+    def ratio(m: str, den: str = "baseline") -> dict[str, Any]:
+        lo, hi = bootstrap_ratio_ci(blocks[m], blocks[den])
         return {
-            "overhead": round(total[m] / total["baseline"], 4),
+            "overhead": round(total[m] / total[den], 4),
             "ci95": [round(lo, 4), round(hi, 4)],
-            "us_per_step": round((total[m] - total["baseline"]) / n_steps * 1e6, 1),
+            "us_per_step": round((total[m] - total[den]) / n_steps * 1e6, 1),
         }
 
     by_backend = {
         b: {
-            "deploy_overhead": ratio(f"controller/{b}"),
-            "deploy_overhead_s4": ratio(f"controller-s4/{b}"),
+            # the controller's cost: over the same loop run at the LRs the controller chose
+            "deploy_overhead": ratio(f"controller/{b}", "same-lrs/controller"),
+            "deploy_overhead_s4": ratio(f"controller-s4/{b}", "same-lrs/controller-s4"),
+            # and over the loop at its fixed LR (adds what the controller's LRs cost the steps)
+            "deploy_overhead_vs_fixed_lr": ratio(f"controller/{b}"),
+            "deploy_overhead_s4_vs_fixed_lr": ratio(f"controller-s4/{b}"),
             "probe_overhead": ratio(f"probe/{b}"),
         }
         for b in backends
@@ -359,6 +393,12 @@ def main() -> None:
         "deploy_overhead_ci95": d["deploy_overhead"]["ci95"],
         "deploy_overhead_s4": d["deploy_overhead_s4"]["overhead"],
         "deploy_overhead_s4_ci95": d["deploy_overhead_s4"]["ci95"],
+        "deploy_overhead_vs_fixed_lr": d["deploy_overhead_vs_fixed_lr"]["overhead"],
+        "deploy_overhead_s4_vs_fixed_lr": d["deploy_overhead_s4_vs_fixed_lr"]["overhead"],
+        # the steps' own cost at the controller's LRs (e.g. subnormal floats on x86)
+        "same_lrs_over_fixed_lr": ratio("same-lrs/controller")["overhead"],
+        "same_lrs_s4_over_fixed_lr": ratio("same-lrs/controller-s4")["overhead"],
+        "same_lrs_exact": same_lrs_exact,
         "probe_overhead": d["probe_overhead"]["overhead"],
         "default_backend": default,
         "by_backend": by_backend,
@@ -389,8 +429,14 @@ def main() -> None:
             f"(95% CI {r['deploy_overhead']['ci95'][0]:.3f}-{r['deploy_overhead']['ci95'][1]:.3f})"
             f", stride 4 {r['deploy_overhead_s4']['overhead']:.3f}x "
             f"({r['deploy_overhead_s4']['ci95'][0]:.3f}-{r['deploy_overhead_s4']['ci95'][1]:.3f})"
-            f", hooks alone {r['probe_overhead']['overhead']:.3f}x"
+            f", hooks alone {r['probe_overhead']['overhead']:.3f}x; over the fixed-LR loop "
+            f"{r['deploy_overhead_vs_fixed_lr']['overhead']:.3f}x, stride 4 "
+            f"{r['deploy_overhead_s4_vs_fixed_lr']['overhead']:.3f}x"
         )
+    print(
+        f"same LRs without the controller / fixed LR: {out['same_lrs_over_fixed_lr']:.3f}x, "
+        f"stride 4 {out['same_lrs_s4_over_fixed_lr']:.3f}x"
+    )
     print(f"baseline {base_us:.0f} us/step")
     print(json.dumps(out))
 

@@ -13,6 +13,7 @@ from ctl_synth import FAST_PARAMS, FEATURES, KEEP, Synth, save_kwargs, split_run
 from trajlib.controllers import EnsembleController, HarmRule, load_controller, save_controller
 from trajlib.controllers._ensemble import withheld_share, withhold_validation
 from trajlib.controllers._harm import (
+    Z_GRID,
     calibrate_rule,
     choose_z,
     per_action_z,
@@ -244,3 +245,25 @@ def test_cli_fit_options(tiny_store: Path, tmp_path: Path, capsys: pytest.Captur
     assert main(["model", "info", str(pa)]) == 0
     assert "z_a (" in capsys.readouterr().out
     assert main(["fit", str(tiny_store), "--out", str(tmp_path / "y"), "--ensemble", "0"]) != 0
+
+
+def test_one_row_choose_equals_the_batch_rule() -> None:
+    """``HarmRule.choose`` (plain floats, one row) takes the batch rule's action, and says
+    "kept" exactly when the plain argmax (NaN: not scored) would have moved."""
+    rng = np.random.default_rng(0)
+    for trial in range(400):
+        n = int(rng.integers(2, 7))
+        keep = int(rng.integers(0, n))
+        mean = rng.normal(0, 1, n) * rng.choice([1e-3, 1.0])
+        std = np.abs(rng.normal(0, 1, n)) * rng.choice([0.0, 1.0])
+        mean[rng.random(n) < 0.2] = np.nan
+        mean[keep] = 0.0
+        zs = None
+        if trial % 2:
+            zs = tuple(None if rng.random() < 0.3 else float(rng.choice(Z_GRID)) for _ in range(n))
+        rule = HarmRule(
+            z=float(rng.choice(Z_GRID)), margin=float(rng.choice([0.0, 0.01])), z_by_action=zs
+        )
+        want = int(rule_actions(mean[None, :], std[None, :], keep, rule.z_vector, rule.margin)[0])
+        plain = int(np.nanargmax(mean))
+        assert rule.choose(mean, std, keep) == (want, want == keep and plain != keep)

@@ -86,3 +86,25 @@ def test_a_controller_without_a_subset_walk_computes_every_action() -> None:
     ctrl = load_controller(MODELS / "trajlib-lr-v1" / "checkpoint").controller
     x = _rows(ctrl.n_features_in_, 1)[0]
     np.testing.assert_array_equal(ctrl.decide_spread(x, only=(0,))[0], ctrl.decide_spread(x)[0])
+
+
+def test_plain_float_mean_and_std_are_numpys_bit_for_bit() -> None:
+    from trajlib.controllers._ensemble import _mean_std_rows
+
+    rng = np.random.default_rng(0)
+    for t in range(3000):
+        k, n_actions = int(rng.integers(1, 8)), int(rng.integers(1, 7))  # < 8 members
+        P = rng.normal(size=(k, n_actions)) * 10.0 ** rng.uniform(-6, 6, size=(k, n_actions))
+        if t % 3 == 0:  # an action a member never chose (-inf), NaN, inf
+            P[rng.random(P.shape) < 0.1] = rng.choice([-np.inf, np.nan, np.inf])
+        mean, std = _mean_std(P)
+        got_mean, got_std = _mean_std_rows(P.tolist())
+        assert np.array(got_mean).tobytes() == mean.tobytes()
+        assert np.array(got_std).tobytes() == std.tobytes()
+
+
+@pytest.mark.parametrize("name", ENSEMBLES)
+def test_one_row_augment_equals_the_batch_augment(name: str) -> None:
+    ctrl = load_controller(MODELS / name / "checkpoint").controller
+    for x in _rows(ctrl.n_features_in_, 40):
+        assert ctrl._augment_one(x).tobytes() == ctrl._augment(x[None, :])[0].tobytes()

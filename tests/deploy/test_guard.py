@@ -345,3 +345,15 @@ def test_the_relapse_watch_survives_a_state_dict_round_trip(tiny_checkpoint: Pat
         train(model, opt, again, 4 * every, 7 * every, observed=lambda t, v: 10.0)
     assert again.events["guard_relapses"] == 1 and again.events["guard_rollbacks"] == 0
     assert again.mult == 1.0
+
+
+def test_the_window_median_is_numpys_median_bit_for_bit() -> None:
+    import numpy as np
+
+    from trajlib.deploy._scheduler import _median
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 24, 25, 50):
+        for _ in range(20):
+            w = (rng.standard_normal(n) * 10.0 ** rng.uniform(-8, 8, n)).tolist()
+            assert _median(w) == float(np.median(w))

@@ -22,6 +22,7 @@ LightGBM text model of action 1), their states in ``model_state.json``; never pi
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -137,6 +138,19 @@ class EnsembleController(Controller):
             return X
         return np.concatenate([X, validation_present(X, cols)[:, None]], axis=1)
 
+    def _augment_one(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`_augment` of one row ``[f]`` (the same values, fewer NumPy calls)."""
+        cols = self._cols()
+        x = np.asarray(x, dtype=np.float64).reshape(-1)
+        if not cols:
+            return x
+        vals = x.tolist()
+        present = any(vals[c] - vals[c] == 0.0 for c in cols)  # finite
+        z = np.empty(x.shape[0] + 1)
+        z[:-1] = x
+        z[-1] = 1.0 if present else 0.0
+        return z
+
     # ------------------------------------------------------------------ fit / predict
     def _fit(
         self, X: np.ndarray, T: np.ndarray, groups: np.ndarray | None, order: np.ndarray | None
@@ -221,6 +235,8 @@ class EnsembleController(Controller):
                 forests += [m.action_forests_[int(a)] for a in acts]
                 parts.append((base, acts))
             merged = (Forests.concat(forests), parts)
+            py = self.__dict__.setdefault("_merged_py_", {})
+            py[only] = [(b.tolist(), a.tolist()) for b, a in parts]
         cache[only] = merged
         return merged
 
@@ -232,25 +248,29 @@ class EnsembleController(Controller):
     def _decide_spread_only(
         self, x: np.ndarray, state: ControllerState, only: tuple[int, ...] | None
     ) -> tuple[np.ndarray, np.ndarray, ControllerState]:
-        z = self._augment(x[None, :])[0]
+        z = self._augment_one(x)
         merged = None if self._stateful else self._merged_forests(only)
         if merged is not None:  # the members' own decide_values, in one walk of all their trees
             forests, parts = merged
-            sums = forests.predict_one(z)
+            sums = forests.predict_one(z).tolist()
+            # each member's values in plain floats (a handful: NumPy's per-call cost dominates)
             rows, at = [], 0
-            for base, acts in parts:
-                v = base.copy()
-                if acts.size:
-                    v[acts] = sums[at : at + acts.size]
-                    at += acts.size
+            for base, acts in self.__dict__["_merged_py_"][only]:
+                v = list(base)
+                for a in acts:
+                    v[a] = sums[at]
+                    at += 1
                 rows.append(v)
-            mean, std = _mean_std(np.stack(rows))
+            if len(rows) < 8:
+                mean_l, std_l = _mean_std_rows(rows)
+                return np.array(mean_l), np.array(std_l), None
+            mean, std = _mean_std(np.array(rows))
             return mean, std, None
         outs, states = [], []
         for k, m in enumerate(self.members_):
             s_k = None if state is None else state[k]
-            v, s = m.decide_values(z, s_k)
-            outs.append(np.asarray(v, dtype=np.float64))
+            out, s = m.decide_values(z, s_k)
+            outs.append(np.asarray(out, dtype=np.float64))
             states.append(s)
         mean, std = _mean_std(np.stack(outs))
         new_state = np.stack([np.asarray(s) for s in states]) if self._stateful else None
@@ -329,9 +349,37 @@ class EnsembleController(Controller):
 _Merged = tuple[Forests, list[tuple[np.ndarray, np.ndarray]]]
 
 
+def _mean_std_rows(rows: list[list[float]]) -> tuple[list[float], list[float]]:
+    """:func:`_mean_std` of fewer than 8 rows of plain floats, bit for bit: NumPy sums fewer than
+    8 values one after the other (``out = r0; out += r1; ...``; from 8 on, a single column is
+    summed pairwise), then divides by the count; the std is ``sqrt(sum((r - mean) ** 2) / n)``
+    summed in the same order."""
+    n = len(rows)
+    mean, std = [], []
+    for col in zip(*rows, strict=True):
+        if all(v - v == 0.0 for v in col):
+            acc = col[0]
+            for v in col[1:]:
+                acc += v
+            mu = acc / n
+            d = col[0] - mu
+            sq = d * d
+            for v in col[1:]:
+                d = v - mu
+                sq += d * d
+            mean.append(mu)
+            std.append(math.sqrt(sq / n))
+        else:  # an action a member never chose: -inf stays (NaN: NaN), spread 0
+            mean.append(math.nan if any(v != v for v in col) else min(col))
+            std.append(0.0)
+    return mean, std
+
+
 def _mean_std(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and (population) std over axis 0, with an action a member never chose (``-inf``)
     staying ``-inf`` in the mean and 0 in the std instead of NaN."""
+    if np.isfinite(P).all():  # the usual case (every member scored every action)
+        return P.mean(axis=0), P.std(axis=0)
     finite = np.isfinite(P).all(axis=0)
     safe = np.where(finite, P, 0.0)
     mean = np.where(finite, safe.mean(axis=0), P.min(axis=0))

@@ -799,7 +799,7 @@ class ControllerScheduler(LRScheduler):
         loss in it was non-finite (the window closes at the first call for a step)."""
         if self._window_stat[0] != step:
             w = self._window
-            med = float(np.median(w)) if w else None
+            med = _median(w) if w else None
             self._window_stat = (step, med, self._window_bad)
             self._window, self._window_bad = [], False
         return self._window_stat[1], self._window_stat[2]
@@ -1191,6 +1191,14 @@ class ControllerScheduler(LRScheduler):
         """Training compute relative to the run alone: ``1 + lookahead steps / main steps``."""
         extra = self.events.get("lookahead_steps", 0)
         return 1.0 + extra / max(self.step_count, 1)
+
+
+def _median(values: list[float]) -> float:
+    """``float(np.median(values))`` of finite floats, the same bits, without NumPy's overhead
+    (the middle value, or the mean of the two middle values)."""
+    v = sorted(values)
+    k = len(v) // 2
+    return float(v[k]) if len(v) % 2 else float((v[k - 1] + v[k]) / 2)
 
 
 def _losses_to_host(tensors: list[torch.Tensor]) -> list[float]:

@@ -3,13 +3,11 @@
 Prints human-readable lines, then one JSON object on the last line. One thread everywhere.
 
     python tests/benchmarks/bench_controllers.py [--fit-rows 1000000] [--max-fit-s 120]
-        [--checkpoint models/trajlib-lr-v6/checkpoint]
 
 Latency: median over 2,000 ``decide`` calls (features in -> action out) on rows drawn from the
 training distribution (3 % NaN features), after 200 warm-up calls; targets 0.1 ms (gbt, mlp) and
 0.2 ms (gru). Fit: GBT with default parameters (100 trees x 15 leaves per action) on synthetic
-rows x 30 features x 5 actions. The forest walk: one row through the fitted GBT's forests (and,
-with ``--checkpoint``, a shipped ensemble's merged forests) by the native walk and the NumPy walk. It first times 200 k rows; if 1 M rows would then take longer
+rows x 30 features x 5 actions. It first times 200 k rows; if 1 M rows would then take longer
 than ``--max-fit-s`` it reports the linear extrapolation instead and says so.
 """
 
@@ -27,11 +25,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from trajlib.controllers import (  # noqa: E402
-    _treewalk,  # noqa: E402
-    get_controller_kind,
-    load_controller,
-)
+from trajlib.controllers import get_controller_kind  # noqa: E402
 
 N_FEATURES, N_ACTIONS, KEEP = 30, 5, 2
 TARGET_MS = {"gbt": 0.1, "mlp": 0.1, "gru": 0.2}
@@ -82,23 +76,6 @@ def latency_ms(kind: str, X: np.ndarray, T: np.ndarray, groups: np.ndarray) -> d
             b.predict(x[None, :], num_threads=1)
             t.append(time.perf_counter() - t0)
         out["booster_predict_one_forest_median_ms"] = round(float(np.median(t)) * 1e3, 4)
-        out["forest_walk"] = forest_walk_ms(ctl.forests_, rows[200:700])
-    return out
-
-
-def forest_walk_ms(forests, rows: np.ndarray) -> dict:
-    """Median ms of one row through ``forests``: the native walk (where it builds) and the NumPy
-    walk, and their ratio (the figure that the native walk earns its place with)."""
-    out: dict = {"n_trees": int(forests.n_trees), "n_split_nodes": int(forests.n_split)}
-    for name, walk in (("native", forests.predict_one), ("numpy", forests.predict_one_numpy)):
-        t = []
-        for x in rows:
-            t0 = time.perf_counter()
-            walk(x)
-            t.append(time.perf_counter() - t0)
-        out[f"{name}_median_ms"] = round(float(np.median(t)) * 1e3, 4)
-    out["native_used"] = _treewalk.lib() is not None
-    out["numpy_over_native"] = round(out["numpy_median_ms"] / out["native_median_ms"], 2)
     return out
 
 
@@ -114,12 +91,6 @@ def main() -> None:
     ap.add_argument("--fit-rows", type=int, default=1_000_000)
     ap.add_argument("--probe-rows", type=int, default=200_000)
     ap.add_argument("--max-fit-s", type=float, default=120.0)
-    ap.add_argument(
-        "--checkpoint",
-        default=None,
-        help="also time the forest walk of this GBT-ensemble checkpoint (e.g. "
-        "models/trajlib-lr-v6/checkpoint: 2,500 trees in one merged walk per decision)",
-    )
     args = ap.parse_args()
 
     X, T, groups = synth(20_000)
@@ -133,25 +104,6 @@ def main() -> None:
             flush=True,
         )
     result["decide_latency"] = lat
-    fw = lat["gbt"]["forest_walk"]
-    print(
-        f"gbt forest walk ({fw['n_trees']} trees): native {fw['native_median_ms']:.4f} ms, "
-        f"numpy {fw['numpy_median_ms']:.4f} ms ({fw['numpy_over_native']}x)",
-        flush=True,
-    )
-    if args.checkpoint:
-        ctl = load_controller(args.checkpoint).controller
-        merged = ctl._merged_forests(None)
-        if merged is None:
-            ap.error(f"--checkpoint {args.checkpoint}: not a GBT ensemble")
-        rows = np.random.default_rng(0).normal(size=(500, merged[0].feat.max() + 1))
-        rows[np.random.default_rng(1).random(rows.shape) < 0.1] = np.nan
-        fw = result["checkpoint_forest_walk"] = forest_walk_ms(merged[0], rows)
-        print(
-            f"checkpoint forest walk ({fw['n_trees']} trees): native {fw['native_median_ms']:.4f}"
-            f" ms, numpy {fw['numpy_median_ms']:.4f} ms ({fw['numpy_over_native']}x)",
-            flush=True,
-        )
 
     probe = gbt_fit_s(args.probe_rows)
     est = probe * args.fit_rows / args.probe_rows

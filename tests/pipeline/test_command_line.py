@@ -175,7 +175,6 @@ def test_collect_with_a_controller_behaviour_uses_the_checkpoint(tiny_checkpoint
 
 
 def test_doctor_reports_versions_and_whether_the_native_kernels_are_used(capsys):
-    from trajlib.controllers import _treewalk
     from trajlib.measure import _native
 
     assert main(["doctor", "--json"]) == 0
@@ -183,12 +182,10 @@ def test_doctor_reports_versions_and_whether_the_native_kernels_are_used(capsys)
     assert rep["versions"]["torch"] and rep["versions"]["trajlib"]
     assert rep["native_kernels"] is (_native.lib() is not None)
     assert rep["native_status"] == _native.status()
-    assert rep["native_forest_walk"] is (_treewalk.lib() is not None)
-    assert rep["native_forest_status"] == _treewalk.status()
     assert "native_hooks" not in rep  # the probe's C hooks are gone: Python hooks only
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
-    assert "native kernels" in out and "forest walk" in out
+    assert "native kernels" in out
 
 
 @pytest.mark.parametrize(

@@ -253,7 +253,6 @@ def doctor_report() -> dict[str, Any]:
 
     import torch
 
-    from trajlib.controllers import _treewalk
     from trajlib.measure import _native
 
     versions: dict[str, str | None] = {}
@@ -280,8 +279,6 @@ def doctor_report() -> dict[str, Any]:
         "native_kernels": lib is not None,
         "native_status": _native.status(),
         "native_load_s": round(time.perf_counter() - t0, 3),
-        "native_forest_walk": _treewalk.lib() is not None,
-        "native_forest_status": _treewalk.status(),
     }
 
 
@@ -297,8 +294,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"cuda           {', '.join(rep['cuda']) or 'no GPU visible'}")
     state = "used" if rep["native_kernels"] else "NOT used (PyTorch fallback: same numbers, slower)"
     print(f"native kernels {state}: {rep['native_status']}")
-    state = "used" if rep["native_forest_walk"] else "NOT used (NumPy walk: same numbers, slower)"
-    print(f"forest walk    {state}: {rep['native_forest_status']}")
     return 0
 
 

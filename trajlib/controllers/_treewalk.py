@@ -10,24 +10,15 @@ one gather per tree level.
 The split rule reproduces LightGBM's ``NumericalDecision``: NaN becomes 0 unless the node's
 ``missing_type`` is ``NaN``; a *missing* value (NaN for ``NaN`` nodes, |x| <= 1e-35 for ``Zero``
 nodes) goes to ``default_left``; otherwise ``x <= threshold`` goes left.
-
-Where the native library builds (:mod:`trajlib._native`), ``forest_walk.c`` walks each tree from
-its root instead, touching only the nodes on the row's path: the same sums in the same order, so
-bit for bit the NumPy walk's results (tested), at a fraction of the cost on large ensembles
-(``tests/benchmarks/bench_controllers.py`` reports both). ``TRAJLIB_NATIVE=0`` keeps NumPy.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trajlib._native import I, NativeLibrary, P
 from trajlib.errors import CheckpointError
 
 __all__ = ["Forests"]
@@ -37,36 +28,6 @@ _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
 # _MISS_TABLE[missing_type * 3 + value_state] -> value is "missing" at that node,
 # value_state: 0 normal, 1 zero, 2 NaN.
 _MISS_TABLE = np.array([False, False, False, False, True, True, False, False, True])
-
-#: the C walk's split node (``tl_node`` in forest_walk.c): 24 bytes, no padding
-_NODE = np.dtype(
-    [
-        ("thr", np.float64),
-        ("feat", np.int32),
-        ("left", np.int32),
-        ("right", np.int32),
-        ("flags", np.int32),
-    ]
-)
-assert _NODE.itemsize == 24
-
-_LIBRARY = NativeLibrary(
-    Path(__file__).with_name("forest_walk.c"),
-    # no reassociation: each output must be the NumPy walk's sum, in its order
-    ("-std=c99", "-O2", "-fPIC", "-shared"),
-    {"tl_forest": (I, P, P, P, P, P, I, P)},
-)
-
-
-@functools.cache
-def lib() -> ctypes.PyDLL | None:
-    """The compiled forest walk (built on first call), or None (:func:`status` says why)."""
-    return _LIBRARY.load()
-
-
-def status() -> str:
-    """Why the native forest walk is or is not used (after :func:`lib` was called)."""
-    return _LIBRARY.status
 
 
 class Forests:
@@ -179,44 +140,7 @@ class Forests:
         return out
 
     def predict_one(self, x: np.ndarray) -> np.ndarray:
-        """``[n_outputs]`` raw scores for one row ``x`` of shape ``[n_features]`` (float64): by
-        the native walk where it builds, else by :meth:`predict_one_numpy` (the same bits)."""
-        call = self.__dict__.get("_native_call")
-        if call is None:
-            call = self._native_call = self._bind_native()
-        if call is False:
-            return self.predict_one_numpy(x)
-        fn, args = call
-        row = np.ascontiguousarray(x, dtype=np.float64)
-        out = np.empty(self.n_outputs, dtype=np.float64)
-        fn(*args, row.ctypes.data, self.n_outputs, out.ctypes.data)
-        return out
-
-    def _bind_native(self) -> Any:
-        """The native walk and its fixed arguments (the node table's addresses), or False."""
-        so = lib()
-        if so is None:
-            return False
-        n = self.n_split
-
-        def child(ids: np.ndarray) -> np.ndarray:  # a split node's id, or ~leaf for a leaf
-            return np.where(ids < n, ids, ~(ids - n)).astype(np.int32)
-
-        nodes = np.zeros(n, dtype=_NODE)
-        nodes["thr"], nodes["feat"] = self.thr, self.feat
-        nodes["left"], nodes["right"] = child(self.left), child(self.right)
-        nodes["flags"] = self.default_left.astype(np.int32) | (self.mtype3 // 3 << 1)
-        roots = child(self.roots)
-        owner = np.ascontiguousarray(self.owner, dtype=np.int64)
-        leaf_value = np.ascontiguousarray(self.value[n:], dtype=np.float64)
-        # alive as long as the forests: the library reads them by address
-        self._c_arrays = (nodes, roots, owner, leaf_value)
-        addr = (roots.ctypes.data, owner.ctypes.data, nodes.ctypes.data, leaf_value.ctypes.data)
-        return so.tl_forest, (self.n_trees, *addr)
-
-    def predict_one_numpy(self, x: np.ndarray) -> np.ndarray:
-        """:meth:`predict_one` by NumPy: every split tested at once, then all trees walked
-        together (the reference of the native walk)."""
+        """``[n_outputs]`` raw scores for one row ``x`` of shape ``[n_features]`` (float64)."""
         nan = np.isnan(x)
         if nan.any() or (np.abs(x) <= _K_ZERO).any():
             x0 = np.where(nan, 0.0, x)

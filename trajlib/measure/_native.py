@@ -8,9 +8,10 @@ keeping u. On small CPU models the chain of eager torch operations costs more in
 arithmetic; one C pass per layer does not (figures: ``tests/benchmarks/bench_deploy.py``, which
 reports both backends side by side).
 
-The library is built by :class:`trajlib._native.NativeLibrary` (compiled on first use, cached, keyed
-by the source, the flags and the CPU). Without a compiler, or with ``TRAJLIB_NATIVE=0``, :func:`lib`
-returns ``None`` and :func:`trajlib.measure.layer_sums` picks the torch backend: the numbers agree to
+The library is compiled on first use with the C compiler found on the machine (``$CC``, ``cc`` or
+``gcc``), cached under ``$TRAJLIB_CACHE`` (default ``~/.cache/trajlib``) and keyed by the source,
+the flags and the CPU. Without a compiler, or with ``TRAJLIB_NATIVE=0``, :func:`lib` returns
+``None`` and :func:`trajlib.measure.layer_sums` picks the torch backend: the numbers agree to
 float32 rounding (tested), only the speed differs. ``tl_record`` (the collector's per-step record of
 a population) and ``tl_step_stats`` (:func:`trajlib.measure.step_stats`) live in the same library.
 """
@@ -19,19 +20,25 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import logging
-from collections.abc import Callable, Sequence
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from trajlib._native import I, NativeLibrary, P
-
 __all__ = ["NativeSums", "lib", "native_ok", "ptrs", "status"]
 
 _log = logging.getLogger(__name__)
+_SOURCE = Path(__file__).with_name("layer_sums.c")
 _FLAGS = (
     "-std=c99",
     "-O3",
@@ -44,25 +51,116 @@ _FLAGS = (
     "-fno-signed-zeros",
     "-fno-trapping-math",
 )
+_LIBS = ("-lm",)  # after the source: libm for sqrt where the compiler does not inline it
+_STATUS = "not loaded"
 _T = TypeVar("_T")
 
-_P, _I = P, I
-_LIBRARY = NativeLibrary(
-    Path(__file__).with_name("layer_sums.c"),
-    _FLAGS,
-    {
-        "tl_record": (_I, _P, _P, _P, _P, _P, _P, _P, _I, _P, _P),
-        "tl_grad": (_I, _P, _P, _P, ctypes.c_int, _P),
-        "tl_weights": (_I, _P, _P, _P, _P),
-        "tl_pre": (_I, _P, _P, _P, _P, _P, ctypes.c_int, _P),
-        "tl_update": (_I, _P, _P, _P, _P, ctypes.c_int, _P),
-        "tl_step_stats": (_I, _I, _I, _P, _P, _P, _P, _P, _P),
-    },
-)
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_SIGNATURES = {
+    "tl_record": (_I, _P, _P, _P, _P, _P, _P, _P, _I, _P, _P),
+    "tl_grad": (_I, _P, _P, _P, ctypes.c_int, _P),
+    "tl_weights": (_I, _P, _P, _P, _P),
+    "tl_pre": (_I, _P, _P, _P, _P, _P, ctypes.c_int, _P),
+    "tl_update": (_I, _P, _P, _P, _P, ctypes.c_int, _P),
+    "tl_step_stats": (_I, _I, _I, _P, _P, _P, _P, _P, _P),
+}
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the CPU model and its feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+    return "\n".join(sorted(set(keep)))
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("TRAJLIB_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "trajlib"
+
+
+def _compile(cc: str, flags: tuple[str, ...], out: Path, source: Path = _SOURCE) -> bool:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        r = subprocess.run(
+            [cc, *flags, "-o", tmp, str(source), *_LIBS],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if r.returncode != 0:
+            _log.debug("native kernels: %s failed: %s", cc, r.stderr.strip()[-2000:])
+            return False
+        os.replace(tmp, out)  # atomic: concurrent workers may compile at the same time
+        return True
+    except (OSError, subprocess.SubprocessError) as e:
+        _log.debug("native kernels: %s", e)
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _unavailable() -> str | None:
+    """Why nothing native can be built here, or None."""
+    if os.environ.get("TRAJLIB_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return "disabled (TRAJLIB_NATIVE=0)"
+    if sys.platform == "win32":
+        return "unavailable on Windows"
+    return None
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _candidates(cc: str, source: Path, stem: str) -> Iterator[Path]:
+    """Compiled builds of ``source`` to try loading, in order: with ``-march=native`` first, then
+    without; in the cache, then in a temporary folder. Each is keyed by every input of the build
+    (the sources, flags, CPU and compiler) and compiled on demand."""
+    src = source.read_bytes()
+    for flags in ((*_FLAGS, "-march=native"), _FLAGS):
+        key = hashlib.sha256(
+            b"\0".join([src, " ".join((*flags, *_LIBS)).encode(), _cpu_id().encode(), cc.encode()])
+        ).hexdigest()[:16]
+        for d in (_cache_dir(), Path(tempfile.gettempdir()) / f"trajlib-{os.getuid()}"):
+            path = d / f"{stem}-{platform.machine()}-{key}.so"
+            if path.exists() or _compile(cc, flags, path, source):
+                yield path
 
 
 def _load() -> ctypes.PyDLL | None:
-    return _LIBRARY.load()
+    global _STATUS
+    why = _unavailable()
+    if why:
+        _STATUS = why
+        return None
+    cc = _compiler()
+    if not cc:
+        _STATUS = "no C compiler found ($CC, cc, gcc)"
+        return None
+    for path in _candidates(cc, _SOURCE, "layer_sums"):
+        try:
+            so = ctypes.PyDLL(str(path))  # keeps the GIL: calls are microseconds
+        except OSError as e:
+            _log.debug("native kernels: %s", e)
+            continue
+        for name, argtypes in _SIGNATURES.items():
+            fn = getattr(so, name)
+            fn.argtypes = argtypes
+            fn.restype = None
+        _STATUS = f"loaded {path}"
+        return so
+    _STATUS = f"compiling {_SOURCE.name} with {cc} failed (set TRAJLIB_NATIVE=0 to skip)"
+    return None
 
 
 def _logged(obj: _T, what: str, why: Callable[[], str]) -> _T:
@@ -79,7 +177,7 @@ def lib() -> ctypes.PyDLL | None:
 
 def status() -> str:
     """Why the kernels are or are not used (after :func:`lib` was called)."""
-    return _LIBRARY.status
+    return _STATUS
 
 
 def ptrs(values: list[int]) -> np.ndarray:

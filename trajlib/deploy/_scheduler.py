@@ -347,6 +347,9 @@ class ControllerScheduler(LRScheduler):
         self._nan_ok = np.array(
             [nan_frac.get(n, 1.0) > 0 for n in self.loaded.feature_names], dtype=bool
         )
+        self._nan_ok_list = self._nan_ok.tolist()
+        self._none_bad = np.zeros(len(self._nan_ok_list), dtype=bool)
+        self._none_bad.flags.writeable = False
         cols = {getattr(p, "col", None) for f in fs.features for p in f.requires()}
         self._dots = bool(cols & {"grad_cos", "update_cos"})
         lr_bounds = self._bounds.get("lr")
@@ -432,7 +435,12 @@ class ControllerScheduler(LRScheduler):
             self._probe.next_step = epoch  # the stride counts the controller's own steps
             self._rows = []
         groups = self.optimizer.param_groups
-        if epoch is not None or any(isinstance(g["lr"], torch.Tensor) for g in groups):
+        tensor_lr = False
+        for g in groups:  # (a loop, not any() over a generator: this runs every step)
+            if isinstance(g["lr"], torch.Tensor):
+                tensor_lr = True
+                break
+        if epoch is not None or tensor_lr:
             super()._update_lr(epoch)
             return
         # the usual step with float LRs: what torch's _update_lr does (next epoch, get_lr, write
@@ -893,6 +901,12 @@ class ControllerScheduler(LRScheduler):
     def _bad_features(self, x: np.ndarray) -> np.ndarray:
         """Which feature values the controller cannot take: non-finite where it never saw them
         so in training (a NaN it was trained with, e.g. no validation yet, is fine)."""
+        # the usual answer (nothing bad) in plain floats: a few NumPy calls on cold caches cost
+        # more than this loop over a few dozen values
+        if len(x) == len(self._nan_ok_list) and all(
+            v - v == 0.0 or (v != v and ok) for v, ok in zip(x.tolist(), self._nan_ok_list)
+        ):
+            return self._none_bad
         return ~np.isfinite(x) & ~(np.isnan(x) & self._nan_ok)
 
     def _decide_unit(self, ui: int, u: _Unit, step: int) -> None:
@@ -945,12 +959,13 @@ class ControllerScheduler(LRScheduler):
                 x, u.ctrl_state, only=self._only
             )
         v = np.asarray(values, dtype=np.float64).reshape(-1)
-        read = v if self._only is None or v.shape[0] != len(self.actions) else v[list(self._only)]
-        if v.shape[0] != len(self.actions) or not np.isfinite(read).all():
+        vals = v.tolist()  # the checks in plain floats (a handful of values)
+        read = range(len(vals)) if self._only is None else self._only  # the actions scored
+        if len(vals) != len(self.actions) or not all(vals[i] - vals[i] == 0.0 for i in read):
             self._hold("the controller's output is not finite")
             return
         sd = None if spread is None else np.asarray(spread, dtype=np.float64).reshape(-1)
-        if sd is not None and (sd.shape != v.shape or not np.isfinite(sd).all()):
+        if sd is not None and (sd.shape != v.shape or not all(e - e == 0.0 for e in sd.tolist())):
             self._hold("the controller's spread is not finite")
             return
         if isinstance(state, np.ndarray) and not np.isfinite(state).all():

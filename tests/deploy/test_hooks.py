@@ -349,3 +349,52 @@ def test_without_dots_the_cosines_are_nan_and_the_norms_unchanged(path, monkeypa
     assert torch.isnan(got[False][:, 3:]).all()
     assert torch.isfinite(got[True][1:, 3:]).all()
     torch.testing.assert_close(got[False][:, :3], got[True][:, :3])
+
+
+def test_the_native_one_pass_pre_equals_the_general_path(monkeypatch):
+    """The native backend's usual step (``NativeSums.pre_usual``: parameters in place, every
+    gradient there) gives the general path's sums bit for bit, and a step it does not take (a
+    missing gradient, moved parameters) falls through to the general path."""
+    require_native()
+    real = _native.NativeSums.pre_usual
+
+    def run(one_pass: bool) -> tuple[list[list[float]], int]:
+        torch.manual_seed(0)
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        probe = StepProbe(opt, backend="native")
+        usual_steps = 0
+        if one_pass:
+
+            def counting(self, params):
+                nonlocal usual_steps
+                took = real(self, params)
+                usual_steps += took
+                return took
+
+            monkeypatch.setattr(_native.NativeSums, "pre_usual", counting)
+        else:
+            monkeypatch.setattr(_native.NativeSums, "pre_usual", lambda self, params: False)
+        rows = []
+        for t in range(6):
+            x, y = batch(t)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            if t == 2:
+                model[2].bias.grad = None  # missing: the general path
+            if t == 4:
+                with torch.no_grad():
+                    model[0].weight.data = model[0].weight.data.clone()  # moved: re-pointed
+            opt.step()
+            stats, present = probe.take()
+            rows.append(stats.reshape(-1).tolist() + ([] if present is None else present.tolist()))
+        assert probe.errors == 0
+        return rows, usual_steps
+
+    general, _ = run(one_pass=False)
+    fast, usual_steps = run(one_pass=True)
+    assert len(fast) == len(general)
+    for a, b in zip(fast, general):
+        np.testing.assert_array_equal(np.array(a), np.array(b))  # NaN where NaN
+    # every step but the first (the layout is built), the missing gradient and the moved weights
+    assert usual_steps == 3

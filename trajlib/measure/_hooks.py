@@ -123,7 +123,6 @@ class StepProbe:
         self._group_lists: list[Any] = []
         self._params: list[torch.Tensor] = []
         self._sums: LayerSums | None = None
-        self._usual: Any = None  # the backend's one-pass pre for the usual step, if it has one
         self._present_cache: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
         self._index = 0  # the step in flight (takes so far)
         self._skip = False  # the step in flight is left out by the stride
@@ -174,13 +173,10 @@ class StepProbe:
         self.layout_version += 1
         self._present_cache = {}
         self._sums = None
-        self._usual = None
         if self._params:
             from trajlib.measure import layer_sums
 
             self._sums = layer_sums(self._params, dots=self.dots, backend=self.backend)
-            # the native backend's one-pass pre for the usual step (no grad-mode switch)
-            self._usual = getattr(self._sums, "pre_usual", None)
 
     def _grads(self) -> list[torch.Tensor | None]:
         grads = [p.grad for p in self._params]
@@ -194,15 +190,6 @@ class StepProbe:
             self._skip = not is_measured(self._index, self.stats_every, self.dots)
             if self._skip:
                 return None
-        usual = self._usual
-        if usual is not None and len(args) == 1 and not kwargs:  # no closure
-            try:
-                if not self._layout_changed() and usual(self._params):
-                    self._missing = []
-                    self._armed = True
-                    return None
-            except Exception:  # noqa: BLE001 - the general path below decides (and counts)
-                pass
         grad_mode = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)  # cheaper than torch.no_grad() per call
         try:
@@ -262,13 +249,6 @@ class StepProbe:
         if not self._armed:
             return
         self._armed = False
-        if self._usual is not None and not self._missing:  # native: no autograd state touched
-            try:
-                self._pending = (self._sums.post(self._params), None)  # type: ignore[union-attr]
-                self.steps_seen += 1
-            except Exception:  # noqa: BLE001
-                self._failed()
-            return
         grad_mode = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:

@@ -259,26 +259,6 @@ class NativeSums:
             self._w[:] = w
         return True
 
-    def pre_usual(self, params: Sequence[torch.Tensor]) -> bool:
-        """:meth:`pre` for the usual step in one pass — every parameter where the address table
-        says and every gradient there, float32 and contiguous — returning True; False (nothing
-        done) for any other step, which then takes :meth:`usable` and :meth:`pre`. Touches no
-        autograd state (no grad-mode switch needed)."""
-        if [p.data_ptr() for p in params] != self._wptrs:
-            return False
-        grads: list[Any] = [p.grad for p in params]
-        try:
-            addr = [g.data_ptr() for g in grads if g.is_contiguous() and g.dtype is torch.float32]
-        except AttributeError:  # a missing gradient
-            return False
-        if len(addr) != len(grads):
-            return False
-        self._g[:] = addr
-        n, w, g, gbuf, wbuf, _ = self._addr
-        out = self._new_out()
-        self._lib.tl_pre(self.n_layers, n, w, g, wbuf, gbuf, int(self._has_prev), out)
-        return True
-
     def _new_out(self) -> int:
         """This step's ``[5, L]`` output (rows of a chunk allocated every ``_OUT_CHUNK`` steps;
         a chunk lives while anyone holds one of its rows); returns its address."""

@@ -235,8 +235,6 @@ class EnsembleController(Controller):
                 forests += [m.action_forests_[int(a)] for a in acts]
                 parts.append((base, acts))
             merged = (Forests.concat(forests), parts)
-            py = self.__dict__.setdefault("_merged_py_", {})
-            py[only] = [(b.tolist(), a.tolist()) for b, a in parts]
         cache[only] = merged
         return merged
 
@@ -254,8 +252,11 @@ class EnsembleController(Controller):
             forests, parts = merged
             sums = forests.predict_one(z).tolist()
             # each member's values in plain floats (a handful: NumPy's per-call cost dominates)
+            py = self.__dict__.setdefault("_merged_py_", {})
+            if only not in py:
+                py[only] = [(b.tolist(), a.tolist()) for b, a in parts]
             rows, at = [], 0
-            for base, acts in self.__dict__["_merged_py_"][only]:
+            for base, acts in py[only]:
                 v = list(base)
                 for a in acts:
                     v[a] = sums[at]

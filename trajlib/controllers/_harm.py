@@ -89,16 +89,17 @@ class HarmRule:
         if zs is not None and len(zs) != n:
             raise ConfigError("decision_rule", f"z_by_action of {(n,)} actions", zs)
         z = [self.z] * n if zs is None else [math.inf if v is None else float(v) for v in zs]
+        means = m.tolist()
         lbs = []
-        for i, (mi, si, zi) in enumerate(zip(m.tolist(), sd.tolist(), z)):
+        for i, (mi, si, zi) in enumerate(zip(means, sd.tolist(), z, strict=True)):
             lb = -math.inf if i == keep or zi == math.inf else mi - zi * si
             lbs.append(-math.inf if lb != lb else lb)  # NaN (an action not scored): never
         best = max(range(n), key=lbs.__getitem__)
         a = best if lbs[best] > self.margin else keep
-        scored = [i for i, v in enumerate(m.tolist()) if v == v]
+        scored = [i for i, v in enumerate(means) if v == v]
         if not scored:
             raise ValueError("HarmRule.choose: every action's mean is NaN")
-        plain = max(scored, key=lambda i: m[i])
+        plain = max(scored, key=means.__getitem__)
         return a, a == keep and plain != keep
 
     def to_dict(self) -> dict[str, Any]:

@@ -233,7 +233,7 @@ class EnsembleController(Controller):
                 base = m.base_values_.copy()
                 base[np.setdiff1d(m.model_actions_, acts)] = np.nan  # not scored
                 forests += [m.action_forests_[int(a)] for a in acts]
-                parts.append((base, acts))
+                parts.append((base.tolist(), acts.tolist()))  # plain: read once per decision
             merged = (Forests.concat(forests), parts)
         cache[only] = merged
         return merged
@@ -252,11 +252,8 @@ class EnsembleController(Controller):
             forests, parts = merged
             sums = forests.predict_one(z).tolist()
             # each member's values in plain floats (a handful: NumPy's per-call cost dominates)
-            py = self.__dict__.setdefault("_merged_py_", {})
-            if only not in py:
-                py[only] = [(b.tolist(), a.tolist()) for b, a in parts]
             rows, at = [], 0
-            for base, acts in py[only]:
+            for base, acts in parts:
                 v = list(base)
                 for a in acts:
                     v[a] = sums[at]
@@ -346,8 +343,9 @@ class EnsembleController(Controller):
         return ctl
 
 
-#: the members' forests as one node table and each member's (base values, modelled actions)
-_Merged = tuple[Forests, list[tuple[np.ndarray, np.ndarray]]]
+#: the members' forests as one node table and each member's (base values, modelled actions),
+#: as plain lists
+_Merged = tuple[Forests, list[tuple[list[float], list[int]]]]
 
 
 def _mean_std_rows(rows: list[list[float]]) -> tuple[list[float], list[float]]:

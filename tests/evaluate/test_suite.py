@@ -23,6 +23,7 @@ from trajlib.evaluate.suite import (
     STARTS,
     ResultCache,
     checkpoint_hash,
+    controller_code_hash,
     get_family,
     plan_jobs,
     run_one,
@@ -212,23 +213,51 @@ def test_controller_with_lookahead_charges_its_compute(tmp_path: Path) -> None:
     # lookahead runs are cached apart from plain controller runs of the same checkpoint
     jobs = plan_jobs(["vae-digits"], [0], checkpoint=CKPT, lookahead=(1, 5), budget=120)
     hashes = {j.ckpt_hash for j in jobs if j.method == "controller"}
-    assert hashes == {checkpoint_hash(CKPT) + "+la1x5+guard0.5w2r0.25x2g"}
+    code = "+code" + controller_code_hash()
+    assert hashes == {checkpoint_hash(CKPT) + "+la1x5+guard0.5w2r0.25x2g" + code}
 
 
 def test_the_guard_setting_is_in_the_cache_key() -> None:
     """Runs with the scheduler's raise guard (the default), with it undoing raises without
-    rollback, and without it are cached apart; without it the key is the one before it existed."""
-    h = checkpoint_hash(CKPT)
+    rollback, and without it are cached apart (each key ends with the controller code's hash)."""
+    h, code = checkpoint_hash(CKPT), "+code" + controller_code_hash()
 
     def keys(**kw: object) -> set[str]:
         jobs = plan_jobs(["vae-digits"], [0], checkpoint=CKPT, budget=60, **kw)  # type: ignore[arg-type]
         return {j.ckpt_hash for j in jobs if j.method == "controller"}
 
-    assert keys() == {h + "+guard0.5w2r0.25x2g"}
-    assert keys(guard=0.25, rollback=False) == {h + "+revert0.25w2r0.25x2g"}
-    assert keys(guard=None) == {h}
+    assert keys() == {h + "+guard0.5w2r0.25x2g" + code}
+    assert keys(guard=0.25, rollback=False) == {h + "+revert0.25w2r0.25x2g" + code}
+    assert keys(guard=None) == {h + code}
     row = run_one(get_family("vae-digits"), "controller", 1.0, 0, checkpoint=CKPT, budget=60)
     assert row["status"] == "ok" and row["guard_reverts"] >= 0 and row["guard_rescues"] == 0
+
+
+def test_the_controller_code_is_in_the_cache_key(tmp_path: Path) -> None:
+    """A change to the code a controller run executes changes its key (the runs are recomputed,
+    not reused stale); a change elsewhere (the report, the CLI) does not."""
+    import trajlib
+    from trajlib.evaluate.suite._runner import code_hash
+
+    root = tmp_path / "trajlib"
+    shutil.copytree(
+        Path(trajlib.__file__).parent, root, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    before = code_hash(root)
+    assert before == controller_code_hash()
+    (root / "evaluate" / "suite" / "_report.py").write_text("# another report\n")
+    (root / "cli" / "extra.py").write_text("x = 1\n")
+    assert code_hash(root) == before
+    sched = root / "deploy" / "_scheduler.py"
+    sched.write_text(sched.read_text() + "\n# a change to the scheduler\n")
+    assert code_hash(root) != before
+    sched.unlink()
+    assert code_hash(root) != before
+    c = root / "measure" / "layer_sums.c"
+    shutil.copytree(Path(trajlib.__file__).parent / "deploy", root / "deploy", dirs_exist_ok=True)
+    assert code_hash(root) == before
+    c.write_text(c.read_text().replace("#define CHUNK 256", "#define CHUNK 128"))
+    assert code_hash(root) != before
 
 
 def test_lookahead_settings_and_their_cache_keys() -> None:

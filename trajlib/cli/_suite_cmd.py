@@ -23,7 +23,9 @@ def add_suite_command(sub: Any) -> None:
     p.add_argument("--workers", type=_positive_int, default=1, help="processes")
     p.add_argument("--out", default="runs/suite", help="report directory")
     p.add_argument("--cache", help="result cache directory (default: OUT/cache); share it "
-                   "between checkpoints to compute the baselines once")  # fmt: skip
+                   "between checkpoints to compute the baselines once (a controller run is "
+                   "keyed by the checkpoint's and the controller code's content hashes: a code "
+                   "change recomputes it)")  # fmt: skip
     p.add_argument("--families", type=_csv,
                    help="comma-separated families of any set (default: every family of --set)")  # fmt: skip
     p.add_argument("--set", dest="family_set", choices=("suite", "fresh"), default="suite",

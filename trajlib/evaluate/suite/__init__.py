@@ -62,6 +62,7 @@ from trajlib.evaluate.suite._runner import (
     Job,
     ResultCache,
     checkpoint_hash,
+    controller_code_hash,
     plan_jobs,
     run_jobs,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "SuiteResult",
     "bootstrap_median",
     "checkpoint_hash",
+    "controller_code_hash",
     "families_markdown",
     "get_family",
     "pairs",

@@ -1,20 +1,24 @@
 """The suite's runs: which ones, a process pool, and a parquet result cache shared across checkpoints.
 
 Per family and seed: the controller from each start (÷10, default, ×10) with and without
-validation reports (6 runs); cosine on an 8-LR log grid ``default x 10^(k/3)``, ``k = -4..3``
-(0.046x .. 10x: it holds the three starts, so "cosine at the same start" is a grid point and the
-tuned cosine — the grid point with the lowest final validation loss, scored on test — costs no
-extra runs); schedule-free from each start (3 runs). 17 runs per family and seed.
+validation reports (6 runs); cosine on the 9-LR log grid :data:`GRID` (``default x 10^(k/3)``,
+``k = -3..5``: 0.1x .. 46x; it holds the three starts, so "cosine at the same start" is a grid
+point and the tuned cosine — the grid point with the lowest final validation loss, scored on test —
+costs no extra runs); schedule-free from each start (3 runs). 18 runs per family and seed.
 
 The cache is a directory of parquet files, one row per run, keyed by family (and its settings'
-fingerprint), method, start, seed, ``with_val``, budget and the checkpoint's content hash (empty
-for baselines, so they are computed once and reused by every controller evaluated against the
-same cache). Results are flushed as they arrive: a stopped suite resumes where it stopped.
+fingerprint), method, start, seed, ``with_val``, budget and, for controller runs, the
+checkpoint's content hash, the scheduler's settings and the content hash of the code a controller
+run executes (:func:`controller_code_hash`: the scheduler, probe, features and controllers), so a
+change to that code recomputes the controller runs instead of reusing stale ones. The key of a
+baseline has no checkpoint: baselines are computed once and reused by every controller evaluated
+against the same cache. Results are flushed as they arrive: a stopped suite resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
 import math
 import multiprocessing as mp
@@ -39,6 +43,7 @@ __all__ = [
     "Job",
     "ResultCache",
     "checkpoint_hash",
+    "controller_code_hash",
     "plan_jobs",
     "run_jobs",
 ]
@@ -61,6 +66,32 @@ def checkpoint_hash(path: str | Path) -> str:
     for f in sorted(p for p in d.rglob("*") if p.is_file()):
         h.update(f.relative_to(d).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
+
+
+#: What a controller run executes beyond the family's loop and its checkpoint (trajlib-relative):
+#: the scheduler and lookahead, the step probe and its kernels, the online features, the
+#: controllers and their decision rule, and the hyperparameter space (moves, base schedules).
+_CONTROLLER_CODE = ("deploy", "measure", "features", "controllers", "space.py", "optim_hp.py")
+
+
+def code_hash(root: str | Path) -> str:
+    """sha256 over the sources of :data:`_CONTROLLER_CODE` under package ``root`` (``.py`` and
+    ``.c`` files, names and bytes), first 12 hex digits."""
+    root = Path(root)
+    files: list[Path] = []
+    for name in _CONTROLLER_CODE:
+        p = root / name
+        files += [p] if p.is_file() else [f for f in p.rglob("*") if f.suffix in (".py", ".c")]
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+@functools.cache
+def controller_code_hash() -> str:
+    """:func:`code_hash` of this trajlib: part of a controller run's cache key."""
+    return code_hash(Path(__file__).resolve().parents[2])
 
 
 def start_label(start: float) -> str:
@@ -105,7 +136,7 @@ def plan_jobs(
     lookahead (its cache key is the checkpoint hash + ``+`` + :meth:`LookaheadSetting.tag`);
     ``guard`` / ``rollback`` are the scheduler's raise guard (the key gets ``+guard<tol>w<windows>``,
     or ``+revert<tol>w<windows>`` without rollback, then ``r<tol>x<windows>`` for the relapse watch;
-    none when the guard is off, as before it existed)."""
+    none when the guard is off), then ``+code<hash>`` (:func:`controller_code_hash`)."""
     lookahead = LookaheadSetting.of(lookahead)
     fams = select_families(families)
     ck = str(checkpoint) if checkpoint is not None else ""
@@ -115,6 +146,8 @@ def plan_jobs(
     if h and guard is not None:
         h += f"+{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
         h += f"r{RELAPSE_TOL:g}x{RELAPSE_WINDOWS}g"  # g: tolerance of max(|best|, gain)
+    if h:
+        h += f"+code{controller_code_hash()}"
     jobs = []
     for f in fams:
         b = int(budget or f.budget)

@@ -310,6 +310,33 @@ def test_a_relapse_after_the_trial_is_undone_and_rolled_back(tiny_checkpoint: Pa
     assert ev["decisions"] == (STEPS - 1) // every  # the undo is the decision of its step
 
 
+def test_a_non_finite_loss_after_the_trial_undoes_the_raise_at_once(tiny_checkpoint: Path) -> None:
+    """A raise passes its trial, the run goes on at the raised LR, then its loss turns non-finite
+    (a run that diverges late): the first window with it undoes the raise and rolls the weights
+    back to the raise's copy, instead of holding a diverged run to its end."""
+    ckpt = _raise_once(tiny_checkpoint)
+    every = ckpt.every
+    seen: dict[int, Any] = {}
+
+    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
+        seen[t] = ({k: v.clone() for k, v in m.state_dict().items()}, s.mult)
+
+    bad = 4 * every + 3  # one non-finite loss, in the window after the trial passed
+    with pytest.warns(RuntimeWarning, match="non-finite after an LR raise had passed its trial"):
+        sched = run(ckpt, lambda t, v: math.inf if t == bad else 1.0 / (1 + t), at_decision=grab)
+    ev = sched.events
+    assert ev["guard_reverts"] == 0 and ev["guard_relapses"] == 1
+    assert seen[4 * every][1] > 1.0 and seen[5 * every][1] == 1.0  # undone at that window's end
+    assert ev["guard_rollbacks"] == 1 and ev["guard_rolled_back_steps"] == 4 * every
+    weights, _ = seen[5 * every]
+    assert all(torch.equal(v, weights[k]) for k, v in seen[every][0].items())
+    assert sched.mult == 1.0  # capped where it was before the raise
+    # without a raise that passed its trial, a non-finite loss is not the controller's to undo
+    keep = with_policy(load_controller(tiny_checkpoint), lambda x: ckpt.action_space.keep_index)
+    held = run(keep, lambda t, v: math.inf if t == bad else 1.0 / (1 + t))
+    assert held.events["guard_relapses"] == 0 and held.events["guard_rollbacks"] == 0
+
+
 def test_a_relapse_needs_two_windows_clearly_worse(tiny_checkpoint: Path) -> None:
     """20 % above the best window (inside the 25 % tolerance) for good, or 10x for one window
     only: no relapse. Without rollback a relapse is undone without restoring weights."""

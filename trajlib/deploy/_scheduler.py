@@ -48,7 +48,8 @@ GUARD_WINDOWS = 2
 #: the run gained since the raise (a loss near its floor is not judged on noise), the run has
 #: relapsed at the raised LR (a network drifting back to chance, a loss that doubles after
 #: improving for a while): the raise is undone and, with rollback, the weights and optimizer state
-#: go back to the raise's copy, which is kept until the next raise for that.
+#: go back to the raise's copy, which is kept until the next raise for that. A window with a
+#: non-finite training loss undoes such a raise at once (a run that diverges late at the raised LR).
 RELAPSE_TOL = 0.25
 RELAPSE_WINDOWS = 2
 #: The counters of ``ControllerScheduler.events``.
@@ -206,8 +207,9 @@ class ControllerScheduler(LRScheduler):
     window's decision is a revert: the multiplier goes back, and no later raise goes above it. With
     ``rollback`` (the default) the weights and optimizer state (and ``model``'s buffers, when given)
     go back to those of the raise too: a raise into divergence costs ``every`` steps of training,
-    not the run. The copy is taken only at a raise and dropped once the raise has passed its trial
-    (or a new raise starts another). The start is on trial too: a copy of the initial parameters is
+    not the run. A raise that passed its trial is watched until the next raise (``RELAPSE_TOL``):
+    a relapse, or a non-finite training loss, undoes it and rolls back to its copy. The copy is
+    taken only at a raise and kept until the next raise. The start is on trial too: a copy of the initial parameters is
     kept until the first decision, and a loss that turns non-finite before it sends the run back to
     its start with the multiplier cut by the checkpoint's largest cut (capped there;
     ``events["guard_rescues"]``). Counted in ``events["guard_reverts"]``, ``["guard_rollbacks"]``,
@@ -831,7 +833,7 @@ class ControllerScheduler(LRScheduler):
         if self.guard is None:
             return False
         if trial is None:
-            return self._relapse(u, after, step)
+            return self._relapse(u, after, bad, step)
         before_mult, before, left, _ = trial
         if not bad and (after is None or after <= before + self.guard * abs(before)):
             if left > 1:  # judged again after the next window, from the same copy
@@ -863,28 +865,35 @@ class ControllerScheduler(LRScheduler):
         if copy is not None:  # the weights and optimizer state as they were at the raise
             self._roll_back(u, copy, step)
 
-    def _relapse(self, u: _Unit, after: float | None, step: int) -> bool:
+    def _relapse(self, u: _Unit, after: float | None, bad: bool, step: int) -> bool:
         """Judge the raise that passed its trial (``RELAPSE_TOL``): track the best window since
-        it; after ``RELAPSE_WINDOWS`` windows in a row clearly worse, undo it (and roll back to its
-        copy where one is kept) and return True (this decision is the undo)."""
-        if u.relapse is None or after is None or not math.isfinite(after):
+        it; after ``RELAPSE_WINDOWS`` windows in a row clearly worse, or at once when a loss of
+        the window (``bad``) was non-finite, undo it (and roll back to its copy where one is kept)
+        and return True (this decision is the undo)."""
+        if u.relapse is None:
             return False
         before_mult, best, ref = u.relapse
-        if after < best:
-            u.relapse, u.worse_windows = (before_mult, after, ref), 0
-            return False
-        worse = after > best + RELAPSE_TOL * max(abs(best), ref - best)
-        u.worse_windows = u.worse_windows + 1 if worse else 0
-        if u.worse_windows < RELAPSE_WINDOWS:
-            return False
+        if not bad:
+            if after is None or not math.isfinite(after):
+                return False
+            if after < best:
+                u.relapse, u.worse_windows = (before_mult, after, ref), 0
+                return False
+            worse = after > best + RELAPSE_TOL * max(abs(best), ref - best)
+            u.worse_windows = u.worse_windows + 1 if worse else 0
+            if u.worse_windows < RELAPSE_WINDOWS:
+                return False
         raised, kept, self._kept = u.mult, self._kept, None
         u.relapse, u.worse_windows = None, 0
         self._undo_raise(u, before_mult, kept, step, "guard_relapses")
+        key, what, why = "relapse_nonfinite", "a training loss turned non-finite", ""
+        if not bad:
+            key, what = "relapse", "the training loss relapsed"
+            why = f" (best window median {best:.4g} -> {after:.4g}, {RELAPSE_WINDOWS} windows in a row)"
         self._warn_once(
-            "relapse",
-            f"ControllerScheduler: the training loss relapsed after an LR raise had passed its "
-            f"trial (best window median {best:.4g} -> {after:.4g}, {RELAPSE_WINDOWS} windows in a "
-            f"row); the raise ({before_mult:.3g}x -> {raised:.3g}x) was undone at step {step}"
+            key,
+            f"ControllerScheduler: {what} after an LR raise had passed its trial{why}; the raise "
+            f"({before_mult:.3g}x -> {raised:.3g}x) was undone at step {step}"
             + (f", weights back to step {kept['step']}" if kept is not None else "")
             + " (events['guard_relapses'])",
         )

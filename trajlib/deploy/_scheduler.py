@@ -48,8 +48,8 @@ GUARD_WINDOWS = 2
 #: the run gained since the raise (a loss near its floor is not judged on noise), the run has
 #: relapsed at the raised LR (a network drifting back to chance, a loss that doubles after
 #: improving for a while): the raise is undone and, with rollback, the weights and optimizer state
-#: go back to the raise's copy, which is kept until the next raise for that. A window with a
-#: non-finite training loss undoes such a raise at once (a run that diverges late at the raised LR).
+#: go back to the raise's copy, which is kept until the next raise for that. A run whose training
+#: loss is non-finite at a decision (it diverged late at the raised LR) has it undone at once.
 RELAPSE_TOL = 0.25
 RELAPSE_WINDOWS = 2
 #: The counters of ``ControllerScheduler.events``.
@@ -208,12 +208,13 @@ class ControllerScheduler(LRScheduler):
     ``rollback`` (the default) the weights and optimizer state (and ``model``'s buffers, when given)
     go back to those of the raise too: a raise into divergence costs ``every`` steps of training,
     not the run. A raise that passed its trial is watched until the next raise (``RELAPSE_TOL``):
-    a relapse, or a non-finite training loss, undoes it and rolls back to its copy. The copy is
-    taken only at a raise and kept until the next raise. The start is on trial too: a copy of the initial parameters is
-    kept until the first decision, and a loss that turns non-finite before it sends the run back to
-    its start with the multiplier cut by the checkpoint's largest cut (capped there;
-    ``events["guard_rescues"]``). Counted in ``events["guard_reverts"]``, ``["guard_rollbacks"]``,
-    ``["guard_rolled_back_steps"]`` and ``["guard_capped"]``; the first revert and the first rescue
+    a relapse, or a training loss still non-finite at a decision, undoes it and rolls back to its
+    copy. The copy is taken only at a raise and kept until the next raise. The start is on trial
+    too: a copy of the initial parameters is kept until the first decision, and a loss that turns
+    non-finite before it sends the run back to its start with the multiplier cut by the
+    checkpoint's largest cut (capped there; ``events["guard_rescues"]``). Counted in
+    ``events["guard_reverts"]``, ``["guard_relapses"]``, ``["guard_rollbacks"]``,
+    ``["guard_rolled_back_steps"]`` and ``["guard_capped"]``; the first revert, relapse and rescue
     warn once.
 
     Safety: a non-finite feature that the controller never saw non-finite in training, a
@@ -319,6 +320,7 @@ class ControllerScheduler(LRScheduler):
         # the training losses since the last decision (the raise guard's window)
         self._window: list[float] = []
         self._window_bad = False
+        self._last_loss_bad = False  # the last training loss observed was not finite
         self._zero_loss_at: int | None = None  # the last step whose training loss was exactly 0
         self._skipped_before = 0  # events["skipped_steps"] at the last decision point
         # the first negative training loss (step, value): the loss features assume a loss >= 0
@@ -678,6 +680,9 @@ class ControllerScheduler(LRScheduler):
                 ((r.step, v) for r, v in zip(rows, losses) if v is not None and v < 0), None
             )
         self._window_bad = self._window_bad or not all(loss_ok)
+        last = next((v for v in reversed(losses) if v is not None), None)
+        if last is not None:
+            self._last_loss_bad = not math.isfinite(last)
         is_measured = [isinstance(r.stats, tuple) for r in rows]
         # a step left out by the feature set's stats_every: no statistics, finite unknown (None)
         strided = [r.stats is STRIDED for r in rows]
@@ -833,7 +838,8 @@ class ControllerScheduler(LRScheduler):
         if self.guard is None:
             return False
         if trial is None:
-            return self._relapse(u, after, bad, step)
+            # a run still non-finite at the decision diverged (not one bad batch): undone at once
+            return self._relapse(u, after, bad and self._last_loss_bad, step)
         before_mult, before, left, _ = trial
         if not bad and (after is None or after <= before + self.guard * abs(before)):
             if left > 1:  # judged again after the next window, from the same copy
@@ -867,8 +873,8 @@ class ControllerScheduler(LRScheduler):
 
     def _relapse(self, u: _Unit, after: float | None, bad: bool, step: int) -> bool:
         """Judge the raise that passed its trial (``RELAPSE_TOL``): track the best window since
-        it; after ``RELAPSE_WINDOWS`` windows in a row clearly worse, or at once when a loss of
-        the window (``bad``) was non-finite, undo it (and roll back to its copy where one is kept)
+        it; after ``RELAPSE_WINDOWS`` windows in a row clearly worse, or at once when the run
+        diverged (``bad``: a loss of the window and its last loss were non-finite), undo it (and roll back to its copy where one is kept)
         and return True (this decision is the undo)."""
         if u.relapse is None:
             return False
@@ -1090,6 +1096,7 @@ class ControllerScheduler(LRScheduler):
             "window": {
                 "losses": list(self._window),
                 "bad": self._window_bad,
+                "last_bad": self._last_loss_bad,
                 "stat": list(self._window_stat),
             },
             "actions_taken": [list(a) for a in self.actions_taken],
@@ -1161,6 +1168,7 @@ class ControllerScheduler(LRScheduler):
         self.actions_taken = [(int(a), int(b), int(c)) for a, b, c in t["actions_taken"]]
         w = t.get("window", {"losses": [], "bad": False, "stat": [-1, None, False]})
         self._window, self._window_bad = [float(v) for v in w["losses"]], bool(w["bad"])
+        self._last_loss_bad = bool(w.get("last_bad", False))
         st = w["stat"]
         self._window_stat = (int(st[0]), None if st[1] is None else float(st[1]), bool(st[2]))
         for g, hp in zip(self.optimizer.param_groups, t["hp"]):

@@ -874,8 +874,8 @@ class ControllerScheduler(LRScheduler):
     def _relapse(self, u: _Unit, after: float | None, bad: bool, step: int) -> bool:
         """Judge the raise that passed its trial (``RELAPSE_TOL``): track the best window since
         it; after ``RELAPSE_WINDOWS`` windows in a row clearly worse, or at once when the run
-        diverged (``bad``: a loss of the window and its last loss were non-finite), undo it (and roll back to its copy where one is kept)
-        and return True (this decision is the undo)."""
+        diverged (``bad``: a loss of the window and its last loss were non-finite), undo it (and
+        roll back to its copy where one is kept) and return True (this decision is the undo)."""
         if u.relapse is None:
             return False
         before_mult, best, ref = u.relapse

@@ -160,6 +160,7 @@ def test_report_numbers_match_the_result_table(tiny: tuple[Path, object]) -> Non
     rep = root / "report"
     md = (rep / "report.md").read_text()
     assert md.count("Targets met?") == 2 and "glu-friedman" in md
+    assert f"controller code `{controller_code_hash()}`" in md and "torch " in md
     for f in ("families.png", "heatmap.png", "summary.csv", "pairs.csv", "results.parquet"):
         assert (rep / f).stat().st_size > 0
     assert pl.read_csv(rep / "summary.csv").height == summ.height

@@ -203,6 +203,7 @@ def run_suite(
             out,
             checkpoint=str(checkpoint),
             ckpt_hash=checkpoint_hash(checkpoint),
+            code_hash=controller_code_hash(),
             seeds=seed_list,
             families_md=families_markdown(names),
             wall_s=wall,

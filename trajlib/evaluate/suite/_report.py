@@ -342,13 +342,19 @@ def write_suite_report(
     *,
     checkpoint: str = "",
     ckpt_hash: str = "",
+    code_hash: str = "",
     seeds: Sequence[int] = (),
     families_md: str = "",
     wall_s: float | None = None,
 ) -> Path:
     """``report.md``, ``summary.csv``, ``pairs.csv``, ``results.parquet``, ``families.png``,
-    ``heatmap.png`` in ``out``."""
+    ``heatmap.png`` in ``out``. The header names what the figures depend on: the checkpoint's
+    and the controller code's content hashes (``code_hash``), torch and the machine (runs are
+    not bit-identical across CPUs)."""
+    import platform
+
     import matplotlib
+    import torch
 
     matplotlib.use("Agg")
     from trajlib.evaluate.suite._loop import PENALTY
@@ -367,10 +373,11 @@ def write_suite_report(
         plot_heatmap(pr, out / "heatmap.png")
     md = [
         "# Held-out suite\n\n",
-        f"Controller: `{checkpoint}` (content hash `{ckpt_hash}`); seeds: "
-        f"{', '.join(map(str, seeds))}; starts: default LR ÷10, ×1, ×10"
+        f"Controller: `{checkpoint}` (content hash `{ckpt_hash}`"
+        + (f"; controller code `{code_hash}`" if code_hash else "")
+        + f"); seeds: {', '.join(map(str, seeds))}; starts: default LR ÷10, ×1, ×10"
         + (f"; wall time {wall_s:.0f} s" if wall_s is not None else "")
-        + ".\n\n",
+        + f"; torch {torch.__version__} on {platform.machine()} ({platform.system()}).\n\n",
         "Score: test loss at the end of the budget (diverged or crashed runs: "
         f"{PENALTY:g} × the untrained model's test loss). Ratio = controller / reference on the "
         "same seed (same initial weights and batches); win = strictly lower than cosine from the "

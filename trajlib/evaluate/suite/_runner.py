@@ -25,7 +25,7 @@ import multiprocessing as mp
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -62,10 +62,15 @@ def checkpoint_hash(path: str | Path) -> str:
     d = Path(path)
     if not d.is_dir() or not (d / "manifest.json").is_file():
         raise ConfigError("checkpoint", "a checkpoint directory holding manifest.json", str(path))
+    return _content_hash(d, (p for p in d.rglob("*") if p.is_file()))[:16]
+
+
+def _content_hash(root: Path, files: Iterable[Path]) -> str:
+    """sha256 over ``files`` in path order: each one's path relative to ``root`` and its bytes."""
     h = hashlib.sha256()
-    for f in sorted(p for p in d.rglob("*") if p.is_file()):
-        h.update(f.relative_to(d).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
+    for f in sorted(files):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 #: What a controller run executes beyond the family's loop and its checkpoint (trajlib-relative):
@@ -82,10 +87,7 @@ def code_hash(root: str | Path) -> str:
     for name in _CONTROLLER_CODE:
         p = root / name
         files += [p] if p.is_file() else [f for f in p.rglob("*") if f.suffix in (".py", ".c")]
-    h = hashlib.sha256()
-    for f in sorted(files):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:12]
+    return _content_hash(root, files)[:12]
 
 
 @functools.cache

@@ -55,8 +55,8 @@ def five(val: list[float | None], **extra: list) -> list[dict]:
 
 
 def test_registry_names() -> None:
-    assert label_strategies() == ["annealed", "final", "greedy", "long", "outcome"]
-    with pytest.raises(UnknownNameError, match="known: annealed, final, greedy, long"):
+    assert label_strategies() == ["annealed", "end", "final", "greedy", "long", "outcome"]
+    with pytest.raises(UnknownNameError, match="known: annealed, end, final, greedy, long"):
         get_label_strategy("nope")
 
 

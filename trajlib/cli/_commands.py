@@ -114,7 +114,7 @@ def _add_fit_command(sub: Any) -> None:
     p.add_argument(
         "--labels",
         default="greedy",
-        help="label strategy: greedy | annealed | long | final (branches) | outcome (no branches)",
+        help="label strategy: greedy | annealed | long | final | end (branches) | outcome (no branches)",
     )
     p.add_argument("--set", dest="feature_set", default="default", help="feature set name")
     p.add_argument("--out", required=True, help="checkpoint directory to write")
@@ -198,7 +198,7 @@ def _add_loop_commands(sub: Any) -> None:
     p.add_argument(
         "--labels",
         default="greedy",
-        help="label strategy: greedy | annealed | long | final (branches) | outcome (no branches)",
+        help="label strategy: greedy | annealed | long | final | end (branches) | outcome (no branches)",
     )
     p.add_argument("--store", required=True, help="store directory (all rounds collect into it)")
     p.add_argument(

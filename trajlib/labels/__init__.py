@@ -6,6 +6,8 @@ decides what "loss" means (end of horizon, after a cool-down, or a combination);
 subclassing :class:`LabelStrategy` and decorating it with :func:`register_label_strategy`.
 ``final`` (:class:`FinalLabels`) extrapolates each branch to the end of the budget with the
 LR-annealing law fitted on its run's main trajectory; it also needs ``steps`` and ``runs``.
+``end`` (:class:`EndLabels`) measures it instead: the loss of branches that run to the budget
+(a recipe whose ``branch.horizon`` covers the run), from the ``runs`` table's budgets.
 Runs recorded without branches are labelled from their trajectory and logged propensities by
 ``outcome`` (:class:`OutcomeLabels`, :func:`trajectory_labels`): only the taken action's advantage
 is known, the others are NaN (masked by every controller kind).
@@ -15,6 +17,7 @@ Column-name helpers (``adv_column``, ``BEST_ACTION``...) live in ``trajlib.label
 from trajlib.labels._annealed import AnnealedLabels
 from trajlib.labels._base import LabelStrategy
 from trajlib.labels._compare import compare_labels, rank_agreement
+from trajlib.labels._end import EndLabels
 from trajlib.labels._final import (
     FinalLabels,
     LawFit,
@@ -30,6 +33,7 @@ from trajlib.labels._registry import get_label_strategy, label_strategies, regis
 
 __all__ = [
     "AnnealedLabels",
+    "EndLabels",
     "FinalLabels",
     "LawFit",
     "annealing_areas",

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 from trajlib.errors import ConfigError, UnknownNameError
 from trajlib.labels._annealed import AnnealedLabels
 from trajlib.labels._base import LabelStrategy
+from trajlib.labels._end import EndLabels
 from trajlib.labels._final import FinalLabels
 from trajlib.labels._greedy import GreedyLabels
 from trajlib.labels._long import LongHorizonLabels
@@ -43,5 +44,12 @@ def label_strategies() -> list[str]:
     return sorted(_REGISTRY)
 
 
-for _cls in (GreedyLabels, AnnealedLabels, LongHorizonLabels, FinalLabels, OutcomeLabels):
+for _cls in (
+    GreedyLabels,
+    AnnealedLabels,
+    LongHorizonLabels,
+    FinalLabels,
+    EndLabels,
+    OutcomeLabels,
+):
     register_label_strategy(_cls)

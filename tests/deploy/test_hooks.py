@@ -349,3 +349,43 @@ def test_without_dots_the_cosines_are_nan_and_the_norms_unchanged(path, monkeypa
     assert torch.isnan(got[False][:, 3:]).all()
     assert torch.isfinite(got[True][1:, 3:]).all()
     torch.testing.assert_close(got[False][:, :3], got[True][:, :3])
+
+
+_COMPILED_STEP = """
+import json, torch
+from torch import nn
+from trajlib.deploy import ControllerScheduler
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 1))
+opt = torch.optim.Adam(model.parameters(), lr=torch.tensor(1e-3))
+sched = ControllerScheduler(opt, "trajlib-lr-v6", total_steps=60)
+step = torch.compile(opt.step)
+x = torch.randn(256, 20); y = x[:, :1].sin()
+for t in range(55):
+    loss = nn.functional.mse_loss(model(x[:32]), y[:32])
+    opt.zero_grad(); loss.backward(); step()
+    sched.observe(loss); sched.step()
+probe = sched._probe
+print(json.dumps({"events": sched.events, "measured": probe.steps_seen}))
+"""
+
+
+@pytest.mark.slow
+def test_a_compiled_optimizer_step_is_measured_eagerly():
+    """torch.compile(opt.step) traces the step's hooks with fake tensors: the hooks must run
+    outside the graph (the native kernels segfaulted on the fake storage under inductor; the
+    eager backend never did). In a child process, so a crash fails the test, not the run."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPILED_STEP],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["events"]["decisions"] == 2 and res["events"]["errors"] == 0, res
+    assert res["measured"] == 55, res

@@ -129,9 +129,13 @@ class StepProbe:
         self._armed = False
         self._missing: list[int] = []
         self._pending: Taken | _Strided | None = None
+        # Under ``torch.compile(opt.step)`` dynamo traces the step's hooks with fake tensors, whose
+        # storage the native kernels must never see: the hooks then run eagerly (a graph break).
+        self._pre_eager = torch.compiler.disable(self._pre)
+        self._post_eager = torch.compiler.disable(self._post)
         self._handles = [
-            optimizer.register_step_pre_hook(self._pre),
-            optimizer.register_step_post_hook(self._post),
+            optimizer.register_step_pre_hook(self._pre_hook),
+            optimizer.register_step_post_hook(self._post_hook),
         ]
 
     def remove(self) -> None:
@@ -184,6 +188,17 @@ class StepProbe:
         return grads
 
     # ------------------------------------------------------------------ hooks
+    def _pre_hook(self, opt: Any, args: Any, kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return self._pre_eager(opt, args, kwargs)
+        return self._pre(opt, args, kwargs)
+
+    def _post_hook(self, opt: Any, args: Any, kwargs: Any) -> None:
+        if torch.compiler.is_compiling():
+            self._post_eager(opt, args, kwargs)
+            return
+        self._post(opt, args, kwargs)
+
     def _pre(self, opt: Any, args: Any, kwargs: Any) -> Any:
         self._armed = False
         if self.stats_every > 1:

@@ -88,9 +88,11 @@ def take_weights(
     """The optimizer's parameters and state (and ``model``'s buffers, BatchNorm running statistics
     included, when given): what :func:`restore_weights` writes back to undo the steps since.
     Unlike :func:`take_snapshot`, no RNG, train/eval flags or hyperparameters: the run goes on
-    from the restored weights with its own schedule and random draws."""
+    from the restored weights with its own schedule and random draws. Parameters are kept with
+    the tensor they belong to, so a param group added later (``add_param_group``) is left as it
+    is by the restore instead of shifting every copy onto the wrong tensor."""
     return {
-        "params": [p.detach().clone() for g in optimizer.param_groups for p in g["params"]],
+        "params": [(p, p.detach().clone()) for g in optimizer.param_groups for p in g["params"]],
         "buffers": None
         if model is None
         else {k: b.detach().clone() for k, b in model.named_buffers()},
@@ -101,16 +103,20 @@ def take_weights(
 def restore_weights(
     saved: dict[str, Any], optimizer: torch.optim.Optimizer, model: torch.nn.Module | None = None
 ) -> None:
-    """Write :func:`take_weights`'s copy back, in place."""
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    """Write :func:`take_weights`'s copy back, in place: the parameters it copied that the
+    optimizer still has, and their optimizer state. Parameters added since keep their values and
+    state."""
+    now = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    copied = {id(p) for p, _ in saved["params"]}
     with torch.no_grad():
-        for p, v in zip(params, saved["params"], strict=True):
-            p.copy_(v)
+        for p, v in saved["params"]:
+            if id(p) in now:
+                p.copy_(v)
         if model is not None and saved["buffers"] is not None:
             for k, b in model.named_buffers():
                 if k in saved["buffers"]:
                     b.copy_(saved["buffers"][k])
-    _restore_opt_state(optimizer, saved["opt_state"])
+    _restore_opt_state(optimizer, saved["opt_state"], only=copied)
 
 
 def _copy_opt_state(optimizer: torch.optim.Optimizer) -> dict[Any, dict[str, Any]]:
@@ -120,9 +126,15 @@ def _copy_opt_state(optimizer: torch.optim.Optimizer) -> dict[Any, dict[str, Any
     }
 
 
-def _restore_opt_state(optimizer: torch.optim.Optimizer, saved: dict[Any, dict[str, Any]]) -> None:
+def _restore_opt_state(
+    optimizer: torch.optim.Optimizer,
+    saved: dict[Any, dict[str, Any]],
+    only: set[int] | None = None,
+) -> None:
+    """Write the copied optimizer state back; with ``only`` (ids of parameters), the state of
+    other parameters is left alone."""
     for p in list(optimizer.state.keys()):
-        if p not in saved:
+        if p not in saved and (only is None or id(p) in only):
             del optimizer.state[p]
     for p, s in saved.items():
         cur = optimizer.state[p]

@@ -232,7 +232,10 @@ def test_a_start_that_turns_non_finite_is_rescued(tiny_checkpoint: Path) -> None
 
     with pytest.warns(RuntimeWarning, match="turned non-finite before the first decision"):
         sched = run(
-            tiny_checkpoint, lambda t, v: math.nan if t == 3 else v, at_decision=grab, model=model
+            tiny_checkpoint,
+            lambda t, v: math.nan if 3 <= t < every else v,  # non-finite up to the decision
+            at_decision=grab,
+            model=model,
         )
     assert sched.events["guard_rescues"] == 1 and sched.events["guard_rollbacks"] == 1
     assert sched.events["guard_rolled_back_steps"] == every
@@ -248,8 +251,19 @@ def test_a_start_that_turns_non_finite_is_rescued(tiny_checkpoint: Path) -> None
     assert nan.events["guard_rescues"] == 6 and nan.events["errors"] == 0
     assert nan.mult == pytest.approx(max(math.exp(6 * cut), loaded.hp_space["lr"].low))
     # without rollback nothing is copied at the start: the run is not rescued
-    off = run(tiny_checkpoint, lambda t, v: math.nan if t == 3 else v, rollback=False)
+    off = run(tiny_checkpoint, lambda t, v: math.nan if 3 <= t < every else v, rollback=False)
     assert off.events["guard_rescues"] == 0
+
+
+def test_one_bad_batch_before_the_first_decision_is_not_a_rescue(tiny_checkpoint: Path) -> None:
+    """A single non-finite loss (a GradScaler-skipped step, a corrupt sample) in a start that goes
+    on finite: the run keeps its weights and LR, says nothing, and is not capped."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        sched = run(tiny_checkpoint, lambda t, v: math.nan if t == 3 else v)
+    ev = sched.events
+    assert ev["guard_rescues"] == 0 and ev["guard_rollbacks"] == 0 and ev["errors"] == 0
+    assert sched.units[0].ceiling == math.inf
 
 
 def test_a_decision_judged_twice_uses_one_window(tiny_checkpoint: Path) -> None:
@@ -359,6 +373,93 @@ def test_a_relapse_needs_two_windows_clearly_worse(tiny_checkpoint: Path) -> Non
         plain = run(ckpt, lambda t, _: 1.0 if t < 4 * every else 10.0, rollback=False)
     assert plain.events["guard_relapses"] == 1 and plain.events["guard_rollbacks"] == 0
     assert plain.mult == 1.0
+
+
+def test_an_earlier_raise_is_watched_again_when_the_one_after_it_is_undone(
+    tiny_checkpoint: Path,
+) -> None:
+    """Two raises in a row, the second undone by its trial: the first is watched again, so a run
+    that diverges later at its LR has it undone too and goes back to the last good copy (the
+    second raise's, which the revert restored), instead of being held, diverged, to its end."""
+    loaded = load_controller(tiny_checkpoint)
+    keep = loaded.action_space.keep_index
+    lr_moves = [a.moves.get("lr", 0.0) for a in loaded.action_space.actions]
+    up = max(range(len(lr_moves)), key=lambda i: lr_moves[i])
+    calls: list[int] = []
+
+    def policy(x: Any) -> int:
+        calls.append(1)
+        return up if len(calls) <= 2 else keep
+
+    ckpt = with_policy(loaded, policy)
+    every = ckpt.every
+    seen: dict[int, Any] = {}
+
+    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
+        seen[t] = ({k: v.clone() for k, v in m.state_dict().items()}, s.mult)
+
+    def observed(t: int, v: float) -> float:
+        if 2 * every <= t < 3 * every:
+            return 10.0  # the second raise's window: it fails its trial
+        if t >= 5 * every + 3:
+            return math.nan  # diverged late, at the first raise's LR
+        return 1.0 / (1 + t)
+
+    with pytest.warns(RuntimeWarning) as rec:
+        sched = run(ckpt, observed, at_decision=grab)
+    ev = sched.events
+    assert ev["guard_reverts"] == 1 and ev["guard_relapses"] == 1, ev
+    first = seen[every][1]
+    assert first > 1.0 and seen[2 * every][1] > first  # two raises
+    assert seen[3 * every][1] == first  # the second undone
+    assert seen[5 * every][1] == first and seen[6 * every][1] == 1.0  # then the first
+    assert ev["guard_rollbacks"] == 2
+    weights, _ = seen[6 * every]
+    assert all(torch.equal(v, weights[k]) for k, v in seen[2 * every][0].items())
+    assert any("passed its trial" in str(w.message) for w in rec)
+    assert sched.units[0].parents == []
+    # the remembered raise survives a state_dict round trip
+    ckpt = with_policy(loaded, lambda x, n=[]: up if n.append(1) or len(n) <= 2 else keep)
+    model = make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    live = ControllerScheduler(opt, ckpt, total_steps=STEPS, model=model)
+    train(model, opt, live, 0, 2 * every, observed=lambda t, v: 1.0 / (1 + t))
+    state = live.state_dict()
+    assert len(state["trajlib"]["units"][0]["parents"]) == 1
+    again = ControllerScheduler(opt, ckpt, total_steps=STEPS, model=model)
+    again.load_state_dict(torch.load(_saved(state), weights_only=True))
+    assert again.units[0].parents == live.units[0].parents
+
+
+def test_a_param_group_added_later_is_rolled_back_too(tiny_checkpoint: Path) -> None:
+    """``add_param_group`` after construction: the guard's copy takes the new group as it joined,
+    so a rescue restores every parameter (the copy used to be one list the new group shifted,
+    and the rollback failed as an error in the decision path)."""
+    every = load_controller(tiny_checkpoint).every
+    torch.manual_seed(0)
+    model, head = make_model(0), nn.Linear(8, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=STEPS, model=model)
+    joined: dict[str, torch.Tensor] = {}
+    with pytest.warns(RuntimeWarning, match="turned non-finite before the first decision"):
+        for t in range(every + 5):
+            if t == 5:
+                opt.add_param_group({"params": head.parameters(), "lr": 0.01})
+            x, y = batch(t)
+            out = model(x) + (head(x) if t >= 5 else 0)
+            loss = nn.functional.cross_entropy(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.observe(math.nan if t >= 10 else loss)
+            sched.step()
+            if t == 5:  # adopted at this step(): the copy holds the head as it is now
+                joined = {k: v.clone() for k, v in head.state_dict().items()}
+            if t == every - 1:
+                at_rescue = {k: v.clone() for k, v in head.state_dict().items()}
+    ev = sched.events
+    assert ev["errors"] == 0 and ev["guard_rescues"] == 1, ev
+    assert all(torch.equal(v, joined[k]) for k, v in at_rescue.items())
 
 
 def test_the_relapse_watch_survives_a_state_dict_round_trip(tiny_checkpoint: Path) -> None:

@@ -161,6 +161,26 @@ def test_misuse_inside_the_loop_warns_once_and_never_raises(tiny_checkpoint):
         sched.step(3)  # type: ignore[arg-type]
     assert sched.last_epoch == 1 and sched.events["errors"] == 0
     sched.observe(torch.ones(1, 1))  # one element is a scalar
+    sched.observe("0.5")  # type: ignore[arg-type]  # a string is not a loss, even a numeric one
+    assert sched.events["bad_loss"] == 2
+
+
+def test_bad_validation_input_warns_once_per_argument_and_is_not_an_error(tiny_checkpoint):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=10)
+    sched.observe(1.0)
+    with pytest.warns(UserWarning, match=r"`val_loss` expected a scalar.*\(4, 1\): using its mean"):
+        sched.observe_validation(torch.tensor([[1.0], [2.0], [3.0], [6.0]]))  # unreduced
+    assert sched._val == (pytest.approx(3.0), None)
+    sched.observe_validation(torch.ones(3))  # said once
+    with pytest.warns(
+        UserWarning, match=r"`val_acc` expected a scalar tensor or a float; got 'str'"
+    ):
+        sched.observe_validation(0.5, "high")  # type: ignore[arg-type]
+    assert sched._val == (0.5, None)
+    sched.observe_validation(object())  # type: ignore[arg-type]
+    assert sched.events["bad_validation"] == 2 and sched.events["errors"] == 0
 
 
 def test_close_removes_the_hooks(tiny_checkpoint):

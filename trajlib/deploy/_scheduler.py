@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,9 @@ GUARD_WINDOWS = 2
 #: loss is non-finite at a decision (it diverged late at the raised LR) has it undone at once.
 RELAPSE_TOL = 0.25
 RELAPSE_WINDOWS = 2
+#: How many superseded raises a unit remembers (each watched again when the raise after it is
+#: undone; the multiplier's ceiling bounds how many raises a run can stack anyway).
+MAX_PARENTS = 8
 #: The counters of ``ControllerScheduler.events``.
 EVENTS = (
     "decisions",
@@ -62,6 +65,7 @@ EVENTS = (
     "missing_loss",
     "bad_loss",
     "late_validation",
+    "bad_validation",
     "kept_by_rule",
     "guard_reverts",
     "guard_capped",
@@ -143,6 +147,9 @@ class _Unit:
     relapse: tuple[float, float, float] | None = None
     #: windows in a row worse than that best by more than RELAPSE_TOL
     worse_windows: int = 0
+    #: earlier raises a newer one superseded, oldest first, each as a relapse watch (the tuple
+    #: of ``relapse``): when the newer raise is undone, the one before it is watched again
+    parents: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -399,6 +406,12 @@ class ControllerScheduler(LRScheduler):
     def _sync_groups(self) -> None:
         """Adopt param groups added with ``optimizer.add_param_group`` after construction."""
         groups = self.optimizer.param_groups
+        # the raise guard's copies take the new parameters as they are now, so a rollback puts
+        # them back too instead of leaving them diverged next to restored weights
+        added = [p for g in groups[len(self.base_lrs) :] for p in g["params"]]
+        copies = {id(c): c for c in (self._saved, self._kept) if c is not None}
+        for c in copies.values():
+            c["weights"]["params"].extend((p, p.detach().clone()) for p in added)
         for g in groups[len(self.base_lrs) :]:
             g.setdefault("initial_lr", g["lr"])
             self.base_lrs.append(float(g["initial_lr"]))
@@ -504,6 +517,8 @@ class ControllerScheduler(LRScheduler):
             value: torch.Tensor | float = loss.item() if loss.is_cpu else loss.detach()
         else:
             try:
+                if isinstance(loss, str | bytes):
+                    raise TypeError("loss")
                 value = float(loss)
             except (TypeError, ValueError):
                 self.events["bad_loss"] += 1
@@ -529,12 +544,8 @@ class ControllerScheduler(LRScheduler):
         decision point (then it is too late for that decision: counted in
         ``events["late_validation"]``).
         """
-        try:
-            vl = None if val_loss is None else float(val_loss)
-            va = None if val_acc is None else float(val_acc)
-        except (TypeError, ValueError, RuntimeError):
-            self._count_error()
-            return
+        vl = self._validation_value("val_loss", val_loss)
+        va = self._validation_value("val_acc", val_acc)
         if vl is None and va is None:
             return
         if self._loss is not None or self._probe.has_pending:
@@ -550,6 +561,36 @@ class ControllerScheduler(LRScheduler):
             "ControllerScheduler: validation reported after step() at a decision point is too "
             "late for that decision; call observe_validation() before step()",
         )
+
+    def _validation_value(self, name: str, v: Any) -> float | None:
+        """``v`` as a float for :meth:`observe_validation`: a tensor of several values counts as
+        its mean, and a value that is not a number is skipped (``events["bad_validation"]``);
+        each says so once, naming the argument and what it got."""
+        if v is None:
+            return None
+        if isinstance(v, torch.Tensor) and v.numel() != 1:
+            self._warn_once(
+                f"{name}_shape",
+                f"ControllerScheduler: `{name}` expected a scalar (one-element) tensor or a "
+                f"float; got a tensor of shape {tuple(v.shape)}: using its mean (reduce it "
+                "first, e.g. loss.mean())",
+                UserWarning,
+            )
+            flat = v.detach()
+            v = (flat.real if flat.is_complex() else flat).double().mean()  # empty: NaN
+        try:
+            if isinstance(v, str | bytes):
+                raise TypeError(name)
+            return float(v)
+        except (TypeError, ValueError, RuntimeError):
+            self.events["bad_validation"] += 1
+            self._warn_once(
+                f"{name}_bad",
+                f"ControllerScheduler: `{name}` expected a scalar tensor or a float; got "
+                f"{type(v).__name__!r}: skipped (events['bad_validation'] counts them)",
+                UserWarning,
+            )
+            return None
 
     def step(self, epoch: None = None) -> None:  # type: ignore[override]
         """Close the current step's record; every ``every`` steps, ask the controller; then set
@@ -805,7 +846,7 @@ class ControllerScheduler(LRScheduler):
         self._warn_once(
             "rescue",
             f"ControllerScheduler: the training loss turned non-finite before the first decision "
-            f"(step {step}); the run went back to its start and the LR multiplier was cut from "
+            f"and still was at it (step {step}); the run went back to its start and the LR multiplier was cut from "
             f"{before:.3g} to {u.mult:.3g} (events['guard_rescues'])",
         )
 
@@ -832,9 +873,12 @@ class ControllerScheduler(LRScheduler):
         trial, u.probation = u.probation, None
         saved, self._saved = self._saved, None
         if saved is not None and saved["start"]:  # the first window is on trial too
-            if bad:
+            # only a run still non-finite at the decision: one bad batch (a GradScaler-skipped
+            # step, a corrupt sample) in a run that goes on finite is not sent back to its start
+            if bad and self._last_loss_bad:
                 self._rescue(u, saved, step)
-            return bad
+                return True
+            return False
         if self.guard is None:
             return False
         if trial is None:
@@ -849,12 +893,19 @@ class ControllerScheduler(LRScheduler):
                 u.relapse, u.worse_windows, self._kept = (before_mult, best, before), 0, saved
             return False
         self._undo_raise(u, before_mult, saved, step, "guard_reverts")
+        self._watch_parent(u, saved)
+        why = (
+            "the training loss turned non-finite after an LR raise"
+            if bad
+            else (
+                f"the training loss rose after an LR raise (median {before:.4g} -> "
+                f"{after if after is not None else float('nan'):.4g} over {self.every} steps)"
+            )
+        )
         self._warn_once(
             "guard",
-            f"ControllerScheduler: the training loss rose after an LR raise (median "
-            f"{before:.4g} -> {after if after is not None else float('nan'):.4g} over "
-            f"{self.every} steps); the raise was undone at step {step} and later raises are capped "
-            "there (events['guard_reverts'])",
+            f"ControllerScheduler: {why}; the raise was undone at step {step} and later raises "
+            "are capped there (events['guard_reverts'])",
         )
         return True
 
@@ -870,6 +921,12 @@ class ControllerScheduler(LRScheduler):
         self.events["decisions"] += 1
         if copy is not None:  # the weights and optimizer state as they were at the raise
             self._roll_back(u, copy, step)
+
+    def _watch_parent(self, u: _Unit, copy: dict[str, Any] | None) -> None:
+        """After a raise was undone, watch the raise before it again (a relapse watch), from the
+        copy the run just went back to (the last state known good)."""
+        if u.parents:
+            u.relapse, u.worse_windows, self._kept = u.parents.pop(), 0, copy
 
     def _relapse(self, u: _Unit, after: float | None, bad: bool, step: int) -> bool:
         """Judge the raise that passed its trial (``RELAPSE_TOL``): track the best window since
@@ -892,6 +949,7 @@ class ControllerScheduler(LRScheduler):
         raised, kept, self._kept = u.mult, self._kept, None
         u.relapse, u.worse_windows = None, 0
         self._undo_raise(u, before_mult, kept, step, "guard_relapses")
+        self._watch_parent(u, kept)
         key, what, why = "relapse_nonfinite", "a training loss turned non-finite", ""
         if not bad:
             key, what = "relapse", "the training loss relapsed"
@@ -1020,8 +1078,17 @@ class ControllerScheduler(LRScheduler):
         if new > old and self.guard is not None:
             pre = self._window_stat[1] if self._window_stat[0] == step else None
             if pre is not None:
+                # a new raise on trial supersedes the raise before it (on trial or watched for a
+                # relapse; one copy): that one is remembered, to be watched again if this is undone
+                watch = None
+                if u.probation is not None:
+                    p_mult, p_before = u.probation[0], u.probation[1]
+                    watch = (p_mult, min(p_before, pre), p_before)
+                elif u.relapse is not None:
+                    watch = (u.relapse[0], min(u.relapse[1], pre), u.relapse[2])
+                if watch is not None:
+                    u.parents = [*u.parents, watch][-MAX_PARENTS:]
                 u.probation = (old, pre, GUARD_WINDOWS, step)
-                # a new raise on trial supersedes the one watched for a relapse (one copy)
                 u.relapse, u.worse_windows, self._kept = None, 0, None
         u.mult = new
 
@@ -1084,6 +1151,7 @@ class ControllerScheduler(LRScheduler):
                     "ceiling": u.ceiling,
                     "relapse": None if u.relapse is None else list(u.relapse),
                     "worse_windows": u.worse_windows,
+                    "parents": [list(w) for w in u.parents],
                     "features": u.features.state_dict(),
                     "controller_state": _state_out(u.ctrl_state),
                     "prev_norms": None
@@ -1155,6 +1223,7 @@ class ControllerScheduler(LRScheduler):
             rl = d.get("relapse")  # absent in states saved before the relapse watch
             u.relapse = None if rl is None else (float(rl[0]), float(rl[1]), float(rl[2]))
             u.worse_windows = int(d.get("worse_windows", 0))
+            u.parents = [(float(a), float(b), float(c)) for a, b, c in d.get("parents", [])]
             u.features.load_state_dict(d["features"])
             u.ctrl_state = _state_in(d["controller_state"])
             pn = d["prev_norms"]

@@ -4,6 +4,7 @@ gradient accumulation, zero_grad anywhere, GradScaler (skipped steps), torch.com
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -389,3 +390,26 @@ def test_a_compiled_optimizer_step_is_measured_eagerly():
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["events"]["decisions"] == 2 and res["events"]["errors"] == 0, res
     assert res["measured"] == 55, res
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_a_complex_parameter_is_measured_by_its_real_view(backend):
+    """Real and imaginary parts both count (norms of |z|), and nothing casts complex to real
+    (torch warns when it discards the imaginary part)."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(20, dtype=torch.cfloat))
+    b = nn.Parameter(torch.randn(3))
+    opt = torch.optim.SGD([w, b], lr=0.1)
+    probe = StepProbe(opt, backend=backend)
+    x = torch.randn(8, 20, dtype=torch.cfloat)
+    loss = (x @ w).abs().pow(2).mean() + b.pow(2).sum()
+    loss.backward()
+    grad, before = w.grad.clone(), w.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+    s, _ = probe.take()
+    assert float(s[0, 0].sqrt()) == pytest.approx(float(torch.linalg.vector_norm(grad)), rel=1e-5)
+    assert float(s[1, 0].sqrt()) == pytest.approx(float(torch.linalg.vector_norm(before)), rel=1e-5)
+    upd = torch.linalg.vector_norm(w.detach() - before)
+    assert float(s[2, 0].sqrt()) == pytest.approx(float(upd), rel=1e-4)

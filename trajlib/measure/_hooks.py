@@ -121,7 +121,9 @@ class StepProbe:
         self.layout_version = 0  # bumped whenever the parameter layout changes
         self.layer_groups: list[int] = []
         self._group_lists: list[Any] = []
-        self._params: list[torch.Tensor] = []
+        self._params: list[torch.Tensor] = []  # what is measured (complex: the real views)
+        self._owners: list[torch.Tensor] = []  # the optimizer's parameters themselves
+        self._complex = False
         self._sums: LayerSums | None = None
         self._present_cache: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
         self._index = 0  # the step in flight (takes so far)
@@ -172,7 +174,12 @@ class StepProbe:
     def _rebuild(self) -> None:
         groups = self.optimizer.param_groups
         self._group_lists = [(g["params"], len(g["params"])) for g in groups]
-        self._params = [p for g in groups for p in g["params"]]
+        owners = [p for g in groups for p in g["params"]]
+        self._owners = owners
+        # a complex parameter is measured as its real view (real and imaginary parts as two
+        # floats: the same norms, and the real part of the inner products for the cosines)
+        self._complex = any(p.is_complex() for p in owners)
+        self._params = [torch.view_as_real(p.detach()) if p.is_complex() else p for p in owners]
         self.layer_groups = [gi for gi, g in enumerate(groups) for _ in g["params"]]
         self.layout_version += 1
         self._present_cache = {}
@@ -183,8 +190,10 @@ class StepProbe:
             self._sums = layer_sums(self._params, dots=self.dots, backend=self.backend)
 
     def _grads(self) -> list[torch.Tensor | None]:
-        grads = [p.grad for p in self._params]
+        grads = [p.grad for p in self._owners]
         self._missing = [i for i, g in enumerate(grads) if g is None]
+        if self._complex:
+            return [g if g is None or not g.is_complex() else torch.view_as_real(g) for g in grads]
         return grads
 
     # ------------------------------------------------------------------ hooks

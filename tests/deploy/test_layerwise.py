@@ -79,3 +79,23 @@ def test_layerwise_adopts_a_param_group_added_later(tiny_checkpoint):
     train(model, opt, sched, 15, 45, val_every=5)
     assert len(sched.units) == 2 and len(sched.get_last_lr()) == 2
     assert sched.events["errors"] == 0
+
+
+def test_a_param_group_without_parameters_is_left_alone_quietly(tiny_checkpoint):
+    """Layer-wise, an empty group has nothing to measure or decide for: it is skipped, not held
+    as if its statistics were non-finite (which also used the one hold warning up). The run
+    decides as the same run without the empty group."""
+    loaded = load_controller(tiny_checkpoint)
+    keep = loaded.action_space.keep_index
+    events = []
+    for empty in (False, True):
+        model = make_model()
+        groups = [{"params": model.parameters()}] + ([{"params": [], "lr": 0.5}] if empty else [])
+        opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+        sched = ControllerScheduler(
+            opt, with_policy(loaded, lambda x: keep), total_steps=100, every=10, layerwise=True
+        )
+        train(model, opt, sched, 0, 60)
+        events.append(sched.events)
+    assert events[1] == events[0]
+    assert events[1]["decisions"] == 5 and events[1]["errors"] == 0

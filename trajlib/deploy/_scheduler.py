@@ -796,6 +796,8 @@ class ControllerScheduler(LRScheduler):
             return  # decided by the lookahead once batches() holds the next batches
         self._flush()
         for ui, u in enumerate(self.units):
+            if u.groups is not None and self._unit_layers(u) == []:
+                continue  # layer-wise, a param group without parameters: nothing to decide for
             try:
                 if not self._guard(u, step):
                     self._decide_unit(ui, u, step)

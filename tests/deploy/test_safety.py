@@ -194,6 +194,29 @@ def test_close_removes_the_hooks(tiny_checkpoint):
     assert sched._probe.steps_seen == 0
 
 
+def test_steps_after_close_follow_the_base_schedule_quietly(tiny_checkpoint):
+    """After close() nothing is measured or decided; step() goes on with the base schedule at
+    the current multiplier instead of warning that no optimizer step ran."""
+    import warnings
+
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = ControllerScheduler(opt, V6, total_steps=100)  # cosine base
+    sched.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for t in range(60):
+            x, y = batch(t)
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.observe(loss)
+            sched.step()
+    assert sched.events["decisions"] == 0 and sched.events["skipped_steps"] == 0
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 0.6)))
+
+
 def _misstepped(ckpt, n: int, step_calls) -> tuple[ControllerScheduler, list[str]]:
     """``n`` optimizer steps, each followed by ``step_calls(t)`` calls of the scheduler's
     ``step()``; the scheduler and every warning's message."""

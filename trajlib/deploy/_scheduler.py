@@ -301,6 +301,7 @@ class ControllerScheduler(LRScheduler):
         # schedulers keep each other's factors)
         self._targets: list[float] = [float(g["initial_lr"]) for g in optimizer.param_groups]
         self._probe = StepProbe(optimizer, dots=self._dots, stats_every=fs.stats_every)
+        self._closed = False
         self.lookahead = lookahead
         if lookahead is not None:
             lookahead.attach(self)
@@ -615,6 +616,9 @@ class ControllerScheduler(LRScheduler):
 
     # ----------------------------------------------------------------- internals
     def _close_step(self) -> None:
+        if self._closed:
+            self._loss, self._loss_n, self._val = None, 0, None
+            return
         probe = self._probe
         step = max(self.last_epoch, 0)  # index of the step just performed
         taken = probe.take()
@@ -1276,8 +1280,10 @@ class ControllerScheduler(LRScheduler):
         self._rows_layout = self._probe.layout_version
 
     def close(self) -> None:
-        """Remove the optimizer hooks (the scheduler stops measuring)."""
+        """Remove the optimizer hooks: the scheduler stops measuring and deciding; a ``step()``
+        after it follows the base schedule at the current multipliers."""
         self._probe.remove()
+        self._closed = True
 
     # ----------------------------------------------------------------- lookahead (opt-in)
     def batches(self, source: Iterable[Any]) -> Iterator[Any]:

@@ -340,3 +340,20 @@ def test_a_loss_below_zero_holds_the_run_and_says_why(tiny_checkpoint):
     assert not [s for s, *_ in sched.actions_taken if s > at]  # nothing decided after it
     assert sched.events["held_nonfinite"] == 7 - sum(1 for s, *_ in sched.actions_taken)
     assert sched.events["errors"] == 0
+
+
+def test_warnings_point_at_the_user_s_line(tiny_checkpoint):
+    """A warning names the line of the loop that handed over what it could not take, not a line
+    inside trajlib or torch; an error in the decision path names the exception."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = ControllerScheduler(opt, tiny_checkpoint, total_steps=100)
+    with pytest.warns(UserWarning) as rec:
+        sched.observe(torch.ones(3))
+    assert rec[0].filename == __file__
+    with pytest.warns(RuntimeWarning, match=r"decision path \(ValueError: boom\)") as rec:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            sched._count_error()
+    assert rec[0].filename == __file__

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
+import types
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -122,6 +125,23 @@ def _load_checked(controller: str | Path | LoadedController) -> tuple[LoadedCont
             "controller or install the matching trajlib"
         )
     return loaded, fs
+
+
+_OWN_FRAMES = (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,  # trajlib
+    os.path.dirname(os.path.abspath(torch.__file__))
+    + os.sep,  # torch's LRScheduler, the optimizer hooks
+)
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the first frame outside trajlib and
+    torch: the user's line that called ``step()`` / ``observe()`` / ``optimizer.step()``."""
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_OWN_FRAMES):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 @dataclass
@@ -688,14 +708,16 @@ class ControllerScheduler(LRScheduler):
     def _warn_once(self, key: str, msg: str, cat: type[Warning] = RuntimeWarning) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(msg, cat, stacklevel=3)
+            warnings.warn(msg, cat, stacklevel=_user_stacklevel())
 
     def _count_error(self) -> None:
         self.events["errors"] += 1
+        exc = sys.exc_info()[1]
+        what = "" if exc is None else f" ({type(exc).__name__}: {str(exc)[:200]})"
         self._warn_once(
             "error",
-            "ControllerScheduler: an error in the decision path; holding the current values "
-            "(see scheduler.events)",
+            f"ControllerScheduler: an error in the decision path{what}; holding the current "
+            "values (see scheduler.events)",
         )
 
     def _unit_layers(self, unit: _Unit) -> list[int] | None:

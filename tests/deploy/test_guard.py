@@ -282,9 +282,9 @@ def test_a_decision_judged_twice_uses_one_window(tiny_checkpoint: Path) -> None:
     assert u.probation == trial and sched._saved is saved
 
 
-def _raise_once(tiny_checkpoint: Path) -> Any:
-    """The tiny checkpoint with a controller that takes the largest raise at its first decision
-    and keeps after."""
+def _raise_once(tiny_checkpoint: Path, times: int = 1) -> Any:
+    """The tiny checkpoint with a controller that takes the largest raise at its first ``times``
+    decisions and keeps after."""
     loaded = load_controller(tiny_checkpoint)
     keep = loaded.action_space.keep_index
     lr_moves = [a.moves.get("lr", 0.0) for a in loaded.action_space.actions]
@@ -293,7 +293,7 @@ def _raise_once(tiny_checkpoint: Path) -> Any:
 
     def policy(x: Any) -> int:
         calls.append(1)
-        return up if len(calls) == 1 else keep
+        return up if len(calls) <= times else keep
 
     return with_policy(loaded, policy)
 
@@ -381,17 +381,7 @@ def test_an_earlier_raise_is_watched_again_when_the_one_after_it_is_undone(
     """Two raises in a row, the second undone by its trial: the first is watched again, so a run
     that diverges later at its LR has it undone too and goes back to the last good copy (the
     second raise's, which the revert restored), instead of being held, diverged, to its end."""
-    loaded = load_controller(tiny_checkpoint)
-    keep = loaded.action_space.keep_index
-    lr_moves = [a.moves.get("lr", 0.0) for a in loaded.action_space.actions]
-    up = max(range(len(lr_moves)), key=lambda i: lr_moves[i])
-    calls: list[int] = []
-
-    def policy(x: Any) -> int:
-        calls.append(1)
-        return up if len(calls) <= 2 else keep
-
-    ckpt = with_policy(loaded, policy)
+    ckpt = _raise_once(tiny_checkpoint, times=2)
     every = ckpt.every
     seen: dict[int, Any] = {}
 
@@ -419,7 +409,7 @@ def test_an_earlier_raise_is_watched_again_when_the_one_after_it_is_undone(
     assert any("passed its trial" in str(w.message) for w in rec)
     assert sched.units[0].parents == []
     # the remembered raise survives a state_dict round trip
-    ckpt = with_policy(loaded, lambda x, n=[]: up if n.append(1) or len(n) <= 2 else keep)
+    ckpt = _raise_once(tiny_checkpoint, times=2)
     model = make_model(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     live = ControllerScheduler(opt, ckpt, total_steps=STEPS, model=model)

@@ -205,14 +205,7 @@ def test_steps_after_close_follow_the_base_schedule_quietly(tiny_checkpoint):
     sched.close()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for t in range(60):
-            x, y = batch(t)
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.observe(loss)
-            sched.step()
+        train(model, opt, sched, 0, 60)
     assert sched.events["decisions"] == 0 and sched.events["skipped_steps"] == 0
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 0.6)))
 

@@ -84,6 +84,17 @@ class LabelStrategy(ABC):
         and ``runs`` too."""
         return branches.select(self.log_outcome().cast(pl.Float64).alias("_lo")).to_series()
 
+    def _needs_tables(self, reads: str) -> ConfigError:
+        """The error of :meth:`log_outcome` for a strategy that also reads ``reads`` (its
+        outcomes come from :meth:`branch_log_outcomes` with the step and runs tables)."""
+        return ConfigError(
+            "label strategy",
+            "a strategy that labels from the branches table alone",
+            repr(self.name),
+            hint=f"{self.name!r} also reads {reads}: make_labels(branches, {self.name!r}, "
+            "keep, steps=store.steps(), runs=store.runs().collect())",
+        )
+
     def params(self) -> dict[str, Any]:
         """Constructor parameters (JSON-able), recorded in checkpoints."""
         return {"tie_tol": self.tie_tol, "diverged_penalty": self.diverged_penalty}

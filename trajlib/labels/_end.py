@@ -36,13 +36,7 @@ class EndLabels(LabelStrategy):
     )
 
     def log_outcome(self) -> pl.Expr:
-        raise ConfigError(
-            "label strategy",
-            "a strategy that labels from the branches table alone",
-            "'end'",
-            hint="'end' reads each run's budget: make_labels(branches, 'end', keep, "
-            "steps=store.steps(), runs=store.runs().collect())",
-        )
+        raise self._needs_tables("each run's budget")
 
     def branch_log_outcomes(
         self,

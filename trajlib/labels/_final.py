@@ -347,13 +347,7 @@ class FinalLabels(LabelStrategy):
         }
 
     def log_outcome(self) -> pl.Expr:
-        raise ConfigError(
-            "label strategy",
-            "a strategy that labels from the branches table alone",
-            "'final'",
-            hint="'final' also reads each run's trajectory: make_labels(branches, 'final', "
-            "keep, steps=store.steps(), runs=store.runs().collect())",
-        )
+        raise self._needs_tables("each run's trajectory")
 
     # ------------------------------------------------------------------ the outcomes
     def branch_log_outcomes(

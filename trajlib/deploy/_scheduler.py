@@ -127,10 +127,11 @@ def _load_checked(controller: str | Path | LoadedController) -> tuple[LoadedCont
     return loaded, fs
 
 
+#: Frames a warning skips to reach the user's line: trajlib's own, and torch's (the
+#: ``LRScheduler`` machinery and the optimizer's step hooks run between the user and trajlib).
 _OWN_FRAMES = (
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,  # trajlib
-    os.path.dirname(os.path.abspath(torch.__file__))
-    + os.sep,  # torch's LRScheduler, the optimizer hooks
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+    os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,
 )
 
 
@@ -873,9 +874,9 @@ class ControllerScheduler(LRScheduler):
         self._saved = {**saved, "step": step}
         self._warn_once(
             "rescue",
-            f"ControllerScheduler: the training loss turned non-finite before the first decision "
-            f"and still was at it (step {step}); the run went back to its start and the LR multiplier was cut from "
-            f"{before:.3g} to {u.mult:.3g} (events['guard_rescues'])",
+            "ControllerScheduler: the training loss turned non-finite before the first decision "
+            f"and still was at it (step {step}); the run went back to its start and the LR "
+            f"multiplier was cut from {before:.3g} to {u.mult:.3g} (events['guard_rescues'])",
         )
 
     def _window_loss(self, step: int) -> tuple[float | None, bool]:

@@ -145,6 +145,16 @@ def _user_stacklevel() -> int:
     return level
 
 
+def _number(v: Any) -> float | None:
+    """``float(v)``, or None for what is not a number (a string is not, even "0.5")."""
+    if isinstance(v, str | bytes):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
 @dataclass
 class _Unit:
     """What one controller instance decides for: all param groups, or one (layer-wise mode)."""
@@ -525,32 +535,16 @@ class ControllerScheduler(LRScheduler):
             return
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
-                self._warn_once(
-                    "loss_shape",
-                    "ControllerScheduler: `loss` expected a scalar (one-element) tensor or a "
-                    f"float; got a tensor of shape {tuple(loss.shape)}: using its mean (reduce "
-                    "it first, e.g. loss.mean())",
-                    UserWarning,
-                )
-                flat = loss.detach()
-                loss = (flat.real if flat.is_complex() else flat).double().mean()  # empty: NaN
+                loss = self._mean_of("loss", loss)
             # on the CPU a host float now (cheaper than detach(), and nothing to stack at the
             # decision); elsewhere the tensor stays on its device (no synchronisation per step)
             value: torch.Tensor | float = loss.item() if loss.is_cpu else loss.detach()
         else:
-            try:
-                if isinstance(loss, str | bytes):
-                    raise TypeError("loss")
-                value = float(loss)
-            except (TypeError, ValueError):
-                self.events["bad_loss"] += 1
-                self._warn_once(
-                    "bad_loss",
-                    "ControllerScheduler: `loss` expected a scalar tensor or a float; got "
-                    f"{type(loss).__name__!r}: skipped (events['bad_loss'] counts them)",
-                    UserWarning,
-                )
+            number = _number(loss)
+            if number is None:
+                self._not_a_number("loss", loss, "bad_loss")
                 return
+            value = number
         if self._loss is None:
             self._loss, self._loss_n = value, 1
         else:
@@ -591,28 +585,33 @@ class ControllerScheduler(LRScheduler):
         if v is None:
             return None
         if isinstance(v, torch.Tensor) and v.numel() != 1:
-            self._warn_once(
-                f"{name}_shape",
-                f"ControllerScheduler: `{name}` expected a scalar (one-element) tensor or a "
-                f"float; got a tensor of shape {tuple(v.shape)}: using its mean (reduce it "
-                "first, e.g. loss.mean())",
-                UserWarning,
-            )
-            flat = v.detach()
-            v = (flat.real if flat.is_complex() else flat).double().mean()  # empty: NaN
-        try:
-            if isinstance(v, str | bytes):
-                raise TypeError(name)
-            return float(v)
-        except (TypeError, ValueError, RuntimeError):
-            self.events["bad_validation"] += 1
-            self._warn_once(
-                f"{name}_bad",
-                f"ControllerScheduler: `{name}` expected a scalar tensor or a float; got "
-                f"{type(v).__name__!r}: skipped (events['bad_validation'] counts them)",
-                UserWarning,
-            )
-            return None
+            v = self._mean_of(name, v)
+        number = _number(v)
+        if number is None:
+            self._not_a_number(name, v, "bad_validation")
+        return number
+
+    def _mean_of(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """The mean of a tensor handed over as ``name`` with more than one element (said once)."""
+        self._warn_once(
+            f"{name}_shape",
+            f"ControllerScheduler: `{name}` expected a scalar (one-element) tensor or a float; "
+            f"got a tensor of shape {tuple(t.shape)}: using its mean (reduce it first, e.g. "
+            "loss.mean())",
+            UserWarning,
+        )
+        flat = t.detach()
+        return (flat.real if flat.is_complex() else flat).double().mean()  # empty: NaN
+
+    def _not_a_number(self, name: str, v: Any, counter: str) -> None:
+        """``name`` was not a number: counted in ``events[counter]`` and said once."""
+        self.events[counter] += 1
+        self._warn_once(
+            f"{name}_bad",
+            f"ControllerScheduler: `{name}` expected a scalar tensor or a float; got "
+            f"{type(v).__name__!r}: skipped (events['{counter}'] counts them)",
+            UserWarning,
+        )
 
     def step(self, epoch: None = None) -> None:  # type: ignore[override]
         """Close the current step's record; every ``every`` steps, ask the controller; then set
@@ -901,18 +900,17 @@ class ControllerScheduler(LRScheduler):
         u.guarded_at = step
         trial, u.probation = u.probation, None
         saved, self._saved = self._saved, None
+        # a run still non-finite at the decision diverged; one bad batch (a GradScaler-skipped
+        # step, a corrupt sample) in a run that goes on finite did not
+        diverged = bad and self._last_loss_bad
         if saved is not None and saved["start"]:  # the first window is on trial too
-            # only a run still non-finite at the decision: one bad batch (a GradScaler-skipped
-            # step, a corrupt sample) in a run that goes on finite is not sent back to its start
-            if bad and self._last_loss_bad:
+            if diverged:
                 self._rescue(u, saved, step)
-                return True
-            return False
+            return diverged
         if self.guard is None:
             return False
-        if trial is None:
-            # a run still non-finite at the decision diverged (not one bad batch): undone at once
-            return self._relapse(u, after, bad and self._last_loss_bad, step)
+        if trial is None:  # a raise that passed its trial: undone at once if the run diverged
+            return self._relapse(u, after, diverged, step)
         before_mult, before, left, _ = trial
         if not bad and (after is None or after <= before + self.guard * abs(before)):
             if left > 1:  # judged again after the next window, from the same copy
@@ -922,7 +920,6 @@ class ControllerScheduler(LRScheduler):
                 u.relapse, u.worse_windows, self._kept = (before_mult, best, before), 0, saved
             return False
         self._undo_raise(u, before_mult, saved, step, "guard_reverts")
-        self._watch_parent(u, saved)
         why = (
             "the training loss turned non-finite after an LR raise"
             if bad
@@ -943,17 +940,15 @@ class ControllerScheduler(LRScheduler):
     ) -> None:
         """Undo a raise (a failed trial or a relapse): the multiplier back to ``before_mult`` and
         capped there, counted in ``events[counter]`` as this step's decision, and, with a
-        ``copy`` of the raise, the weights and optimizer state back to it."""
+        ``copy`` of the raise, the weights and optimizer state back to it. The raise it had
+        superseded, if any, is watched for a relapse again, from that copy (the last state known
+        good)."""
         u.mult = min(u.mult, before_mult)
         u.ceiling = min(u.ceiling, before_mult)
         self.events[counter] += 1
         self.events["decisions"] += 1
         if copy is not None:  # the weights and optimizer state as they were at the raise
             self._roll_back(u, copy, step)
-
-    def _watch_parent(self, u: _Unit, copy: dict[str, Any] | None) -> None:
-        """After a raise was undone, watch the raise before it again (a relapse watch), from the
-        copy the run just went back to (the last state known good)."""
         if u.parents:
             u.relapse, u.worse_windows, self._kept = u.parents.pop(), 0, copy
 
@@ -978,7 +973,6 @@ class ControllerScheduler(LRScheduler):
         raised, kept, self._kept = u.mult, self._kept, None
         u.relapse, u.worse_windows = None, 0
         self._undo_raise(u, before_mult, kept, step, "guard_relapses")
-        self._watch_parent(u, kept)
         key, what, why = "relapse_nonfinite", "a training loss turned non-finite", ""
         if not bad:
             key, what = "relapse", "the training loss relapsed"

@@ -100,6 +100,7 @@ def _add_data_commands(sub: Any) -> None:
 
 def _add_model_commands(sub: Any) -> None:
     _add_fit_command(sub)
+    _add_combine_command(sub)
     _add_evaluate_command(sub)
 
 
@@ -157,6 +158,25 @@ def _add_fit_command(sub: Any) -> None:
         "precise on held-out families is never taken (implies --no-harm)",
     )
     p.set_defaults(func=cmd_fit)
+
+
+def _add_combine_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "combine",
+        help="one checkpoint proposes, another vetoes the moves it predicts harmful",
+    )
+    p.add_argument("primary", help="checkpoint whose decisions (and do-no-harm rule) are used")
+    p.add_argument("veto", help="checkpoint that blocks a move it predicts worse than keep")
+    p.add_argument("--out", required=True, help="checkpoint directory to write")
+    p.add_argument(
+        "--veto-z",
+        type=float,
+        default=0.0,
+        metavar="Z",
+        help="block a move when the veto's mean + Z x its spread is below 0 (default 0)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_combine)
 
 
 def _add_evaluate_command(sub: Any) -> None:
@@ -348,6 +368,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
             {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}, indent=1
         )
     )
+    return 0
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from trajlib.controllers import combine_checkpoints
+
+    out = combine_checkpoints(
+        args.primary, args.veto, args.out, veto_z=args.veto_z, overwrite=args.overwrite
+    )
+    print(f"wrote {out}")
     return 0
 
 

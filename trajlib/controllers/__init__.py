@@ -3,7 +3,8 @@
 Kinds (``get_controller_kind(name)``): ``gbt`` (LightGBM, one regressor per action), ``mlp``
 (small torch MLP), ``gru`` (torch GRU over a run's decision points), ``ensemble`` (K members of
 another kind, a ``val_present`` input, validation withheld from a share of runs, and the spread
-that the do-no-harm :class:`HarmRule` reads). All follow scikit-learn's
+that the do-no-harm :class:`HarmRule` reads), ``vetoed`` (one controller proposes, a second one
+fitted on another label blocks the moves it predicts harmful; :func:`combine_checkpoints`). All follow scikit-learn's
 estimator contract: ``fit(X, targets, groups) -> self``, ``predict_values(X) -> [n, A]``, and a
 fast single-row ``decide(x, state) -> (action, state)``. Add a kind by subclassing
 :class:`Controller` and decorating it with :func:`register_controller_kind`.
@@ -34,6 +35,7 @@ from trajlib.controllers._registry import (
     get_controller_kind,
     register_controller_kind,
 )
+from trajlib.controllers._vetoed import VetoedController, combine_checkpoints
 
 __all__ = [
     "Controller",
@@ -44,6 +46,8 @@ __all__ = [
     "HarmRule",
     "LoadedController",
     "MLPController",
+    "VetoedController",
+    "combine_checkpoints",
     "controller_kinds",
     "fit_store",
     "get_controller_kind",

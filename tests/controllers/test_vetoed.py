@@ -213,3 +213,33 @@ def test_a_combined_checkpoint_deploys_from_the_command_line(
         assert sched.events["errors"] == 0
         taken.append(list(sched.actions_taken))
     assert taken[0] and taken[0] == taken[1]
+
+
+def test_the_shipped_v7_is_its_primary_vetoed_by_v6() -> None:
+    models = Path(__file__).resolve().parents[2] / "models"
+    v7 = load_controller(models / "trajlib-lr-v7" / "checkpoint")
+    v6 = load_controller(models / "trajlib-lr-v6" / "checkpoint").controller
+    ctl = v7.controller
+    assert isinstance(ctl, VetoedController) and ctl.veto_z == 0.0
+    keep = v7.action_space.keep_index
+    rule = v7.decision_rule
+    assert rule is not None
+    only = rule.actions_read(keep, len(v7.action_space))
+    assert only is not None and keep in only
+    rng = np.random.default_rng(0)
+    X = rng.normal(0, 2, size=(150, ctl.n_features_in_))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    pm, _ = ctl.primary_.predict_spread(X)
+    vm, _ = v6.predict_spread(X)
+    mean, _ = ctl.predict_spread(X)
+    blocked = (vm < 0) & (np.arange(ctl.n_actions_) != keep)
+    assert blocked.any() and (~blocked).any()
+    np.testing.assert_array_equal(mean[~blocked], pm[~blocked])
+    for i, x in enumerate(X):
+        m1, s1, _ = ctl.decide_spread(x)
+        m2, s2, _ = ctl.decide_spread(x, only=only)
+        np.testing.assert_allclose(m1, mean[i], rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(m2[list(only)], m1[list(only)])
+        np.testing.assert_array_equal(s2[list(only)], s1[list(only)])
+        a, _ = rule.choose(m2, s2, keep)
+        assert a == keep or not blocked[i, a]

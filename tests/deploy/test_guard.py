@@ -403,7 +403,10 @@ def test_an_earlier_raise_is_watched_again_when_the_one_after_it_is_undone(
     assert first > 1.0 and seen[2 * every][1] > first  # two raises
     assert seen[3 * every][1] == first  # the second undone
     assert seen[5 * every][1] == first and seen[6 * every][1] == 1.0  # then the first
-    assert ev["guard_rollbacks"] == 2
+    # the reported loss stays non-finite after that, at the base LR: each later decision sends
+    # the run back to the copy the last rollback restored, with the LR cut (a rescue)
+    assert ev["guard_rescues"] >= 1 and ev["guard_rollbacks"] == 2 + ev["guard_rescues"]
+    assert seen[7 * every][1] < 1.0
     weights, _ = seen[6 * every]
     assert all(torch.equal(v, weights[k]) for k, v in seen[2 * every][0].items())
     assert any("passed its trial" in str(w.message) for w in rec)
@@ -482,3 +485,44 @@ def test_the_window_median_is_numpys_median_bit_for_bit() -> None:
         for _ in range(20):
             w = (rng.standard_normal(n) * 10.0 ** rng.uniform(-8, 8, n)).tolist()
             assert _median(w) == float(np.median(w))
+
+
+def test_a_run_that_diverges_at_the_base_lr_after_a_rollback_is_rescued(
+    tiny_checkpoint: Path,
+) -> None:
+    """A raise undone and rolled back leaves the run on a trajectory of its own; if it then
+    diverges at the base LR (no raise left to undo), it goes back to the copy the rollback
+    restored with the multiplier cut, instead of being held, diverged, to its end."""
+    ckpt = _raise_once(tiny_checkpoint, times=1)
+    every = ckpt.every
+    seen: dict[int, Any] = {}
+
+    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
+        seen[t] = ({k: v.clone() for k, v in m.state_dict().items()}, s.mult)
+
+    def observed(t: int, v: float) -> float:
+        if every <= t < 2 * every:
+            return 10.0  # the raise's window: it fails its trial and is rolled back
+        if 3 * every + 3 <= t < 4 * every:
+            return math.nan  # then the run diverges at the base LR
+        return 1.0 / (1 + t)
+
+    with pytest.warns(RuntimeWarning) as rec:
+        sched = run(ckpt, observed, at_decision=grab)
+    ev = sched.events
+    assert ev["guard_reverts"] == 1 and ev["guard_rescues"] == 1 and ev["guard_relapses"] == 0
+    assert ev["guard_rollbacks"] == 2
+    assert seen[every][1] > 1.0 and seen[2 * every][1] == 1.0 and seen[3 * every][1] == 1.0
+    assert seen[4 * every][1] < 1.0  # cut by the checkpoint's largest cut
+    assert sched.units[0].ceiling <= seen[4 * every][1]  # capped there
+    weights, _ = seen[4 * every]  # back to the state the first rollback restored (step every)
+    assert all(torch.equal(v, weights[k]) for k, v in seen[2 * every][0].items())
+    assert any("after a rollback, at the base LR" in str(w.message) for w in rec)
+    # a run that never raised has no trajectory of its own: diverged, it is held as cosine's
+    # would be (nothing to go back to)
+    keep_only = with_policy(
+        load_controller(tiny_checkpoint), lambda x: ckpt.action_space.keep_index
+    )
+    with pytest.warns(RuntimeWarning):
+        plain = run(keep_only, lambda t, v: math.nan if t >= 3 * every + 3 else 1.0 / (1 + t))
+    assert plain.events["guard_rescues"] == 0 and plain.events["held_nonfinite"] > 0

@@ -250,7 +250,9 @@ class ControllerScheduler(LRScheduler):
     copy. The copy is taken only at a raise and kept until the next raise. The start is on trial
     too: a copy of the initial parameters is kept until the first decision, and a loss that turns
     non-finite before it sends the run back to its start with the multiplier cut by the
-    checkpoint's largest cut (capped there; ``events["guard_rescues"]``). Counted in
+    checkpoint's largest cut (capped there; ``events["guard_rescues"]``); so does a loss still
+    non-finite at a decision after a rollback left no raise to undo (back to the restored copy,
+    the run's last known good state until the next raise). Counted in
     ``events["guard_reverts"]``, ``["guard_relapses"]``, ``["guard_rollbacks"]``,
     ``["guard_rolled_back_steps"]`` and ``["guard_capped"]``; the first revert, relapse and rescue
     warn once.
@@ -858,9 +860,10 @@ class ControllerScheduler(LRScheduler):
         self.events["guard_rolled_back_steps"] += step - saved["step"]
 
     def _rescue(self, u: _Unit, saved: dict[str, Any], step: int) -> None:
-        """The loss turned non-finite before the first decision: back to the start, the LR
+        """The loss turned non-finite before the first decision, or after a rollback with no raise
+        left to undo: back to the copy (the start, or the state the rollback restored), the LR
         multiplier cut by the largest cut the checkpoint knows (x0.5 if it has none), raises capped
-        there, and the start on trial again."""
+        there, and (at the start) the start on trial again."""
         self._roll_back(u, saved, step)
         cuts = [d for a in self._moves for n, d, _ in a if n == "lr" and d < 0]
         delta = min(cuts) if cuts else math.log(0.5)
@@ -870,12 +873,17 @@ class ControllerScheduler(LRScheduler):
         u.ceiling = min(u.ceiling, u.mult)
         self.events["guard_rescues"] += 1
         self.events["decisions"] += 1
-        self._saved = {**saved, "step": step}
+        if saved["start"]:
+            self._saved = {**saved, "step": step}
+            where = "before the first decision", "its start"
+        else:
+            self._kept = {**saved, "step": step}
+            where = "after a rollback, at the base LR", f"step {saved['step']}"
         self._warn_once(
             "rescue",
-            "ControllerScheduler: the training loss turned non-finite before the first decision "
-            f"and still was at it (step {step}); the run went back to its start and the LR "
-            f"multiplier was cut from {before:.3g} to {u.mult:.3g} (events['guard_rescues'])",
+            f"ControllerScheduler: the training loss turned non-finite {where[0]} and still was "
+            f"at it (step {step}); the run went back to {where[1]} and the LR multiplier was cut "
+            f"from {before:.3g} to {u.mult:.3g} (events['guard_rescues'])",
         )
 
     def _window_loss(self, step: int) -> tuple[float | None, bool]:
@@ -951,6 +959,10 @@ class ControllerScheduler(LRScheduler):
             self._roll_back(u, copy, step)
         if u.parents:
             u.relapse, u.worse_windows, self._kept = u.parents.pop(), 0, copy
+        elif copy is not None:
+            # no raise left to watch, but the run now follows a trajectory of its own: the copy
+            # stays as its last known good state, should it diverge at the base LR (_relapse)
+            self._kept = copy
 
     def _relapse(self, u: _Unit, after: float | None, bad: bool, step: int) -> bool:
         """Judge the raise that passed its trial (``RELAPSE_TOL``): track the best window since
@@ -958,6 +970,9 @@ class ControllerScheduler(LRScheduler):
         diverged (``bad``: a loss of the window and its last loss were non-finite), undo it (and
         roll back to its copy where one is kept) and return True (this decision is the undo)."""
         if u.relapse is None:
+            if bad and self._kept is not None:  # diverged at the base LR after a rollback
+                self._rescue(u, self._kept, step)
+                return True
             return False
         before_mult, best, ref = u.relapse
         if not bad:

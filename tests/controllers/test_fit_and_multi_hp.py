@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 from ctl_synth import (
+    ALL_KINDS,
     FAST_PARAMS,
     FEATURES,
     KEEP,
@@ -21,7 +22,7 @@ from ctl_synth import (
 )
 
 from trajlib import schema as S
-from trajlib.controllers import controller_kinds, load_controller, save_controller
+from trajlib.controllers import load_controller, save_controller
 from trajlib.controllers._fit import fit_from_table, infer_keep_index
 from trajlib.errors import ConfigError
 from trajlib.labels import make_labels
@@ -122,7 +123,7 @@ def lr_momentum_data(n_runs: int = 30, n_points: int = 20, seed: int = 1):
     return X, T, groups
 
 
-@pytest.mark.parametrize("kind", [k for k in controller_kinds() if not k.startswith("test-")])
+@pytest.mark.parametrize("kind", [k for k in ALL_KINDS if not k.startswith("test-")])
 def test_lr_and_momentum_action_space(kind: str, tmp_path: Path) -> None:
     actions, hps = lr_momentum_space()
     assert actions.keep_index == 0 and actions.hyperparameters == ["lr", "momentum"]

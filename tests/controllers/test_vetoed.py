@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from ctl_synth import KEEP, Synth, make_controller, save_kwargs, split_runs
-from torch import nn
 
+from tests.deploy._helpers import make_model, train
 from trajlib.controllers import (
     VetoedController,
     combine_checkpoints,
@@ -193,23 +193,10 @@ def test_a_combined_checkpoint_deploys_from_the_command_line(
     # deployed: the same decisions as the primary alone (it never proposes what it predicts < 0)
     taken = []
     for ckpt in (tiny_checkpoint, out):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+        model = make_model(0)
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         sched = ControllerScheduler(opt, ckpt, total_steps=120)
-        g = torch.Generator().manual_seed(1)
-        xv = torch.randn(256, 8, generator=g)
-        for t in range(120):
-            x = torch.randn(32, 8, generator=g)
-            loss = ((model(x) - x[:, :1]) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.observe(loss)
-            if t % 10 == 9:
-                with torch.no_grad():
-                    sched.observe_validation(float(((model(xv) - xv[:, :1]) ** 2).mean()))
-            sched.step()
+        train(model, opt, sched, 0, 120, val_every=10)
         assert sched.events["errors"] == 0
         taken.append(list(sched.actions_taken))
     assert taken[0] and taken[0] == taken[1]

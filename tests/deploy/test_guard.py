@@ -153,9 +153,7 @@ def test_a_raise_stays_on_trial_for_two_windows(tiny_checkpoint: Path) -> None:
     ckpt = _raise_once(tiny_checkpoint)
     every = ckpt.every
     seen: dict[int, Any] = {}
-
-    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
-        seen[t] = ({k: v.clone() for k, v in m.state_dict().items()}, s.mult)
+    grab = _grabber(seen)
 
     with pytest.warns(RuntimeWarning, match="raise was undone"):
         sched = run(
@@ -282,6 +280,16 @@ def test_a_decision_judged_twice_uses_one_window(tiny_checkpoint: Path) -> None:
     assert u.probation == trial and sched._saved is saved
 
 
+def _grabber(seen: dict[int, Any]) -> Any:
+    """An ``at_decision`` for :func:`run` that records, per decision step, the model's weights and
+    the multiplier in ``seen``."""
+
+    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
+        seen[t] = ({k: v.clone() for k, v in m.state_dict().items()}, s.mult)
+
+    return grab
+
+
 def _raise_once(tiny_checkpoint: Path, times: int = 1) -> Any:
     """The tiny checkpoint with a controller that takes the largest raise at its first ``times``
     decisions and keeps after."""
@@ -305,9 +313,7 @@ def test_a_relapse_after_the_trial_is_undone_and_rolled_back(tiny_checkpoint: Pa
     ckpt = _raise_once(tiny_checkpoint)
     every = ckpt.every
     seen: dict[int, Any] = {}
-
-    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
-        seen[t] = ({k: v.clone() for k, v in m.state_dict().items()}, s.mult)
+    grab = _grabber(seen)
 
     with pytest.warns(RuntimeWarning, match="relapsed after an LR raise had passed its trial"):
         sched = run(
@@ -332,9 +338,7 @@ def test_a_non_finite_loss_after_the_trial_undoes_the_raise_at_once(tiny_checkpo
     ckpt = _raise_once(tiny_checkpoint)
     every = ckpt.every
     seen: dict[int, Any] = {}
-
-    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
-        seen[t] = ({k: v.clone() for k, v in m.state_dict().items()}, s.mult)
+    grab = _grabber(seen)
 
     bad = 4 * every + 3  # in the window after the trial passed: non-finite from here on
     with pytest.warns(RuntimeWarning, match="non-finite after an LR raise had passed its trial"):
@@ -384,9 +388,7 @@ def test_an_earlier_raise_is_watched_again_when_the_one_after_it_is_undone(
     ckpt = _raise_once(tiny_checkpoint, times=2)
     every = ckpt.every
     seen: dict[int, Any] = {}
-
-    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
-        seen[t] = ({k: v.clone() for k, v in m.state_dict().items()}, s.mult)
+    grab = _grabber(seen)
 
     def observed(t: int, v: float) -> float:
         if 2 * every <= t < 3 * every:
@@ -496,9 +498,7 @@ def test_a_run_that_diverges_at_the_base_lr_after_a_rollback_is_rescued(
     ckpt = _raise_once(tiny_checkpoint, times=1)
     every = ckpt.every
     seen: dict[int, Any] = {}
-
-    def grab(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
-        seen[t] = ({k: v.clone() for k, v in m.state_dict().items()}, s.mult)
+    grab = _grabber(seen)
 
     def observed(t: int, v: float) -> float:
         if every <= t < 2 * every:

@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from trajlib.errors import ConfigError, FeatureSetMismatchError, NotFittedError
+from trajlib.errors import CheckpointError, ConfigError, FeatureSetMismatchError, NotFittedError
 
-__all__ = ["Controller", "ControllerState"]
+__all__ = ["Controller", "ControllerState", "load_part", "part_payload"]
 
 ControllerState = Any  # None for stateless kinds; a numpy hidden state for recurrent ones
 
@@ -255,3 +255,37 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def part_payload(part: Controller, prefix: str) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """A controller stored inside another (an ensemble's member, a vetoed checkpoint's part): its
+    payload files renamed ``<prefix><name>`` and its entry for the outer ``model_state.json``
+    (``params``, ``state``, ``files``)."""
+    files, state = part._payload()
+    entry = {"params": part.get_params(deep=False), "state": state, "files": sorted(files)}
+    return {f"{prefix}{n}": data for n, data in files.items()}, entry
+
+
+def load_part(
+    cls: type[Controller],
+    entry: Mapping[str, Any],
+    files: Mapping[str, bytes],
+    prefix: str,
+    what: str,
+) -> Controller:
+    """Rebuild a controller of kind ``cls`` saved by :func:`part_payload`; :class:`CheckpointError`
+    naming ``what`` (e.g. "member 0") for a malformed entry, a missing file or params that do not
+    fit the kind."""
+    try:
+        names = [str(n) for n in entry["files"]]
+        params = dict(entry["params"])
+        state = entry["state"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"model_state.json: malformed {what} ({e!r})") from e
+    missing = [f"{prefix}{n}" for n in names if f"{prefix}{n}" not in files]
+    if missing:
+        raise CheckpointError(f"{missing[0]}: payload file missing from the manifest")
+    try:
+        return cls._from_payload(params, {n: files[f"{prefix}{n}"] for n in names}, state)
+    except TypeError as e:
+        raise CheckpointError(f"{what}: params do not fit kind {cls.kind!r}") from e

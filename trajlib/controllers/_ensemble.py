@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from trajlib.controllers._base import Controller, ControllerState
+from trajlib.controllers._base import Controller, ControllerState, load_part, part_payload
 from trajlib.controllers._gbt import GBTController
 from trajlib.controllers._registry import get_controller_kind, register_controller_kind
 from trajlib.controllers._treewalk import Forests
@@ -285,10 +285,9 @@ class EnsembleController(Controller):
         files: dict[str, bytes] = {}
         members = []
         for k, m in enumerate(self.members_):
-            f_k, s_k = m._payload()
-            for name, data in f_k.items():
-                files[f"m{k}.{name}"] = data
-            members.append({"params": m.get_params(deep=False), "state": s_k, "files": sorted(f_k)})
+            f_k, entry = part_payload(m, f"m{k}.")
+            files.update(f_k)
+            members.append(entry)
         state = {
             "n_features_in": int(self.n_features_in_),
             "n_actions": int(self.n_actions_),
@@ -318,19 +317,7 @@ class EnsembleController(Controller):
         members: list[Controller] = []
         width = n_features + (1 if ctl._cols() else 0)
         for k, d in enumerate(members_state):
-            try:
-                names = [str(n) for n in d["files"]]
-                m_params = dict(d["params"])
-                m_state = d["state"]
-            except (KeyError, TypeError, ValueError) as e:
-                raise CheckpointError(f"model_state.json: malformed member {k} ({e!r})") from e
-            missing = [f"m{k}.{n}" for n in names if f"m{k}.{n}" not in files]
-            if missing:
-                raise CheckpointError(f"{missing[0]}: payload file missing from the manifest")
-            try:
-                m = base._from_payload(m_params, {n: files[f"m{k}.{n}"] for n in names}, m_state)
-            except TypeError as e:
-                raise CheckpointError(f"member {k}: params do not fit kind {base.kind!r}") from e
+            m = load_part(base, d, files, f"m{k}.", f"member {k}")
             if m.n_features_in_ != width or m.n_actions_ != n_actions:
                 raise CheckpointError(
                     f"member {k}: takes {m.n_features_in_} inputs / {m.n_actions_} actions, "

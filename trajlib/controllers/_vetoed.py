@@ -34,9 +34,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from trajlib.controllers._base import Controller, ControllerState
+from trajlib.controllers._base import Controller, ControllerState, load_part, part_payload
 from trajlib.controllers._registry import get_controller_kind, register_controller_kind
-from trajlib.errors import CheckpointError, ConfigError, FeatureSetMismatchError
+from trajlib.errors import (
+    CheckpointError,
+    ConfigError,
+    FeatureSetMismatchError,
+    UnknownNameError,
+)
 
 __all__ = ["VetoedController", "combine_checkpoints"]
 
@@ -77,7 +82,7 @@ class VetoedController(Controller):
             if not isinstance(part, Controller):
                 raise ConfigError(name, "a fitted trajlib Controller", type(part).__name__)
             part._check_fitted()
-            if part.stateful or getattr(part, "_stateful", False):
+            if part.initial_state() is not None:  # None: a stateless kind
                 raise ConfigError(
                     name, "a stateless controller (gbt, mlp, their ensemble)", part.kind
                 )
@@ -111,9 +116,8 @@ class VetoedController(Controller):
         self, pm: np.ndarray, ps: np.ndarray, vm: np.ndarray, vs: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         pm, vm = np.asarray(pm, dtype=np.float64), np.asarray(vm, dtype=np.float64)
-        return np.where(
-            self._blocked(vm, np.asarray(vs, dtype=np.float64)), np.minimum(pm, vm), pm
-        ), (np.asarray(ps, dtype=np.float64))
+        blocked = self._blocked(vm, np.asarray(vs, dtype=np.float64))
+        return np.where(blocked, np.minimum(pm, vm), pm), np.asarray(ps, dtype=np.float64)
 
     def blocked(self, X: np.ndarray) -> np.ndarray:
         """``[n, A]`` bool: the actions the veto blocks at each row of features ``X``."""
@@ -147,13 +151,10 @@ class VetoedController(Controller):
     def _decide_spread(
         self, x: np.ndarray, state: ControllerState
     ) -> tuple[np.ndarray, np.ndarray, ControllerState]:
-        pm, ps, _ = self.primary_.decide_spread(x)
-        vm, vs, _ = self.veto_.decide_spread(x)
-        mean, std = self._combine(pm, ps, vm, vs)
-        return mean, std, None
+        return self._decide_spread_only(x, state, None)
 
     def _decide_spread_only(
-        self, x: np.ndarray, state: ControllerState, only: tuple[int, ...]
+        self, x: np.ndarray, state: ControllerState, only: tuple[int, ...] | None
     ) -> tuple[np.ndarray, np.ndarray, ControllerState]:
         pm, ps, _ = self.primary_.decide_spread(x, only=only)
         vm, vs, _ = self.veto_.decide_spread(x, only=only)
@@ -175,14 +176,9 @@ class VetoedController(Controller):
         }
         for name, prefix in _PARTS:
             part: Controller = getattr(self, f"{name}_")
-            f_k, s_k = part._payload()
-            files.update({f"{prefix}{n}": data for n, data in f_k.items()})
-            state[name] = {
-                "kind": part.kind,
-                "params": part.get_params(deep=False),
-                "state": s_k,
-                "files": sorted(f_k),
-            }
+            f_k, entry = part_payload(part, prefix)
+            files.update(f_k)
+            state[name] = {"kind": part.kind, **entry}
         return files, state
 
     @classmethod
@@ -197,21 +193,14 @@ class VetoedController(Controller):
         for name, prefix in _PARTS:
             try:
                 d = state[name]
-                kind, p, s = str(d["kind"]), dict(d["params"]), d["state"]
-                names = [str(n) for n in d["files"]]
+                kind = str(d["kind"])
             except (KeyError, TypeError, ValueError) as e:
                 raise CheckpointError(f"model_state.json: malformed {name} part ({e!r})") from e
             if kind == cls.kind:
                 raise CheckpointError(f"model_state.json: the {name} part is itself {kind!r}")
-            missing = [f"{prefix}{n}" for n in names if f"{prefix}{n}" not in files]
-            if missing:
-                raise CheckpointError(f"{missing[0]}: payload file missing from the manifest")
             try:
-                part_cls = get_controller_kind(kind)
-                parts[name] = part_cls._from_payload(
-                    p, {n: files[f"{prefix}{n}"] for n in names}, s
-                )
-            except (TypeError, ConfigError) as e:
+                parts[name] = load_part(get_controller_kind(kind), d, files, prefix, f"{name} part")
+            except (ConfigError, UnknownNameError) as e:  # an unknown kind, params refused
                 raise CheckpointError(f"the {name} part ({kind!r}): {e}") from e
         try:
             return cls.of(parts["primary"], parts["veto"], keep=keep, veto_z=z)
@@ -258,7 +247,6 @@ def combine_checkpoints(
         k: max(float(nan_p.get(k, 1.0)), float(nan_v.get(k, 1.0))) for k in p.feature_names
     }
     td_p["veto"] = {k: val for k, val in td_v.items() if k != "feature_nan_fraction"}
-    rule = p.decision_rule
     return save_controller(
         ctl,
         out,
@@ -273,5 +261,5 @@ def combine_checkpoints(
             f"primary_{k}": val for k, val in (p.manifest.get("offline_metrics") or {}).items()
         },
         overwrite=overwrite,
-        decision_rule=rule,
+        decision_rule=p.decision_rule,
     )

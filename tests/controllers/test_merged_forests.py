@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.measure._require import require_native
 from trajlib.controllers import load_controller
 from trajlib.controllers._ensemble import _mean_std
 from trajlib.controllers._treewalk import Forests
@@ -108,3 +109,38 @@ def test_one_row_augment_equals_the_batch_augment(name: str) -> None:
     ctrl = load_controller(MODELS / name / "checkpoint").controller
     for x in _rows(ctrl.n_features_in_, 40):
         assert ctrl._augment_one(x).tobytes() == ctrl._augment(x[None, :])[0].tobytes()
+
+
+@pytest.mark.parametrize("name", [*ENSEMBLES, "trajlib-lr-v7"])
+def test_the_native_walk_is_the_numpy_walk_bit_for_bit(name: str) -> None:
+    """Every shipped tree model's merged forests (v7: both parts'), rows with NaN, zeros, values
+    on a threshold and infinities: ``forest_walk.c`` and the numpy walk give the same bytes."""
+    require_native()
+    ctrl = load_controller(MODELS / name / "checkpoint").controller
+    parts = [ctrl.primary_, ctrl.veto_] if name == "trajlib-lr-v7" else [ctrl]
+    rng = np.random.default_rng(1)
+    for part in parts:
+        forests = part._merged_forests()[0]
+        assert forests._native_call() is not None
+        rows = _rows(part.n_features_in_ + 1, 150)
+        on = rng.choice(forests.thr, size=len(rows))  # exactly on a split's threshold
+        rows[np.arange(len(rows)), forests.feat[rng.integers(0, forests.n_split, len(rows))]] = on
+        rows[:10, 0], rows[10:20, 1] = np.inf, -np.inf
+        for z in rows:
+            assert forests.predict_one(z).tobytes() == forests.predict_one_numpy(z).tobytes()
+
+
+def test_without_native_code_the_numpy_walk_is_used(monkeypatch) -> None:
+    from trajlib.controllers import _treewalk
+
+    monkeypatch.setenv("TRAJLIB_NATIVE", "0")
+    _treewalk._walker.cache_clear()  # cleared again after: the next test compiles or finds it
+    try:
+        ctrl = load_controller(MODELS / "trajlib-lr-v4" / "checkpoint").controller
+        forests = ctrl._merged_forests()[0]
+        assert forests._native_call() is None
+        assert "TRAJLIB_NATIVE=0" in _treewalk.native_status()
+        z = _rows(ctrl.n_features_in_ + 1, 1)[0]
+        assert forests.predict_one(z).tobytes() == forests.predict_one_numpy(z).tobytes()
+    finally:
+        _treewalk._walker.cache_clear()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import lightgbm as lgb
 import numpy as np
+import pytest
 import torch
 from ctl_synth import Synth, split_runs
 
+from tests.measure._require import require_native
 from trajlib.controllers._base import sequences
 from trajlib.controllers._treewalk import Forests
 
 
-def test_forest_walk_equals_booster_predict() -> None:
+@pytest.mark.parametrize("path", ["native", "numpy"])
+def test_forest_walk_equals_booster_predict(path: str) -> None:
     rng = np.random.default_rng(0)
     n, f = 3000, 10
     X = rng.normal(size=(n, f))
@@ -31,7 +34,13 @@ def test_forest_walk_equals_booster_predict() -> None:
     Xt[50:60, 4] = np.inf
     Xt[60:70, 5] = -np.inf
     ref = np.stack([b.predict(Xt, num_threads=1) for b in boosters], axis=1)
-    got = np.stack([forests.predict_one(x) for x in Xt])
+    if path == "native":
+        require_native()
+        assert forests._native_call() is not None
+        walk = forests.predict_one
+    else:
+        walk = forests.predict_one_numpy
+    got = np.stack([walk(x) for x in Xt])
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
 
 

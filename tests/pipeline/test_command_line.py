@@ -183,9 +183,10 @@ def test_doctor_reports_versions_and_whether_the_native_kernels_are_used(capsys)
     assert rep["native_kernels"] is (_native.lib() is not None)
     assert rep["native_status"] == _native.status()
     assert "native_hooks" not in rep  # the probe's C hooks are gone: Python hooks only
+    assert rep["native_tree_walk"].startswith("loaded ") is (_native.lib() is not None)
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
-    assert "native kernels" in out
+    assert "native kernels" in out and "tree walk" in out
 
 
 @pytest.mark.parametrize(

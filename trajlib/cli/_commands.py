@@ -273,6 +273,7 @@ def doctor_report() -> dict[str, Any]:
 
     import torch
 
+    from trajlib.controllers._treewalk import native_status
     from trajlib.measure import _native
 
     versions: dict[str, str | None] = {}
@@ -287,6 +288,7 @@ def doctor_report() -> dict[str, Any]:
         versions["trajlib"] = f"{trajlib.__version__} (from {Path(trajlib.__file__).parent})"
     t0 = time.perf_counter()
     lib = _native.lib()
+    tree_walk = native_status()
     cuda = torch.cuda.is_available()
     return {
         "python": platform.python_version(),
@@ -299,6 +301,7 @@ def doctor_report() -> dict[str, Any]:
         "native_kernels": lib is not None,
         "native_status": _native.status(),
         "native_load_s": round(time.perf_counter() - t0, 3),
+        "native_tree_walk": tree_walk,
     }
 
 
@@ -314,6 +317,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"cuda           {', '.join(rep['cuda']) or 'no GPU visible'}")
     state = "used" if rep["native_kernels"] else "NOT used (PyTorch fallback: same numbers, slower)"
     print(f"native kernels {state}: {rep['native_status']}")
+    print(f"tree walk      {rep['native_tree_walk']}")
     return 0
 
 

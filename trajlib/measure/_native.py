@@ -28,14 +28,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["NativeSums", "lib", "native_ok", "ptrs", "status"]
+__all__ = ["NativeSums", "lib", "load_source", "native_ok", "ptrs", "status"]
 
 _log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("layer_sums.c")
@@ -137,30 +137,38 @@ def _candidates(cc: str, source: Path, stem: str) -> Iterator[Path]:
                 yield path
 
 
-def _load() -> ctypes.PyDLL | None:
-    global _STATUS
+def load_source(
+    source: Path, stem: str, signatures: Mapping[str, tuple[Any, ...]]
+) -> tuple[ctypes.PyDLL | None, str]:
+    """Compile (or find cached) and load the C file ``source`` as ``stem-*.so``; declare each of
+    ``signatures``' functions (argument types; no return value). Returns the library, or None,
+    and a line saying which file was loaded or why none was. The same rules as the kernels':
+    ``TRAJLIB_NATIVE=0`` disables it, the compiler is ``$CC``, ``cc`` or ``gcc``, builds are
+    cached under ``$TRAJLIB_CACHE`` and keyed by every input of the build."""
     why = _unavailable()
     if why:
-        _STATUS = why
-        return None
+        return None, why
     cc = _compiler()
     if not cc:
-        _STATUS = "no C compiler found ($CC, cc, gcc)"
-        return None
-    for path in _candidates(cc, _SOURCE, "layer_sums"):
+        return None, "no C compiler found ($CC, cc, gcc)"
+    for path in _candidates(cc, source, stem):
         try:
             so = ctypes.PyDLL(str(path))  # keeps the GIL: calls are microseconds
         except OSError as e:
-            _log.debug("native kernels: %s", e)
+            _log.debug("native %s: %s", stem, e)
             continue
-        for name, argtypes in _SIGNATURES.items():
+        for name, argtypes in signatures.items():
             fn = getattr(so, name)
             fn.argtypes = argtypes
             fn.restype = None
-        _STATUS = f"loaded {path}"
-        return so
-    _STATUS = f"compiling {_SOURCE.name} with {cc} failed (set TRAJLIB_NATIVE=0 to skip)"
-    return None
+        return so, f"loaded {path}"
+    return None, f"compiling {source.name} with {cc} failed (set TRAJLIB_NATIVE=0 to skip)"
+
+
+def _load() -> ctypes.PyDLL | None:
+    global _STATUS
+    so, _STATUS = load_source(_SOURCE, "layer_sums", _SIGNATURES)
+    return so
 
 
 def _logged(obj: _T, what: str, why: Callable[[], str]) -> _T:

@@ -3,6 +3,7 @@
 Prints human-readable lines, then one JSON object on the last line. One thread everywhere.
 
     python tests/benchmarks/bench_deploy.py [--checkpoint PATH] [--steps 3000] [--reps 5] [--device cuda]
+        [--tree-walk numpy]
 
 The loop is task ``mnist1d-mlp`` (MLP 40-100-100-10, batch 128, SGD with momentum 0.9; ``--hidden N``
 widens it to 40-N-N-10 to show how the overhead scales with the work per step; ``--task`` runs
@@ -72,6 +73,7 @@ import torch  # noqa: E402
 
 from tests._tiny import TINY_RECIPE  # noqa: E402
 from trajlib.controllers import load_controller  # noqa: E402
+from trajlib.controllers._treewalk import Forests, native_status  # noqa: E402
 from trajlib.deploy import ControllerScheduler  # noqa: E402
 from trajlib.deploy._probe import StepProbe  # noqa: E402
 from trajlib.measure import _native  # noqa: E402
@@ -287,7 +289,16 @@ def main() -> None:
         help="hidden width of the MLP (default: the task's 100): how the overhead scales with "
         "the work per step",
     )
+    ap.add_argument(
+        "--tree-walk",
+        choices=("auto", "numpy"),
+        default="auto",
+        help="numpy: tree controllers walk their forests in numpy even where the native walk "
+        "(forest_walk.c) loads: the native walk's figure is the decision cost of auto over numpy",
+    )
     a = ap.parse_args()
+    if a.tree_walk == "numpy":
+        Forests._native_call = lambda self: None  # type: ignore[method-assign]
     if a.hidden is not None and a.task != "mnist1d-mlp":
         ap.error(f"--hidden widens mnist1d-mlp's MLP; got --task {a.task}")
     torch.set_num_threads(1)
@@ -407,6 +418,7 @@ def main() -> None:
         "native_kernels": _native.lib() is not None,  # TRAJLIB_NATIVE=0: torch only
         "baseline_step_us": round(base_us, 1),
         "decide_ms_per_decision": round(decide_s / max(1, decisions) * 1e3, 3),
+        "tree_walk": "numpy" if a.tree_walk == "numpy" else native_status(),
         "decide_us_per_step": round(decide_s / n_steps * 1e6, 1),
         "events": events,
         # one extra instrumented controller loop (not in the ratios), us per step: the probe's

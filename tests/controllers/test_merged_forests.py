@@ -111,13 +111,13 @@ def test_one_row_augment_equals_the_batch_augment(name: str) -> None:
         assert ctrl._augment_one(x).tobytes() == ctrl._augment(x[None, :])[0].tobytes()
 
 
-@pytest.mark.parametrize("name", [*ENSEMBLES, "trajlib-lr-v7"])
+@pytest.mark.parametrize("name", [*ENSEMBLES, "trajlib-lr-v7", "trajlib-lr-v8"])
 def test_the_native_walk_is_the_numpy_walk_bit_for_bit(name: str) -> None:
-    """Every shipped tree model's merged forests (v7: both parts'), rows with NaN, zeros, values
+    """Every shipped tree model's merged forests (v7, v8: both parts'), rows with NaN, zeros, values
     on a threshold and infinities: ``forest_walk.c`` and the numpy walk give the same bytes."""
     require_native()
     ctrl = load_controller(MODELS / name / "checkpoint").controller
-    parts = [ctrl.primary_, ctrl.veto_] if name == "trajlib-lr-v7" else [ctrl]
+    parts = [ctrl.primary_, ctrl.veto_] if name in ("trajlib-lr-v7", "trajlib-lr-v8") else [ctrl]
     rng = np.random.default_rng(1)
     for part in parts:
         forests = part._merged_forests()[0]

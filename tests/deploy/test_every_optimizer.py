@@ -20,11 +20,12 @@ from trajlib.deploy import ControllerScheduler, Lookahead
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 #: v1 (the first shipped checkpoint; moves momentum too), v3, its climbing variant, v4, v5 and the
-#: v6 and the headline v7 (v6 vetoing an end-label model; LR only; the climbing ones move the LR by up to x4 at a decision, v6 by x8, v4-v6
+#: v6, v7 (v6 vetoing an end-label model) and the headline v8 (the same with twice the end-label
+#: data and one rule for every move; LR only; the climbing ones move the LR by up to x4 at a decision, v6 by x8, v4-v6
 #: up to 100x their start; v5 is also run the way it ships best, with lookahead and the search)
 SHIPPED = {
     v: MODELS / f"trajlib-lr-{v}" / "checkpoint"
-    for v in ("v1", "v3", "v3-climb", "v4", "v5", "v6", "v7")
+    for v in ("v1", "v3", "v3-climb", "v4", "v5", "v6", "v7", "v8")
 }
 STEPS, EVERY = 240, 20
 ALL = sorted(

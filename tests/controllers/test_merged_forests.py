@@ -144,3 +144,20 @@ def test_without_native_code_the_numpy_walk_is_used(monkeypatch) -> None:
         assert forests.predict_one(z).tobytes() == forests.predict_one_numpy(z).tobytes()
     finally:
         _treewalk._walker.cache_clear()
+
+
+def test_a_copy_or_a_pickle_walks_its_own_tables() -> None:
+    """The native call holds the addresses of its object's node tables: a deep copy or a pickle
+    (the scheduler copies its controller) leaves it out and makes its own, with the same sums."""
+    import copy
+    import pickle
+
+    ctrl = load_controller(MODELS / "trajlib-lr-v4" / "checkpoint").controller
+    forests = ctrl._merged_forests()[0]
+    z = _rows(ctrl.n_features_in_ + 1, 1)[0]
+    want = forests.predict_one(z).tobytes()  # the native call is made here, where it loads
+    for other in (copy.deepcopy(forests), pickle.loads(pickle.dumps(forests))):
+        assert "_call" not in vars(other)
+        assert other.predict_one(z).tobytes() == want
+        if getattr(forests, "_call", None) is not None:
+            assert other._call is not None and other._call[1] != forests._call[1]

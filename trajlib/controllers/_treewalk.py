@@ -193,6 +193,14 @@ class Forests:
         fn(*args, x.ctypes.data, self.n_outputs, out.ctypes.data)
         return out
 
+    def __getstate__(self) -> dict[str, Any]:
+        # copies and pickles leave out the native call: its arguments are the addresses of this
+        # object's node tables (a copy makes its own on first use)
+        state = self.__dict__.copy()
+        state.pop("_call", None)
+        state.pop("_keep", None)
+        return state
+
     def _native_call(self) -> tuple[Any, tuple[int, ...]] | None:
         """The native walk and its fixed arguments (the node tables' addresses), made once."""
         try:

@@ -161,3 +161,13 @@ def test_a_copy_or_a_pickle_walks_its_own_tables() -> None:
         assert other.predict_one(z).tobytes() == want
         if getattr(forests, "_call", None) is not None:
             assert other._call is not None and other._call[1] != forests._call[1]
+
+
+def test_a_row_too_short_raises_instead_of_reading_past_it() -> None:
+    require_native()
+    forests = (
+        load_controller(MODELS / "trajlib-lr-v4" / "checkpoint").controller.members_[0].forests_
+    )
+    assert forests._native_call() is not None
+    with pytest.raises(IndexError):
+        forests.predict_one(np.zeros(int(forests.feat.max())))

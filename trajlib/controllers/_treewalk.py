@@ -185,10 +185,10 @@ class Forests:
     def predict_one(self, x: np.ndarray) -> np.ndarray:
         """``[n_outputs]`` raw scores for one row ``x`` of shape ``[n_features]`` (float64)."""
         call = self._native_call()
-        if call is None:
-            return self.predict_one_numpy(x)
-        fn, args = call
         x = np.ascontiguousarray(x, dtype=np.float64)
+        if call is None or x.ndim != 1 or x.shape[0] < self._width:
+            return self.predict_one_numpy(x)  # (a row too short raises there, never reads past it)
+        fn, args = call
         out = np.empty(self.n_outputs, dtype=np.float64)
         fn(*args, x.ctypes.data, self.n_outputs, out.ctypes.data)
         return out
@@ -221,6 +221,7 @@ class Forests:
                 np.ascontiguousarray(self.value, dtype=np.float64),
             )
             self._keep = keep  # the tables must outlive the calls
+            self._width = int(self.feat.max()) + 1 if self.n_split else 0  # features C reads
             call = (fn, (self.n_trees, self.n_split, *(a.ctypes.data for a in keep)))
         self._call: tuple[Any, tuple[int, ...]] | None = call
         return call

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import warnings
 from pathlib import Path
 from typing import Any
@@ -363,11 +364,12 @@ def test_a_non_finite_loss_after_the_trial_undoes_the_raise_at_once(tiny_checkpo
 
 
 def test_a_relapse_needs_two_windows_clearly_worse(tiny_checkpoint: Path) -> None:
-    """20 % above the best window (inside the 25 % tolerance) for good, or 10x for one window
-    only: no relapse. Without rollback a relapse is undone without restoring weights."""
+    """20 % above the best window (inside the 25 % tolerance, and under the run's first window)
+    for good, or 10x for one window only: no relapse. Without rollback a relapse is undone
+    without restoring weights."""
     ckpt = _raise_once(tiny_checkpoint)
     every = ckpt.every
-    mild = run(ckpt, lambda t, _: 1.0 if t < 4 * every else 1.2)
+    mild = run(ckpt, lambda t, _: 2.0 if t < every else 1.0 if t < 4 * every else 1.2)
     assert mild.events["guard_relapses"] == 0 and mild.mult > 1.0
     ckpt = _raise_once(tiny_checkpoint)
     blip = run(ckpt, lambda t, _: 10.0 if 4 * every <= t < 5 * every else 1.0)
@@ -377,6 +379,41 @@ def test_a_relapse_needs_two_windows_clearly_worse(tiny_checkpoint: Path) -> Non
         plain = run(ckpt, lambda t, _: 1.0 if t < 4 * every else 10.0, rollback=False)
     assert plain.events["guard_relapses"] == 1 and plain.events["guard_rollbacks"] == 0
     assert plain.mult == 1.0
+
+
+def _noisy(level: float, t: int, sd: float = 0.1) -> float:
+    """A training loss around ``level`` with noise of ``sd`` (deterministic in ``t``)."""
+    return level + sd * random.Random(t).gauss(0.0, 1.0)
+
+
+def test_a_run_worse_than_its_start_has_relapsed(tiny_checkpoint: Path) -> None:
+    """A classifier collapsed to chance after an early raise: a noisy loss at 2.3 before the
+    first decision, 2.2 through the trial, then 2.6 (13 % above the best window, inside the
+    relative tolerance) — above where the run started by far more than the noise: undone and
+    rolled back, with its own warning. The same noisy loss back at its start's level, or a run
+    that never gets worse than its start, is no relapse."""
+    ckpt = _raise_once(tiny_checkpoint)
+    every = ckpt.every
+    seen: dict[int, Any] = {}
+
+    def collapsed(t: int, v: float) -> float:
+        return _noisy(2.3 if t < every else 2.2 if t < 3 * every else 2.6, t)
+
+    with pytest.warns(RuntimeWarning, match="above the run's first window") as rec:
+        sched = run(ckpt, collapsed, at_decision=_grabber(seen))
+    ev = sched.events
+    assert ev["guard_reverts"] == 0 and ev["guard_relapses"] == 1, ev
+    assert seen[4 * every][1] > 1.0 and seen[5 * every][1] == 1.0  # the 2nd window above: undone
+    assert ev["guard_rollbacks"] == 1 and ev["guard_rolled_back_steps"] == 4 * every
+    assert sum("relapsed" in str(w.message) for w in rec) == 1
+    # the relative rule alone would not have seen it: 2.6 is under best + 25 % of it
+    med, se = sched._start_window  # type: ignore[misc]
+    assert abs(med - 2.3) < 0.1 and 0 < se < 0.1
+
+    for level in (2.3, 2.25):  # back at (or under) the start's level: noise, not a relapse
+        ckpt = _raise_once(tiny_checkpoint)
+        flat = run(ckpt, lambda t, _: _noisy(2.3 if t < every else level, t))
+        assert flat.events["guard_relapses"] == 0 and flat.mult > 1.0, level
 
 
 def test_an_earlier_raise_is_watched_again_when_the_one_after_it_is_undone(
@@ -471,6 +508,7 @@ def test_the_relapse_watch_survives_a_state_dict_round_trip(tiny_checkpoint: Pat
     sched.close()
     again = ControllerScheduler(opt, ckpt, total_steps=STEPS, model=model)
     again.load_state_dict(torch.load(_saved(state), weights_only=True))
+    assert again._start_window == sched._start_window == (1.0, 0.0)  # the first window's too
     with pytest.warns(RuntimeWarning, match="relapsed"):
         train(model, opt, again, 4 * every, 7 * every, observed=lambda t, v: 10.0)
     assert again.events["guard_relapses"] == 1 and again.events["guard_rollbacks"] == 0

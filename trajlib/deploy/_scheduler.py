@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "GUARD",
     "GUARD_WINDOWS",
+    "RELAPSE_START_Z",
     "RELAPSE_TOL",
     "RELAPSE_WINDOWS",
     "ControllerScheduler",
@@ -55,6 +56,14 @@ GUARD_WINDOWS = 2
 #: loss is non-finite at a decision (it diverged late at the raised LR) has it undone at once.
 RELAPSE_TOL = 0.25
 RELAPSE_WINDOWS = 2
+#: A watched raise has also relapsed when ``RELAPSE_WINDOWS`` windows in a row sit above the
+#: run's *first* window (its median training loss before the controller's first decision) by
+#: more than ``RELAPSE_START_Z`` standard errors of the difference of the two medians: the run is
+#: worse than where it started. The tolerance above, a share of the best window's magnitude,
+#: cannot see it when the run gained little before the raise and its loss floor is far from 0 (a
+#: classifier collapsed to chance after an early raise: ``tcn-mnist1d`` from x10 sat at its
+#: first window's loss + 10-25 %, under best + 25 %).
+RELAPSE_START_Z = 3.0
 #: How many superseded raises a unit remembers (each watched again when the raise after it is
 #: undone; the multiplier's ceiling bounds how many raises a run can stack anyway).
 MAX_PARENTS = 8
@@ -176,7 +185,8 @@ class _Unit:
     #: before it, best window median since it, the window median before it); None when no raise
     #: is watched
     relapse: tuple[float, float, float] | None = None
-    #: windows in a row worse than that best by more than RELAPSE_TOL
+    #: windows in a row worse than that best by more than RELAPSE_TOL (or than the run's first
+    #: window, RELAPSE_START_Z)
     worse_windows: int = 0
     #: earlier raises a newer one superseded, oldest first, each as a relapse watch (the tuple
     #: of ``relapse``): when the newer raise is undone, the one before it is watched again
@@ -367,6 +377,10 @@ class ControllerScheduler(LRScheduler):
         # the first negative training loss (step, value): the loss features assume a loss >= 0
         self._neg_loss: tuple[int, float] | None = None
         self._window_stat: tuple[int, float | None, bool] = (-1, None, False)
+        self._window_se = math.nan  # the standard error of that window's median
+        # the first window with a finite median: (median, its standard error); the relapse watch
+        # judges a raise against it too (RELAPSE_START_Z)
+        self._start_window: tuple[float, float] | None = None
         self.actions_taken: list[tuple[int, int, int]] = []  # (step, unit, action index)
         self._loss: torch.Tensor | float | None = None
         self._loss_n = 0
@@ -892,6 +906,9 @@ class ControllerScheduler(LRScheduler):
         if self._window_stat[0] != step:
             w = self._window
             med = _median(w) if w else None
+            self._window_se = _median_se(w, med) if med is not None else math.nan
+            if self._start_window is None and med is not None and not self._window_bad:
+                self._start_window = (med, self._window_se)
             self._window_stat = (step, med, self._window_bad)
             self._window, self._window_bad = [], False
         return self._window_stat[1], self._window_stat[2]
@@ -964,6 +981,16 @@ class ControllerScheduler(LRScheduler):
             # stays as its last known good state, should it diverge at the base LR (_relapse)
             self._kept = copy
 
+    def _worse_than_start(self, after: float) -> bool:
+        """Whether the window just closed (median ``after``) is worse than the run's first window
+        by more than ``RELAPSE_START_Z`` standard errors of the difference (NaN errors: not
+        judged)."""
+        if self._start_window is None:
+            return False
+        med, se = self._start_window
+        tol = RELAPSE_START_Z * math.hypot(se, self._window_se)
+        return after > med + tol  # NaN tol: False
+
     def _relapse(self, u: _Unit, after: float | None, bad: bool, step: int) -> bool:
         """Judge the raise that passed its trial (``RELAPSE_TOL``): track the best window since
         it; after ``RELAPSE_WINDOWS`` windows in a row clearly worse, or at once when the run
@@ -975,6 +1002,7 @@ class ControllerScheduler(LRScheduler):
                 return True
             return False
         before_mult, best, ref = u.relapse
+        below_start = False  # judged worse than the run's first window only
         if not bad:
             if after is None or not math.isfinite(after):
                 return False
@@ -982,7 +1010,8 @@ class ControllerScheduler(LRScheduler):
                 u.relapse, u.worse_windows = (before_mult, after, ref), 0
                 return False
             worse = after > best + RELAPSE_TOL * max(abs(best), ref - best)
-            u.worse_windows = u.worse_windows + 1 if worse else 0
+            below_start = not worse and self._worse_than_start(after)
+            u.worse_windows = u.worse_windows + 1 if worse or below_start else 0
             if u.worse_windows < RELAPSE_WINDOWS:
                 return False
         raised, kept, self._kept = u.mult, self._kept, None
@@ -992,6 +1021,11 @@ class ControllerScheduler(LRScheduler):
         if not bad:
             key, what = "relapse", "the training loss relapsed"
             why = f" (best window median {best:.4g} -> {after:.4g}, {RELAPSE_WINDOWS} windows in a row)"
+            if below_start and self._start_window is not None:
+                why = (
+                    f" (window median {after:.4g}, above the run's first window's "
+                    f"{self._start_window[0]:.4g}, {RELAPSE_WINDOWS} windows in a row)"
+                )
         self._warn_once(
             key,
             f"ControllerScheduler: {what} after an LR raise had passed its trial{why}; the raise "
@@ -1204,6 +1238,8 @@ class ControllerScheduler(LRScheduler):
                 "bad": self._window_bad,
                 "last_bad": self._last_loss_bad,
                 "stat": list(self._window_stat),
+                "se": self._window_se,
+                "start": None if self._start_window is None else list(self._start_window),
             },
             "actions_taken": [list(a) for a in self.actions_taken],
             "rows": {
@@ -1278,6 +1314,9 @@ class ControllerScheduler(LRScheduler):
         self._last_loss_bad = bool(w.get("last_bad", False))
         st = w["stat"]
         self._window_stat = (int(st[0]), None if st[1] is None else float(st[1]), bool(st[2]))
+        self._window_se = float(w.get("se", math.nan))  # absent before the start criterion
+        sw = w.get("start")
+        self._start_window = None if sw is None else (float(sw[0]), float(sw[1]))
         for g, hp in zip(self.optimizer.param_groups, t["hp"]):
             for name, v in hp.items():
                 if v is not None and hp_get(g, name) is not None:
@@ -1340,6 +1379,16 @@ def _median(values: list[float]) -> float:
     v = sorted(values)
     k = len(v) // 2
     return float(v[k]) if len(v) % 2 else float((v[k - 1] + v[k]) / 2)
+
+
+def _median_se(values: list[float], med: float) -> float:
+    """The standard error of the median of ``values`` (their median ``med``), from their median
+    absolute deviation: ``1.2533 * 1.4826 * MAD / sqrt(n)`` (a normal sample's); NaN under 5
+    values."""
+    n = len(values)
+    if n < 5:
+        return math.nan
+    return 1.2533 * 1.4826 * _median([abs(v - med) for v in values]) / math.sqrt(n)
 
 
 def _losses_to_host(tensors: list[torch.Tensor]) -> list[float]:

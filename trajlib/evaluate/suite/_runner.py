@@ -32,7 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from trajlib.deploy import GUARD, GUARD_WINDOWS, RELAPSE_TOL, RELAPSE_WINDOWS
+from trajlib.deploy import GUARD, GUARD_WINDOWS, RELAPSE_START_Z, RELAPSE_TOL, RELAPSE_WINDOWS
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import select_families
 from trajlib.evaluate.suite._loop import LookaheadSetting, run_one
@@ -137,7 +137,8 @@ def plan_jobs(
     ``lookahead`` (``(top_k, horizon[, cooldown[, when]])``) runs the controller with deploy-time
     lookahead (its cache key is the checkpoint hash + ``+`` + :meth:`LookaheadSetting.tag`);
     ``guard`` / ``rollback`` are the scheduler's raise guard (the key gets ``+guard<tol>w<windows>``,
-    or ``+revert<tol>w<windows>`` without rollback, then ``r<tol>x<windows>`` for the relapse watch;
+    or ``+revert<tol>w<windows>`` without rollback, then ``r<tol>x<windows>g`` and
+    ``s<z>`` for the relapse watch;
     none when the guard is off), then ``+code<hash>`` (:func:`controller_code_hash`)."""
     lookahead = LookaheadSetting.of(lookahead)
     fams = select_families(families)
@@ -148,6 +149,7 @@ def plan_jobs(
     if h and guard is not None:
         h += f"+{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
         h += f"r{RELAPSE_TOL:g}x{RELAPSE_WINDOWS}g"  # g: tolerance of max(|best|, gain)
+        h += f"s{RELAPSE_START_Z:g}"  # s: the start criterion's z
     if h:
         h += f"+code{controller_code_hash()}"
     jobs = []

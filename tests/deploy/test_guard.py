@@ -412,7 +412,7 @@ def test_a_run_worse_than_its_start_has_relapsed(tiny_checkpoint: Path) -> None:
 
     for level in (2.3, 2.25):  # back at (or under) the start's level: noise, not a relapse
         ckpt = _raise_once(tiny_checkpoint)
-        flat = run(ckpt, lambda t, _: _noisy(2.3 if t < every else level, t))
+        flat = run(ckpt, lambda t, _, lv=level: _noisy(2.3 if t < every else lv, t))
         assert flat.events["guard_relapses"] == 0 and flat.mult > 1.0, level
 
 

@@ -255,9 +255,10 @@ class ControllerScheduler(LRScheduler):
     window's decision is a revert: the multiplier goes back, and no later raise goes above it. With
     ``rollback`` (the default) the weights and optimizer state (and ``model``'s buffers, when given)
     go back to those of the raise too: a raise into divergence costs ``every`` steps of training,
-    not the run. A raise that passed its trial is watched until the next raise (``RELAPSE_TOL``):
-    a relapse, or a training loss still non-finite at a decision, undoes it and rolls back to its
-    copy. The copy is taken only at a raise and kept until the next raise. The start is on trial
+    not the run. A raise that passed its trial is watched until the next raise (``RELAPSE_TOL``,
+    ``RELAPSE_START_Z``): a relapse (clearly worse than the best window since the raise, or than
+    the run's first window), or a training loss still non-finite at a decision, undoes it and
+    rolls back to its copy. The copy is taken only at a raise and kept until the next raise. The start is on trial
     too: a copy of the initial parameters is kept until the first decision, and a loss that turns
     non-finite before it sends the run back to its start with the multiplier cut by the
     checkpoint's largest cut (capped there; ``events["guard_rescues"]``); so does a loss still

@@ -4,6 +4,7 @@ harmful; composed from two fitted controllers or two checkpoints, saved and depl
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,24 @@ def test_a_larger_z_blocks_less(synth: Synth, parts) -> None:
     assert n[0] >= n[1] >= n[2] >= n[3] and n[0] > n[3]
 
 
+def test_a_negative_z_blocks_what_the_veto_is_not_sure_is_harmless(synth: Synth, parts) -> None:
+    """``veto_z < 0`` blocks more than 0, and every action it blocks scores below keep, even
+    where the veto's own mean is positive (its lower bound is the blocked mean)."""
+    primary, veto = parts
+    X = synth.X[split_runs(synth)[1]]
+    zero = VetoedController.of(primary, veto, keep=KEEP, veto_z=0.0)
+    neg = VetoedController.of(primary, veto, keep=KEEP, veto_z=-1.0)
+    b0, b1 = zero.blocked(X), neg.blocked(X)
+    assert (b1 | ~b0).all() and b1.sum() > b0.sum()  # a superset, strictly larger
+    vm, _ = veto.predict_spread(X)
+    assert (b1 & ~b0 & (vm > 0)).any()  # blocked although the veto's mean is positive
+    mean, _ = neg.predict_spread(X)
+    assert (mean[b1] < 0).all()
+    assert not b1[:, KEEP].any()
+    pm, _ = primary.predict_spread(X)
+    np.testing.assert_array_equal(mean[~b1], pm[~b1])  # the rest is the primary's
+
+
 def test_round_trip_and_single_row_paths(synth: Synth, parts, tmp_path: Path) -> None:
     primary, veto = parts
     ctl = VetoedController.of(primary, veto, keep=KEEP, veto_z=0.5)
@@ -123,8 +142,9 @@ def test_what_cannot_be_composed_is_refused(synth: Synth, parts, tmp_path: Path)
     primary, veto = parts
     with pytest.raises(ConfigError, match="fit the primary and the veto separately"):
         VetoedController().fit(synth.X, synth.T)
-    with pytest.raises(ConfigError, match="veto_z"):
-        VetoedController.of(primary, veto, keep=KEEP, veto_z=-1)
+    for z in (math.nan, math.inf, True):
+        with pytest.raises(ConfigError, match="veto_z"):
+            VetoedController.of(primary, veto, keep=KEEP, veto_z=z)
     with pytest.raises(ConfigError, match="keep"):
         VetoedController.of(primary, veto, keep=5)
     narrow = make_controller("gbt").fit(synth.X[:, :4], synth.T)

@@ -173,7 +173,8 @@ def _add_combine_command(sub: Any) -> None:
         type=float,
         default=0.0,
         metavar="Z",
-        help="block a move when the veto's mean + Z x its spread is below 0 (default 0)",
+        help="block a move when the veto's mean + Z x its spread is below 0 (default 0; a "
+        "negative Z blocks what the veto is not that sure is harmless)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_combine)

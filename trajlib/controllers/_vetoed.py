@@ -10,12 +10,13 @@ which is what a do-no-harm rule should guard against. :class:`VetoedController` 
   rule as for any controller);
 - the **veto** blocks action ``a`` (never keep) at a decision point when its own prediction is
   confidently harmful, ``veto_mean[a] + veto_z * veto_std[a] < 0``. A blocked action's mean
-  becomes the more pessimistic of the two advantages, ``min(primary[a], veto[a])``: negative,
-  so neither the rule (it acts only on a bound above its margin >= 0) nor the plain argmax
-  (keep scores 0) takes it. The spread stays the primary's.
+  becomes the most pessimistic of the advantages, ``min(primary[a], veto[a], veto[a] + veto_z *
+  veto_std[a])``: negative, so neither the rule (it acts only on a bound above its margin >= 0)
+  nor the plain argmax (keep scores 0) takes it. The spread stays the primary's.
 
 ``veto_z = 0`` blocks whatever the veto predicts worse than keep on average; a larger ``veto_z``
-blocks only what it is surer of. Both parts read the same feature set and score the same action
+blocks only what it is surer of; a negative one lets a move through only when the veto is that
+sure it does no harm (its lower bound ``veto_mean - |veto_z| * veto_std`` >= 0). Both parts read the same feature set and score the same action
 space; they are stateless (``gbt`` / ``mlp`` / their ``ensemble``).
 
 It is composed, not fitted: :meth:`VetoedController.of` takes two fitted controllers, and
@@ -49,8 +50,8 @@ _PARTS = (("primary", "p."), ("veto", "v."))
 
 
 def _check_z(z: Any) -> float:
-    if isinstance(z, bool) or not isinstance(z, int | float) or not math.isfinite(z) or z < 0:
-        raise ConfigError("veto_z", "a finite number >= 0", z)
+    if isinstance(z, bool) or not isinstance(z, int | float) or not math.isfinite(z):
+        raise ConfigError("veto_z", "a finite number", z)
     return float(z)
 
 
@@ -60,7 +61,8 @@ class VetoedController(Controller):
 
     Parameters
     ----------
-    veto_z: block action ``a`` when ``veto_mean[a] + veto_z * veto_std[a] < 0``; >= 0.
+    veto_z: block action ``a`` when ``veto_mean[a] + veto_z * veto_std[a] < 0`` (any finite
+        number: < 0 blocks what the veto is not sure is harmless).
     keep: index of the keep action (never blocked); set by :meth:`of`.
     """
 
@@ -116,8 +118,12 @@ class VetoedController(Controller):
         self, pm: np.ndarray, ps: np.ndarray, vm: np.ndarray, vs: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         pm, vm = np.asarray(pm, dtype=np.float64), np.asarray(vm, dtype=np.float64)
-        blocked = self._blocked(vm, np.asarray(vs, dtype=np.float64))
-        return np.where(blocked, np.minimum(pm, vm), pm), np.asarray(ps, dtype=np.float64)
+        vs = np.asarray(vs, dtype=np.float64)
+        blocked = self._blocked(vm, vs)
+        worst = np.minimum(pm, vm)
+        if self.veto_z < 0:  # blocked with vm >= 0 possible: the veto's bound, < 0, is the mean
+            worst = np.minimum(worst, vm + float(self.veto_z) * vs)
+        return np.where(blocked, worst, pm), np.asarray(ps, dtype=np.float64)
 
     def blocked(self, X: np.ndarray) -> np.ndarray:
         """``[n, A]`` bool: the actions the veto blocks at each row of features ``X``."""

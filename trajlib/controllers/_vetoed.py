@@ -16,8 +16,9 @@ which is what a do-no-harm rule should guard against. :class:`VetoedController` 
 
 ``veto_z = 0`` blocks whatever the veto predicts worse than keep on average; a larger ``veto_z``
 blocks only what it is surer of; a negative one lets a move through only when the veto is that
-sure it does no harm (its lower bound ``veto_mean - |veto_z| * veto_std`` >= 0). Both parts read the same feature set and score the same action
-space; they are stateless (``gbt`` / ``mlp`` / their ``ensemble``).
+sure it does no harm (its lower bound ``veto_mean - |veto_z| * veto_std`` >= 0). Both parts read
+the same feature set and score the same action space; they are stateless (``gbt`` / ``mlp`` /
+their ``ensemble``).
 
 It is composed, not fitted: :meth:`VetoedController.of` takes two fitted controllers, and
 :func:`combine_checkpoints` (``trajlib combine``) two checkpoints. Checkpoint payload: each part's
@@ -120,9 +121,8 @@ class VetoedController(Controller):
         pm, vm = np.asarray(pm, dtype=np.float64), np.asarray(vm, dtype=np.float64)
         vs = np.asarray(vs, dtype=np.float64)
         blocked = self._blocked(vm, vs)
-        worst = np.minimum(pm, vm)
-        if self.veto_z < 0:  # blocked with vm >= 0 possible: the veto's bound, < 0, is the mean
-            worst = np.minimum(worst, vm + float(self.veto_z) * vs)
+        with np.errstate(invalid="ignore"):  # the veto's bound (vm itself at z = 0) is < 0
+            worst = np.minimum(np.minimum(pm, vm), vm + float(self.veto_z) * vs)
         return np.where(blocked, worst, pm), np.asarray(ps, dtype=np.float64)
 
     def blocked(self, X: np.ndarray) -> np.ndarray:

@@ -1003,7 +1003,7 @@ class ControllerScheduler(LRScheduler):
                 return True
             return False
         before_mult, best, ref = u.relapse
-        below_start = False  # judged worse than the run's first window only
+        above_start = False  # judged worse than the run's first window only
         if not bad:
             if after is None or not math.isfinite(after):
                 return False
@@ -1011,8 +1011,8 @@ class ControllerScheduler(LRScheduler):
                 u.relapse, u.worse_windows = (before_mult, after, ref), 0
                 return False
             worse = after > best + RELAPSE_TOL * max(abs(best), ref - best)
-            below_start = not worse and self._worse_than_start(after)
-            u.worse_windows = u.worse_windows + 1 if worse or below_start else 0
+            above_start = not worse and self._worse_than_start(after)
+            u.worse_windows = u.worse_windows + 1 if worse or above_start else 0
             if u.worse_windows < RELAPSE_WINDOWS:
                 return False
         raised, kept, self._kept = u.mult, self._kept, None
@@ -1022,7 +1022,7 @@ class ControllerScheduler(LRScheduler):
         if not bad:
             key, what = "relapse", "the training loss relapsed"
             why = f" (best window median {best:.4g} -> {after:.4g}, {RELAPSE_WINDOWS} windows in a row)"
-            if below_start and self._start_window is not None:
+            if above_start and self._start_window is not None:
                 why = (
                     f" (window median {after:.4g}, above the run's first window's "
                     f"{self._start_window[0]:.4g}, {RELAPSE_WINDOWS} windows in a row)"

@@ -82,6 +82,23 @@ class LoadedController:
     spec: DecisionSpec
     path: Path = field(default_factory=Path)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> LoadedController:
+        """A loaded controller is read-only: a deep copy (of a scheduler, say) shares it."""
+        return self
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickled as its checkpoint folder (never as pickled models): unpickling loads and
+        verifies the checkpoint again."""
+        d = Path(self.path)
+        # set by load_controller on what it loaded: a controller replaced since, or one built in
+        # memory, is not its folder's
+        if getattr(self, "_loaded_from", None) != (id(self.controller), d):
+            raise TypeError(
+                "LoadedController: only a controller as load_controller loaded it can be pickled "
+                f"(it is pickled as its checkpoint folder); this one is not {str(d)!r}'s"
+            )
+        return (load_controller, (str(d.resolve()),))
+
     @property
     def _feature_set(self) -> FeatureSetRef:
         if self.spec.feature_set is None:  # load_controller always sets it
@@ -459,6 +476,7 @@ def load_controller(
             f"{controller.n_actions_}"
         )
     loaded = LoadedController(controller=controller, manifest=manifest, spec=spec, path=d)
+    object.__setattr__(loaded, "_loaded_from", (id(controller), d))  # what pickle may reload
     _ = loaded.decision_rule  # a malformed rule fails here, not in the user's training loop
     return loaded
 

@@ -1331,6 +1331,47 @@ class ControllerScheduler(LRScheduler):
             g["initial_lr"] = base
             g["lr"] = lr
 
+    # ----------------------------------------------------------------- copy and pickle
+    def __getstate__(self) -> dict[str, Any]:
+        """``copy.deepcopy``, ``pickle`` and ``torch.save(scheduler)``: the scheduler travels as
+        its constructor's arguments, :meth:`state_dict` and the raise guard's copies, and is
+        rebuilt from them, with its own hooks on the (copied) optimizer. A deep copy shares the
+        read-only controller; pickle stores its checkpoint folder and loads it again."""
+        if self.lookahead is not None:
+            raise TypeError(
+                "ControllerScheduler: a scheduler with a lookahead cannot be copied or pickled "
+                "(its train_step trains the original model); save state_dict() and build a new "
+                "scheduler with its own Lookahead"
+            )
+        return {
+            "optimizer": self.optimizer,
+            "controller": self.loaded,
+            "total_steps": self.total_steps,
+            "options": {
+                "every": self.every,
+                "layerwise": self.layerwise,
+                "guard": self.guard,
+                "rollback": self.rollback,
+                "model": self._model,
+            },
+            "state": self.state_dict(),
+            "copies": (self._saved, self._kept),
+            "warned": sorted(self._warned),
+            "closed": self._closed,
+        }
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        with warnings.catch_warnings():  # the original warned already (``warned``)
+            warnings.simplefilter("ignore")
+            self.__init__(  # type: ignore[misc]
+                d["optimizer"], d["controller"], d["total_steps"], **d["options"]
+            )
+        self.load_state_dict(d["state"])
+        self._saved, self._kept = d["copies"]
+        self._warned = set(d["warned"])
+        if d["closed"]:
+            self.close()
+
     def _load_rows(self, r: dict[str, Any]) -> None:
         dev = self._probe.device
         stats, present = r["stats"], r["present"]

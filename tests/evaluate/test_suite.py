@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
 from trajlib.cli import main
 from trajlib.errors import ConfigError
@@ -19,6 +21,7 @@ from trajlib.evaluate.suite import (
     FAMILY_SETS,
     FRESH_FAMILIES,
     GRID,
+    OUTSIDE_FAMILIES,
     PENALTY,
     STARTS,
     ResultCache,
@@ -73,7 +76,59 @@ def test_the_fresh_set_is_separate_and_selectable(capsys: pytest.CaptureFixture[
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
 
 
-@pytest.mark.parametrize("name", [*FAMILIES, *FRESH_FAMILIES])
+def test_the_outside_set_is_separate_and_selectable(capsys: pytest.CaptureFixture[str]) -> None:
+    outside = OUTSIDE_FAMILIES
+    assert len(outside) == 8
+    assert not set(outside) & set(FAMILIES) and not set(outside) & set(FRESH_FAMILIES)
+    assert {f.group for f in outside.values()} == {"outside"}
+    assert "outside" in FAMILY_SETS
+    assert [f.name for f in select_families(None, "outside")] == list(outside)
+    assert get_family("lstm-adding") is outside["lstm-adding"]  # names of any set
+    every = [*FAMILIES.values(), *FRESH_FAMILIES.values(), *outside.values()]
+    assert len({f.fingerprint() for f in every}) == len(every)
+    main(["suite", "unused", "--set", "outside", "--list"])
+    listed = capsys.readouterr().out
+    assert all(n in listed for n in outside)
+    assert not any(n in listed for n in [*FAMILIES, *FRESH_FAMILIES])
+
+
+def test_each_outside_family_takes_real_optimizer_steps() -> None:
+    """Data, model and optimizer of every outside family: 5 real steps on its first training
+    batches (the harness's train loader), a finite, non-negative loss that changes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, fam in OUTSIDE_FAMILIES.items():
+            splits = fam.data()
+            assert min(len(splits.train), len(splits.val), len(splits.test)) >= fam.batch_size
+            kw = {"collate_fn": fam.collate} if fam.collate else {}
+            loader = DataLoader(
+                splits.train, batch_size=fam.batch_size, shuffle=True, drop_last=True,
+                generator=torch.Generator().manual_seed(0), **kw,
+            )  # fmt: skip
+            torch.manual_seed(0)
+            model = fam.model()
+            model.train()
+            opt = fam.make_optimizer(model.parameters(), fam.default_lr)
+            batches = iter(loader)
+            losses = []
+            for _ in range(5):
+                loss = fam.loss(model, next(batches))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            assert all(math.isfinite(v) and v >= 0 for v in losses), (name, losses)
+            assert len(set(losses)) > 1, (name, losses)
+            model.eval()
+            with torch.no_grad():  # eval mode too (BatchNorm's running statistics, no dropout)
+                after = float(fam.loss(model, next(iter(loader))))
+            assert math.isfinite(after) and after >= 0, (name, after)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", [*FAMILIES, *FRESH_FAMILIES, *OUTSIDE_FAMILIES])
 def test_each_family_trains_a_few_steps(name: str) -> None:
     fam = get_family(name)
     row = run_one(fam, "cosine", 1.0, 0, budget=6)

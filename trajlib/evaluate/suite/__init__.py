@@ -12,7 +12,10 @@ chosen on validation, scored on test) and schedule-free, over seeds. A second se
 (eight more families: GRU with RMSprop, GroupNorm CNN, LeNet with BatchNorm under AdamW with two
 param groups, a causal transformer LM, logistic regression with ASGD, Adadelta, a LayerNorm
 residual MLP, a triplet-loss embedding), was written after the shipped controllers were chosen and
-is never used to choose anything: ``run_suite(..., family_set="fresh")``.
+is never used to choose anything: ``run_suite(..., family_set="fresh")``. A third set,
+``"outside"`` (eight more, :data:`OUTSIDE_FAMILIES`), was written from the README alone after
+``trajlib-lr-v8`` was shipped, by a session that never saw the controllers, and is never used to
+choose anything either: ``run_suite(..., family_set="outside")``.
 
 Example::
 
@@ -48,6 +51,7 @@ from trajlib.evaluate.suite._families import (
 )
 from trajlib.evaluate.suite._fresh import FRESH_FAMILIES
 from trajlib.evaluate.suite._loop import METHODS, PENALTY, LookaheadSetting, run_one
+from trajlib.evaluate.suite._outside import OUTSIDE_FAMILIES
 from trajlib.evaluate.suite._report import (
     TARGETS,
     bootstrap_median,
@@ -73,6 +77,7 @@ __all__ = [
     "FRESH_FAMILIES",
     "GRID",
     "METHODS",
+    "OUTSIDE_FAMILIES",
     "PENALTY",
     "STARTS",
     "TARGETS",
@@ -152,8 +157,9 @@ def run_suite(
     """Run the held-out suite for ``checkpoint``; write the report into ``out`` (None: no report).
 
     ``seeds``: a count (0..N-1) or the seeds. ``families``: names of any set; without them, every
-    family of ``family_set`` (:data:`FAMILY_SETS`: ``"suite"``, the eleven of the headline, or
-    ``"fresh"``, eight defined after the shipped controllers were chosen). ``quick`` keeps at most
+    family of ``family_set`` (:data:`FAMILY_SETS`: ``"suite"``, the eleven of the headline,
+    ``"fresh"``, eight defined after the shipped controllers were chosen, or ``"outside"``, eight
+    written from the README alone after ``trajlib-lr-v8`` was shipped). ``quick`` keeps at most
     2 of the seeds. ``cache``: the result cache directory (default ``<out>/cache``; required when
     ``out`` is None).
     ``with_val`` / ``without_val``: which controller modes to run. ``budget`` overrides every

@@ -331,6 +331,28 @@ def test_a_relapse_after_the_trial_is_undone_and_rolled_back(tiny_checkpoint: Pa
     assert ev["decisions"] == (STEPS - 1) // every  # the undo is the decision of its step
 
 
+def test_a_relapse_still_below_the_raise_undoes_the_lr_but_keeps_the_weights(
+    tiny_checkpoint: Path,
+) -> None:
+    """A raise takes the loss from 1.0 to 0.1, then it relapses to 0.5 for two windows: clearly
+    worse than its best (the relative rule), but still half the loss the raise found. The raise
+    is undone, and the weights are *not* sent back to the raise's copy, which is behind the run
+    (a long run rolled back this way near its end used to lose 200 steps of progress)."""
+    ckpt = _raise_once(tiny_checkpoint)
+    every = ckpt.every
+    seen: dict[int, Any] = {}
+    levels = [1.0, 0.5, 0.3, 0.1, 0.5, 0.5, 0.5, 0.5]
+
+    with pytest.warns(RuntimeWarning, match="weights kept") as rec:
+        sched = run(ckpt, lambda t, v: levels[min(t // every, 7)], at_decision=_grabber(seen))
+    ev = sched.events
+    assert ev["guard_relapses"] == 1 and ev["guard_rollbacks"] == 0, ev
+    assert seen[5 * every][1] > 1.0 and seen[6 * every][1] == 1.0  # the 2nd window: undone
+    weights, raised = seen[6 * every][0], seen[every][0]
+    assert not all(torch.equal(v, raised[k]) for k, v in weights.items())  # not rolled back
+    assert not any("weights back" in str(w.message) for w in rec)
+
+
 def test_a_non_finite_loss_after_the_trial_undoes_the_raise_at_once(tiny_checkpoint: Path) -> None:
     """A raise passes its trial, the run goes on at the raised LR, then its loss turns non-finite
     and stays so (a run that diverges late): that window's decision undoes the raise and rolls
@@ -414,6 +436,36 @@ def test_a_run_worse_than_its_start_has_relapsed(tiny_checkpoint: Path) -> None:
         ckpt = _raise_once(tiny_checkpoint)
         flat = run(ckpt, lambda t, _, lv=level: _noisy(2.3 if t < every else lv, t))
         assert flat.events["guard_relapses"] == 0 and flat.mult > 1.0, level
+
+
+def test_a_run_back_above_where_the_raise_found_it_has_relapsed(tiny_checkpoint: Path) -> None:
+    """Two raises: the run falls from 2.3 to 2.1 after the first, the second passes its trial
+    (2.05, 2.1), then the loss sits at 2.3 — its start's level, under the best window + 25 %,
+    but far above the 2.1 where the second raise found it, in both windows: the second raise is
+    undone (back to the first raise's multiplier) and rolled back, with its own warning. The same
+    run settling at 2.12 (within the noise of 2.1) keeps its raises."""
+    every = load_controller(tiny_checkpoint).every
+    seen: dict[int, Any] = {}
+
+    def levels(after: float) -> Any:
+        def observed(t: int, v: float) -> float:
+            w = t // every  # the window (0: before the first decision)
+            return _noisy([2.3, 2.1, 2.05, 2.1][w] if w < 4 else after, t)
+
+        return observed
+
+    with pytest.warns(RuntimeWarning, match=r"above the 2\.0\d+ of the window before the raise"):
+        sched = run(_raise_once(tiny_checkpoint, times=2), levels(2.3), at_decision=_grabber(seen))
+    ev = sched.events
+    assert ev["guard_reverts"] == 0 and ev["guard_relapses"] == 1, ev
+    first, second = seen[every][1], seen[2 * every][1]
+    assert 1.0 < first < second and seen[5 * every][1] == second  # one window above: not yet
+    assert seen[6 * every][1] == first  # the second above: the second raise undone
+    assert ev["guard_rollbacks"] == 1 and ev["guard_rolled_back_steps"] == 4 * every
+    assert all(torch.equal(v, seen[6 * every][0][k]) for k, v in seen[2 * every][0].items())
+
+    settled = run(_raise_once(tiny_checkpoint, times=2), levels(2.12))
+    assert settled.events["guard_relapses"] == 0 and settled.mult == second
 
 
 def test_an_earlier_raise_is_watched_again_when_the_one_after_it_is_undone(
@@ -509,6 +561,10 @@ def test_the_relapse_watch_survives_a_state_dict_round_trip(tiny_checkpoint: Pat
     again = ControllerScheduler(opt, ckpt, total_steps=STEPS, model=model)
     again.load_state_dict(torch.load(_saved(state), weights_only=True))
     assert again._start_window == sched._start_window == (1.0, 0.0)  # the first window's too
+    # the watch's windows and the error of the window before the raise, too
+    assert again.units[0].recent == sched.units[0].recent == [(1.0, 0.0)]
+    assert again.units[0].relapse == sched.units[0].relapse
+    assert sched.units[0].relapse is not None and len(sched.units[0].relapse) == 4
     with pytest.warns(RuntimeWarning, match="relapsed"):
         train(model, opt, again, 4 * every, 7 * every, observed=lambda t, v: 10.0)
     assert again.events["guard_relapses"] == 1 and again.events["guard_rollbacks"] == 0

@@ -56,13 +56,16 @@ GUARD_WINDOWS = 2
 #: loss is non-finite at a decision (it diverged late at the raised LR) has it undone at once.
 RELAPSE_TOL = 0.25
 RELAPSE_WINDOWS = 2
-#: A watched raise has also relapsed when ``RELAPSE_WINDOWS`` windows in a row sit above the
-#: run's *first* window (its median training loss before the controller's first decision) by
-#: more than ``RELAPSE_START_Z`` standard errors of the difference of the two medians: the run is
-#: worse than where it started. The tolerance above, a share of the best window's magnitude,
-#: cannot see it when the run gained little before the raise and its loss floor is far from 0 (a
-#: classifier collapsed to chance after an early raise: ``tcn-mnist1d`` from x10 sat at its
-#: first window's loss + 10-25 %, under best + 25 %).
+#: A watched raise has also relapsed when the last ``RELAPSE_WINDOWS`` windows of its watch sit
+#: above the run's *first* window (its median training loss before the controller's first
+#: decision), or above the window *before the raise*: each of their medians is above that
+#: window's, and their mean by more than ``RELAPSE_START_Z`` standard errors of the difference.
+#: After its trial the run is then worse than where it started, or than where the raise found
+#: it. The tolerance above, a share of the best window's magnitude, cannot see it when the run
+#: gained little before the raise and its loss floor is far from 0 (a classifier collapsed to
+#: chance after an early raise: ``tcn-mnist1d`` from x10 sat at its first window's loss + 10-25
+#: %, under best + 25 %; after a second raise, at its first window's loss, 0.1 above the window
+#: before that raise).
 RELAPSE_START_Z = 3.0
 #: How many superseded raises a unit remembers (each watched again when the raise after it is
 #: undone; the multiplier's ceiling bounds how many raises a run can stack anyway).
@@ -174,23 +177,26 @@ class _Unit:
     ctrl_state: Any
     prev_norms: np.ndarray | None = None
     #: the raise guard: (multiplier before the last LR raise, median training loss of the
-    #: window before it, windows left to judge, the raise's step); None when nothing is on trial
-    probation: tuple[float, float, int, int] | None = None
+    #: window before it, windows left to judge, the raise's step, the standard error of that
+    #: window's median); None when nothing is on trial
+    probation: tuple[float, float, int, int, float] | None = None
     #: the highest multiplier the guard allows (a reverted raise's starting point)
     ceiling: float = math.inf
     #: the decision step the guard last judged (a decision the lookahead hands back to the plain
     #: path asks twice)
     guarded_at: int = -1
     #: a raise that passed its trial, watched for a relapse until the next raise: (multiplier
-    #: before it, best window median since it, the window median before it); None when no raise
-    #: is watched
-    relapse: tuple[float, float, float] | None = None
+    #: before it, best window median since it, the window median before it, that median's
+    #: standard error); None when no raise is watched
+    relapse: tuple[float, float, float, float] | None = None
     #: windows in a row worse than that best by more than RELAPSE_TOL (or than the run's first
-    #: window, RELAPSE_START_Z)
+    #: window or the window before the raise, RELAPSE_START_Z)
     worse_windows: int = 0
+    #: the last windows of the relapse watch (median, standard error), at most RELAPSE_WINDOWS
+    recent: list[tuple[float, float]] = field(default_factory=list)
     #: earlier raises a newer one superseded, oldest first, each as a relapse watch (the tuple
     #: of ``relapse``): when the newer raise is undone, the one before it is watched again
-    parents: list[tuple[float, float, float]] = field(default_factory=list)
+    parents: list[tuple[float, float, float, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -257,8 +263,9 @@ class ControllerScheduler(LRScheduler):
     go back to those of the raise too: a raise into divergence costs ``every`` steps of training,
     not the run. A raise that passed its trial is watched until the next raise (``RELAPSE_TOL``,
     ``RELAPSE_START_Z``): a relapse (clearly worse than the best window since the raise, or than
-    the run's first window), or a training loss still non-finite at a decision, undoes it and
-    rolls back to its copy. The copy is taken only at a raise and kept until the next raise. The start is on trial
+    the run's first window or the window before the raise), or a training loss still non-finite
+    at a decision, undoes it and rolls back to its copy (only the LR, when the run is still below
+    the window before the raise: the copy would be behind it). The copy is taken only at a raise and kept until the next raise. The start is on trial
     too: a copy of the initial parameters is kept until the first decision, and a loss that turns
     non-finite before it sends the run back to its start with the multiplier cut by the
     checkpoint's largest cut (capped there; ``events["guard_rescues"]``); so does a loss still
@@ -937,13 +944,14 @@ class ControllerScheduler(LRScheduler):
             return False
         if trial is None:  # a raise that passed its trial: undone at once if the run diverged
             return self._relapse(u, after, diverged, step)
-        before_mult, before, left, _ = trial
+        before_mult, before, left, at, before_se = trial
         if not bad and (after is None or after <= before + self.guard * abs(before)):
             if left > 1:  # judged again after the next window, from the same copy
-                u.probation, self._saved = (*trial[:2], left - 1, trial[3]), saved
+                u.probation, self._saved = (before_mult, before, left - 1, at, before_se), saved
             else:  # passed: watched for a relapse until the next raise, from the same copy
                 best = before if after is None else min(before, after)
-                u.relapse, u.worse_windows, self._kept = (before_mult, best, before), 0, saved
+                u.relapse = (before_mult, best, before, before_se)
+                u.worse_windows, u.recent, self._kept = 0, [], saved
             return False
         self._undo_raise(u, before_mult, saved, step, "guard_reverts")
         why = (
@@ -975,6 +983,7 @@ class ControllerScheduler(LRScheduler):
         self.events["decisions"] += 1
         if copy is not None:  # the weights and optimizer state as they were at the raise
             self._roll_back(u, copy, step)
+        u.recent = []
         if u.parents:
             u.relapse, u.worse_windows, self._kept = u.parents.pop(), 0, copy
         elif copy is not None:
@@ -982,15 +991,21 @@ class ControllerScheduler(LRScheduler):
             # stays as its last known good state, should it diverge at the base LR (_relapse)
             self._kept = copy
 
-    def _worse_than_start(self, after: float) -> bool:
-        """Whether the window just closed (median ``after``) is worse than the run's first window
-        by more than ``RELAPSE_START_Z`` standard errors of the difference (NaN errors: not
-        judged)."""
-        if self._start_window is None:
+    @staticmethod
+    def _above(window: tuple[float, float] | None, recent: list[tuple[float, float]]) -> bool:
+        """Whether each of the ``recent`` windows' medians is above ``window``'s median and their
+        mean by more than ``RELAPSE_START_Z`` standard errors of the difference (each window a
+        (median, standard error); a NaN error: not judged). Pooling the windows tests their
+        level with less noise than each alone; every one above keeps a single bad window (a
+        spike the run recovers from) from deciding on its own."""
+        if window is None or len(recent) < RELAPSE_WINDOWS:
             return False
-        med, se = self._start_window
-        tol = RELAPSE_START_Z * math.hypot(se, self._window_se)
-        return after > med + tol  # NaN tol: False
+        if not all(m > window[0] for m, _ in recent):
+            return False
+        n = len(recent)
+        mean = math.fsum(m for m, _ in recent) / n
+        se = math.sqrt(math.fsum(e * e for _, e in recent)) / n
+        return mean > window[0] + RELAPSE_START_Z * math.hypot(window[1], se)  # NaN: False
 
     def _relapse(self, u: _Unit, after: float | None, bad: bool, step: int) -> bool:
         """Judge the raise that passed its trial (``RELAPSE_TOL``): track the best window since
@@ -1002,21 +1017,30 @@ class ControllerScheduler(LRScheduler):
                 self._rescue(u, self._kept, step)
                 return True
             return False
-        before_mult, best, ref = u.relapse
-        above_start = False  # judged worse than the run's first window only
+        before_mult, best, ref, ref_se = u.relapse
+        above_start = above_ref = False  # judged worse than the first window / the raise's
         if not bad:
             if after is None or not math.isfinite(after):
                 return False
+            u.recent = [*u.recent, (after, self._window_se)][-RELAPSE_WINDOWS:]
             if after < best:
-                u.relapse, u.worse_windows = (before_mult, after, ref), 0
+                u.relapse, u.worse_windows = (before_mult, after, ref, ref_se), 0
                 return False
             worse = after > best + RELAPSE_TOL * max(abs(best), ref - best)
-            above_start = not worse and self._worse_than_start(after)
-            u.worse_windows = u.worse_windows + 1 if worse or above_start else 0
+            u.worse_windows = u.worse_windows + 1 if worse else 0
             if u.worse_windows < RELAPSE_WINDOWS:
-                return False
+                above_start = self._above(self._start_window, u.recent)
+                above_ref = not above_start and self._above((ref, ref_se), u.recent)
+                if not (above_start or above_ref):
+                    return False
         raised, kept, self._kept = u.mult, self._kept, None
+        last = u.recent[-1][0] if u.recent else math.nan
         u.relapse, u.worse_windows = None, 0
+        # the copy is the run as the raise found it: a run that relapsed from its best but is
+        # still below the window before the raise is ahead of it, so only the LR is undone
+        ahead = not bad and after is not None and after <= ref
+        if ahead:
+            kept = None
         self._undo_raise(u, before_mult, kept, step, "guard_relapses")
         key, what, why = "relapse_nonfinite", "a training loss turned non-finite", ""
         if not bad:
@@ -1024,14 +1048,20 @@ class ControllerScheduler(LRScheduler):
             why = f" (best window median {best:.4g} -> {after:.4g}, {RELAPSE_WINDOWS} windows in a row)"
             if above_start and self._start_window is not None:
                 why = (
-                    f" (window median {after:.4g}, above the run's first window's "
-                    f"{self._start_window[0]:.4g}, {RELAPSE_WINDOWS} windows in a row)"
+                    f" (window median {last:.4g}, its last {RELAPSE_WINDOWS} windows above the "
+                    f"run's first window's {self._start_window[0]:.4g})"
+                )
+            elif above_ref:
+                why = (
+                    f" (window median {last:.4g}, its last {RELAPSE_WINDOWS} windows above the "
+                    f"{ref:.4g} of the window before the raise)"
                 )
         self._warn_once(
             key,
             f"ControllerScheduler: {what} after an LR raise had passed its trial{why}; the raise "
             f"({before_mult:.3g}x -> {raised:.3g}x) was undone at step {step}"
             + (f", weights back to step {kept['step']}" if kept is not None else "")
+            + (", weights kept (still below the window before the raise)" if ahead else "")
             + " (events['guard_relapses'])",
         )
         return True
@@ -1155,14 +1185,15 @@ class ControllerScheduler(LRScheduler):
                 # relapse; one copy): that one is remembered, to be watched again if this is undone
                 watch = None
                 if u.probation is not None:
-                    p_mult, p_before = u.probation[0], u.probation[1]
-                    watch = (p_mult, min(p_before, pre), p_before)
+                    p_mult, p_before, _, _, p_se = u.probation
+                    watch = (p_mult, min(p_before, pre), p_before, p_se)
                 elif u.relapse is not None:
-                    watch = (u.relapse[0], min(u.relapse[1], pre), u.relapse[2])
+                    r_mult, r_best, r_ref, r_se = u.relapse
+                    watch = (r_mult, min(r_best, pre), r_ref, r_se)
                 if watch is not None:
                     u.parents = [*u.parents, watch][-MAX_PARENTS:]
-                u.probation = (old, pre, GUARD_WINDOWS, step)
-                u.relapse, u.worse_windows, self._kept = None, 0, None
+                u.probation = (old, pre, GUARD_WINDOWS, step, self._window_se)
+                u.relapse, u.worse_windows, u.recent, self._kept = None, 0, [], None
         u.mult = new
 
     def _cap(self, u: _Unit, new: float) -> float:
@@ -1224,6 +1255,7 @@ class ControllerScheduler(LRScheduler):
                     "ceiling": u.ceiling,
                     "relapse": None if u.relapse is None else list(u.relapse),
                     "worse_windows": u.worse_windows,
+                    "recent": [list(w) for w in u.recent],
                     "parents": [list(w) for w in u.parents],
                     "features": u.features.state_dict(),
                     "controller_state": _state_out(u.ctrl_state),
@@ -1292,13 +1324,15 @@ class ControllerScheduler(LRScheduler):
             u = self._new_unit(None if d["groups"] is None else [int(g) for g in d["groups"]])
             u.mult = float(d["mult"])
             pr = d.get("probation")  # absent in states saved before the guard
-            if pr is not None:
-                u.probation = (float(pr[0]), float(pr[1]), int(pr[2]), int(pr[3]))
+            if pr is not None:  # (the standard error is absent before the pre-raise criterion)
+                se = float(pr[4]) if len(pr) > 4 else math.nan
+                u.probation = (float(pr[0]), float(pr[1]), int(pr[2]), int(pr[3]), se)
             u.ceiling = float(d.get("ceiling", math.inf))
             rl = d.get("relapse")  # absent in states saved before the relapse watch
-            u.relapse = None if rl is None else (float(rl[0]), float(rl[1]), float(rl[2]))
+            u.relapse = None if rl is None else _watch(rl)
             u.worse_windows = int(d.get("worse_windows", 0))
-            u.parents = [(float(a), float(b), float(c)) for a, b, c in d.get("parents", [])]
+            u.recent = [(float(m), float(e)) for m, e in d.get("recent", [])]
+            u.parents = [_watch(w) for w in d.get("parents", [])]
             u.features.load_state_dict(d["features"])
             u.ctrl_state = _state_in(d["controller_state"])
             pn = d["prev_norms"]
@@ -1413,6 +1447,11 @@ class ControllerScheduler(LRScheduler):
         """Training compute relative to the run alone: ``1 + lookahead steps / main steps``."""
         extra = self.events.get("lookahead_steps", 0)
         return 1.0 + extra / max(self.step_count, 1)
+
+
+def _watch(w: Any) -> tuple[float, float, float, float]:
+    """A saved relapse watch (states saved before the pre-raise criterion lack the error)."""
+    return (float(w[0]), float(w[1]), float(w[2]), float(w[3]) if len(w) > 3 else math.nan)
 
 
 def _median(values: list[float]) -> float:

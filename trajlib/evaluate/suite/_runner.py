@@ -149,7 +149,7 @@ def plan_jobs(
     if h and guard is not None:
         h += f"+{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
         h += f"r{RELAPSE_TOL:g}x{RELAPSE_WINDOWS}g"  # g: tolerance of max(|best|, gain)
-        h += f"s{RELAPSE_START_Z:g}"  # s: the start criterion's z
+        h += f"s{RELAPSE_START_Z:g}p"  # s: the start criterion's z; p: the pre-raise window's
     if h:
         h += f"+code{controller_code_hash()}"
     jobs = []

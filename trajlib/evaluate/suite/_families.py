@@ -132,6 +132,15 @@ def _digits_images() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @functools.cache
+def _digits_split(offset: int, flat: bool = False) -> Splits:
+    """The 8x8 digits split with a permutation of their own (the data seed + ``offset``; 300
+    validation and 300 test images); ``flat``: as 64-vectors."""
+    x, y = _digits_images()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(_DATA_SEED + offset))
+    return _split(x[perm].flatten(1) if flat else x[perm], y[perm], n_val=300, n_test=300)
+
+
+@functools.cache
 def _digits() -> Splits:
     x, y = _digits_images()
     return _split(x, y, n_val=300, n_test=300)

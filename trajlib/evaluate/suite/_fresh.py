@@ -33,6 +33,7 @@ from trajlib.evaluate.suite._families import (
     Splits,
     _ce,
     _digits_images,
+    _digits_split,
     _fam,
     _gen,
     _mnist1d_draw,
@@ -62,11 +63,8 @@ def _mnist1d_other() -> Splits:
     return _mnist1d_draw(11)  # neither the training distribution's draw nor the first suite's
 
 
-@functools.cache
 def _digits_fresh() -> Splits:
-    x, y = _digits_images()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(_DATA_SEED + 1))
-    return _split(x[perm], y[perm], n_val=300, n_test=300)
+    return _digits_split(1)
 
 
 _WORDS = {

@@ -34,7 +34,7 @@ from trajlib.evaluate.suite._families import (
     Family,
     Splits,
     _ce,
-    _digits_images,
+    _digits_split,
     _fam,
     _gen,
     _mse,
@@ -46,19 +46,13 @@ __all__ = ["OUTSIDE_FAMILIES"]
 
 
 # ------------------------------------------------------------------------------------ data
-@functools.cache
 def _digits_outside() -> Splits:
     """The 8x8 digits (pixels / 16), split with a permutation of their own."""
-    x, y = _digits_images()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(_DATA_SEED + 2))
-    return _split(x[perm], y[perm], n_val=300, n_test=300)
+    return _digits_split(2)
 
 
-@functools.cache
 def _digits_flat() -> Splits:
-    x, y = _digits_images()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(_DATA_SEED + 2))
-    return _split(x[perm].flatten(1), y[perm], n_val=300, n_test=300)
+    return _digits_split(2, flat=True)
 
 
 @functools.cache

@@ -11,6 +11,7 @@ from trajlib.deploy._lookahead import Lookahead, LookaheadDecision
 from trajlib.deploy._scheduler import (
     GUARD,
     GUARD_WINDOWS,
+    PAY_RATE,
     RELAPSE_START_Z,
     RELAPSE_TOL,
     RELAPSE_WINDOWS,
@@ -20,6 +21,7 @@ from trajlib.deploy._scheduler import (
 __all__ = [
     "GUARD",
     "GUARD_WINDOWS",
+    "PAY_RATE",
     "RELAPSE_START_Z",
     "RELAPSE_TOL",
     "RELAPSE_WINDOWS",

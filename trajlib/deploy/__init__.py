@@ -11,7 +11,6 @@ from trajlib.deploy._lookahead import Lookahead, LookaheadDecision
 from trajlib.deploy._scheduler import (
     GUARD,
     GUARD_WINDOWS,
-    PAY_RATE,
     RELAPSE_START_Z,
     RELAPSE_TOL,
     RELAPSE_WINDOWS,
@@ -21,7 +20,6 @@ from trajlib.deploy._scheduler import (
 __all__ = [
     "GUARD",
     "GUARD_WINDOWS",
-    "PAY_RATE",
     "RELAPSE_START_Z",
     "RELAPSE_TOL",
     "RELAPSE_WINDOWS",

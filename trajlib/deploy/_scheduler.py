@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = [
     "GUARD",
     "GUARD_WINDOWS",
-    "PAY_RATE",
     "RELAPSE_START_Z",
     "RELAPSE_TOL",
     "RELAPSE_WINDOWS",
@@ -68,14 +67,6 @@ RELAPSE_WINDOWS = 2
 #: %, under best + 25 %; after a second raise, at its first window's loss, 0.1 above the window
 #: before that raise).
 RELAPSE_START_Z = 3.0
-#: A raise must pay before the next: a further LR raise is held (``events["guard_unpaid"]``)
-#: while the training loss has fallen more slowly, per decision window, since the last raise than
-#: in the window before it (log ratios of window medians). A raise into a loss that falls no
-#: faster did not find a too-cold LR, and stacking more on it compounds the error the guard cannot
-#: see: nothing relapses, the run just trains worse (a small transformer under Adam raised x4,
-#: x16, x32, ... x100 over its run while its loss kept falling, slowly, and ended 1.36x cosine).
-#: A good raise from a cold start speeds the fall at once, and the next raise goes through.
-PAY_RATE = 1.0
 #: How many superseded raises a unit remembers (each watched again when the raise after it is
 #: undone; the multiplier's ceiling bounds how many raises a run can stack anyway).
 MAX_PARENTS = 8
@@ -97,7 +88,6 @@ EVENTS = (
     "guard_rolled_back_steps",
     "guard_rescues",
     "guard_relapses",
-    "guard_unpaid",
 )
 #: Hyperparameters a ControllerScheduler can set on a torch optimizer.
 SETTABLE = ("lr", "momentum", "weight_decay")
@@ -207,10 +197,6 @@ class _Unit:
     #: earlier raises a newer one superseded, oldest first, each as a relapse watch (the tuple
     #: of ``relapse``): when the newer raise is undone, the one before it is watched again
     parents: list[tuple[float, float, float, float]] = field(default_factory=list)
-    #: the last LR raise, for the next one to see whether it paid (``PAY_RATE``): (the median
-    #: training loss of the window before the raise's window (NaN: none), that of the raise's
-    #: window, the raise's step); None when none stands (undone raises are cleared)
-    last_raise: tuple[float, float, int] | None = None
 
 
 @dataclass(slots=True)
@@ -400,7 +386,6 @@ class ControllerScheduler(LRScheduler):
         self._neg_loss: tuple[int, float] | None = None
         self._window_stat: tuple[int, float | None, bool] = (-1, None, False)
         self._window_se = math.nan  # the standard error of that window's median
-        self._prev_window: float | None = None  # the median of the window before that one
         # the first window with a finite median: (median, its standard error); the relapse watch
         # judges a raise against it too (RELAPSE_START_Z)
         self._start_window: tuple[float, float] | None = None
@@ -932,7 +917,6 @@ class ControllerScheduler(LRScheduler):
             self._window_se = _median_se(w, med) if med is not None else math.nan
             if self._start_window is None and med is not None and not self._window_bad:
                 self._start_window = (med, self._window_se)
-            self._prev_window = self._window_stat[1]
             self._window_stat = (step, med, self._window_bad)
             self._window, self._window_bad = [], False
         return self._window_stat[1], self._window_stat[2]
@@ -999,7 +983,7 @@ class ControllerScheduler(LRScheduler):
         self.events["decisions"] += 1
         if copy is not None:  # the weights and optimizer state as they were at the raise
             self._roll_back(u, copy, step)
-        u.recent, u.last_raise = [], None
+        u.recent = []
         if u.parents:
             u.relapse, u.worse_windows, self._kept = u.parents.pop(), 0, copy
         elif copy is not None:
@@ -1196,17 +1180,6 @@ class ControllerScheduler(LRScheduler):
             new = capped
         if new > old and self.guard is not None:
             pre = self._window_stat[1] if self._window_stat[0] == step else None
-            if pre is not None and not self._paid(u, pre, step):
-                self.events["guard_unpaid"] += 1
-                b, r, at = u.last_raise  # type: ignore[misc]
-                self._warn_once(
-                    "unpaid",
-                    f"ControllerScheduler: an LR raise was held at step {step}: the training loss "
-                    f"has fallen more slowly since the last raise (step {at}; window median "
-                    f"{r:.4g} -> {pre:.4g}) than before it (from {b:.4g}); a raise must pay before "
-                    "the next (events['guard_unpaid'])",
-                )
-                return
             if pre is not None:
                 # a new raise on trial supersedes the raise before it (on trial or watched for a
                 # relapse; one copy): that one is remembered, to be watched again if this is undone
@@ -1221,41 +1194,7 @@ class ControllerScheduler(LRScheduler):
                     u.parents = [*u.parents, watch][-MAX_PARENTS:]
                 u.probation = (old, pre, GUARD_WINDOWS, step, self._window_se)
                 u.relapse, u.worse_windows, u.recent, self._kept = None, 0, [], None
-                prev = self._prev_window
-                u.last_raise = (math.nan if prev is None else prev, pre, step)
         u.mult = new
-
-    def _guard_snapshot(self, u: _Unit) -> tuple[Any, ...]:
-        """Unit ``u``'s raise guard as it stands (its trial, watch, ceiling, last raise, the
-        copies of the weights and the guard's counters), for :meth:`_guard_restore` after a
-        lookahead branch tried a move on it."""
-        counters = tuple(self.events[k] for k in ("guard_capped", "guard_unpaid"))
-        return (
-            u.probation, u.ceiling, u.relapse, u.worse_windows, list(u.recent),
-            list(u.parents), u.last_raise, self._saved, self._kept, counters,
-        )  # fmt: skip
-
-    def _guard_restore(self, u: _Unit, snap: tuple[Any, ...]) -> None:
-        (
-            u.probation, u.ceiling, u.relapse, u.worse_windows, u.recent, u.parents,
-            u.last_raise, self._saved, self._kept, counters,
-        ) = snap  # fmt: skip
-        u.recent, u.parents = list(u.recent), list(u.parents)
-        self.events["guard_capped"], self.events["guard_unpaid"] = counters
-
-    def _paid(self, u: _Unit, now: float, step: int) -> bool:
-        """Whether unit ``u``'s last raise has paid by decision ``step`` (window median ``now``):
-        the loss fell at least ``PAY_RATE`` x as fast per window since it as in the window before
-        it (no window before it: fell at all). A loss <= 0 or a NaN is not judged (True)."""
-        if u.last_raise is None:
-            return True
-        b, r, at = u.last_raise
-        n = (step - at) / self.every
-        if n <= 0 or not (r > 0 and now > 0):
-            return True
-        after = math.log(r / now) / n
-        before = math.log(b / r) if b > 0 and math.isfinite(b) else 0.0
-        return not (after < PAY_RATE * before)  # a NaN: paid
 
     def _cap(self, u: _Unit, new: float) -> float:
         """``new`` for unit ``u``'s multiplier, a raise held at the guard's ceiling (never below
@@ -1318,7 +1257,6 @@ class ControllerScheduler(LRScheduler):
                     "worse_windows": u.worse_windows,
                     "recent": [list(w) for w in u.recent],
                     "parents": [list(w) for w in u.parents],
-                    "last_raise": None if u.last_raise is None else list(u.last_raise),
                     "features": u.features.state_dict(),
                     "controller_state": _state_out(u.ctrl_state),
                     "prev_norms": None
@@ -1335,7 +1273,6 @@ class ControllerScheduler(LRScheduler):
                 "stat": list(self._window_stat),
                 "se": self._window_se,
                 "start": None if self._start_window is None else list(self._start_window),
-                "prev": self._prev_window,
             },
             "actions_taken": [list(a) for a in self.actions_taken],
             "rows": {
@@ -1396,8 +1333,6 @@ class ControllerScheduler(LRScheduler):
             u.worse_windows = int(d.get("worse_windows", 0))
             u.recent = [(float(m), float(e)) for m, e in d.get("recent", [])]
             u.parents = [_watch(w) for w in d.get("parents", [])]
-            lr = d.get("last_raise")  # absent before the pay rule
-            u.last_raise = None if lr is None else (float(lr[0]), float(lr[1]), int(lr[2]))
             u.features.load_state_dict(d["features"])
             u.ctrl_state = _state_in(d["controller_state"])
             pn = d["prev_norms"]
@@ -1417,8 +1352,6 @@ class ControllerScheduler(LRScheduler):
         self._window_se = float(w.get("se", math.nan))  # absent before the start criterion
         sw = w.get("start")
         self._start_window = None if sw is None else (float(sw[0]), float(sw[1]))
-        pw = w.get("prev")  # absent before the pay rule
-        self._prev_window = None if pw is None else float(pw)
         for g, hp in zip(self.optimizer.param_groups, t["hp"]):
             for name, v in hp.items():
                 if v is not None and hp_get(g, name) is not None:

@@ -32,14 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from trajlib.deploy import (
-    GUARD,
-    GUARD_WINDOWS,
-    PAY_RATE,
-    RELAPSE_START_Z,
-    RELAPSE_TOL,
-    RELAPSE_WINDOWS,
-)
+from trajlib.deploy import GUARD, GUARD_WINDOWS, RELAPSE_START_Z, RELAPSE_TOL, RELAPSE_WINDOWS
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import select_families
 from trajlib.evaluate.suite._loop import LookaheadSetting, run_one
@@ -145,7 +138,7 @@ def plan_jobs(
     lookahead (its cache key is the checkpoint hash + ``+`` + :meth:`LookaheadSetting.tag`);
     ``guard`` / ``rollback`` are the scheduler's raise guard (the key gets ``+guard<tol>w<windows>``,
     or ``+revert<tol>w<windows>`` without rollback, then ``r<tol>x<windows>g`` and
-    ``s<z>p`` for the relapse watch, ``y<rate>`` for the pay rule;
+    ``s<z>`` for the relapse watch;
     none when the guard is off), then ``+code<hash>`` (:func:`controller_code_hash`)."""
     lookahead = LookaheadSetting.of(lookahead)
     fams = select_families(families)
@@ -157,7 +150,6 @@ def plan_jobs(
         h += f"+{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
         h += f"r{RELAPSE_TOL:g}x{RELAPSE_WINDOWS}g"  # g: tolerance of max(|best|, gain)
         h += f"s{RELAPSE_START_Z:g}p"  # s: the start criterion's z; p: the pre-raise window's
-        h += f"y{PAY_RATE:g}"  # y: a raise must pay before the next
     if h:
         h += f"+code{controller_code_hash()}"
     jobs = []

@@ -382,3 +382,33 @@ def test_a_loss_below_zero_holds_the_lookahead_too() -> None:
     assert ev["held_nonfinite"] == 3 and ev["lookahead_decisions"] == 0
     assert ev["lookahead_steps"] == 0 and not sched.actions_taken and ev["errors"] == 0
     assert sum("went below 0" in str(w.message) for w in caught) == 1
+
+
+def test_a_branch_that_raises_leaves_the_raise_guard_as_it_was() -> None:
+    """A branch that tries a raise puts it on trial inside the branch (a new trial supersedes the
+    watched raise and drops its copy); after the branch the guard is exactly as before: the
+    watch, its copy, the parents and the counters. (Before, only the trial and the ceiling came
+    back: a branch that tried a raise ended the watch of the raise before it.)"""
+    loaded = load_controller(SHIPPED)
+    lr_moves = [a.moves.get("lr", 0.0) for a in loaded.action_space.actions]
+    up, keep = int(np.argmax(lr_moves)), loaded.action_space.keep_index
+    model, opt, train_step = _linear(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    la = Lookahead(train_step, model, top_k=2, horizon=5, cooldown=2)
+    sched = ControllerScheduler(opt, loaded, total_steps=STEPS, every=EVERY, lookahead=la)
+    u = sched.units[0]
+    watch = (1.0, 0.5, 0.6, 0.01)
+    u.relapse, u.worse_windows, u.recent = watch, 1, [(0.55, 0.01)]
+    u.parents = [(0.5, 0.7, 0.8, 0.02)]
+    sched._kept = {"step": 0, "weights": "the watched raise's copy"}
+    sched._window_stat = (EVERY, 0.5, False)  # the window the decision closed
+    before = sched._guard_snapshot(u)
+    seen: list[Any] = []
+
+    def apply(a: int) -> None:
+        sched._apply_action(0, u, a, EVERY)
+        seen.append((a, u.probation is not None, u.relapse, sched._kept))
+
+    la._branches(EVERY, [up, keep], apply, _data()[:10], 5, 2)
+    assert seen[0] == (up, True, None, None)  # the raise went on trial in there
+    assert sched._guard_snapshot(u) == before
+    assert sched._kept is before[7] and u.relapse == watch and len(u.parents) == 1

@@ -461,7 +461,7 @@ class Lookahead:
         mine = {
             "probe": s._probe.state_dict(),
             "mult": u.mult,
-            "guard": (u.probation, u.ceiling),
+            "guard": s._guard_snapshot(u),
             "decisions": s.events["decisions"],
             "n_actions": len(s.actions_taken),
             "targets": list(s._targets),
@@ -482,7 +482,7 @@ class Lookahead:
                     restore_snapshot(snap, self.model, opt, self.scaler)
                     s._probe.load_state_dict(mine["probe"])
                     u.mult = mine["mult"]
-                    u.probation, u.ceiling = mine["guard"]
+                    s._guard_restore(u, mine["guard"])
                     s.events["decisions"] = mine["decisions"]
                     del s.actions_taken[mine["n_actions"] :]
                     s._targets = list(mine["targets"])

@@ -1196,6 +1196,22 @@ class ControllerScheduler(LRScheduler):
                 u.relapse, u.worse_windows, u.recent, self._kept = None, 0, [], None
         u.mult = new
 
+    def _guard_snapshot(self, u: _Unit) -> tuple[Any, ...]:
+        """Unit ``u``'s raise guard as it stands (its trial, watch, ceiling, the copies of the
+        weights and the capped counter), for :meth:`_guard_restore` after a lookahead branch
+        tried a move on it: a raise tried there supersedes the watched raise and drops its copy."""
+        return (
+            u.probation, u.ceiling, u.relapse, u.worse_windows, list(u.recent),
+            list(u.parents), self._saved, self._kept, self.events["guard_capped"],
+        )  # fmt: skip
+
+    def _guard_restore(self, u: _Unit, snap: tuple[Any, ...]) -> None:
+        (
+            u.probation, u.ceiling, u.relapse, u.worse_windows, u.recent, u.parents,
+            self._saved, self._kept, self.events["guard_capped"],
+        ) = snap  # fmt: skip
+        u.recent, u.parents = list(u.recent), list(u.parents)
+
     def _cap(self, u: _Unit, new: float) -> float:
         """``new`` for unit ``u``'s multiplier, a raise held at the guard's ceiling (never below
         the current multiplier)."""

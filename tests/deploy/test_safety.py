@@ -286,6 +286,33 @@ def test_a_loop_that_never_observes_its_loss_is_told_so(tiny_checkpoint):
     assert sched.events["held_nonfinite"] > 0 and sched.events["errors"] == 0
 
 
+def test_a_group_frozen_at_lr_0_neither_stops_the_controller_nor_moves():
+    """A param group at LR 0 (a frozen layer) before a trainable one: the features read the
+    trainable group, so the controller decides; the frozen group stays at 0."""
+    model = make_model()
+    opt = torch.optim.SGD(
+        [{"params": model[0].parameters(), "lr": 0.0}, {"params": model[2].parameters()}],
+        lr=0.05,
+        momentum=0.9,
+    )
+    sched = ControllerScheduler(opt, V6, total_steps=120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        lrs, _ = train(model, opt, sched, 0, 120)
+    assert sched.events["decisions"] > 0 and sched.events["held_nonfinite"] == 0
+    assert all(lr[0] == 0.0 for lr in lrs) and sched.events["errors"] == 0
+
+
+def test_an_lr_of_0_everywhere_holds_and_says_why():
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    sched = ControllerScheduler(opt, V6, total_steps=120)
+    with pytest.warns(RuntimeWarning, match=r"initial LR is 0 in every param group"):
+        lrs, _ = train(model, opt, sched, 0, 120)
+    assert sched.events["held_nonfinite"] > 0 and sched.events["errors"] == 0
+    assert all(lr == [0.0] for lr in lrs)
+
+
 def test_a_loss_that_reaches_zero_is_named_when_the_controller_holds():
     # a hinge loss on separable data reaches exactly 0; log(loss) features are then undefined
     torch.manual_seed(0)

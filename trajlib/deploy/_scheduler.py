@@ -784,7 +784,7 @@ class ControllerScheduler(LRScheduler):
             "val_acc": [r.val_acc for r in rows],
         }
         for ui, u in enumerate(self.units):
-            g0 = u.groups[0] if u.groups is not None else 0
+            g0 = self._feature_group(u)
             group = g_all[g0] if g0 < len(g_all) else g_all[0]
             base = self.base_lrs[g0] if g0 < len(self.base_lrs) else self.base_lrs[0]
             mult = u.mult
@@ -814,6 +814,13 @@ class ControllerScheduler(LRScheduler):
                     for s, v, ok in zip(strided, per_row, loss_ok)
                 ]
             u.features.update_many(cols, n)
+
+    def _feature_group(self, u: _Unit) -> int:
+        """The param group whose LR, momentum and weight decay stand for unit ``u`` in its
+        features: the first of its groups with an initial LR > 0 (a group at LR 0 is frozen, and
+        its log LR is undefined), else its first."""
+        groups = range(len(self.base_lrs)) if u.groups is None else u.groups
+        return next((g for g in groups if self.base_lrs[g] > 0), next(iter(groups), 0))
 
     def _unit_stats(
         self, measured: list[tuple[torch.Tensor, torch.Tensor | None]]
@@ -1111,6 +1118,11 @@ class ControllerScheduler(LRScheduler):
                 self._hold(
                     "no training loss was reported since the last decision: call "
                     "observe(loss) after each optimizer step, before step()"
+                )
+            elif self.base_lrs[self._feature_group(u)] == 0:
+                self._hold(
+                    "the initial LR is 0 in every param group the controller steers (it sets a "
+                    "multiple of each group's LR: 0 stays 0), so there is nothing to steer"
                 )
             elif self._zero_loss_at is not None and all(n.startswith("loss_") for n in names):
                 self._hold(

@@ -202,6 +202,35 @@ def test_bad_arguments_raise_one_line_config_errors(tmp_path):
         Recorder(store, opt, total_steps=10, train_step=lambda b: 0.0)
 
 
+def test_a_group_frozen_at_lr_0_is_recorded_from_the_trainable_group(tmp_path):
+    """The records' LR, momentum and weight decay are the first group's with an LR > 0: a frozen
+    first group (LR 0) would give LR-0 rows, whose log-LR features are undefined."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(
+        [{"params": model[0].parameters(), "lr": 0.0}, {"params": model[2].parameters()}],
+        lr=0.05,
+        momentum=0.9,
+    )
+    rec = Recorder(create_store(tmp_path / "s"), opt, total_steps=8, every=2, model=model)
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    for _ in range(8):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        rec.observe(loss)
+        rec.step()
+    rec.close()
+    steps = rec.frames()[1]
+    assert rec.config.lr0 == 0.05 and (steps[S.LR] > 0).all() and (steps[S.MOMENTUM] == 0.9).all()
+    assert opt.param_groups[0]["lr"] == 0.0  # the frozen group stays frozen
+    with pytest.raises(ConfigError, match=r"positive finite learning rate in at least one param"):
+        Recorder(
+            create_store(tmp_path / "z"), torch.optim.SGD(model.parameters(), lr=0.0), total_steps=8
+        )
+
+
 def test_runtime_trouble_never_raises_inside_the_training(tmp_path):
     model = nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

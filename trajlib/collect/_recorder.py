@@ -327,7 +327,7 @@ class Recorder:
         the first step's hyperparameters."""
         self._layer_names = self._names(self.optimizer, self.model)
         self._probe = StepProbe(self.optimizer, dots=True, backend=backend)
-        self._lr_in_force: Any = None  # the first group's LR at the last optimizer step
+        self._lr_in_force: Any = None  # the run group's LR at the last optimizer step (_start_lr)
         self._lr_hook = self.optimizer.register_step_pre_hook(self._on_step)
         self._apply_lr(0)
 
@@ -364,7 +364,7 @@ class Recorder:
         self._created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
     def _on_step(self, opt: Any, args: Any, kwargs: Any) -> None:
-        self._lr_in_force = opt.param_groups[0]["lr"]  # a reference: no host read per step
+        self._lr_in_force = opt.param_groups[self._g]["lr"]  # a reference: no host read per step
 
     def _run_config(
         self,
@@ -385,7 +385,7 @@ class Recorder:
         policy: DecisionPolicy | None,
     ) -> RunConfig:
         """The run's typed config: its id, start values, decision spec, behaviour, branching."""
-        lr0 = self._start_lr(optimizer)
+        self._g, lr0 = self._start_lr(optimizer)
         cfg = self._behaviour_config(behaviour, seed)
         if cfg.kind == "controller" and policy is None:
             raise ConfigError(
@@ -403,7 +403,7 @@ class Recorder:
             mode=space.mode,
             base_schedule=base_schedule,
         )
-        g0 = optimizer.param_groups[0]
+        g0 = optimizer.param_groups[self._g]
         branch_cfg = branch if branch is not None else BranchConfig()
         if not isinstance(branch_cfg, BranchConfig):
             raise ConfigError("branch", "a trajlib.spec.BranchConfig", type(branch).__name__)
@@ -433,19 +433,24 @@ class Recorder:
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
-    def _start_lr(optimizer: torch.optim.Optimizer) -> float:
+    def _start_lr(optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+        """The param group that stands for the run in its records (LR, momentum, weight decay)
+        and its LR: the first group with a positive finite LR (a group at LR 0 is frozen)."""
         if not optimizer.param_groups:
             raise ConfigError("optimizer", "an optimizer with at least one param group", 0)
-        lr = optimizer.param_groups[0].get("lr")
-        try:
-            value = float(lr)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(
-                "optimizer.param_groups[0]['lr']", "a positive finite learning rate", lr
-            )
-        return value
+        lrs = [g.get("lr") for g in optimizer.param_groups]
+        for i, lr in enumerate(lrs):
+            try:
+                value = float(lr)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                continue
+            if math.isfinite(value) and value > 0:
+                return i, value
+        raise ConfigError(
+            "optimizer.param_groups[*]['lr']",
+            "a positive finite learning rate in at least one param group",
+            lrs[0] if len(lrs) == 1 else lrs,
+        )
 
     @staticmethod
     def _behaviour_config(behaviour: str | BehaviourConfig, seed: int) -> BehaviourConfig:
@@ -562,7 +567,7 @@ class Recorder:
         if self._loss_n:
             loss = self._loss_sum / self._loss_n if self._loss_n > 1 else self._loss_sum  # type: ignore[operator]
         self._loss_sum, self._loss_n = None, 0
-        g0 = self.optimizer.param_groups[0]
+        g0 = self.optimizer.param_groups[self._g]
         lr = g0["lr"] if self._lr_in_force is None else self._lr_in_force
         self._lr_in_force = None
         self._rows.append(
@@ -741,7 +746,7 @@ class Recorder:
             self._branch(step, buffer)
         ctx = self._context(step)
         a, p = self._agree(*self.behaviour.choose(self.rng, ctx))
-        g0 = self.optimizer.param_groups[0]
+        g0 = self.optimizer.param_groups[self._g]
         lr_before = self._rows[-1].lr if self._rows else float(self._cols[S.LR][-1])
         self._decisions.append(
             {

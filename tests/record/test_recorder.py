@@ -153,6 +153,19 @@ def test_every_behaviour_family_moves_the_lr_with_logged_propensities(tmp_path, 
         assert dec[S.ACTION].to_list() == [2] * 5 and dec[S.PROPENSITY].to_list() == [1.0] * 5
 
 
+def _mse_steps(model: nn.Module, opt: torch.optim.Optimizer, rec: Recorder, n: int) -> None:
+    """``n`` full-batch MSE steps of a 4-in, 2-out model on one fixed batch, then close."""
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+    for _ in range(n):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        rec.observe(loss)
+        rec.step()
+    rec.close()
+
+
 def test_only_hyperparameters_the_optimizer_has_and_that_are_on_move(tmp_path):
     from trajlib.space import Action, ActionSpace
 
@@ -168,15 +181,7 @@ def test_only_hyperparameters_the_optimizer_has_and_that_are_on_move(tmp_path):
         create_store(tmp_path / "s"), opt, total_steps=8, every=2, actions=up,
         behaviour="random-walk", model=model,
     )  # fmt: skip
-    x, y = torch.randn(16, 4), torch.randn(16, 2)
-    for _ in range(8):
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        rec.observe(loss)
-        rec.step()
-    rec.close()
+    _mse_steps(model, opt, rec, 8)
     dec = rec.frames()[2]
     moved = int((dec[S.ACTION] == 1).sum())
     assert moved > 0
@@ -213,15 +218,7 @@ def test_a_group_frozen_at_lr_0_is_recorded_from_the_trainable_group(tmp_path):
         momentum=0.9,
     )
     rec = Recorder(create_store(tmp_path / "s"), opt, total_steps=8, every=2, model=model)
-    x, y = torch.randn(16, 4), torch.randn(16, 2)
-    for _ in range(8):
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        rec.observe(loss)
-        rec.step()
-    rec.close()
+    _mse_steps(model, opt, rec, 8)
     steps = rec.frames()[1]
     assert rec.config.lr0 == 0.05 and (steps[S.LR] > 0).all() and (steps[S.MOMENTUM] == 0.9).all()
     assert opt.param_groups[0]["lr"] == 0.0  # the frozen group stays frozen

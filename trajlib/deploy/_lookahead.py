@@ -335,6 +335,7 @@ class Lookahead:
             return False
         u = s.units[0]
         if s._guard(u, step):
+            s._arm(u)  # the stall check's raise keeps its copy
             return True  # the raise guard undid the last raise: that is this decision
         x = u.features.values()
         if s._neg_loss is not None or s._bad_features(x).any():

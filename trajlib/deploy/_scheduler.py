@@ -67,6 +67,15 @@ RELAPSE_WINDOWS = 2
 #: %, under best + 25 %; after a second raise, at its first window's loss, 0.1 above the window
 #: before that raise).
 RELAPSE_START_Z = 3.0
+#: A cut that stalls the run is undone step by step (``events["guard_stalls"]``): while the
+#: multiplier is below 1 and no decision window has set a new best (lowest) median training loss
+#: for ``STALL_WINDOWS`` windows, with at least that many windows of the run left, the multiplier
+#: goes back up ``STALL_FACTOR``x (at most to 1, the base schedule), on trial like any raise, and
+#: later cuts stop there (the unit's floor; a failed trial lowers it again). A controller that
+#: cuts a long run's LR to its floor early leaves it there, on a plateau the base schedule would
+#: have trained through (2,000-step loops: `encoder-max` at 0.01x from step 525 ended 17x cosine).
+STALL_WINDOWS = 4
+STALL_FACTOR = 4.0
 #: How many superseded raises a unit remembers (each watched again when the raise after it is
 #: undone; the multiplier's ceiling bounds how many raises a run can stack anyway).
 MAX_PARENTS = 8
@@ -88,6 +97,7 @@ EVENTS = (
     "guard_rolled_back_steps",
     "guard_rescues",
     "guard_relapses",
+    "guard_stalls",
 )
 #: Hyperparameters a ControllerScheduler can set on a torch optimizer.
 SETTABLE = ("lr", "momentum", "weight_decay")
@@ -197,6 +207,12 @@ class _Unit:
     #: earlier raises a newer one superseded, oldest first, each as a relapse watch (the tuple
     #: of ``relapse``): when the newer raise is undone, the one before it is watched again
     parents: list[tuple[float, float, float, float]] = field(default_factory=list)
+    #: the lowest multiplier a cut may set (``STALL_WINDOWS``: where a stalled cut was undone)
+    floor: float = 0.0
+    #: the best (lowest) window median training loss of the run and the decision step it closed
+    best: tuple[float, int] = (math.inf, 0)
+    #: the decision step the stall check last ran (asked twice, like ``guarded_at``)
+    stalled_at: int = -1
 
 
 @dataclass(slots=True)
@@ -858,7 +874,7 @@ class ControllerScheduler(LRScheduler):
             try:
                 if not self._guard(u, step):
                     self._decide_unit(ui, u, step)
-                    self._arm(u)
+                self._arm(u)  # a raise of the controller or of the stall check
             except Exception:  # noqa: BLE001
                 self._count_error()
 
@@ -929,6 +945,41 @@ class ControllerScheduler(LRScheduler):
         return self._window_stat[1], self._window_stat[2]
 
     def _guard(self, u: _Unit, step: int) -> bool:
+        """The raise guard at decision ``step`` (:meth:`_judge`), then the stall check
+        (:meth:`_stall`); True when one of them took this decision."""
+        return self._judge(u, step) or self._stall(u, step)
+
+    def _stall(self, u: _Unit, step: int) -> bool:
+        """Undo a cut that stalled the run (``STALL_WINDOWS``); True when this decision did."""
+        if u.stalled_at == step or self.guard is None:
+            return False
+        u.stalled_at = step
+        now = self._window_stat[1] if self._window_stat[0] == step else None
+        if now is None or not math.isfinite(now):
+            return False
+        if now < u.best[0]:
+            u.best = (now, step)
+            return False
+        span = STALL_WINDOWS * self.every
+        if u.mult >= 1.0 or step - u.best[1] < span or self.total_steps - step < span:
+            return False
+        old = u.mult
+        self._set_mult(u, min(1.0, old * STALL_FACTOR), step)
+        if u.mult <= old:  # held at the guard's ceiling: nothing undone
+            return False
+        u.floor, u.best = u.mult, (u.best[0], step)
+        self.events["guard_stalls"] += 1
+        self.events["decisions"] += 1
+        self._warn_once(
+            "stall",
+            f"ControllerScheduler: no decision window set a new best training loss for "
+            f"{STALL_WINDOWS} windows (best {u.best[0]:.4g}) at an LR multiplier below 1; the "
+            f"cut was partly undone at step {step} ({old:.3g}x -> {u.mult:.3g}x), on trial like a "
+            "raise, and later cuts stop there (events['guard_stalls'])",
+        )
+        return True
+
+    def _judge(self, u: _Unit, step: int) -> bool:
         """Judge the unit's last LR raise on the window that ends here: when its median training
         loss exceeds the window before the raise by more than ``guard`` x its magnitude (or a loss
         turned non-finite), undo the raise, cap later raises there, and return True (this
@@ -986,6 +1037,7 @@ class ControllerScheduler(LRScheduler):
         good)."""
         u.mult = min(u.mult, before_mult)
         u.ceiling = min(u.ceiling, before_mult)
+        u.floor = min(u.floor, before_mult)
         self.events[counter] += 1
         self.events["decisions"] += 1
         if copy is not None:  # the weights and optimizer state as they were at the raise
@@ -1226,9 +1278,11 @@ class ControllerScheduler(LRScheduler):
 
     def _cap(self, u: _Unit, new: float) -> float:
         """``new`` for unit ``u``'s multiplier, a raise held at the guard's ceiling (never below
-        the current multiplier)."""
+        the current multiplier), a cut at its floor (never above it)."""
         if new > u.mult and self.guard is not None and new > u.ceiling:
             return max(u.mult, u.ceiling)
+        if new < u.mult and self.guard is not None and new < u.floor:
+            return min(u.mult, u.floor)
         return new
 
     def _base_factor(self, step: int) -> float:
@@ -1281,6 +1335,8 @@ class ControllerScheduler(LRScheduler):
                     "mult": u.mult,
                     "probation": None if u.probation is None else list(u.probation),
                     "ceiling": u.ceiling,
+                    "floor": u.floor,
+                    "best": list(u.best),
                     "relapse": None if u.relapse is None else list(u.relapse),
                     "worse_windows": u.worse_windows,
                     "recent": [list(w) for w in u.recent],
@@ -1356,6 +1412,9 @@ class ControllerScheduler(LRScheduler):
                 se = float(pr[4]) if len(pr) > 4 else math.nan
                 u.probation = (float(pr[0]), float(pr[1]), int(pr[2]), int(pr[3]), se)
             u.ceiling = float(d.get("ceiling", math.inf))
+            u.floor = float(d.get("floor", 0.0))  # absent before the stall check
+            b = d.get("best")
+            u.best = (math.inf, 0) if b is None else (float(b[0]), int(b[1]))
             rl = d.get("relapse")  # absent in states saved before the relapse watch
             u.relapse = None if rl is None else _watch(rl)
             u.worse_windows = int(d.get("worse_windows", 0))

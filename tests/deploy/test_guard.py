@@ -15,6 +15,7 @@ from torch import nn
 from tests.deploy._helpers import batch, make_model, nan_steps, train, with_policy
 from trajlib.controllers import load_controller
 from trajlib.deploy import ControllerScheduler
+from trajlib.deploy._scheduler import STALL_FACTOR, STALL_WINDOWS
 from trajlib.errors import ConfigError
 
 STEPS = 200
@@ -87,6 +88,49 @@ def test_a_raise_the_loss_rewards_stays(tiny_checkpoint: Path) -> None:
         sched = run(ckpt, lambda t, _: 1.0 / (1 + t))
     assert sched.events["guard_reverts"] == 0 and sched.events["guard_capped"] == 0
     assert sched.mult > 4.0  # raised at every decision, none undone
+
+
+def cutter(tiny_checkpoint: Path) -> Any:
+    """The tiny checkpoint with a controller that always takes the largest LR cut."""
+    loaded = load_controller(tiny_checkpoint)
+    lr_moves = [a.moves.get("lr", 0.0) for a in loaded.action_space.actions]
+    down = min(range(len(lr_moves)), key=lambda i: lr_moves[i])
+    assert lr_moves[down] < 0
+    return with_policy(loaded, lambda x: down)
+
+
+def test_a_cut_that_stalls_the_run_is_partly_undone(tiny_checkpoint: Path) -> None:
+    """A flat loss under a controller that cuts at every decision: after STALL_WINDOWS windows
+    without a new best the multiplier goes back up STALL_FACTOR x, on trial like a raise, said
+    once; later cuts stop at that floor; nothing in the last STALL_WINDOWS windows."""
+    ckpt = cutter(tiny_checkpoint)
+    every = ckpt.every
+    span = STALL_WINDOWS * every
+    mults: dict[int, float] = {}
+    with pytest.warns(RuntimeWarning, match="cut was partly undone") as rec:
+        sched = run(
+            ckpt,
+            lambda t, _: 1.0,
+            steps=400,
+            at_decision=lambda s, m, o, t: mults.__setitem__(t, s.mult),
+        )
+    assert sum("partly undone" in str(w.message) for w in rec) == 1
+    stalls = [t for t in mults if t > every and mults[t] > mults[t - every]]
+    assert stalls and stalls[0] == every + span  # the first window is the best, never beaten
+    first = stalls[0]
+    assert mults[first] == pytest.approx(min(1.0, mults[first - every] * STALL_FACTOR))
+    assert all(mults[t] >= mults[first] for t in mults if t > first)  # cuts stop at the floor
+    assert all(t <= 400 - span for t in stalls) and len(stalls) == 2
+    ev = sched.events
+    assert ev["guard_stalls"] == len(stalls) and ev["guard_capped"] > 0 and ev["errors"] == 0
+
+
+def test_a_cut_the_loss_rewards_is_not_undone(tiny_checkpoint: Path) -> None:
+    """A loss that sets a new best at every window: the cuts stand (no stall)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        sched = run(cutter(tiny_checkpoint), lambda t, _: 1.0 / (1 + t), steps=400)
+    assert sched.events["guard_stalls"] == 0 and sched.mult < 0.1
 
 
 def test_tolerance_and_off(tiny_checkpoint: Path) -> None:

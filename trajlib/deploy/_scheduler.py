@@ -286,10 +286,12 @@ class ControllerScheduler(LRScheduler):
     non-finite before it sends the run back to its start with the multiplier cut by the
     checkpoint's largest cut (capped there; ``events["guard_rescues"]``); so does a loss still
     non-finite at a decision after a rollback left no raise to undo (back to the restored copy,
-    the run's last known good state until the next raise). Counted in
+    the run's last known good state until the next raise). A cut that stalls the run is partly
+    undone (``STALL_WINDOWS``: no new best window for four windows at a multiplier below 1; x4,
+    at most to 1, on trial like a raise; later cuts stop there). Counted in
     ``events["guard_reverts"]``, ``["guard_relapses"]``, ``["guard_rollbacks"]``,
-    ``["guard_rolled_back_steps"]`` and ``["guard_capped"]``; the first revert, relapse and rescue
-    warn once.
+    ``["guard_rolled_back_steps"]``, ``["guard_capped"]`` and ``["guard_stalls"]``; the first
+    revert, relapse, rescue and stall warn once.
 
     Safety: a non-finite feature that the controller never saw non-finite in training, a
     non-finite controller output, or any exception in the decision path keeps the current values

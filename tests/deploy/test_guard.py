@@ -14,8 +14,7 @@ from torch import nn
 
 from tests.deploy._helpers import batch, make_model, nan_steps, train, with_policy
 from trajlib.controllers import load_controller
-from trajlib.deploy import ControllerScheduler
-from trajlib.deploy._scheduler import STALL_FACTOR, STALL_WINDOWS
+from trajlib.deploy import STALL_FACTOR, STALL_WINDOWS, ControllerScheduler
 from trajlib.errors import ConfigError
 
 STEPS = 200

@@ -14,6 +14,8 @@ from trajlib.deploy._scheduler import (
     RELAPSE_START_Z,
     RELAPSE_TOL,
     RELAPSE_WINDOWS,
+    STALL_FACTOR,
+    STALL_WINDOWS,
     ControllerScheduler,
 )
 
@@ -23,6 +25,8 @@ __all__ = [
     "RELAPSE_START_Z",
     "RELAPSE_TOL",
     "RELAPSE_WINDOWS",
+    "STALL_FACTOR",
+    "STALL_WINDOWS",
     "ControllerScheduler",
     "Lookahead",
     "LookaheadDecision",

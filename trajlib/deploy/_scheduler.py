@@ -33,6 +33,8 @@ __all__ = [
     "RELAPSE_START_Z",
     "RELAPSE_TOL",
     "RELAPSE_WINDOWS",
+    "STALL_FACTOR",
+    "STALL_WINDOWS",
     "ControllerScheduler",
     "STATE_VERSION",
 ]

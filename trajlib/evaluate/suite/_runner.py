@@ -32,7 +32,15 @@ from typing import Any
 
 import polars as pl
 
-from trajlib.deploy import GUARD, GUARD_WINDOWS, RELAPSE_START_Z, RELAPSE_TOL, RELAPSE_WINDOWS
+from trajlib.deploy import (
+    GUARD,
+    GUARD_WINDOWS,
+    RELAPSE_START_Z,
+    RELAPSE_TOL,
+    RELAPSE_WINDOWS,
+    STALL_FACTOR,
+    STALL_WINDOWS,
+)
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import select_families
 from trajlib.evaluate.suite._loop import LookaheadSetting, run_one
@@ -138,7 +146,7 @@ def plan_jobs(
     lookahead (its cache key is the checkpoint hash + ``+`` + :meth:`LookaheadSetting.tag`);
     ``guard`` / ``rollback`` are the scheduler's raise guard (the key gets ``+guard<tol>w<windows>``,
     or ``+revert<tol>w<windows>`` without rollback, then ``r<tol>x<windows>g`` and
-    ``s<z>`` for the relapse watch;
+    ``s<z>p`` for the relapse watch, ``t<windows>x<factor>`` for the stall check;
     none when the guard is off), then ``+code<hash>`` (:func:`controller_code_hash`)."""
     lookahead = LookaheadSetting.of(lookahead)
     fams = select_families(families)
@@ -150,6 +158,7 @@ def plan_jobs(
         h += f"+{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
         h += f"r{RELAPSE_TOL:g}x{RELAPSE_WINDOWS}g"  # g: tolerance of max(|best|, gain)
         h += f"s{RELAPSE_START_Z:g}p"  # s: the start criterion's z; p: the pre-raise window's
+        h += f"t{STALL_WINDOWS}x{STALL_FACTOR:g}"  # t: the stall check
     if h:
         h += f"+code{controller_code_hash()}"
     jobs = []

@@ -4,18 +4,20 @@ Shared by everything that moves a user's optimizer (the Recorder in :mod:`trajli
 deployed :class:`~trajlib.deploy.ControllerScheduler`): ``momentum`` is SGD / RMSprop's
 ``momentum`` or an Adam-style optimizer's ``betas[0]``; ``weight_decay`` is the group's
 ``weight_decay``. A hyperparameter is *movable* in a group when the optimizer has it and the user
-has switched it on (a finite value > 0): momentum 0 stays 0, weight decay 0 stays 0.
+has switched it on (a finite value > 0): momentum 0 stays 0, weight decay 0 stays 0. The group
+that stands for the whole optimizer in the records and features is the first with an LR > 0
+(:func:`lr_group`): a group at LR 0 is frozen.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import torch
 
-__all__ = ["MOVABLE", "hp_get", "hp_movable", "hp_set"]
+__all__ = ["MOVABLE", "hp_get", "hp_movable", "hp_set", "lr_group"]
 
 #: Hyperparameters besides the learning rate that can be read and set here.
 MOVABLE = ("momentum", "weight_decay")
@@ -54,3 +56,17 @@ def hp_set(group: MutableMapping[str, Any], name: str, value: float) -> None:
             group["momentum"] = value
     elif name == "weight_decay":
         group["weight_decay"] = value
+
+
+def lr_group(lrs: Iterable[Any]) -> int | None:
+    """The index of the first of these param groups' LRs that is a finite number > 0 (the group
+    whose LR, momentum and weight decay stand for the optimizer: one at LR 0 is frozen, and its
+    log LR is undefined); None when there is none."""
+    for i, lr in enumerate(lrs):
+        try:
+            value = float(lr)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value) and value > 0:
+            return i
+    return None

@@ -71,7 +71,7 @@ from trajlib.collect._behaviour import (
 from trajlib.collect._executor import RunSink
 from trajlib.errors import ConfigError
 from trajlib.measure import PROBE_COLUMNS, StepProbe, summarise
-from trajlib.optim_hp import MOVABLE, hp_get, hp_movable, hp_set
+from trajlib.optim_hp import MOVABLE, hp_get, hp_movable, hp_set, lr_group
 from trajlib.space import (
     BASE_SCHEDULES,
     ActionSpace,
@@ -439,13 +439,9 @@ class Recorder:
         if not optimizer.param_groups:
             raise ConfigError("optimizer", "an optimizer with at least one param group", 0)
         lrs = [g.get("lr") for g in optimizer.param_groups]
-        for i, lr in enumerate(lrs):
-            try:
-                value = float(lr)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                continue
-            if math.isfinite(value) and value > 0:
-                return i, value
+        i = lr_group(lrs)
+        if i is not None:
+            return i, float(lrs[i])  # type: ignore[arg-type]
         raise ConfigError(
             "optimizer.param_groups[*]['lr']",
             "a positive finite learning rate in at least one param group",

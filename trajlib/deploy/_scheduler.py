@@ -21,7 +21,7 @@ from trajlib.controllers import LoadedController, load_controller
 from trajlib.errors import ConfigError, FeatureSetMismatchError
 from trajlib.features import OnlineFeatures, get_feature_set
 from trajlib.measure import PROBE_COLUMNS, STRIDED, StepProbe, summarise
-from trajlib.optim_hp import hp_get, hp_movable, hp_set
+from trajlib.optim_hp import hp_get, hp_movable, hp_set, lr_group
 from trajlib.space import HyperParam, base_factor
 
 if TYPE_CHECKING:
@@ -839,8 +839,9 @@ class ControllerScheduler(LRScheduler):
         """The param group whose LR, momentum and weight decay stand for unit ``u`` in its
         features: the first of its groups with an initial LR > 0 (a group at LR 0 is frozen, and
         its log LR is undefined), else its first."""
-        groups = range(len(self.base_lrs)) if u.groups is None else u.groups
-        return next((g for g in groups if self.base_lrs[g] > 0), next(iter(groups), 0))
+        groups = list(range(len(self.base_lrs))) if u.groups is None else u.groups
+        i = lr_group(self.base_lrs[g] for g in groups)
+        return groups[0 if i is None else i] if groups else 0
 
     def _unit_stats(
         self, measured: list[tuple[torch.Tensor, torch.Tensor | None]]

@@ -17,6 +17,7 @@ from trajlib.deploy._scheduler import (
     STALL_FACTOR,
     STALL_WINDOWS,
     ControllerScheduler,
+    guard_tag,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "ControllerScheduler",
     "Lookahead",
     "LookaheadDecision",
+    "guard_tag",
 ]

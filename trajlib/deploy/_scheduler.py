@@ -37,6 +37,7 @@ __all__ = [
     "STALL_WINDOWS",
     "ControllerScheduler",
     "STATE_VERSION",
+    "guard_tag",
 ]
 
 #: Version of the trajlib part of :meth:`ControllerScheduler.state_dict` (``state["trajlib"]``);
@@ -78,6 +79,7 @@ RELAPSE_START_Z = 3.0
 #: have trained through (2,000-step loops: `encoder-max` at 0.01x from step 525 ended 17x cosine).
 STALL_WINDOWS = 4
 STALL_FACTOR = 4.0
+
 #: How many superseded raises a unit remembers (each watched again when the raise after it is
 #: undone; the multiplier's ceiling bounds how many raises a run can stack anyway).
 MAX_PARENTS = 8
@@ -111,6 +113,18 @@ _FALLBACK_BOUNDS = {
 _STAT_COLS = PROBE_COLUMNS[:-1]  # everything but "finite" (set from the loss too)
 #: The keys of torch's own ``LRScheduler`` bookkeeping that ``state_dict`` carries.
 _TORCH_KEYS = ("base_lrs", "last_epoch", "_step_count", "_last_lr")
+
+
+def guard_tag(guard: float, rollback: bool = True) -> str:
+    """The raise guard's settings as a tag (result caches key runs by it): ``guard<tol>w<windows>``
+    (``revert...`` without rollback), ``r<tol>x<windows>g`` and ``s<z>p`` for the relapse watch,
+    ``t<windows>x<factor>`` for the stall check."""
+    return (
+        f"{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
+        f"r{RELAPSE_TOL:g}x{RELAPSE_WINDOWS}g"  # g: tolerance of max(|best|, gain)
+        f"s{RELAPSE_START_Z:g}p"  # s: the start criterion's z; p: the pre-raise window's
+        f"t{STALL_WINDOWS}x{STALL_FACTOR:g}"  # t: the stall check
+    )
 
 
 def _check_arguments(optimizer: Any, total_steps: Any, every: Any, guard: Any) -> None:

@@ -32,15 +32,7 @@ from typing import Any
 
 import polars as pl
 
-from trajlib.deploy import (
-    GUARD,
-    GUARD_WINDOWS,
-    RELAPSE_START_Z,
-    RELAPSE_TOL,
-    RELAPSE_WINDOWS,
-    STALL_FACTOR,
-    STALL_WINDOWS,
-)
+from trajlib.deploy import GUARD, guard_tag
 from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._families import select_families
 from trajlib.evaluate.suite._loop import LookaheadSetting, run_one
@@ -144,10 +136,8 @@ def plan_jobs(
     """Every run the suite needs (controller runs only when ``checkpoint`` is given).
     ``lookahead`` (``(top_k, horizon[, cooldown[, when]])``) runs the controller with deploy-time
     lookahead (its cache key is the checkpoint hash + ``+`` + :meth:`LookaheadSetting.tag`);
-    ``guard`` / ``rollback`` are the scheduler's raise guard (the key gets ``+guard<tol>w<windows>``,
-    or ``+revert<tol>w<windows>`` without rollback, then ``r<tol>x<windows>g`` and
-    ``s<z>p`` for the relapse watch, ``t<windows>x<factor>`` for the stall check;
-    none when the guard is off), then ``+code<hash>`` (:func:`controller_code_hash`)."""
+    ``guard`` / ``rollback`` are the scheduler's raise guard (the key gets ``+`` +
+    :func:`~trajlib.deploy.guard_tag`; none when the guard is off), then ``+code<hash>`` (:func:`controller_code_hash`)."""
     lookahead = LookaheadSetting.of(lookahead)
     fams = select_families(families)
     ck = str(checkpoint) if checkpoint is not None else ""
@@ -155,10 +145,7 @@ def plan_jobs(
     if h and lookahead is not None:
         h += f"+{lookahead.tag()}"
     if h and guard is not None:
-        h += f"+{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
-        h += f"r{RELAPSE_TOL:g}x{RELAPSE_WINDOWS}g"  # g: tolerance of max(|best|, gain)
-        h += f"s{RELAPSE_START_Z:g}p"  # s: the start criterion's z; p: the pre-raise window's
-        h += f"t{STALL_WINDOWS}x{STALL_FACTOR:g}"  # t: the stall check
+        h += f"+{guard_tag(guard, rollback)}"
     if h:
         h += f"+code{controller_code_hash()}"
     jobs = []

@@ -124,6 +124,58 @@ def test_a_cut_that_stalls_the_run_is_partly_undone(tiny_checkpoint: Path) -> No
     assert ev["guard_stalls"] == len(stalls) and ev["guard_capped"] > 0 and ev["errors"] == 0
 
 
+def test_a_failed_lift_is_tried_again_after_twice_the_wait(tiny_checkpoint: Path) -> None:
+    """A flat loss that every lift punishes (10x while the multiplier is above where the lift
+    found it): each lift fails its trial and is undone, and the next comes after twice the wait,
+    counted from the undo, past the ceiling the failed one set."""
+    ckpt = cutter(tiny_checkpoint)
+    every, steps = ckpt.every, 800
+    span = STALL_WINDOWS * every
+    mults: dict[int, float] = {}
+    state = {"lifted": False}
+
+    def at_decision(s: ControllerScheduler, m: Any, o: Any, t: int) -> None:
+        mults[t] = s.mult
+        state["lifted"] = t > every and s.mult > mults[t - every]
+
+    with pytest.warns(RuntimeWarning, match="cut was partly undone"):
+        sched = run(
+            ckpt, lambda t, _: 10.0 if state["lifted"] else 1.0, steps=steps,
+            at_decision=at_decision,
+        )  # fmt: skip
+    lifts = [t for t in mults if t > every and mults[t] > mults[t - every]]
+    first = every + span
+    again = first + every + 2 * span  # undone one window after the lift, then twice the wait
+    assert lifts == [first, again]  # the third would wait 4 spans: past the run's end
+    assert all(mults[t + every] == mults[t - every] for t in lifts)  # each undone at once
+    ev = sched.events
+    assert ev["guard_stalls"] == 2 and ev["guard_reverts"] == 2 and ev["errors"] == 0
+
+
+def test_a_lift_is_not_undone_by_a_plateau_s_noise(tiny_checkpoint: Path) -> None:
+    """A plateau whose windows differ by a third from one to the next: the lift off it is
+    judged on the plateau's level and scatter, so windows back at the plateau's high end do not
+    read as a relapse (the tolerance of a share of the best window did: 0.9 -> 1.3 twice)."""
+    ckpt = cutter(tiny_checkpoint)
+    every = ckpt.every
+    cycle = [1.0, 1.3, 0.9, 1.3, 1.3, 1.0]
+
+    def loss(t: int, _: Any) -> float:
+        w = t // every
+        return 2.0 if w == 0 else 0.9 if w == 1 else cycle[w % len(cycle)]
+
+    mults: dict[int, float] = {}
+    with pytest.warns(RuntimeWarning, match="cut was partly undone"):
+        sched = run(
+            ckpt, loss, steps=600, at_decision=lambda s, m, o, t: mults.__setitem__(t, s.mult)
+        )
+    ev = sched.events
+    assert ev["guard_stalls"] >= 1
+    assert ev["guard_relapses"] == 0 and ev["guard_reverts"] == 0 and ev["errors"] == 0
+    first = min(t for t in mults if t > every and mults[t] > mults[t - every])
+    assert all(mults[t] >= mults[first] for t in mults if t > first)  # never taken back
+
+
 def test_a_cut_the_loss_rewards_is_not_undone(tiny_checkpoint: Path) -> None:
     """A loss that sets a new best at every window: the cuts stand (no stall)."""
     with warnings.catch_warnings():

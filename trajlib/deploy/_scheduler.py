@@ -33,6 +33,7 @@ __all__ = [
     "RELAPSE_START_Z",
     "RELAPSE_TOL",
     "RELAPSE_WINDOWS",
+    "STALL_BACKOFF",
     "STALL_FACTOR",
     "STALL_WINDOWS",
     "ControllerScheduler",
@@ -77,8 +78,15 @@ RELAPSE_START_Z = 3.0
 #: later cuts stop there (the unit's floor; a failed trial lowers it again). A controller that
 #: cuts a long run's LR to its floor early leaves it there, on a plateau the base schedule would
 #: have trained through (2,000-step loops: `encoder-max` at 0.01x from step 525 ended 17x cosine).
+#: A lift is judged against the plateau it lifted the run off (the mean of the last
+#: ``STALL_WINDOWS`` windows' medians, with its standard error), and after its trial only by the
+#: pooled test of ``RELAPSE_START_Z``: on a plateau near the loss floor windows differ by a
+#: quarter of the loss from noise alone, which ``RELAPSE_TOL`` read as a relapse. A lift that is
+#: undone anyway does not end the check: the next one waits twice as many windows (at most
+#: ``2 ** STALL_BACKOFF`` times) and is not held at the ceiling the failed one set.
 STALL_WINDOWS = 4
 STALL_FACTOR = 4.0
+STALL_BACKOFF = 3
 
 #: How many superseded raises a unit remembers (each watched again when the raise after it is
 #: undone; the multiplier's ceiling bounds how many raises a run can stack anyway).
@@ -118,12 +126,12 @@ _TORCH_KEYS = ("base_lrs", "last_epoch", "_step_count", "_last_lr")
 def guard_tag(guard: float, rollback: bool = True) -> str:
     """The raise guard's settings as a tag (result caches key runs by it): ``guard<tol>w<windows>``
     (``revert...`` without rollback), ``r<tol>x<windows>g`` and ``s<z>p`` for the relapse watch,
-    ``t<windows>x<factor>`` for the stall check."""
+    ``t<windows>x<factor>b<backoff>`` for the stall check."""
     return (
         f"{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
         f"r{RELAPSE_TOL:g}x{RELAPSE_WINDOWS}g"  # g: tolerance of max(|best|, gain)
         f"s{RELAPSE_START_Z:g}p"  # s: the start criterion's z; p: the pre-raise window's
-        f"t{STALL_WINDOWS}x{STALL_FACTOR:g}"  # t: the stall check
+        f"t{STALL_WINDOWS}x{STALL_FACTOR:g}b{STALL_BACKOFF}"  # t: the stall check, b: retries
     )
 
 
@@ -229,6 +237,13 @@ class _Unit:
     best: tuple[float, int] = (math.inf, 0)
     #: the decision step the stall check last ran (asked twice, like ``guarded_at``)
     stalled_at: int = -1
+    #: the last ``STALL_WINDOWS`` windows (median, standard error): the plateau a lift is judged on
+    span: list[tuple[float, float]] = field(default_factory=list)
+    #: the decision step of the stall check's last lift (-1: none); whether the relapse watch is
+    #: on that lift; how many lifts were undone (each doubles the wait before the next)
+    lift_at: int = -1
+    lift_watch: bool = False
+    lift_fails: int = 0
 
 
 @dataclass(slots=True)
@@ -976,17 +991,24 @@ class ControllerScheduler(LRScheduler):
         now = self._window_stat[1] if self._window_stat[0] == step else None
         if now is None or not math.isfinite(now):
             return False
+        u.span = [*u.span, (now, self._window_se)][-STALL_WINDOWS:]
         if now < u.best[0]:
             u.best = (now, step)
             return False
         span = STALL_WINDOWS * self.every
-        if u.mult >= 1.0 or step - u.best[1] < span or self.total_steps - step < span:
+        wait = span << min(u.lift_fails, STALL_BACKOFF)
+        if u.mult >= 1.0 or step - u.best[1] < wait or self.total_steps - step < span:
             return False
-        old = u.mult
-        self._set_mult(u, min(1.0, old * STALL_FACTOR), step)
+        old, lift = u.mult, min(1.0, u.mult * STALL_FACTOR)
+        if u.lift_fails:  # a retry: the ceiling a failed lift set does not hold it
+            u.ceiling = max(u.ceiling, lift)
+        self._set_mult(u, lift, step)
         if u.mult <= old:  # held at the guard's ceiling: nothing undone
             return False
-        u.floor, u.best = u.mult, (u.best[0], step)
+        if u.probation is not None and u.probation[3] == step:  # judged on the plateau
+            level, level_se = _plateau(u.span)
+            u.probation = (old, level, GUARD_WINDOWS, step, level_se)
+        u.floor, u.best, u.lift_at = u.mult, (u.best[0], step), step
         self.events["guard_stalls"] += 1
         self.events["decisions"] += 1
         self._warn_once(
@@ -1029,7 +1051,10 @@ class ControllerScheduler(LRScheduler):
                 best = before if after is None else min(before, after)
                 u.relapse = (before_mult, best, before, before_se)
                 u.worse_windows, u.recent, self._kept = 0, [], saved
+                u.lift_watch = at == u.lift_at
             return False
+        if at == u.lift_at:
+            self._lift_failed(u, step)
         self._undo_raise(u, before_mult, saved, step, "guard_reverts")
         why = (
             "the training loss turned non-finite after an LR raise"
@@ -1061,13 +1086,19 @@ class ControllerScheduler(LRScheduler):
         self.events["decisions"] += 1
         if copy is not None:  # the weights and optimizer state as they were at the raise
             self._roll_back(u, copy, step)
-        u.recent = []
+        u.recent, u.lift_watch = [], False
         if u.parents:
             u.relapse, u.worse_windows, self._kept = u.parents.pop(), 0, copy
         elif copy is not None:
             # no raise left to watch, but the run now follows a trajectory of its own: the copy
             # stays as its last known good state, should it diverge at the base LR (_relapse)
             self._kept = copy
+
+    @staticmethod
+    def _lift_failed(u: _Unit, step: int) -> None:
+        """A stall lift was undone: the next waits twice as long, counted from here."""
+        u.lift_fails += 1
+        u.best = (u.best[0], step)
 
     @staticmethod
     def _above(window: tuple[float, float] | None, recent: list[tuple[float, float]]) -> bool:
@@ -1104,7 +1135,8 @@ class ControllerScheduler(LRScheduler):
             if after < best:
                 u.relapse, u.worse_windows = (before_mult, after, ref, ref_se), 0
                 return False
-            worse = after > best + RELAPSE_TOL * max(abs(best), ref - best)
+            # a stall lift: judged on its plateau's level only (the pooled test below)
+            worse = not u.lift_watch and after > best + RELAPSE_TOL * max(abs(best), ref - best)
             u.worse_windows = u.worse_windows + 1 if worse else 0
             if u.worse_windows < RELAPSE_WINDOWS:
                 above_start = self._above(self._start_window, u.recent)
@@ -1119,6 +1151,8 @@ class ControllerScheduler(LRScheduler):
         ahead = not bad and after is not None and after <= ref
         if ahead:
             kept = None
+        if u.lift_watch:
+            self._lift_failed(u, step)
         self._undo_raise(u, before_mult, kept, step, "guard_relapses")
         key, what, why = "relapse_nonfinite", "a training loss turned non-finite", ""
         if not bad:
@@ -1277,6 +1311,7 @@ class ControllerScheduler(LRScheduler):
                     u.parents = [*u.parents, watch][-MAX_PARENTS:]
                 u.probation = (old, pre, GUARD_WINDOWS, step, self._window_se)
                 u.relapse, u.worse_windows, u.recent, self._kept = None, 0, [], None
+                u.lift_watch = False
         u.mult = new
 
     def _guard_snapshot(self, u: _Unit) -> tuple[Any, ...]:
@@ -1285,13 +1320,13 @@ class ControllerScheduler(LRScheduler):
         tried a move on it: a raise tried there supersedes the watched raise and drops its copy."""
         return (
             u.probation, u.ceiling, u.relapse, u.worse_windows, list(u.recent),
-            list(u.parents), self._saved, self._kept, self.events["guard_capped"],
+            list(u.parents), self._saved, self._kept, self.events["guard_capped"], u.lift_watch,
         )  # fmt: skip
 
     def _guard_restore(self, u: _Unit, snap: tuple[Any, ...]) -> None:
         (
             u.probation, u.ceiling, u.relapse, u.worse_windows, u.recent, u.parents,
-            self._saved, self._kept, self.events["guard_capped"],
+            self._saved, self._kept, self.events["guard_capped"], u.lift_watch,
         ) = snap  # fmt: skip
         u.recent, u.parents = list(u.recent), list(u.parents)
 
@@ -1356,6 +1391,8 @@ class ControllerScheduler(LRScheduler):
                     "ceiling": u.ceiling,
                     "floor": u.floor,
                     "best": list(u.best),
+                    "span": [list(w) for w in u.span],
+                    "lift": [u.lift_at, u.lift_watch, u.lift_fails],
                     "relapse": None if u.relapse is None else list(u.relapse),
                     "worse_windows": u.worse_windows,
                     "recent": [list(w) for w in u.recent],
@@ -1434,6 +1471,9 @@ class ControllerScheduler(LRScheduler):
             u.floor = float(d.get("floor", 0.0))  # absent before the stall check
             b = d.get("best")
             u.best = (math.inf, 0) if b is None else (float(b[0]), int(b[1]))
+            u.span = [(float(m), float(e)) for m, e in d.get("span", [])]  # absent before retries
+            lift = d.get("lift", [-1, False, 0])
+            u.lift_at, u.lift_watch, u.lift_fails = int(lift[0]), bool(lift[1]), int(lift[2])
             rl = d.get("relapse")  # absent in states saved before the relapse watch
             u.relapse = None if rl is None else _watch(rl)
             u.worse_windows = int(d.get("worse_windows", 0))
@@ -1558,6 +1598,18 @@ class ControllerScheduler(LRScheduler):
 def _watch(w: Any) -> tuple[float, float, float, float]:
     """A saved relapse watch (states saved before the pre-raise criterion lack the error)."""
     return (float(w[0]), float(w[1]), float(w[2]), float(w[3]) if len(w) > 3 else math.nan)
+
+
+def _plateau(windows: list[tuple[float, float]]) -> tuple[float, float]:
+    """The level of a run of windows (median, standard error): their medians' mean and its
+    standard error, the larger of what the windows' own errors and their scatter say."""
+    n = len(windows)
+    mean = math.fsum(m for m, _ in windows) / n
+    own = math.sqrt(math.fsum(e * e for _, e in windows)) / n  # NaN: a window of one loss
+    scatter = (
+        math.sqrt(math.fsum((m - mean) ** 2 for m, _ in windows) / (n - 1) / n) if n > 1 else 0.0
+    )
+    return mean, scatter if not own >= scatter else own
 
 
 def _median(values: list[float]) -> float:

@@ -319,7 +319,8 @@ class ControllerScheduler(LRScheduler):
     non-finite at a decision after a rollback left no raise to undo (back to the restored copy,
     the run's last known good state until the next raise). A cut that stalls the run is partly
     undone (``STALL_WINDOWS``: no new best window for four windows at a multiplier below 1; x4,
-    at most to 1, on trial like a raise; later cuts stop there). Counted in
+    at most to 1, on trial like a raise, judged on the plateau it left; later cuts stop there;
+    a lift undone is tried again after twice the wait, ``STALL_BACKOFF``). Counted in
     ``events["guard_reverts"]``, ``["guard_relapses"]``, ``["guard_rollbacks"]``,
     ``["guard_rolled_back_steps"]``, ``["guard_capped"]`` and ``["guard_stalls"]``; the first
     revert, relapse, rescue and stall warn once.

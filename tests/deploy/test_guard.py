@@ -152,6 +152,50 @@ def test_a_failed_lift_is_tried_again_after_twice_the_wait(tiny_checkpoint: Path
     assert ev["guard_stalls"] == 2 and ev["guard_reverts"] == 2 and ev["errors"] == 0
 
 
+def test_the_stall_check_survives_a_state_dict_round_trip(tiny_checkpoint: Path) -> None:
+    """Saved after a failed lift, a resumed scheduler keeps the plateau, the lift and its
+    failure: the next lift comes at the same step as in the run that was not interrupted."""
+    ckpt = cutter(tiny_checkpoint)
+    every, steps = ckpt.every, 800
+    span = STALL_WINDOWS * every
+    first = every + span
+    model = make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model)
+    mults: dict[int, float] = {}
+    state = {"lifted": False}
+
+    def leg(s: ControllerScheduler, start: int, stop: int) -> None:
+        for t0 in range(start, stop, every):
+            train(
+                model,
+                opt,
+                s,
+                t0,
+                t0 + every,
+                observed=lambda t, _: 10.0 if state["lifted"] else 1.0,
+            )
+            t = t0 + every
+            mults[t] = s.mult
+            state["lifted"] = t > every and s.mult > mults[t - every]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        leg(sched, 0, first + 2 * every)  # the first lift, undone at its trial
+        u = sched.units[0]
+        assert (u.lift_at, u.lift_fails, len(u.span)) == (first, 1, STALL_WINDOWS)
+        saved = sched.state_dict()
+        sched.close()
+        again = ControllerScheduler(opt, ckpt, total_steps=steps, model=model)
+        again.load_state_dict(torch.load(_saved(saved), weights_only=True))
+        v = again.units[0]
+        fields = ("span", "lift_at", "lift_watch", "lift_fails", "best", "floor", "ceiling")
+        assert [getattr(v, f) for f in fields] == [getattr(u, f) for f in fields]
+        leg(again, first + 2 * every, steps)
+    lifts = [t for t in mults if t > every and mults[t] > mults[t - every]]
+    assert lifts == [first, first + every + 2 * span]
+
+
 def test_a_lift_is_not_undone_by_a_plateau_s_noise(tiny_checkpoint: Path) -> None:
     """A plateau whose windows differ by a third from one to the next: the lift off it is
     judged on the plateau's level and scatter, so windows back at the plateau's high end do not

@@ -1112,9 +1112,7 @@ class ControllerScheduler(LRScheduler):
             return False
         if not all(m > window[0] for m, _ in recent):
             return False
-        n = len(recent)
-        mean = math.fsum(m for m, _ in recent) / n
-        se = math.sqrt(math.fsum(e * e for _, e in recent)) / n
+        mean, se = _pooled(recent)
         return mean > window[0] + RELAPSE_START_Z * math.hypot(window[1], se)  # NaN: False
 
     def _relapse(self, u: _Unit, after: float | None, bad: bool, step: int) -> bool:
@@ -1601,12 +1599,18 @@ def _watch(w: Any) -> tuple[float, float, float, float]:
     return (float(w[0]), float(w[1]), float(w[2]), float(w[3]) if len(w) > 3 else math.nan)
 
 
+def _pooled(windows: list[tuple[float, float]]) -> tuple[float, float]:
+    """The mean of windows' medians (each a (median, standard error)) and its standard error
+    from theirs (NaN where a window had one loss)."""
+    n = len(windows)
+    return math.fsum(m for m, _ in windows) / n, math.sqrt(math.fsum(e * e for _, e in windows)) / n
+
+
 def _plateau(windows: list[tuple[float, float]]) -> tuple[float, float]:
     """The level of a run of windows (median, standard error): their medians' mean and its
     standard error, the larger of what the windows' own errors and their scatter say."""
     n = len(windows)
-    mean = math.fsum(m for m, _ in windows) / n
-    own = math.sqrt(math.fsum(e * e for _, e in windows)) / n  # NaN: a window of one loss
+    mean, own = _pooled(windows)
     scatter = (
         math.sqrt(math.fsum((m - mean) ** 2 for m, _ in windows) / (n - 1) / n) if n > 1 else 0.0
     )

@@ -98,6 +98,11 @@ def cutter(tiny_checkpoint: Path) -> Any:
     return with_policy(loaded, lambda x: down)
 
 
+def lifted_at(mults: dict[int, float], every: int) -> list[int]:
+    """The decision steps whose multiplier went up (``mults``: step -> multiplier after it)."""
+    return [t for t in mults if t > every and mults[t] > mults[t - every]]
+
+
 def test_a_cut_that_stalls_the_run_is_partly_undone(tiny_checkpoint: Path) -> None:
     """A flat loss under a controller that cuts at every decision: after STALL_WINDOWS windows
     without a new best the multiplier goes back up STALL_FACTOR x, on trial like a raise, said
@@ -114,7 +119,7 @@ def test_a_cut_that_stalls_the_run_is_partly_undone(tiny_checkpoint: Path) -> No
             at_decision=lambda s, m, o, t: mults.__setitem__(t, s.mult),
         )
     assert sum("partly undone" in str(w.message) for w in rec) == 1
-    stalls = [t for t in mults if t > every and mults[t] > mults[t - every]]
+    stalls = lifted_at(mults, every)
     assert stalls and stalls[0] == every + span  # the first window is the best, never beaten
     first = stalls[0]
     assert mults[first] == pytest.approx(min(1.0, mults[first - every] * STALL_FACTOR))
@@ -143,7 +148,7 @@ def test_a_failed_lift_is_tried_again_after_twice_the_wait(tiny_checkpoint: Path
             ckpt, lambda t, _: 10.0 if state["lifted"] else 1.0, steps=steps,
             at_decision=at_decision,
         )  # fmt: skip
-    lifts = [t for t in mults if t > every and mults[t] > mults[t - every]]
+    lifts = lifted_at(mults, every)
     first = every + span
     again = first + every + 2 * span  # undone one window after the lift, then twice the wait
     assert lifts == [first, again]  # the third would wait 4 spans: past the run's end
@@ -192,7 +197,7 @@ def test_the_stall_check_survives_a_state_dict_round_trip(tiny_checkpoint: Path)
         fields = ("span", "lift_at", "lift_watch", "lift_fails", "best", "floor", "ceiling")
         assert [getattr(v, f) for f in fields] == [getattr(u, f) for f in fields]
         leg(again, first + 2 * every, steps)
-    lifts = [t for t in mults if t > every and mults[t] > mults[t - every]]
+    lifts = lifted_at(mults, every)
     assert lifts == [first, first + every + 2 * span]
 
 
@@ -216,7 +221,7 @@ def test_a_lift_is_not_undone_by_a_plateau_s_noise(tiny_checkpoint: Path) -> Non
     ev = sched.events
     assert ev["guard_stalls"] >= 1
     assert ev["guard_relapses"] == 0 and ev["guard_reverts"] == 0 and ev["errors"] == 0
-    first = min(t for t in mults if t > every and mults[t] > mults[t - every])
+    first = min(lifted_at(mults, every))
     assert all(mults[t] >= mults[first] for t in mults if t > first)  # never taken back
 
 

@@ -9,6 +9,8 @@ batches before each decision). Adapters for Lightning and Hugging Face live in :
 
 from trajlib.deploy._lookahead import Lookahead, LookaheadDecision
 from trajlib.deploy._scheduler import (
+    DEAD_TOL,
+    DEAD_WINDOWS,
     GUARD,
     GUARD_WINDOWS,
     RELAPSE_START_Z,
@@ -21,6 +23,8 @@ from trajlib.deploy._scheduler import (
 )
 
 __all__ = [
+    "DEAD_TOL",
+    "DEAD_WINDOWS",
     "GUARD",
     "GUARD_WINDOWS",
     "RELAPSE_START_Z",

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from trajlib.deploy._lookahead import Lookahead
 
 __all__ = [
+    "DEAD_TOL",
+    "DEAD_WINDOWS",
     "GUARD",
     "GUARD_WINDOWS",
     "RELAPSE_START_Z",
@@ -87,6 +89,15 @@ RELAPSE_START_Z = 3.0
 STALL_WINDOWS = 4
 STALL_FACTOR = 4.0
 STALL_BACKOFF = 3
+#: A raise that leaves the run where it started is undone (``events["guard_stalls"]``): when the
+#: multiplier has been above 1 for ``DEAD_WINDOWS`` decision windows and the last
+#: ``STALL_WINDOWS`` windows' mean median training loss is within ``DEAD_TOL`` of the run's first
+#: window (relative), the multiplier goes back to 1 (the base schedule) and later raises stop
+#: there. A loss at its first window's level that long after a raise is a network the raise
+#: broke or never got going (a transformer at chance after x16 ... x100 of Adam's LR, from x10,
+#: 2,000 steps), which its training loss cannot tell from an early plateau, except by time.
+DEAD_WINDOWS = 16
+DEAD_TOL = 0.05
 
 #: How many superseded raises a unit remembers (each watched again when the raise after it is
 #: undone; the multiplier's ceiling bounds how many raises a run can stack anyway).
@@ -126,12 +137,14 @@ _TORCH_KEYS = ("base_lrs", "last_epoch", "_step_count", "_last_lr")
 def guard_tag(guard: float, rollback: bool = True) -> str:
     """The raise guard's settings as a tag (result caches key runs by it): ``guard<tol>w<windows>``
     (``revert...`` without rollback), ``r<tol>x<windows>g`` and ``s<z>p`` for the relapse watch,
-    ``t<windows>x<factor>b<backoff>`` for the stall check."""
+    ``t<windows>x<factor>b<backoff>`` for the stall check, ``d<windows>x<tol>`` for the dead-run
+    check."""
     return (
         f"{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
         f"r{RELAPSE_TOL:g}x{RELAPSE_WINDOWS}g"  # g: tolerance of max(|best|, gain)
         f"s{RELAPSE_START_Z:g}p"  # s: the start criterion's z; p: the pre-raise window's
         f"t{STALL_WINDOWS}x{STALL_FACTOR:g}b{STALL_BACKOFF}"  # t: the stall check, b: retries
+        f"d{DEAD_WINDOWS}x{DEAD_TOL:g}"  # d: the dead-run check
     )
 
 
@@ -244,6 +257,8 @@ class _Unit:
     lift_at: int = -1
     lift_watch: bool = False
     lift_fails: int = 0
+    #: the decision step from which the multiplier has been above 1 (-1: it is not)
+    raised_from: int = -1
 
 
 @dataclass(slots=True)
@@ -368,6 +383,8 @@ class ControllerScheduler(LRScheduler):
         self._model = model if model is not None else getattr(lookahead, "model", None)
         self._saved: dict[str, Any] | None = None  # the weights at the raise on trial
         self._kept: dict[str, Any] | None = None  # ... at the raise that passed it (relapse)
+        # ... at the raise that took the multiplier above 1, while it stays there (DEAD_WINDOWS)
+        self._base_copy: dict[str, Any] | None = None
         self.loaded, fs = _load_checked(controller)
         self._fs = fs
         self.total_steps = int(total_steps)
@@ -515,7 +532,9 @@ class ControllerScheduler(LRScheduler):
         # the raise guard's copies take the new parameters as they are now, so a rollback puts
         # them back too instead of leaving them diverged next to restored weights
         added = [p for g in groups[len(self.base_lrs) :] for p in g["params"]]
-        copies = {id(c): c for c in (self._saved, self._kept) if c is not None}
+        copies = {
+            id(c): c for c in (self._saved, self._kept, self._base_copy) if c is not None
+        }
         for c in copies.values():
             c["weights"]["params"].extend((p, p.detach().clone()) for p in added)
         for g in groups[len(self.base_lrs) :]:
@@ -922,6 +941,8 @@ class ControllerScheduler(LRScheduler):
         if not self.rollback or len(self.units) != 1:
             return
         self._saved = self._copy(u, step)
+        if u.probation[0] <= 1.0 < u.mult:  # the first raise above the base schedule
+            self._base_copy = self._saved
 
     def _copy(self, u: _Unit, step: int, start: bool = False) -> dict[str, Any]:
         return {
@@ -993,6 +1014,10 @@ class ControllerScheduler(LRScheduler):
         if now is None or not math.isfinite(now):
             return False
         u.span = [*u.span, (now, self._window_se)][-STALL_WINDOWS:]
+        if u.mult <= 1.0:  # at or below the base schedule: no raise to give up on
+            u.raised_from, self._base_copy = -1, None
+        elif self._dead(u, step):
+            return True
         if now < u.best[0]:
             u.best = (now, step)
             return False
@@ -1018,6 +1043,36 @@ class ControllerScheduler(LRScheduler):
             f"{STALL_WINDOWS} windows (best {u.best[0]:.4g}) at an LR multiplier below 1; the "
             f"cut was partly undone at step {step} ({old:.3g}x -> {u.mult:.3g}x), on trial like a "
             "raise, and later cuts stop there (events['guard_stalls'])",
+        )
+        return True
+
+    def _dead(self, u: _Unit, step: int) -> bool:
+        """Undo the raises of a run that has gone nowhere (``DEAD_WINDOWS``); True when done."""
+        start = self._start_window
+        if start is None or u.raised_from < 0 or step - u.raised_from < DEAD_WINDOWS * self.every:
+            return False
+        if len(u.span) < STALL_WINDOWS:
+            return False
+        level = sum(m for m, _ in u.span) / len(u.span)
+        if not (level >= start[0] * (1.0 - DEAD_TOL)):
+            return False
+        old, copy = u.mult, self._base_copy
+        u.mult = 1.0
+        u.ceiling = min(u.ceiling, 1.0)
+        u.probation, u.relapse, u.parents, u.recent, u.worse_windows = None, None, [], [], 0
+        self._saved = self._kept = self._base_copy = None
+        if copy is not None:  # the weights as the first raise found them
+            self._roll_back(u, copy, step)
+        u.raised_from = -1
+        u.best = (u.best[0], step)
+        self.events["guard_stalls"] += 1
+        self.events["decisions"] += 1
+        self._warn_once(
+            "dead",
+            f"ControllerScheduler: the training loss has stayed at its first window's level "
+            f"({level:.4g} against {start[0]:.4g}) for {DEAD_WINDOWS} windows at a raised LR; "
+            f"the raises were undone at step {step} ({old:.3g}x -> 1x) and later raises stop "
+            "there (events['guard_stalls'])",
         )
         return True
 
@@ -1294,6 +1349,8 @@ class ControllerScheduler(LRScheduler):
         if capped != new:  # the guard undid a raise to here: no higher
             self.events["guard_capped"] += 1
             new = capped
+        if new > 1.0 >= old:
+            u.raised_from = step
         if new > old and self.guard is not None:
             pre = self._window_stat[1] if self._window_stat[0] == step else None
             if pre is not None:
@@ -1392,6 +1449,7 @@ class ControllerScheduler(LRScheduler):
                     "best": list(u.best),
                     "span": [list(w) for w in u.span],
                     "lift": [u.lift_at, u.lift_watch, u.lift_fails],
+                    "raised_from": u.raised_from,
                     "relapse": None if u.relapse is None else list(u.relapse),
                     "worse_windows": u.worse_windows,
                     "recent": [list(w) for w in u.recent],
@@ -1473,6 +1531,7 @@ class ControllerScheduler(LRScheduler):
             u.span = [(float(m), float(e)) for m, e in d.get("span", [])]  # absent before retries
             lift = d.get("lift", [-1, False, 0])
             u.lift_at, u.lift_watch, u.lift_fails = int(lift[0]), bool(lift[1]), int(lift[2])
+            u.raised_from = int(d.get("raised_from", -1))  # absent before the dead-run check
             rl = d.get("relapse")  # absent in states saved before the relapse watch
             u.relapse = None if rl is None else _watch(rl)
             u.worse_windows = int(d.get("worse_windows", 0))
@@ -1486,7 +1545,7 @@ class ControllerScheduler(LRScheduler):
         self._unit_of_group = self._map_groups(len(self.optimizer.param_groups))
         # a resumed run's start is not on trial; a raise on trial or relapsing is undone, not
         # rolled back (the copies stay with the process that took them)
-        self._saved = self._kept = None
+        self._saved = self._kept = self._base_copy = None
         self.events = {**self.events, **{k: int(v) for k, v in t["events"].items()}}
         self.actions_taken = [(int(a), int(b), int(c)) for a, b, c in t["actions_taken"]]
         w = t.get("window", {"losses": [], "bad": False, "stat": [-1, None, False]})
@@ -1534,7 +1593,7 @@ class ControllerScheduler(LRScheduler):
                 "model": self._model,
             },
             "state": self.state_dict(),
-            "copies": (self._saved, self._kept),
+            "copies": (self._saved, self._kept, self._base_copy),
             "warned": sorted(self._warned),
             "closed": self._closed,
         }
@@ -1546,7 +1605,7 @@ class ControllerScheduler(LRScheduler):
                 d["optimizer"], d["controller"], d["total_steps"], **d["options"]
             )
         self.load_state_dict(d["state"])
-        self._saved, self._kept = d["copies"]
+        self._saved, self._kept, self._base_copy = d["copies"]
         self._warned = set(d["warned"])
         if d["closed"]:
             self.close()

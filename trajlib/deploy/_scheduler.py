@@ -532,9 +532,7 @@ class ControllerScheduler(LRScheduler):
         # the raise guard's copies take the new parameters as they are now, so a rollback puts
         # them back too instead of leaving them diverged next to restored weights
         added = [p for g in groups[len(self.base_lrs) :] for p in g["params"]]
-        copies = {
-            id(c): c for c in (self._saved, self._kept, self._base_copy) if c is not None
-        }
+        copies = {id(c): c for c in (self._saved, self._kept, self._base_copy) if c is not None}
         for c in copies.values():
             c["weights"]["params"].extend((p, p.detach().clone()) for p in added)
         for g in groups[len(self.base_lrs) :]:

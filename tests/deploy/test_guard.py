@@ -14,7 +14,13 @@ from torch import nn
 
 from tests.deploy._helpers import batch, make_model, nan_steps, train, with_policy
 from trajlib.controllers import load_controller
-from trajlib.deploy import STALL_FACTOR, STALL_WINDOWS, ControllerScheduler
+from trajlib.deploy import (
+    DEAD_TOL,
+    DEAD_WINDOWS,
+    STALL_FACTOR,
+    STALL_WINDOWS,
+    ControllerScheduler,
+)
 from trajlib.errors import ConfigError
 
 STEPS = 200
@@ -764,3 +770,68 @@ def test_a_run_that_diverges_at_the_base_lr_after_a_rollback_is_rescued(
     with pytest.warns(RuntimeWarning):
         plain = run(keep_only, lambda t, v: math.nan if t >= 3 * every + 3 else 1.0 / (1 + t))
     assert plain.events["guard_rescues"] == 0 and plain.events["held_nonfinite"] > 0
+
+
+def test_a_raise_that_leaves_the_run_where_it_started_is_undone(tiny_checkpoint: Path) -> None:
+    """A controller that raises at every decision while the loss stays at its first window's
+    level (noisy): DEAD_WINDOWS windows after the first raise the multiplier goes back to 1, the
+    weights back to that raise's copy, said once, and no later raise goes above 1."""
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+    dead = every + DEAD_WINDOWS * every  # the first raise is at the first decision
+    steps = dead + 4 * every
+    seen: dict[int, Any] = {}
+    with pytest.warns(RuntimeWarning, match="stayed at its first window's level") as rec:
+        sched = run(ckpt, lambda t, _: _noisy(2.3, t), steps=steps, at_decision=_grabber(seen))
+    assert sum("first window's level" in str(w.message) for w in rec) == 1
+    assert all(seen[t][1] > 1.0 for t in seen if every <= t < dead)  # raised all along
+    assert seen[dead][1] == 1.0 and all(seen[t][1] <= 1.0 for t in seen if t >= dead)
+    ev = sched.events
+    assert ev["guard_stalls"] == 1 and ev["guard_reverts"] == ev["guard_relapses"] == 0, ev
+    assert ev["guard_rollbacks"] == 1 and ev["guard_rolled_back_steps"] == dead - every
+    weights, _ = seen[dead]  # as the first raise found them
+    assert all(torch.equal(v, weights[k]) for k, v in seen[every][0].items())
+    assert not all(torch.equal(v, weights[k]) for k, v in seen[dead - every][0].items())
+    assert ev["decisions"] == (steps - 1) // every and ev["errors"] == 0
+
+
+def test_a_raised_run_that_learns_a_little_is_not_undone(tiny_checkpoint: Path) -> None:
+    """The same raises, the loss a little more than DEAD_TOL under its first window's level after
+    the first raise: progress, however slow, so the raises stay (and so does a run raised for
+    fewer than DEAD_WINDOWS windows)."""
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+    steps = (DEAD_WINDOWS + 6) * every
+    below = 2.3 * (1.0 - 1.5 * DEAD_TOL)
+    sched = run(ckpt, lambda t, _: _noisy(2.3 if t < every else below, t, sd=0.02), steps=steps)
+    assert sched.events["guard_stalls"] == 0 and sched.mult > 1.0, sched.events
+    short = run(raiser(tiny_checkpoint), lambda t, _: _noisy(2.3, t), steps=DEAD_WINDOWS * every)
+    assert short.events["guard_stalls"] == 0 and short.mult > 1.0
+
+
+def test_the_dead_run_check_survives_a_state_dict_round_trip(tiny_checkpoint: Path) -> None:
+    """Saved while raised, a resumed scheduler knows since when: it undoes the raises at the same
+    step as the run that was not interrupted (without a rollback: the copies stay with the
+    process that took them)."""
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+    dead = every + DEAD_WINDOWS * every
+    steps = dead + 2 * every
+    model = make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model)
+    noisy = lambda t, _: _noisy(2.3, t)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        train(model, opt, sched, 0, dead - 3 * every, observed=noisy)
+        assert sched.units[0].raised_from == every
+        saved = sched.state_dict()
+        sched.close()
+        again = ControllerScheduler(opt, ckpt, total_steps=steps, model=model)
+        again.load_state_dict(torch.load(_saved(saved), weights_only=True))
+        assert again.units[0].raised_from == every
+        train(model, opt, again, dead - 3 * every, dead - every, observed=noisy)
+        assert again.mult > 1.0 and again.events["guard_stalls"] == 0
+        train(model, opt, again, dead - every, dead, observed=noisy)
+    assert again.mult == 1.0 and again.events["guard_stalls"] == 1
+    assert again.events["guard_rollbacks"] == 0

@@ -90,12 +90,16 @@ STALL_WINDOWS = 4
 STALL_FACTOR = 4.0
 STALL_BACKOFF = 3
 #: A raise that leaves the run where it started is undone (``events["guard_stalls"]``): when the
-#: multiplier has been above 1 for ``DEAD_WINDOWS`` decision windows and the last
-#: ``STALL_WINDOWS`` windows' mean median training loss is within ``DEAD_TOL`` of the run's first
-#: window (relative), the multiplier goes back to 1 (the base schedule) and later raises stop
-#: there. A loss at its first window's level that long after a raise is a network the raise
-#: broke or never got going (a transformer at chance after x16 ... x100 of Adam's LR, from x10,
-#: 2,000 steps), which its training loss cannot tell from an early plateau, except by time.
+#: multiplier has been above 1 for ``DEAD_WINDOWS`` decision windows, counted from the raise that
+#: took it there, and the mean of the last ``STALL_WINDOWS`` windows' median training losses is
+#: within ``DEAD_TOL`` (relative) of the run's first window's, the multiplier goes back to 1 (the
+#: base schedule), later raises stop there, and (with rollback, one controller unit) the weights
+#: and optimizer state go back to that raise's copy, kept while the multiplier stays above 1. A
+#: loss at its first window's level that long after a raise is a network the raise broke or never
+#: got going: `clsformer-negation` (Adam, from x10) raised to x16 by step 50 and on to x100 sat
+#: at chance for 2,000 steps (1.43x cosine; with the check 0.88x). Its training loss cannot tell
+#: that from an early plateau a raise is about to break (`lstm-adding` from x10, raised x8 at step
+#: 25, left its plateau between steps 250 and 500), except by time: hence the long wait.
 DEAD_WINDOWS = 16
 DEAD_TOL = 0.05
 
@@ -335,7 +339,10 @@ class ControllerScheduler(LRScheduler):
     the run's last known good state until the next raise). A cut that stalls the run is partly
     undone (``STALL_WINDOWS``: no new best window for four windows at a multiplier below 1; x4,
     at most to 1, on trial like a raise, judged on the plateau it left; later cuts stop there;
-    a lift undone is tried again after twice the wait, ``STALL_BACKOFF``). Counted in
+    a lift undone is tried again after twice the wait, ``STALL_BACKOFF``). A raise that leaves
+    the training loss within ``DEAD_TOL`` of its first window's level for ``DEAD_WINDOWS`` windows
+    is undone: the multiplier back to 1 and capped there, the weights back to where the first
+    raise above 1 found them. Counted in
     ``events["guard_reverts"]``, ``["guard_relapses"]``, ``["guard_rollbacks"]``,
     ``["guard_rolled_back_steps"]``, ``["guard_capped"]`` and ``["guard_stalls"]``; the first
     revert, relapse, rescue and stall warn once.
@@ -1375,12 +1382,14 @@ class ControllerScheduler(LRScheduler):
         return (
             u.probation, u.ceiling, u.relapse, u.worse_windows, list(u.recent),
             list(u.parents), self._saved, self._kept, self.events["guard_capped"], u.lift_watch,
+            u.raised_from, self._base_copy,
         )  # fmt: skip
 
     def _guard_restore(self, u: _Unit, snap: tuple[Any, ...]) -> None:
         (
             u.probation, u.ceiling, u.relapse, u.worse_windows, u.recent, u.parents,
             self._saved, self._kept, self.events["guard_capped"], u.lift_watch,
+            u.raised_from, self._base_copy,
         ) = snap  # fmt: skip
         u.recent, u.parents = list(u.recent), list(u.parents)
 

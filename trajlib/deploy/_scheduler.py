@@ -977,8 +977,7 @@ class ControllerScheduler(LRScheduler):
         before = u.mult
         u.mult = hp.move(before, delta) if hp else before * math.exp(delta)
         u.ceiling = min(u.ceiling, u.mult)
-        self.events["guard_rescues"] += 1
-        self.events["decisions"] += 1
+        self._guard_decision("guard_rescues")
         if saved["start"]:
             self._saved = {**saved, "step": step}
             where = "before the first decision", "its start"
@@ -1040,8 +1039,7 @@ class ControllerScheduler(LRScheduler):
             level, level_se = _plateau(u.span)
             u.probation = (old, level, GUARD_WINDOWS, step, level_se)
         u.floor, u.best, u.lift_at = u.mult, (u.best[0], step), step
-        self.events["guard_stalls"] += 1
-        self.events["decisions"] += 1
+        self._guard_decision("guard_stalls")
         self._warn_once(
             "stall",
             f"ControllerScheduler: no decision window set a new best training loss for "
@@ -1050,6 +1048,12 @@ class ControllerScheduler(LRScheduler):
             "raise, and later cuts stop there (events['guard_stalls'])",
         )
         return True
+
+    def _guard_decision(self, counter: str) -> None:
+        """The guard took this decision point's decision: counted in ``events[counter]`` and, as
+        one decision per decision point, in ``events["decisions"]``."""
+        self.events[counter] += 1
+        self.events["decisions"] += 1
 
     def _dead(self, u: _Unit, step: int) -> bool:
         """Undo the raises of a run that has gone nowhere (``DEAD_WINDOWS``); True when done."""
@@ -1070,8 +1074,7 @@ class ControllerScheduler(LRScheduler):
             self._roll_back(u, copy, step)
         u.raised_from = -1
         u.best = (u.best[0], step)
-        self.events["guard_stalls"] += 1
-        self.events["decisions"] += 1
+        self._guard_decision("guard_stalls")
         self._warn_once(
             "dead",
             f"ControllerScheduler: the training loss has stayed at its first window's level "
@@ -1143,8 +1146,7 @@ class ControllerScheduler(LRScheduler):
         u.mult = min(u.mult, before_mult)
         u.ceiling = min(u.ceiling, before_mult)
         u.floor = min(u.floor, before_mult)
-        self.events[counter] += 1
-        self.events["decisions"] += 1
+        self._guard_decision(counter)
         if copy is not None:  # the weights and optimizer state as they were at the raise
             self._roll_back(u, copy, step)
         u.recent, u.lift_watch = [], False

@@ -1010,7 +1010,8 @@ class ControllerScheduler(LRScheduler):
         return self._judge(u, step) or self._stall(u, step)
 
     def _stall(self, u: _Unit, step: int) -> bool:
-        """Undo a cut that stalled the run (``STALL_WINDOWS``); True when this decision did."""
+        """Undo a cut that stalled the run (``STALL_WINDOWS``), or the raises of a run that went
+        nowhere (:meth:`_dead`); True when this decision did."""
         if u.stalled_at == step or self.guard is None:
             return False
         u.stalled_at = step
@@ -1062,7 +1063,7 @@ class ControllerScheduler(LRScheduler):
             return False
         if len(u.span) < STALL_WINDOWS:
             return False
-        level = sum(m for m, _ in u.span) / len(u.span)
+        level = _plateau(u.span)[0]
         if not (level >= start[0] * (1.0 - DEAD_TOL)):
             return False
         old, copy = u.mult, self._base_copy

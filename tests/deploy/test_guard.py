@@ -197,8 +197,7 @@ def test_the_stall_check_survives_a_state_dict_round_trip(tiny_checkpoint: Path)
         assert (u.lift_at, u.lift_fails, len(u.span)) == (first, 1, STALL_WINDOWS)
         saved = sched.state_dict()
         sched.close()
-        again = ControllerScheduler(opt, ckpt, total_steps=steps, model=model)
-        again.load_state_dict(torch.load(_saved(saved), weights_only=True))
+        again = _resumed(saved, opt, ckpt, steps, model=model)
         v = again.units[0]
         fields = ("span", "lift_at", "lift_watch", "lift_fails", "best", "floor", "ceiling")
         assert [getattr(v, f) for f in fields] == [getattr(u, f) for f in fields]
@@ -342,8 +341,7 @@ def test_the_trial_survives_a_state_dict_round_trip(tiny_checkpoint: Path) -> No
     state = sched.state_dict()
     assert state["trajlib"]["units"][0]["probation"] is not None
     sched.close()
-    again = ControllerScheduler(opt, ckpt, total_steps=STEPS)
-    again.load_state_dict(torch.load(_saved(state), weights_only=True))
+    again = _resumed(state, opt, ckpt, STEPS)
     with pytest.warns(RuntimeWarning, match="raise was undone"):
         steps(again, range(every + 5, 2 * every), 10.0)
     assert again.events["guard_reverts"] == 1 and again.events["guard_rollbacks"] == 0
@@ -357,6 +355,16 @@ def _saved(state: dict[str, Any]) -> Any:
     torch.save(state, buf)
     buf.seek(0)
     return buf
+
+
+def _resumed(
+    state: dict[str, Any], opt: torch.optim.Optimizer, ckpt: Any, steps: int, **kw: Any
+) -> ControllerScheduler:
+    """A new scheduler on ``opt`` resumed from ``state`` through ``torch.save`` and
+    ``torch.load(weights_only=True)``, as a checkpointed run would be."""
+    again = ControllerScheduler(opt, ckpt, total_steps=steps, **kw)
+    again.load_state_dict(torch.load(_saved(state), weights_only=True))
+    return again
 
 
 @pytest.mark.parametrize("bad", [-0.5, 0, True, "0.5"])
@@ -660,8 +668,7 @@ def test_an_earlier_raise_is_watched_again_when_the_one_after_it_is_undone(
     train(model, opt, live, 0, 2 * every, observed=lambda t, v: 1.0 / (1 + t))
     state = live.state_dict()
     assert len(state["trajlib"]["units"][0]["parents"]) == 1
-    again = ControllerScheduler(opt, ckpt, total_steps=STEPS, model=model)
-    again.load_state_dict(torch.load(_saved(state), weights_only=True))
+    again = _resumed(state, opt, ckpt, STEPS, model=model)
     assert again.units[0].parents == live.units[0].parents
 
 
@@ -708,8 +715,7 @@ def test_the_relapse_watch_survives_a_state_dict_round_trip(tiny_checkpoint: Pat
     state = sched.state_dict()
     assert state["trajlib"]["units"][0]["relapse"] is not None
     sched.close()
-    again = ControllerScheduler(opt, ckpt, total_steps=STEPS, model=model)
-    again.load_state_dict(torch.load(_saved(state), weights_only=True))
+    again = _resumed(state, opt, ckpt, STEPS, model=model)
     assert again._start_window == sched._start_window == (1.0, 0.0)  # the first window's too
     # the watch's windows and the error of the window before the raise, too
     assert again.units[0].recent == sched.units[0].recent == [(1.0, 0.0)]
@@ -827,8 +833,7 @@ def test_the_dead_run_check_survives_a_state_dict_round_trip(tiny_checkpoint: Pa
         assert sched.units[0].raised_from == every
         saved = sched.state_dict()
         sched.close()
-        again = ControllerScheduler(opt, ckpt, total_steps=steps, model=model)
-        again.load_state_dict(torch.load(_saved(saved), weights_only=True))
+        again = _resumed(saved, opt, ckpt, steps, model=model)
         assert again.units[0].raised_from == every
         train(model, opt, again, dead - 3 * every, dead - every, observed=noisy)
         assert again.mult > 1.0 and again.events["guard_stalls"] == 0

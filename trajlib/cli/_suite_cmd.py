@@ -33,8 +33,11 @@ def add_suite_command(sub: Any) -> None:
                    help="suite: the eleven held-out families of the headline; fresh: eight more, "
                    "defined after the shipped controllers were chosen; outside: eight more, "
                    "written from the README alone after trajlib-lr-v8 was shipped")  # fmt: skip
-    p.add_argument("--no-val-only", action="store_true",
-                   help="only the controller without validation reports")  # fmt: skip
+    modes = p.add_mutually_exclusive_group()
+    modes.add_argument("--no-val-only", action="store_true",
+                       help="only the controller without validation reports")  # fmt: skip
+    modes.add_argument("--val-only", action="store_true",
+                       help="only the controller with validation reports")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="at most 2 seeds")
     p.add_argument("--budget", type=_positive_int, help="override every family's step budget")
     p.add_argument("--lookahead", type=_positive_int, nargs=2, metavar=("TOP_K", "HORIZON"),
@@ -84,6 +87,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
         out=args.out,
         cache=args.cache,
         with_val=not args.no_val_only,
+        without_val=not args.val_only,
         quick=args.quick,
         budget=args.budget,
         progress=not args.quiet,

@@ -32,6 +32,8 @@ __all__ = [
     "DEAD_WINDOWS",
     "GUARD",
     "GUARD_WINDOWS",
+    "OVERFIT_REPORTS",
+    "OVERFIT_TOL",
     "RELAPSE_START_Z",
     "RELAPSE_TOL",
     "RELAPSE_WINDOWS",
@@ -102,6 +104,20 @@ STALL_BACKOFF = 3
 #: 25, left its plateau between steps 250 and 500), except by time: hence the long wait.
 DEAD_WINDOWS = 16
 DEAD_TOL = 0.05
+#: A raise that overfits is undone (``events["guard_overfits"]``; only when the loop reports
+#: validation): while the multiplier is above 1, the validation losses reported since the raise
+#: that took it there are watched against their best (the last one reported before that raise
+#: counts too). When ``OVERFIT_REPORTS`` reports in a row exceed that best by more than
+#: ``OVERFIT_TOL`` (relative), the next decision sets the multiplier back to 1 (the base
+#: schedule), later raises stop there, and (with rollback, one controller unit) the weights and
+#: optimizer state go back to where the best report found them (at most one copy per decision
+#: window; the best before the raise: the raise's own copy). The training loss rewards a raise
+#: that fits the training set faster, also past the point where the held-out loss turns:
+#: `multiout-regression` (2,000 steps, Adam) raised to x32 by step 250 had its validation loss
+#: rise from 0.0153 at step 250 to 0.0218 at step 1,750 while its training loss fell all along
+#: (1.44x cosine's test loss).
+OVERFIT_TOL = 0.1
+OVERFIT_REPORTS = 2
 
 #: How many superseded raises a unit remembers (each watched again when the raise after it is
 #: undone; the multiplier's ceiling bounds how many raises a run can stack anyway).
@@ -125,6 +141,7 @@ EVENTS = (
     "guard_rescues",
     "guard_relapses",
     "guard_stalls",
+    "guard_overfits",
 )
 #: Hyperparameters a ControllerScheduler can set on a torch optimizer.
 SETTABLE = ("lr", "momentum", "weight_decay")
@@ -142,13 +159,14 @@ def guard_tag(guard: float, rollback: bool = True) -> str:
     """The raise guard's settings as a tag (result caches key runs by it): ``guard<tol>w<windows>``
     (``revert...`` without rollback), ``r<tol>x<windows>g`` and ``s<z>p`` for the relapse watch,
     ``t<windows>x<factor>b<backoff>`` for the stall check, ``d<windows>x<tol>`` for the dead-run
-    check."""
+    check, ``v<reports>x<tol>`` for the overfit check."""
     return (
         f"{'guard' if rollback else 'revert'}{guard:g}w{GUARD_WINDOWS}"
         f"r{RELAPSE_TOL:g}x{RELAPSE_WINDOWS}g"  # g: tolerance of max(|best|, gain)
         f"s{RELAPSE_START_Z:g}p"  # s: the start criterion's z; p: the pre-raise window's
         f"t{STALL_WINDOWS}x{STALL_FACTOR:g}b{STALL_BACKOFF}"  # t: the stall check, b: retries
         f"d{DEAD_WINDOWS}x{DEAD_TOL:g}"  # d: the dead-run check
+        f"v{OVERFIT_REPORTS}x{OVERFIT_TOL:g}"  # v: the overfit check
     )
 
 
@@ -263,6 +281,10 @@ class _Unit:
     lift_fails: int = 0
     #: the decision step from which the multiplier has been above 1 (-1: it is not)
     raised_from: int = -1
+    #: while it is: the best (lowest) validation loss since then (or the last one before) and
+    #: how many reports in a row exceeded it by more than OVERFIT_TOL
+    val_best: float = math.inf
+    val_worse: int = 0
 
 
 @dataclass(slots=True)
@@ -392,6 +414,8 @@ class ControllerScheduler(LRScheduler):
         self._kept: dict[str, Any] | None = None  # ... at the raise that passed it (relapse)
         # ... at the raise that took the multiplier above 1, while it stays there (DEAD_WINDOWS)
         self._base_copy: dict[str, Any] | None = None
+        # ... where the best validation report since then found them (OVERFIT_REPORTS)
+        self._val_copy: dict[str, Any] | None = None
         self.loaded, fs = _load_checked(controller)
         self._fs = fs
         self.total_steps = int(total_steps)
@@ -467,6 +491,7 @@ class ControllerScheduler(LRScheduler):
         self._loss: torch.Tensor | float | None = None
         self._loss_n = 0
         self._val: tuple[float | None, float | None] | None = None
+        self._last_val = math.inf  # the last finite validation loss reported
         self._bf_memo: tuple[int, int, float] = (-1, 0, 1.0)
         self._rows: list[_Row] = []
         self._rows_layout = -1
@@ -539,7 +564,7 @@ class ControllerScheduler(LRScheduler):
         # the raise guard's copies take the new parameters as they are now, so a rollback puts
         # them back too instead of leaving them diverged next to restored weights
         added = [p for g in groups[len(self.base_lrs) :] for p in g["params"]]
-        copies = {id(c): c for c in (self._saved, self._kept, self._base_copy) if c is not None}
+        copies = {id(c): c for c in self._copies() if c is not None}
         for c in copies.values():
             c["weights"]["params"].extend((p, p.detach().clone()) for p in added)
         for g in groups[len(self.base_lrs) :]:
@@ -662,6 +687,11 @@ class ControllerScheduler(LRScheduler):
         va = self._validation_value("val_acc", val_acc)
         if vl is None and va is None:
             return
+        if vl is not None and math.isfinite(vl):
+            try:
+                self._watch_validation(vl)
+            except Exception:  # noqa: BLE001 - a deployed controller never crashes its training
+                self._count_error()
         if self._loss is not None or self._probe.has_pending:
             self._val = (vl, va)
             return
@@ -675,6 +705,31 @@ class ControllerScheduler(LRScheduler):
             "ControllerScheduler: validation reported after step() at a decision point is too "
             "late for that decision; call observe_validation() before step()",
         )
+
+    def _watch_validation(self, vl: float) -> None:
+        """The overfit check's bookkeeping (``OVERFIT_TOL``) for a validation loss reported now:
+        while a unit's multiplier is above 1, a new best takes a copy of the run (one controller
+        unit with rollback; at most one per decision window), a report clearly above the best
+        counts toward the undo."""
+        self._last_val = vl
+        if self.guard is None:
+            return
+        window = max(self.last_epoch, 0) // self.every
+        for u in self.units:
+            if u.raised_from < 0:
+                continue
+            if vl > u.val_best * (1.0 + OVERFIT_TOL):
+                u.val_worse += 1
+                continue
+            u.val_worse = 0
+            if vl >= u.val_best:
+                continue
+            if self.rollback and len(self.units) == 1:
+                c = self._val_copy
+                if c is not None and c["step"] // self.every == window:
+                    continue  # one copy per window: this best stays the copy's
+                self._val_copy = self._copy(u, max(self.last_epoch, 0))
+            u.val_best = vl
 
     def _validation_value(self, name: str, v: Any) -> float | None:
         """``v`` as a float for :meth:`observe_validation`: a tensor of several values counts as
@@ -949,6 +1004,10 @@ class ControllerScheduler(LRScheduler):
         if u.probation[0] <= 1.0 < u.mult:  # the first raise above the base schedule
             self._base_copy = self._saved
 
+    def _copies(self) -> tuple[dict[str, Any] | None, ...]:
+        """The raise guard's copies of the run (the same copy may appear twice)."""
+        return self._saved, self._kept, self._base_copy, self._val_copy
+
     def _copy(self, u: _Unit, step: int, start: bool = False) -> dict[str, Any]:
         return {
             "weights": take_weights(self.optimizer, self._model),
@@ -1020,8 +1079,8 @@ class ControllerScheduler(LRScheduler):
             return False
         u.span = [*u.span, (now, self._window_se)][-STALL_WINDOWS:]
         if u.mult <= 1.0:  # at or below the base schedule: no raise to give up on
-            u.raised_from, self._base_copy = -1, None
-        elif self._dead(u, step):
+            self._not_raised(u)
+        elif self._overfit(u, step) or self._dead(u, step):
             return True
         if now < u.best[0]:
             u.best = (now, step)
@@ -1056,6 +1115,43 @@ class ControllerScheduler(LRScheduler):
         self.events[counter] += 1
         self.events["decisions"] += 1
 
+    def _not_raised(self, u: _Unit) -> None:
+        """The multiplier is at or below 1: the dead-run and overfit checks' state goes."""
+        u.raised_from, u.val_best, u.val_worse = -1, math.inf, 0
+        self._base_copy = self._val_copy = None
+
+    def _overfit(self, u: _Unit, step: int) -> bool:
+        """Undo the raises of a run whose validation loss rose past its best since them
+        (``OVERFIT_REPORTS``); True when done."""
+        if u.raised_from < 0 or u.val_worse < OVERFIT_REPORTS:
+            return False
+        best, copy = u.val_best, self._val_copy or self._base_copy
+        old = self._back_to_base(u, copy, step)
+        u.best = (math.inf, step) if copy is not None else (u.best[0], step)
+        self._guard_decision("guard_overfits")
+        where = f", weights back to step {copy['step']}" if copy is not None else ""
+        self._warn_once(
+            "overfit",
+            f"ControllerScheduler: the validation loss rose more than {OVERFIT_TOL:.0%} above "
+            f"its best since an LR raise ({best:.4g}; {self._last_val:.4g} now) in "
+            f"{OVERFIT_REPORTS} reports in a row; the raises were undone at step {step} "
+            f"({old:.3g}x -> 1x{where}) and later raises stop there (events['guard_overfits'])",
+        )
+        return True
+
+    def _back_to_base(self, u: _Unit, copy: dict[str, Any] | None, step: int) -> float:
+        """The multiplier back to 1 and capped there, the guard's trials and watches dropped,
+        and, with a ``copy``, the run rolled back to it; returns the multiplier it had."""
+        old = u.mult
+        u.mult = 1.0
+        u.ceiling = min(u.ceiling, 1.0)
+        u.probation, u.relapse, u.parents, u.recent, u.worse_windows = None, None, [], [], 0
+        self._saved = self._kept = None
+        self._not_raised(u)
+        if copy is not None:
+            self._roll_back(u, copy, step)
+        return old
+
     def _dead(self, u: _Unit, step: int) -> bool:
         """Undo the raises of a run that has gone nowhere (``DEAD_WINDOWS``); True when done."""
         start = self._start_window
@@ -1066,14 +1162,8 @@ class ControllerScheduler(LRScheduler):
         level = _plateau(u.span)[0]
         if not (level >= start[0] * (1.0 - DEAD_TOL)):
             return False
-        old, copy = u.mult, self._base_copy
-        u.mult = 1.0
-        u.ceiling = min(u.ceiling, 1.0)
-        u.probation, u.relapse, u.parents, u.recent, u.worse_windows = None, None, [], [], 0
-        self._saved = self._kept = self._base_copy = None
-        if copy is not None:  # the weights as the first raise found them
-            self._roll_back(u, copy, step)
-        u.raised_from = -1
+        # the weights as the first raise found them
+        old = self._back_to_base(u, self._base_copy, step)
         u.best = (u.best[0], step)
         self._guard_decision("guard_stalls")
         self._warn_once(
@@ -1358,7 +1448,9 @@ class ControllerScheduler(LRScheduler):
             self.events["guard_capped"] += 1
             new = capped
         if new > 1.0 >= old:
-            u.raised_from = step
+            # the overfit check starts from the last validation loss before the raise
+            u.raised_from, u.val_best, u.val_worse = step, self._last_val, 0
+            self._val_copy = None
         if new > old and self.guard is not None:
             pre = self._window_stat[1] if self._window_stat[0] == step else None
             if pre is not None:
@@ -1385,14 +1477,14 @@ class ControllerScheduler(LRScheduler):
         return (
             u.probation, u.ceiling, u.relapse, u.worse_windows, list(u.recent),
             list(u.parents), self._saved, self._kept, self.events["guard_capped"], u.lift_watch,
-            u.raised_from, self._base_copy,
+            u.raised_from, self._base_copy, u.val_best, u.val_worse, self._val_copy,
         )  # fmt: skip
 
     def _guard_restore(self, u: _Unit, snap: tuple[Any, ...]) -> None:
         (
             u.probation, u.ceiling, u.relapse, u.worse_windows, u.recent, u.parents,
             self._saved, self._kept, self.events["guard_capped"], u.lift_watch,
-            u.raised_from, self._base_copy,
+            u.raised_from, self._base_copy, u.val_best, u.val_worse, self._val_copy,
         ) = snap  # fmt: skip
         u.recent, u.parents = list(u.recent), list(u.parents)
 
@@ -1460,6 +1552,7 @@ class ControllerScheduler(LRScheduler):
                     "span": [list(w) for w in u.span],
                     "lift": [u.lift_at, u.lift_watch, u.lift_fails],
                     "raised_from": u.raised_from,
+                    "val_watch": [u.val_best, u.val_worse],
                     "relapse": None if u.relapse is None else list(u.relapse),
                     "worse_windows": u.worse_windows,
                     "recent": [list(w) for w in u.recent],
@@ -1480,6 +1573,7 @@ class ControllerScheduler(LRScheduler):
                 "stat": list(self._window_stat),
                 "se": self._window_se,
                 "start": None if self._start_window is None else list(self._start_window),
+                "last_val": self._last_val,
             },
             "actions_taken": [list(a) for a in self.actions_taken],
             "rows": {
@@ -1542,6 +1636,8 @@ class ControllerScheduler(LRScheduler):
             lift = d.get("lift", [-1, False, 0])
             u.lift_at, u.lift_watch, u.lift_fails = int(lift[0]), bool(lift[1]), int(lift[2])
             u.raised_from = int(d.get("raised_from", -1))  # absent before the dead-run check
+            vw = d.get("val_watch", [math.inf, 0])  # absent before the overfit check
+            u.val_best, u.val_worse = float(vw[0]), int(vw[1])
             rl = d.get("relapse")  # absent in states saved before the relapse watch
             u.relapse = None if rl is None else _watch(rl)
             u.worse_windows = int(d.get("worse_windows", 0))
@@ -1555,7 +1651,7 @@ class ControllerScheduler(LRScheduler):
         self._unit_of_group = self._map_groups(len(self.optimizer.param_groups))
         # a resumed run's start is not on trial; a raise on trial or relapsing is undone, not
         # rolled back (the copies stay with the process that took them)
-        self._saved = self._kept = self._base_copy = None
+        self._saved = self._kept = self._base_copy = self._val_copy = None
         self.events = {**self.events, **{k: int(v) for k, v in t["events"].items()}}
         self.actions_taken = [(int(a), int(b), int(c)) for a, b, c in t["actions_taken"]]
         w = t.get("window", {"losses": [], "bad": False, "stat": [-1, None, False]})
@@ -1566,6 +1662,7 @@ class ControllerScheduler(LRScheduler):
         self._window_se = float(w.get("se", math.nan))  # absent before the start criterion
         sw = w.get("start")
         self._start_window = None if sw is None else (float(sw[0]), float(sw[1]))
+        self._last_val = float(w.get("last_val", math.inf))  # absent before the overfit check
         for g, hp in zip(self.optimizer.param_groups, t["hp"]):
             for name, v in hp.items():
                 if v is not None and hp_get(g, name) is not None:
@@ -1603,7 +1700,7 @@ class ControllerScheduler(LRScheduler):
                 "model": self._model,
             },
             "state": self.state_dict(),
-            "copies": (self._saved, self._kept, self._base_copy),
+            "copies": self._copies(),
             "warned": sorted(self._warned),
             "closed": self._closed,
         }
@@ -1615,7 +1712,7 @@ class ControllerScheduler(LRScheduler):
                 d["optimizer"], d["controller"], d["total_steps"], **d["options"]
             )
         self.load_state_dict(d["state"])
-        self._saved, self._kept, self._base_copy = d["copies"]
+        self._saved, self._kept, self._base_copy, self._val_copy = (*d["copies"], None)[:4]
         self._warned = set(d["warned"])
         if d["closed"]:
             self.close()

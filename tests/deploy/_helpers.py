@@ -57,9 +57,11 @@ def train(
     stop: int,
     val_every: int = 20,
     observed: Callable[[int, float], float] | None = None,
+    val_of: Callable[[int, float], float] | None = None,
 ) -> tuple[list[list[float]], list[float]]:
     """Train steps ``start .. stop - 1``; returns (LRs used by each step per group, losses).
-    ``observed(t, loss)``: what the scheduler is told the loss of step ``t`` was (default: it)."""
+    ``observed(t, loss)``: what the scheduler is told the loss of step ``t`` was (default: it);
+    ``val_of(t, val_loss)``: the same for the validation loss reported after step ``t``."""
     lrs, losses = [], []
     for t in range(start, stop):
         x, y = batch(t)
@@ -72,7 +74,8 @@ def train(
         if (t + 1) % val_every == 0:
             with torch.no_grad():
                 xv, yv = batch(99_999, 128)
-                sched.observe_validation(float(nn.functional.cross_entropy(model(xv), yv)))
+                val = float(nn.functional.cross_entropy(model(xv), yv))
+                sched.observe_validation(val if val_of is None else val_of(t, val))
         losses.append(float(loss.detach()))
         sched.step()
     return lrs, losses

@@ -12,7 +12,14 @@ import pytest
 import torch
 from torch import nn
 
-from tests.deploy._helpers import batch, make_model, nan_steps, train, with_policy
+from tests.deploy._helpers import (
+    batch,
+    make_model,
+    nan_steps,
+    optimizer_step,
+    train,
+    with_policy,
+)
 from trajlib.controllers import load_controller
 from trajlib.deploy import (
     DEAD_TOL,
@@ -46,16 +53,17 @@ def run(
     steps: int = STEPS,
     at_decision: Any = None,
     model: nn.Module | None = None,
+    val_of: Any = None,
     **kw: Any,
 ) -> ControllerScheduler:
     """Train the toy problem for real, but report ``observed(t, true_loss)`` as the training
-    loss (the guard reads only what the loop observes); ``at_decision(sched, model, opt, t)``
-    runs after each decision step."""
+    loss (the guard reads only what the loop observes; ``val_of`` likewise for the validation
+    loss); ``at_decision(sched, model, opt, t)`` runs after each decision step."""
     model = model or make_model(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model, **kw)
     for t0 in range(0, steps, sched.every):
-        train(model, opt, sched, t0, min(t0 + sched.every, steps), observed=observed)
+        train(model, opt, sched, t0, min(t0 + sched.every, steps), observed=observed, val_of=val_of)
         if at_decision is not None:
             at_decision(sched, model, opt, t0 + sched.every)
     sched.close()
@@ -778,6 +786,12 @@ def test_a_run_that_diverges_at_the_base_lr_after_a_rollback_is_rescued(
     assert plain.events["guard_rescues"] == 0 and plain.events["held_nonfinite"] > 0
 
 
+def _chance(t: int, val: float) -> float:
+    """The validation loss of a network at chance (the dead-run tests' loops): flat, so the
+    overfit check has nothing to see."""
+    return 2.3
+
+
 def test_a_raise_that_leaves_the_run_where_it_started_is_undone(tiny_checkpoint: Path) -> None:
     """A controller that raises at every decision while the loss stays at its first window's
     level (noisy): DEAD_WINDOWS windows after the first raise the multiplier goes back to 1, the
@@ -788,7 +802,13 @@ def test_a_raise_that_leaves_the_run_where_it_started_is_undone(tiny_checkpoint:
     steps = dead + 4 * every
     seen: dict[int, Any] = {}
     with pytest.warns(RuntimeWarning, match="stayed at its first window's level") as rec:
-        sched = run(ckpt, lambda t, _: _noisy(2.3, t), steps=steps, at_decision=_grabber(seen))
+        sched = run(
+            ckpt,
+            lambda t, _: _noisy(2.3, t),
+            steps=steps,
+            at_decision=_grabber(seen),
+            val_of=_chance,
+        )
     assert sum("first window's level" in str(w.message) for w in rec) == 1
     assert all(seen[t][1] > 1.0 for t in seen if every <= t < dead)  # raised all along
     assert seen[dead][1] == 1.0 and all(seen[t][1] <= 1.0 for t in seen if t >= dead)
@@ -809,9 +829,19 @@ def test_a_raised_run_that_learns_a_little_is_not_undone(tiny_checkpoint: Path) 
     every = ckpt.every
     steps = (DEAD_WINDOWS + 6) * every
     below = 2.3 * (1.0 - 1.5 * DEAD_TOL)
-    sched = run(ckpt, lambda t, _: _noisy(2.3 if t < every else below, t, sd=0.02), steps=steps)
+    sched = run(
+        ckpt,
+        lambda t, _: _noisy(2.3 if t < every else below, t, sd=0.02),
+        steps=steps,
+        val_of=_chance,
+    )
     assert sched.events["guard_stalls"] == 0 and sched.mult > 1.0, sched.events
-    short = run(raiser(tiny_checkpoint), lambda t, _: _noisy(2.3, t), steps=DEAD_WINDOWS * every)
+    short = run(
+        raiser(tiny_checkpoint),
+        lambda t, _: _noisy(2.3, t),
+        steps=DEAD_WINDOWS * every,
+        val_of=_chance,
+    )
     assert short.events["guard_stalls"] == 0 and short.mult > 1.0
 
 
@@ -829,14 +859,149 @@ def test_the_dead_run_check_survives_a_state_dict_round_trip(tiny_checkpoint: Pa
     noisy = lambda t, _: _noisy(2.3, t)  # noqa: E731
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        train(model, opt, sched, 0, dead - 3 * every, observed=noisy)
+        train(model, opt, sched, 0, dead - 3 * every, observed=noisy, val_of=_chance)
         assert sched.units[0].raised_from == every
         saved = sched.state_dict()
         sched.close()
         again = _resumed(saved, opt, ckpt, steps, model=model)
         assert again.units[0].raised_from == every
-        train(model, opt, again, dead - 3 * every, dead - every, observed=noisy)
+        train(model, opt, again, dead - 3 * every, dead - every, observed=noisy, val_of=_chance)
         assert again.mult > 1.0 and again.events["guard_stalls"] == 0
-        train(model, opt, again, dead - every, dead, observed=noisy)
+        train(model, opt, again, dead - every, dead, observed=noisy, val_of=_chance)
     assert again.mult == 1.0 and again.events["guard_stalls"] == 1
+    assert again.events["guard_rollbacks"] == 0
+
+
+def _reporting(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: ControllerScheduler,
+    start: int,
+    stop: int,
+    val_of: Any,
+    seen: dict[int, Any] | None = None,
+    after: dict[int, Any] | None = None,
+) -> None:
+    """Train steps ``start .. stop - 1`` for real, telling the scheduler a training loss that
+    falls all along and, every ``sched.every`` steps (before ``step()``, as at a decision
+    point), the validation loss ``val_of(steps done)``; ``seen`` gets the weights at each
+    report, ``after`` those after each decision."""
+    for t in range(start, stop):
+        optimizer_step(model, opt, t)
+        sched.observe(1.0 / (1 + t))
+        if (t + 1) % sched.every == 0:
+            sched.observe_validation(val_of(t + 1))
+            if seen is not None:
+                seen[t + 1] = {k: v.clone() for k, v in model.state_dict().items()}
+        sched.step()
+        if after is not None and (t + 1) % sched.every == 0:
+            after[t + 1] = {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _overfit_run(
+    ckpt: Any,
+    val_of: Any,
+    steps: int,
+    seen: dict[int, Any] | None = None,
+    after: dict[int, Any] | None = None,
+    **kw: Any,
+) -> tuple[ControllerScheduler, nn.Module]:
+    model = make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model, **kw)
+    _reporting(model, opt, sched, 0, steps, val_of, seen, after)
+    sched.close()
+    return sched, model
+
+
+def _rises_after(turn: int, factor: float = 1.25) -> Any:
+    """A validation loss that falls until ``turn`` steps, then sits ``factor`` x its best."""
+    return lambda done: 1.0 / done if done <= turn else factor / turn
+
+
+def test_a_raise_that_overfits_is_undone_back_to_its_best_report(tiny_checkpoint: Path) -> None:
+    """A controller that raises at every decision, a training loss that falls all along, and a
+    validation loss that falls until 3 windows in and then sits 25 % above its best: at the
+    second report above it the multiplier goes back to 1, the weights to those of the best
+    report, said once; later raises stop at 1."""
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+    steps = 8 * every
+    seen: dict[int, Any] = {}
+    after: dict[int, Any] = {}
+    with pytest.warns(RuntimeWarning, match="validation loss rose") as rec:
+        sched, _ = _overfit_run(ckpt, _rises_after(3 * every), steps, seen, after)
+    assert sum("validation loss rose" in str(w.message) for w in rec) == 1
+    fired = 5 * every  # the reports at 4 and 5 windows are the two above the best
+    ev = sched.events
+    assert ev["guard_overfits"] == 1 and ev["guard_reverts"] == ev["guard_relapses"] == 0, ev
+    assert ev["guard_rollbacks"] == 1 and ev["guard_rolled_back_steps"] == fired - 3 * every
+    assert sched.mult == 1.0 and sched.units[0].ceiling == 1.0
+    assert sched.actions_taken[-1][0] > fired  # it went on raising, held at 1
+    # the decision at ``fired`` put back the weights of the best report (recorded after step())
+    assert all(torch.equal(after[fired][k], v) for k, v in seen[3 * every].items())
+    assert not all(torch.equal(after[fired - every][k], v) for k, v in seen[3 * every].items())
+
+
+def test_an_overfit_from_before_the_raise_goes_back_to_the_raise(tiny_checkpoint: Path) -> None:
+    """The best validation loss is the report just before the first raise: two reports 25 %
+    above it undo the raises and roll back to the raise's own copy."""
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+    with pytest.warns(RuntimeWarning, match="validation loss rose"):
+        sched, _ = _overfit_run(ckpt, _rises_after(every), 6 * every)
+    ev = sched.events
+    assert ev["guard_overfits"] == 1 and ev["guard_rolled_back_steps"] == 2 * every, ev
+
+
+@pytest.mark.parametrize("case", ["slow rise", "one spike", "guard off", "no raise"])
+def test_validation_that_does_not_clearly_rise_undoes_nothing(
+    tiny_checkpoint: Path, case: str
+) -> None:
+    """5 % above the best (under OVERFIT_TOL), one report above it, the guard off, or a run
+    that never raised: the multiplier stays where the controller put it."""
+    every = load_controller(tiny_checkpoint).every
+    ckpt = raiser(tiny_checkpoint)
+    kw: dict[str, Any] = {}
+    val_of = _rises_after(2 * every, 1.05)  # under OVERFIT_TOL (10 %)
+    if case == "one spike":
+        val_of = lambda done: 1.0 / done * (1.0 + 0.3 * (done == 4 * every))  # noqa: E731
+    elif case == "guard off":
+        kw["guard"], val_of = None, _rises_after(2 * every)
+    elif case == "no raise":
+        keep = load_controller(tiny_checkpoint).action_space.keep_index
+        ckpt, val_of = (
+            with_policy(load_controller(tiny_checkpoint), lambda x: keep),
+            _rises_after(every),
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sched, _ = _overfit_run(ckpt, val_of, 8 * every, **kw)
+    assert sched.events["guard_overfits"] == 0 and sched.events["guard_rollbacks"] == 0
+    assert sched.mult == 1.0 if case == "no raise" else sched.mult > 4.0
+
+
+def test_the_overfit_check_survives_a_state_dict_round_trip(tiny_checkpoint: Path) -> None:
+    """Saved between the two reports above the best, a resumed scheduler undoes the raises at
+    the same step (without a rollback: the copies stay with the process that took them)."""
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+    steps = 8 * every
+    model = make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model)
+    val_of = _rises_after(3 * every)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _reporting(model, opt, sched, 0, 4 * every + 1, val_of)
+        assert sched.units[0].val_worse == 1
+        saved = sched.state_dict()
+        sched.close()
+        again = _resumed(saved, opt, ckpt, steps, model=model)
+        assert again.units[0].val_worse == 1
+        assert again.units[0].val_best == pytest.approx(1.0 / (3 * every))
+        _reporting(model, opt, again, 4 * every + 1, 5 * every - 1, val_of)
+        assert again.mult > 1.0
+        _reporting(model, opt, again, 5 * every - 1, 5 * every, val_of)  # the second report
+    assert again.mult == 1.0 and again.events["guard_overfits"] == 1
     assert again.events["guard_rollbacks"] == 0

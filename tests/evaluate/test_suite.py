@@ -249,6 +249,19 @@ def test_cache_reuses_baselines_across_checkpoints(
     assert {j.key() for j in jobs} <= ResultCache(root / "cache").keys()
 
 
+def test_cli_runs_one_controller_mode(tiny: tuple[Path, object], tmp_path: Path) -> None:
+    """``--val-only`` / ``--no-val-only``: the controller in one mode (the cached runs reused),
+    the two flags not together."""
+    root, _ = tiny
+    base = ["suite", str(CKPT), "--families", ",".join(TINY), "--seeds", "1", "--quiet",
+            "--budget", str(BUDGET), "--cache", str(root / "cache")]  # fmt: skip
+    for flag, mode in (("--val-only", True), ("--no-val-only", False)):
+        assert main([*base, flag, "--out", str(tmp_path / flag)]) == 0
+        r = pl.read_parquet(tmp_path / flag / "results.parquet")
+        assert r.filter(pl.col("method") == "controller")["with_val"].unique().to_list() == [mode]
+    assert main([*base, "--val-only", "--no-val-only"]) == 2
+
+
 def test_cli_suite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["suite", str(CKPT), "--list"]) == 0
     assert "encoder-max" in capsys.readouterr().out
@@ -270,7 +283,9 @@ def test_controller_with_lookahead_charges_its_compute(tmp_path: Path) -> None:
     jobs = plan_jobs(["vae-digits"], [0], checkpoint=CKPT, lookahead=(1, 5), budget=120)
     hashes = {j.ckpt_hash for j in jobs if j.method == "controller"}
     code = "+code" + controller_code_hash()
-    assert hashes == {checkpoint_hash(CKPT) + "+la1x5+guard0.5w2r0.25x2gs3pt4x4b3d16x0.05" + code}
+    assert hashes == {
+        checkpoint_hash(CKPT) + "+la1x5+guard0.5w2r0.25x2gs3pt4x4b3d16x0.05v2x0.1" + code
+    }
 
 
 def test_the_guard_setting_is_in_the_cache_key() -> None:
@@ -282,8 +297,10 @@ def test_the_guard_setting_is_in_the_cache_key() -> None:
         jobs = plan_jobs(["vae-digits"], [0], checkpoint=CKPT, budget=60, **kw)  # type: ignore[arg-type]
         return {j.ckpt_hash for j in jobs if j.method == "controller"}
 
-    assert keys() == {h + "+guard0.5w2r0.25x2gs3pt4x4b3d16x0.05" + code}
-    assert keys(guard=0.25, rollback=False) == {h + "+revert0.25w2r0.25x2gs3pt4x4b3d16x0.05" + code}
+    assert keys() == {h + "+guard0.5w2r0.25x2gs3pt4x4b3d16x0.05v2x0.1" + code}
+    assert keys(guard=0.25, rollback=False) == {
+        h + "+revert0.25w2r0.25x2gs3pt4x4b3d16x0.05v2x0.1" + code
+    }
     assert keys(guard=None) == {h + code}
     row = run_one(get_family("vae-digits"), "controller", 1.0, 0, checkpoint=CKPT, budget=60)
     assert row["status"] == "ok" and row["guard_reverts"] >= 0 and row["guard_rescues"] == 0

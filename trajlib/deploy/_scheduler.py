@@ -714,7 +714,9 @@ class ControllerScheduler(LRScheduler):
         self._last_val = vl
         if self.guard is None:
             return
-        window = max(self.last_epoch, 0) // self.every
+        # the optimizer steps these weights have had (reported before step(): the open one too)
+        done = max(self.last_epoch, 0) + (self._loss is not None or self._probe.has_pending)
+        window = (done - 1) // self.every
         for u in self.units:
             if u.raised_from < 0:
                 continue
@@ -726,9 +728,9 @@ class ControllerScheduler(LRScheduler):
                 continue
             if self.rollback and len(self.units) == 1:
                 c = self._val_copy
-                if c is not None and c["step"] // self.every == window:
+                if c is not None and (c["step"] - 1) // self.every == window:
                     continue  # one copy per window: this best stays the copy's
-                self._val_copy = self._copy(u, max(self.last_epoch, 0))
+                self._val_copy = self._copy(u, done)
             u.val_best = vl
 
     def _validation_value(self, name: str, v: Any) -> float | None:

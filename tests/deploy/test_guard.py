@@ -954,18 +954,22 @@ def test_an_overfit_from_before_the_raise_goes_back_to_the_raise(tiny_checkpoint
     assert ev["guard_overfits"] == 1 and ev["guard_rolled_back_steps"] == 2 * every, ev
 
 
-@pytest.mark.parametrize("case", ["slow rise", "one spike", "guard off", "no raise"])
+@pytest.mark.parametrize("case", ["slow rise", "one spike", "bump", "guard off", "no raise"])
 def test_validation_that_does_not_clearly_rise_undoes_nothing(
     tiny_checkpoint: Path, case: str
 ) -> None:
-    """5 % above the best (under OVERFIT_TOL), one report above it, the guard off, or a run
-    that never raised: the multiplier stays where the controller put it."""
+    """5 % above the best (under OVERFIT_TOL), one report above it, a bump the run comes back
+    from (reports above the best, each lower than the one before), the guard off, or a run that
+    never raised: the multiplier stays where the controller put it."""
     every = load_controller(tiny_checkpoint).every
     ckpt = raiser(tiny_checkpoint)
     kw: dict[str, Any] = {}
     val_of = _rises_after(2 * every, 1.05)  # under OVERFIT_TOL (10 %)
     if case == "one spike":
         val_of = lambda done: 1.0 / done * (1.0 + 0.3 * (done == 4 * every))  # noqa: E731
+    elif case == "bump":  # 1.6, 1.4, 1.2 x the best at 3, 4, 5 windows, then falling again
+        bump = {3 * every: 1.6, 4 * every: 1.4, 5 * every: 1.2}
+        val_of = lambda done: bump[done] / (2 * every) if done in bump else 1.0 / done  # noqa: E731
     elif case == "guard off":
         kw["guard"], val_of = None, _rises_after(2 * every)
     elif case == "no raise":

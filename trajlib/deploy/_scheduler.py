@@ -108,14 +108,16 @@ DEAD_TOL = 0.05
 #: validation): while the multiplier is above 1, the validation losses reported since the raise
 #: that took it there are watched against their best (the last one reported before that raise
 #: counts too). When ``OVERFIT_REPORTS`` reports in a row exceed that best by more than
-#: ``OVERFIT_TOL`` (relative), the next decision sets the multiplier back to 1 (the base
-#: schedule), later raises stop there, and (with rollback, one controller unit) the weights and
-#: optimizer state go back to where the best report found them (at most one copy per decision
-#: window; the best before the raise: the raise's own copy). The training loss rewards a raise
-#: that fits the training set faster, also past the point where the held-out loss turns:
-#: `multiout-regression` (2,000 steps, Adam) raised to x32 by step 250 had its validation loss
-#: rise from 0.0153 at step 250 to 0.0218 at step 1,750 while its training loss fell all along
-#: (1.44x cosine's test loss).
+#: ``OVERFIT_TOL`` (relative), each at least as high as the one before, the next decision sets the
+#: multiplier back to 1 (the base schedule), later raises stop there, and (with rollback, one
+#: controller unit) the weights and optimizer state go back to where the best report found them
+#: (at most one copy per decision window; the best before the raise: the raise's own copy). The
+#: training loss rewards a raise that fits the training set faster, also past the point where the
+#: held-out loss turns: `multiout-regression` (2,000 steps, Adam) raised to x32 by step 250 had
+#: its validation loss rise from 0.0153 at step 250 to 0.0218 at step 1,750 while its training
+#: loss fell all along (1.44x cosine's test loss). "Still rising" tells that from a bump at a high
+#: LR that the run comes back from: `tanh-friedman1` at x32 rose 23 % and 17 % above its best,
+#: then fell to a fifth of it at x64-100 (0.19x cosine; undone at the second report: 1.0x).
 OVERFIT_TOL = 0.1
 OVERFIT_REPORTS = 2
 
@@ -709,9 +711,9 @@ class ControllerScheduler(LRScheduler):
     def _watch_validation(self, vl: float) -> None:
         """The overfit check's bookkeeping (``OVERFIT_TOL``) for a validation loss reported now:
         while a unit's multiplier is above 1, a new best takes a copy of the run (one controller
-        unit with rollback; at most one per decision window), a report clearly above the best
-        counts toward the undo."""
-        self._last_val = vl
+        unit with rollback; at most one per decision window), a report clearly above the best and
+        not below the report before it counts toward the undo."""
+        prev, self._last_val = self._last_val, vl
         if self.guard is None:
             return
         # the optimizer steps these weights have had (reported before step(): the open one too)
@@ -721,7 +723,9 @@ class ControllerScheduler(LRScheduler):
             if u.raised_from < 0:
                 continue
             if vl > u.val_best * (1.0 + OVERFIT_TOL):
-                u.val_worse += 1
+                # a streak of reports still rising: one lower than the report before it (a bump
+                # the run is coming back from) starts the streak again
+                u.val_worse = u.val_worse + 1 if vl >= prev else 1
                 continue
             u.val_worse = 0
             if vl >= u.val_best:

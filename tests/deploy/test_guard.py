@@ -24,6 +24,7 @@ from trajlib.controllers import load_controller
 from trajlib.deploy import (
     DEAD_TOL,
     DEAD_WINDOWS,
+    OVERFIT_REPORTS,
     STALL_FACTOR,
     STALL_WINDOWS,
     ControllerScheduler,
@@ -922,17 +923,17 @@ def _rises_after(turn: int, factor: float = 1.25) -> Any:
 def test_a_raise_that_overfits_is_undone_back_to_its_best_report(tiny_checkpoint: Path) -> None:
     """A controller that raises at every decision, a training loss that falls all along, and a
     validation loss that falls until 3 windows in and then sits 25 % above its best: at the
-    second report above it the multiplier goes back to 1, the weights to those of the best
-    report, said once; later raises stop at 1."""
+    OVERFIT_REPORTS-th report above it the multiplier goes back to 1, the weights to those of the
+    best report, said once; later raises stop at 1."""
     ckpt = raiser(tiny_checkpoint)
     every = ckpt.every
-    steps = 8 * every
+    steps = (5 + OVERFIT_REPORTS) * every
     seen: dict[int, Any] = {}
     after: dict[int, Any] = {}
     with pytest.warns(RuntimeWarning, match="validation loss rose") as rec:
         sched, _ = _overfit_run(ckpt, _rises_after(3 * every), steps, seen, after)
     assert sum("validation loss rose" in str(w.message) for w in rec) == 1
-    fired = 5 * every  # the reports at 4 and 5 windows are the two above the best
+    fired = (3 + OVERFIT_REPORTS) * every  # the reports from 4 windows on are above the best
     ev = sched.events
     assert ev["guard_overfits"] == 1 and ev["guard_reverts"] == ev["guard_relapses"] == 0, ev
     assert ev["guard_rollbacks"] == 1 and ev["guard_rolled_back_steps"] == fired - 3 * every
@@ -944,14 +945,14 @@ def test_a_raise_that_overfits_is_undone_back_to_its_best_report(tiny_checkpoint
 
 
 def test_an_overfit_from_before_the_raise_goes_back_to_the_raise(tiny_checkpoint: Path) -> None:
-    """The best validation loss is the report just before the first raise: two reports 25 %
-    above it undo the raises and roll back to the raise's own copy."""
+    """The best validation loss is the report just before the first raise: OVERFIT_REPORTS
+    reports 25 % above it undo the raises and roll back to the raise's own copy."""
     ckpt = raiser(tiny_checkpoint)
     every = ckpt.every
     with pytest.warns(RuntimeWarning, match="validation loss rose"):
-        sched, _ = _overfit_run(ckpt, _rises_after(every), 6 * every)
+        sched, _ = _overfit_run(ckpt, _rises_after(every), (3 + OVERFIT_REPORTS) * every)
     ev = sched.events
-    assert ev["guard_overfits"] == 1 and ev["guard_rolled_back_steps"] == 2 * every, ev
+    assert ev["guard_overfits"] == 1 and ev["guard_rolled_back_steps"] == OVERFIT_REPORTS * every
 
 
 @pytest.mark.parametrize("case", ["slow rise", "one spike", "bump", "guard off", "no raise"])
@@ -980,32 +981,64 @@ def test_validation_that_does_not_clearly_rise_undoes_nothing(
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        sched, _ = _overfit_run(ckpt, val_of, 8 * every, **kw)
+        sched, _ = _overfit_run(ckpt, val_of, (5 + OVERFIT_REPORTS) * every, **kw)
     assert sched.events["guard_overfits"] == 0 and sched.events["guard_rollbacks"] == 0
     assert sched.mult == 1.0 if case == "no raise" else sched.mult > 4.0
 
 
 def test_the_overfit_check_survives_a_state_dict_round_trip(tiny_checkpoint: Path) -> None:
-    """Saved between the two reports above the best, a resumed scheduler undoes the raises at
-    the same step (without a rollback: the copies stay with the process that took them)."""
+    """Saved before the last of the reports above the best, a resumed scheduler undoes the raises
+    at the same step (without a rollback: the copies stay with the process that took them)."""
     ckpt = raiser(tiny_checkpoint)
     every = ckpt.every
-    steps = 8 * every
+    steps = (5 + OVERFIT_REPORTS) * every
+    last = (3 + OVERFIT_REPORTS) * every  # the report that undoes
     model = make_model(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model)
     val_of = _rises_after(3 * every)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        _reporting(model, opt, sched, 0, 4 * every + 1, val_of)
-        assert sched.units[0].val_worse == 1
+        _reporting(model, opt, sched, 0, last - every + 1, val_of)
+        assert sched.units[0].val_worse == OVERFIT_REPORTS - 1
         saved = sched.state_dict()
         sched.close()
         again = _resumed(saved, opt, ckpt, steps, model=model)
-        assert again.units[0].val_worse == 1
+        assert again.units[0].val_worse == OVERFIT_REPORTS - 1
         assert again.units[0].val_best == pytest.approx(1.0 / (3 * every))
-        _reporting(model, opt, again, 4 * every + 1, 5 * every - 1, val_of)
+        _reporting(model, opt, again, last - every + 1, last - 1, val_of)
         assert again.mult > 1.0
-        _reporting(model, opt, again, 5 * every - 1, 5 * every, val_of)  # the second report
+        _reporting(model, opt, again, last - 1, last, val_of)  # the last report
     assert again.mult == 1.0 and again.events["guard_overfits"] == 1
     assert again.events["guard_rollbacks"] == 0
+
+
+def test_a_rollback_starts_the_overfit_count_again(tiny_checkpoint: Path) -> None:
+    """Reports above the best, then a raise the training loss punishes is reverted and rolled
+    back: the reports before the rollback measured weights that are gone, so the count starts
+    again and the overfit check fires OVERFIT_REPORTS reports after the rollback, not before."""
+    ckpt = raiser(tiny_checkpoint)
+    every = ckpt.every
+    revert = 4 * every  # the raise at 3 windows is judged on a window of loss 10
+    steps = revert + (OVERFIT_REPORTS + 2) * every
+    model = make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model)
+    turn = 2 * every
+    at: dict[int, tuple[int, int]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for t in range(steps):
+            optimizer_step(model, opt, t)
+            sched.observe(10.0 if 3 * every <= t < revert else 1.0 / (1 + t))
+            if (t + 1) % every == 0:  # falls until ``turn``, then rises 5 % a report
+                done = t + 1
+                rise = 1.25 * 1.05 ** ((done - turn) // every)
+                sched.observe_validation(1.0 / done if done <= turn else rise / turn)
+            sched.step()
+            if (t + 1) % every == 0:
+                ev = sched.events
+                at[t + 1] = (ev["guard_reverts"], ev["guard_overfits"])
+    assert at[revert] == (1, 0)  # reverted with 2 reports above the best counted
+    fired = revert + OVERFIT_REPORTS * every
+    assert at[fired - every] == (1, 0) and at[fired] == (1, 1), at

@@ -115,11 +115,14 @@ DEAD_TOL = 0.05
 #: training loss rewards a raise that fits the training set faster, also past the point where the
 #: held-out loss turns: `multiout-regression` (2,000 steps, Adam) raised to x32 by step 250 had
 #: its validation loss rise from 0.0153 at step 250 to 0.0218 at step 1,750 while its training
-#: loss fell all along (1.44x cosine's test loss). "Still rising" tells that from a bump at a high
-#: LR that the run comes back from: `tanh-friedman1` at x32 rose 23 % and 17 % above its best,
-#: then fell to a fifth of it at x64-100 (0.19x cosine; undone at the second report: 1.0x).
+#: loss fell all along (1.44x cosine's test loss). Overfitting is a trend, and "still rising" over
+#: three reports (two rises in a row) tells it from the bumps of a run at a high LR that it comes
+#: back from: `tanh-friedman1` at x32 rose 23 % and 17 % above its best, then fell to a fifth of
+#: it at x64-100 (0.19x cosine; undone at the second report: 1.0x), and a noisy plateau 29 % and
+#: 35 % above the best (`bnmlp-digits`, 50 steps before its end) is not a trend either. A rollback
+#: of the guard starts the count again: the reports before it measured weights that are gone.
 OVERFIT_TOL = 0.1
-OVERFIT_REPORTS = 2
+OVERFIT_REPORTS = 3
 
 #: How many superseded raises a unit remembers (each watched again when the raise after it is
 #: undone; the multiplier's ceiling bounds how many raises a run can stack anyway).
@@ -1027,6 +1030,7 @@ class ControllerScheduler(LRScheduler):
         restore_weights(saved["weights"], self.optimizer, self._model)
         u.features.load_state_dict(saved["features"])
         u.ctrl_state = saved["ctrl_state"]
+        u.val_worse = 0  # the reports since the copy measured weights that are gone
         self.events["guard_rollbacks"] += 1
         self.events["guard_rolled_back_steps"] += step - saved["step"]
 

@@ -717,7 +717,7 @@ class ControllerScheduler(LRScheduler):
         unit with rollback; at most one per decision window), a report clearly above the best and
         not below the report before it counts toward the undo."""
         prev, self._last_val = self._last_val, vl
-        if self.guard is None:
+        if self.guard is None or self._closed:
             return
         # the optimizer steps these weights have had (reported before step(): the open one too)
         done = max(self.last_epoch, 0) + (self._loss is not None or self._probe.has_pending)

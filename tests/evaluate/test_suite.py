@@ -284,7 +284,7 @@ def test_controller_with_lookahead_charges_its_compute(tmp_path: Path) -> None:
     hashes = {j.ckpt_hash for j in jobs if j.method == "controller"}
     code = "+code" + controller_code_hash()
     assert hashes == {
-        checkpoint_hash(CKPT) + "+la1x5+guard0.5w2r0.25x2gs3pt4x4b3d16x0.05v2x0.1" + code
+        checkpoint_hash(CKPT) + "+la1x5+guard0.5w2r0.25x2gs3pt4x4b3d16x0.05v3x0.1" + code
     }
 
 
@@ -297,9 +297,9 @@ def test_the_guard_setting_is_in_the_cache_key() -> None:
         jobs = plan_jobs(["vae-digits"], [0], checkpoint=CKPT, budget=60, **kw)  # type: ignore[arg-type]
         return {j.ckpt_hash for j in jobs if j.method == "controller"}
 
-    assert keys() == {h + "+guard0.5w2r0.25x2gs3pt4x4b3d16x0.05v2x0.1" + code}
+    assert keys() == {h + "+guard0.5w2r0.25x2gs3pt4x4b3d16x0.05v3x0.1" + code}
     assert keys(guard=0.25, rollback=False) == {
-        h + "+revert0.25w2r0.25x2gs3pt4x4b3d16x0.05v2x0.1" + code
+        h + "+revert0.25w2r0.25x2gs3pt4x4b3d16x0.05v3x0.1" + code
     }
     assert keys(guard=None) == {h + code}
     row = run_one(get_family("vae-digits"), "controller", 1.0, 0, checkpoint=CKPT, budget=60)

@@ -16,7 +16,6 @@ from tests.deploy._helpers import (
     batch,
     make_model,
     nan_steps,
-    optimizer_step,
     train,
     with_policy,
 )
@@ -55,16 +54,19 @@ def run(
     at_decision: Any = None,
     model: nn.Module | None = None,
     val_of: Any = None,
+    val_every: int = 20,
     **kw: Any,
 ) -> ControllerScheduler:
     """Train the toy problem for real, but report ``observed(t, true_loss)`` as the training
     loss (the guard reads only what the loop observes; ``val_of`` likewise for the validation
-    loss); ``at_decision(sched, model, opt, t)`` runs after each decision step."""
+    loss, every ``val_every`` steps); ``at_decision(sched, model, opt, t)`` runs after each
+    decision step."""
     model = model or make_model(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model, **kw)
     for t0 in range(0, steps, sched.every):
-        train(model, opt, sched, t0, min(t0 + sched.every, steps), observed=observed, val_of=val_of)
+        stop = min(t0 + sched.every, steps)
+        train(model, opt, sched, t0, stop, val_every, observed=observed, val_of=val_of)
         if at_decision is not None:
             at_decision(sched, model, opt, t0 + sched.every)
     sched.close()
@@ -873,51 +875,21 @@ def test_the_dead_run_check_survives_a_state_dict_round_trip(tiny_checkpoint: Pa
     assert again.events["guard_rollbacks"] == 0
 
 
-def _reporting(
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: ControllerScheduler,
-    start: int,
-    stop: int,
-    val_of: Any,
-    seen: dict[int, Any] | None = None,
-    after: dict[int, Any] | None = None,
-) -> None:
-    """Train steps ``start .. stop - 1`` for real, telling the scheduler a training loss that
-    falls all along and, every ``sched.every`` steps (before ``step()``, as at a decision
-    point), the validation loss ``val_of(steps done)``; ``seen`` gets the weights at each
-    report, ``after`` those after each decision."""
-    for t in range(start, stop):
-        optimizer_step(model, opt, t)
-        sched.observe(1.0 / (1 + t))
-        if (t + 1) % sched.every == 0:
-            sched.observe_validation(val_of(t + 1))
-            if seen is not None:
-                seen[t + 1] = {k: v.clone() for k, v in model.state_dict().items()}
-        sched.step()
-        if after is not None and (t + 1) % sched.every == 0:
-            after[t + 1] = {k: v.clone() for k, v in model.state_dict().items()}
+def _falling(t: int, loss: float) -> float:
+    """A training loss that falls all along (the overfit tests': only validation turns)."""
+    return 1.0 / (1 + t)
 
 
-def _overfit_run(
-    ckpt: Any,
-    val_of: Any,
-    steps: int,
-    seen: dict[int, Any] | None = None,
-    after: dict[int, Any] | None = None,
-    **kw: Any,
-) -> tuple[ControllerScheduler, nn.Module]:
-    model = make_model(0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model, **kw)
-    _reporting(model, opt, sched, 0, steps, val_of, seen, after)
-    sched.close()
-    return sched, model
+def _overfit_run(ckpt: Any, val_of: Any, steps: int, **kw: Any) -> ControllerScheduler:
+    """:func:`run` with a falling training loss and ``val_of`` reported at every decision
+    point (before ``step()``)."""
+    return run(ckpt, _falling, steps=steps, val_of=val_of, val_every=ckpt.every, **kw)
 
 
 def _rises_after(turn: int, factor: float = 1.25) -> Any:
-    """A validation loss that falls until ``turn`` steps, then sits ``factor`` x its best."""
-    return lambda done: 1.0 / done if done <= turn else factor / turn
+    """A validation loss (reported after step ``t``, ``t + 1`` steps done) that falls until
+    ``turn`` steps, then sits ``factor`` x its best."""
+    return lambda t, _: 1.0 / (t + 1) if t + 1 <= turn else factor / turn
 
 
 def test_a_raise_that_overfits_is_undone_back_to_its_best_report(tiny_checkpoint: Path) -> None:
@@ -928,10 +900,9 @@ def test_a_raise_that_overfits_is_undone_back_to_its_best_report(tiny_checkpoint
     ckpt = raiser(tiny_checkpoint)
     every = ckpt.every
     steps = (5 + OVERFIT_REPORTS) * every
-    seen: dict[int, Any] = {}
-    after: dict[int, Any] = {}
+    seen: dict[int, Any] = {}  # after each decision (at 3 windows: as the report found them)
     with pytest.warns(RuntimeWarning, match="validation loss rose") as rec:
-        sched, _ = _overfit_run(ckpt, _rises_after(3 * every), steps, seen, after)
+        sched = _overfit_run(ckpt, _rises_after(3 * every), steps, at_decision=_grabber(seen))
     assert sum("validation loss rose" in str(w.message) for w in rec) == 1
     fired = (3 + OVERFIT_REPORTS) * every  # the reports from 4 windows on are above the best
     ev = sched.events
@@ -939,9 +910,10 @@ def test_a_raise_that_overfits_is_undone_back_to_its_best_report(tiny_checkpoint
     assert ev["guard_rollbacks"] == 1 and ev["guard_rolled_back_steps"] == fired - 3 * every
     assert sched.mult == 1.0 and sched.units[0].ceiling == 1.0
     assert sched.actions_taken[-1][0] > fired  # it went on raising, held at 1
-    # the decision at ``fired`` put back the weights of the best report (recorded after step())
-    assert all(torch.equal(after[fired][k], v) for k, v in seen[3 * every].items())
-    assert not all(torch.equal(after[fired - every][k], v) for k, v in seen[3 * every].items())
+    # the decision at ``fired`` put back the weights of the best report
+    best = seen[3 * every][0]
+    assert all(torch.equal(seen[fired][0][k], v) for k, v in best.items())
+    assert not all(torch.equal(seen[fired - every][0][k], v) for k, v in best.items())
 
 
 def test_an_overfit_from_before_the_raise_goes_back_to_the_raise(tiny_checkpoint: Path) -> None:
@@ -950,7 +922,7 @@ def test_an_overfit_from_before_the_raise_goes_back_to_the_raise(tiny_checkpoint
     ckpt = raiser(tiny_checkpoint)
     every = ckpt.every
     with pytest.warns(RuntimeWarning, match="validation loss rose"):
-        sched, _ = _overfit_run(ckpt, _rises_after(every), (3 + OVERFIT_REPORTS) * every)
+        sched = _overfit_run(ckpt, _rises_after(every), (3 + OVERFIT_REPORTS) * every)
     ev = sched.events
     assert ev["guard_overfits"] == 1 and ev["guard_rolled_back_steps"] == OVERFIT_REPORTS * every
 
@@ -967,10 +939,10 @@ def test_validation_that_does_not_clearly_rise_undoes_nothing(
     kw: dict[str, Any] = {}
     val_of = _rises_after(2 * every, 1.05)  # under OVERFIT_TOL (10 %)
     if case == "one spike":
-        val_of = lambda done: 1.0 / done * (1.0 + 0.3 * (done == 4 * every))  # noqa: E731
+        val_of = lambda t, _: (1.0 + 0.3 * (t + 1 == 4 * every)) / (t + 1)  # noqa: E731
     elif case == "bump":  # 1.6, 1.4, 1.2 x the best at 3, 4, 5 windows, then falling again
         bump = {3 * every: 1.6, 4 * every: 1.4, 5 * every: 1.2}
-        val_of = lambda done: bump[done] / (2 * every) if done in bump else 1.0 / done  # noqa: E731
+        val_of = lambda t, _: bump.get(t + 1, 2 * every / (t + 1)) / (2 * every)  # noqa: E731
     elif case == "guard off":
         kw["guard"], val_of = None, _rises_after(2 * every)
     elif case == "no raise":
@@ -981,7 +953,7 @@ def test_validation_that_does_not_clearly_rise_undoes_nothing(
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        sched, _ = _overfit_run(ckpt, val_of, (5 + OVERFIT_REPORTS) * every, **kw)
+        sched = _overfit_run(ckpt, val_of, (5 + OVERFIT_REPORTS) * every, **kw)
     assert sched.events["guard_overfits"] == 0 and sched.events["guard_rollbacks"] == 0
     assert sched.mult == 1.0 if case == "no raise" else sched.mult > 4.0
 
@@ -996,19 +968,19 @@ def test_the_overfit_check_survives_a_state_dict_round_trip(tiny_checkpoint: Pat
     model = make_model(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model)
-    val_of = _rises_after(3 * every)
+    reports = {"observed": _falling, "val_of": _rises_after(3 * every)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        _reporting(model, opt, sched, 0, last - every + 1, val_of)
+        train(model, opt, sched, 0, last - every + 1, every, **reports)
         assert sched.units[0].val_worse == OVERFIT_REPORTS - 1
         saved = sched.state_dict()
         sched.close()
         again = _resumed(saved, opt, ckpt, steps, model=model)
         assert again.units[0].val_worse == OVERFIT_REPORTS - 1
         assert again.units[0].val_best == pytest.approx(1.0 / (3 * every))
-        _reporting(model, opt, again, last - every + 1, last - 1, val_of)
+        train(model, opt, again, last - every + 1, last - 1, every, **reports)
         assert again.mult > 1.0
-        _reporting(model, opt, again, last - 1, last, val_of)  # the last report
+        train(model, opt, again, last - 1, last, every, **reports)  # the last report
     assert again.mult == 1.0 and again.events["guard_overfits"] == 1
     assert again.events["guard_rollbacks"] == 0
 
@@ -1020,25 +992,26 @@ def test_a_rollback_starts_the_overfit_count_again(tiny_checkpoint: Path) -> Non
     ckpt = raiser(tiny_checkpoint)
     every = ckpt.every
     revert = 4 * every  # the raise at 3 windows is judged on a window of loss 10
-    steps = revert + (OVERFIT_REPORTS + 2) * every
-    model = make_model(0)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    sched = ControllerScheduler(opt, ckpt, total_steps=steps, model=model)
     turn = 2 * every
+
+    def val_of(t: int, _: float) -> float:  # falls until ``turn``, then rises 5 % a report
+        done = t + 1
+        return 1.0 / done if done <= turn else 1.25 * 1.05 ** ((done - turn) // every) / turn
+
+    def counts(s: ControllerScheduler, m: nn.Module, o: torch.optim.Optimizer, t: int) -> None:
+        at[t] = (s.events["guard_reverts"], s.events["guard_overfits"])
+
     at: dict[int, tuple[int, int]] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        for t in range(steps):
-            optimizer_step(model, opt, t)
-            sched.observe(10.0 if 3 * every <= t < revert else 1.0 / (1 + t))
-            if (t + 1) % every == 0:  # falls until ``turn``, then rises 5 % a report
-                done = t + 1
-                rise = 1.25 * 1.05 ** ((done - turn) // every)
-                sched.observe_validation(1.0 / done if done <= turn else rise / turn)
-            sched.step()
-            if (t + 1) % every == 0:
-                ev = sched.events
-                at[t + 1] = (ev["guard_reverts"], ev["guard_overfits"])
+        run(
+            ckpt,
+            lambda t, _: 10.0 if 3 * every <= t < revert else 1.0 / (1 + t),
+            steps=revert + (OVERFIT_REPORTS + 2) * every,
+            val_of=val_of,
+            val_every=every,
+            at_decision=counts,
+        )
     assert at[revert] == (1, 0)  # reverted with 2 reports above the best counted
     fired = revert + OVERFIT_REPORTS * every
     assert at[fired - every] == (1, 0) and at[fired] == (1, 1), at

@@ -1630,34 +1630,7 @@ class ControllerScheduler(LRScheduler):
         self.total_steps = int(t["total_steps"])
         self.every = int(t["every"])
         self._targets = [float(x) for x in t["targets"]]
-        self.units = []
-        for d in t["units"]:
-            u = self._new_unit(None if d["groups"] is None else [int(g) for g in d["groups"]])
-            u.mult = float(d["mult"])
-            pr = d.get("probation")  # absent in states saved before the guard
-            if pr is not None:  # (the standard error is absent before the pre-raise criterion)
-                se = float(pr[4]) if len(pr) > 4 else math.nan
-                u.probation = (float(pr[0]), float(pr[1]), int(pr[2]), int(pr[3]), se)
-            u.ceiling = float(d.get("ceiling", math.inf))
-            u.floor = float(d.get("floor", 0.0))  # absent before the stall check
-            b = d.get("best")
-            u.best = (math.inf, 0) if b is None else (float(b[0]), int(b[1]))
-            u.span = [(float(m), float(e)) for m, e in d.get("span", [])]  # absent before retries
-            lift = d.get("lift", [-1, False, 0])
-            u.lift_at, u.lift_watch, u.lift_fails = int(lift[0]), bool(lift[1]), int(lift[2])
-            u.raised_from = int(d.get("raised_from", -1))  # absent before the dead-run check
-            vw = d.get("val_watch", [math.inf, 0])  # absent before the overfit check
-            u.val_best, u.val_worse = float(vw[0]), int(vw[1])
-            rl = d.get("relapse")  # absent in states saved before the relapse watch
-            u.relapse = None if rl is None else _watch(rl)
-            u.worse_windows = int(d.get("worse_windows", 0))
-            u.recent = [(float(m), float(e)) for m, e in d.get("recent", [])]
-            u.parents = [_watch(w) for w in d.get("parents", [])]
-            u.features.load_state_dict(d["features"])
-            u.ctrl_state = _state_in(d["controller_state"])
-            pn = d["prev_norms"]
-            u.prev_norms = None if pn is None else torch.as_tensor(pn).double().numpy()
-            self.units.append(u)
+        self.units = [self._unit_from_state(d) for d in t["units"]]
         self._unit_of_group = self._map_groups(len(self.optimizer.param_groups))
         # a resumed run's start is not on trial; a raise on trial or relapsing is undone, not
         # rolled back (the copies stay with the process that took them)
@@ -1685,6 +1658,35 @@ class ControllerScheduler(LRScheduler):
         for g, base, lr in zip(self.optimizer.param_groups, self.base_lrs, self._last_lr):
             g["initial_lr"] = base
             g["lr"] = lr
+
+    def _unit_from_state(self, d: dict[str, Any]) -> _Unit:
+        """One unit of :meth:`state_dict`'s ``"units"`` (keys absent in older states default)."""
+        u = self._new_unit(None if d["groups"] is None else [int(g) for g in d["groups"]])
+        u.mult = float(d["mult"])
+        pr = d.get("probation")  # absent in states saved before the guard
+        if pr is not None:  # (the standard error is absent before the pre-raise criterion)
+            se = float(pr[4]) if len(pr) > 4 else math.nan
+            u.probation = (float(pr[0]), float(pr[1]), int(pr[2]), int(pr[3]), se)
+        u.ceiling = float(d.get("ceiling", math.inf))
+        u.floor = float(d.get("floor", 0.0))  # absent before the stall check
+        b = d.get("best")
+        u.best = (math.inf, 0) if b is None else (float(b[0]), int(b[1]))
+        u.span = [(float(m), float(e)) for m, e in d.get("span", [])]  # absent before retries
+        lift = d.get("lift", [-1, False, 0])
+        u.lift_at, u.lift_watch, u.lift_fails = int(lift[0]), bool(lift[1]), int(lift[2])
+        u.raised_from = int(d.get("raised_from", -1))  # absent before the dead-run check
+        vw = d.get("val_watch", [math.inf, 0])  # absent before the overfit check
+        u.val_best, u.val_worse = float(vw[0]), int(vw[1])
+        rl = d.get("relapse")  # absent in states saved before the relapse watch
+        u.relapse = None if rl is None else _watch(rl)
+        u.worse_windows = int(d.get("worse_windows", 0))
+        u.recent = [(float(m), float(e)) for m, e in d.get("recent", [])]
+        u.parents = [_watch(w) for w in d.get("parents", [])]
+        u.features.load_state_dict(d["features"])
+        u.ctrl_state = _state_in(d["controller_state"])
+        pn = d["prev_norms"]
+        u.prev_norms = None if pn is None else torch.as_tensor(pn).double().numpy()
+        return u
 
     # ----------------------------------------------------------------- copy and pickle
     def __getstate__(self) -> dict[str, Any]:

@@ -369,10 +369,12 @@ class ControllerScheduler(LRScheduler):
     a lift undone is tried again after twice the wait, ``STALL_BACKOFF``). A raise that leaves
     the training loss within ``DEAD_TOL`` of its first window's level for ``DEAD_WINDOWS`` windows
     is undone: the multiplier back to 1 and capped there, the weights back to where the first
-    raise above 1 found them. Counted in
+    raise above 1 found them. With validation reports, a raise whose validation loss rises for
+    ``OVERFIT_REPORTS`` reports in a row more than ``OVERFIT_TOL`` above its best since the raise
+    is undone the same way, back to the best report's weights. Counted in
     ``events["guard_reverts"]``, ``["guard_relapses"]``, ``["guard_rollbacks"]``,
-    ``["guard_rolled_back_steps"]``, ``["guard_capped"]`` and ``["guard_stalls"]``; the first
-    revert, relapse, rescue and stall warn once.
+    ``["guard_rolled_back_steps"]``, ``["guard_capped"]``, ``["guard_stalls"]`` and
+    ``["guard_overfits"]``; the first revert, relapse, rescue, stall and overfit warn once.
 
     Safety: a non-finite feature that the controller never saw non-finite in training, a
     non-finite controller output, or any exception in the decision path keeps the current values

@@ -138,6 +138,7 @@ EVENTS = (
     "bad_loss",
     "late_validation",
     "bad_validation",
+    "validation_reports",
     "kept_by_rule",
     "guard_reverts",
     "guard_capped",
@@ -694,6 +695,7 @@ class ControllerScheduler(LRScheduler):
         va = self._validation_value("val_acc", val_acc)
         if vl is None and va is None:
             return
+        self.events["validation_reports"] += 1
         if vl is not None and math.isfinite(vl):
             try:
                 self._watch_validation(vl)
@@ -1766,6 +1768,71 @@ class ControllerScheduler(LRScheduler):
             yield from source
         else:
             yield from self.lookahead.batches(source)
+
+    def summary(self) -> str:
+        """What the controller did in this run so far, in a few plain lines: its decisions and
+        the moves they took, the multiplier now, what the raise guard undid, whether validation
+        was reported, and anything that went wrong (each from :attr:`events`). Print it after
+        training to see whether, and why, the run differed from the base schedule."""
+        e = self.events
+        raises = cuts = other = 0
+        for _, _, a in self.actions_taken:
+            lr = [d for n, d, _ in self._moves[a] if n == "lr"]
+            if lr and lr[0] > 0:
+                raises += 1
+            elif lr and lr[0] < 0:
+                cuts += 1
+            elif a != self._keep:
+                other += 1
+        kept = e["decisions"] - raises - cuts - other
+        name = Path(self.loaded.path).parent.name if self.loaded.path.name == "checkpoint" else ""
+        moves = [f"{raises} LR raises", f"{cuts} LR cuts"] + (
+            [f"{other} other moves"] * bool(other)
+        )
+        moves.append(f"{kept} kept")
+        if e["kept_by_rule"]:
+            moves[-1] += f" ({e['kept_by_rule']} by the do-no-harm rule: no move was sure to help)"
+        lines = [
+            f"ControllerScheduler{f' ({name})' if name else ''}: {self.step_count} of "
+            f"{self.total_steps} steps, a decision every {self.every} steps; "
+            f"{e['decisions']} decisions: {', '.join(moves)}",
+            "LR multiplier now (x the base schedule): "
+            + ", ".join(f"{m:.3g}" for m in dict.fromkeys(self.lr_multipliers)),
+        ]
+        guard = {
+            "guard_reverts": "raises reverted",
+            "guard_relapses": "relapses undone",
+            "guard_stalls": "stalls undone (a cut lifted, or raises that went nowhere)",
+            "guard_overfits": "overfitting raises undone",
+            "guard_rescues": "rescues of a non-finite start",
+            "guard_rollbacks": "weight rollbacks",
+        }
+        done = [f"{e[k]} {what}" for k, what in guard.items() if e.get(k)]
+        if self.guard is None:
+            lines.append("raise guard: off")
+        else:
+            lines.append("raise guard: " + ("; ".join(done) if done else "nothing undone"))
+        n_val = e["validation_reports"]
+        lines.append(
+            f"validation: {n_val} reports"
+            if n_val
+            else "validation: none reported (decisions from training signals alone)"
+        )
+        if self.lookahead is not None:
+            lines.append(f"lookahead: compute {self.compute_ratio:.3g}x the run alone")
+        problems = {
+            "held_nonfinite": "decisions held on non-finite input",
+            "errors": "errors caught in the decision path",
+            "skipped_steps": "step() calls without an optimizer step",
+            "extra_optimizer_steps": "optimizer steps without a step() call",
+            "missing_loss": "steps without observe()",
+            "bad_loss": "losses not a finite scalar",
+            "late_validation": "validation reports too late for their decision",
+            "bad_validation": "validation values not finite",
+        }
+        bad = [f"{e[k]} {what}" for k, what in problems.items() if e.get(k)]
+        lines.append("problems: " + ("; ".join(bad) if bad else "none"))
+        return "\n".join(lines)
 
     @property
     def compute_ratio(self) -> float:

@@ -113,7 +113,7 @@ DEAD_TOL = 0.05
 #: controller unit) the weights and optimizer state go back to where the best report found them
 #: (at most one copy per decision window; the best before the raise: the raise's own copy). The
 #: training loss rewards a raise that fits the training set faster, also past the point where the
-#: held-out loss turns: `multiout-regression` (2,000 steps, Adam) raised to x32 by step 250 had
+#: held-out loss turns: `multiout-regression` (2,000 steps, Adamax) raised to x32 by step 250 had
 #: its validation loss rise from 0.0153 at step 250 to 0.0218 at step 1,750 while its training
 #: loss fell all along (1.44x cosine's test loss). Overfitting is a trend, and "still rising" over
 #: three reports (two rises in a row) tells it from the bumps of a run at a high LR that it comes

@@ -377,6 +377,9 @@ class ControllerScheduler(LRScheduler):
     ``["guard_rolled_back_steps"]``, ``["guard_capped"]``, ``["guard_stalls"]`` and
     ``["guard_overfits"]``; the first revert, relapse, rescue, stall and overfit warn once.
 
+    What the controller did in a run, in plain lines (its moves, the multiplier, what the guard
+    undid, validation reports, problems): :meth:`summary`.
+
     Safety: a non-finite feature that the controller never saw non-finite in training, a
     non-finite controller output, or any exception in the decision path keeps the current values
     and is counted in ``events``; ``step()``, ``observe_validation()`` and the hooks never raise

@@ -1788,7 +1788,8 @@ class ControllerScheduler(LRScheduler):
             elif a != self._keep:
                 other += 1
         kept = e["decisions"] - raises - cuts - other
-        name = Path(self.loaded.path).parent.name if self.loaded.path.name == "checkpoint" else ""
+        where = Path(self.loaded.path)
+        name = where.parent.name if where.name == "checkpoint" else ""
         moves = [f"{raises} LR raises", f"{cuts} LR cuts"] + (
             [f"{other} other moves"] * bool(other)
         )

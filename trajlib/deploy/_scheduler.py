@@ -149,6 +149,26 @@ EVENTS = (
     "guard_stalls",
     "guard_overfits",
 )
+#: What ``summary()`` calls each raise-guard counter of ``events``.
+_GUARD_WORDS = {
+    "guard_reverts": "raises reverted",
+    "guard_relapses": "relapses undone",
+    "guard_stalls": "stalls undone (a cut lifted, or raises that went nowhere)",
+    "guard_overfits": "overfitting raises undone",
+    "guard_rescues": "rescues of a non-finite start",
+    "guard_rollbacks": "weight rollbacks",
+}
+#: What ``summary()`` calls each counter of ``events`` that says something went wrong.
+_PROBLEM_WORDS = {
+    "held_nonfinite": "decisions held on non-finite input",
+    "errors": "errors caught in the decision path",
+    "skipped_steps": "step() calls without an optimizer step",
+    "extra_optimizer_steps": "optimizer steps without a step() call",
+    "missing_loss": "steps without observe()",
+    "bad_loss": "losses not a finite scalar",
+    "late_validation": "validation reports too late for their decision",
+    "bad_validation": "validation values not finite",
+}
 #: Hyperparameters a ControllerScheduler can set on a torch optimizer.
 SETTABLE = ("lr", "momentum", "weight_decay")
 #: Bounds used when a checkpoint's action space moves a hyperparameter its hp space lacks.
@@ -1790,9 +1810,9 @@ class ControllerScheduler(LRScheduler):
         kept = e["decisions"] - raises - cuts - other
         where = Path(self.loaded.path)
         name = where.parent.name if where.name == "checkpoint" else ""
-        moves = [f"{raises} LR raises", f"{cuts} LR cuts"] + (
-            [f"{other} other moves"] * bool(other)
-        )
+        moves = [f"{raises} LR raises", f"{cuts} LR cuts"]
+        if other:
+            moves.append(f"{other} other moves")
         moves.append(f"{kept} kept")
         if e["kept_by_rule"]:
             moves[-1] += f" ({e['kept_by_rule']} by the do-no-harm rule: no move was sure to help)"
@@ -1803,15 +1823,7 @@ class ControllerScheduler(LRScheduler):
             "LR multiplier now (x the base schedule): "
             + ", ".join(f"{m:.3g}" for m in dict.fromkeys(self.lr_multipliers)),
         ]
-        guard = {
-            "guard_reverts": "raises reverted",
-            "guard_relapses": "relapses undone",
-            "guard_stalls": "stalls undone (a cut lifted, or raises that went nowhere)",
-            "guard_overfits": "overfitting raises undone",
-            "guard_rescues": "rescues of a non-finite start",
-            "guard_rollbacks": "weight rollbacks",
-        }
-        done = [f"{e[k]} {what}" for k, what in guard.items() if e.get(k)]
+        done = [f"{e[k]} {what}" for k, what in _GUARD_WORDS.items() if e.get(k)]
         if self.guard is None:
             lines.append("raise guard: off")
         else:
@@ -1824,17 +1836,7 @@ class ControllerScheduler(LRScheduler):
         )
         if self.lookahead is not None:
             lines.append(f"lookahead: compute {self.compute_ratio:.3g}x the run alone")
-        problems = {
-            "held_nonfinite": "decisions held on non-finite input",
-            "errors": "errors caught in the decision path",
-            "skipped_steps": "step() calls without an optimizer step",
-            "extra_optimizer_steps": "optimizer steps without a step() call",
-            "missing_loss": "steps without observe()",
-            "bad_loss": "losses not a finite scalar",
-            "late_validation": "validation reports too late for their decision",
-            "bad_validation": "validation values not finite",
-        }
-        bad = [f"{e[k]} {what}" for k, what in problems.items() if e.get(k)]
+        bad = [f"{e[k]} {what}" for k, what in _PROBLEM_WORDS.items() if e.get(k)]
         lines.append("problems: " + ("; ".join(bad) if bad else "none"))
         return "\n".join(lines)
 

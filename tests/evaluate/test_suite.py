@@ -23,8 +23,10 @@ from trajlib.evaluate.suite import (
     GRID,
     OUTSIDE_FAMILIES,
     PENALTY,
+    START_BANDS,
     STARTS,
     ResultCache,
+    by_tuned_start,
     checkpoint_hash,
     controller_code_hash,
     get_family,
@@ -216,9 +218,65 @@ def test_report_numbers_match_the_result_table(tiny: tuple[Path, object]) -> Non
     md = (rep / "report.md").read_text()
     assert md.count("Targets met?") == 2 and "glu-friedman" in md
     assert f"controller code `{controller_code_hash()}`" in md and "torch " in md
-    for f in ("families.png", "heatmap.png", "summary.csv", "pairs.csv", "results.parquet"):
+    for f in ("families.png", "heatmap.png", "summary.csv", "pairs.csv", "results.parquet",
+              "by_start.csv"):  # fmt: skip
         assert (rep / f).stat().st_size > 0
     assert pl.read_csv(rep / "summary.csv").height == summ.height
+
+
+def test_by_tuned_start_puts_each_run_in_one_band() -> None:
+    """Bands by start LR / tuned LR: each run counted once, per validation mode, with its wins,
+    ties, share over 1.10x cosine and worst ratio; an empty band is left out."""
+    #        start, tuned, with_val, ratio to cosine
+    rows = [(0.1, 1.0, False, 0.5), (0.1, 0.464159, False, 0.8), (1.0, 0.464159, False, 1.2),
+            (1.0, 1.0, False, 1.0), (1.0, 2.154435, False, 0.9), (10.0, 2.154435, False, 1.05),
+            (10.0, 1.0, True, 3.0)]  # fmt: skip
+    pr = pl.DataFrame(
+        {
+            "start": [r[0] for r in rows],
+            "tuned_start": [r[1] for r in rows],
+            "with_val": [r[2] for r in rows],
+            "ratio_cosine": [r[3] for r in rows],
+            "win": [r[3] < 1 for r in rows],
+            "tie": [r[3] == 1 for r in rows],
+        }
+    )
+    b = by_tuned_start(pr)
+    assert b["runs"].sum() == len(rows)
+    assert b.select("with_val", "band").rows() == [
+        (True, START_BANDS[2][0]),
+        (False, START_BANDS[0][0]),
+        (False, START_BANDS[1][0]),
+        (False, START_BANDS[2][0]),
+    ]
+    below, near, above = (b.row(i, named=True) for i in (1, 2, 3))
+    assert below["runs"] == 2 and below["win_rate"] == 1.0  # 0.1 / 0.464 = 0.215 < 1/3
+    assert near["runs"] == 3 and near["win_rate"] == pytest.approx(1 / 3) and near["ties"] == 1
+    assert near["share_over_1_10"] == pytest.approx(1 / 3) and near["worst_ratio_cosine"] == 1.2
+    assert near["median_ratio_cosine"] == pytest.approx(1.0)  # 1 / 0.464 = 2.15 < 3: near
+    assert above["runs"] == 1 and above["worst_ratio_cosine"] == 1.05  # 10 / 2.15 = 4.6 > 3
+    assert b.row(0, named=True)["share_over_1_10"] == 1.0
+
+
+def test_report_only_writes_the_report_again_from_its_results(
+    tiny: tuple[Path, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--report-only`` runs nothing: the same report from ``results.parquet``, the run's
+    header kept; the start bands' table is in it and in ``by_start.csv``."""
+    root, _ = tiny
+    rep = tmp_path / "rep"
+    shutil.copytree(root / "report", rep)
+    before = (rep / "report.md").read_text()
+    (rep / "by_start.csv").unlink()
+    (rep / "report.md").write_text(before.replace("## By how far", "## (removed)"))
+    assert main(["suite", str(CKPT), "--out", str(rep), "--report-only", "--quiet"]) == 0
+    assert (rep / "report.md").read_text() == before
+    assert "## By how far the start is from the tuned LR" in before
+    bands = pl.read_csv(rep / "by_start.csv")
+    assert bands["runs"].sum() == 2 * len(TINY) * len(STARTS)
+    assert not (rep / "cache").exists()  # nothing ran
+    assert main(["suite", str(CKPT), "--out", str(tmp_path / "none"), "--report-only"]) == 2
+    assert "results.parquet" in capsys.readouterr().err
 
 
 def test_cache_reuses_baselines_across_checkpoints(

@@ -55,6 +55,9 @@ def add_suite_command(sub: Any) -> None:
     p.add_argument("--no-guard", action="store_true", help="run the controller without its guard")
     p.add_argument("--no-rollback", action="store_true",
                    help="the guard undoes a raise without restoring the weights")  # fmt: skip
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: write OUT's report again from its results.parquet (the "
+                   "header of the runs kept)")  # fmt: skip
     p.add_argument("--list", action="store_true", help="list the families and exit")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_suite)
@@ -69,6 +72,18 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
     if args.list:
         print(families_markdown(args.families, args.family_set), end="")
+        return 0
+    if args.report_only:  # run nothing: the report again from OUT's results
+        import polars as pl
+
+        from trajlib.evaluate.suite import rerender_suite_report
+
+        src = Path(args.out) / "results.parquet"
+        if not src.is_file():
+            raise ConfigError("--out", "a suite report directory with results.parquet", args.out)
+        names = list(dict.fromkeys(pl.read_parquet(src, columns=["family"])["family"].to_list()))
+        report = rerender_suite_report(args.out, families_md=families_markdown(names))
+        print(f"report: {report}")
         return 0
     from trajlib.controllers import resolve_checkpoint
 

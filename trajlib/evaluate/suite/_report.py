@@ -18,9 +18,20 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from trajlib.errors import ConfigError
 from trajlib.evaluate.suite._runner import STARTS
 
-__all__ = ["TARGETS", "bootstrap_median", "pairs", "summary", "targets", "write_suite_report"]
+__all__ = [
+    "START_BANDS",
+    "TARGETS",
+    "bootstrap_median",
+    "by_tuned_start",
+    "pairs",
+    "rerender_suite_report",
+    "summary",
+    "targets",
+    "write_suite_report",
+]
 
 TARGETS = {
     "crashes": 0,
@@ -146,6 +157,65 @@ def summary(pr: pl.DataFrame) -> pl.DataFrame:
             rows.append(_summ(pm.filter(pl.col("family") == fam), fam, wv))
         rows.append(_summ(pm, "ALL", wv))
     return pl.DataFrame(rows)
+
+
+#: Bands of a run's start LR over its tuned cosine's LR (both multiples of the family's default):
+#: (label, lower bound inclusive, upper bound exclusive). The grid's points are a factor 10^(1/3)
+#: = 2.15 apart, so "near" is the tuned point and its two neighbours.
+START_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("far below the tuned LR (< 1/3 of it)", 0.0, 1 / 3),
+    ("near the tuned LR (1/3 to 3 times it)", 1 / 3, 3.0),
+    ("far above the tuned LR (> 3 times it)", 3.0, math.inf),
+)
+
+
+def by_tuned_start(pr: pl.DataFrame) -> pl.DataFrame:
+    """Per validation mode and :data:`START_BANDS` band of start LR / tuned LR: the controller's
+    runs, win rate, ties, median ratio to cosine with its 95 % CI, the share of runs more than
+    1.10x cosine and the worst ratio. A loop whose LR is already well chosen is the "near" band:
+    there the controller can gain little and must not harm; the "far below" band is where
+    raising pays. Bands without runs are left out."""
+    rel = pr.with_columns((pl.col("start") / pl.col("tuned_start")).alias("start_over_tuned"))
+    rows = []
+    for wv in (True, False):
+        pm = rel.filter(pl.col("with_val") == wv)
+        for band, lo, hi in START_BANDS:
+            p = pm.filter((pl.col("start_over_tuned") >= lo) & (pl.col("start_over_tuned") < hi))
+            if not p.height:
+                continue
+            rc = bootstrap_median(p["ratio_cosine"].to_list())
+            r = p["ratio_cosine"].drop_nulls()
+            rows.append(
+                {
+                    "with_val": wv,
+                    "band": band,
+                    "runs": p.height,
+                    "win_rate": float(p["win"].fill_null(False).mean()),  # type: ignore[arg-type]
+                    "ties": int(p["tie"].fill_null(False).sum()),
+                    "median_ratio_cosine": rc[0],
+                    "ratio_cosine_lo": rc[1],
+                    "ratio_cosine_hi": rc[2],
+                    "share_over_1_10": float((r > 1.10).mean()) if r.len() else math.nan,  # type: ignore[arg-type]
+                    "worst_ratio_cosine": float(r.max()) if r.len() else math.nan,  # type: ignore[arg-type]
+                }
+            )
+    return pl.DataFrame(rows)
+
+
+def _by_start_md(b: pl.DataFrame) -> str:
+    head = (
+        "| validation | start LR / tuned LR | runs | win rate vs cosine "
+        "| median ratio to cosine [95% CI] | runs > 1.10× cosine | worst |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {'with' if r['with_val'] else 'without'} | {r['band']} | {r['runs']} "
+        f"| {_f(r['win_rate'], '.0%')} ({r['ties']} ties) | {_f(r['median_ratio_cosine'])} "
+        f"[{_f(r['ratio_cosine_lo'])}, {_f(r['ratio_cosine_hi'])}] "
+        f"| {_f(r['share_over_1_10'], '.0%')} | {_f(r['worst_ratio_cosine'])} |"
+        for r in b.iter_rows(named=True)
+    ]
+    return head + "\n".join(lines) + "\n"
 
 
 def targets(summ: pl.DataFrame) -> list[dict[str, Any]]:
@@ -346,11 +416,13 @@ def write_suite_report(
     seeds: Sequence[int] = (),
     families_md: str = "",
     wall_s: float | None = None,
+    header: str | None = None,
 ) -> Path:
-    """``report.md``, ``summary.csv``, ``pairs.csv``, ``results.parquet``, ``families.png``,
-    ``heatmap.png`` in ``out``. The header names what the figures depend on: the checkpoint's
-    and the controller code's content hashes (``code_hash``), torch and the machine (runs are
-    not bit-identical across CPUs)."""
+    """``report.md``, ``summary.csv``, ``pairs.csv``, ``by_start.csv``, ``results.parquet``,
+    ``families.png``, ``heatmap.png`` in ``out``. The header names what the figures depend on:
+    the checkpoint's and the controller code's content hashes (``code_hash``), torch and the
+    machine (runs are not bit-identical across CPUs); ``header`` replaces that line (a report
+    re-rendered from its results keeps the run's, :func:`rerender_suite_report`)."""
     import platform
 
     import matplotlib
@@ -368,16 +440,23 @@ def write_suite_report(
     results.write_parquet(out / "results.parquet")
     pr.drop("warning", "error", "checkpoint").write_csv(out / "pairs.csv")
     summ.write_csv(out / "summary.csv")
+    bands = by_tuned_start(pr) if pr.height else pl.DataFrame()
+    if bands.height:
+        bands.write_csv(out / "by_start.csv")
     plot_families(results, out / "families.png")
     if pr.height:
         plot_heatmap(pr, out / "heatmap.png")
+    if header is None:
+        header = (
+            f"Controller: `{checkpoint}` (content hash `{ckpt_hash}`"
+            + (f"; controller code `{code_hash}`" if code_hash else "")
+            + f"); seeds: {', '.join(map(str, seeds))}; starts: default LR ÷10, ×1, ×10"
+            + (f"; wall time {wall_s:.0f} s" if wall_s is not None else "")
+            + f"; torch {torch.__version__} on {platform.machine()} ({platform.system()})."
+        )
     md = [
         "# Held-out suite\n\n",
-        f"Controller: `{checkpoint}` (content hash `{ckpt_hash}`"
-        + (f"; controller code `{code_hash}`" if code_hash else "")
-        + f"); seeds: {', '.join(map(str, seeds))}; starts: default LR ÷10, ×1, ×10"
-        + (f"; wall time {wall_s:.0f} s" if wall_s is not None else "")
-        + f"; torch {torch.__version__} on {platform.machine()} ({platform.system()}).\n\n",
+        header + "\n\n",
         "Score: test loss at the end of the budget (diverged or crashed runs: "
         f"{PENALTY:g} × the untrained model's test loss). Ratio = controller / reference on the "
         "same seed (same initial weights and batches); win = strictly lower than cosine from the "
@@ -394,6 +473,15 @@ def write_suite_report(
         md.append(f"## {'With' if wv else 'Without'} validation reports\n\n")
         md.append(_table_md(summ.filter(pl.col("with_val") == wv)))
         md.append("\n" + _targets_md(t) + "\n")
+    if bands.height:
+        md.append(
+            "## By how far the start is from the tuned LR\n\n"
+            "Each run's start LR over its family and seed's tuned cosine LR. Far below: a loop "
+            "started with too low an LR, where raising pays. Near: a loop whose LR is already "
+            "about right, where the controller can gain little and must not harm.\n\n"
+            + _by_start_md(bands)
+            + "\n"
+        )
     base_div = results.filter((pl.col("method") != "controller") & (pl.col("status") != "ok"))
     if base_div.height:
         md.append(
@@ -416,3 +504,29 @@ def write_suite_report(
         md.append("![heat map](heatmap.png)\n")
     (out / "report.md").write_text("".join(md))
     return out / "report.md"
+
+
+def rerender_suite_report(out: str | Path, *, families_md: str = "") -> Path:
+    """Write ``out``'s report again from its ``results.parquet``, running nothing: the tables,
+    CSVs and plots of this trajlib's report code over the same runs. The header line (controller,
+    content hashes, seeds, wall time, torch) is kept from the existing ``report.md``: it
+    describes the runs, not the rendering."""
+    out = Path(out)
+    src = out / "results.parquet"
+    if not src.is_file():
+        raise ConfigError("out", "a suite report directory with results.parquet", str(out))
+    results = pl.read_parquet(src)
+    old = out / "report.md"
+    header = None
+    if old.is_file():
+        header = next(
+            (ln for ln in old.read_text().splitlines() if ln.startswith("Controller: ")), None
+        )
+    if header is None:
+        ck = results["checkpoint"][0] if "checkpoint" in results.columns else ""
+        seeds = sorted(set(results["seed"].to_list()))
+        header = (
+            f"Controller: `{ck}`; seeds: {', '.join(map(str, seeds))}; re-rendered from "
+            "results.parquet (no record of the run's hashes or wall time)."
+        )
+    return write_suite_report(results, out, families_md=families_md, header=header)

@@ -1,4 +1,4 @@
-"""``trajlib store info|validate|gc|compact DIR``, ``trajlib export tensorboard STORE OUTDIR`` and
+"""``trajlib store info|validate|gc|compact|best-lr DIR``, ``trajlib export tensorboard STORE OUTDIR`` and
 ``trajlib plot STORE --out DIR``.
 
 Each handler takes the parsed ``args`` and returns an exit code; user errors are raised as
@@ -42,6 +42,15 @@ def add_store_commands(subparsers: argparse._SubParsersAction) -> None:
         help="step rows per compacted file (default 4,000,000)",
     )
     p.set_defaults(func=cmd_store_compact)
+
+    p = ssub.add_parser(
+        "best-lr",
+        help="each task's best start LR in a probe store (runs that only follow the base "
+        "schedule): the CSV a recipe's collect.best_lr_table reads",
+    )
+    p.add_argument("dir", metavar="DIR", help=STORE_HELP)
+    p.add_argument("--out", metavar="CSV", help="write the table here (default: print it)")
+    p.set_defaults(func=cmd_store_best_lr)
 
     export = subparsers.add_parser("export", help="export a store to other formats")
     esub = export.add_subparsers(dest="export_command", metavar="FORMAT")
@@ -95,6 +104,29 @@ def cmd_store_info(args: argparse.Namespace) -> int:
     )
     if info["compaction_pending"]:
         print("note       an interrupted compaction is pending; `trajlib store gc` finishes it")
+    return 0
+
+
+def cmd_store_best_lr(args: argparse.Namespace) -> int:
+    import numpy as np
+    import polars as pl
+
+    from trajlib.collect import best_lr_table
+    from trajlib.store import open_store
+
+    t = best_lr_table(open_store(args.dir))
+    if args.out:
+        t.write_csv(args.out, float_precision=6)
+    else:
+        with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True):
+            print(t)
+    r = t["best_over_default"].to_numpy()
+    print(
+        f"{t.height} tasks; best start LR / default LR: median {float(np.median(r)):.3g}, "
+        f"{float((r >= 3).mean()):.0%} at 3x the default or more, "
+        f"{float((r <= 1 / 3).mean()):.0%} at a third or less"
+        + (f"; written to {args.out}" if args.out else "")
+    )
     return 0
 
 

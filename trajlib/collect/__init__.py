@@ -14,6 +14,7 @@ advance, divergence), ``_results`` (frames and the run row), ``_executor`` (work
 """
 
 from trajlib.collect._behaviour import BEHAVIOURS, DecisionContext, DecisionPolicy
+from trajlib.collect._best_lr import best_lr_table, read_best_lr_table
 from trajlib.collect._executor import CollectReport, RunSink, collect
 from trajlib.collect._recipe import Recipe, load_recipe, parse_recipe
 from trajlib.collect._recorder import Recorder
@@ -28,8 +29,10 @@ __all__ = [
     "Recorder",
     "RunResult",
     "RunSink",
+    "best_lr_table",
     "collect",
     "load_recipe",
     "parse_recipe",
+    "read_best_lr_table",
     "run_population",
 ]

@@ -80,6 +80,9 @@ class CollectSection:
     generated_start: int = 0
     generated_families: tuple[str, ...] = ()
     generated_version: int = 1
+    # with ``space.lr_center = "best"``: a CSV (``trajlib store best-lr``) of each task's measured
+    # best start LR, the centre for tasks without a ``best_lr`` of their own (generated tasks)
+    best_lr_table: str = ""
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -215,10 +218,27 @@ class Recipe:
                 )
         return out
 
+    @functools.cached_property
+    def _best_lrs(self) -> dict[str, float]:
+        from trajlib.collect._best_lr import read_best_lr_table
+
+        path = self.collect.best_lr_table
+        return read_best_lr_table(path) if path else {}
+
     def _start_lr(self, task: Any, rng: np.random.Generator) -> float:
         center = task.default_lr
-        if self.space.lr_center == "best" and task.best_lr is not None:
-            center = task.best_lr
+        if self.space.lr_center == "best":
+            if task.best_lr is not None:
+                center = task.best_lr
+            elif self.collect.best_lr_table:
+                if task.name not in self._best_lrs:
+                    raise ConfigError(
+                        "collect.best_lr_table",
+                        "a best_lr for every task of the recipe",
+                        task.name,
+                        f"missing from {self.collect.best_lr_table}",
+                    )
+                center = self._best_lrs[task.name]
         r = math.log(self.space.lr_range)
         return float(center * self.space.lr_shift * math.exp(rng.uniform(-r, r)))
 
@@ -362,6 +382,16 @@ def parse_recipe(data: dict[str, Any], *, name: str = "recipe", source: str = ""
     _check_collect(collect)
     space: SpaceConfig = _section("space", data.get("space", {}))
     _check_space(space)
+    if collect.best_lr_table:
+        if space.lr_center != "best":
+            raise ConfigError(
+                "space.lr_center",
+                "'best' when collect.best_lr_table is set (the table is the start LRs' centre)",
+                space.lr_center,
+            )
+        from trajlib.collect._best_lr import read_best_lr_table
+
+        read_best_lr_table(collect.best_lr_table)  # a bad table fails here, naming the key
     actions: ActionsSection = _section("actions", data.get("actions", {}))
     _check_actions(actions, set(data.get("actions", {})))
     behaviour: BehaviourSection = _section("behaviour", data.get("behaviour", {}))

@@ -151,24 +151,43 @@ EVENTS = (
 )
 #: What ``summary()`` calls each raise-guard counter of ``events``.
 _GUARD_WORDS = {
-    "guard_reverts": "raises reverted",
-    "guard_relapses": "relapses undone",
-    "guard_stalls": "stalls undone (a cut lifted, or raises that went nowhere)",
-    "guard_overfits": "overfitting raises undone",
-    "guard_rescues": "rescues of a non-finite start",
-    "guard_rollbacks": "weight rollbacks",
+    "guard_reverts": ("raise reverted", "raises reverted"),
+    "guard_relapses": ("relapse undone", "relapses undone"),
+    "guard_stalls": (
+        "stall undone (a cut lifted, or a raise that went nowhere)",
+        "stalls undone (a cut lifted, or raises that went nowhere)",
+    ),
+    "guard_overfits": ("overfitting raise undone", "overfitting raises undone"),
+    "guard_rescues": ("rescue of a non-finite start", "rescues of a non-finite start"),
+    "guard_rollbacks": ("weight rollback", "weight rollbacks"),
 }
 #: What ``summary()`` calls each counter of ``events`` that says something went wrong.
 _PROBLEM_WORDS = {
-    "held_nonfinite": "decisions held on non-finite input",
-    "errors": "errors caught in the decision path",
-    "skipped_steps": "step() calls without an optimizer step",
-    "extra_optimizer_steps": "optimizer steps without a step() call",
-    "missing_loss": "steps without observe()",
-    "bad_loss": "losses not a finite scalar",
-    "late_validation": "validation reports too late for their decision",
-    "bad_validation": "validation values not finite",
+    "held_nonfinite": ("decision held on non-finite input", "decisions held on non-finite input"),
+    "errors": ("error caught in the decision path", "errors caught in the decision path"),
+    "skipped_steps": (
+        "step() call without an optimizer step",
+        "step() calls without an optimizer step",
+    ),
+    "extra_optimizer_steps": (
+        "optimizer step without a step() call",
+        "optimizer steps without a step() call",
+    ),
+    "missing_loss": ("step without observe()", "steps without observe()"),
+    "bad_loss": ("loss not a finite scalar", "losses not a finite scalar"),
+    "late_validation": (
+        "validation report too late for its decision",
+        "validation reports too late for their decision",
+    ),
+    "bad_validation": ("validation value not finite", "validation values not finite"),
 }
+
+
+def _count(n: int, words: tuple[str, str]) -> str:
+    """``n`` and the singular or plural of ``words``: "1 LR cut", "2 LR cuts"."""
+    return f"{n} {words[0] if n == 1 else words[1]}"
+
+
 #: Hyperparameters a ControllerScheduler can set on a torch optimizer.
 SETTABLE = ("lr", "momentum", "weight_decay")
 #: Bounds used when a checkpoint's action space moves a hyperparameter its hp space lacks.
@@ -1810,33 +1829,33 @@ class ControllerScheduler(LRScheduler):
         kept = e["decisions"] - raises - cuts - other
         where = Path(self.loaded.path)
         name = where.parent.name if where.name == "checkpoint" else ""
-        moves = [f"{raises} LR raises", f"{cuts} LR cuts"]
+        moves = [_count(raises, ("LR raise", "LR raises")), _count(cuts, ("LR cut", "LR cuts"))]
         if other:
-            moves.append(f"{other} other moves")
+            moves.append(_count(other, ("other move", "other moves")))
         moves.append(f"{kept} kept")
         if e["kept_by_rule"]:
             moves[-1] += f" ({e['kept_by_rule']} by the do-no-harm rule: no move was sure to help)"
         lines = [
             f"ControllerScheduler{f' ({name})' if name else ''}: {self.step_count} of "
             f"{self.total_steps} steps, a decision every {self.every} steps; "
-            f"{e['decisions']} decisions: {', '.join(moves)}",
+            f"{_count(e['decisions'], ('decision', 'decisions'))}: {', '.join(moves)}",
             "LR multiplier now (x the base schedule): "
             + ", ".join(f"{m:.3g}" for m in dict.fromkeys(self.lr_multipliers)),
         ]
-        done = [f"{e[k]} {what}" for k, what in _GUARD_WORDS.items() if e.get(k)]
+        done = [_count(e[k], words) for k, words in _GUARD_WORDS.items() if e.get(k)]
         if self.guard is None:
             lines.append("raise guard: off")
         else:
             lines.append("raise guard: " + ("; ".join(done) if done else "nothing undone"))
         n_val = e["validation_reports"]
         lines.append(
-            f"validation: {n_val} reports"
+            f"validation: {_count(n_val, ('report', 'reports'))}"
             if n_val
             else "validation: none reported (decisions from training signals alone)"
         )
         if self.lookahead is not None:
             lines.append(f"lookahead: compute {self.compute_ratio:.3g}x the run alone")
-        bad = [f"{e[k]} {what}" for k, what in _PROBLEM_WORDS.items() if e.get(k)]
+        bad = [_count(e[k], words) for k, words in _PROBLEM_WORDS.items() if e.get(k)]
         lines.append("problems: " + ("; ".join(bad) if bad else "none"))
         return "\n".join(lines)
 

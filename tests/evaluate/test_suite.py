@@ -31,6 +31,7 @@ from trajlib.evaluate.suite import (
     controller_code_hash,
     get_family,
     plan_jobs,
+    rerender_suite_report,
     run_one,
     select_families,
 )
@@ -277,6 +278,9 @@ def test_report_only_writes_the_report_again_from_its_results(
     assert not (rep / "cache").exists()  # nothing ran
     assert main(["suite", str(CKPT), "--out", str(tmp_path / "none"), "--report-only"]) == 2
     assert "results.parquet" in capsys.readouterr().err
+    (rep / "report.md").unlink()  # no report to keep the header from: say what is not known
+    md = rerender_suite_report(rep).read_text()
+    assert f"Controller: `{CKPT}`; seeds: 0; re-rendered from results.parquet" in md
 
 
 def test_cache_reuses_baselines_across_checkpoints(

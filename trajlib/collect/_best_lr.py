@@ -9,7 +9,7 @@ back: per task, the start LR of the complete run with the lowest final validatio
 ``best_lr`` of their own (generated tasks), so its runs start too low, about right and too high
 in the proportions its ``lr_range`` says, not in those of the tasks' default LRs.
 
-Why (issue 16, twenty-second pass): over gen2 tasks the best cosine start is a median ~16x the
+Why (issue 16, twenty-second pass): over gen2 tasks the best cosine start is a median ~15x the
 task's default LR, so a collection centred on the default started most of its runs far below the
 best LR, and a controller fitted on it learned to raise.
 """

@@ -523,7 +523,8 @@ def rerender_suite_report(out: str | Path, *, families_md: str = "") -> Path:
             (ln for ln in old.read_text().splitlines() if ln.startswith("Controller: ")), None
         )
     if header is None:
-        ck = results["checkpoint"][0] if "checkpoint" in results.columns else ""
+        ctrl = results.filter(pl.col("method") == "controller")
+        ck = ctrl["checkpoint"][0] if "checkpoint" in ctrl.columns and ctrl.height else ""
         seeds = sorted(set(results["seed"].to_list()))
         header = (
             f"Controller: `{ck}`; seeds: {', '.join(map(str, seeds))}; re-rendered from "

@@ -46,6 +46,7 @@ from trajlib.evaluate.suite._families import (
     FAMILIES,
     FAMILY_SETS,
     Family,
+    families_markdown,
     get_family,
     select_families,
 )
@@ -125,21 +126,6 @@ class SuiteResult:
     computed: int
     wall_s: float
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def families_markdown(names: Sequence[str] | None = None, family_set: str = "suite") -> str:
-    """A table of the families (``names``, or every family of ``family_set``): what each trains,
-    its optimizer, default LR, budget, batch."""
-    rows = [
-        "| family | what | optimizer | default LR | steps | batch | val every |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for f in select_families(names, family_set):
-        rows.append(
-            f"| {f.name} | {f.description} | {f.optimizer} | {f.default_lr:g} | {f.budget} "
-            f"| {f.batch_size} | {f.val_every} |"
-        )
-    return "\n".join(rows) + "\n"
 
 
 def run_suite(

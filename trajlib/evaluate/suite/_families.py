@@ -31,7 +31,15 @@ from torch.utils.data import Dataset, TensorDataset
 
 from trajlib.errors import ConfigError
 
-__all__ = ["FAMILIES", "FAMILY_SETS", "Family", "Splits", "get_family", "family_names"]
+__all__ = [
+    "FAMILIES",
+    "FAMILY_SETS",
+    "Family",
+    "Splits",
+    "families_markdown",
+    "family_names",
+    "get_family",
+]
 
 _DATA_SEED = 20240516
 
@@ -711,3 +719,18 @@ def select_families(names: Sequence[str] | None, family_set: str = "suite") -> l
     if names is None:
         return list(_families_of(family_set).values())
     return [get_family(n) for n in names]
+
+
+def families_markdown(names: Sequence[str] | None = None, family_set: str = "suite") -> str:
+    """A table of the families (``names``, or every family of ``family_set``): what each trains,
+    its optimizer, default LR, budget, batch."""
+    rows = [
+        "| family | what | optimizer | default LR | steps | batch | val every |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in select_families(names, family_set):
+        rows.append(
+            f"| {f.name} | {f.description} | {f.optimizer} | {f.default_lr:g} | {f.budget} "
+            f"| {f.batch_size} | {f.val_every} |"
+        )
+    return "\n".join(rows) + "\n"

@@ -406,54 +406,20 @@ def plot_heatmap(pr: pl.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def write_suite_report(
+def _report_md(
     results: pl.DataFrame,
-    out: str | Path,
-    *,
-    checkpoint: str = "",
-    ckpt_hash: str = "",
-    code_hash: str = "",
-    seeds: Sequence[int] = (),
-    families_md: str = "",
-    wall_s: float | None = None,
-    header: str | None = None,
-) -> Path:
-    """``report.md``, ``summary.csv``, ``pairs.csv``, ``by_start.csv``, ``results.parquet``,
-    ``families.png``, ``heatmap.png`` in ``out``. The header names what the figures depend on:
-    the checkpoint's and the controller code's content hashes (``code_hash``), torch and the
-    machine (runs are not bit-identical across CPUs); ``header`` replaces that line (a report
-    re-rendered from its results keeps the run's, :func:`rerender_suite_report`)."""
-    import platform
-
-    import matplotlib
-    import torch
-
-    matplotlib.use("Agg")
+    pr: pl.DataFrame,
+    summ: pl.DataFrame,
+    tg: list[dict[str, Any]],
+    bands: pl.DataFrame,
+    header: str,
+    families_md: str,
+) -> str:
+    """``report.md``'s text: the header line, how the figures are made, each validation mode's
+    table and targets, the start bands, the baselines that failed, the families, the plots."""
     from trajlib.evaluate.suite._loop import PENALTY
     from trajlib.evaluate.suite._runner import GRID
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pr = pairs(results)
-    summ = summary(pr)
-    tg = targets(summ) if summ.height else []
-    results.write_parquet(out / "results.parquet")
-    pr.drop("warning", "error", "checkpoint").write_csv(out / "pairs.csv")
-    summ.write_csv(out / "summary.csv")
-    bands = by_tuned_start(pr) if pr.height else pl.DataFrame()
-    if bands.height:
-        bands.write_csv(out / "by_start.csv")
-    plot_families(results, out / "families.png")
-    if pr.height:
-        plot_heatmap(pr, out / "heatmap.png")
-    if header is None:
-        header = (
-            f"Controller: `{checkpoint}` (content hash `{ckpt_hash}`"
-            + (f"; controller code `{code_hash}`" if code_hash else "")
-            + f"); seeds: {', '.join(map(str, seeds))}; starts: default LR ÷10, ×1, ×10"
-            + (f"; wall time {wall_s:.0f} s" if wall_s is not None else "")
-            + f"; torch {torch.__version__} on {platform.machine()} ({platform.system()})."
-        )
     md = [
         "# Held-out suite\n\n",
         header + "\n\n",
@@ -502,20 +468,73 @@ def write_suite_report(
     md.append("## Plots\n\n![families](families.png)\n\n")
     if pr.height:
         md.append("![heat map](heatmap.png)\n")
-    (out / "report.md").write_text("".join(md))
+    return "".join(md)
+
+
+def write_suite_report(
+    results: pl.DataFrame,
+    out: str | Path,
+    *,
+    checkpoint: str = "",
+    ckpt_hash: str = "",
+    code_hash: str = "",
+    seeds: Sequence[int] = (),
+    families_md: str = "",
+    wall_s: float | None = None,
+    header: str | None = None,
+) -> Path:
+    """``report.md``, ``summary.csv``, ``pairs.csv``, ``by_start.csv``, ``results.parquet``,
+    ``families.png``, ``heatmap.png`` in ``out``. The header names what the figures depend on:
+    the checkpoint's and the controller code's content hashes (``code_hash``), torch and the
+    machine (runs are not bit-identical across CPUs); ``header`` replaces that line (a report
+    re-rendered from its results keeps the run's, :func:`rerender_suite_report`)."""
+    import platform
+
+    import matplotlib
+    import torch
+
+    matplotlib.use("Agg")
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pr = pairs(results)
+    summ = summary(pr)
+    tg = targets(summ) if summ.height else []
+    results.write_parquet(out / "results.parquet")
+    pr.drop("warning", "error", "checkpoint").write_csv(out / "pairs.csv")
+    summ.write_csv(out / "summary.csv")
+    bands = by_tuned_start(pr) if pr.height else pl.DataFrame()
+    if bands.height:
+        bands.write_csv(out / "by_start.csv")
+    plot_families(results, out / "families.png")
+    if pr.height:
+        plot_heatmap(pr, out / "heatmap.png")
+    if header is None:
+        header = (
+            f"Controller: `{checkpoint}` (content hash `{ckpt_hash}`"
+            + (f"; controller code `{code_hash}`" if code_hash else "")
+            + f"); seeds: {', '.join(map(str, seeds))}; starts: default LR ÷10, ×1, ×10"
+            + (f"; wall time {wall_s:.0f} s" if wall_s is not None else "")
+            + f"; torch {torch.__version__} on {platform.machine()} ({platform.system()})."
+        )
+    text = _report_md(results, pr, summ, tg, bands, header, families_md)
+    (out / "report.md").write_text(text)
     return out / "report.md"
 
 
-def rerender_suite_report(out: str | Path, *, families_md: str = "") -> Path:
+def rerender_suite_report(out: str | Path) -> Path:
     """Write ``out``'s report again from its ``results.parquet``, running nothing: the tables,
-    CSVs and plots of this trajlib's report code over the same runs. The header line (controller,
-    content hashes, seeds, wall time, torch) is kept from the existing ``report.md``: it
-    describes the runs, not the rendering."""
+    CSVs and plots of this trajlib's report code over the same runs, with the table of the
+    families they ran. The header line (controller, content hashes, seeds, wall time, torch) is
+    kept from the existing ``report.md``: it describes the runs, not the rendering."""
+    from trajlib.evaluate.suite._families import families_markdown
+
     out = Path(out)
     src = out / "results.parquet"
     if not src.is_file():
         raise ConfigError("out", "a suite report directory with results.parquet", str(out))
     results = pl.read_parquet(src)
+    families_md = families_markdown(list(dict.fromkeys(results["family"].to_list())))
     old = out / "report.md"
     header = None
     if old.is_file():
